@@ -1,0 +1,1 @@
+"""Domain code shared by every stage: residue constants, Protein <-> PDB/mmCIF."""

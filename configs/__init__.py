@@ -1,0 +1,1 @@
+"""Hydra configuration files of af2cpu (package data: `af2cpu.configs`)."""

@@ -1,0 +1,1 @@
+"""af2cpu.model: AlphaFold2 in PyTorch."""

@@ -1,0 +1,53 @@
+"""Parameter-holding primitives in the official (haiku) layout.
+
+Convention of the whole `af2cpu.model` package: a module's attribute path mirrors the haiku scope of
+its parameters, and each parameter keeps the official name and shape. So
+``alphafold/alphafold_iteration/evoformer/preprocess_1d//weights`` is the tensor
+``model.alphafold_iteration.evoformer.preprocess_1d.weights`` with shape (22, 256), and loading or
+exporting the official ``.npz`` is a mechanical renaming (see ``af2cpu.model.params``). Stacked
+haiku blocks (leading layer axis) become ``nn.ModuleList`` entries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    """haiku.Linear: ``weights`` (in, out) and optional ``bias`` (out,); y = x @ W + b."""
+
+    def __init__(self, num_input: int, num_output: int, use_bias: bool = True):
+        super().__init__()
+        self.weights = nn.Parameter(torch.empty(num_input, num_output))
+        self.bias = nn.Parameter(torch.zeros(num_output)) if use_bias else None
+        nn.init.normal_(self.weights, std=num_input**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights.to(x.dtype)
+        if self.bias is None:
+            return x @ w
+        b = self.bias.to(x.dtype)
+        if x.dim() == 2:
+            return torch.addmm(b, x, w)
+        return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+class LayerNorm(nn.Module):
+    """haiku.LayerNorm over the last axis with ``scale`` and ``offset``; eps 1e-5 as in AlphaFold2.
+
+    Statistics are always computed in fp32 (AlphaFold2 keeps layer-norm statistics in full
+    precision); the result is cast back to the input dtype.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(num_channels))
+        self.offset = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.layer_norm(
+            x.float(), (x.shape[-1],), self.scale.float(), self.offset.float(), self.eps
+        )
+        return out.to(x.dtype)

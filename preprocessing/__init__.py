@@ -1,0 +1,1 @@
+"""af2cpu.preprocessing: input, search tools, parsers, templates, features."""

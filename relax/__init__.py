@@ -1,0 +1,1 @@
+"""af2cpu.relax: Amber relaxation with OpenMM."""
