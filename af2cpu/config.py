@@ -133,31 +133,35 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def _explain(exc: Exception, overrides: list[str]) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc)
+    cause = str(exc.__cause__) if exc.__cause__ is not None else ""
+    match = re.search(r"Could not find '(\w+)/([^']+)'", text)
+    if match:
+        group, option = match.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        options = [o for o in options if not o.startswith("base_")]
+        return f"unknown option '{option}' for {group}=. Available: {', '.join(options)}"
     bad_key = None
-    match = re.search(r"Key '([^']+)' is not in struct", str(exc)) or re.search(
-        r"Could not (?:override|append to config\.) '([^']+)'", str(exc)
+    match = re.search(r"Key '([^']+)' (?:is )?not in", cause + text) or re.search(
+        r"Could not override '([^']+)'", text
     )
     if match:
         bad_key = match.group(1)
-    for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
-        if bad_key and (key == bad_key or key.endswith("." + bad_key)):
-            bad_key = key
-            break
+        full = re.search(r"full_key: (\S+)", cause)
+        if full:
+            bad_key = full.group(1)
     if bad_key is None:
-        return f"invalid configuration: {message}"
-    try:
-        base = compose_config([])
-    except ConfigError:
-        return f"invalid configuration: {message}"
+        detail = cause.splitlines()[0] if cause else text.strip().splitlines()[0]
+        full = re.search(r"full_key: (\S+)", cause)
+        where = f" for {full.group(1)}" if full else ""
+        return f"invalid configuration{where}: {detail}"
+    base = compose_config([])
     parent = bad_key.rsplit(".", 1)[0] if "." in bad_key else ""
     node = OmegaConf.select(base, parent) if parent else base
-    groups = "db, runtime, model, relax, scheduler"
-    if isinstance(node, DictConfig):
-        valid = ", ".join(_valid_keys(node, parent + "." if parent else ""))
+    if parent and isinstance(node, DictConfig):
+        valid = ", ".join(_valid_keys(node, parent + "."))
     else:
-        valid = groups
+        valid = ", ".join(str(k) for k in base) + " (and their sub-keys)"
     return f"unknown config key '{bad_key}'. Valid keys here: {valid}"
 
 

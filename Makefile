@@ -1,0 +1,41 @@
+# af2cpu set-up and everyday tasks. `make demo` and `make test` work on a fresh Debian/Ubuntu machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch only, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
+TORCH_PIP_ARGS ?=
+EXTRAS ?= dev,reference,hpc,notebook
+OMP_NUM_THREADS ?= 2
+export OMP_NUM_THREADS
+
+.PHONY: setup tools venv demo test lint clean-venv
+
+setup: tools venv
+
+# HMMER, HH-suite and Kalign: installed with apt-get when missing and we are root; otherwise we say what to install.
+tools:
+	@scripts/install_tools.sh
+
+venv: $(VENV)/.installed
+
+# torch is installed first and pinned: an unpinned torch pulls several GB of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(BIN)/af2cpu doctor params=random
+	$(BIN)/af2cpu features af2cpu/data/examples/HBB_HUMAN.fasta --out out/demo
+
+test: setup
+	$(BIN)/python -m pytest -q -rs tests
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

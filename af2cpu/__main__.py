@@ -1,0 +1,5 @@
+import sys
+
+from af2cpu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""The `af2cpu` command line.
+
+Each subcommand lives in its stage's module, which exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them together and turns errors a user can act on into
+one clear line and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional
+
+from af2cpu import __version__
+from af2cpu.errors import Af2CpuError
+
+# (name, module, one-line help). Modules must import quickly: heavy imports go inside run().
+COMMANDS = [
+    ("doctor", "af2cpu.doctor", "check tools, databases, params and the CPU; exit non-zero if predict cannot run"),
+    ("db", "af2cpu.dbcmd", "database commands (db check)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="af2cpu",
+        description="AlphaFold2 protein structure prediction, fast on CPUs.",
+        epilog="Configuration overrides are Hydra key=value pairs, e.g. db=full db.root=/data/af2 "
+        "runtime.precision=bf16. Run `af2cpu doctor` to check an installation.",
+    )
+    parser.add_argument("--version", action="version", version=f"af2cpu {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the `af2cpu` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except Af2CpuError as exc:
+        print(f"af2cpu {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"af2cpu {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the external search tools af2cpu runs (HMMER, HH-suite, Kalign) when they are missing.
+# As root on Debian/Ubuntu this uses apt-get; otherwise it prints exactly what to install and fails.
+set -euo pipefail
+missing_pkgs=()
+command -v jackhmmer >/dev/null 2>&1 && command -v hmmsearch >/dev/null 2>&1 || missing_pkgs+=(hmmer)
+command -v hhblits >/dev/null 2>&1 && command -v hhsearch >/dev/null 2>&1 || missing_pkgs+=(hhsuite)
+command -v kalign >/dev/null 2>&1 || missing_pkgs+=(kalign)
+if [ ${#missing_pkgs[@]} -eq 0 ]; then
+  echo "tools: jackhmmer, hhblits, hhsearch, hmmsearch, kalign found"
+  exit 0
+fi
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "tools: installing ${missing_pkgs[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
+  exit 0
+fi
+echo "tools: missing ${missing_pkgs[*]}." >&2
+echo "  Debian/Ubuntu: sudo apt-get install ${missing_pkgs[*]}" >&2
+echo "  conda:         conda install -c bioconda hmmer hhsuite kalign3" >&2
+exit 1

@@ -1,0 +1,65 @@
+"""The typed configuration: defaults, overrides, and errors that name the bad key."""
+
+import pytest
+
+from af2cpu.config import compose_config
+from af2cpu.data import MINI_DB_ROOT
+from af2cpu.errors import ConfigError
+
+
+def test_default_config_points_at_bundled_mini_databases():
+    cfg = compose_config([])
+    assert cfg.db.preset.value == "mini"
+    assert cfg.db.uniref90 == str(MINI_DB_ROOT / "uniref90" / "uniref90.fasta")
+    assert cfg.db.pdb70 == str(MINI_DB_ROOT / "pdb70" / "pdb70")
+    assert list(cfg.model.names) == [f"model_{i}_ptm" for i in range(1, 6)]
+
+
+def test_full_preset_follows_official_layout_under_root():
+    cfg = compose_config(["db=full", "db.root=/data/af2"])
+    assert cfg.db.mgnify == "/data/af2/mgnify/mgy_clusters_2022_05.fa"
+    assert cfg.db.uniref30 == "/data/af2/uniref30/UniRef30_2021_03"
+    assert cfg.db.template_mmcif_dir == "/data/af2/pdb_mmcif/mmcif_files"
+    assert cfg.db.obsolete_pdbs == "/data/af2/pdb_mmcif/obsolete.dat"
+
+
+def test_single_database_path_can_be_overridden():
+    cfg = compose_config(["db=reduced", "db.root=/r", "db.small_bfd=/fast/small_bfd.fasta"])
+    assert cfg.db.small_bfd == "/fast/small_bfd.fasta"
+    assert cfg.db.uniref90 == "/r/uniref90/uniref90.fasta"
+
+
+def test_unknown_key_is_an_error_naming_it_and_the_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        compose_config(["db.uniref09=/x"])
+    message = str(info.value)
+    assert "db.uniref09" in message
+    assert "db.uniref90" in message
+
+
+def test_unknown_top_level_key_is_an_error():
+    with pytest.raises(ConfigError, match="'nonsense'"):
+        compose_config(["nonsense=1"])
+
+
+def test_invalid_enum_value_names_the_choices():
+    with pytest.raises(ConfigError) as info:
+        compose_config(["runtime.precision=fp16"])
+    assert "fp16" in str(info.value) and "bf16" in str(info.value)
+
+
+def test_unknown_group_option_names_the_available_ones():
+    with pytest.raises(ConfigError) as info:
+        compose_config(["db=huge"])
+    assert "huge" in str(info.value) and "full" in str(info.value)
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="num_recycle"):
+        compose_config(["model.num_recycle=many"])
+
+
+def test_config_is_read_only():
+    cfg = compose_config([])
+    with pytest.raises(Exception):
+        cfg.runtime.threads = 4
