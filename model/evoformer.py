@@ -1,0 +1,242 @@
+"""The Evoformer block and its parts (Jumper et al. 2021, Suppl. 1.6).
+
+Each class returns the *update* of its input (the residual is added by the block), as in the
+supplement's pseudocode. Shapes: MSA (S, L, c_m), MSA mask (S, L), pair (L, L, c_z), pair mask (L, L).
+Every module with a large intermediate reads its chunk size from ``self.options`` (see
+:mod:`af2cpu.model.options`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from af2cpu.model.attention import Attention, GlobalAttention, mask_to_bias
+from af2cpu.model.options import Options, chunk_slices
+from af2cpu.model.primitives import LayerNorm, Linear
+
+
+class _Chunked(nn.Module):
+    """A module that reads chunk sizes from an :class:`Options` object (replaced by set_options)."""
+
+    def __init__(self):
+        super().__init__()
+        self.options = Options()
+
+
+class MSARowAttentionWithPairBias(_Chunked):
+    """Jumper et al. (2021) Suppl. Alg. 7 'MSARowAttentionWithPairBias'."""
+
+    def __init__(self, c_m: int = 256, c_z: int = 128, num_head: int = 8):
+        super().__init__()
+        self.query_norm = LayerNorm(c_m)
+        self.feat_2d_norm = LayerNorm(c_z)
+        self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
+        self.attention = Attention(c_m, c_m, c_m, num_head)
+
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        bias = mask_to_bias(msa_mask)[:, None, None, :]
+        msa = self.query_norm(msa)
+        pair_bias = torch.einsum("qkc,ch->hqk", self.feat_2d_norm(pair), self.feat_2d_weights)
+        return self.attention(msa, msa, bias, pair_bias, self.options.chunks.msa_row_attention)
+
+
+class MSAColumnAttention(_Chunked):
+    """Jumper et al. (2021) Suppl. Alg. 8 'MSAColumnAttention'."""
+
+    def __init__(self, c_m: int = 256, num_head: int = 8):
+        super().__init__()
+        self.query_norm = LayerNorm(c_m)
+        self.attention = Attention(c_m, c_m, c_m, num_head)
+
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+        msa = self.query_norm(msa.transpose(0, 1))
+        bias = mask_to_bias(msa_mask.transpose(0, 1))[:, None, None, :]
+        out = self.attention(msa, msa, bias, None, self.options.chunks.msa_column_attention)
+        return out.transpose(0, 1)
+
+
+class MSAColumnGlobalAttention(_Chunked):
+    """Jumper et al. (2021) Suppl. Alg. 19 'MSAColumnGlobalAttention' (extra-MSA stack)."""
+
+    def __init__(self, c_m: int = 64, num_head: int = 8):
+        super().__init__()
+        self.query_norm = LayerNorm(c_m)
+        self.attention = GlobalAttention(c_m, c_m, c_m, num_head)
+
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+        msa = self.query_norm(msa.transpose(0, 1))
+        mask = msa_mask.transpose(0, 1)[..., None]
+        out = self.attention(msa, msa, mask, self.options.chunks.msa_column_attention)
+        return out.transpose(0, 1)
+
+
+class Transition(_Chunked):
+    """Jumper et al. (2021) Suppl. Alg. 9 'MSATransition' and Alg. 15 'PairTransition'.
+
+    The two algorithms are the same computation (layer norm, widen by ``factor``, ReLU, narrow), so
+    one class serves both.
+    """
+
+    def __init__(self, c: int, factor: int = 4):
+        super().__init__()
+        self.input_layer_norm = LayerNorm(c)
+        self.transition1 = Linear(c, c * factor)
+        self.transition2 = Linear(c * factor, c)
+
+    def forward(self, act: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # DISCREPANCY: the mask is accepted for a uniform block interface but, as in the released
+        # model, not applied; masked positions are never read by unmasked ones downstream.
+        del mask
+        return torch.cat([
+            self.transition2(torch.relu(self.transition1(self.input_layer_norm(act[s]))))
+            for s in chunk_slices(act.shape[0], self.options.chunks.transition)
+        ])
+
+
+class OuterProductMean(_Chunked):
+    """Jumper et al. (2021) Suppl. Alg. 10 'OuterProductMean'."""
+
+    def __init__(self, c_m: int = 256, c_z: int = 128, num_outer_channel: int = 32):
+        super().__init__()
+        self.layer_norm_input = LayerNorm(c_m)
+        self.left_projection = Linear(c_m, num_outer_channel)
+        self.right_projection = Linear(c_m, num_outer_channel)
+        self.output_w = nn.Parameter(
+            torch.randn(num_outer_channel, num_outer_channel, c_z) * num_outer_channel**-1.0)
+        self.output_b = nn.Parameter(torch.zeros(c_z))
+
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+        mask = msa_mask[..., None]
+        act = self.layer_norm_input(msa)
+        left = mask * self.left_projection(act)  # (S, L, c)
+        right = mask * self.right_projection(act)
+        n_res, c = left.shape[1], left.shape[2]
+        w = self.output_w.reshape(c * c, -1)
+        right_flat = right.reshape(right.shape[0], -1)  # (S, L*c)
+        out = []
+        for s in chunk_slices(n_res, self.options.chunks.outer_product_mean):
+            left_s = left[:, s].reshape(left.shape[0], -1)  # (S, l*c)
+            outer = (left_s.t() @ right_flat).view(-1, c, n_res, c).transpose(1, 2)  # (l, L, c, c)
+            out.append(torch.addmm(self.output_b, outer.reshape(-1, c * c), w).view(-1, n_res, w.shape[1]))
+        # DISCREPANCY: the bias is added before dividing by the number of sequence pairs (+1e-3),
+        # as the released weights expect; the paper's pseudocode adds it after the mean.
+        norm = torch.einsum("si,sj->ij", msa_mask, msa_mask)[..., None]
+        return torch.cat(out) / (1e-3 + norm)
+
+
+class _TriangleMultiplication(_Chunked):
+    """Shared body of the two triangle multiplications (non-fused weight layout of the monomer)."""
+
+    outgoing: bool
+
+    def __init__(self, c_z: int = 128, num_intermediate_channel: int = 128):
+        super().__init__()
+        c = num_intermediate_channel
+        self.layer_norm_input = LayerNorm(c_z)
+        self.left_projection = Linear(c_z, c)
+        self.right_projection = Linear(c_z, c)
+        self.left_gate = Linear(c_z, c)
+        self.right_gate = Linear(c_z, c)
+        self.center_layer_norm = LayerNorm(c)
+        self.output_projection = Linear(c, c_z)
+        self.gating_linear = Linear(c_z, c_z)
+
+    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        mask = pair_mask[..., None]
+        act = self.layer_norm_input(pair)
+        left = mask * self.left_projection(act) * torch.sigmoid(self.left_gate(act))
+        right = mask * self.right_projection(act) * torch.sigmoid(self.right_gate(act))
+        # Channel-first so that the triangle sum is one batched GEMM per channel.
+        if self.outgoing:  # out[i, j] = sum_k left[i, k] * right[j, k]
+            a, b = left.permute(2, 0, 1), right.permute(2, 1, 0)
+        else:  # out[i, j] = sum_k left[k, j] * right[k, i]
+            a, b = right.permute(2, 1, 0), left.permute(2, 0, 1)
+        tri = torch.cat([torch.bmm(a[:, s], b) for s in
+                         chunk_slices(pair.shape[0], self.options.chunks.triangle_multiplication)], dim=1)
+        out = self.output_projection(self.center_layer_norm(tri.permute(1, 2, 0)))
+        return out * torch.sigmoid(self.gating_linear(act))
+
+
+class TriangleMultiplicationOutgoing(_TriangleMultiplication):
+    """Jumper et al. (2021) Suppl. Alg. 11 'TriangleMultiplicationOutgoing'."""
+
+    outgoing = True
+
+
+class TriangleMultiplicationIncoming(_TriangleMultiplication):
+    """Jumper et al. (2021) Suppl. Alg. 12 'TriangleMultiplicationIncoming'."""
+
+    outgoing = False
+
+
+class _TriangleAttention(_Chunked):
+    """Shared body of the two triangle attentions; ending node works on the transposed pair."""
+
+    starting: bool
+
+    def __init__(self, c_z: int = 128, num_head: int = 4, key_dim: int | None = None,
+                 value_dim: int | None = None):
+        super().__init__()
+        self.query_norm = LayerNorm(c_z)
+        self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
+        self.attention = Attention(c_z, c_z, c_z, num_head, key_dim, value_dim)
+
+    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        if not self.starting:
+            pair, pair_mask = pair.transpose(0, 1), pair_mask.transpose(0, 1)
+        bias = mask_to_bias(pair_mask)[:, None, None, :]
+        act = self.query_norm(pair)
+        tri_bias = torch.einsum("qkc,ch->hqk", act, self.feat_2d_weights)
+        out = self.attention(act, act, bias, tri_bias, self.options.chunks.triangle_attention)
+        return out if self.starting else out.transpose(0, 1)
+
+
+class TriangleAttentionStartingNode(_TriangleAttention):
+    """Jumper et al. (2021) Suppl. Alg. 13 'TriangleAttentionStartingNode'."""
+
+    starting = True
+
+
+class TriangleAttentionEndingNode(_TriangleAttention):
+    """Jumper et al. (2021) Suppl. Alg. 14 'TriangleAttentionEndingNode'."""
+
+    starting = False
+
+
+class EvoformerIteration(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 6 'EvoformerStack' lines 2-10: one Evoformer block.
+
+    With ``is_extra_msa`` it is the block of Alg. 18 'ExtraMsaStack': global column attention
+    instead of column attention, on 64 MSA channels.
+    """
+
+    def __init__(self, c_m: int = 256, c_z: int = 128, is_extra_msa: bool = False):
+        super().__init__()
+        self.is_extra_msa = is_extra_msa
+        self.msa_row_attention_with_pair_bias = MSARowAttentionWithPairBias(c_m, c_z, num_head=8)
+        if is_extra_msa:
+            self.msa_column_global_attention = MSAColumnGlobalAttention(c_m, num_head=8)
+        else:
+            self.msa_column_attention = MSAColumnAttention(c_m, num_head=8)
+        self.msa_transition = Transition(c_m, factor=4)
+        self.outer_product_mean = OuterProductMean(c_m, c_z, num_outer_channel=32)
+        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_z, c_z)
+        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_z, c_z)
+        self.triangle_attention_starting_node = TriangleAttentionStartingNode(c_z, num_head=4)
+        self.triangle_attention_ending_node = TriangleAttentionEndingNode(c_z, num_head=4)
+        self.pair_transition = Transition(c_z, factor=4)
+
+    def forward(self, msa, pair, msa_mask, pair_mask):
+        """Returns the updated (msa, pair)."""
+        msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
+        column = self.msa_column_global_attention if self.is_extra_msa else self.msa_column_attention
+        msa = msa + column(msa, msa_mask)
+        msa = msa + self.msa_transition(msa, msa_mask)
+        pair = pair + self.outer_product_mean(msa, msa_mask)
+        pair = pair + self.triangle_multiplication_outgoing(pair, pair_mask)
+        pair = pair + self.triangle_multiplication_incoming(pair, pair_mask)
+        pair = pair + self.triangle_attention_starting_node(pair, pair_mask)
+        pair = pair + self.triangle_attention_ending_node(pair, pair_mask)
+        pair = pair + self.pair_transition(pair, pair_mask)
+        return msa, pair

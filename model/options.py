@@ -1,0 +1,63 @@
+"""Runtime options of the network: one small frozen object handed to every module.
+
+The model code never reads environment variables or global state; whoever runs the network (the
+CLI, a scheduler task, a test) builds one :class:`Options` and gives it to
+:meth:`af2cpu.model.alphafold.AlphaFold.set_options`, which hands it to every module. Chunk sizes
+bound the memory of the large intermediates: ``None`` computes a tensor in one piece, an integer
+computes it in slices of that many rows along a batch-like axis. Chunked and unchunked results are
+equal (tests/test_model_trunk.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from af2cpu.errors import ConfigError
+
+PRECISIONS = ("fp32",)
+
+
+@dataclass(frozen=True)
+class ChunkSizes:
+    """Rows per slice for each kind of large intermediate; ``None`` means unchunked."""
+
+    msa_row_attention: int | None = None  # MSA rows (sequences) per slice
+    msa_column_attention: int | None = None  # MSA columns (residues) per slice, also global attention
+    triangle_attention: int | None = None  # pair rows per slice
+    template_attention: int | None = None  # residue pairs per slice of the point-wise attention
+    outer_product_mean: int | None = None  # residues (left index) per slice
+    triangle_multiplication: int | None = None  # output rows per slice
+    transition: int | None = None  # leading rows per slice
+
+    def __post_init__(self):
+        for name, value in self.__dict__.items():
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"chunk size {name}={value!r} must be a positive integer or None")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the network runs: chunk sizes and numeric precision."""
+
+    chunks: ChunkSizes = field(default_factory=ChunkSizes)
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}"
+            )
+
+    @classmethod
+    def chunked(cls, size: int) -> "Options":
+        """The same chunk size for every kind (handy for memory-bounded runs and tests)."""
+        return cls(chunks=ChunkSizes(**{name: size for name in ChunkSizes.__dataclass_fields__}))
+
+
+def chunk_slices(total: int, size: int | None):
+    """Yield ``slice`` objects covering ``range(total)`` in pieces of ``size`` (one piece if None)."""
+    if size is None or size >= total:
+        yield slice(0, total)
+        return
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
