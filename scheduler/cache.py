@@ -1,0 +1,344 @@
+"""The stage cache: atomic outputs, stage records keyed by what produced them, per-target locks.
+
+A stage (a search, features, one model's inference, relaxation) is done when its record exists, holds
+the same key, and every output it lists exists. The key is the sha256 of the canonical JSON of
+everything that determines the result: the stage name, the content hashes of its inputs, the subset of
+the configuration it reads, the versions of the tools it runs and the identity (path, size, mtime) of
+the databases it searches. Outputs and records are written to a temporary file in the same folder,
+flushed to disk and renamed over the final name, so a reader sees the old file or the new one, never
+a part.
+
+Job-array shards that share an output folder take a lock per target before running its stages. A lock
+file holds the holder's pid, host and a token; the holder touches it (its "heartbeat") while it runs.
+A lock is stale, and is taken over, when its heartbeat is older than `stale_after` seconds or its
+holder's pid no longer runs on this host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Mapping, Optional, Union
+
+from af2cpu.errors import Af2CpuError
+
+RECORD_NAME = "{stage}.stage.json"
+
+
+def canonical_json(value) -> bytes:
+    """JSON with sorted keys and no whitespace: equal values give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def file_hash(path: Union[str, os.PathLike]) -> str:
+    """sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def database_identity(paths: Mapping[str, Union[str, os.PathLike]]) -> dict[str, list]:
+    """{name: [path, size, mtime_ns]} per database file, or per file of a database prefix (HH-suite
+    databases are a prefix of several `_a3m.ffdata`, `_hhm.ffindex`, ... files). Hashing content is
+    too slow for terabytes; a changed size or mtime is what a re-download leaves."""
+    identity: dict[str, list] = {}
+    for name, path in sorted(paths.items()):
+        path = Path(path)
+        files = [path] if path.exists() else sorted(path.parent.glob(path.name + "*"))
+        if not files:
+            raise Af2CpuError(f"database {name} not found at {path}; check db.root or db.{name}")
+        entries = []
+        for item in files:
+            stat = item.stat()
+            entries.append([str(item), stat.st_size, stat.st_mtime_ns])
+        identity[name] = entries
+    return identity
+
+
+def stage_key(
+    stage: str,
+    inputs: Mapping[str, str],
+    config: Mapping,
+    tool_versions: Mapping[str, str],
+    databases: Mapping[str, list],
+) -> str:
+    """The cache key of a stage run: sha256 of the canonical JSON of what determines its result.
+
+    `inputs` maps input names to content hashes (see :func:`file_hash`), `config` is the subset of the
+    configuration the stage reads, `databases` is :func:`database_identity`'s result.
+    """
+    document = {
+        "stage": stage,
+        "inputs": dict(inputs),
+        "config": config,
+        "tools": dict(tool_versions),
+        "databases": databases,
+    }
+    return hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def _umask() -> int:
+    # mkstemp creates 0600 files; outputs shared by array shards and colleagues get the usual mode.
+    # /proc/self/status reports the umask without the set-and-restore race of os.umask.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is flushed and renamed over `path`.
+
+    For writers that want a file name (a tool's `-o`, numpy's `savez`); on an exception the temporary
+    file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temp = Path(temp)
+    os.chmod(temp, 0o666 & ~_umask())
+    try:
+        yield temp
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
+    """Write `data` (bytes, or a function that writes to a binary file) to `path` atomically."""
+    with atomic_output(path) as temp:
+        with open(temp, "wb") as handle:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                handle.write(data)
+            else:
+                data(handle)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What a finished stage leaves: its key, when it ran, and its outputs (relative to the target
+    folder)."""
+
+    stage: str
+    key: str
+    started: float
+    finished: float
+    outputs: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # e.g. tool timings, for reports
+
+
+class StageCache:
+    """Stage records of one target folder (`<out>/<target_id>/`)."""
+
+    def __init__(self, folder: Union[str, os.PathLike]):
+        self.folder = Path(folder)
+
+    def record_path(self, stage: str) -> Path:
+        return self.folder / RECORD_NAME.format(stage=stage)
+
+    def lookup(self, stage: str, key: str) -> Optional[StageRecord]:
+        """The record of `stage` if it was finished with `key` and all its outputs exist."""
+        try:
+            data = json.loads(self.record_path(stage).read_text())
+            record = StageRecord(**data)
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+        if record.key != key or record.stage != stage:
+            return None
+        if not all((self.folder / output).exists() for output in record.outputs):
+            return None
+        return record
+
+    def record(self, record: StageRecord) -> None:
+        """Write a record atomically, after its outputs were written."""
+        missing = [o for o in record.outputs if not (self.folder / o).exists()]
+        if missing:
+            raise Af2CpuError(
+                f"stage {record.stage} of {self.folder} claims outputs that do not exist: {missing}"
+            )
+        atomic_write(self.record_path(record.stage), canonical_json(asdict(record)))
+
+    def run(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[Path], list[str]],
+        info: Optional[dict] = None,
+    ) -> tuple[StageRecord, bool]:
+        """Run `compute(folder)` unless `stage` is cached with `key`; returns (record, was_cached).
+
+        `compute` writes its outputs (atomically) into the folder and returns their relative paths.
+        """
+        cached = self.lookup(stage, key)
+        if cached is not None:
+            return cached, True
+        self.folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        outputs = list(compute(self.folder))
+        record = StageRecord(stage, key, started, time.time(), outputs, dict(info or {}))
+        self.record(record)
+        return record, False
+
+
+class LockTimeout(Af2CpuError):
+    """A target lock could not be taken in time: another live process holds it."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TargetLock:
+    """An exclusive lock on one target across processes and hosts sharing a file system.
+
+    Use as a context manager (raises LockTimeout after `wait` seconds), or `acquire()` / `release()`. While held, a background thread touches
+    the lock file every `stale_after / 4` seconds; `lost` becomes True if another process took the
+    lock over (which happens only when this holder stopped refreshing it for `stale_after`).
+    """
+
+    def __init__(
+        self, path: Union[str, os.PathLike], stale_after: float = 600.0, wait: Optional[float] = None
+    ):
+        self.path = Path(path)
+        self.stale_after = stale_after
+        self.wait = wait  # how long `with` waits for a live holder (None: as long as it takes)
+        self.token = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self.lost = False
+        self._stop = threading.Event()
+        self._heartbeat: Optional[threading.Thread] = None
+
+    def _holder(self) -> Optional[dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            return {}  # a holder between creating and writing the file
+
+    def is_stale(self, holder: dict) -> bool:
+        """Whether the lock described by `holder` (the file's content) may be taken over."""
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age > self.stale_after:
+            return True
+        return holder.get("host") == self.host and "pid" in holder and not _process_alive(holder["pid"])
+
+    def _try_create(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(canonical_json({"pid": os.getpid(), "host": self.host, "token": self.token,
+                                         "since": time.time()}))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+
+    def _break(self, holder: dict) -> None:
+        """Move a stale lock aside; put it back if it turns out to be a fresh one."""
+        aside = self.path.with_name(f"{self.path.name}.stale-{self.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            moved = {}
+        if holder and moved.get("token") != holder.get("token"):
+            # Another process broke the stale lock and took a new one between our read and rename.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        aside.unlink(missing_ok=True)
+
+    def acquire(self, timeout: Optional[float] = None, poll: float = 0.2) -> bool:
+        """Take the lock; wait up to `timeout` seconds (forever if None, not at all if 0)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._try_create():
+                self._start_heartbeat()
+                return True
+            holder = self._holder()
+            if holder is not None and self.is_stale(holder):
+                self._break(holder)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self.lost = False
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lock {self.path.name}", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after / 4):
+            holder = self._holder()
+            if not holder or holder.get("token") != self.token:
+                self.lost = True
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        """Release the lock if this object still holds it."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
+        holder = self._holder()
+        if holder and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "TargetLock":
+        if not self.acquire(timeout=self.wait):
+            holder = self._holder() or {}
+            raise LockTimeout(
+                f"{self.path} is held by pid {holder.get('pid')} on {holder.get('host')}, which is alive; "
+                f"another run is working on this target (a lock whose holder stops is taken over after "
+                f"{self.stale_after:.0f} s)"
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,235 @@
+"""The stage cache: atomic writes survive kill -9, stage records skip finished work, target locks."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from af2cpu.errors import Af2CpuError
+from af2cpu.scheduler.cache import (
+    LockTimeout,
+    StageCache,
+    TargetLock,
+    atomic_write,
+    database_identity,
+    file_hash,
+    stage_key,
+)
+
+KILLED_WRITER = """
+import sys
+from af2cpu.scheduler.cache import atomic_write
+def writer(handle):
+    handle.write(b"N" * (1 << 20))
+    handle.flush()
+    print("half", flush=True)
+    sys.stdin.read()  # blocks until killed
+atomic_write(sys.argv[1], writer)
+"""
+
+
+def start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_kill_9_mid_write_leaves_no_partial_file(tmp_path, existing):
+    path = tmp_path / "features.npz"
+    if existing:
+        path.write_bytes(b"old complete content")
+    child = start(KILLED_WRITER, str(path))
+    assert child.stdout.readline().strip() == "half"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    if existing:
+        assert path.read_bytes() == b"old complete content"
+    else:
+        assert not path.exists()
+    visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert visible == (["features.npz"] if existing else [])
+    atomic_write(path, b"new")
+    assert path.read_bytes() == b"new"
+
+
+def test_atomic_write_takes_bytes_or_a_writer_and_keeps_old_file_on_error(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    atomic_write(path, lambda handle: handle.write(b'{"a": 1}'))
+    assert json.loads(path.read_text()) == {"a": 1}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+    def failing(handle):
+        handle.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]
+
+
+def test_stage_key_changes_with_each_ingredient_and_not_with_key_order(tmp_path):
+    db = tmp_path / "uniref90.fasta"
+    db.write_text(">a\nMKV\n")
+    inputs = {"query": "ab" * 32}
+    config = {"n_iter": 1, "e_value": 0.0001}
+    tools = {"jackhmmer": "3.4"}
+    dbs = database_identity({"uniref90": db})
+    key = stage_key("uniref90_search", inputs, config, tools, dbs)
+    assert key == stage_key("uniref90_search", inputs, {"e_value": 0.0001, "n_iter": 1}, tools, dbs)
+    assert len(key) == 64
+    others = {
+        stage_key("mgnify_search", inputs, config, tools, dbs),
+        stage_key("uniref90_search", {"query": "cd" * 32}, config, tools, dbs),
+        stage_key("uniref90_search", inputs, {"n_iter": 2, "e_value": 0.0001}, tools, dbs),
+        stage_key("uniref90_search", inputs, config, {"jackhmmer": "3.3.2"}, dbs),
+    }
+    db.write_text(">a\nMKVL\n")  # a new download of the database
+    others.add(stage_key("uniref90_search", inputs, config, tools, database_identity({"uniref90": db})))
+    assert key not in others and len(others) == 5
+
+
+def test_database_identity_covers_every_file_of_a_prefix_and_missing_is_an_error(tmp_path):
+    for suffix in ("_a3m.ffdata", "_a3m.ffindex", "_hhm.ffdata"):
+        (tmp_path / f"pdb70{suffix}").write_bytes(b"x" * len(suffix))
+    identity = database_identity({"pdb70": tmp_path / "pdb70"})
+    assert [os.path.basename(entry[0]) for entry in identity["pdb70"]] == [
+        "pdb70_a3m.ffdata", "pdb70_a3m.ffindex", "pdb70_hhm.ffdata"
+    ]
+    assert identity["pdb70"][0][1] == len("_a3m.ffdata")
+    with pytest.raises(Af2CpuError, match="database bfd not found"):
+        database_identity({"bfd": tmp_path / "bfd"})
+
+
+def test_finished_stage_with_same_key_is_skipped(tmp_path):
+    cache = StageCache(tmp_path / "T1")
+    calls = []
+
+    def compute(folder):
+        calls.append(1)
+        atomic_write(folder / "msas" / "uniref90_hits.sto", b"# STOCKHOLM 1.0\n//\n")
+        return ["msas/uniref90_hits.sto"]
+
+    record, cached = cache.run("uniref90_search", "k1", compute, info={"seconds": 1.5})
+    assert not cached and record.outputs == ["msas/uniref90_hits.sto"]
+    assert json.loads(cache.record_path("uniref90_search").read_text())["key"] == "k1"
+    again, cached = cache.run("uniref90_search", "k1", compute)
+    assert cached and again == record and len(calls) == 1
+
+    cache.run("uniref90_search", "k2", compute)  # a different key recomputes
+    assert len(calls) == 2
+    (tmp_path / "T1/msas/uniref90_hits.sto").unlink()  # a lost output recomputes
+    _, cached = cache.run("uniref90_search", "k2", compute)
+    assert not cached and len(calls) == 3
+
+
+def test_record_refuses_outputs_that_do_not_exist(tmp_path):
+    cache = StageCache(tmp_path)
+    with pytest.raises(Af2CpuError, match="claims outputs that do not exist"):
+        cache.run("features", "k", lambda folder: ["features.npz"])
+    assert cache.lookup("features", "k") is None
+
+
+HOLDER = """
+import sys
+from af2cpu.scheduler.cache import TargetLock
+lock = TargetLock(sys.argv[1])
+assert lock.acquire(timeout=0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lock_of_a_killed_holder_is_taken_over(tmp_path):
+    path = tmp_path / "T1.lock"
+    child = start(HOLDER, str(path))
+    assert child.stdout.readline().strip() == "held"
+    lock = TargetLock(path)
+    assert not lock.acquire(timeout=0), "a live holder's lock was taken"
+    with pytest.raises(LockTimeout, match=f"held by pid {child.pid}"):
+        with TargetLock(path, wait=0):
+            pass
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert json.loads(path.read_text())["pid"] == child.pid  # the dead holder left its lock
+    assert lock.acquire(timeout=0)
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not path.exists()
+
+
+def test_lock_with_an_old_heartbeat_from_another_host_is_stale(tmp_path):
+    path = tmp_path / "T1.lock"
+    path.write_text(json.dumps({"pid": 1, "host": "node-that-crashed", "token": "t"}))
+    lock = TargetLock(path, stale_after=60)
+    assert not lock.acquire(timeout=0), "a fresh lock of another host was taken"
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert lock.acquire(timeout=0)
+    lock.release()
+
+
+def test_heartbeat_keeps_a_held_lock_fresh(tmp_path):
+    path = tmp_path / "T1.lock"
+    with TargetLock(path, stale_after=2.0) as held:
+        time.sleep(2.5)
+        assert not TargetLock(path, stale_after=2.0).acquire(timeout=0)
+        assert not held.lost
+        assert json.loads(path.read_text())["host"] == socket.gethostname()
+    assert not path.exists()
+
+
+CONTENDER = """
+import sys
+from pathlib import Path
+from af2cpu.scheduler.cache import TargetLock
+lock_path, counter, inside = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()  # both start together
+waits = 0
+for _ in range(int(sys.argv[4])):
+    lock = TargetLock(lock_path)
+    if not lock.acquire(timeout=0):
+        waits += 1
+        lock.acquire(poll=0.001)
+    inside.touch(exist_ok=False)  # fails if the other process is inside too
+    value = int(counter.read_text())
+    counter.write_text(str(value + 1))
+    inside.unlink()
+    lock.release()
+print(waits, flush=True)
+"""
+
+
+def test_two_processes_contending_never_hold_the_lock_together(tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    args = [str(tmp_path / "T1.lock"), str(counter), str(tmp_path / "inside"), "150"]
+    children = [start(CONTENDER, *args) for _ in range(2)]
+    assert [child.stdout.readline().strip() for child in children] == ["ready", "ready"]
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    waits = [int(child.communicate()[0]) for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    assert counter.read_text() == "300"  # no lost update: never two holders at once
+    assert sum(waits) > 0, "the processes never contended; the test proved nothing"
+    assert not (tmp_path / "T1.lock").exists()
+
+
+def test_file_hash_is_sha256_of_content(tmp_path):
+    path = tmp_path / "q.fasta"
+    path.write_bytes(b">q\nMKV\n")
+    assert file_hash(path) == hashlib.sha256(b">q\nMKV\n").hexdigest()
