@@ -1,0 +1,114 @@
+"""Confidence metrics from the head logits: pLDDT, predicted aligned error, pTM and ipTM.
+
+Pure numpy: logits in (numpy arrays or CPU tensors), numbers out, so results, plots and ranking
+can use them without torch. Jumper et al. (2021) Suppl. 1.9.6 (pLDDT) and 1.9.7 (PAE, pTM).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_float_array(x) -> np.ndarray:
+    """float64 numpy copy of an array or tensor (the metrics are cheap; precision is free)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def compute_plddt(logits) -> np.ndarray:
+    """Per-residue pLDDT in [0, 100] from PredictedLDDTHead logits (..., N, num_bins).
+
+    The expected lDDT-Cα over uniform bins on [0, 1], times 100.
+    """
+    logits = _as_float_array(logits)
+    num_bins = logits.shape[-1]
+    centers = (np.arange(num_bins, dtype=logits.dtype) + 0.5) / num_bins
+    return (_softmax(logits) * centers).sum(-1) * 100
+
+
+def _bin_centers(breaks: np.ndarray) -> np.ndarray:
+    """Centers of the bins delimited by `breaks` (num_bins - 1), plus one for the open last bin."""
+    step = breaks[1] - breaks[0]
+    centers = breaks + step / 2
+    return np.append(centers, centers[-1] + step)
+
+
+def compute_predicted_aligned_error(logits, breaks) -> dict[str, np.ndarray]:
+    """PAE from PredictedAlignedErrorHead logits (N, N, num_bins) and breaks (num_bins - 1).
+
+    Returns 'aligned_confidence_probs' (N, N, num_bins), 'predicted_aligned_error' (N, N) — the
+    expected error of residue j when aligned on residue i, in Å — and
+    'max_predicted_aligned_error' (the center of the last bin, the largest value PAE can take).
+    """
+    logits = _as_float_array(logits)
+    centers = _bin_centers(_as_float_array(breaks))
+    probs = _softmax(logits)
+    return {
+        "aligned_confidence_probs": probs,
+        "predicted_aligned_error": (probs * centers).sum(-1),
+        "max_predicted_aligned_error": np.asarray(centers[-1]),
+    }
+
+
+def predicted_tm_score(logits, breaks, residue_weights=None, asym_id=None, interface: bool = False) -> np.ndarray:
+    """pTM (or, with ``interface=True`` and `asym_id`, ipTM) from PAE logits (N, N, num_bins).
+
+    For every alignment residue i, the expected TM-score term 1 / (1 + (e_ij / d0)^2) is averaged
+    over residues j with `residue_weights` (default all 1); the score is that average for the best
+    i. d0 follows TM-score (Yang & Skolnick 2004) for the number of weighted residues, clipped at
+    19 so that it stays positive. For ipTM only pairs of residues in different chains count.
+    """
+    logits = _as_float_array(logits)
+    breaks = _as_float_array(breaks)
+    num_res = logits.shape[-2]
+    weights = np.ones(num_res, logits.dtype) if residue_weights is None else _as_float_array(residue_weights)
+
+    # As in DeepMind's AlphaFold 2.3, N is the integer part of the summed weights and the score is
+    # the unweighted term of the best alignment residue (ColabFold's copy differs from this only
+    # for fractional weights).
+    clipped_num_res = max(int(weights.sum()), 19)
+    d0 = 1.24 * (clipped_num_res - 15) ** (1.0 / 3) - 1.8
+
+    centers = _bin_centers(breaks)
+    tm_per_bin = 1.0 / (1 + np.square(centers) / np.square(d0))
+    tm_term = (_softmax(logits) * tm_per_bin).sum(-1)  # (N, N)
+
+    if interface:
+        if asym_id is None:
+            raise ValueError("ipTM (interface=True) needs asym_id, the chain index of every residue")
+        asym = np.asarray(asym_id)
+        pair_mask = asym[:, None] != asym[None, :]
+    else:
+        pair_mask = np.ones((num_res, num_res), dtype=bool)
+    tm_term = tm_term * pair_mask
+    pair_weights = pair_mask * (weights[None, :] * weights[:, None])
+    normed = pair_weights / (1e-8 + pair_weights.sum(-1, keepdims=True))
+    per_alignment = (tm_term * normed).sum(-1)
+    return np.asarray(per_alignment[(per_alignment * weights).argmax()])
+
+
+def confidence_metrics(result: dict, residue_weights=None, asym_id=None) -> dict[str, np.ndarray]:
+    """pLDDT, and with a 'predicted_aligned_error' head also PAE, pTM (and ipTM with `asym_id`),
+    plus 'ranking_confidence', from the heads' outputs ``result[head_name]['logits']``.
+
+    Ranking follows AlphaFold 2.3: 80 ipTM + 20 pTM with chains, else mean pLDDT.
+    """
+    out = {"plddt": compute_plddt(result["predicted_lddt"]["logits"])}
+    pae = result.get("predicted_aligned_error")
+    if pae is not None:
+        out.update(compute_predicted_aligned_error(pae["logits"], pae["breaks"]))
+        out["ptm"] = predicted_tm_score(pae["logits"], pae["breaks"], residue_weights)
+        if asym_id is not None:
+            out["iptm"] = predicted_tm_score(pae["logits"], pae["breaks"], residue_weights, asym_id, interface=True)
+    if "iptm" in out:
+        out["ranking_confidence"] = 0.8 * out["iptm"] + 0.2 * out["ptm"]
+    else:
+        out["ranking_confidence"] = np.asarray(out["plddt"].mean())
+    return out

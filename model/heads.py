@@ -1,0 +1,133 @@
+"""The output heads of AlphaFold2 other than the structure module.
+
+Each head is ``forward(representations, batch) -> dict`` with the reference's output keys; the
+attribute paths mirror the haiku scopes (``alphafold/alphafold_iteration/<head>/<layer>``) when a
+head is the attribute of the same name of the iteration module. Heads run in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from af2cpu.common import residue_constants as rc
+from af2cpu.model.primitives import LayerNorm, Linear
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Sizes and bins of the heads (``model.heads`` of AlphaFold2's config)."""
+
+    msa_channel: int = 256
+    pair_channel: int = 128
+    single_channel: int = 384
+    structure_module_channel: int = 384
+    plddt_num_bins: int = 50
+    plddt_num_channels: int = 128
+    distogram_first_break: float = 2.3125
+    distogram_last_break: float = 21.6875
+    distogram_num_bins: int = 64
+    masked_msa_num_output: int = 23
+    pae_max_error_bin: float = 31.0
+    pae_num_bins: int = 64
+
+
+def _fp32(x) -> torch.Tensor:
+    return torch.as_tensor(x).float()
+
+
+class PredictedLDDTHead(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 29 'predictPerResidueLDDT_Ca' (Suppl. 1.9.6).
+
+    Binned per-residue lDDT-Cα logits (N, num_bins) from the structure module's final single
+    representation ``representations['structure_module']``.
+    """
+
+    def __init__(self, cfg: HeadsConfig | None = None):
+        super().__init__()
+        cfg = cfg or HeadsConfig()
+        self.input_layer_norm = LayerNorm(cfg.structure_module_channel)
+        self.act_0 = Linear(cfg.structure_module_channel, cfg.plddt_num_channels)
+        self.act_1 = Linear(cfg.plddt_num_channels, cfg.plddt_num_channels)
+        self.logits = Linear(cfg.plddt_num_channels, cfg.plddt_num_bins)
+
+    def forward(self, representations: dict, batch: dict | None = None) -> dict:
+        act = self.input_layer_norm(_fp32(representations["structure_module"]))
+        act = F.relu(self.act_0(act))
+        act = F.relu(self.act_1(act))
+        return {"logits": self.logits(act)}
+
+
+class DistogramHead(nn.Module):
+    """Jumper et al. (2021) Suppl. 1.9.8 'Distogram prediction'.
+
+    Symmetric Cβ-distance logits (N, N, num_bins) from the pair representation, and the bin edges.
+    """
+
+    def __init__(self, cfg: HeadsConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or HeadsConfig()
+        self.half_logits = Linear(cfg.pair_channel, cfg.distogram_num_bins)
+
+    def forward(self, representations: dict, batch: dict | None = None) -> dict:
+        half = self.half_logits(_fp32(representations["pair"]))
+        cfg = self.cfg
+        edges = torch.linspace(
+            cfg.distogram_first_break, cfg.distogram_last_break, cfg.distogram_num_bins - 1, device=half.device
+        )
+        return {"logits": half + half.transpose(-2, -3), "bin_edges": edges}
+
+
+class MaskedMsaHead(nn.Module):
+    """Jumper et al. (2021) Suppl. 1.9.9 'Masked MSA prediction'.
+
+    Logits (N_seq, N, 23) over the residue alphabet at every MSA position, from the MSA
+    representation.
+    """
+
+    def __init__(self, cfg: HeadsConfig | None = None, multimer: bool = False):
+        super().__init__()
+        cfg = cfg or HeadsConfig()
+        num_output = len(rc.restypes_with_x_and_gap) if multimer else cfg.masked_msa_num_output
+        self.logits = Linear(cfg.msa_channel, num_output)
+
+    def forward(self, representations: dict, batch: dict | None = None) -> dict:
+        return {"logits": self.logits(_fp32(representations["msa"]))}
+
+
+class ExperimentallyResolvedHead(nn.Module):
+    """Jumper et al. (2021) Suppl. 1.9.10 'Experimentally resolved prediction'.
+
+    Per-atom (atom37) logits (N, 37) that the atom is resolved in a high-resolution structure, from
+    the single representation.
+    """
+
+    def __init__(self, cfg: HeadsConfig | None = None):
+        super().__init__()
+        cfg = cfg or HeadsConfig()
+        self.logits = Linear(cfg.single_channel, rc.atom_type_num)
+
+    def forward(self, representations: dict, batch: dict | None = None) -> dict:
+        return {"logits": self.logits(_fp32(representations["single"]))}
+
+
+class PredictedAlignedErrorHead(nn.Module):
+    """Jumper et al. (2021) Suppl. 1.9.7 'TM-score prediction'.
+
+    Logits (N, N, num_bins) of the error of residue j's position when aligned on residue i's frame,
+    from the pair representation, and the bin breaks (num_bins - 1) uniformly covering
+    [0, max_error_bin] Å (the last bin is open-ended).
+    """
+
+    def __init__(self, cfg: HeadsConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or HeadsConfig()
+        self.logits = Linear(cfg.pair_channel, cfg.pae_num_bins)
+
+    def forward(self, representations: dict, batch: dict | None = None) -> dict:
+        logits = self.logits(_fp32(representations["pair"]))
+        breaks = torch.linspace(0.0, self.cfg.pae_max_error_bin, self.cfg.pae_num_bins - 1, device=logits.device)
+        return {"logits": logits, "breaks": breaks}

@@ -1,0 +1,273 @@
+"""The structure module: single and pair representations -> backbone frames and all-atom coordinates.
+
+Attribute paths mirror the haiku scopes under ``alphafold/alphafold_iteration/structure_module``
+(``fold_iteration/invariant_point_attention/q_scalar`` is
+``structure_module.fold_iteration.invariant_point_attention.q_scalar``). The eight iterations share
+one set of weights, as in AlphaFold2. The module always computes in fp32, whatever the dtype of
+the trunk (AlphaFold2 keeps the structure module in full precision).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from af2cpu.model import all_atom
+from af2cpu.model.geometry import QuatRigid, Rigid
+from af2cpu.model.primitives import LayerNorm, Linear
+
+
+@dataclass(frozen=True)
+class StructureModuleConfig:
+    """Sizes of the structure module (``model.heads.structure_module`` of AlphaFold2's config)."""
+
+    single_channel: int = 384  # c_s of the Evoformer output
+    pair_channel: int = 128  # c_z
+    num_layer: int = 8
+    num_channel: int = 384
+    num_head: int = 12
+    num_scalar_qk: int = 16
+    num_scalar_v: int = 16
+    num_point_qk: int = 4
+    num_point_v: int = 8
+    num_layer_in_transition: int = 3
+    position_scale: float = 10.0
+    sidechain_num_channel: int = 128
+    sidechain_num_residual_block: int = 2
+
+
+class InvariantPointAttention(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 22 'InvariantPointAttention'.
+
+    Attention whose logits combine scalar query-key products, the pair representation, and the
+    distances between query and key points placed by each residue in its own frame and compared in
+    the global frame; so the result is invariant to global rotations and translations.
+    """
+
+    def __init__(self, cfg: StructureModuleConfig, dist_epsilon: float = 1e-8):
+        super().__init__()
+        self.cfg = cfg
+        h, c = cfg.num_head, cfg.num_channel
+        self.q_scalar = Linear(c, h * cfg.num_scalar_qk)
+        self.kv_scalar = Linear(c, h * (cfg.num_scalar_qk + cfg.num_scalar_v))
+        self.q_point_local = Linear(c, h * 3 * cfg.num_point_qk)
+        self.kv_point_local = Linear(c, h * 3 * (cfg.num_point_qk + cfg.num_point_v))
+        # softplus^-1(1): the initial per-head point weight is 1.
+        self.trainable_point_weights = nn.Parameter(torch.full((h,), math.log(math.e - 1.0)))
+        self.attention_2d = Linear(cfg.pair_channel, h)
+        num_features = h * (cfg.num_scalar_v + 4 * cfg.num_point_v + cfg.pair_channel)
+        self.output_projection = Linear(num_features, c)
+        self.dist_epsilon = dist_epsilon
+
+    def _points(self, linear: Linear, act: torch.Tensor, frames: Rigid, num_points: int) -> torch.Tensor:
+        """Per-head points (N, H, P, 3) in the global frame, from local points predicted by `linear`."""
+        n = act.shape[0]
+        # The projection lays out all x coordinates, then all y, then all z.
+        local = linear(act).reshape(n, 3, self.cfg.num_head * num_points).transpose(1, 2)  # (N, H*P, 3)
+        return frames.unsqueeze(-1).apply(local).reshape(n, self.cfg.num_head, num_points, 3)
+
+    def forward(self, act: torch.Tensor, pair: torch.Tensor, mask: torch.Tensor, frames: Rigid) -> torch.Tensor:
+        """act (N, c_s), pair (N, N, c_z), mask (N,), frames with batch shape (N,) -> (N, c_s)."""
+        cfg = self.cfg
+        n, h = act.shape[0], cfg.num_head
+
+        q = self.q_scalar(act).reshape(n, h, cfg.num_scalar_qk)
+        k, v = self.kv_scalar(act).reshape(n, h, -1).split([cfg.num_scalar_qk, cfg.num_scalar_v], dim=-1)
+        q_pts = self._points(self.q_point_local, act, frames, cfg.num_point_qk)
+        kv_pts = self._points(self.kv_point_local, act, frames, cfg.num_point_qk + cfg.num_point_v)
+        k_pts, v_pts = kv_pts.split([cfg.num_point_qk, cfg.num_point_v], dim=-2)
+
+        # DISCREPANCY: the paper's weights w_C = sqrt(2 / (9 N_qk)) and w_L = sqrt(1/3) are
+        # applied here as AlphaFold2 does: each of the three logit terms is scaled to unit
+        # variance (scalar by sqrt(1 / (3 c)), points by sqrt(1 / (3 * 4.5 P)) times the
+        # softplus-ed trainable head weight), which is the same thing written per term.
+        scalar_weight = math.sqrt(1.0 / (3 * cfg.num_scalar_qk))
+        point_weight = math.sqrt(1.0 / (3 * cfg.num_point_qk * 9.0 / 2)) * F.softplus(self.trainable_point_weights)
+        pair_weight = math.sqrt(1.0 / 3)
+
+        logits = torch.einsum("ihc,jhc->hij", q * scalar_weight, k)
+        # Squared distances from differences (not the expanded |q|^2 + |k|^2 - 2 q.k): fp32-exact
+        # enough to match AlphaFold2 for coordinates far from the origin.
+        diff = q_pts.permute(1, 0, 2, 3)[:, :, None] - k_pts.permute(1, 0, 2, 3)[:, None, :]  # (H, N, N, P, 3)
+        dist2 = (diff * diff).sum(-1)
+        logits = logits - 0.5 * (point_weight[:, None, None, None] * dist2).sum(-1)
+        logits = logits + pair_weight * self.attention_2d(pair).permute(2, 0, 1)
+        mask_2d = mask[:, None] * mask[None, :]
+        logits = logits - 1e5 * (1.0 - mask_2d)
+        attn = torch.softmax(logits, dim=-1)  # (H, N_q, N_k)
+
+        out_scalar = torch.einsum("hij,jhc->ihc", attn, v).reshape(n, -1)
+        out_pts_global = torch.einsum("hij,jhpx->ihpx", attn, v_pts)  # (N, H, P, 3)
+        out_pts = frames.unsqueeze(-1).unsqueeze(-1).invert_apply(out_pts_global).reshape(n, h * cfg.num_point_v, 3)
+        out_norm = torch.sqrt(self.dist_epsilon + (out_pts * out_pts).sum(-1))
+        out_pair = torch.einsum("hij,ijc->ihc", attn, pair).reshape(n, -1)
+        features = torch.cat([out_scalar, out_pts[..., 0], out_pts[..., 1], out_pts[..., 2], out_norm, out_pair], dim=-1)
+        return self.output_projection(features)
+
+
+class BackboneUpdate(Linear):
+    """Jumper et al. (2021) Suppl. Alg. 23 'BackboneUpdate'.
+
+    Predicts, per residue, a rotation as the non-unit quaternion (1, b, c, d) and a translation,
+    and applies it before the current frame. It is the Linear layer of haiku scope
+    ``fold_iteration/affine_update`` itself, so its parameters sit where the official file has them.
+    """
+
+    def __init__(self, num_channel: int):
+        super().__init__(num_channel, 6)
+
+    def forward(self, act: torch.Tensor, frames: QuatRigid) -> QuatRigid:
+        return frames.pre_compose(super().forward(act))
+
+
+class TorsionAngleResNet(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 20 'StructureModule' lines 11-14: the torsion-angle ResNet.
+
+    Predicts the seven torsion angles of every residue as unnormalized (sin, cos) pairs from the
+    current and the initial single representation (haiku scope ``rigid_sidechain``).
+    """
+
+    def __init__(self, num_input: int, num_channel: int, num_residual_block: int):
+        super().__init__()
+        self.input_projection = Linear(num_input, num_channel)
+        self.input_projection_1 = Linear(num_input, num_channel)
+        self.num_residual_block = num_residual_block
+        # haiku names the repeated blocks resblock1, resblock1_1, ... (shared scope, suffixed).
+        for i in range(num_residual_block):
+            suffix = "" if i == 0 else f"_{i}"
+            setattr(self, f"resblock1{suffix}", Linear(num_channel, num_channel))
+            setattr(self, f"resblock2{suffix}", Linear(num_channel, num_channel))
+        self.unnormalized_angles = Linear(num_channel, 14)
+
+    def forward(self, act: torch.Tensor, initial_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (angles, unnormalized angles), each (N, 7, 2) as (sin, cos)."""
+        x = self.input_projection(F.relu(act)) + self.input_projection_1(F.relu(initial_act))
+        for i in range(self.num_residual_block):
+            suffix = "" if i == 0 else f"_{i}"
+            y = getattr(self, f"resblock1{suffix}")(F.relu(x))
+            x = x + getattr(self, f"resblock2{suffix}")(F.relu(y))
+        unnormalized = self.unnormalized_angles(F.relu(x)).reshape(x.shape[0], 7, 2)
+        # DISCREPANCY: normalized with the squared norm clamped at 1e-12, as AlphaFold2 does.
+        norm = torch.sqrt(torch.clamp((unnormalized * unnormalized).sum(-1, keepdim=True), min=1e-12))
+        return unnormalized / norm, unnormalized
+
+
+class FoldIteration(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 20 'StructureModule' lines 6-21: one shared-weight iteration.
+
+    IPA with a residual and layer norm, a three-layer transition with a residual and layer norm,
+    the backbone update, and the torsion angles with the all-atom coordinates they imply.
+    """
+
+    def __init__(self, cfg: StructureModuleConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.num_channel
+        self.invariant_point_attention = InvariantPointAttention(cfg)
+        self.attention_layer_norm = LayerNorm(c)
+        # haiku scopes transition, transition_1, transition_2.
+        self.transition = Linear(c, c)
+        for i in range(1, cfg.num_layer_in_transition):
+            setattr(self, f"transition_{i}", Linear(c, c))
+        self.transition_layer_norm = LayerNorm(c)
+        self.affine_update = BackboneUpdate(c)
+        self.rigid_sidechain = TorsionAngleResNet(c, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block)
+
+    def _transition_layers(self) -> list[Linear]:
+        return [self.transition] + [getattr(self, f"transition_{i}") for i in range(1, self.cfg.num_layer_in_transition)]
+
+    def forward(self, act, initial_act, pair, mask, frames: QuatRigid, aatype):
+        act = act + self.invariant_point_attention(act, pair, mask, frames.to_rigid())
+        act = self.attention_layer_norm(act)
+        x = act
+        layers = self._transition_layers()
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i < len(layers) - 1:
+                x = F.relu(x)
+        act = self.transition_layer_norm(act + x)
+
+        frames = self.affine_update(act, frames)
+
+        angles, unnormalized = self.rigid_sidechain(act, initial_act)
+        # Frames are kept in nanometres inside the loop; atoms are placed in Å.
+        backbone = frames.to_rigid().scale_translation(self.cfg.position_scale)
+        group_frames = all_atom.torsion_angles_to_frames(aatype, backbone, angles)
+        atom14 = all_atom.frames_to_atom14_positions(aatype, group_frames)
+        outputs = {
+            "affine": frames.to_tensor_7(),
+            "angles_sin_cos": angles,
+            "unnormalized_angles_sin_cos": unnormalized,
+            "atom_pos": atom14,
+            "frames": group_frames.to_tensor_4x4(),
+        }
+        # Alg. 20 line 20: no gradient flows through the rotations into the next iteration.
+        frames = QuatRigid(frames.quat.detach(), frames.trans)
+        return act, frames, outputs
+
+
+class StructureModule(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 20 'StructureModule'.
+
+    `forward(representations, batch)` takes the Evoformer's 'single' (N, c_s) and 'pair'
+    (N, N, c_z) and the processed features 'aatype', 'seq_mask', 'atom14_atom_exists',
+    'residx_atom37_to_atom14', 'atom37_atom_exists' (all (N, ...), no batch dimension), and returns
+    what AlphaFold2's structure module returns: 'final_atom_positions' (N, 37, 3) in Å,
+    'final_atom_mask', 'final_atom14_positions', 'final_atom14_mask', 'final_affines' (N, 7),
+    'traj' (num_layer, N, 7) backbone frames as quaternion + translation in Å, 'sidechains'
+    (per-iteration 'angles_sin_cos', 'unnormalized_angles_sin_cos', 'atom_pos' (num_layer, N, 14,
+    3) and 'frames' (num_layer, N, 8, 4, 4)) and 'representations': {'structure_module': (N, c)}.
+    """
+
+    def __init__(self, cfg: StructureModuleConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or StructureModuleConfig()
+        self.single_layer_norm = LayerNorm(cfg.single_channel)
+        self.initial_projection = Linear(cfg.single_channel, cfg.num_channel)
+        self.pair_layer_norm = LayerNorm(cfg.pair_channel)
+        self.fold_iteration = FoldIteration(cfg)
+
+    def forward(self, representations: dict, batch: dict) -> dict:
+        single = torch.as_tensor(representations["single"]).float()
+        pair = torch.as_tensor(representations["pair"]).float()
+        device = single.device
+
+        def feature(name: str, dtype=torch.float32) -> torch.Tensor:
+            return torch.as_tensor(batch[name], device=device).to(dtype)
+
+        aatype = feature("aatype", torch.long)
+        seq_mask = feature("seq_mask")
+        atom14_exists = feature("atom14_atom_exists")
+        atom37_exists = feature("atom37_atom_exists")
+
+        act = self.single_layer_norm(single)
+        initial_act = act
+        act = self.initial_projection(act)
+        pair = self.pair_layer_norm(pair)
+        frames = QuatRigid.identity((single.shape[0],), device=device)
+
+        per_iteration = []
+        for _ in range(self.cfg.num_layer):
+            act, frames, out = self.fold_iteration(act, initial_act, pair, seq_mask, frames, aatype)
+            per_iteration.append(out)
+        stacked = {k: torch.stack([o[k] for o in per_iteration]) for k in per_iteration[0]}
+
+        scale = torch.tensor([1.0] * 4 + [self.cfg.position_scale] * 3, device=device)
+        traj = stacked.pop("affine") * scale
+        atom14 = stacked["atom_pos"][-1]
+        atom37 = all_atom.atom14_to_atom37(atom14, feature("residx_atom37_to_atom14", torch.long), atom37_exists)
+        atom37 = atom37 * atom37_exists[..., None]
+        return {
+            "representations": {"structure_module": act},
+            "traj": traj,
+            "sidechains": stacked,
+            "final_atom14_positions": atom14,
+            "final_atom14_mask": atom14_exists,
+            "final_atom_positions": atom37,
+            "final_atom_mask": atom37_exists,
+            "final_affines": traj[-1],
+        }
