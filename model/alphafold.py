@@ -1,0 +1,294 @@
+"""The whole monomer network: embeddings, Evoformer, structure module, heads, and recycling.
+
+``AlphaFold.from_params(path)`` loads an official ``params_model_*.npz``; ``model.predict(features)``
+takes AlphaFold2's processed features (the layout of the reference's ``np_example_to_features``,
+with its leading recycle axis) as numpy arrays and returns numpy arrays with the reference's output
+names and nesting. Torch stays inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from af2cpu.common import residue_constants as rc
+from af2cpu.errors import InputError
+from af2cpu.model import confidence
+from af2cpu.model.embedders import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, RelativePositionEncoding
+from af2cpu.model.evoformer import EvoformerIteration
+from af2cpu.model.heads import (
+    DistogramHead,
+    ExperimentallyResolvedHead,
+    MaskedMsaHead,
+    PredictedAlignedErrorHead,
+    PredictedLDDTHead,
+)
+from af2cpu.model.options import Options
+from af2cpu.model.params import load_params, preset_from_filename, read_params
+from af2cpu.model.presets import Preset, get_preset
+from af2cpu.model.primitives import Linear
+from af2cpu.model.structure_module import StructureModule
+from af2cpu.model.template import TemplateEmbedding, TemplateTorsionEmbedder
+
+_TEMPLATE_KEYS = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
+                  "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask")
+
+
+class EmbeddingsAndEvoformer(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 2 'Inference' lines 5-17: embeddings, template stack,
+    extra-MSA stack (Alg. 18 'ExtraMsaStack') and the Evoformer stack (Alg. 6 'EvoformerStack')."""
+
+    def __init__(self, preset: Preset):
+        super().__init__()
+        a = preset.architecture
+        self.preset = preset
+        self.input_embedder = InputEmbedder(a.target_feat_dim, a.msa_feat_dim, a.msa_channel, a.pair_channel)
+        self.recycling_embedder = RecyclingEmbedder(a.msa_channel, a.pair_channel)
+        self.relative_position = RelativePositionEncoding(a.max_relative_feature, a.pair_channel)
+        if preset.use_templates:
+            self.template_embedding = TemplateEmbedding(a.pair_channel, a.template_channel,
+                                                        a.template_pair_stack_num_block)
+        if preset.embed_torsion_angles:
+            self.template_torsion_embedder = TemplateTorsionEmbedder(
+                a.msa_channel, placeholder_for_undefined=preset.template_torsion_placeholders)
+        self.extra_msa_embedder = ExtraMsaEmbedder(a.extra_msa_feat_dim, a.extra_msa_channel)
+        self.extra_msa_stack = nn.ModuleList(
+            EvoformerIteration(a.extra_msa_channel, a.pair_channel, is_extra_msa=True)
+            for _ in range(a.extra_msa_stack_num_block))
+        self.evoformer_iteration = nn.ModuleList(
+            EvoformerIteration(a.msa_channel, a.pair_channel) for _ in range(a.evoformer_num_block))
+        self.single_activations = Linear(a.msa_channel, a.seq_channel)
+
+    def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One pass's features (no recycle axis) and the previous pass's state -> representations."""
+        seq_mask = batch["seq_mask"]
+        mask_2d = seq_mask[:, None] * seq_mask[None, :]
+        msa, pair = self.input_embedder(batch["target_feat"], batch["msa_feat"])
+        first_row, pair_update = self.recycling_embedder(batch["aatype"], prev["prev_pos"],
+                                                         prev["prev_msa_first_row"], prev["prev_pair"])
+        msa = torch.cat([msa[:1] + first_row, msa[1:]])
+        pair = pair + pair_update + self.relative_position(batch["residue_index"])
+        if self.preset.use_templates:
+            pair = pair + self.template_embedding(pair, batch, mask_2d)
+
+        extra = self.extra_msa_embedder(batch["extra_msa"], batch["extra_has_deletion"],
+                                        batch["extra_deletion_value"])
+        for block in self.extra_msa_stack:
+            extra, pair = block(extra, pair, batch["extra_msa_mask"], mask_2d)
+
+        msa_mask = batch["msa_mask"]
+        if self.preset.embed_torsion_angles:
+            rows, rows_mask = self.template_torsion_embedder(
+                batch["template_aatype"], batch["template_all_atom_positions"], batch["template_all_atom_masks"])
+            msa, msa_mask = torch.cat([msa, rows]), torch.cat([msa_mask, rows_mask])
+        for block in self.evoformer_iteration:
+            msa, pair = block(msa, pair, msa_mask, mask_2d)
+
+        num_seq = batch["msa_feat"].shape[0]
+        return {"single": self.single_activations(msa[0]), "pair": pair, "msa": msa[:num_seq],
+                "msa_first_row": msa[0]}
+
+
+class AlphaFoldIteration(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 2 'Inference' lines 5-21: one recycling pass, trunk and heads."""
+
+    def __init__(self, preset: Preset):
+        super().__init__()
+        self.evoformer = EmbeddingsAndEvoformer(preset)
+        self.structure_module = StructureModule()
+        self.distogram_head = DistogramHead()
+        self.masked_msa_head = MaskedMsaHead()
+        self.experimentally_resolved_head = ExperimentallyResolvedHead()
+        self.predicted_lddt_head = PredictedLDDTHead()
+        if preset.predicted_aligned_error:
+            self.predicted_aligned_error_head = PredictedAlignedErrorHead()
+
+    def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict:
+        representations = self.evoformer(batch, prev)
+        ret = {"representations": representations,
+               "distogram": self.distogram_head(representations, batch),
+               "experimentally_resolved": self.experimentally_resolved_head(representations, batch),
+               "masked_msa": self.masked_msa_head(representations, batch)}
+        structure = self.structure_module(representations, batch)
+        representations.update(structure.pop("representations"))
+        ret["structure_module"] = structure
+        # The confidence heads read the structure module's single representation.
+        ret["predicted_lddt"] = self.predicted_lddt_head(representations, batch)
+        if hasattr(self, "predicted_aligned_error_head"):
+            ret["predicted_aligned_error"] = self.predicted_aligned_error_head(representations, batch)
+        return ret
+
+
+def _required_features(preset: Preset) -> dict[str, tuple[str, ...]]:
+    """Feature name -> symbolic shape without the recycle axis (L residues, S/E/T rows)."""
+    req = {
+        "aatype": ("L",), "seq_mask": ("L",), "residue_index": ("L",), "target_feat": ("L", 22),
+        "msa_feat": ("S", "L", 49), "msa_mask": ("S", "L"),
+        "extra_msa": ("E", "L"), "extra_msa_mask": ("E", "L"), "extra_has_deletion": ("E", "L"),
+        "extra_deletion_value": ("E", "L"), "atom14_atom_exists": ("L", 14),
+        "residx_atom37_to_atom14": ("L", 37), "atom37_atom_exists": ("L", 37),
+    }
+    if preset.use_templates:
+        req.update({"template_aatype": ("T", "L"), "template_all_atom_positions": ("T", "L", 37, 3),
+                    "template_all_atom_masks": ("T", "L", 37), "template_pseudo_beta": ("T", "L", 3),
+                    "template_pseudo_beta_mask": ("T", "L"), "template_mask": ("T",)})
+    return req
+
+
+_INT_FEATURES = {"aatype", "residue_index", "extra_msa", "residx_atom37_to_atom14", "template_aatype"}
+
+
+class AlphaFold(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 2 'Inference': the monomer model with recycling."""
+
+    def __init__(self, preset: Preset | str = "model_1_ptm", options: Options | None = None):
+        super().__init__()
+        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.alphafold_iteration = AlphaFoldIteration(self.preset)
+        self.set_options(options or Options())
+
+    def set_options(self, options: Options) -> None:
+        """Hand one runtime options object (chunk sizes, precision) to every module."""
+        self.options = options
+        for module in self.modules():
+            if module is not self and hasattr(module, "options"):
+                module.options = options
+
+    @classmethod
+    def from_params(cls, path: str | os.PathLike, preset: Preset | str | None = None,
+                    options: Options | None = None) -> "AlphaFold":
+        """Load an official parameter file (``.npz``, or a ``.safetensors`` copy).
+
+        The preset is inferred from the file name (``params_model_3_ptm.npz`` -> ``model_3_ptm``)
+        unless given. A file that does not hold exactly the preset's tensors is an InputError.
+        """
+        if preset is None:
+            preset = preset_from_filename(path)
+            if preset is None:
+                raise InputError(f"cannot tell the model preset from the file name {os.fspath(path)!r}; "
+                                 "pass preset='model_1_ptm' (or another of model_1..5[_ptm])")
+        with torch.device("meta"):
+            model = cls(preset, options)
+        flat = read_params(path)
+        try:
+            load_params(model, flat, source=f"parameter file {os.fspath(path)}")
+        except InputError as exc:
+            raise InputError(f"{exc} — is it the file of preset {model.preset.name}? "
+                             f"{_guess_preset_hint(flat)}") from None
+        model.set_options(model.options)
+        return model.eval()
+
+    def _pass_features(self, features: dict[str, np.ndarray], index: int) -> dict[str, torch.Tensor]:
+        batch = {}
+        for name in _required_features(self.preset):
+            value = np.asarray(features[name])
+            value = value[min(index, value.shape[0] - 1)]
+            batch[name] = torch.from_numpy(np.ascontiguousarray(
+                value.astype(np.int64 if name in _INT_FEATURES else np.float32)))
+        return batch
+
+    def check_features(self, features: dict[str, np.ndarray]) -> int:
+        """Validate names and shapes of processed features; returns the number of recycle slices."""
+        missing = [k for k in _required_features(self.preset) if k not in features]
+        if missing:
+            raise InputError(f"features lack {', '.join(missing)} (needed by preset {self.preset.name}); "
+                             "pass AlphaFold2's processed features (np_example_to_features layout)")
+        sizes: dict[str, tuple[int, str]] = {}
+        slices = None
+        for name, dims in _required_features(self.preset).items():
+            shape = np.shape(features[name])
+            if len(shape) != len(dims) + 1:
+                raise InputError(f"feature {name} has shape {shape}; expected (recycles, "
+                                 f"{', '.join(map(str, dims))})")
+            if slices is None:
+                slices = shape[0]
+            elif shape[0] != slices:
+                raise InputError(f"feature {name} has {shape[0]} recycle slices, aatype has {slices}")
+            for dim, size in zip(dims, shape[1:]):
+                if isinstance(dim, int):
+                    if size != dim:
+                        raise InputError(f"feature {name} has shape {shape}; axis {dim!r} must be {dim}")
+                elif dim in sizes and sizes[dim][0] != size:
+                    raise InputError(f"feature {name} has shape {shape}: its {dim} axis is {size}, but "
+                                     f"{sizes[dim][1]} says {sizes[dim][0]}")
+                else:
+                    sizes.setdefault(dim, (size, name))
+        return slices
+
+    @torch.inference_mode()
+    def predict(self, features: dict[str, np.ndarray], num_recycle: int | None = None,
+                early_stop_tolerance: float = 0.0, return_recycles: bool = False) -> dict:
+        """Run the model with recycling on processed features (numpy in, numpy out).
+
+        Pass ``i`` reads slice ``i`` of the features' leading recycle axis (the last slice when
+        there are fewer). Recycling stops early once the RMS change of the Cα distance matrix
+        falls below ``early_stop_tolerance`` Å (0 disables). With ``return_recycles`` the output
+        holds ``recycles``: the outputs of every pass.
+        """
+        features = dict(features)
+        if np.ndim(features.get("aatype", [[0]])) == 1:  # a single pass without recycle axis
+            features = {k: np.asarray(v)[None] for k, v in features.items()}
+        slices = self.check_features(features)
+        num_recycle = self.preset.num_recycle if num_recycle is None else num_recycle
+        if slices not in (1, num_recycle + 1) and slices < num_recycle + 1:
+            raise InputError(f"features have {slices} recycle slices; {num_recycle} recycles need "
+                             f"{num_recycle + 1} (or 1, reused by every pass)")
+        num_res = np.shape(features["aatype"])[1]
+        a = self.preset.architecture
+        prev = {"prev_msa_first_row": torch.zeros(num_res, a.msa_channel),
+                "prev_pair": torch.zeros(num_res, num_res, a.pair_channel),
+                "prev_pos": torch.zeros(num_res, rc.atom_type_num, 3)}
+        seq_mask = np.asarray(features["seq_mask"])[0].astype(np.float32)
+        recycles = []
+        for i in range(num_recycle + 1):
+            batch = self._pass_features(features, i)
+            ret = self.alphafold_iteration(batch, prev)
+            new_prev = {"prev_msa_first_row": ret["representations"]["msa_first_row"],
+                        "prev_pair": ret["representations"]["pair"],
+                        "prev_pos": ret["structure_module"]["final_atom_positions"]}
+            out = _to_numpy(ret)
+            out.update(confidence.confidence_metrics(out, residue_weights=seq_mask))
+            out["tol"] = _ca_distance_change(prev["prev_pos"].numpy(), new_prev["prev_pos"].numpy(), seq_mask)
+            out["num_recycles"] = np.asarray(i)
+            prev = new_prev
+            if return_recycles:
+                recycles.append(out)
+            if i > 0 and early_stop_tolerance > 0 and out["tol"] < early_stop_tolerance:
+                break
+        if return_recycles:
+            out = dict(out, recycles=recycles)
+        return out
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    return tree.detach().cpu().numpy()
+
+
+def _ca_distance_change(prev_pos: np.ndarray, pos: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RMS change (Å) of the Cα distance matrix between two passes, over present residue pairs."""
+    ca = rc.atom_order["CA"]
+
+    def dist(x):
+        return np.sqrt(((x[:, None, ca] - x[None, :, ca]) ** 2).sum(-1))
+
+    mask_2d = mask[:, None] * mask[None, :]
+    return np.sqrt(((dist(prev_pos) - dist(pos)) ** 2 * mask_2d).sum() / mask_2d.sum() + 1e-8)
+
+
+def _guess_preset_hint(flat: dict) -> str:
+    has_pae = any(k.startswith("alphafold/alphafold_iteration/predicted_aligned_error_head/") for k in flat)
+    has_templates = any("/template_embedding/" in k for k in flat)
+    return (f"The file {'has' if has_pae else 'lacks'} the predicted-aligned-error (pTM) head and "
+            f"{'has' if has_templates else 'lacks'} template embedding weights.")
+
+
+def preset_with(preset: Preset | str, **changes) -> Preset:
+    """A copy of a preset with some fields changed (e.g. fewer blocks for experiments)."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    return dataclasses.replace(preset, **changes)

@@ -1,0 +1,99 @@
+"""Input embeddings (Jumper et al. 2021, Suppl. 1.5): target/MSA features, relative positions,
+recycled state, extra MSA.
+
+These modules are ``haiku_transparent``: their parameters sit directly in the ``evoformer`` scope
+of the official files (``evoformer/preprocess_1d``, ``evoformer/prev_pair_norm``, ...), so the
+parameter mapping leaves their attribute name out (see :mod:`af2cpu.model.params`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from af2cpu.model.all_atom import pseudo_beta
+from af2cpu.model.primitives import LayerNorm, Linear
+
+
+def dgram_from_positions(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float) -> torch.Tensor:
+    """One-hot distance bins (L, L, num_bins); the last bin catches everything beyond ``max_bin``."""
+    lower = torch.linspace(min_bin, max_bin, num_bins, dtype=torch.float32) ** 2
+    upper = torch.cat([lower[1:], lower.new_tensor([1e8])])
+    dist2 = ((positions[..., :, None, :] - positions[..., None, :, :]) ** 2).sum(-1, keepdim=True)
+    return ((dist2 > lower) & (dist2 < upper)).float()
+
+
+class InputEmbedder(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 3 'InputEmbedder' (lines 1-4; line 5 is Alg. 4)."""
+
+    haiku_transparent = True
+
+    def __init__(self, target_feat_dim: int = 22, msa_feat_dim: int = 49, c_m: int = 256, c_z: int = 128):
+        super().__init__()
+        self.preprocess_1d = Linear(target_feat_dim, c_m)
+        self.preprocess_msa = Linear(msa_feat_dim, c_m)
+        self.left_single = Linear(target_feat_dim, c_z)
+        self.right_single = Linear(target_feat_dim, c_z)
+
+    def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor):
+        """target_feat (L, 22), msa_feat (S, L, 49) -> msa (S, L, c_m), pair (L, L, c_z)."""
+        msa = self.preprocess_1d(target_feat)[None] + self.preprocess_msa(msa_feat)
+        pair = self.left_single(target_feat)[:, None] + self.right_single(target_feat)[None]
+        return msa, pair
+
+
+class RelativePositionEncoding(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 4 'relpos': clipped residue offsets, one-hot, linear."""
+
+    haiku_transparent = True
+
+    def __init__(self, max_relative_feature: int = 32, c_z: int = 128):
+        super().__init__()
+        self.max_relative_feature = max_relative_feature
+        # DeepMind's spelling "activiations" is part of the official parameter names.
+        self.pair_activiations = Linear(2 * max_relative_feature + 1, c_z)
+
+    def forward(self, residue_index: torch.Tensor) -> torch.Tensor:
+        k = self.max_relative_feature
+        offset = residue_index[:, None].long() - residue_index[None, :].long()
+        one_hot = F.one_hot(torch.clamp(offset + k, 0, 2 * k), 2 * k + 1).float()
+        return self.pair_activiations(one_hot)
+
+
+class RecyclingEmbedder(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 32 'RecyclingEmbedder'."""
+
+    haiku_transparent = True
+
+    def __init__(self, c_m: int = 256, c_z: int = 128, num_bins: int = 15, min_bin: float = 3.25,
+                 max_bin: float = 20.75):
+        super().__init__()
+        self.bins = (num_bins, min_bin, max_bin)
+        self.prev_pos_linear = Linear(num_bins, c_z)
+        self.prev_msa_first_row_norm = LayerNorm(c_m)
+        self.prev_pair_norm = LayerNorm(c_z)
+
+    def forward(self, aatype, prev_pos, prev_msa_first_row, prev_pair):
+        """Updates for the first MSA row (L, c_m) and the pair (L, L, c_z) from the previous pass."""
+        # DISCREPANCY: the lower bin edges run from 3.25 to 20.75 Å, as the released weights expect;
+        # the paper's Alg. 32 lists 3 3/8 to 21 3/8 Å.
+        dgram = dgram_from_positions(pseudo_beta(aatype, prev_pos), *self.bins)
+        pair = self.prev_pos_linear(dgram) + self.prev_pair_norm(prev_pair)
+        return self.prev_msa_first_row_norm(prev_msa_first_row), pair
+
+
+class ExtraMsaEmbedder(nn.Module):
+    """Jumper et al. (2021) Suppl. Alg. 2 'Inference' lines 14-15: extra-MSA features to 64 channels."""
+
+    haiku_transparent = True
+
+    def __init__(self, extra_msa_feat_dim: int = 25, c_e: int = 64):
+        super().__init__()
+        self.extra_msa_activations = Linear(extra_msa_feat_dim, c_e)
+
+    def forward(self, extra_msa, extra_has_deletion, extra_deletion_value):
+        """extra_msa (S, L) int, deletion features (S, L) -> (S, L, c_e)."""
+        feat = torch.cat([F.one_hot(extra_msa.long(), 23).float(), extra_has_deletion[..., None].float(),
+                          extra_deletion_value[..., None].float()], dim=-1)
+        return self.extra_msa_activations(feat)
