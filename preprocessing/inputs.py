@@ -1,0 +1,121 @@
+"""Reading query sequences: FASTA records -> validated :class:`Target` objects with safe ids.
+
+A target's id names its output folder, so it is derived from the FASTA header but can never
+escape the output directory: only ``[A-Za-z0-9._-]``, no leading dot, bounded length, and unique
+within one input (case-insensitively, for case-insensitive file systems). The original header is
+kept as the target's description and written to the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Optional
+
+from af2cpu.errors import InputError
+
+MAX_ID_LENGTH = 64
+DEFAULT_MAX_LENGTH = 10_000
+
+# Letters AlphaFold2 accepts in a query. The 20 amino acids and X are encoded as themselves; the
+# ambiguous or rare codes B, J, O, U, Z are kept in the sequence (the search tools understand them)
+# and become X in `aatype`, exactly as AlphaFold2's sequence features encode them.
+_QUERY_LETTERS = set("ACDEFGHIKLMNPQRSTVWYXBJOUZ")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One query protein: a folder-safe unique `id`, the original FASTA `description`, the sequence."""
+
+    id: str
+    description: str
+    sequence: str
+
+    def __post_init__(self) -> None:
+        if not is_safe_id(self.id):
+            raise InputError(f"target id {self.id!r} is not safe as a folder name")
+
+
+def is_safe_id(target_id: str) -> bool:
+    """True if `target_id` can be used as one path component under an output folder."""
+    return (
+        0 < len(target_id) <= MAX_ID_LENGTH
+        and not _UNSAFE_ID_CHARS.search(target_id)
+        and not target_id.startswith(".")
+    )
+
+
+def safe_id(header: str, fallback: str = "target") -> str:
+    """A folder-safe id from a FASTA header: its first word, unsafe characters replaced by '_'."""
+    words = header.split()
+    candidate = _UNSAFE_ID_CHARS.sub("_", words[0]) if words else ""
+    candidate = candidate.lstrip(".")[:MAX_ID_LENGTH].strip("_") or fallback
+    return candidate
+
+
+def _unique(candidate: str, taken: set[str]) -> str:
+    result = candidate
+    n = 2
+    while result.lower() in taken:
+        suffix = f"_{n}"
+        result = candidate[: MAX_ID_LENGTH - len(suffix)] + suffix
+        n += 1
+    taken.add(result.lower())
+    return result
+
+
+def parse_fasta_targets(
+    text: str, source: str = "<input>", max_length: int = DEFAULT_MAX_LENGTH
+) -> list[Target]:
+    """Validated targets of FASTA `text`; errors name the file, line and record."""
+    records: list[tuple[int, str, list[str]]] = []
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith(">"):
+            records.append((line_no, line[1:].strip(), []))
+        elif line:
+            if not records:
+                raise InputError(f"{source}:{line_no}: sequence data before the first '>' header")
+            records[-1][2].append(line)
+    if not records:
+        raise InputError(f"{source}: no FASTA records (a record starts with a '>' header line)")
+
+    targets = []
+    taken: set[str] = set()
+    for index, (line_no, header, chunks) in enumerate(records, start=1):
+        label = f"{source}:{line_no}: record {index} ({header or 'no header'!r})"
+        sequence = "".join("".join(chunks).split()).upper()
+        if not sequence:
+            raise InputError(f"{label} has an empty sequence")
+        bad = sorted(set(sequence) - _QUERY_LETTERS)
+        if bad:
+            raise InputError(
+                f"{label} contains {''.join(bad)!r}; a protein sequence may only contain amino-acid "
+                "letters (remove stop codons '*', gaps '-', digits)"
+            )
+        if len(sequence) > max_length:
+            raise InputError(
+                f"{label} is {len(sequence)} residues long, more than the limit of {max_length}"
+            )
+        target_id = _unique(safe_id(header, fallback=f"target_{index}"), taken)
+        targets.append(Target(id=target_id, description=header, sequence=sequence))
+    return targets
+
+
+def read_fasta_targets(path: str | Path, max_length: Optional[int] = None) -> list[Target]:
+    """Validated targets of the FASTA file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read FASTA file {path}: {exc}") from None
+    return parse_fasta_targets(text, str(path), max_length or DEFAULT_MAX_LENGTH)
+
+
+def write_query_fasta(target: Target, path: str | Path) -> Path:
+    """Write `target` as a one-record FASTA file (the search tools' query input)."""
+    path = Path(path)
+    path.write_text(f">{target.id} {target.description}\n{target.sequence}\n")
+    return path
