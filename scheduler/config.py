@@ -19,3 +19,5 @@ class SchedulerConfig:
     address: Optional[str] = None
     n_workers: int = 0  # 0 = planned from the CPU topology
     retries: int = 1
+    threads_per_worker: int = 0  # 0 = planned from the CPU topology
+    connect_timeout: float = 10.0  # seconds to reach `address` before giving up

@@ -22,6 +22,8 @@ from af2cpu.runtime.topology import format_cpulist
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+_applied: Optional[Allotment] = None
+
 
 @dataclass(frozen=True)
 class ToolThreads:
@@ -63,10 +65,17 @@ def apply_allotment(allotment: Allotment) -> ToolThreads:
     """Pin this process to the allotment and set every thread count to match it."""
     import torch
 
+    global _applied
     _pin_all_threads(allotment.cpus)
     os.environ.update(thread_environment(allotment))
     torch.set_num_threads(allotment.threads)
+    _applied = allotment
     return tool_threads(allotment)
+
+
+def current_allotment() -> Optional[Allotment]:
+    """The allotment applied to this process (a pinned Dask worker's), or None if none was."""
+    return _applied
 
 
 def numactl_command(
