@@ -29,8 +29,9 @@ import os
 import pickle
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Mapping, MutableMapping, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -180,7 +181,7 @@ def save_result_npz(path: str | os.PathLike, out: Mapping[str, Any]) -> None:
         np.savez(f, **flat)
 
 
-def load_result_npz(path: str | os.PathLike, prefixes: Optional[Iterable[str]] = None) -> dict[str, Any]:
+def load_result_npz(path: str | os.PathLike, prefixes: Iterable[str] | None = None) -> dict[str, Any]:
     """Load a ``result_<model>.npz`` back into the nested dict; without pickle.
 
     ``prefixes`` (e.g. ``["plddt", "ptm"]``) loads only those top-level entries (or ``"a/b"`` paths):
@@ -253,7 +254,7 @@ def write_model_outputs(target_dir: str | os.PathLike, model_name: str, out: Map
         )
 
 
-def protein_from_prediction(features: Mapping[str, Any], out: Mapping[str, Any]) -> "Protein":
+def protein_from_prediction(features: Mapping[str, Any], out: Mapping[str, Any]) -> Protein:
     """The predicted structure of ``out`` as a Protein, pLDDT on every atom's B-factor.
 
     ``features`` are raw or processed: ``aatype`` one-hot (L, 21) or indices (L,); ``residue_index``
@@ -303,7 +304,7 @@ def ranking_debug_json(
     confidences: Mapping[str, float],
     *,
     multimer: bool = False,
-    ptms: Optional[Mapping[str, float]] = None,
+    ptms: Mapping[str, float] | None = None,
     untrained_params: bool = False,
 ) -> str:
     """``ranking_debug.json`` as AlphaFold2 writes it, plus af2cpu's optional fields.
@@ -334,7 +335,7 @@ def write_ranked_structures(
     target_dir: str | os.PathLike,
     order: Sequence[str],
     pdb_strings: Mapping[str, str],
-    cif_strings: Optional[Mapping[str, str]] = None,
+    cif_strings: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``ranked_<i>.pdb`` (and ``.cif``) from each model's best structure (relaxed if any)."""
     target_dir = Path(target_dir)
@@ -450,12 +451,12 @@ class TargetSummary:
 
     target_id: str
     status: str
-    length: Optional[int] = None
-    best_model: Optional[str] = None
-    mean_plddt: Optional[float] = None
-    ptm: Optional[float] = None
-    iptm: Optional[float] = None
-    failure_reason: Optional[str] = None
+    length: int | None = None
+    best_model: str | None = None
+    mean_plddt: float | None = None
+    ptm: float | None = None
+    iptm: float | None = None
+    failure_reason: str | None = None
     untrained_params: bool = False
 
     def __post_init__(self) -> None:

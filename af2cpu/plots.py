@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -20,6 +20,8 @@ from af2cpu.outputs import PLDDT_BANDS, atomic_write_bytes
 MSA_GAP = 21
 
 _DPI = 100
+# PAE panels per row: the five models of a preset side by side; multimer's 25 predictions in 5 rows.
+_PAE_COLUMNS = 5
 
 
 def save_png(fig: Figure, path: str | os.PathLike) -> None:
@@ -29,14 +31,14 @@ def save_png(fig: Figure, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _finish(fig: Figure, path: Optional[str | os.PathLike]) -> Figure:
+def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
     if path is not None:
         save_png(fig, path)
     return fig
 
 
 def plot_plddt(
-    plddts: Mapping[str, np.ndarray], title: str = "", path: Optional[str | os.PathLike] = None
+    plddts: Mapping[str, np.ndarray], title: str = "", path: str | os.PathLike | None = None
 ) -> Figure:
     """pLDDT per residue, one line per model, over the AlphaFold DB confidence bands."""
     if not plddts:
@@ -50,7 +52,7 @@ def plot_plddt(
     band_handles = ax.get_legend_handles_labels()
     length = 0
     for name, plddt in plddts.items():
-        plddt = np.asarray(plddt, dtype=np.float64)
+        plddt = np.asarray(plddt, dtype=np.float32)
         residues = np.arange(1, len(plddt) + 1)
         ax.plot(residues, plddt, linewidth=1.2, label=f"{name} (mean {plddt.mean():.1f})")
         length = max(length, len(plddt))
@@ -61,9 +63,10 @@ def plot_plddt(
     ax.set_title(title or "Predicted LDDT per position")
     handles, labels = ax.get_legend_handles_labels()
     n_bands = len(band_handles[0])
-    model_legend = ax.legend(handles[n_bands:], labels[n_bands:], loc="lower left", fontsize="small")
-    ax.add_artist(model_legend)
-    ax.legend(handles[:n_bands], labels[:n_bands], loc="lower right", fontsize="x-small", framealpha=0.8)
+    # Bands inside, bottom right; models to the right of the plot, where they cover no line (as
+    # the axes' own legend, so that the saved PNG's tight bounding box includes it).
+    ax.add_artist(ax.legend(handles[:n_bands], labels[:n_bands], loc="lower right", fontsize="x-small"))
+    ax.legend(handles[n_bands:], labels[n_bands:], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return _finish(fig, path)
 
 
@@ -71,7 +74,7 @@ def plot_pae(
     paes: Mapping[str, np.ndarray],
     max_pae: float = 31.75,
     title: str = "",
-    path: Optional[str | os.PathLike] = None,
+    path: str | os.PathLike | None = None,
 ) -> Figure:
     """One PAE heatmap per model (scored residue x aligned residue), shared colour scale 0..max_pae.
 
@@ -80,11 +83,16 @@ def plot_pae(
     if not paes:
         raise ValueError("plot_pae needs the PAE of at least one model")
     n = len(paes)
-    fig = Figure(figsize=(3.6 * n + 0.8, 3.8), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    ncols = min(n, _PAE_COLUMNS)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.6 * ncols + 0.8, 3.6 * nrows + 0.2), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    axes = axes[:n]
     image = None
     for ax, (name, pae) in zip(axes, paes.items()):
-        pae = np.asarray(pae, dtype=np.float64)
+        pae = np.asarray(pae, dtype=np.float32)
         extent = (0.5, pae.shape[1] + 0.5, pae.shape[0] + 0.5, 0.5)
         image = ax.imshow(pae, cmap="Greens_r", vmin=0.0, vmax=max_pae, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize="medium")
@@ -111,7 +119,7 @@ def msa_identity_and_coverage(msa: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def plot_msa_coverage(
-    msa: np.ndarray, title: str = "", path: Optional[str | os.PathLike] = None
+    msa: np.ndarray, title: str = "", path: str | os.PathLike | None = None
 ) -> Figure:
     """MSA coverage as AlphaFold's and ColabFold's notebooks draw it.
 
@@ -121,7 +129,7 @@ def plot_msa_coverage(
     """
     identity, aligned, coverage = msa_identity_and_coverage(msa)
     order = np.argsort(-identity, kind="stable")
-    image = np.where(aligned[order], identity[order, None], np.nan)
+    image = np.where(aligned[order], identity[order, None], np.nan).astype(np.float32)
     n_seq, length = image.shape
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()

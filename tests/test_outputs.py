@@ -104,10 +104,9 @@ def test_result_npz_refuses_objects_that_would_need_pickle(tmp_path):
 def test_failed_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     path = tmp_path / "ranking_debug.json"
     outputs.atomic_write_text(path, "old")
-    with pytest.raises(RuntimeError):
-        with outputs.atomic_open(path, "w") as f:
-            f.write("half of the new")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), outputs.atomic_open(path, "w") as f:
+        f.write("half of the new")
+        raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["ranking_debug.json"]
 
@@ -191,9 +190,8 @@ def test_ranked_files_are_named_by_rank(tmp_path):
 
 def test_timings_json_has_start_end_and_duration_per_stage_in_start_order(tmp_path):
     stages = {"features": (1000.0, 1002.5), "jackhmmer_uniref90": (900.0, 950.25)}
-    with pytest.raises(KeyError):
-        with outputs.timed(stages, "predict_model_1_ptm"):
-            raise KeyError("the stage failed")
+    with pytest.raises(KeyError), outputs.timed(stages, "predict_model_1_ptm"):
+        raise KeyError("the stage failed")
     start, end = stages["predict_model_1_ptm"]
     assert 0 <= end - start < 5
     payload = json.loads(outputs.timings_json(stages))

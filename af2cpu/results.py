@@ -1,0 +1,361 @@
+"""The notebook view of one target's output folder: ``af2cpu.load_result(path)``.
+
+Everything is read on first use and kept: opening a result is instant, the pLDDT of every model
+loads without touching the large pair representations next to it in the same npz, and an MSA of ten
+thousand sequences is parsed only when asked for. Files that a run did not write (no relaxation, no
+templates, representations not kept) give ``None`` or an empty mapping, never an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from af2cpu import outputs, plots
+from af2cpu.errors import InputError
+
+# The files that make a folder an af2cpu (or AlphaFold2) target folder; any one is enough.
+_TARGET_MARKERS = ("features.npz", "features.pkl", "ranking_debug.json", "timings.json", "msas")
+_RESULT_NPZ = re.compile(r"^result_(?P<model>.+)\.npz$")
+_STRUCTURE_FILE = re.compile(r"^(?P<stem>(?:ranked_\d+|unrelaxed_.+|relaxed_.+))\.pdb$")
+_MSA_SUFFIXES = (".sto", ".a3m")
+
+
+class LazyMapping(Mapping):
+    """A read-only mapping whose values are computed by ``load(key)`` on first access, then kept."""
+
+    def __init__(self, keys: list[str], load: Callable[[str], Any]):
+        self._keys = list(keys)
+        self._load = load
+        self._values: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._values:
+            self._values[key] = self._load(key)
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._keys})"
+
+
+def _numeric_suffix_key(stem: str) -> tuple:
+    # ranked_2 < ranked_10; other names alphabetically after the ranked ones.
+    match = re.fullmatch(r"ranked_(\d+)", stem)
+    return (0, int(match.group(1)), "") if match else (1, 0, stem)
+
+
+class TargetResult:
+    """One target's predictions and intermediates, as found in ``<out>/<target_id>/``.
+
+    Attributes (all lazy): ``features``, ``msas``, ``template_hits``, ``plddt``, ``pae``, ``ptm``,
+    ``representations``, ``structures``, ``ranking``, ``timings``; ``result(model)`` gives a model's
+    whole output dict. Methods: ``plot_plddt()``, ``plot_pae(model=None)``,
+    ``plot_msa_coverage()``, ``view(model=None)``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.target_id = self.path.name
+        self._result_files = {
+            m.group("model"): p for p in self.path.iterdir() if (m := _RESULT_NPZ.match(p.name))
+        }
+
+    # --- ranking, timings ------------------------------------------------------------------
+
+    @functools.cached_property
+    def ranking(self) -> dict[str, Any] | None:
+        """``ranking_debug.json`` as a dict, or None when the run has not ranked yet."""
+        return self._read_json("ranking_debug.json")
+
+    @functools.cached_property
+    def timings(self) -> dict[str, Any] | None:
+        """``timings.json``: ``{stage: {"start", "end", "duration"}}`` in seconds, or None."""
+        return self._read_json("timings.json")
+
+    @property
+    def untrained_params(self) -> bool:
+        """True when the models ran with random (``params=random``) weights: not a prediction."""
+        return bool(self.ranking and self.ranking.get("untrained_params"))
+
+    @property
+    def model_names(self) -> list[str]:
+        """Models with a ``result_<model>.npz``, best first when ranked, else alphabetically."""
+        order = [m for m in (self.ranking or {}).get("order", []) if m in self._result_files]
+        return order + sorted(m for m in self._result_files if m not in order)
+
+    @property
+    def best_model(self) -> str | None:
+        """The top-ranked model (``ranked_0``), or the first model when not ranked yet."""
+        names = self.model_names
+        return names[0] if names else None
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def features(self) -> dict[str, np.ndarray] | None:
+        """The raw features (``features.npz``), or None."""
+        path = self.path / "features.npz"
+        return outputs.load_features_npz(path) if path.is_file() else None
+
+    @functools.cached_property
+    def sequence(self) -> str | None:
+        """The query sequence, from the features (or the first MSA's first row)."""
+        if self.features is not None and "sequence" in self.features:
+            value = self.features["sequence"].ravel()[0]
+            return value.decode() if isinstance(value, bytes) else str(value)
+        for rows in self.msas.values():
+            return rows[0].replace("-", "") if rows else None
+        return None
+
+    @functools.cached_property
+    def msas(self) -> Mapping[str, list[str]]:
+        """``{file name: aligned sequences (query first)}`` for each A3M/Stockholm file in ``msas/``.
+
+        Rows are aligned to the query: insertions removed, gaps as '-'. Each file is parsed on first
+        access.
+        """
+        folder = self.path / "msas"
+        names = sorted(p.name for p in folder.iterdir() if p.suffix in _MSA_SUFFIXES) if folder.is_dir() else []
+        return LazyMapping(names, lambda name: _read_msa_sequences(folder / name))
+
+    @functools.cached_property
+    def template_hits(self) -> list:
+        """Template hits of ``msas/pdb_hits.hhr`` (``TemplateHit``: name, sum_probs, alignment), or []."""
+        path = self.path / "msas" / "pdb_hits.hhr"
+        if not path.is_file():
+            return []
+        from af2cpu.preprocessing.parsers import read_hhr
+
+        return read_hhr(path)
+
+    # --- model outputs -----------------------------------------------------------------------
+
+    def result(self, model: str) -> dict[str, Any]:
+        """The whole output dict of ``model`` (as saved in ``result_<model>.npz``)."""
+        return outputs.load_result_npz(self._result_path(model))
+
+    def _result_path(self, model: str) -> Path:
+        if model not in self._result_files:
+            known = ", ".join(self.model_names) or "none"
+            raise KeyError(f"{self.path} has no result_{model}.npz (models: {known})")
+        return self._result_files[model]
+
+    @functools.cached_property
+    def _confidences(self) -> dict[str, dict[str, Any]]:
+        keys = ["plddt", "ptm", "iptm", "predicted_aligned_error", "max_predicted_aligned_error"]
+        return {m: outputs.load_result_npz(self._result_path(m), keys) for m in self.model_names}
+
+    @property
+    def plddt(self) -> dict[str, np.ndarray]:
+        """``{model: per-residue pLDDT (L,)}``, best model first."""
+        return {m: c["plddt"] for m, c in self._confidences.items() if "plddt" in c}
+
+    @property
+    def pae(self) -> dict[str, np.ndarray]:
+        """``{model: predicted aligned error (L, L)}`` for models that predict it (``_ptm``, multimer)."""
+        return {m: c["predicted_aligned_error"] for m, c in self._confidences.items() if "predicted_aligned_error" in c}
+
+    @property
+    def ptm(self) -> dict[str, float]:
+        """``{model: pTM}`` for models that predict it."""
+        return {m: float(c["ptm"]) for m, c in self._confidences.items() if "ptm" in c}
+
+    @property
+    def iptm(self) -> dict[str, float]:
+        """``{model: ipTM}`` for multimer models."""
+        return {m: float(c["iptm"]) for m, c in self._confidences.items() if "iptm" in c}
+
+    @functools.cached_property
+    def representations(self) -> Mapping[str, dict[str, np.ndarray]]:
+        """``{model: {"single", "pair", "msa_first_row", "structure_module"}}`` where they were kept.
+
+        A model whose result has no representations is not a key; each loads on first access.
+        """
+        kept = []
+        for model in self.model_names:
+            with np.load(self._result_path(model), allow_pickle=False) as npz:
+                if any(k.startswith("representations/") for k in npz.files):
+                    kept.append(model)
+        return LazyMapping(
+            kept, lambda m: outputs.load_result_npz(self._result_path(m), ["representations"])["representations"]
+        )
+
+    @functools.cached_property
+    def structures(self) -> Mapping[str, Any]:
+        """``{"ranked_0": Protein, ..., "unrelaxed_<model>": ..., "relaxed_<model>": ...}``.
+
+        Every PDB the run wrote, parsed on first access; ranked ones first, in rank order.
+        """
+        stems = sorted(
+            (m.group("stem") for p in self.path.glob("*.pdb") if (m := _STRUCTURE_FILE.match(p.name))),
+            key=_numeric_suffix_key,
+        )
+        return LazyMapping(stems, lambda stem: _read_protein(self.path / f"{stem}.pdb"))
+
+    def structure_path(self, model: str | None = None) -> Path:
+        """The PDB to look at for ``model``: relaxed if there is one, else unrelaxed.
+
+        Without ``model``: ``ranked_0.pdb``, or the best model's own PDB before ranking.
+        """
+        candidates = []
+        if model is None:
+            candidates.append(self.path / "ranked_0.pdb")
+            model = self.best_model
+        if model is not None:
+            candidates += [self.path / f"relaxed_{model}.pdb", self.path / f"unrelaxed_{model}.pdb"]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"{self.path} has no structure for {model or 'any model'}: expected one of "
+            f"{', '.join(c.name for c in candidates) or 'ranked_0.pdb'}"
+        )
+
+    # --- plots and views ---------------------------------------------------------------------
+
+    def plot_plddt(self, path: str | Path | None = None) -> Figure:
+        """pLDDT per residue of every model, over the AlphaFold DB confidence bands."""
+        if not self.plddt:
+            raise FileNotFoundError(f"{self.path} has no result_<model>.npz to plot pLDDT from")
+        return plots.plot_plddt(self.plddt, title=self._title("pLDDT"), path=path)
+
+    def plot_pae(self, model: str | None = None, path: str | Path | None = None) -> Figure:
+        """PAE heatmap of ``model``, or of every model that predicts PAE."""
+        paes = self.pae
+        if model is not None:
+            if model not in paes:
+                raise KeyError(f"{self.path}: model {model!r} has no PAE (models with PAE: {list(paes) or 'none'})")
+            paes = {model: paes[model]}
+        if not paes:
+            raise FileNotFoundError(f"{self.path} has no model with a predicted aligned error (use _ptm presets)")
+        max_pae = float(np.asarray(self._confidences[next(iter(paes))].get("max_predicted_aligned_error", 31.75)))
+        return plots.plot_pae(paes, max_pae=max_pae, title=self._title("PAE"), path=path)
+
+    def plot_msa_coverage(self, path: str | Path | None = None) -> Figure:
+        """Sequence coverage of the model's MSA (``features.npz`` "msa"), coloured by identity."""
+        if self.features is None or "msa" not in self.features:
+            raise FileNotFoundError(f"{self.path} has no features.npz with an 'msa' to plot the coverage of")
+        return plots.plot_msa_coverage(self.features["msa"], title=self._title("MSA coverage"), path=path)
+
+    def view(self, model: str | None = None, width: int = 640, height: int = 480):
+        """A py3Dmol 3-D view coloured by pLDDT (B-factor); prints how to install py3Dmol if absent."""
+        try:
+            import py3Dmol
+        except ImportError:
+            print("view() needs py3Dmol: pip install py3Dmol (or pip install 'af2cpu[notebook]').")
+            return None
+        view = py3Dmol.view(width=width, height=height)
+        view.addModel(self.structure_path(model).read_text(), "pdb")
+        view.setStyle({"cartoon": {"colorscheme": {"prop": "b", "gradient": "roygb", "min": 50, "max": 90}}})
+        view.zoomTo()
+        return view
+
+    # --- summary -----------------------------------------------------------------------------
+
+    def summary(self) -> outputs.TargetSummary:
+        """This target as a line of the batch summary: done when ranked, else pending."""
+        best = self.best_model
+        if self.ranking is None or best is None:
+            return outputs.TargetSummary(self.target_id, "pending", length=self._length())
+        return outputs.TargetSummary(
+            self.target_id,
+            "done",
+            length=self._length(),
+            best_model=best,
+            mean_plddt=float(np.mean(self.plddt[best])),
+            ptm=self.ptm.get(best),
+            iptm=self.iptm.get(best),
+            untrained_params=self.untrained_params,
+        )
+
+    def _length(self) -> int | None:
+        if self.plddt:
+            return len(next(iter(self.plddt.values())))
+        return len(self.sequence) if self.sequence else None
+
+    def _title(self, what: str) -> str:
+        warning = " \u2014 UNTRAINED PARAMS" if self.untrained_params else ""
+        return f"{self.target_id}: {what}{warning}"
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        path = self.path / name
+        if not path.is_file():
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def __repr__(self) -> str:
+        lines = [f"TargetResult({self.target_id!r}, path='{self.path}')"]
+        if self.untrained_params:
+            lines.append("  !! untrained params (params=random): not a prediction")
+        length = self._length()
+        lines.append(f"  length: {length if length is not None else 'unknown'}")
+        if self.model_names:
+            lines.append("  models (best first):")
+            for model in self.model_names:
+                scores = [f"mean pLDDT {np.mean(self.plddt[model]):.2f}"] if model in self.plddt else []
+                scores += [f"pTM {self.ptm[model]:.3f}"] if model in self.ptm else []
+                scores += [f"ipTM {self.iptm[model]:.3f}"] if model in self.iptm else []
+                lines.append(f"    {model}: {', '.join(scores)}")
+        else:
+            lines.append("  models: none yet")
+        lines.append(f"  ranked: {'yes' if self.ranking else 'no'}; structures: {len(self.structures)} PDB files")
+        lines.append(f"  features: {'features.npz' if (self.path / 'features.npz').is_file() else 'none'}")
+        lines.append(f"  msas: {', '.join(self.msas) or 'none'}")
+        hhr = self.path / "msas" / "pdb_hits.hhr"
+        lines.append(f"  template hits: {'msas/pdb_hits.hhr' if hhr.is_file() else 'none'}")
+        if self.timings:
+            total = max(t["end"] for t in self.timings.values()) - min(t["start"] for t in self.timings.values())
+            lines.append(f"  timings: {len(self.timings)} stages over {total:.1f} s")
+        return "\n".join(lines)
+
+
+def _read_msa_sequences(path: Path) -> list[str]:
+    from af2cpu.preprocessing.parsers import read_a3m, read_stockholm
+
+    msa = read_stockholm(path) if path.suffix == ".sto" else read_a3m(path)
+    return list(msa.sequences)
+
+
+def _read_protein(path: Path):
+    from af2cpu.common.protein import from_pdb_string
+
+    return from_pdb_string(path.read_text())
+
+
+def load_result(path: str | Path) -> TargetResult:
+    """Open the output folder of one target (``<out>/<target_id>``) for exploration in a notebook."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path} does not exist: pass the output folder of one target, <out>/<target_id>")
+    if not path.is_dir():
+        raise InputError(f"{path} is a file, not a target folder: pass the folder <out>/<target_id> it is in")
+    entries = {p.name for p in path.iterdir()}
+    if any(m in entries for m in _TARGET_MARKERS) or any(_RESULT_NPZ.match(name) for name in entries):
+        return TargetResult(path)
+    if "summary.json" in entries:
+        targets = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise InputError(
+            f"{path} is a batch output folder, not a target folder: pass one of its targets, "
+            f"e.g. load_result('{path / targets[0]}')" if targets else f"{path} is a batch output folder with no targets yet"
+        )
+    raise InputError(
+        f"{path} is not an af2cpu target folder: it has none of features.npz, result_<model>.npz, "
+        f"ranking_debug.json, timings.json or msas/; pass the folder <out>/<target_id> that "
+        f"`af2cpu predict` wrote"
+    )
