@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from af2cpu.model.geometry import Rigid
 
 from af2cpu.common import residue_constants as rc
-from af2cpu.model.geometry import Rigid
 
 _MAX_RESTYPE = rc.restype_num  # UNK; larger indices (gap) are treated as UNK
 
@@ -41,14 +41,18 @@ def _rot_x(sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     )
 
 
-def torsion_angles_to_frames(aatype: torch.Tensor, backbone_to_global: Rigid, angles_sin_cos: torch.Tensor) -> Rigid:
+def torsion_angles_to_frames(
+    aatype: torch.Tensor, backbone_to_global: Rigid, angles_sin_cos: torch.Tensor
+) -> Rigid:
     """Frames of the 8 rigid groups of every residue in the global frame.
 
     Jumper et al. (2021) Suppl. Alg. 24 'computeAllAtomCoordinates' lines 1-10.
     aatype (..., N); backbone_to_global with batch shape (..., N); angles_sin_cos (..., N, 7, 2) as
     (sin, cos) of pre-ω, φ, ψ, χ1..χ4. Returns a Rigid with batch shape (..., N, 8).
     """
-    default = Rigid.from_tensor_4x4(_gather_restype(rc.restype_rigid_group_default_frame, aatype, angles_sin_cos.dtype))
+    default = Rigid.from_tensor_4x4(
+        _gather_restype(rc.restype_rigid_group_default_frame, aatype, angles_sin_cos.dtype)
+    )
     # The backbone group gets no torsion (rotation by 0).
     sin = torch.cat([torch.zeros_like(angles_sin_cos[..., :1, 0]), angles_sin_cos[..., 0]], dim=-1)
     cos = torch.cat([torch.ones_like(angles_sin_cos[..., :1, 1]), angles_sin_cos[..., 1]], dim=-1)
@@ -60,8 +64,12 @@ def torsion_angles_to_frames(aatype: torch.Tensor, backbone_to_global: Rigid, an
     chi3 = chi2.compose(to_parent[..., 6])
     chi4 = chi3.compose(to_parent[..., 7])
     to_backbone = Rigid(
-        torch.cat([to_parent.rot[..., :5, :, :]] + [f.rot[..., None, :, :] for f in (chi2, chi3, chi4)], dim=-3),
-        torch.cat([to_parent.trans[..., :5, :]] + [f.trans[..., None, :] for f in (chi2, chi3, chi4)], dim=-2),
+        torch.cat(
+            [to_parent.rot[..., :5, :, :]] + [f.rot[..., None, :, :] for f in (chi2, chi3, chi4)], dim=-3
+        ),
+        torch.cat(
+            [to_parent.trans[..., :5, :]] + [f.trans[..., None, :] for f in (chi2, chi3, chi4)], dim=-2
+        ),
     )
     return backbone_to_global.unsqueeze(-1).compose(to_backbone)
 
@@ -83,7 +91,9 @@ def frames_to_atom14_positions(aatype: torch.Tensor, group_frames: Rigid) -> tor
     return positions * mask[..., None]
 
 
-def atom14_to_atom37(atom14: torch.Tensor, residx_atom37_to_atom14: torch.Tensor, atom37_atom_exists: torch.Tensor) -> torch.Tensor:
+def atom14_to_atom37(
+    atom14: torch.Tensor, residx_atom37_to_atom14: torch.Tensor, atom37_atom_exists: torch.Tensor
+) -> torch.Tensor:
     """Scatter atom14 data (..., N, 14[, C]) into the atom37 layout (..., N, 37[, C]); absent atoms 0."""
     index = residx_atom37_to_atom14.long()
     mask = atom37_atom_exists.to(atom14.dtype)
@@ -94,7 +104,9 @@ def atom14_to_atom37(atom14: torch.Tensor, residx_atom37_to_atom14: torch.Tensor
     return torch.gather(atom14, -1, index) * mask
 
 
-def atom37_to_atom14(atom37: torch.Tensor, residx_atom14_to_atom37: torch.Tensor, atom14_atom_exists: torch.Tensor) -> torch.Tensor:
+def atom37_to_atom14(
+    atom37: torch.Tensor, residx_atom14_to_atom37: torch.Tensor, atom14_atom_exists: torch.Tensor
+) -> torch.Tensor:
     """Gather atom37 data (..., N, 37[, C]) into the atom14 layout (..., N, 14[, C]); absent atoms 0."""
     index = residx_atom14_to_atom37.long()
     mask = atom14_atom_exists.to(atom37.dtype)
@@ -120,9 +132,11 @@ def make_atom14_masks(aatype: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def pseudo_beta(aatype: torch.Tensor, atom37_positions: torch.Tensor, atom37_mask: torch.Tensor | None = None):
+def pseudo_beta(
+    aatype: torch.Tensor, atom37_positions: torch.Tensor, atom37_mask: torch.Tensor | None = None
+):
     """Cβ position (Cα for glycine) per residue (..., N, 3), and its mask (..., N) if a mask is given."""
-    is_gly = (aatype == rc.restype_order["G"])
+    is_gly = aatype == rc.restype_order["G"]
     ca, cb = rc.atom_order["CA"], rc.atom_order["CB"]
     position = torch.where(is_gly[..., None], atom37_positions[..., ca, :], atom37_positions[..., cb, :])
     if atom37_mask is None:
@@ -156,15 +170,22 @@ def atom37_to_torsion_angles(
     aatype = aatype.long().clamp(max=_MAX_RESTYPE)
 
     # The previous residue's atoms; the first residue has none (zeros, mask 0).
-    prev_positions = torch.cat([torch.zeros_like(positions[..., :1, :, :]), positions[..., :-1, :, :]], dim=-3)
+    prev_positions = torch.cat(
+        [torch.zeros_like(positions[..., :1, :, :]), positions[..., :-1, :, :]], dim=-3
+    )
     prev_mask = torch.cat([torch.zeros_like(mask[..., :1, :]), mask[..., :-1, :]], dim=-2)
 
     n, ca, c, o = (rc.atom_order[a] for a in ("N", "CA", "C", "O"))
     pre_omega_atoms = torch.stack(
-        [prev_positions[..., ca, :], prev_positions[..., c, :], positions[..., n, :], positions[..., ca, :]], dim=-2
+        [prev_positions[..., ca, :], prev_positions[..., c, :], positions[..., n, :], positions[..., ca, :]],
+        dim=-2,
     )
-    phi_atoms = torch.stack([prev_positions[..., c, :], positions[..., n, :], positions[..., ca, :], positions[..., c, :]], dim=-2)
-    psi_atoms = torch.stack([positions[..., n, :], positions[..., ca, :], positions[..., c, :], positions[..., o, :]], dim=-2)
+    phi_atoms = torch.stack(
+        [prev_positions[..., c, :], positions[..., n, :], positions[..., ca, :], positions[..., c, :]], dim=-2
+    )
+    psi_atoms = torch.stack(
+        [positions[..., n, :], positions[..., ca, :], positions[..., c, :], positions[..., o, :]], dim=-2
+    )
     pre_omega_mask = prev_mask[..., ca] * prev_mask[..., c] * mask[..., n] * mask[..., ca]
     phi_mask = prev_mask[..., c] * mask[..., n] * mask[..., ca] * mask[..., c]
     psi_mask = mask[..., n] * mask[..., ca] * mask[..., c] * mask[..., o]
@@ -177,13 +198,20 @@ def atom37_to_torsion_angles(
     chi_exists = _gather_restype(np.array(rc.chi_angles_mask + [[0.0] * 4], np.float32), aatype)
     chi_mask = chi_exists * chi_atoms_mask
 
-    torsion_atoms = torch.cat([pre_omega_atoms[..., None, :, :], phi_atoms[..., None, :, :], psi_atoms[..., None, :, :], chi_atoms], dim=-3)
-    torsion_mask = torch.cat([pre_omega_mask[..., None], phi_mask[..., None], psi_mask[..., None], chi_mask], dim=-1)
+    torsion_atoms = torch.cat(
+        [pre_omega_atoms[..., None, :, :], phi_atoms[..., None, :, :], psi_atoms[..., None, :, :], chi_atoms],
+        dim=-3,
+    )
+    torsion_mask = torch.cat(
+        [pre_omega_mask[..., None], phi_mask[..., None], psi_mask[..., None], chi_mask], dim=-1
+    )
 
     # In the frame with atom 3 at the origin, atom 2 on the negative x axis and atom 1 in the xy
     # plane, the fourth atom's (z, y) direction is (sin, cos) of the torsion.
     frames = Rigid.from_3_points(
-        point_on_neg_x_axis=torsion_atoms[..., 1, :], origin=torsion_atoms[..., 2, :], point_on_xy_plane=torsion_atoms[..., 0, :]
+        point_on_neg_x_axis=torsion_atoms[..., 1, :],
+        origin=torsion_atoms[..., 2, :],
+        point_on_xy_plane=torsion_atoms[..., 0, :],
     )
     fourth = frames.invert_apply(torsion_atoms[..., 3, :])
     sin_cos = torch.stack([fourth[..., 2], fourth[..., 1]], dim=-1)

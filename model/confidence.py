@@ -57,7 +57,9 @@ def compute_predicted_aligned_error(logits, breaks) -> dict[str, np.ndarray]:
     }
 
 
-def predicted_tm_score(logits, breaks, residue_weights=None, asym_id=None, interface: bool = False) -> np.ndarray:
+def predicted_tm_score(
+    logits, breaks, residue_weights=None, asym_id=None, interface: bool = False
+) -> np.ndarray:
     """pTM (or, with ``interface=True`` and `asym_id`, ipTM) from PAE logits (N, N, num_bins).
 
     For every alignment residue i, the expected TM-score term 1 / (1 + (e_ij / d0)^2) is averaged
@@ -106,7 +108,9 @@ def confidence_metrics(result: dict, residue_weights=None, asym_id=None) -> dict
         out.update(compute_predicted_aligned_error(pae["logits"], pae["breaks"]))
         out["ptm"] = predicted_tm_score(pae["logits"], pae["breaks"], residue_weights)
         if asym_id is not None:
-            out["iptm"] = predicted_tm_score(pae["logits"], pae["breaks"], residue_weights, asym_id, interface=True)
+            out["iptm"] = predicted_tm_score(
+                pae["logits"], pae["breaks"], residue_weights, asym_id, interface=True
+            )
     if "iptm" in out:
         out["ranking_confidence"] = 0.8 * out["iptm"] + 0.2 * out["ptm"]
     else:

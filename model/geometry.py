@@ -61,7 +61,10 @@ def rot_inv_vec(rot: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
 def rot_mul_rot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Matrix product a b of rotations (..., 3, 3), written out per component."""
     rows = [
-        [a[..., i, 0] * b[..., 0, j] + a[..., i, 1] * b[..., 1, j] + a[..., i, 2] * b[..., 2, j] for j in range(3)]
+        [
+            a[..., i, 0] * b[..., 0, j] + a[..., i, 1] * b[..., 1, j] + a[..., i, 2] * b[..., 2, j]
+            for j in range(3)
+        ]
         for i in range(3)
     ]
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
@@ -92,7 +95,9 @@ class Rigid:
         return torch.cat([top, bottom], dim=-2)
 
     @staticmethod
-    def from_3_points(point_on_neg_x_axis: torch.Tensor, origin: torch.Tensor, point_on_xy_plane: torch.Tensor) -> Rigid:
+    def from_3_points(
+        point_on_neg_x_axis: torch.Tensor, origin: torch.Tensor, point_on_xy_plane: torch.Tensor
+    ) -> Rigid:
         """Jumper et al. (2021) Suppl. Alg. 21 'rigidFrom3Points' (Gram–Schmidt).
 
         The frame has its origin at `origin`, its x axis pointing from `point_on_neg_x_axis` to

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from af2cpu.model.primitives import LayerNorm, Linear
 from torch import nn
 
 from af2cpu.common import residue_constants as rc
-from af2cpu.model.primitives import LayerNorm, Linear
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,10 @@ class DistogramHead(nn.Module):
         half = self.half_logits(_fp32(representations["pair"]))
         cfg = self.cfg
         edges = torch.linspace(
-            cfg.distogram_first_break, cfg.distogram_last_break, cfg.distogram_num_bins - 1, device=half.device
+            cfg.distogram_first_break,
+            cfg.distogram_last_break,
+            cfg.distogram_num_bins - 1,
+            device=half.device,
         )
         return {"logits": half + half.transpose(-2, -3), "bin_edges": edges}
 
@@ -129,5 +132,7 @@ class PredictedAlignedErrorHead(nn.Module):
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
         logits = self.logits(_fp32(representations["pair"]))
-        breaks = torch.linspace(0.0, self.cfg.pae_max_error_bin, self.cfg.pae_num_bins - 1, device=logits.device)
+        breaks = torch.linspace(
+            0.0, self.cfg.pae_max_error_bin, self.cfg.pae_num_bins - 1, device=logits.device
+        )
         return {"logits": logits, "breaks": breaks}

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from af2cpu.model import all_atom
 from af2cpu.model.geometry import QuatRigid, Rigid
 from af2cpu.model.primitives import LayerNorm, Linear
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,9 @@ class InvariantPointAttention(nn.Module):
         local = linear(act).reshape(n, 3, self.cfg.num_head * num_points).transpose(1, 2)  # (N, H*P, 3)
         return frames.unsqueeze(-1).apply(local).reshape(n, self.cfg.num_head, num_points, 3)
 
-    def forward(self, act: torch.Tensor, pair: torch.Tensor, mask: torch.Tensor, frames: Rigid) -> torch.Tensor:
+    def forward(
+        self, act: torch.Tensor, pair: torch.Tensor, mask: torch.Tensor, frames: Rigid
+    ) -> torch.Tensor:
         """act (N, c_s), pair (N, N, c_z), mask (N,), frames with batch shape (N,) -> (N, c_s)."""
         cfg = self.cfg
         n, h = act.shape[0], cfg.num_head
@@ -86,15 +87,22 @@ class InvariantPointAttention(nn.Module):
         # variance (scalar by sqrt(1 / (3 c)), points by sqrt(1 / (3 * 4.5 P)) times the
         # softplus-ed trainable head weight), which is the same thing written per term.
         scalar_weight = math.sqrt(1.0 / (3 * cfg.num_scalar_qk))
-        point_weight = math.sqrt(1.0 / (3 * cfg.num_point_qk * 9.0 / 2)) * F.softplus(self.trainable_point_weights)
+        point_weight = math.sqrt(1.0 / (3 * cfg.num_point_qk * 9.0 / 2)) * F.softplus(
+            self.trainable_point_weights
+        )
         pair_weight = math.sqrt(1.0 / 3)
 
         logits = torch.einsum("ihc,jhc->hij", q * scalar_weight, k)
-        # Squared distances from differences (not the expanded |q|^2 + |k|^2 - 2 q.k): fp32-exact
-        # enough to match AlphaFold2 for coordinates far from the origin.
-        diff = q_pts.permute(1, 0, 2, 3)[:, :, None] - k_pts.permute(1, 0, 2, 3)[:, None, :]  # (H, N, N, P, 3)
-        dist2 = (diff * diff).sum(-1)
-        logits = logits - 0.5 * (point_weight[:, None, None, None] * dist2).sum(-1)
+        # Squared distances from coordinate differences, not the expanded |q|^2 + |k|^2 - 2 q.k,
+        # which loses fp32 digits for points far from the origin; one query/key point at a time
+        # so that memory stays O(H N^2).
+        q_pts, k_pts = q_pts.permute(1, 2, 0, 3), k_pts.permute(1, 2, 0, 3)  # (H, P, N, 3)
+        half_weight = (0.5 * point_weight)[:, None, None]
+        for p in range(cfg.num_point_qk):
+            dist2 = sum(
+                (q_pts[:, p, :, None, x] - k_pts[:, p, None, :, x]) ** 2 for x in range(3)
+            )  # (H, N, N)
+            logits = logits - half_weight * dist2
         logits = logits + pair_weight * self.attention_2d(pair).permute(2, 0, 1)
         mask_2d = mask[:, None] * mask[None, :]
         logits = logits - 1e5 * (1.0 - mask_2d)
@@ -102,10 +110,14 @@ class InvariantPointAttention(nn.Module):
 
         out_scalar = torch.einsum("hij,jhc->ihc", attn, v).reshape(n, -1)
         out_pts_global = torch.einsum("hij,jhpx->ihpx", attn, v_pts)  # (N, H, P, 3)
-        out_pts = frames.unsqueeze(-1).unsqueeze(-1).invert_apply(out_pts_global).reshape(n, h * cfg.num_point_v, 3)
+        out_pts = (
+            frames.unsqueeze(-1).unsqueeze(-1).invert_apply(out_pts_global).reshape(n, h * cfg.num_point_v, 3)
+        )
         out_norm = torch.sqrt(self.dist_epsilon + (out_pts * out_pts).sum(-1))
         out_pair = torch.einsum("hij,ijc->ihc", attn, pair).reshape(n, -1)
-        features = torch.cat([out_scalar, out_pts[..., 0], out_pts[..., 1], out_pts[..., 2], out_norm, out_pair], dim=-1)
+        features = torch.cat(
+            [out_scalar, out_pts[..., 0], out_pts[..., 1], out_pts[..., 2], out_norm, out_pair], dim=-1
+        )
         return self.output_projection(features)
 
 
@@ -175,10 +187,14 @@ class FoldIteration(nn.Module):
             setattr(self, f"transition_{i}", Linear(c, c))
         self.transition_layer_norm = LayerNorm(c)
         self.affine_update = BackboneUpdate(c)
-        self.rigid_sidechain = TorsionAngleResNet(c, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block)
+        self.rigid_sidechain = TorsionAngleResNet(
+            c, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block
+        )
 
     def _transition_layers(self) -> list[Linear]:
-        return [self.transition] + [getattr(self, f"transition_{i}") for i in range(1, self.cfg.num_layer_in_transition)]
+        return [self.transition] + [
+            getattr(self, f"transition_{i}") for i in range(1, self.cfg.num_layer_in_transition)
+        ]
 
     def forward(self, act, initial_act, pair, mask, frames: QuatRigid, aatype):
         act = act + self.invariant_point_attention(act, pair, mask, frames.to_rigid())
@@ -259,7 +275,9 @@ class StructureModule(nn.Module):
         scale = torch.tensor([1.0] * 4 + [self.cfg.position_scale] * 3, device=device)
         traj = stacked.pop("affine") * scale
         atom14 = stacked["atom_pos"][-1]
-        atom37 = all_atom.atom14_to_atom37(atom14, feature("residx_atom37_to_atom14", torch.long), atom37_exists)
+        atom37 = all_atom.atom14_to_atom37(
+            atom14, feature("residx_atom37_to_atom14", torch.long), atom37_exists
+        )
         atom37 = atom37 * atom37_exists[..., None]
         return {
             "representations": {"structure_module": act},

@@ -58,7 +58,9 @@ def test_array_table_equals_reference(name):
 
 def test_default_frames_equal_reference():
     # Built from the same literature positions with the same Gram–Schmidt; measured max diff 0.
-    np.testing.assert_allclose(ours.restype_rigid_group_default_frame, ref.restype_rigid_group_default_frame, atol=1e-6)
+    np.testing.assert_allclose(
+        ours.restype_rigid_group_default_frame, ref.restype_rigid_group_default_frame, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

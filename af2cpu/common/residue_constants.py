@@ -53,7 +53,12 @@ ca_ca = 3.80209737096
 # Arginine's χ5 is always 0 ± 5° and is left out, as AlphaFold2 does.
 chi_angles_atoms = {
     "ALA": [],
-    "ARG": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "CD"], ["CB", "CG", "CD", "NE"], ["CG", "CD", "NE", "CZ"]],
+    "ARG": [
+        ["N", "CA", "CB", "CG"],
+        ["CA", "CB", "CG", "CD"],
+        ["CB", "CG", "CD", "NE"],
+        ["CG", "CD", "NE", "CZ"],
+    ],
     "ASN": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "OD1"]],
     "ASP": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "OD1"]],
     "CYS": [["N", "CA", "CB", "SG"]],
@@ -63,7 +68,12 @@ chi_angles_atoms = {
     "HIS": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "ND1"]],
     "ILE": [["N", "CA", "CB", "CG1"], ["CA", "CB", "CG1", "CD1"]],
     "LEU": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "CD1"]],
-    "LYS": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "CD"], ["CB", "CG", "CD", "CE"], ["CG", "CD", "CE", "NZ"]],
+    "LYS": [
+        ["N", "CA", "CB", "CG"],
+        ["CA", "CB", "CG", "CD"],
+        ["CB", "CG", "CD", "CE"],
+        ["CG", "CD", "CE", "NZ"],
+    ],
     "MET": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "SD"], ["CB", "CG", "SD", "CE"]],
     "PHE": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "CD1"]],
     "PRO": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "CD"]],
@@ -75,9 +85,7 @@ chi_angles_atoms = {
 }
 
 # chi_angles_mask[restype][k] = 1 when residue type `restype` has torsion χ(k+1); restype order.
-chi_angles_mask = [
-    [float(k < len(chi_angles_atoms[restype_1to3[r]])) for k in range(4)] for r in restypes
-]
+chi_angles_mask = [[float(k < len(chi_angles_atoms[restype_1to3[r]])) for k in range(4)] for r in restypes]
 
 # χ angles that are π-periodic because the atoms they place are symmetric (ASP χ2, GLU χ3,
 # PHE χ2, TYR χ2); the last row is UNK.
@@ -370,7 +378,7 @@ def _parse_table_section(lines: list[str], start: int) -> tuple[list[list[str]],
     return rows, i + 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_stereo_chemical_props() -> tuple[
     dict[str, list[Bond]], dict[str, list[Bond]], dict[str, list[BondAngle]]
 ]:
@@ -415,9 +423,7 @@ def load_stereo_chemical_props() -> tuple[
             d_gamma = a.length * b.length * np.sin(gamma) / length
             d_a = (a.length - b.length * np.cos(gamma)) / length
             d_b = (b.length - a.length * np.cos(gamma)) / length
-            stddev = np.sqrt(
-                (d_gamma * angle.stddev) ** 2 + (d_a * a.stddev) ** 2 + (d_b * b.stddev) ** 2
-            )
+            stddev = np.sqrt((d_gamma * angle.stddev) ** 2 + (d_a * a.stddev) ** 2 + (d_b * b.stddev) ** 2)
             virtual.append(Bond(angle.atom1_name, angle.atom3name, length, stddev))
         residue_virtual_bonds[resname] = virtual
     return residue_bonds, residue_virtual_bonds, residue_bond_angles
@@ -428,6 +434,7 @@ def atom_id_to_type(atom_id: str) -> str:
     if atom_id[:1] in ("C", "N", "O", "H", "S"):
         return atom_id[0]
     raise ValueError(f"atom name {atom_id!r} does not start with an element of a protein (C, N, O, H, S)")
+
 
 # Heavy atoms of each residue type (no hydrogens, no OXT).
 residue_atoms = {
