@@ -25,9 +25,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping, Optional, Union
+from typing import BinaryIO
 
 from af2cpu.errors import Af2CpuError
 
@@ -39,7 +40,7 @@ def canonical_json(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def file_hash(path: Union[str, os.PathLike]) -> str:
+def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -48,7 +49,7 @@ def file_hash(path: Union[str, os.PathLike]) -> str:
     return digest.hexdigest()
 
 
-def database_identity(paths: Mapping[str, Union[str, os.PathLike]]) -> dict[str, list]:
+def database_identity(paths: Mapping[str, str | os.PathLike]) -> dict[str, list]:
     """{name: [path, size, mtime_ns]} per database file, or per file of a database prefix (HH-suite
     databases are a prefix of several `_a3m.ffdata`, `_hhm.ffindex`, ... files). Hashing content is
     too slow for terabytes; a changed size or mtime is what a re-download leaves."""
@@ -109,7 +110,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is flushed and renamed over `path`.
 
     For writers that want a file name (a tool's `-o`, numpy's `savez`); on an exception the temporary
@@ -132,14 +133,13 @@ def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
-def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (bytes, or a function that writes to a binary file) to `path` atomically."""
-    with atomic_output(path) as temp:
-        with open(temp, "wb") as handle:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                handle.write(data)
-            else:
-                data(handle)
+    with atomic_output(path) as temp, open(temp, "wb") as handle:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            handle.write(data)
+        else:
+            data(handle)
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,13 @@ class StageRecord:
 class StageCache:
     """Stage records of one target folder (`<out>/<target_id>/`)."""
 
-    def __init__(self, folder: Union[str, os.PathLike]):
+    def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
 
     def record_path(self, stage: str) -> Path:
         return self.folder / RECORD_NAME.format(stage=stage)
 
-    def lookup(self, stage: str, key: str) -> Optional[StageRecord]:
+    def lookup(self, stage: str, key: str) -> StageRecord | None:
         """The record of `stage` if it was finished with `key` and all its outputs exist."""
         try:
             data = json.loads(self.record_path(stage).read_text())
@@ -191,7 +191,7 @@ class StageCache:
         stage: str,
         key: str,
         compute: Callable[[Path], list[str]],
-        info: Optional[dict] = None,
+        info: dict | None = None,
     ) -> tuple[StageRecord, bool]:
         """Run `compute(folder)` unless `stage` is cached with `key`; returns (record, was_cached).
 
@@ -231,7 +231,7 @@ class TargetLock:
     """
 
     def __init__(
-        self, path: Union[str, os.PathLike], stale_after: float = 600.0, wait: Optional[float] = None
+        self, path: str | os.PathLike, stale_after: float = 600.0, wait: float | None = None
     ):
         self.path = Path(path)
         self.stale_after = stale_after
@@ -240,9 +240,9 @@ class TargetLock:
         self.host = socket.gethostname()
         self.lost = False
         self._stop = threading.Event()
-        self._heartbeat: Optional[threading.Thread] = None
+        self._heartbeat: threading.Thread | None = None
 
-    def _holder(self) -> Optional[dict]:
+    def _holder(self) -> dict | None:
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -290,7 +290,7 @@ class TargetLock:
                 os.link(aside, self.path)
         aside.unlink(missing_ok=True)
 
-    def acquire(self, timeout: Optional[float] = None, poll: float = 0.2) -> bool:
+    def acquire(self, timeout: float | None = None, poll: float = 0.2) -> bool:
         """Take the lock; wait up to `timeout` seconds (forever if None, not at all if 0)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -330,7 +330,7 @@ class TargetLock:
         if holder and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "TargetLock":
+    def __enter__(self) -> TargetLock:
         if not self.acquire(timeout=self.wait):
             holder = self._holder() or {}
             raise LockTimeout(

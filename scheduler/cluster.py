@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 from distributed import Client, Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -64,16 +63,16 @@ class ClusterHandle:
     """A client and, when af2cpu started it, the cluster; closing the handle stops what it started."""
 
     client: Client
-    cluster: Optional[SpecCluster]
-    plan: Optional[Plan]
-    dashboard_link: Optional[str]
+    cluster: SpecCluster | None
+    plan: Plan | None
+    dashboard_link: str | None
 
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self) -> "ClusterHandle":
+    def __enter__(self) -> ClusterHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -121,7 +120,7 @@ def start_local(plan: Plan, memory_per_worker: int, dashboard: bool = True) -> C
 
 
 def start_cluster(
-    config: SchedulerConfig, memory_limit: Optional[int] = None, plan: Optional[Plan] = None
+    config: SchedulerConfig, memory_limit: int | None = None, plan: Plan | None = None
 ) -> ClusterHandle:
     """The cluster `config` asks for: attach to `config.address`, or start pinned local workers.
 

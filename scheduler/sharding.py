@@ -10,8 +10,8 @@ targets' ids and lengths, so every array task computes the same split independen
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 from af2cpu.errors import ConfigError
 
@@ -53,7 +53,7 @@ def shard_targets(lengths: Mapping[str, int], count: int) -> list[list[str]]:
     return shards
 
 
-def _int(environ: Mapping[str, str], name: str) -> Optional[int]:
+def _int(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name)
     if value is None or value.strip() in ("", "undefined"):
         return None
@@ -63,7 +63,7 @@ def _int(environ: Mapping[str, str], name: str) -> Optional[int]:
         raise ConfigError(f"{name}={value!r} is not an integer") from None
 
 
-def _from_environment(environ: Mapping[str, str]) -> Optional[tuple[int, Optional[int], str]]:
+def _from_environment(environ: Mapping[str, str]) -> tuple[int, int | None, str] | None:
     """(0-based index, count or None, source) from a batch system's variables, or None."""
     task_id = _int(environ, "SLURM_ARRAY_TASK_ID")
     if task_id is not None:
@@ -95,8 +95,8 @@ def _from_environment(environ: Mapping[str, str]) -> Optional[tuple[int, Optiona
 
 
 def resolve_array_task(
-    index: Optional[int], count: Optional[int], environ: Mapping[str, str]
-) -> Optional[ArrayTask]:
+    index: int | None, count: int | None, environ: Mapping[str, str]
+) -> ArrayTask | None:
     """This process's array task: explicit options first, else the batch system's variables.
 
     SLURM: SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_MIN/MAX/STEP or SLURM_ARRAY_TASK_COUNT.

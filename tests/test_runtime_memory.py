@@ -35,7 +35,7 @@ def test_bad_memory_limit_is_a_config_error(bad):
 
 
 def test_estimate_never_shrinks_with_a_larger_problem_and_grows_with_length():
-    base = dict(length=256, msa_rows=128, extra_rows=1024, templates=4, precision_bytes=4)
+    base = {"length": 256, "msa_rows": 128, "extra_rows": 1024, "templates": 4, "precision_bytes": 4}
     reference = estimate_peak_memory(**base).total
     for name, bigger in [("msa_rows", 512), ("extra_rows", 4096), ("templates", 8)]:
         assert estimate_peak_memory(**{**base, name: bigger}).total >= reference, name
@@ -69,7 +69,7 @@ def test_everything_fits_unchunked_under_a_generous_limit():
 @pytest.mark.parametrize("limit_gib, length, precision", [(4, 512, 4), (6, 1000, 2), (3, 384, 2)])
 def test_chosen_chunks_fit_and_are_the_largest_that_do(limit_gib, length, precision):
     limit = limit_gib * GIB
-    shape = dict(length=length, msa_rows=256, extra_rows=1024, templates=4, precision_bytes=precision)
+    shape = {"length": length, "msa_rows": 256, "extra_rows": 1024, "templates": 4, "precision_bytes": precision}
     chunks, estimate = choose_chunks(limit, **shape)
     assert estimate.total <= limit
     assert estimate == estimate_peak_memory(chunks=chunks, **shape)

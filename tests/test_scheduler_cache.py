@@ -158,9 +158,8 @@ def test_lock_of_a_killed_holder_is_taken_over(tmp_path):
     assert child.stdout.readline().strip() == "held"
     lock = TargetLock(path)
     assert not lock.acquire(timeout=0), "a live holder's lock was taken"
-    with pytest.raises(LockTimeout, match=f"held by pid {child.pid}"):
-        with TargetLock(path, wait=0):
-            pass
+    with pytest.raises(LockTimeout, match=f"held by pid {child.pid}"), TargetLock(path, wait=0):
+        pass
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert json.loads(path.read_text())["pid"] == child.pid  # the dead holder left its lock

@@ -38,8 +38,8 @@ peak RSS (`af2cpu bench`), which is why they live in named constants.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Union
 
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.model.options import ChunkSizes
@@ -58,7 +58,7 @@ class MemoryPlanError(Af2CpuError):
     """A target cannot fit the memory limit even with the smallest chunks."""
 
 
-def parse_memory_limit(value: Union[str, int], available: Optional[Callable[[], int]] = None) -> int:
+def parse_memory_limit(value: str | int, available: Callable[[], int] | None = None) -> int:
     """Bytes from `runtime.memory_limit`: "auto" (available memory), a byte count, or "16G" / "512MiB"
     / "1.5T" (binary units, as SLURM and Docker read them)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -101,11 +101,11 @@ class MemoryEstimate:
 @dataclass(frozen=True)
 class _Term:
     name: str
-    chunk_field: Optional[str]  # the ChunkSizes field that bounds it, None if chunks do not help
+    chunk_field: str | None  # the ChunkSizes field that bounds it, None if chunks do not help
     nbytes: int
 
 
-def _eff(c: Optional[int], axis: int) -> int:
+def _eff(c: int | None, axis: int) -> int:
     return axis if c is None else max(1, min(c, axis))
 
 
@@ -199,7 +199,7 @@ def _check_shape(length: int, msa_rows: int, extra_rows: int, templates: int, pr
 
 def _estimate(L, S, Se, T, b, chunks) -> tuple[MemoryEstimate, _Term]:
     fixed = _fixed(L, S, Se, b)
-    best: Optional[tuple[MemoryEstimate, _Term]] = None
+    best: tuple[MemoryEstimate, _Term] | None = None
     for phase, (resident, terms) in _phases(L, S, Se, T, b, chunks).items():
         top = max(terms, key=lambda t: t.nbytes)
         total = sum(fixed.values()) + resident + top.nbytes
@@ -214,7 +214,7 @@ def estimate_peak_memory(
     extra_rows: int,
     templates: int,
     precision_bytes: int,
-    chunks: Optional[ChunkSizes] = None,
+    chunks: ChunkSizes | None = None,
 ) -> MemoryEstimate:
     """Predicted peak bytes of one forward pass (one recycle) with the given chunk sizes; see the
     module docstring for the formula."""

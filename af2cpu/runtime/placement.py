@@ -11,7 +11,6 @@ Rules, in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from af2cpu.errors import ConfigError
 from af2cpu.runtime.topology import Topology, format_cpulist
@@ -22,7 +21,7 @@ class Allotment:
     """The CPUs, thread count and memory node of one instance."""
 
     cpus: tuple[int, ...]
-    memory_node: Optional[int]  # None where the kernel exposes no NUMA nodes
+    memory_node: int | None  # None where the kernel exposes no NUMA nodes
 
     @property
     def threads(self) -> int:
@@ -65,7 +64,7 @@ def _split(cpus: list[int], parts: int) -> list[tuple[int, ...]]:
 
 
 def plan_instances(
-    topology: Topology, instances: Optional[int] = None, threads: Optional[int] = None
+    topology: Topology, instances: int | None = None, threads: int | None = None
 ) -> Plan:
     """Plan `instances` workers, or workers of `threads` threads each, on the usable cores.
 

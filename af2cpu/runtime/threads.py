@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from af2cpu.runtime.placement import Allotment
 from af2cpu.runtime.topology import format_cpulist
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-_applied: Optional[Allotment] = None
+_applied: Allotment | None = None
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,13 @@ def apply_allotment(allotment: Allotment) -> ToolThreads:
     return tool_threads(allotment)
 
 
-def current_allotment() -> Optional[Allotment]:
+def current_allotment() -> Allotment | None:
     """The allotment applied to this process (a pinned Dask worker's), or None if none was."""
     return _applied
 
 
 def numactl_command(
-    allotment: Allotment, command: Sequence[str], numactl: Optional[str] = None
+    allotment: Allotment, command: Sequence[str], numactl: str | None = None
 ) -> list[str]:
     """`command` prefixed with `numactl --membind=N --physcpubind=CPUS` where numactl is installed.
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 # The ISA features that decide which kernels oneDNN can use (bf16 needs avx512_bf16 or amx_bf16).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
@@ -102,7 +102,7 @@ class Topology:
         """NUMA nodes with at least one usable CPU."""
         return tuple(sorted({c.node for c in self.cpus}))
 
-    def cores(self, node: Optional[int] = None) -> tuple[PhysicalCore, ...]:
+    def cores(self, node: int | None = None) -> tuple[PhysicalCore, ...]:
         """Physical cores with a usable thread (on `node`, or all), in (package, core, cpu) order."""
         seen: dict[tuple[int, ...], PhysicalCore] = {}
         for c in self.cpus:
@@ -113,14 +113,14 @@ class Topology:
         return tuple(sorted(seen.values(), key=lambda k: (k.node, k.package, k.core_id, k.threads)))
 
 
-def _read(path: Path) -> Optional[str]:
+def _read(path: Path) -> str | None:
     try:
         return path.read_text()
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return None
 
 
-def read_topology(root: str | os.PathLike = "/", affinity: Optional[Iterable[int]] = None) -> Topology:
+def read_topology(root: str | os.PathLike = "/", affinity: Iterable[int] | None = None) -> Topology:
     """Read the usable CPUs of this process and their NUMA node and physical core.
 
     `affinity` defaults to this process's affinity mask; pass a set to describe another process or a
@@ -178,12 +178,12 @@ def read_cpuinfo(root: str | os.PathLike = "/") -> tuple[str, frozenset[str]]:
     return model, flags
 
 
-def _meminfo_kib(text: str, field: str) -> Optional[int]:
+def _meminfo_kib(text: str, field: str) -> int | None:
     match = re.search(rf"^{field}:\s+(\d+)\s*kB", text, re.MULTILINE)
     return int(match.group(1)) * 1024 if match else None
 
 
-def _cgroup_number(path: Path) -> Optional[int]:
+def _cgroup_number(path: Path) -> int | None:
     text = _read(path)
     if text is None:
         return None
@@ -208,7 +208,7 @@ def _ancestors(base: Path, relative: str) -> list[Path]:
     return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
-def cgroup_memory_available(root: str | os.PathLike = "/") -> Optional[int]:
+def cgroup_memory_available(root: str | os.PathLike = "/") -> int | None:
     """Bytes this process's cgroup may still allocate, or None when no cgroup limit applies.
 
     The limit is the smallest `memory.max` (v2) or `memory.limit_in_bytes` (v1) on the path from the
@@ -217,7 +217,7 @@ def cgroup_memory_available(root: str | os.PathLike = "/") -> Optional[int]:
     """
     root = Path(root)
     text = _read(root / "proc/self/cgroup") or ""
-    best: Optional[int] = None
+    best: int | None = None
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -275,7 +275,7 @@ class CpuInfo:
         return bool(self.isa_flags & {"avx512_bf16", "amx_bf16"})
 
 
-def cpu_info(root: str | os.PathLike = "/", affinity: Optional[Iterable[int]] = None) -> CpuInfo:
+def cpu_info(root: str | os.PathLike = "/", affinity: Iterable[int] | None = None) -> CpuInfo:
     """Read the topology, ISA features and available memory in one call."""
     topology = read_topology(root, affinity)
     model, flags = read_cpuinfo(root)
