@@ -82,14 +82,11 @@ class InvariantPointAttention(nn.Module):
         kv_pts = self._points(self.kv_point_local, act, frames, cfg.num_point_qk + cfg.num_point_v)
         k_pts, v_pts = kv_pts.split([cfg.num_point_qk, cfg.num_point_v], dim=-2)
 
-        # DISCREPANCY: the paper's weights w_C = sqrt(2 / (9 N_qk)) and w_L = sqrt(1/3) are
-        # applied here as AlphaFold2 does: each of the three logit terms is scaled to unit
-        # variance (scalar by sqrt(1 / (3 c)), points by sqrt(1 / (3 * 4.5 P)) times the
-        # softplus-ed trainable head weight), which is the same thing written per term.
+        # The paper's w_L = sqrt(1/3) and w_C = sqrt(2 / (9 N_qk)) folded into one weight per
+        # logit term (scalar, point, pair), each term then having unit variance at initialisation.
         scalar_weight = math.sqrt(1.0 / (3 * cfg.num_scalar_qk))
-        point_weight = math.sqrt(1.0 / (3 * cfg.num_point_qk * 9.0 / 2)) * F.softplus(
-            self.trainable_point_weights
-        )
+        head_weight = F.softplus(self.trainable_point_weights.float())
+        point_weight = math.sqrt(1.0 / (3 * cfg.num_point_qk * 9.0 / 2)) * head_weight
         pair_weight = math.sqrt(1.0 / 3)
 
         logits = torch.einsum("ihc,jhc->hij", q * scalar_weight, k)
@@ -104,6 +101,8 @@ class InvariantPointAttention(nn.Module):
             )  # (H, N, N)
             logits = logits - half_weight * dist2
         logits = logits + pair_weight * self.attention_2d(pair).permute(2, 0, 1)
+        # DISCREPANCY: the paper has no mask; AlphaFold2 keeps padded residues out of every
+        # attention with a -1e5 logit penalty.
         mask_2d = mask[:, None] * mask[None, :]
         logits = logits - 1e5 * (1.0 - mask_2d)
         attn = torch.softmax(logits, dim=-1)  # (H, N_q, N_k)
@@ -113,6 +112,7 @@ class InvariantPointAttention(nn.Module):
         out_pts = (
             frames.unsqueeze(-1).unsqueeze(-1).invert_apply(out_pts_global).reshape(n, h * cfg.num_point_v, 3)
         )
+        # DISCREPANCY: the norm of the output points is regularized with 1e-8 (finite gradient at 0).
         out_norm = torch.sqrt(self.dist_epsilon + (out_pts * out_pts).sum(-1))
         out_pair = torch.einsum("hij,ijc->ihc", attn, pair).reshape(n, -1)
         features = torch.cat(
@@ -157,6 +157,8 @@ class TorsionAngleResNet(nn.Module):
 
     def forward(self, act: torch.Tensor, initial_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (angles, unnormalized angles), each (N, 7, 2) as (sin, cos)."""
+        # DISCREPANCY: the paper projects s_i and s_i^initial directly; the released weights were
+        # trained with a ReLU before each input projection.
         x = self.input_projection(F.relu(act)) + self.input_projection_1(F.relu(initial_act))
         for i in range(self.num_residual_block):
             suffix = "" if i == 0 else f"_{i}"
