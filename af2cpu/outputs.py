@@ -10,7 +10,8 @@ Formats that other tools read are kept exactly:
 - ``confidence_<model>.json`` and ``pae_<model>.json``: the AlphaFold Database format, as DeepMind's
   ``alphafold.common.confidence.confidence_json``/``pae_json`` write them (pLDDT to 2 decimals, PAE to
   1 decimal, compact separators).
-- ``ranking_debug.json``: ``{"plddts": {model: mean pLDDT}, "order": [...]}`` for monomers,
+- ``ranking_debug.json``: ``{"plddts": {model: mean pLDDT}, "order": [...]}`` for monomers (the
+  ``_ptm`` presets too: AlphaFold2 ranks monomers by pLDDT, not pTM),
   ``{"iptm+ptm": {...}, "order": [...]}`` for multimers, with ``indent=4`` as ``run_alphafold.py``.
 - ``ranked_<i>.pdb``/``.cif``: ``i`` is the 0-based rank, best first.
 
@@ -47,10 +48,6 @@ PLDDT_BANDS = (
     (50.0, "L", "Low (70 > pLDDT \u2265 50)", "#FFDB13"),
     (0.0, "D", "Very low (pLDDT < 50)", "#FF7D45"),
 )
-
-# Multimer ranking of AlphaFold 2.3 (model.get_confidence_metrics): 0.8 ipTM + 0.2 pTM.
-IPTM_WEIGHT = 0.8
-PTM_WEIGHT = 0.2
 
 SUMMARY_STATUSES = ("done", "failed", "pending")
 
@@ -284,19 +281,14 @@ def protein_from_prediction(features: Mapping[str, Any], out: Mapping[str, Any])
 # Ranking
 
 
-def ranking_confidence(out: Mapping[str, Any]) -> float:
-    """The score AlphaFold 2.3 ranks a model by: mean pLDDT, or 0.8 ipTM + 0.2 pTM for multimers.
-
-    Monomer ``_ptm`` presets are ranked by mean pLDDT too, as AlphaFold2 does; their pTM is reported
-    beside it (``ranking_debug.json`` "ptms", the batch summary) but does not decide the order.
-    """
-    if out.get("iptm") is not None:
-        return float(IPTM_WEIGHT * np.asarray(out["iptm"]) + PTM_WEIGHT * np.asarray(out["ptm"]))
-    return float(np.mean(out["plddt"]))
-
-
 def rank_models(confidences: Mapping[str, float]) -> list[str]:
-    """Model names, most confident first; ties keep the given order (as AlphaFold2's sorted())."""
+    """Model names, most confident first; ties keep the given order (as AlphaFold2's sorted()).
+
+    ``confidences`` are each model's ``out["ranking_confidence"]`` (af2cpu.model.confidence), as
+    in AlphaFold 2.3: the mean pLDDT for monomers, ``_ptm`` presets included (their pTM is reported
+    beside it, in ``ranking_debug.json`` "ptms" and the batch summary, but does not decide the
+    order), and 0.8 ipTM + 0.2 pTM for multimers.
+    """
     return [name for name, _ in sorted(confidences.items(), key=lambda item: item[1], reverse=True)]
 
 

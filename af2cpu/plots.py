@@ -19,6 +19,9 @@ from af2cpu.outputs import PLDDT_BANDS, atomic_write_bytes
 # Index of the gap in AlphaFold2's MSA alphabet (20 amino acids, X, gap).
 MSA_GAP = 21
 
+# The largest PAE AlphaFold2 can predict: the centre of its last bin (64 bins of 0.5 Å).
+DEFAULT_MAX_PAE = 31.75
+
 _DPI = 100
 # PAE panels per row: the five models of a preset side by side; multimer's 25 predictions in 5 rows.
 _PAE_COLUMNS = 5
@@ -72,7 +75,7 @@ def plot_plddt(
 
 def plot_pae(
     paes: Mapping[str, np.ndarray],
-    max_pae: float = 31.75,
+    max_pae: float = DEFAULT_MAX_PAE,
     title: str = "",
     path: str | os.PathLike | None = None,
 ) -> Figure:

@@ -156,44 +156,55 @@ class TargetResult:
         return self._result_files[model]
 
     @functools.cached_property
-    def _confidences(self) -> dict[str, dict[str, Any]]:
-        keys = ["plddt", "ptm", "iptm", "predicted_aligned_error", "max_predicted_aligned_error"]
+    def _entries(self) -> dict[str, list[str]]:
+        # The npz member names of each result: reading them touches only the zip directory.
+        entries = {}
+        for model in self.model_names:
+            with np.load(self._result_path(model), allow_pickle=False) as npz:
+                entries[model] = list(npz.files)
+        return entries
+
+    def _models_with(self, key: str) -> list[str]:
+        return [m for m, files in self._entries.items() if any(f == key or f.startswith(key + "/") for f in files)]
+
+    @functools.cached_property
+    def _scores(self) -> dict[str, dict[str, Any]]:
+        # The small per-model values; PAE and representations load only when asked for.
+        keys = ["plddt", "ptm", "iptm", "max_predicted_aligned_error"]
         return {m: outputs.load_result_npz(self._result_path(m), keys) for m in self.model_names}
 
     @property
     def plddt(self) -> dict[str, np.ndarray]:
         """``{model: per-residue pLDDT (L,)}``, best model first."""
-        return {m: c["plddt"] for m, c in self._confidences.items() if "plddt" in c}
-
-    @property
-    def pae(self) -> dict[str, np.ndarray]:
-        """``{model: predicted aligned error (L, L)}`` for models that predict it (``_ptm``, multimer)."""
-        return {m: c["predicted_aligned_error"] for m, c in self._confidences.items() if "predicted_aligned_error" in c}
+        return {m: s["plddt"] for m, s in self._scores.items() if "plddt" in s}
 
     @property
     def ptm(self) -> dict[str, float]:
         """``{model: pTM}`` for models that predict it."""
-        return {m: float(c["ptm"]) for m, c in self._confidences.items() if "ptm" in c}
+        return {m: float(s["ptm"]) for m, s in self._scores.items() if "ptm" in s}
 
     @property
     def iptm(self) -> dict[str, float]:
         """``{model: ipTM}`` for multimer models."""
-        return {m: float(c["iptm"]) for m, c in self._confidences.items() if "iptm" in c}
+        return {m: float(s["iptm"]) for m, s in self._scores.items() if "iptm" in s}
+
+    @functools.cached_property
+    def pae(self) -> Mapping[str, np.ndarray]:
+        """``{model: predicted aligned error (L, L)}`` for models that predict it (``_ptm``, multimer).
+
+        Each model's matrix loads on first access.
+        """
+        key = "predicted_aligned_error"
+        return LazyMapping(self._models_with(key), lambda m: outputs.load_result_npz(self._result_path(m), [key])[key])
 
     @functools.cached_property
     def representations(self) -> Mapping[str, dict[str, np.ndarray]]:
-        """``{model: {"single", "pair", "msa_first_row", "structure_module"}}`` where they were kept.
+        """``{model: {"single", "pair", "msa_first_row", "structure_module", ...}}`` where they were kept.
 
         A model whose result has no representations is not a key; each loads on first access.
         """
-        kept = []
-        for model in self.model_names:
-            with np.load(self._result_path(model), allow_pickle=False) as npz:
-                if any(k.startswith("representations/") for k in npz.files):
-                    kept.append(model)
-        return LazyMapping(
-            kept, lambda m: outputs.load_result_npz(self._result_path(m), ["representations"])["representations"]
-        )
+        key = "representations"
+        return LazyMapping(self._models_with(key), lambda m: outputs.load_result_npz(self._result_path(m), [key])[key])
 
     @functools.cached_property
     def structures(self) -> Mapping[str, Any]:
@@ -236,14 +247,12 @@ class TargetResult:
 
     def plot_pae(self, model: str | None = None, path: str | Path | None = None) -> Figure:
         """PAE heatmap of ``model``, or of every model that predicts PAE."""
-        paes = self.pae
-        if model is not None:
-            if model not in paes:
-                raise KeyError(f"{self.path}: model {model!r} has no PAE (models with PAE: {list(paes) or 'none'})")
-            paes = {model: paes[model]}
-        if not paes:
+        if not self.pae:
             raise FileNotFoundError(f"{self.path} has no model with a predicted aligned error (use _ptm presets)")
-        max_pae = float(np.asarray(self._confidences[next(iter(paes))].get("max_predicted_aligned_error", 31.75)))
+        if model is not None and model not in self.pae:
+            raise KeyError(f"{self.path}: model {model!r} has no PAE (models with PAE: {', '.join(self.pae)})")
+        paes = {m: self.pae[m] for m in ([model] if model is not None else self.pae)}
+        max_pae = float(self._scores[next(iter(paes))].get("max_predicted_aligned_error", plots.DEFAULT_MAX_PAE))
         return plots.plot_pae(paes, max_pae=max_pae, title=self._title("PAE"), path=path)
 
     def plot_msa_coverage(self, path: str | Path | None = None) -> Figure:

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from af2cpu.model.confidence import confidence_metrics
 
 from af2cpu import outputs
 from af2cpu.common import residue_constants as rc
@@ -15,21 +16,35 @@ from af2cpu.errors import InputError
 QUERY = "MQIFVKTLTGKTITLEVEPSDTIENVKAKI"
 
 
-def model_output(rng: np.random.Generator, length: int, num_msa: int = 8, ptm: bool = True) -> dict:
-    """A model output dict with the reference's names and exact shapes, random values."""
+def model_output(
+    rng: np.random.Generator, length: int, num_msa: int = 8, ptm: bool = True, confidence: float = 0.0
+) -> dict:
+    """A model output dict with the reference's names and exact shapes: random head logits, with
+    pLDDT, PAE, pTM and ranking_confidence derived from them by the model's own confidence code.
+
+    ``confidence`` skews the pLDDT logits towards high (> 0) or low (< 0) bins.
+    """
     aatype = np.array([rc.restype_order[a] for a in QUERY[:length]])
-    plddt = rng.uniform(20.0, 98.0, length)
+    heads = {
+        "predicted_lddt": {
+            "logits": (2.0 * rng.normal(size=(length, 50)) + confidence * np.linspace(-1, 1, 50)).astype(np.float32)
+        },
+    }
+    if ptm:
+        heads["predicted_aligned_error"] = {
+            "logits": (2.0 * rng.normal(size=(length, length, 64))).astype(np.float32),
+            "breaks": np.linspace(0.0, 31.0, 63, dtype=np.float32),
+        }
     out = {
+        **heads,
         "structure_module": {
             "final_atom_positions": rng.normal(0.0, 10.0, (length, 37, 3)).astype(np.float32),
             "final_atom_mask": rc.STANDARD_ATOM_MASK[aatype].astype(np.float32),
         },
-        "plddt": plddt.astype(np.float32),
         "distogram": {
             "logits": rng.normal(size=(length, length, 64)).astype(np.float32),
             "bin_edges": np.linspace(2.3125, 21.6875, 63, dtype=np.float32),
         },
-        "predicted_lddt": {"logits": rng.normal(size=(length, 50)).astype(np.float32)},
         "experimentally_resolved": {"logits": rng.normal(size=(length, 37)).astype(np.float32)},
         "masked_msa": {"logits": rng.normal(size=(num_msa, length, 23)).astype(np.float32)},
         "representations": {
@@ -38,12 +53,10 @@ def model_output(rng: np.random.Generator, length: int, num_msa: int = 8, ptm: b
             "msa_first_row": rng.normal(size=(length, 256)).astype(np.float32),
             "structure_module": rng.normal(size=(length, 384)).astype(np.float32),
         },
+        "num_recycles": np.asarray(3),
+        "tol": np.asarray(0.4, dtype=np.float32),
     }
-    if ptm:
-        out["ptm"] = np.float32(rng.uniform(0.2, 0.9))
-        out["predicted_aligned_error"] = rng.uniform(0.0, 31.75, (length, length)).astype(np.float32)
-        out["max_predicted_aligned_error"] = np.float32(31.75)
-        out["aligned_confidence_probs"] = rng.dirichlet(np.ones(64), (length, length)).astype(np.float32)
+    out.update(confidence_metrics(heads))
     return out
 
 
@@ -145,31 +158,29 @@ def test_pae_json_is_alphafold_db_format_rounded_to_one_decimal():
 
 def test_monomer_ptm_models_rank_by_mean_plddt_not_ptm():
     rng = np.random.default_rng(3)
-    outs = {f"model_{i}_ptm": model_output(rng, 30) for i in range(1, 6)}
-    outs["model_2_ptm"]["plddt"][:] = 95.0
-    outs["model_2_ptm"]["ptm"] = np.float32(0.1)
-    outs["model_4_ptm"]["ptm"] = np.float32(0.99)
-    confidences = {name: outputs.ranking_confidence(out) for name, out in outs.items()}
+    outs = {f"model_{i}_ptm": model_output(rng, 30, confidence=c) for i, c in zip(range(1, 6), [0, 9, -3, 3, 1])}
+    confidences = {name: float(out["ranking_confidence"]) for name, out in outs.items()}
+    ptms = {name: float(out["ptm"]) for name, out in outs.items()}
     order = outputs.rank_models(confidences)
     assert order[0] == "model_2_ptm"
     means = [np.mean(outs[name]["plddt"]) for name in order]
     assert means == sorted(means, reverse=True)
+    assert order != sorted(ptms, key=ptms.get, reverse=True)  # pTM would rank them otherwise
 
-    payload = json.loads(outputs.ranking_debug_json(confidences, ptms={n: o["ptm"] for n, o in outs.items()}))
+    payload = json.loads(outputs.ranking_debug_json(confidences, ptms=ptms))
     assert set(payload) == {"plddts", "order", "ptms"}
     assert payload["order"] == order
-    assert payload["plddts"]["model_2_ptm"] == pytest.approx(95.0)
-    assert payload["ptms"]["model_4_ptm"] == pytest.approx(0.99)
+    assert payload["plddts"] == pytest.approx({n: float(np.mean(o["plddt"])) for n, o in outs.items()})
+    assert payload["ptms"] == pytest.approx(ptms)
+    assert json.dumps(payload, indent=4) == outputs.ranking_debug_json(confidences, ptms=ptms)
 
 
 def test_multimer_ranks_by_iptm_plus_ptm_and_untrained_params_is_flagged():
-    out_a = {"plddt": np.full(10, 90.0), "ptm": 0.5, "iptm": 0.4}
-    out_b = {"plddt": np.full(10, 40.0), "ptm": 0.6, "iptm": 0.8}
-    confidences = {"model_1_multimer_v3_pred_0": outputs.ranking_confidence(out_a),
-                   "model_2_multimer_v3_pred_0": outputs.ranking_confidence(out_b)}
-    assert confidences["model_2_multimer_v3_pred_0"] == pytest.approx(0.8 * 0.8 + 0.2 * 0.6)
+    confidences = {"model_1_multimer_v3_pred_0": 0.42, "model_2_multimer_v3_pred_0": 0.77,
+                   "model_3_multimer_v3_pred_0": 0.42}
     payload = json.loads(outputs.ranking_debug_json(confidences, multimer=True, untrained_params=True))
-    assert payload["order"] == ["model_2_multimer_v3_pred_0", "model_1_multimer_v3_pred_0"]
+    assert payload["order"] == ["model_2_multimer_v3_pred_0", "model_1_multimer_v3_pred_0",
+                                "model_3_multimer_v3_pred_0"]
     assert "iptm+ptm" in payload and "plddts" not in payload
     assert payload["untrained_params"] is True
     assert "untrained_params" not in json.loads(outputs.ranking_debug_json(confidences))

@@ -131,7 +131,7 @@ def write_target(target: Path, rng: np.random.Generator, relaxed: bool = True) -
     outs, pdbs, cifs = {}, {}, {}
     for model in MODELS:
         with outputs.timed(stages, f"predict_{model}"):
-            out = model_output(rng, len(QUERY), num_msa=len(features["msa"]))
+            out = model_output(rng, len(QUERY), num_msa=len(features["msa"]), confidence=rng.uniform(-4, 8))
             out["structure_module"]["final_atom_positions"] = (
                 native.atom_positions + rng.normal(0.0, 0.5, native.atom_positions.shape)
             ).astype(np.float32)
@@ -147,7 +147,7 @@ def write_target(target: Path, rng: np.random.Generator, relaxed: bool = True) -
     if relaxed:
         outputs.atomic_write_text(target / "relaxed_model_3_ptm.pdb", pdbs["model_3_ptm"])
 
-    confidences = {m: outputs.ranking_confidence(o) for m, o in outs.items()}
+    confidences = {m: float(o["ranking_confidence"]) for m, o in outs.items()}
     order = outputs.rank_models(confidences)
     ptms = {m: o["ptm"] for m, o in outs.items()}
     outputs.atomic_write_text(
