@@ -2,15 +2,13 @@
 
 The raw features of a target are what AlphaFold2's ``DataPipeline.process`` returns: built here
 from the search result files, so the scheduler can run each search as its own task and call
-:func:`raw_features_from_files` once they are all done. ``features.npz`` stores byte-string features
-as fixed-width byte arrays so it loads with ``allow_pickle=False``; :func:`load_features` turns them
-back into the object arrays AlphaFold2's pipeline expects.
+:func:`raw_features_from_files` once they are all done (``af2cpu.outputs.save_features_npz`` writes
+them to ``features.npz``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -146,41 +144,3 @@ def raw_features_from_files(
         template_result = templates.TemplateResult(templates._stack({}, 0), [], [])
     features.update(template_result.features)
     return RawFeaturesResult(features, {name: len(msa) for name, msa in msas}, template_result)
-
-
-# ---------------------------------------------------------------------------------------------
-# features.npz
-
-
-def save_features(features: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """Write features to an npz atomically; object (bytes) arrays are stored as fixed-width bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for name, value in features.items():
-        value = np.asarray(value)
-        if value.dtype == object:
-            value = np.array([bytes(v) for v in value.ravel()], dtype=bytes).reshape(value.shape)
-            if value.dtype.itemsize == 0:
-                value = value.astype("S1")
-        arrays[name] = value
-    staged = path.with_name(f".{path.name}.partial")
-    with open(staged, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(staged, path)
-    return path
-
-
-def load_features(path: str | Path) -> FeatureDict:
-    """Read a features.npz written by :func:`save_features` (never unpickles)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            features = {}
-            for name in data.files:
-                value = data[name]
-                if value.dtype.kind == "S":
-                    value = np.array(list(value.ravel()), dtype=object).reshape(value.shape)
-                features[name] = value
-            return features
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read features file {path}: {exc}") from None

@@ -51,7 +51,7 @@ def safe_id(header: str, fallback: str = "target") -> str:
     """A folder-safe id from a FASTA header: its first word, unsafe characters replaced by '_'."""
     words = header.split()
     candidate = _UNSAFE_ID_CHARS.sub("_", words[0]) if words else ""
-    candidate = candidate.lstrip(".")[:MAX_ID_LENGTH].strip("_") or fallback
+    candidate = candidate.lstrip("._")[:MAX_ID_LENGTH].rstrip("_") or fallback
     return candidate
 
 
@@ -115,7 +115,7 @@ def read_fasta_targets(path: str | Path, max_length: Optional[int] = None) -> li
 
 
 def write_query_fasta(target: Target, path: str | Path) -> Path:
-    """Write `target` as a one-record FASTA file (the search tools' query input)."""
+    """Write `target` as a one-record FASTA file named by its safe id (the search tools' query input)."""
     path = Path(path)
-    path.write_text(f">{target.id} {target.description}\n{target.sequence}\n")
+    path.write_text(f">{target.id}\n{target.sequence}\n")
     return path

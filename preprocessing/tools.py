@@ -106,12 +106,7 @@ def check_hh_database(prefix: str | Path, what: str) -> str:
 
 
 def _publish(tmp: Path, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = out.with_name(f".{out.name}.partial")
-    with open(tmp, "rb") as src, open(staged, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-    os.replace(staged, out)
+    os.replace(tmp, out)  # the scratch folder lies next to `out`: same file system, atomic
     return out
 
 

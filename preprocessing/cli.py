@@ -1,0 +1,112 @@
+"""`af2cpu features seq.fasta --out DIR [key=value ...]`: MSAs, template hits and raw features.
+
+For every FASTA record, writes ``DIR/<target id>/msas/`` (uniref90_hits.sto, mgnify_hits.sto,
+bfd_uniref_hits.a3m or small_bfd_hits.sto, pdb_hits.hhr, each with a JSON of what produced it) and
+``DIR/<target id>/features.npz``. Results already in the output folder, or in the folder given with
+``--precomputed-msas``, are reused when they were made for the same sequence and databases. A target
+that fails is reported and the others go on; the exit status is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("fasta", help="FASTA file with one or more protein sequences")
+    parser.add_argument("--out", required=True, help="output folder; one subfolder per target")
+    parser.add_argument(
+        "--cpus", type=int, default=0, help="CPUs per search tool (default: all CPUs this process may use)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds each search may take (default: 24 hours)"
+    )
+    parser.add_argument(
+        "--precomputed-msas",
+        default=None,
+        help="folder with earlier results (<dir>/<target id>/msas/ or <dir>/<target id>/); used only "
+        "when made for the same sequence and databases",
+    )
+    parser.add_argument("--no-reuse", action="store_true", help="rerun every search even if a valid result exists")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
+
+
+def _default_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _precomputed_for(root: Path | None, target_id: str) -> Path | None:
+    if root is None:
+        return None
+    for candidate in (root / target_id / "msas", root / target_id):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def featurize_target(target, cfg, out_dir: Path, cpus: int, timeout: float, reuse: bool,
+                     precomputed: Path | None) -> Path:
+    """Run (or reuse) the searches of one target and write its features.npz; returns that path."""
+    from af2cpu.outputs import atomic_write_text, save_features_npz
+    from af2cpu.preprocessing import searches
+
+    target_dir = out_dir / target.id
+    msa_dir = target_dir / "msas"
+    plan = searches.plan_searches(cfg.db)
+    for search in plan:
+        searches.run_search(search, target, msa_dir, cpus, timeout, reuse, precomputed)
+    result = searches.target_raw_features(target, plan, msa_dir, searches.template_settings(cfg))
+    path = target_dir / "features.npz"
+    save_features_npz(path, result.features)
+    report = {
+        "id": target.id,
+        "description": target.description,
+        "sequence": target.sequence,
+        "msa_sizes": result.msa_sizes,
+        "num_alignments": int(result.features["num_alignments"][0]),
+        "templates": [name.decode() for name in result.features["template_domain_names"]],
+        "skipped_templates": [dataclasses.asdict(s) for s in result.templates.skipped],
+        "template_warnings": result.templates.warnings,
+    }
+    atomic_write_text(target_dir / "features_report.json", json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from af2cpu.config import compose_config
+    from af2cpu.errors import Af2CpuError
+    from af2cpu.preprocessing import tools
+    from af2cpu.preprocessing.inputs import read_fasta_targets
+
+    cfg = compose_config(args.overrides)
+    targets = read_fasta_targets(args.fasta)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cpus = args.cpus or _default_cpus()
+    timeout = args.timeout or tools.DEFAULT_TIMEOUT_S
+    precomputed_root = Path(args.precomputed_msas) if args.precomputed_msas else None
+    failed = []
+    for target in targets:
+        try:
+            path = featurize_target(
+                target, cfg, out_dir, cpus, timeout, not args.no_reuse, _precomputed_for(precomputed_root, target.id)
+            )
+        except Af2CpuError as exc:
+            failed.append(target.id)
+            print(f"{target.id}: failed: {exc}")
+            continue
+        print(f"{target.id}: {path}")
+    if failed:
+        print(f"{len(failed)} of {len(targets)} target(s) failed: {', '.join(failed)}")
+        return 1
+    return 0
