@@ -410,3 +410,21 @@ def test_ptm_and_iptm_match_reference():
     assert abs(iptm - want_iptm) < 1e-6  # measured 4.6e-8
     unweighted = confidence.predicted_tm_score(logits, breaks)
     assert abs(unweighted - af_confidence.predicted_tm_score(logits, breaks)) < 1e-6  # measured 5.5e-9
+
+
+def test_confidence_metrics_match_reference_ranking():
+    rng = np.random.default_rng(33)
+    result = {
+        "predicted_lddt": {"logits": rng.standard_normal((NUM_RES, 50)).astype(np.float32)},
+        "predicted_aligned_error": {
+            "logits": rng.standard_normal((NUM_RES, NUM_RES, 64)).astype(np.float32),
+            "breaks": np.linspace(0.0, 31.0, 63, dtype=np.float32),
+        },
+    }
+    got = confidence.confidence_metrics(result)
+    want = af_confidence.get_confidence_metrics(result, mask=np.ones(NUM_RES, np.float32))
+    for key in ("plddt", "predicted_aligned_error", "ptm", "ranking_confidence"):
+        assert _max_abs(got[key], want[key]) < 1e-4, key  # measured <= 5.7e-6 (pLDDT)
+    asym_id = np.repeat([0, 1], NUM_RES // 2)
+    multimer = confidence.confidence_metrics(result, asym_id=asym_id)
+    assert multimer["ranking_confidence"] == pytest.approx(0.8 * multimer["iptm"] + 0.2 * multimer["ptm"])
