@@ -22,7 +22,6 @@ af2cpu's own: ``result_<model>.npz`` (the ``.pkl`` of AlphaFold2 as a flat npz),
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import io
 import json
@@ -32,14 +31,12 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 
+from af2cpu.common.protein import Protein
 from af2cpu.errors import InputError
-
-if TYPE_CHECKING:
-    from af2cpu.common.protein import Protein
 
 # pLDDT bands of the AlphaFold Database: (lower bound, category letter, name, colour).
 PLDDT_BANDS = (
@@ -258,8 +255,6 @@ def protein_from_prediction(features: Mapping[str, Any], out: Mapping[str, Any])
     0-based as AlphaFold2's features hold it (written 1-based, as AlphaFold2 writes it); ``asym_id``
     (1-based, multimer) gives the chains when present.
     """
-    from af2cpu.common.protein import Protein
-
     aatype = np.asarray(features["aatype"])
     if aatype.ndim == 2:
         aatype = aatype.argmax(axis=-1)
@@ -468,7 +463,8 @@ def _tsv_cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4f}"
-    # One record per line: a multi-line failure reason is joined for the TSV (summary.json keeps it).
+    # One record per line, no tab inside a cell: whitespace runs of a failure reason become one space
+    # (summary.json keeps the reason as it was).
     return " ".join(str(value).split())
 
 
@@ -482,12 +478,8 @@ def write_batch_summary(out_dir: str | os.PathLike, targets: Sequence[TargetSumm
     counts = {status: sum(t.status == status for t in targets) for status in SUMMARY_STATUSES}
     payload = {"counts": counts, "targets": [dataclasses.asdict(t) for t in targets]}
     atomic_write_text(out_dir / "summary.json", json.dumps(payload, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
-    writer.writerow(_SUMMARY_FIELDS)
-    for target in targets:
-        writer.writerow([_tsv_cell(getattr(target, field)) for field in _SUMMARY_FIELDS])
-    atomic_write_text(out_dir / "summary.tsv", buffer.getvalue())
+    rows = [_SUMMARY_FIELDS] + [[_tsv_cell(getattr(t, field)) for field in _SUMMARY_FIELDS] for t in targets]
+    atomic_write_text(out_dir / "summary.tsv", "".join("\t".join(row) + "\n" for row in rows))
 
 
 def read_batch_summary(out_dir: str | os.PathLike) -> list[TargetSummary]:

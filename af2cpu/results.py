@@ -19,7 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from af2cpu import outputs, plots
+from af2cpu.common import protein
 from af2cpu.errors import InputError
+from af2cpu.preprocessing import parsers
 
 # The files that make a folder an af2cpu (or AlphaFold2) target folder; any one is enough.
 _TARGET_MARKERS = ("features.npz", "features.pkl", "ranking_debug.json", "timings.json", "msas")
@@ -134,14 +136,12 @@ class TargetResult:
         return LazyMapping(names, lambda name: _read_msa_sequences(folder / name))
 
     @functools.cached_property
-    def template_hits(self) -> list:
+    def template_hits(self) -> list[parsers.TemplateHit]:
         """Template hits of ``msas/pdb_hits.hhr`` (``TemplateHit``: name, sum_probs, alignment), or []."""
         path = self.path / "msas" / "pdb_hits.hhr"
         if not path.is_file():
             return []
-        from af2cpu.preprocessing.parsers import read_hhr
-
-        return read_hhr(path)
+        return parsers.read_hhr(path)
 
     # --- model outputs -----------------------------------------------------------------------
 
@@ -335,16 +335,12 @@ class TargetResult:
 
 
 def _read_msa_sequences(path: Path) -> list[str]:
-    from af2cpu.preprocessing.parsers import read_a3m, read_stockholm
-
-    msa = read_stockholm(path) if path.suffix == ".sto" else read_a3m(path)
+    msa = parsers.read_stockholm(path) if path.suffix == ".sto" else parsers.read_a3m(path)
     return list(msa.sequences)
 
 
-def _read_protein(path: Path):
-    from af2cpu.common.protein import from_pdb_string
-
-    return from_pdb_string(path.read_text())
+def _read_protein(path: Path) -> protein.Protein:
+    return protein.from_pdb_string(path.read_text())
 
 
 def load_result(path: str | Path) -> TargetResult:

@@ -274,13 +274,13 @@ def test_features_pkl_is_written_for_old_tools(tmp_path):
 def test_batch_summary_json_and_tsv_list_every_target(tmp_path):
     targets = [
         outputs.TargetSummary("T1", "done", length=30, best_model="model_2_ptm", mean_plddt=87.123456, ptm=0.8123),
-        outputs.TargetSummary("T2", "failed", length=12, failure_reason="jackhmmer failed:\n\tdatabase\tmissing"),
+        outputs.TargetSummary("T2", "failed", length=12, failure_reason='jackhmmer failed:\n\t"uniref90.fasta"\tmissing'),
         outputs.TargetSummary("T3", "pending", length=99),
     ]
     outputs.write_batch_summary(tmp_path, targets)
     payload = json.loads((tmp_path / "summary.json").read_text())
     assert payload["counts"] == {"done": 1, "failed": 1, "pending": 1}
-    assert payload["targets"][1]["failure_reason"] == "jackhmmer failed:\n\tdatabase\tmissing"
+    assert payload["targets"][1]["failure_reason"] == 'jackhmmer failed:\n\t"uniref90.fasta"\tmissing'
     assert outputs.read_batch_summary(tmp_path) == targets
 
     rows = [line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines()]
@@ -289,7 +289,7 @@ def test_batch_summary_json_and_tsv_list_every_target(tmp_path):
     assert all(len(row) == len(header) for row in rows)
     t1, t2 = dict(zip(header, rows[1])), dict(zip(header, rows[2]))
     assert t1["mean_plddt"] == "87.1235" and t1["ptm"] == "0.8123" and t1["failure_reason"] == ""
-    assert t2["status"] == "failed" and t2["failure_reason"] == "jackhmmer failed: database missing"
+    assert t2["status"] == "failed" and t2["failure_reason"] == 'jackhmmer failed: "uniref90.fasta" missing'
     with pytest.raises(ValueError, match="failure_reason"):
         outputs.TargetSummary("T4", "failed")
     with pytest.raises(ValueError, match="status"):
