@@ -122,6 +122,11 @@ def test_failed_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path)
         raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["ranking_debug.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a mkstemp file
+    with pytest.raises(FileNotFoundError, match="missing_target"):
+        outputs.atomic_write_text(tmp_path / "missing_target" / "timings.json", "{}")
 
 
 def test_confidence_json_is_alphafold_db_format_with_its_categories():
