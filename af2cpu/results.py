@@ -24,8 +24,9 @@ from af2cpu.errors import InputError
 from af2cpu.preprocessing import parsers
 
 # The files that make a folder an af2cpu (or AlphaFold2) target folder; any one is enough.
-_TARGET_MARKERS = ("features.npz", "features.pkl", "ranking_debug.json", "timings.json", "msas")
+_TARGET_MARKERS = ("features.npz", "ranking_debug.json", "timings.json", "msas")
 _RESULT_NPZ = re.compile(r"^result_(?P<model>.+)\.npz$")
+_RESULT_PKL = re.compile(r"^result_.+\.pkl$")
 _STRUCTURE_FILE = re.compile(r"^(?P<stem>(?:ranked_\d+|unrelaxed_.+|relaxed_.+))\.pdb$")
 _MSA_SUFFIXES = (".sto", ".a3m")
 
@@ -351,7 +352,13 @@ def load_result(path: str | Path) -> TargetResult:
     if not path.is_dir():
         raise InputError(f"{path} is a file, not a target folder: pass the folder <out>/<target_id> it is in")
     entries = {p.name for p in path.iterdir()}
-    if any(m in entries for m in _TARGET_MARKERS) or any(_RESULT_NPZ.match(name) for name in entries):
+    has_results = any(_RESULT_NPZ.match(name) for name in entries)
+    if not has_results and any(_RESULT_PKL.match(name) for name in entries):
+        raise InputError(
+            f"{path} looks like an AlphaFold2 output folder (its results are pickles, which af2cpu never "
+            f"reads): rerun the prediction with `af2cpu predict` to get result_<model>.npz files"
+        )
+    if has_results or any(m in entries for m in _TARGET_MARKERS):
         return TargetResult(path)
     if "summary.json" in entries:
         targets = sorted(p.name for p in path.iterdir() if p.is_dir())

@@ -358,6 +358,12 @@ def test_a_folder_that_is_not_a_target_folder_is_named_in_the_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a prediction")
     with pytest.raises(InputError, match=f"{tmp_path} is not an af2cpu target folder"):
         load_result(tmp_path)
+    alphafold2 = tmp_path / "af2_T1"
+    alphafold2.mkdir()
+    for name in ("result_model_1.pkl", "features.pkl", "ranking_debug.json", "ranked_0.pdb"):
+        (alphafold2 / name).write_bytes(b"not read")
+    with pytest.raises(InputError, match="AlphaFold2 output folder"):
+        load_result(alphafold2)
     with pytest.raises(InputError, match="does not exist"):
         load_result(tmp_path / "missing")
     batch = tmp_path / "out"
