@@ -97,13 +97,21 @@ class TargetResult:
 
     @property
     def model_names(self) -> list[str]:
-        """Models with a ``result_<model>.npz``, best first when ranked, else alphabetically."""
+        """Models with a ``result_<model>.npz``, best first: in ``ranking_debug.json``'s order, then
+        (before ranking, or models added since) by their saved ``ranking_confidence``."""
         order = [m for m in (self.ranking or {}).get("order", []) if m in self._result_files]
-        return order + sorted(m for m in self._result_files if m not in order)
+        rest = sorted((m for m in self._result_files if m not in order), key=self._saved_confidence, reverse=True)
+        return order + rest
+
+    def _saved_confidence(self, model: str) -> float:
+        scores = self._scores[model]
+        if "ranking_confidence" in scores:
+            return float(scores["ranking_confidence"])
+        return float(np.mean(scores["plddt"])) if "plddt" in scores else float("-inf")
 
     @property
     def best_model(self) -> str | None:
-        """The top-ranked model (``ranked_0``), or the first model when not ranked yet."""
+        """The top-ranked model (``ranked_0``); before ranking, the one with the best confidence."""
         names = self.model_names
         return names[0] if names else None
 
@@ -121,9 +129,8 @@ class TargetResult:
         if self.features is not None and "sequence" in self.features:
             value = self.features["sequence"].ravel()[0]
             return value.decode() if isinstance(value, bytes) else str(value)
-        for rows in self.msas.values():
-            return rows[0].replace("-", "") if rows else None
-        return None
+        first_msa = next(iter(self.msas.values()), None)
+        return first_msa[0].replace("-", "") if first_msa else None
 
     @functools.cached_property
     def msas(self) -> Mapping[str, list[str]]:
@@ -171,23 +178,26 @@ class TargetResult:
     @functools.cached_property
     def _scores(self) -> dict[str, dict[str, Any]]:
         # The small per-model values; PAE and representations load only when asked for.
-        keys = ["plddt", "ptm", "iptm", "max_predicted_aligned_error"]
-        return {m: outputs.load_result_npz(self._result_path(m), keys) for m in self.model_names}
+        keys = ["plddt", "ptm", "iptm", "ranking_confidence", "max_predicted_aligned_error"]
+        return {m: outputs.load_result_npz(path, keys) for m, path in self._result_files.items()}
+
+    def _score(self, key: str) -> dict[str, Any]:
+        return {m: self._scores[m][key] for m in self.model_names if key in self._scores[m]}
 
     @property
     def plddt(self) -> dict[str, np.ndarray]:
         """``{model: per-residue pLDDT (L,)}``, best model first."""
-        return {m: s["plddt"] for m, s in self._scores.items() if "plddt" in s}
+        return self._score("plddt")
 
     @property
     def ptm(self) -> dict[str, float]:
-        """``{model: pTM}`` for models that predict it."""
-        return {m: float(s["ptm"]) for m, s in self._scores.items() if "ptm" in s}
+        """``{model: pTM}`` for models that predict it, best model first."""
+        return {m: float(v) for m, v in self._score("ptm").items()}
 
     @property
     def iptm(self) -> dict[str, float]:
-        """``{model: ipTM}`` for multimer models."""
-        return {m: float(s["iptm"]) for m, s in self._scores.items() if "iptm" in s}
+        """``{model: ipTM}`` for multimer models, best model first."""
+        return {m: float(v) for m, v in self._score("iptm").items()}
 
     @functools.cached_property
     def pae(self) -> Mapping[str, np.ndarray]:

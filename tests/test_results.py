@@ -335,11 +335,14 @@ def test_view_uses_py3dmol_or_says_how_to_install_it(target, capsys):
 def test_a_folder_without_optional_files_loads_with_empty_attributes(tmp_path):
     target = tmp_path / "T2"
     target.mkdir()
-    out = model_output(np.random.default_rng(3), 30, ptm=False)
-    del out["representations"]
-    outputs.write_model_outputs(target, "model_1", out)
+    rng = np.random.default_rng(3)
+    for model, confidence in (("model_1", -5.0), ("model_2", 8.0)):
+        out = model_output(rng, 30, ptm=False, confidence=confidence)
+        del out["representations"]
+        outputs.write_model_outputs(target, model, out)
     result = load_result(target)
-    assert result.model_names == ["model_1"]
+    assert result.model_names == ["model_2", "model_1"]  # not ranked yet: by the saved ranking_confidence
+    assert list(result.plddt) == ["model_2", "model_1"]
     assert result.features is None and result.sequence is None
     assert dict(result.msas) == {} and result.template_hits == []
     assert result.pae == {} and result.ptm == {} and dict(result.representations) == {}
@@ -352,6 +355,7 @@ def test_a_folder_without_optional_files_loads_with_empty_attributes(tmp_path):
     with pytest.raises(FileNotFoundError, match="features.npz"):
         result.plot_msa_coverage()
     assert not (target / "pae_model_1.json").exists()
+    assert "model_1: mean pLDDT" in repr(result)
 
 
 def test_a_folder_that_is_not_a_target_folder_is_named_in_the_error(tmp_path):
