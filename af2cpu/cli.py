@@ -20,6 +20,9 @@ from af2cpu.errors import Af2CpuError
 COMMANDS = [
     ("doctor", "af2cpu.doctor", "check tools, databases, params and the CPU; exit non-zero if predict cannot run"),
     ("db", "af2cpu.dbcmd", "database commands (db check)"),
+    ("features", "af2cpu.preprocessing.cli", "MSA and template search and raw features for a FASTA file"),
+    ("relax", "af2cpu.relax.cli", "Amber relaxation of one structure (AlphaFold2's protocol)"),
+    ("params", "af2cpu.model.cli", "model parameters: download the official ones, or make random ones"),
 ]
 
 

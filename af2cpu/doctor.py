@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy
     import torch
 
-    from af2cpu.runtime.topology import cpu_info
+    from af2cpu.runtime.topology import ISA_FLAGS, cpu_info, format_cpulist
 
     cfg = compose_config(args.overrides)
     fixes: list[str] = []
@@ -48,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     info = cpu_info()
     print(f"cpu: {info.model_name}")
-    print(f"  usable cores: {len(info.usable_cpus)} (affinity mask {info.affinity_text})")
-    print(f"  NUMA nodes: {len(info.numa_nodes)}")
-    flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in info.isa.items())
+    print(
+        f"  usable cores: {len(info.usable_cpus)} (affinity mask {format_cpulist(info.usable_cpus)}, "
+        f"{info.physical_cores} physical)"
+    )
+    nodes = "; ".join(f"node {n}: cpus {format_cpulist(cpus)}" for n, cpus in info.numa_nodes.items())
+    print(f"  NUMA nodes: {len(info.numa_nodes)} ({nodes})")
+    flags = ", ".join(f"{flag} {'yes' if flag in info.isa_flags else 'no'}" for flag in ISA_FLAGS)
     print(f"  ISA: {flags}")
     print(f"  memory available: {info.memory_available / 2**30:.1f} GiB")
 
