@@ -356,6 +356,8 @@ def test_a_folder_without_optional_files_loads_with_empty_attributes(tmp_path):
         result.plot_msa_coverage()
     assert not (target / "pae_model_1.json").exists()
     assert "model_1: mean pLDDT" in repr(result)
+    with pytest.raises(FileNotFoundError, match="unrelaxed_model_2.pdb"):
+        result.structure_path()
 
 
 def test_a_folder_that_is_not_a_target_folder_is_named_in_the_error(tmp_path):
