@@ -145,9 +145,10 @@ def write_safetensors(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> N
     tmp.replace(path)
 
 
-# Layers that AlphaFold2 initialises to zero (the last layer of each residual update). Random
-# stand-ins scale them down so that 48 blocks x 4 passes stay in a sane range.
-_FINAL_LAYERS = ("output_w", "transition2", "output_projection")
+# Layers that AlphaFold2 initialises to zero (the last layer of each residual update, and the
+# backbone update). Random stand-ins scale them down so that 48 blocks x 4 passes stay in a sane
+# range and a random structure stays protein-sized (tens of Å, not hundreds).
+_FINAL_LAYERS = ("output_w", "transition2", "output_projection", "affine_update")
 _FINAL_GAIN = 0.2
 
 

@@ -61,21 +61,32 @@ def apply(fn, flat: dict[str, np.ndarray], *args):
     return jax.tree_util.tree_map(np.asarray, out)
 
 
-def make_processed_features(raw: dict[str, np.ndarray], preset: str, num_recycle: int = 3,
-                            seed: int = 0) -> dict[str, np.ndarray]:
-    """The reference's feature processing (clustering, extra MSA, masks) of raw features."""
+def make_processed_features(raw: dict[str, np.ndarray], preset: str, num_recycle: int = 3, seed: int = 0,
+                            max_msa_clusters: int | None = None, max_extra_msa: int | None = None,
+                            max_templates: int | None = None) -> dict[str, np.ndarray]:
+    """The reference's feature processing (clustering, extra MSA, masks) of raw features.
+
+    The size limits default to the preset's; smaller ones keep test inputs small (both models
+    read the same arrays, so the limits do not affect the comparison)."""
     cfg = reference_config(preset, num_recycle)
+    if max_msa_clusters is not None:
+        cfg.data.eval.max_msa_clusters = max_msa_clusters
+    if max_extra_msa is not None:
+        cfg.data.common.max_extra_msa = max_extra_msa
+    if max_templates is not None:
+        cfg.data.eval.max_templates = max_templates
     return dict(af_features.np_example_to_features(copy.deepcopy(raw), cfg, random_seed=seed))
 
 
 def run_alphafold(feats: dict[str, np.ndarray], flat: dict[str, np.ndarray], preset: str,
-                  num_recycle: int = 3) -> list[dict]:
+                  num_recycle: int = 3, evoformer_num_block: int = 48) -> list[dict]:
     """The reference monomer, our own fp32 recycle loop: one output dict per pass (numpy).
 
     Each pass ``i`` reads ``feats[k][i]`` (the processed features carry a leading recycle axis)
     and the previous pass's fp32 ``prev`` state, through ``modules.AlphaFold_noE``.
     """
     cfg = reference_config(preset, num_recycle)
+    cfg.model.embeddings_and_evoformer.evoformer_num_block = evoformer_num_block
 
     def forward(batch, prev):
         model = af_modules.AlphaFold_noE(cfg.model)
@@ -96,3 +107,73 @@ def run_alphafold(feats: dict[str, np.ndarray], flat: dict[str, np.ndarray], pre
         prev = {k: v.astype(np.float32) for k, v in out["prev"].items()}
         outputs.append(out)
     return outputs
+
+
+def synthetic_raw_features(num_res: int = 40, num_seq: int = 96, num_templates: int = 1,
+                           seed: int = 0) -> dict[str, np.ndarray]:
+    """Raw (unprocessed) monomer features of a realistic synthetic target.
+
+    An MSA of homologues that diverge from the query by 10-60 % substitutions, with gapped
+    stretches and insertions (deletion counts); templates with a helical backbone, side-chain atoms
+    where the residue type has them, and unresolved residues. The layout is what AlphaFold2's data
+    pipeline writes (``features.pkl``): inputs for ``np_example_to_features``.
+    """
+    from alphafold.common import residue_constants as rc
+
+    rng = np.random.default_rng(seed)
+    alphabet = "ACDEFGHIKLMNPQRSTVWY"
+    freqs = rng.dirichlet(np.full(20, 5.0))
+    query = "".join(rng.choice(list(alphabet), size=num_res, p=freqs))
+    rows, deletions = [query], [np.zeros(num_res, np.int32)]
+    for _ in range(num_seq - 1):
+        seq = np.array(list(query))
+        subst = rng.random(num_res) < rng.uniform(0.1, 0.6)
+        seq[subst] = rng.choice(list(alphabet), size=subst.sum(), p=freqs)
+        if rng.random() < 0.5:  # a gapped stretch (local alignment ends or a deletion)
+            start = rng.integers(0, num_res)
+            seq[start:start + rng.integers(1, num_res // 3)] = "-"
+        dele = np.where(rng.random(num_res) < 0.05, rng.integers(1, 6, num_res), 0).astype(np.int32)
+        rows.append("".join(seq))
+        deletions.append(dele)
+    msa = np.array([[rc.HHBLITS_AA_TO_ID[c] for c in row] for row in rows], np.int32)
+
+    aatype = rc.sequence_to_onehot(query, rc.restype_order_with_x, map_unknown_to_x=True)[:, :21]
+    feats = {
+        "aatype": aatype.astype(np.int32),
+        "between_segment_residues": np.zeros(num_res, np.int32),
+        "domain_name": np.array([b"synthetic"], dtype=object),
+        "residue_index": np.arange(num_res, dtype=np.int32),
+        "seq_length": np.full(num_res, num_res, np.int32),
+        "sequence": np.array([query.encode()], dtype=object),
+        "msa": msa,
+        "deletion_matrix_int": np.stack(deletions),
+        "num_alignments": np.full(num_res, num_seq, np.int32),
+    }
+    positions = np.zeros((num_templates, num_res, 37, 3), np.float32)
+    masks = np.zeros((num_templates, num_res, 37), np.float32)
+    t_aatype = np.zeros((num_templates, num_res, 22), np.float32)
+    for t in range(num_templates):
+        tseq = np.array(list(query))
+        mutate = rng.random(num_res) < 0.3
+        tseq[mutate] = rng.choice(list(alphabet), size=mutate.sum())
+        angle = np.deg2rad(100.0) * np.arange(num_res)
+        ca = np.stack([2.3 * np.cos(angle), 2.3 * np.sin(angle), 1.5 * np.arange(num_res)], -1)
+        ca += 0.3 * rng.standard_normal(ca.shape)
+        resolved = rng.random(num_res) > 0.1
+        for i, letter in enumerate(tseq):
+            t_aatype[t, i, rc.HHBLITS_AA_TO_ID[letter]] = 1.0
+            if not resolved[i]:
+                continue
+            for name in rc.residue_atoms[rc.restype_1to3[letter]]:
+                j = rc.atom_order[name]
+                offset = np.zeros(3) if name == "CA" else rng.standard_normal(3) * 1.5
+                positions[t, i, j] = ca[i] + offset
+                masks[t, i, j] = 1.0
+    feats.update({
+        "template_aatype": t_aatype,
+        "template_all_atom_masks": masks,
+        "template_all_atom_positions": positions,
+        "template_domain_names": np.array([b"tmpl_%d" % t for t in range(num_templates)], dtype=object),
+        "template_sum_probs": np.full((num_templates, 1), 50.0, np.float32),
+    })
+    return feats
