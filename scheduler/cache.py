@@ -33,6 +33,7 @@ from typing import BinaryIO
 from af2cpu.errors import Af2CpuError
 
 RECORD_NAME = "{stage}.stage.json"
+LOCK_NAME = ".af2cpu.lock"
 
 
 def canonical_json(value) -> bytes:
@@ -163,6 +164,10 @@ class StageCache:
 
     def record_path(self, stage: str) -> Path:
         return self.folder / RECORD_NAME.format(stage=stage)
+
+    def lock(self, stale_after: float = 600.0, wait: float | None = None) -> TargetLock:
+        """The lock that array shards take before running this target's stages."""
+        return TargetLock(self.folder / LOCK_NAME, stale_after=stale_after, wait=wait)
 
     def lookup(self, stage: str, key: str) -> StageRecord | None:
         """The record of `stage` if it was finished with `key` and all its outputs exist."""

@@ -190,6 +190,20 @@ def test_heartbeat_keeps_a_held_lock_fresh(tmp_path):
     assert not path.exists()
 
 
+def test_holder_notices_when_its_lock_was_taken_over(tmp_path):
+    cache = StageCache(tmp_path / "T1")
+    held = cache.lock(stale_after=0.4)
+    assert held.acquire(timeout=0)
+    # Another shard judged the lock stale (say this process was suspended) and took it over.
+    held.path.write_text(json.dumps({"pid": 1, "host": "other-node", "token": "theirs"}))
+    deadline = time.monotonic() + 10
+    while not held.lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.lost
+    held.release()
+    assert json.loads(held.path.read_text())["token"] == "theirs", "released a lock it no longer held"
+
+
 CONTENDER = """
 import sys
 from pathlib import Path

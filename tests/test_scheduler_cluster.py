@@ -37,7 +37,8 @@ def test_two_one_core_workers_are_pinned_as_planned():
     plan = plan_instances(read_topology(), instances=2)
     assert [a.threads for a in plan.allotments] == [1, 1]
     memory = 1 << 30
-    with start_cluster(SchedulerConfig(), memory_limit=2 * memory, plan=plan) as handle:
+    with start_cluster(SchedulerConfig(n_workers=2), memory_limit=2 * memory) as handle:
+        assert handle.plan == plan
         client = handle.client
         workers = client.scheduler_info(n_workers=-1)["workers"]
         assert len(workers) == 2
