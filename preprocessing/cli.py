@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder with earlier results (<dir>/<target id>/msas/ or <dir>/<target id>/); used only "
         "when made for the same sequence and databases",
     )
-    parser.add_argument("--no-reuse", action="store_true", help="rerun every search even if a valid result exists")
+    parser.add_argument(
+        "--no-reuse", action="store_true", help="rerun every search even if a valid result exists"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
 
 
@@ -54,11 +56,13 @@ def _precomputed_for(root: Path | None, target_id: str) -> Path | None:
     return None
 
 
-def featurize_target(target, cfg, out_dir: Path, cpus: int, timeout: float, reuse: bool,
-                     precomputed: Path | None) -> Path:
+def featurize_target(
+    target, cfg, out_dir: Path, cpus: int, timeout: float, reuse: bool, precomputed: Path | None
+) -> Path:
     """Run (or reuse) the searches of one target and write its features.npz; returns that path."""
-    from af2cpu.outputs import atomic_write_text, save_features_npz
     from af2cpu.preprocessing import searches
+
+    from af2cpu.outputs import atomic_write_text, save_features_npz
 
     target_dir = out_dir / target.id
     msa_dir = target_dir / "msas"
@@ -83,10 +87,11 @@ def featurize_target(target, cfg, out_dir: Path, cpus: int, timeout: float, reus
 
 
 def run(args: argparse.Namespace) -> int:
-    from af2cpu.config import compose_config
-    from af2cpu.errors import Af2CpuError
     from af2cpu.preprocessing import tools
     from af2cpu.preprocessing.inputs import read_fasta_targets
+
+    from af2cpu.config import compose_config
+    from af2cpu.errors import Af2CpuError
 
     cfg = compose_config(args.overrides)
     targets = read_fasta_targets(args.fasta)
@@ -99,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         try:
             path = featurize_target(
-                target, cfg, out_dir, cpus, timeout, not args.no_reuse, _precomputed_for(precomputed_root, target.id)
+                target,
+                cfg,
+                out_dir,
+                cpus,
+                timeout,
+                not args.no_reuse,
+                _precomputed_for(precomputed_root, target.id),
             )
         except Af2CpuError as exc:
             failed.append(target.id)

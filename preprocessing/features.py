@@ -9,14 +9,14 @@ them to ``features.npz``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
+from af2cpu.preprocessing import parsers, templates, tools
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
-from af2cpu.preprocessing import parsers, templates, tools
 
 FeatureDict = dict[str, np.ndarray]
 
@@ -78,12 +78,12 @@ def msa_features(msas: Sequence[parsers.Msa], deduplicate: bool = True) -> Featu
 class MsaFiles:
     """The search results of one target (any may be None when that search was not run)."""
 
-    uniref90_sto: Optional[Path] = None
-    mgnify_sto: Optional[Path] = None
-    bfd_a3m: Optional[Path] = None  # hhblits on BFD + UniRef30
-    small_bfd_sto: Optional[Path] = None  # jackhmmer on small BFD (reduced_dbs)
-    pdb_hits_hhr: Optional[Path] = None  # hhsearch on PDB70 (monomer)
-    pdb_hits_sto: Optional[Path] = None  # hmmsearch on pdb_seqres (multimer)
+    uniref90_sto: Path | None = None
+    mgnify_sto: Path | None = None
+    bfd_a3m: Path | None = None  # hhblits on BFD + UniRef30
+    small_bfd_sto: Path | None = None  # jackhmmer on small BFD (reduced_dbs)
+    pdb_hits_hhr: Path | None = None  # hhsearch on PDB70 (monomer)
+    pdb_hits_sto: Path | None = None  # hmmsearch on pdb_seqres (multimer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ class RawFeaturesResult:
     templates: templates.TemplateResult
 
 
-def _read_msa(path: Optional[Path], kind: str, sequence: str, max_sequences: Optional[int]) -> Optional[parsers.Msa]:
+def _read_msa(path: Path | None, kind: str, sequence: str, max_sequences: int | None) -> parsers.Msa | None:
     if path is None:
         return None
     if kind == "a3m":
@@ -111,7 +111,7 @@ def raw_features_from_files(
     sequence: str,
     description: str,
     files: MsaFiles,
-    template_settings: Optional[templates.TemplateSettings],
+    template_settings: templates.TemplateSettings | None,
 ) -> RawFeaturesResult:
     """All raw features of one target from its search results (AlphaFold2's DataPipeline.process).
 
@@ -136,7 +136,7 @@ def raw_features_from_files(
         featurize = templates.featurize_templates
     elif files.pdb_hits_sto is not None:
         a3m = parsers.stockholm_to_a3m(Path(files.pdb_hits_sto).read_text(), remove_first_row_gaps=False)
-        hits = parsers.parse_hmmsearch_a3m(sequence, a3m, source=str(files.pdb_hits_sto))
+        hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(files.pdb_hits_sto))
         featurize = templates.featurize_hmmsearch_templates
     if template_settings is not None and (files.pdb_hits_hhr or files.pdb_hits_sto):
         template_result = featurize(sequence, hits, template_settings)

@@ -20,7 +20,7 @@ seeded by ``(seed, sample index)``, so a seed reproduces every sample.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -74,19 +74,19 @@ class PipelineSettings:
     pad_to_fixed_size: bool = False
 
     @classmethod
-    def from_preset(cls, preset, **overrides) -> "PipelineSettings":
+    def from_preset(cls, preset, **overrides) -> PipelineSettings:
         """Settings of an ``af2cpu.model.presets.Preset`` (or its name), with field overrides."""
         if isinstance(preset, str):
             from af2cpu.model.presets import get_preset
 
             preset = get_preset(preset)
-        values = dict(
-            use_templates=preset.use_templates,
-            num_msa_clusters=preset.num_msa_clusters,
-            max_extra_msa=preset.max_extra_msa,
-            max_templates=preset.max_templates,
-            num_recycle=preset.num_recycle,
-        )
+        values = {
+            "use_templates": preset.use_templates,
+            "num_msa_clusters": preset.num_msa_clusters,
+            "max_extra_msa": preset.max_extra_msa,
+            "max_templates": preset.max_templates,
+            "num_recycle": preset.num_recycle,
+        }
         values.update(overrides)
         return cls(**values)
 
@@ -106,7 +106,9 @@ def _one_hot(indices: np.ndarray, depth: int) -> np.ndarray:
     indices = np.asarray(indices)
     out = np.zeros(indices.shape + (depth,), dtype=np.float32)
     valid = (indices >= 0) & (indices < depth)
-    np.put_along_axis(out, np.where(valid, indices, 0)[..., None], valid[..., None].astype(np.float32), axis=-1)
+    np.put_along_axis(
+        out, np.where(valid, indices, 0)[..., None], valid[..., None].astype(np.float32), axis=-1
+    )
     return out
 
 
@@ -134,7 +136,9 @@ def atom14_masks(aatype: np.ndarray) -> FeatureDict:
     }
 
 
-def pseudo_beta(aatype: np.ndarray, positions: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_beta(
+    aatype: np.ndarray, positions: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Cβ position (Cα for glycine) and its mask."""
     is_gly = aatype == rc.restype_order["G"]
     ca, cb = rc.atom_order["CA"], rc.atom_order["CB"]
@@ -177,7 +181,9 @@ def prepare_target(raw: Mapping[str, np.ndarray], use_templates: bool) -> Featur
         features["template_aatype"] = template_aatype.reshape(masks.shape[:2])
         features["template_all_atom_positions"] = positions
         features["template_all_atom_masks"] = masks
-        features["template_sum_probs"] = np.asarray(raw["template_sum_probs"]).astype(np.float32).reshape(-1, 1)
+        features["template_sum_probs"] = (
+            np.asarray(raw["template_sum_probs"]).astype(np.float32).reshape(-1, 1)
+        )
         features["template_mask"] = np.ones(len(raw["template_domain_names"]), dtype=np.float32)
         beta, beta_mask = pseudo_beta(features["template_aatype"], positions, masks)
         features["template_pseudo_beta"] = beta
@@ -208,9 +214,7 @@ def random_msa_order(num_rows: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([[0], 1 + rng.permutation(num_rows - 1)]).astype(np.int64)
 
 
-def mask_msa(
-    features: FeatureDict, settings: PipelineSettings, rng: np.random.Generator
-) -> FeatureDict:
+def mask_msa(features: FeatureDict, settings: PipelineSettings, rng: np.random.Generator) -> FeatureDict:
     """BERT-style masking: each position is replaced with probability `masked_msa_replace_fraction`.
 
     A replaced residue becomes a uniform amino acid, a draw from the MSA profile, itself, or the
@@ -224,7 +228,12 @@ def mask_msa(
         + np.float32(settings.masked_msa_profile_prob) * features["hhblits_profile"]
         + np.float32(settings.masked_msa_same_prob) * _one_hot(msa, 22)
     )
-    mask_prob = 1.0 - settings.masked_msa_profile_prob - settings.masked_msa_same_prob - settings.masked_msa_uniform_prob
+    mask_prob = (
+        1.0
+        - settings.masked_msa_profile_prob
+        - settings.masked_msa_same_prob
+        - settings.masked_msa_uniform_prob
+    )
     probs = np.concatenate([probs, np.full(msa.shape + (1,), mask_prob, dtype=np.float32)], axis=-1)
     replace = rng.random(msa.shape) < settings.masked_msa_replace_fraction
     cumulative = np.cumsum(probs, axis=-1)
@@ -241,7 +250,9 @@ def nearest_cluster(features: FeatureDict) -> np.ndarray:
     extra = features["extra_msa"]
     if extra.shape[0] == 0:
         return np.zeros((0,), dtype=np.int32)
-    centres = (features["msa_mask"][..., None] * _one_hot(features["msa"], 21)).reshape(features["msa"].shape[0], -1)
+    centres = (features["msa_mask"][..., None] * _one_hot(features["msa"], 21)).reshape(
+        features["msa"].shape[0], -1
+    )
     rows = (features["extra_msa_mask"][..., None] * _one_hot(extra, 21)).reshape(extra.shape[0], -1)
     # Counts of agreeing positions are small integers, exact in float32 (and BLAS is fast there).
     agreement = rows @ centres.T
@@ -257,14 +268,20 @@ def summarize_clusters(features: FeatureDict, assignment: np.ndarray) -> Feature
     # AlphaFold2's segment sums bit for bit.
     cell = assignment[:, None].astype(np.int64) * num_res + np.arange(num_res)
     size = num_clusters * num_res
-    counts = np.bincount(cell.ravel(), extra_mask.ravel(), size).astype(np.float32).reshape(num_clusters, num_res)
-    msa_sum = np.bincount(
-        (cell * 23 + features["extra_msa"]).ravel(), extra_mask.ravel(), size * 23
-    ).astype(np.float32).reshape(num_clusters, num_res, 23)
+    counts = (
+        np.bincount(cell.ravel(), extra_mask.ravel(), size).astype(np.float32).reshape(num_clusters, num_res)
+    )
+    msa_sum = (
+        np.bincount((cell * 23 + features["extra_msa"]).ravel(), extra_mask.ravel(), size * 23)
+        .astype(np.float32)
+        .reshape(num_clusters, num_res, 23)
+    )
     msa_sum += _one_hot(features["msa"], 23)
-    deletion_sum = np.bincount(
-        cell.ravel(), (extra_mask * features["extra_deletion_matrix"]).ravel(), size
-    ).astype(np.float32).reshape(num_clusters, num_res)
+    deletion_sum = (
+        np.bincount(cell.ravel(), (extra_mask * features["extra_deletion_matrix"]).ravel(), size)
+        .astype(np.float32)
+        .reshape(num_clusters, num_res)
+    )
     deletion_sum += features["deletion_matrix"]
     mask_counts = np.float32(1e-6) + features["msa_mask"] + counts
     out["cluster_profile"] = msa_sum / mask_counts[:, :, None]
@@ -297,7 +314,10 @@ def make_msa_feat(features: FeatureDict) -> FeatureDict:
         _scaled_deletions(deletions)[..., None],
     ]
     if "cluster_profile" in features:
-        parts += [features["cluster_profile"], _scaled_deletions(features["cluster_deletion_mean"])[..., None]]
+        parts += [
+            features["cluster_profile"],
+            _scaled_deletions(features["cluster_deletion_mean"])[..., None],
+        ]
     out["msa_feat"] = np.concatenate(parts, axis=-1)
     if "extra_deletion_matrix" in features:
         out["extra_has_deletion"] = np.clip(features["extra_deletion_matrix"], 0.0, 1.0)
@@ -309,8 +329,8 @@ def process_sample(
     target: FeatureDict,
     settings: PipelineSettings,
     rng: np.random.Generator,
-    msa_order: Optional[np.ndarray] = None,
-    extra_keep: Optional[np.ndarray] = None,
+    msa_order: np.ndarray | None = None,
+    extra_keep: np.ndarray | None = None,
 ) -> FeatureDict:
     """One resampled set of features. `msa_order`/`extra_keep` override the random row choices."""
     num_rows = target["msa"].shape[0]
@@ -337,7 +357,11 @@ def process_sample(
 
 def pad_to_fixed_size(features: FeatureDict, settings: PipelineSettings) -> FeatureDict:
     """Zero-pad MSA, extra-MSA and template axes to the preset's sizes (AlphaFold2's fixed shapes)."""
-    sizes = {"msa": settings.num_msa_clusters, "extra": settings.max_extra_msa, "templates": settings.max_templates}
+    sizes = {
+        "msa": settings.num_msa_clusters,
+        "extra": settings.max_extra_msa,
+        "templates": settings.max_templates,
+    }
     out = dict(features)
     for name, axes in _PAD_AXES.items():
         if name not in features:
@@ -350,9 +374,7 @@ def pad_to_fixed_size(features: FeatureDict, settings: PipelineSettings) -> Feat
     return out
 
 
-def process_features(
-    raw: Mapping[str, np.ndarray], settings: PipelineSettings, seed: int = 0
-) -> FeatureDict:
+def process_features(raw: Mapping[str, np.ndarray], settings: PipelineSettings, seed: int = 0) -> FeatureDict:
     """Processed features for one preset: every feature stacked over ``settings.num_samples`` samples."""
     target = prepare_target(raw, settings.use_templates)
     samples = []

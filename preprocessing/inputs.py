@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Optional
 
 from af2cpu.errors import InputError
 
@@ -66,10 +65,13 @@ def _unique(candidate: str, taken: set[str]) -> str:
     return result
 
 
-def parse_fasta_targets(
+def parse_fasta_batch(
     text: str, source: str = "<input>", max_length: int = DEFAULT_MAX_LENGTH
-) -> list[Target]:
-    """Validated targets of FASTA `text`; errors name the file, line and record."""
+) -> tuple[list[Target], list[InputError]]:
+    """Valid targets of FASTA `text`, and one error per invalid record (naming file, line, record).
+
+    A batch goes on without its invalid records; `parse_fasta_targets` is the strict variant.
+    """
     records: list[tuple[int, str, list[str]]] = []
     for line_no, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -82,36 +84,57 @@ def parse_fasta_targets(
     if not records:
         raise InputError(f"{source}: no FASTA records (a record starts with a '>' header line)")
 
-    targets = []
+    targets: list[Target] = []
+    errors: list[InputError] = []
     taken: set[str] = set()
     for index, (line_no, header, chunks) in enumerate(records, start=1):
         label = f"{source}:{line_no}: record {index} ({header or 'no header'!r})"
         sequence = "".join("".join(chunks).split()).upper()
-        if not sequence:
-            raise InputError(f"{label} has an empty sequence")
         bad = sorted(set(sequence) - _QUERY_LETTERS)
-        if bad:
-            raise InputError(
+        if not sequence:
+            errors.append(InputError(f"{label} has an empty sequence"))
+        elif bad:
+            errors.append(InputError(
                 f"{label} contains {''.join(bad)!r}; a protein sequence may only contain amino-acid "
                 "letters (remove stop codons '*', gaps '-', digits)"
-            )
-        if len(sequence) > max_length:
-            raise InputError(
+            ))
+        elif len(sequence) > max_length:
+            errors.append(InputError(
                 f"{label} is {len(sequence)} residues long, more than the limit of {max_length}"
-            )
-        target_id = _unique(safe_id(header, fallback=f"target_{index}"), taken)
-        targets.append(Target(id=target_id, description=header, sequence=sequence))
+            ))
+        else:
+            target_id = _unique(safe_id(header, fallback=f"target_{index}"), taken)
+            targets.append(Target(id=target_id, description=header, sequence=sequence))
+    return targets, errors
+
+
+def parse_fasta_targets(
+    text: str, source: str = "<input>", max_length: int = DEFAULT_MAX_LENGTH
+) -> list[Target]:
+    """Validated targets of FASTA `text`; the first invalid record is an error naming file, line, record."""
+    targets, errors = parse_fasta_batch(text, source, max_length)
+    if errors:
+        raise errors[0]
     return targets
 
 
-def read_fasta_targets(path: str | Path, max_length: Optional[int] = None) -> list[Target]:
-    """Validated targets of the FASTA file at `path`."""
-    path = Path(path)
+def _read_fasta_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read FASTA file {path}: {exc}") from None
-    return parse_fasta_targets(text, str(path), max_length or DEFAULT_MAX_LENGTH)
+
+
+def read_fasta_targets(path: str | Path, max_length: int | None = None) -> list[Target]:
+    """Validated targets of the FASTA file at `path`."""
+    path = Path(path)
+    return parse_fasta_targets(_read_fasta_text(path), str(path), max_length or DEFAULT_MAX_LENGTH)
+
+
+def read_fasta_batch(path: str | Path, max_length: int | None = None) -> tuple[list[Target], list[InputError]]:
+    """Valid targets of the FASTA file at `path`, and the errors of its invalid records."""
+    path = Path(path)
+    return parse_fasta_batch(_read_fasta_text(path), str(path), max_length or DEFAULT_MAX_LENGTH)
 
 
 def write_query_fasta(target: Target, path: str | Path) -> Path:

@@ -15,7 +15,8 @@ import collections
 import dataclasses
 import functools
 import io
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from Bio.PDB import MMCIFParser
 from Bio.PDB.Structure import Structure
@@ -31,7 +32,7 @@ class ResidueAtPosition:
     """The structure residue at one SEQRES position: Biopython's residue key, or missing."""
 
     chain_id: str
-    residue_number: Optional[int]
+    residue_number: int | None
     insertion_code: str
     hetflag: str
     name: str
@@ -53,7 +54,7 @@ class MmcifEntry:
     seqres_to_structure: Mapping[str, Mapping[int, ResidueAtPosition]]
 
     @property
-    def release_date(self) -> Optional[str]:
+    def release_date(self) -> str | None:
         return self.header.get("release_date")
 
 
@@ -61,8 +62,8 @@ class MmcifEntry:
 class MmcifParseResult:
     """An entry, or None with the reason it could not be parsed."""
 
-    entry: Optional[MmcifEntry]
-    error: Optional[str]
+    entry: MmcifEntry | None
+    error: str | None
 
 
 def _column(info: Mapping[str, Any], key: str) -> list[str]:
@@ -145,8 +146,16 @@ def _parse(file_id: str, text: str) -> MmcifParseResult:
     mappings: dict[str, dict[int, ResidueAtPosition]] = {}
     columns = [
         _column(info, "_atom_site." + k)
-        for k in ("label_comp_id", "auth_asym_id", "label_asym_id", "auth_seq_id", "label_seq_id",
-                  "pdbx_PDB_ins_code", "group_PDB", "pdbx_PDB_model_num")
+        for k in (
+            "label_comp_id",
+            "auth_asym_id",
+            "label_asym_id",
+            "auth_seq_id",
+            "label_seq_id",
+            "pdbx_PDB_ins_code",
+            "group_PDB",
+            "pdbx_PDB_model_num",
+        )
     ]
     for comp_id, auth_chain, label_chain, auth_seq, label_seq, ins_code, group, model in zip(*columns):
         if model != "1":

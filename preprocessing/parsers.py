@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 from af2cpu.errors import InputError
 
@@ -22,12 +22,12 @@ class MsaFormatError(InputError):
     """A search-tool output file that does not follow its format; the message names file and line."""
 
 
-def _where(source: Optional[str], line_no: Optional[int]) -> str:
+def _where(source: str | None, line_no: int | None) -> str:
     name = source or "<text>"
     return f"{name}:{line_no}" if line_no is not None else name
 
 
-def _fail(source: Optional[str], line_no: Optional[int], what: str) -> MsaFormatError:
+def _fail(source: str | None, line_no: int | None, what: str) -> MsaFormatError:
     return MsaFormatError(f"{_where(source, line_no)}: {what}")
 
 
@@ -52,10 +52,8 @@ class Msa:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def truncate(self, max_seqs: int) -> "Msa":
-        return Msa(
-            self.sequences[:max_seqs], self.deletion_matrix[:max_seqs], self.descriptions[:max_seqs]
-        )
+    def truncate(self, max_seqs: int) -> Msa:
+        return Msa(self.sequences[:max_seqs], self.deletion_matrix[:max_seqs], self.descriptions[:max_seqs])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +67,7 @@ class TemplateHit:
     index: int
     name: str
     aligned_cols: int
-    sum_probs: Optional[float]
+    sum_probs: float | None
     query: str
     hit_sequence: str
     indices_query: list[int]
@@ -80,7 +78,7 @@ class TemplateHit:
 # FASTA-like text (A3M, kalign output)
 
 
-def parse_fasta(text: str, source: Optional[str] = None) -> tuple[list[str], list[str]]:
+def parse_fasta(text: str, source: str | None = None) -> tuple[list[str], list[str]]:
     """Sequences and descriptions (header without '>') of FASTA/A3M text; blank lines ignored."""
     sequences: list[str] = []
     descriptions: list[str] = []
@@ -114,7 +112,7 @@ def _deletions_of_a3m_row(row: str) -> tuple[str, list[int]]:
     return "".join(aligned), deletions
 
 
-def parse_a3m(text: str, source: Optional[str] = None) -> Msa:
+def parse_a3m(text: str, source: str | None = None) -> Msa:
     """Parse an A3M alignment (lower case = insertion relative to the query, the first record)."""
     sequences, descriptions = parse_fasta(text, source)
     header_lines = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip().startswith(">")]
@@ -124,7 +122,9 @@ def parse_a3m(text: str, source: Optional[str] = None) -> Msa:
     for row_index, row in enumerate(sequences):
         if not _A3M_ALLOWED.fullmatch(row):
             bad = next(c for c in row if not _A3M_ALLOWED.fullmatch(c))
-            raise _fail(source, header_lines[row_index], f"record {descriptions[row_index]!r} contains {bad!r}")
+            raise _fail(
+                source, header_lines[row_index], f"record {descriptions[row_index]!r} contains {bad!r}"
+            )
         aligned, deletions = _deletions_of_a3m_row(row)
         if width is None:
             width = len(aligned)
@@ -148,7 +148,7 @@ def read_a3m(path: str | Path) -> Msa:
 # Stockholm
 
 
-def _stockholm_records(lines: Iterable[str], source: Optional[str]) -> dict[str, str]:
+def _stockholm_records(lines: Iterable[str], source: str | None) -> dict[str, str]:
     """Name -> concatenated aligned sequence, in first-appearance order, with format checks."""
     records: dict[str, str] = {}
     seen_in_block: set[str] = set()
@@ -204,14 +204,14 @@ def _msa_from_stockholm_records(records: dict[str, str]) -> Msa:
     return Msa(sequences, deletion_matrix, list(records))
 
 
-def parse_stockholm(text: str, source: Optional[str] = None) -> Msa:
+def parse_stockholm(text: str, source: str | None = None) -> Msa:
     """Parse a Stockholm alignment whose first sequence is the query."""
     return _msa_from_stockholm_records(_stockholm_records(text.splitlines(), source))
 
 
 def _stockholm_line_kept(line: str, names: set[str]) -> bool:
     stripped = line.strip()
-    if not stripped or stripped == "//" or line.startswith("# STOCKHOLM") or line.startswith("#=GC RF"):
+    if not stripped or stripped == "//" or line.startswith(("# STOCKHOLM", "#=GC RF")):
         return True
     if line.startswith("#=GS"):
         return line.split(maxsplit=2)[1] in names
@@ -241,7 +241,7 @@ def truncate_stockholm(src: str | Path, dst: str | Path, max_sequences: int) -> 
     return len(names)
 
 
-def read_stockholm(path: str | Path, max_sequences: Optional[int] = None) -> Msa:
+def read_stockholm(path: str | Path, max_sequences: int | None = None) -> Msa:
     """Parse the Stockholm file at `path`, streaming; keep only the first `max_sequences` rows."""
     path = Path(path)
     with open(path) as handle:
@@ -269,7 +269,7 @@ def _first_stockholm_sequences(lines: Iterable[str], max_sequences: int) -> Iter
         yield line
 
 
-def stockholm_to_a3m(text: str, max_sequences: Optional[int] = None, remove_first_row_gaps: bool = True) -> str:
+def stockholm_to_a3m(text: str, max_sequences: int | None = None, remove_first_row_gaps: bool = True) -> str:
     """Convert Stockholm text to A3M as AlphaFold2 feeds it to hhsearch (descriptions from ``#=GS DE``)."""
     records: dict[str, str] = {}
     for line in text.splitlines():
@@ -294,9 +294,7 @@ def stockholm_to_a3m(text: str, max_sequences: Optional[int] = None, remove_firs
     for name, aligned in records.items():
         row = aligned.replace(".", "")
         if remove_first_row_gaps:
-            row = "".join(
-                r if keep else r.lower() for keep, r in zip(query_columns, row) if keep or r != "-"
-            )
+            row = "".join(r if keep else r.lower() for keep, r in zip(query_columns, row) if keep or r != "-")
         chunks.append(f">{name} {descriptions.get(name, '')}\n{row}")
     return "\n".join(chunks) + "\n"
 
@@ -373,7 +371,7 @@ def _residue_indices(aligned: str, start: int) -> list[int]:
     return indices
 
 
-def _parse_hhr_block(lines: list[str], first_line_no: int, source: Optional[str]) -> TemplateHit:
+def _parse_hhr_block(lines: list[str], first_line_no: int, source: str | None) -> TemplateHit:
     if len(lines) < 3:
         raise _fail(source, first_line_no, "hit section ends before its summary line")
     try:
@@ -385,7 +383,7 @@ def _parse_hhr_block(lines: list[str], first_line_no: int, source: Optional[str]
     name = lines[1][1:]
     summary = _HHR_SUMMARY.match(lines[2])
     if summary is None:
-        raise _fail(source, first_line_no + 2, f"cannot read the hit summary (Probab=... Template_Neff=...)")
+        raise _fail(source, first_line_no + 2, "cannot read the hit summary (Probab=... Template_Neff=...)")
     try:
         values = [float(x) for x in summary.groups()]
     except ValueError as exc:
@@ -430,7 +428,7 @@ def _parse_hhr_block(lines: list[str], first_line_no: int, source: Optional[str]
     )
 
 
-def parse_hhr(text: str, source: Optional[str] = None) -> list[TemplateHit]:
+def parse_hhr(text: str, source: str | None = None) -> list[TemplateHit]:
     """Template hits of an hhsearch/hhblits ``.hhr`` result, in file order.
 
     A file with an empty hit table has no hits; a file that ends before its hit table is
@@ -456,9 +454,7 @@ def read_hhr(path: str | Path) -> list[TemplateHit]:
 # ---------------------------------------------------------------------------------------------
 # hmmsearch (templates against pdb_seqres, multimer)
 
-_HMMSEARCH_DESCRIPTION = re.compile(
-    r"^>?([a-z0-9]+)_(\w+)/([0-9]+)-([0-9]+).*protein length:([0-9]+) *(.*)$"
-)
+_HMMSEARCH_DESCRIPTION = re.compile(r"^>?([a-z0-9]+)_(\w+)/([0-9]+)-([0-9]+).*protein length:([0-9]+) *(.*)$")
 
 
 def _a3m_residue_indices(aligned: str, start: int) -> list[int]:
@@ -475,7 +471,7 @@ def _a3m_residue_indices(aligned: str, start: int) -> list[int]:
 
 
 def parse_hmmsearch_a3m(
-    query_sequence: str, text: str, skip_first: bool = True, source: Optional[str] = None
+    query_sequence: str, text: str, skip_first: bool = True, source: str | None = None
 ) -> list[TemplateHit]:
     """Template hits from hmmsearch's alignment (as A3M) against ``pdb_seqres.txt``.
 

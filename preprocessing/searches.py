@@ -20,14 +20,16 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
-from af2cpu.databases import database_files
 from af2cpu.preprocessing import features as raw_features
 from af2cpu.preprocessing import tools
 from af2cpu.preprocessing.inputs import Target, write_query_fasta
 from af2cpu.preprocessing.templates import TemplateSettings
+
+from af2cpu.databases import database_files
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +78,26 @@ def plan_searches(db: Mapping[str, Any], template_search: str = "pdb70") -> list
         plan.append(Search("small_bfd", "small_bfd_hits.sto", (("small_bfd", str(db["small_bfd"])),)))
     else:
         plan.append(
-            Search("bfd_uniref", "bfd_uniref_hits.a3m", (("bfd", str(db["bfd"])), ("uniref30", str(db["uniref30"]))))
+            Search(
+                "bfd_uniref",
+                "bfd_uniref_hits.a3m",
+                (("bfd", str(db["bfd"])), ("uniref30", str(db["uniref30"]))),
+            )
         )
     if template_search == "pdb70":
         plan.append(Search("pdb70", "pdb_hits.hhr", (("pdb70", str(db["pdb70"])),), ("uniref90_hits.sto",)))
     elif template_search == "pdb_seqres":
         plan.append(
-            Search("pdb_seqres", "pdb_hits.sto", (("pdb_seqres", str(db["pdb_seqres"])),), ("uniref90_hits.sto",))
+            Search(
+                "pdb_seqres", "pdb_hits.sto", (("pdb_seqres", str(db["pdb_seqres"])),), ("uniref90_hits.sto",)
+            )
         )
     else:
         raise ValueError(f"template_search must be 'pdb70' or 'pdb_seqres', not {template_search!r}")
     return plan
 
 
-def template_settings(cfg: Mapping[str, Any], kalign_binary: Optional[str] = None) -> TemplateSettings:
+def template_settings(cfg: Mapping[str, Any], kalign_binary: str | None = None) -> TemplateSettings:
     """Template settings from the whole configuration (``cfg.db`` paths, ``cfg.max_template_date``)."""
     obsolete = str(cfg["db"]["obsolete_pdbs"])
     return TemplateSettings(
@@ -193,7 +201,7 @@ def run_search(
     cpus: int,
     timeout: float = tools.DEFAULT_TIMEOUT_S,
     reuse: bool = True,
-    precomputed_dir: Optional[str | Path] = None,
+    precomputed_dir: str | Path | None = None,
 ) -> Path:
     """Make ``msa_dir / search.output`` for `target` (one scheduler task); returns its path.
 
@@ -206,7 +214,9 @@ def run_search(
     if reuse and reusable(search, target.sequence, msa_dir):
         log.info("%s: reusing %s", target.id, result)
         return result
-    if precomputed_dir is not None and adopt_precomputed(search, target.sequence, Path(precomputed_dir), msa_dir):
+    if precomputed_dir is not None and adopt_precomputed(
+        search, target.sequence, Path(precomputed_dir), msa_dir
+    ):
         log.info("%s: using precomputed %s from %s", target.id, search.output, precomputed_dir)
         return result
     query = msa_dir / f".query_{search.name}.fasta"
@@ -238,7 +248,7 @@ def target_raw_features(
     target: Target,
     plan: Sequence[Search],
     msa_dir: str | Path,
-    settings: Optional[TemplateSettings],
+    settings: TemplateSettings | None,
 ) -> raw_features.RawFeaturesResult:
     """Raw features of `target` from the finished searches of `plan` (the last task per target)."""
     return raw_features.raw_features_from_files(

@@ -14,15 +14,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
+from af2cpu.preprocessing import parsers, tools
+from af2cpu.preprocessing.mmcif import MmcifEntry, parse_mmcif_text
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError, ToolError
-from af2cpu.preprocessing import parsers, tools
-from af2cpu.preprocessing.mmcif import MmcifEntry, parse_mmcif_text
 
 TEMPLATE_FEATURE_DTYPES = {
     "template_aatype": np.float32,
@@ -64,9 +65,9 @@ class TemplateSettings:
     mmcif_dir: str
     max_template_date: str  # YYYY-MM-DD
     max_hits: int = MAX_TEMPLATE_HITS
-    obsolete_pdbs_path: Optional[str] = None
-    release_dates_path: Optional[str] = None
-    kalign_binary: Optional[str] = None
+    obsolete_pdbs_path: str | None = None
+    release_dates_path: str | None = None
+    kalign_binary: str | None = None
     min_align_ratio: float = 0.1
     max_subsequence_ratio: float = 0.95
     min_template_length: int = 10
@@ -98,9 +99,9 @@ class TemplateResult:
     warnings: list[str]
 
 
-def read_obsolete_pdbs(path: str | Path) -> dict[str, Optional[str]]:
+def read_obsolete_pdbs(path: str | Path) -> dict[str, str | None]:
     """Obsolete PDB id -> replacement id (None when withdrawn without one), from PDB's obsolete.dat."""
-    result: dict[str, Optional[str]] = {}
+    result: dict[str, str | None] = {}
     with open(path) as handle:
         for raw in handle:
             line = raw.strip()
@@ -182,7 +183,9 @@ def query_to_hit_mapping(hit: parsers.TemplateHit, query_sequence: str) -> dict[
     return mapping
 
 
-def find_template_chain(template_sequence: str, chain_id: str, entry: MmcifEntry) -> Optional[tuple[str, str, int]]:
+def find_template_chain(
+    template_sequence: str, chain_id: str, entry: MmcifEntry
+) -> tuple[str, str, int] | None:
     """(SEQRES, chain id, offset of the hit in it): same chain, any chain, then X as a wildcard."""
     own = entry.chain_to_seqres.get(chain_id)
     if own and template_sequence in own:
@@ -203,7 +206,7 @@ def realign_to_seqres(
     chain_id: str,
     entry: MmcifEntry,
     mapping: Mapping[int, int],
-    kalign_binary: Optional[str] = None,
+    kalign_binary: str | None = None,
 ) -> tuple[str, dict[int, int]]:
     """Realign the hit's sequence to the chain's SEQRES with kalign; map the query onto the SEQRES.
 
@@ -274,7 +277,9 @@ def chain_atom37(entry: MmcifEntry, chain_id: str, max_ca_ca: float = MAX_CA_CA_
             res_mask[slot] = 1.0
         if (
             residue.get_resname() == "ARG"
-            and res_mask[cd] and res_mask[nh1] and res_mask[nh2]
+            and res_mask[cd]
+            and res_mask[nh1]
+            and res_mask[nh2]
             and np.linalg.norm(pos[nh1] - pos[cd]) > np.linalg.norm(pos[nh2] - pos[cd])
         ):
             pos[[nh1, nh2]] = pos[[nh2, nh1]]
@@ -300,14 +305,14 @@ def _check_ca_gaps(positions: np.ndarray, mask: np.ndarray, max_ca_ca: float) ->
 
 
 def hit_features(
-    entry: Optional[MmcifEntry],
+    entry: MmcifEntry | None,
     pdb_id: str,
     chain_id: str,
     mapping: Mapping[int, int],
     template_sequence: str,
     query_sequence: str,
-    kalign_binary: Optional[str] = None,
-) -> tuple[dict[str, Any], Optional[str]]:
+    kalign_binary: str | None = None,
+) -> tuple[dict[str, Any], str | None]:
     """Features of one template aligned to the query, and a warning if it had to be realigned."""
     if entry is None or not entry.chain_to_seqres:
         raise FeatureError(f"no protein chains in {pdb_id}")
@@ -346,7 +351,7 @@ def hit_features(
     )
 
 
-def _read_entry(mmcif_dir: str, pdb_id: str) -> tuple[Optional[MmcifEntry], Optional[str]]:
+def _read_entry(mmcif_dir: str, pdb_id: str) -> tuple[MmcifEntry | None, str | None]:
     path = Path(mmcif_dir) / f"{pdb_id}.cif"
     try:
         text = path.read_text()
@@ -361,8 +366,8 @@ def featurize_hit(
     hit: parsers.TemplateHit,
     settings: TemplateSettings,
     release_dates: Mapping[str, datetime.datetime],
-    obsolete: Mapping[str, Optional[str]],
-) -> tuple[dict[str, Any], Optional[str]]:
+    obsolete: Mapping[str, str | None],
+) -> tuple[dict[str, Any], str | None]:
     """Features of one hit, or TemplateRejected saying why it is not a template."""
     pdb_id, chain_id = pdb_id_and_chain(hit)
     if pdb_id in obsolete and obsolete[pdb_id] is None:
@@ -397,7 +402,8 @@ def _stack(collected: Mapping[str, list], count: int) -> dict[str, np.ndarray]:
     if count == 0:
         return {name: np.array([], dtype=dtype) for name, dtype in TEMPLATE_FEATURE_DTYPES.items()}
     return {
-        name: np.stack(collected[name], axis=0).astype(dtype) for name, dtype in TEMPLATE_FEATURE_DTYPES.items()
+        name: np.stack(collected[name], axis=0).astype(dtype)
+        for name, dtype in TEMPLATE_FEATURE_DTYPES.items()
     }
 
 
@@ -405,8 +411,8 @@ def featurize_templates(
     query_sequence: str,
     hits: Sequence[parsers.TemplateHit],
     settings: TemplateSettings,
-    release_dates: Optional[Mapping[str, datetime.datetime]] = None,
-    obsolete: Optional[Mapping[str, Optional[str]]] = None,
+    release_dates: Mapping[str, datetime.datetime] | None = None,
+    obsolete: Mapping[str, str | None] | None = None,
 ) -> TemplateResult:
     """Template features of the best `settings.max_hits` usable hhsearch hits (by sum_probs)."""
     if release_dates is None:
@@ -428,8 +434,8 @@ def featurize_templates(
         if warning:
             warnings.append(warning)
         count += 1
-        for name in collected:
-            collected[name].append(features[name])
+        for name, values in collected.items():
+            values.append(features[name])
     return TemplateResult(_stack(collected, count), skipped, warnings)
 
 
@@ -449,8 +455,8 @@ def featurize_hmmsearch_templates(
     query_sequence: str,
     hits: Sequence[parsers.TemplateHit],
     settings: TemplateSettings,
-    release_dates: Optional[Mapping[str, datetime.datetime]] = None,
-    obsolete: Optional[Mapping[str, Optional[str]]] = None,
+    release_dates: Mapping[str, datetime.datetime] | None = None,
+    obsolete: Mapping[str, str | None] | None = None,
 ) -> TemplateResult:
     """Template features from hmmsearch hits (multimer): file order, one template per distinct sequence."""
     if release_dates is None:
@@ -474,8 +480,8 @@ def featurize_hmmsearch_templates(
         if features["template_sequence"] in seen:
             continue
         seen.add(features["template_sequence"])
-        for name in collected:
-            collected[name].append(features[name])
+        for name, values in collected.items():
+            values.append(features[name])
     if not seen:
         return TemplateResult(empty_template_features(len(query_sequence)), skipped, warnings)
     return TemplateResult(_stack(collected, len(seen)), skipped, warnings)

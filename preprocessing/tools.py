@@ -15,12 +15,13 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-from af2cpu.errors import DatabaseError, ToolError
 from af2cpu.preprocessing import parsers
 from af2cpu.preprocessing.binaries import binary_version, find_binary
+
+from af2cpu.errors import DatabaseError, ToolError
 
 # AlphaFold2's caps on the MSAs it keeps from jackhmmer (data/pipeline.py).
 UNIREF90_MAX_HITS = 10_000
@@ -61,13 +62,15 @@ def _tail(data: bytes | str | None) -> str:
     return text if len(text) <= STDERR_TAIL_CHARS else "..." + text[-STDERR_TAIL_CHARS:]
 
 
-def run_tool(name: str, args: Sequence[str], timeout: float, binary: Optional[str] = None) -> float:
+def run_tool(name: str, args: Sequence[str], timeout: float, binary: str | None = None) -> float:
     """Run tool `name` with argument list `args`; return seconds taken, raise ToolError on failure."""
     path = find_binary(name, binary)
     command = [str(path), *map(str, args)]
     started = time.perf_counter()
     try:
-        proc = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise ToolError(
             f"{name} timed out after {timeout:g} s (command: {' '.join(command)}); stderr tail:\n"
@@ -121,8 +124,8 @@ def jackhmmer(
     out_sto: str | Path,
     cpus: int,
     timeout: float = DEFAULT_TIMEOUT_S,
-    max_sequences: Optional[int] = None,
-    binary: Optional[str] = None,
+    max_sequences: int | None = None,
+    binary: str | None = None,
 ) -> ToolRun:
     """One jackhmmer iteration of the query against a FASTA database; writes a Stockholm MSA.
 
@@ -165,7 +168,7 @@ def hhblits(
     out_a3m: str | Path,
     cpus: int,
     timeout: float = DEFAULT_TIMEOUT_S,
-    binary: Optional[str] = None,
+    binary: str | None = None,
 ) -> ToolRun:
     """hhblits (3 iterations) of the query against HH-suite databases (BFD, UniRef30); writes A3M."""
     prefixes = [check_hh_database(db, "hhblits") for db in databases]
@@ -192,7 +195,7 @@ def hhsearch(
     out_hhr: str | Path,
     cpus: int,
     timeout: float = DEFAULT_TIMEOUT_S,
-    binary: Optional[str] = None,
+    binary: str | None = None,
 ) -> ToolRun:
     """hhsearch of an A3M query MSA against HH-suite databases (PDB70); writes an HHR file."""
     prefixes = [check_hh_database(db, "hhsearch") for db in databases]
@@ -213,7 +216,7 @@ def search_pdb70(
     out_hhr: str | Path,
     cpus: int,
     timeout: float = DEFAULT_TIMEOUT_S,
-    binary: Optional[str] = None,
+    binary: str | None = None,
 ) -> ToolRun:
     """Monomer template search: the UniRef90 MSA (as AlphaFold2 prepares it) with hhsearch on PDB70."""
     out_hhr = Path(out_hhr)
@@ -223,13 +226,23 @@ def search_pdb70(
         return hhsearch(query, [pdb70], out_hhr, cpus, timeout, binary)
 
 
-def hmmbuild(msa_sto: str | Path, out_hmm: str | Path, timeout: float = DEFAULT_TIMEOUT_S,
-             binary: Optional[str] = None) -> ToolRun:
-    """Build a profile HMM (``--amino``, fast model construction) from a Stockholm MSA."""
+def hmmbuild(
+    msa_sto: str | Path,
+    out_hmm: str | Path,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    binary: str | None = None,
+    hand: bool = True,
+) -> ToolRun:
+    """Build a protein profile HMM from a Stockholm MSA.
+
+    With `hand` (AlphaFold2's template search), match columns are those of the ``#=GC RF`` line,
+    i.e. the query's columns in jackhmmer output.
+    """
     out_hmm = Path(out_hmm)
     with _scratch(out_hmm) as tmp:
         raw = Path(tmp) / "output.hmm"
-        seconds = run_tool("hmmbuild", ["--amino", raw, msa_sto], timeout, binary)
+        args = (["--hand"] if hand else []) + ["--amino", raw, msa_sto]
+        seconds = run_tool("hmmbuild", args, timeout, binary)
         _publish(raw, out_hmm)
     return ToolRun(out_hmm, "hmmbuild", binary_version("hmmbuild", binary), seconds)
 
@@ -240,8 +253,8 @@ def search_pdb_seqres(
     out_sto: str | Path,
     cpus: int,
     timeout: float = DEFAULT_TIMEOUT_S,
-    binary: Optional[str] = None,
-    hmmbuild_binary: Optional[str] = None,
+    binary: str | None = None,
+    hmmbuild_binary: str | None = None,
 ) -> ToolRun:
     """Multimer template search: hmmbuild on the UniRef90 MSA, hmmsearch against pdb_seqres.txt."""
     database = check_fasta_database(pdb_seqres, "hmmsearch (pdb_seqres)")
@@ -259,8 +272,7 @@ def search_pdb_seqres(
     return ToolRun(out_sto, "hmmsearch", binary_version("hmmsearch", binary), seconds)
 
 
-def kalign(sequences: Sequence[str], timeout: float = 600.0, cpus: int = 1,
-           binary: Optional[str] = None) -> str:
+def kalign(sequences: Sequence[str], timeout: float = 600.0, cpus: int = 1, binary: str | None = None) -> str:
     """Align `sequences` with kalign; returns the alignment as A3M text (records ``sequence <i>``)."""
     for i, sequence in enumerate(sequences, start=1):
         if len(sequence) < 6:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from af2cpu.preprocessing import features, parsers
 from af2cpu.preprocessing import input_pipeline as ip
 
@@ -37,7 +36,9 @@ def _reference_features(raw, num_clusters, max_extra, replace_fraction, seed, pr
     ref_features = pytest.importorskip("alphafold.model.features")
     cfg = config.model_config(preset)
     cfg.data.eval.masked_msa_replace_fraction = replace_fraction
-    cfg.data.eval.max_msa_clusters = num_clusters + (4 if cfg.data.common.reduce_msa_clusters_by_max_templates else 0)
+    cfg.data.eval.max_msa_clusters = num_clusters + (
+        4 if cfg.data.common.reduce_msa_clusters_by_max_templates else 0
+    )
     cfg.data.common.max_extra_msa = max_extra
     return ref_features.np_example_to_features(raw, cfg, random_seed=seed)
 
@@ -52,7 +53,10 @@ def test_deterministic_steps_equal_reference(raw, num_clusters, max_extra):
     """
     ref = _reference_features(raw, num_clusters, max_extra, replace_fraction=0.0, seed=3)
     settings = ip.PipelineSettings(
-        num_msa_clusters=num_clusters, max_extra_msa=max_extra, masked_msa_replace_fraction=0.0, pad_to_fixed_size=True
+        num_msa_clusters=num_clusters,
+        max_extra_msa=max_extra,
+        masked_msa_replace_fraction=0.0,
+        pad_to_fixed_size=True,
     )
     target = ip.prepare_target(raw, use_templates=True)
     row_of = {tuple(r): i for i, r in enumerate(target["msa"])}
@@ -78,7 +82,9 @@ def test_deterministic_steps_equal_reference(raw, num_clusters, max_extra):
 @pytest.mark.reference
 def test_output_layout_equals_reference_without_templates(raw):
     ref = _reference_features(raw, 512, 5120, 0.15, seed=0, preset="model_3_ptm")
-    ours = ip.process_features(raw, ip.PipelineSettings.from_preset("model_3_ptm", pad_to_fixed_size=True), seed=0)
+    ours = ip.process_features(
+        raw, ip.PipelineSettings.from_preset("model_3_ptm", pad_to_fixed_size=True), seed=0
+    )
     assert {k: (v.shape, v.dtype) for k, v in ours.items()} == {k: (v.shape, v.dtype) for k, v in ref.items()}
 
 
@@ -107,7 +113,9 @@ def test_cluster_sampling_keeps_query_first_and_draws_rows_uniformly(raw):
     settings = ip.PipelineSettings(num_msa_clusters=10, max_extra_msa=12, num_recycle=99)
     out = ip.process_features(raw, settings, seed=1)
     target = ip.prepare_target(raw, use_templates=True)
-    np.testing.assert_array_equal(out["true_msa"][:, 0], np.broadcast_to(target["msa"][0], out["true_msa"][:, 0].shape))
+    np.testing.assert_array_equal(
+        out["true_msa"][:, 0], np.broadcast_to(target["msa"][0], out["true_msa"][:, 0].shape)
+    )
     row_of = {tuple(r): i for i, r in enumerate(target["msa"])}
     counts = np.zeros(target["msa"].shape[0])
     for sample in out["true_msa"]:
@@ -132,7 +140,13 @@ def test_bert_masking_replaces_fifteen_percent_like_alphafold(raw):
     if ref is not None:
         ref_masked = ref["bert_mask"][:, : out["bert_mask"].shape[1]] == 1
         assert abs(ref["bert_mask"][:, : out["bert_mask"].shape[1]].mean() - fraction) < 0.02
-        assert abs((ref["msa_feat"][..., 22] == 1)[:, : out["bert_mask"].shape[1]][ref_masked].mean() - mask_token) < 0.05
+        assert (
+            abs(
+                (ref["msa_feat"][..., 22] == 1)[:, : out["bert_mask"].shape[1]][ref_masked].mean()
+                - mask_token
+            )
+            < 0.05
+        )
 
 
 def _has_reference() -> bool:
@@ -148,7 +162,10 @@ def test_no_templates_give_empty_template_axes():
     raw = {
         **features.sequence_features(sequence, "q"),
         **features.msa_features([features.single_sequence_msa(sequence)]),
-        **{name: np.array([], dtype=dtype) for name, dtype in features.templates.TEMPLATE_FEATURE_DTYPES.items()},
+        **{
+            name: np.array([], dtype=dtype)
+            for name, dtype in features.templates.TEMPLATE_FEATURE_DTYPES.items()
+        },
     }
     out = ip.process_features(raw, ip.PipelineSettings(), seed=0)
     assert out["template_aatype"].shape == (4, 0, 10)

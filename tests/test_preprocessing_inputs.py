@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from af2cpu.errors import InputError
 from af2cpu.preprocessing import features
 from af2cpu.preprocessing.inputs import MAX_ID_LENGTH, is_safe_id, parse_fasta_targets, read_fasta_targets
+
+from af2cpu.errors import InputError
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 
@@ -28,7 +28,8 @@ def test_many_records_get_unique_ids():
 
 
 @pytest.mark.parametrize(
-    "header", ["../../etc/passwd", "/abs/path", "..", ".hidden", "a b/c", "x" * 300, "sp|P69905|HBA_HUMAN", ""]
+    "header",
+    ["../../etc/passwd", "/abs/path", "..", ".hidden", "a b/c", "x" * 300, "sp|P69905|HBA_HUMAN", ""],
 )
 def test_ids_can_never_escape_the_output_folder(header):
     (target,) = parse_fasta_targets(f">{header}\nACDE\n")

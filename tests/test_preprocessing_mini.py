@@ -10,16 +10,15 @@ import argparse
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from af2cpu.preprocessing import cli, features, parsers, searches, templates
+from af2cpu.preprocessing.inputs import read_fasta_targets
 
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR
 from af2cpu.outputs import load_features_npz
-from af2cpu.preprocessing import cli, features, parsers, searches, templates
-from af2cpu.preprocessing.inputs import read_fasta_targets
 
 EXAMPLES = DATA_DIR / "examples"
 MINI = DATA_DIR / "mini"
@@ -65,7 +64,9 @@ def test_no_homolog_query_gives_single_sequence_msa(out_dir):
     raw = load_features_npz(out_dir / "1EJG_A" / "features.npz")
     sequence = _sequence("1EJG_A")
     assert raw["num_alignments"].tolist() == [1] * len(sequence)
-    np.testing.assert_array_equal(raw["msa"][0], features.msa_features([features.single_sequence_msa(sequence)])["msa"][0])
+    np.testing.assert_array_equal(
+        raw["msa"][0], features.msa_features([features.single_sequence_msa(sequence)])["msa"][0]
+    )
     assert not raw["deletion_matrix_int"].any()
     # hhsearch always lists its 10 best hits (-z/-b 10) even below its 20 % probability cut; AlphaFold2
     # featurizes whatever survives its filters, so any template left here comes from such a hit.
@@ -93,7 +94,9 @@ def test_precomputed_msas_are_used_only_for_their_own_sequence(out_dir, tmp_path
     source = out_dir / "HBB_HUMAN" / "msas"
     assert all(searches.adopt_precomputed(s, hbb.sequence, source, tmp_path / "hbb") for s in plan)
     assert not any(searches.adopt_precomputed(s, ubiquitin.sequence, source, tmp_path / "ubi") for s in plan)
-    other_db = dataclasses.replace(plan[0], databases=(("uniref90", str(MINI / "mgnify" / "mgy_clusters_2022_05.fa")),))
+    other_db = dataclasses.replace(
+        plan[0], databases=(("uniref90", str(MINI / "mgnify" / "mgy_clusters_2022_05.fa")),)
+    )
     assert not searches.reusable(other_db, hbb.sequence, source)
 
 
@@ -113,7 +116,9 @@ def test_raw_sequence_and_msa_features_equal_reference(out_dir, ref_pipeline, ta
     msas = out_dir / target_id / "msas"
     sequence = _sequence(target_id)
     ref_msas = [
-        ref_parsers.parse_stockholm(ref_parsers.truncate_stockholm_msa(str(msas / "uniref90_hits.sto"), 10_000)),
+        ref_parsers.parse_stockholm(
+            ref_parsers.truncate_stockholm_msa(str(msas / "uniref90_hits.sto"), 10_000)
+        ),
         ref_parsers.parse_a3m((msas / "bfd_uniref_hits.a3m").read_text()),
         ref_parsers.parse_stockholm(ref_parsers.truncate_stockholm_msa(str(msas / "mgnify_hits.sto"), 501)),
     ]
@@ -122,14 +127,19 @@ def test_raw_sequence_and_msa_features_equal_reference(out_dir, ref_pipeline, ta
         parsers.read_a3m(msas / "bfd_uniref_hits.a3m"),
         parsers.read_stockholm(msas / "mgnify_hits.sto", 501),
     ]
-    description = read_fasta_targets(EXAMPLES / next(f for f, t in TARGETS.items() if t == target_id))[0].description
+    description = read_fasta_targets(EXAMPLES / next(f for f, t in TARGETS.items() if t == target_id))[
+        0
+    ].description
     # The reference package (ColabFold's) dropped AlphaFold2's de-duplication; compare without it here
     # and check de-duplication separately below.
     expected = {
         **ref.make_sequence_features(sequence, description, len(sequence)),
         **ref.make_msa_features(ref_msas),
     }
-    got = {**features.sequence_features(sequence, description), **features.msa_features(ours, deduplicate=False)}
+    got = {
+        **features.sequence_features(sequence, description),
+        **features.msa_features(ours, deduplicate=False),
+    }
     assert set(got) == set(expected)
     for name, value in expected.items():
         assert got[name].dtype == value.dtype, name
@@ -151,12 +161,19 @@ def test_msa_merge_order_and_deduplication(out_dir):
     first = list(dict.fromkeys(rows))  # first occurrences, in UniRef90, BFD, MGnify order
     assert len(first) < len(rows)
     assert merged["msa"].shape[0] == len(first)
-    assert merged["msa"].tolist() == features.msa_features([parsers.Msa(first, [[0] * len(first[0])] * len(first), [""] * len(first))])["msa"].tolist()
+    assert (
+        merged["msa"].tolist()
+        == features.msa_features([parsers.Msa(first, [[0] * len(first[0])] * len(first), [""] * len(first))])[
+            "msa"
+        ].tolist()
+    )
     assert load_features_npz(out_dir / "HBB_HUMAN" / "features.npz")["msa"].tolist() == merged["msa"].tolist()
 
 
 def _template_settings(date: str) -> templates.TemplateSettings:
-    return templates.TemplateSettings(mmcif_dir=str(MMCIF_DIR), max_template_date=date, obsolete_pdbs_path=str(OBSOLETE))
+    return templates.TemplateSettings(
+        mmcif_dir=str(MMCIF_DIR), max_template_date=date, obsolete_pdbs_path=str(OBSOLETE)
+    )
 
 
 @pytest.mark.reference
@@ -166,7 +183,9 @@ def test_hbb_template_features_equal_reference(out_dir, max_template_date):
     ref_parsers = pytest.importorskip("alphafold.data.parsers")
     hhr = out_dir / "HBB_HUMAN" / "msas" / "pdb_hits.hhr"
     sequence = _sequence("HBB_HUMAN")
-    ours = templates.featurize_templates(sequence, parsers.read_hhr(hhr), _template_settings(max_template_date))
+    ours = templates.featurize_templates(
+        sequence, parsers.read_hhr(hhr), _template_settings(max_template_date)
+    )
 
     # ColabFold's packaging removed AlphaFold2's coverage/duplicate/length prefilters: give it only
     # the hits those filters keep.
@@ -193,3 +212,42 @@ def test_hbb_template_features_equal_reference(out_dir, max_template_date):
         assert any(s.name.startswith("2xhe") and "released 2011-06-29" in s.reason for s in ours.skipped)
     else:
         assert any(n.startswith("2xhe") for n in names)
+
+
+@pytest.mark.reference
+def test_hmmsearch_template_hits_and_features_equal_reference(out_dir, tmp_path):
+    ref_parsers = pytest.importorskip("alphafold.data.parsers")
+    ref_templates = pytest.importorskip("alphafold.data.templates")
+    from af2cpu.preprocessing import tools
+
+    sequence = _sequence("HBB_HUMAN")
+    run = tools.search_pdb_seqres(
+        out_dir / "HBB_HUMAN" / "msas" / "uniref90_hits.sto", MINI / "pdb_seqres" / "pdb_seqres.txt",
+        tmp_path / "pdb_hits.sto", cpus=2,
+    )  # fmt: skip
+    text = run.path.read_text()
+    expected_hits = ref_parsers.parse_hmmsearch_a3m(
+        sequence, ref_parsers.convert_stockholm_to_a3m(text, remove_first_row_gaps=False), skip_first=False
+    )
+    result = features.raw_features_from_files(
+        sequence, "HBB", features.MsaFiles(pdb_hits_sto=run.path), _template_settings("2100-01-01")
+    )
+    ours_hits = parsers.parse_hmmsearch_a3m(
+        sequence, parsers.stockholm_to_a3m(text, remove_first_row_gaps=False), skip_first=False
+    )
+    assert [dataclasses.asdict(h) for h in ours_hits] == [dataclasses.asdict(h) for h in expected_hits]
+    assert expected_hits, "hmmsearch found no globin chain in the mini pdb_seqres"
+    prefiltered = {s.name for s in result.templates.skipped if "released" not in s.reason}
+    featurizer = ref_templates.HmmsearchHitFeaturizer(
+        mmcif_dir=str(MMCIF_DIR), max_template_date="2100-01-01", max_hits=20,
+        kalign_binary_path=shutil.which("kalign"), release_dates_path=None, obsolete_pdbs_path=str(OBSOLETE),
+    )  # fmt: skip
+    expected = featurizer.get_templates(
+        sequence, [h for h in expected_hits if h.name not in prefiltered]
+    ).features
+    for name, value in expected.items():
+        got = result.features[name]
+        if value.dtype == object:
+            assert got.tolist() == value.tolist(), name
+        else:
+            np.testing.assert_array_equal(got, value, err_msg=name)

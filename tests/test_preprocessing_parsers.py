@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from af2cpu.preprocessing import parsers
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
@@ -46,7 +45,11 @@ def test_malformed_hhr_names_file_and_line(name, line):
 
 def test_corrupted_hhr_alignment_row_is_reported(tmp_path):
     lines = (DATA / "hhr" / "4p79_hhsearch_server_NOssm.hhr").read_text().splitlines()
-    index = next(i for i, line in enumerate(lines) if line.startswith("Q ") and "Consensus" not in line and "ss_" not in line)
+    index = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("Q ") and "Consensus" not in line and "ss_" not in line
+    )
     lines[index] = lines[index][:17] + "12 ABC?DEF 18 (40)"
     bad = tmp_path / "bad.hhr"
     bad.write_text("\n".join(lines) + "\n")
@@ -73,11 +76,16 @@ def test_template_query_preparation_equals_reference(ref_parsers):
     expected = ref_parsers.convert_stockholm_to_a3m(
         ref_parsers.remove_empty_columns_from_stockholm_msa(ref_parsers.deduplicate_stockholm_msa(text))
     )
-    ours = parsers.stockholm_to_a3m(parsers.remove_empty_columns_from_stockholm(parsers.deduplicate_stockholm(text)))
+    ours = parsers.stockholm_to_a3m(
+        parsers.remove_empty_columns_from_stockholm(parsers.deduplicate_stockholm(text))
+    )
     assert ours == expected
     a3m = ref_parsers.parse_a3m(expected)
     mine = parsers.parse_a3m(ours)
-    assert (list(mine.sequences), [list(r) for r in mine.deletion_matrix]) == (a3m.sequences, a3m.deletion_matrix)
+    assert (list(mine.sequences), [list(r) for r in mine.deletion_matrix]) == (
+        a3m.sequences,
+        a3m.deletion_matrix,
+    )
 
 
 @pytest.mark.reference
@@ -93,7 +101,9 @@ def test_streamed_truncation_equals_reference(ref_parsers, tmp_path, cap):
 
 def test_duplicated_stockholm_name_is_rejected_with_line():
     # A real Pfam seed with one sequence listed twice; HMMER rejects it too.
-    with pytest.raises(parsers.MsaFormatError, match=r"msa_Cys_knot.sth:53: sequence name 'GTHB2_ONCKE/26-130'"):
+    with pytest.raises(
+        parsers.MsaFormatError, match=r"msa_Cys_knot.sth:53: sequence name 'GTHB2_ONCKE/26-130'"
+    ):
         parsers.read_stockholm(DATA / "stockholm" / "msa_Cys_knot.sth")
 
 
@@ -103,7 +113,9 @@ def test_stockholm_row_with_extra_field_is_rejected(tmp_path):
     lines[index] += " EXTRA"
     bad = tmp_path / "bad.sto"
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(parsers.MsaFormatError, match=rf"bad.sto:{index + 1}: expected '<name> <aligned sequence>'"):
+    with pytest.raises(
+        parsers.MsaFormatError, match=rf"bad.sto:{index + 1}: expected '<name> <aligned sequence>'"
+    ):
         parsers.read_stockholm(bad)
 
 
@@ -111,7 +123,9 @@ def test_a3m_deletions_and_bad_rows():
     msa = parsers.parse_a3m(">q\nAC-D\n>h1 x\nAabC-D\n>h2\nA-CcD\n")
     assert msa.sequences == ["AC-D", "AC-D", "A-CD"]
     assert msa.deletion_matrix == [[0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1]]
-    with pytest.raises(parsers.MsaFormatError, match=r"x.a3m:3: record 'h1' has 2 match columns, the query has 3"):
+    with pytest.raises(
+        parsers.MsaFormatError, match=r"x.a3m:3: record 'h1' has 2 match columns, the query has 3"
+    ):
         parsers.parse_a3m(">q\nACD\n>h1\nAC\n", source="x.a3m")
     with pytest.raises(parsers.MsaFormatError, match=r"x.a3m:1: sequence data before"):
         parsers.parse_a3m("ACD\n", source="x.a3m")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from af2cpu.common import residue_constants as rc
 from af2cpu.preprocessing import parsers, templates
 from af2cpu.preprocessing.mmcif import parse_mmcif_text
+
+from af2cpu.common import residue_constants as rc
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 CIF_1A8O = DATA / "mmcif" / "1a8o.cif"
@@ -90,7 +90,10 @@ def test_date_filter_and_alphafold_prefilters(tmp_path, entry_1a8o):
 
     late = templates.TemplateSettings(mmcif_dir=str(tmp_path), max_template_date="2020-01-01")
     duplicate_query, duplicate = _hit("1a8o_A", seqres, pad=0)
-    assert "exact subsequence" in templates.featurize_templates(duplicate_query, [duplicate], late).skipped[0].reason
+    assert (
+        "exact subsequence"
+        in templates.featurize_templates(duplicate_query, [duplicate], late).skipped[0].reason
+    )
     short_query, short = _hit("1a8o_A", seqres[:9], pad=1)
     assert "too short" in templates.featurize_templates(short_query, [short], late).skipped[0].reason
 

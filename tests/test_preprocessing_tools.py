@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from af2cpu.preprocessing import parsers, tools
 
 from af2cpu.errors import DatabaseError, ToolError
-from af2cpu.preprocessing import parsers, tools
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 QUERY = DATA / "queries" / "HBB_HUMAN"
@@ -25,19 +26,25 @@ def test_jackhmmer_output_is_capped_while_streaming(tmp_path):
     run = tools.jackhmmer(QUERY, GLOBINS, tmp_path / "capped.sto", cpus=1, max_sequences=5)
     msa = parsers.read_stockholm(run.path)
     assert len(msa) == 5
-    assert msa.sequences[0] == parsers.read_stockholm(DATA / "stockholm" / "hbb_vs_globins45.sto").sequences[0]
+    assert (
+        msa.sequences[0] == parsers.read_stockholm(DATA / "stockholm" / "hbb_vs_globins45.sto").sequences[0]
+    )
 
 
 def test_failing_tool_raises_with_its_stderr_tail(tmp_path):
     not_fasta = DATA / "hhr" / "allx.hhr"
-    with pytest.raises(ToolError, match=r"jackhmmer failed with exit status \d+.*stderr tail:\n.*(?i:parse|format)"):
+    with pytest.raises(
+        ToolError, match=r"jackhmmer failed with exit status \d+.*stderr tail:\n.*(?i:parse|format)"
+    ):
         tools.jackhmmer(QUERY, not_fasta, tmp_path / "out.sto", cpus=1)
     assert not (tmp_path / "out.sto").exists()
 
 
 def test_tool_timeout_is_reported(tmp_path):
-    with pytest.raises(ToolError, match=r"timed out after 0.001 s"):
-        tools.run_tool("jackhmmer", ["-h"], timeout=0.001)
+    never_written = tmp_path / "db.fasta"
+    os.mkfifo(never_written)  # jackhmmer blocks opening it
+    with pytest.raises(ToolError, match=r"jackhmmer timed out after 0.5 s"):
+        tools.run_tool("jackhmmer", ["-o", "/dev/null", QUERY, never_written], timeout=0.5)
 
 
 def test_missing_database_is_named_with_the_fix(tmp_path):
