@@ -18,6 +18,7 @@ from af2cpu.errors import Af2CpuError
 
 # (name, module, one-line help). Modules must import quickly: heavy imports go inside run().
 COMMANDS = [
+    ("predict", "af2cpu.predict", "predict structures for a FASTA file: searches, models, relaxation, outputs"),
     ("doctor", "af2cpu.doctor", "check tools, databases, params and the CPU; exit non-zero if predict cannot run"),
     ("db", "af2cpu.dbcmd", "database commands (db check)"),
     ("features", "af2cpu.preprocessing.cli", "MSA and template search and raw features for a FASTA file"),

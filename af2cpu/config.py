@@ -71,6 +71,23 @@ class RuntimeConfig:
 
 
 @dataclass
+class SearchConfig:
+    """MSA and template search settings."""
+
+    timeout_s: float = 3 * 3600.0  # per search; a tool running longer is killed and the target fails
+    cpus: int = 0  # per search; 0 = the allotment of the worker running it
+
+
+@dataclass
+class OutputConfig:
+    """What is written besides AlphaFold2's standard outputs."""
+
+    save_representations: bool = False  # single, pair, MSA first row in result_<model>.npz
+    save_recycles: bool = False  # per-recycle structures and pLDDT in result_<model>.npz
+    features_pkl: bool = False  # also features.pkl, for tools that read AlphaFold2's pickle
+
+
+@dataclass
 class Config:
     """The whole af2cpu configuration."""
 
@@ -79,6 +96,8 @@ class Config:
     model: ModelConfig = MISSING
     relax: RelaxConfig = MISSING
     scheduler: SchedulerConfig = MISSING
+    search: SearchConfig = field(default_factory=SearchConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     # Where official params_model_*.npz live; AF2CPU_PARAMS_DIR overrides the default cache folder.
     params_dir: str = "${oc.env:AF2CPU_PARAMS_DIR,${af2cpu_cache:params}}"
     # "official" reads params_dir; "random" makes untrained weights for smoke runs.
