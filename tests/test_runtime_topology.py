@@ -1,16 +1,13 @@
 """The topology reader and the instance planner, on fake /sys trees and on this machine."""
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from af2cpu.errors import ConfigError
-from af2cpu.runtime.placement import Allotment, plan_instances
-from af2cpu.runtime.threads import numactl_command, thread_environment, tool_threads
+from af2cpu.runtime.placement import plan_instances
+from af2cpu.runtime.threads import numactl_command
 from af2cpu.runtime.topology import (
     available_memory,
     cpu_info,
@@ -172,24 +169,6 @@ def test_kernel_without_numa_gives_node_zero_and_no_memory_binding(tmp_path):
     ]
 
 
-def test_numactl_command_binds_memory_node_and_cpus():
-    allotment = Allotment(cpus=(8, 9, 10, 12), memory_node=1)
-    assert numactl_command(allotment, ["hhblits", "-i", "q.fasta"], numactl="/usr/bin/numactl") == [
-        "/usr/bin/numactl",
-        "--membind=1",
-        "--physcpubind=8-10,12",
-        "hhblits",
-        "-i",
-        "q.fasta",
-    ]
-    assert thread_environment(allotment) == {
-        "OMP_NUM_THREADS": "4",
-        "MKL_NUM_THREADS": "4",
-        "OPENBLAS_NUM_THREADS": "4",
-    }
-    assert tool_threads(allotment).hmmer == 4
-
-
 def test_cpuinfo_flags_and_model_name(tmp_path):
     root = make_machine(tmp_path, sockets=1, nodes_per_socket=1, cores_per_node=2)
     (root / "proc/cpuinfo").write_text(
@@ -241,32 +220,3 @@ def test_cpu_info_of_this_process_matches_its_affinity():
     assert sum(len(cpus) for cpus in info.numa_nodes.values()) == len(info.usable_cpus)
     assert 0 < info.memory_available
     assert 1 <= info.physical_cores <= len(info.usable_cpus)
-
-
-APPLY = """
-import json, os, sys, threading, torch
-from af2cpu.runtime.placement import Allotment
-from af2cpu.runtime.threads import apply_allotment
-ready, done = threading.Event(), threading.Event()
-def early():
-    ready.set(); done.wait()
-thread = threading.Thread(target=early); thread.start(); ready.wait()
-cpus = tuple(json.loads(sys.argv[1]))
-tools = apply_allotment(Allotment(cpus=cpus, memory_node=None))
-masks = {tid: sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")}
-done.set(); thread.join()
-print(json.dumps({"masks": masks, "torch": torch.get_num_threads(), "omp": os.environ["OMP_NUM_THREADS"],
-                  "hmmer": tools.hmmer, "openmm": tools.openmm}))
-"""
-
-
-def test_apply_allotment_pins_threads_that_already_exist():
-    cpu = max(os.sched_getaffinity(0))
-    out = subprocess.run(
-        [sys.executable, "-c", APPLY, json.dumps([cpu])], capture_output=True, text=True, check=True
-    )
-    result = json.loads(out.stdout)
-    assert len(result["masks"]) >= 2
-    assert all(mask == [cpu] for mask in result["masks"].values())
-    assert result["torch"] == 1 and result["omp"] == "1"
-    assert result["hmmer"] == 1 and result["openmm"] == 1

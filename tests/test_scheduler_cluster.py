@@ -28,6 +28,7 @@ def report():
         "mkl": os.environ.get("MKL_NUM_THREADS"),
         "applied": current_allotment().cpus,
         "pid": os.getpid(),
+        "policies": sorted({line.split()[1] for line in open("/proc/self/numa_maps")}),
     }
 
 
@@ -56,6 +57,9 @@ def test_two_one_core_workers_are_pinned_as_planned():
             assert seen["torch"] == 1 and seen["omp"] == "1" and seen["mkl"] == "1"
             assert tuple(seen["applied"]) == cpus
             assert seen["pid"] != os.getpid()
+            node = next(a.memory_node for a in plan.allotments if a.cpus == cpus)
+            if node is not None:
+                assert f"bind:{node}" in seen["policies"] and "default" not in seen["policies"]
         assert handle.dashboard_link is None or handle.dashboard_link.startswith("http")
     assert os.sched_getaffinity(0) == set(read_topology().usable_cpus), "the client process was pinned"
 

@@ -6,13 +6,16 @@ PyTorch's intra-op thread count and the OpenMP/MKL/OpenBLAS variables that libra
 read, and returns the thread counts the external tools should be given. Nothing else in af2cpu sets
 affinity or thread counts.
 
-Memory placement: a process pinned to one node's CPUs gets node-local memory from the kernel's default
-(local) policy; subprocesses can be bound strictly with :func:`numactl_command`.
+Memory placement: :func:`bind_memory` gives the calling thread, and the threads it starts later, the
+policy `numactl --membind` gives a process (the set_mempolicy system call, so no numactl is needed
+inside a Dask worker); subprocesses are bound with :func:`numactl_command`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +26,10 @@ from af2cpu.runtime.topology import format_cpulist
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 _applied: Allotment | None = None
+
+# set_mempolicy(2) system call numbers; the policy MPOL_BIND is 2 on every architecture.
+_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 270}
+_MPOL_BIND = 2
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,34 @@ def _pin_all_threads(cpus: Sequence[int]) -> None:
             pass  # the thread ended between listing and pinning
 
 
+def bind_memory(node: int) -> bool:
+    """Allocate the memory of this thread and of the threads it starts on NUMA node `node` only.
+
+    Returns False where the system call is unknown (an architecture not listed); raises OSError when
+    the kernel refuses (a node that does not exist, or one outside this process's cpuset).
+    """
+    number = _SET_MEMPOLICY.get(platform.machine())
+    if number is None:
+        return False
+    bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+    mask = (ctypes.c_ulong * (node // bits + 1))()
+    mask[node // bits] = 1 << (node % bits)
+    libc = ctypes.CDLL(None, use_errno=True)
+    # The kernel reads maxnode - 1 bits of the mask.
+    if libc.syscall(number, _MPOL_BIND, mask, ctypes.c_ulong(len(mask) * bits + 1)) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot bind memory to NUMA node {node}: {os.strerror(error)}")
+    return True
+
+
 def apply_allotment(allotment: Allotment) -> ToolThreads:
-    """Pin this process to the allotment and set every thread count to match it."""
+    """Pin this process to the allotment's CPUs (and memory node), and set every thread count."""
     import torch
 
     global _applied
     _pin_all_threads(allotment.cpus)
+    if allotment.memory_node is not None:
+        bind_memory(allotment.memory_node)
     os.environ.update(thread_environment(allotment))
     torch.set_num_threads(allotment.threads)
     _applied = allotment
