@@ -138,6 +138,13 @@ def _segments(parsed: ParsedPdb, labels: list[str]) -> tuple[list[int], list[str
 
 def _check_input(parsed: ParsedPdb, labels: list[str]) -> None:
     prot = parsed.protein
+    for name, chain, number in parsed.dropped_residues:
+        what = ("has none of the heavy atoms of an amino acid" if name in rc.restype_3to1
+                else "is not one of the 20 standard amino acids")
+        raise InputError(
+            f"residue {residue_label(name, chain, number)} {what}; relaxation (amber99sb) covers proteins "
+            "only: remove it, or replace it by the standard residue it stands for"
+        )
     for i in range(prot.num_residues):
         if prot.aatype[i] == rc.unk_restype_index:
             raise InputError(
@@ -285,6 +292,8 @@ def relax(
         current = prot
         exclude: set[int] = set()
         while True:
+            if time.monotonic() > deadline:
+                raise amber.RelaxTimeout("the time limit ran out before a minimisation round")
             cleaned = amber.clean(_openmm_input_pdb(current, segments))
             if cleaned.topology.getNumResidues() != prot.num_residues:
                 raise amber.MinimizationError(
@@ -314,6 +323,8 @@ def relax(
         pdb_text = _output_pdb(parsed, residues)
     except Exception as exc:  # noqa: BLE001 — a relaxation problem must never stop the pipeline
         report.failure = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, amber.RelaxTimeout):
+            report.failure += f" (relax.timeout_s={config.timeout_s})"
         report.relaxed = False
         report.violations_after = report.violations_before
         report.rmsd = 0.0

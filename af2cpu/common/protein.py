@@ -83,6 +83,8 @@ class ParsedPdb:
     residue_names: list[str]  # the file's residue name of each residue (e.g. "MSE", "XYZ")
     chain_ids: list[str]  # the file's chain letter of each chain_index
     skipped_heterogens: list[str]  # "HOH A 101"-style labels of HETATM groups that were not read
+    # (name, chain, number) of ATOM-record residues left out for having no atom37 atom (e.g. nucleotides)
+    dropped_residues: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
 
 
 def ideal_atom_mask(aatype: np.ndarray) -> np.ndarray:
@@ -121,7 +123,7 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
     Residues named in ATOM records that are not one of the 20 amino acids become unknown (aatype
     20), as in AlphaFold2. Hydrogens and atoms outside atom37 are ignored; of alternative locations
     the one with the highest occupancy is kept (the first on ties). Residues without any atom37
-    atom are dropped, as AlphaFold2 does.
+    atom are dropped, as AlphaFold2 does, and listed in ``dropped_residues``.
 
     Raises InputError for text without atoms, several models, insertion codes and unreadable
     coordinates, naming the line or residue.
@@ -192,8 +194,10 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
 
     chain_order: "OrderedDict[str, int]" = OrderedDict()
     positions, mask, aatype, resindex, chains, b_factors, names = [], [], [], [], [], [], []
+    dropped = []
     for (chain, resseq, _), residue in residues.items():
         if not residue["atoms"]:
+            dropped.append((residue["name"], chain, resseq))
             continue
         pos = np.zeros((rc.atom_type_num, 3))
         res_mask = np.zeros((rc.atom_type_num,))
@@ -223,7 +227,8 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
         b_factors=np.array(b_factors),
     )
     return ParsedPdb(
-        protein=prot, residue_names=names, chain_ids=list(chain_order), skipped_heterogens=list(heterogens)
+        protein=prot, residue_names=names, chain_ids=list(chain_order), skipped_heterogens=list(heterogens),
+        dropped_residues=dropped,
     )
 
 
