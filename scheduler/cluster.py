@@ -5,8 +5,9 @@ scheduler and one `distributed.Nanny` worker process per planned instance. Each 
 
 - starts with OMP/MKL/OpenBLAS thread variables matching its allotment (set by its nanny, before
   PyTorch or any BLAS is imported);
-- applies its allotment in `PinToAllotment.setup` (affinity of every thread, `torch.set_num_threads`)
-  through `af2cpu.runtime.threads.apply_allotment`, the one place that does so;
+- applies its allotment in `PinToAllotment.setup` (affinity of every thread, memory bound to its
+  NUMA node, `torch.set_num_threads`) through `af2cpu.runtime.threads.apply_allotment`, the one place
+  that does so;
 - advertises resources `{"cpus": n, "memory": bytes}`, so tasks that declare what they need
   (`resources={"cpus": 4}`) never oversubscribe a worker.
 """
@@ -44,6 +45,7 @@ def worker_specs(plan: Plan, memory_per_worker: int) -> dict[str, dict]:
     """SpecCluster worker specifications, one pinned Nanny per allotment of `plan`."""
     specs = {}
     for i, allotment in enumerate(plan.allotments):
+        log.info("worker af2cpu-%d: %s", i, allotment.describe())
         specs[f"af2cpu-{i}"] = {
             "cls": Nanny,
             "options": {
