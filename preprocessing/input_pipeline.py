@@ -245,18 +245,23 @@ def mask_msa(features: FeatureDict, settings: PipelineSettings, rng: np.random.G
     return out
 
 
-def nearest_cluster(features: FeatureDict) -> np.ndarray:
-    """Index of the cluster centre each extra row agrees with at most positions (amino acids and X only)."""
+def nearest_cluster(features: FeatureDict, chunk_rows: int = 1024) -> np.ndarray:
+    """Index of the cluster centre each extra row agrees with at most positions (amino acids and X only).
+
+    Extra rows are one-hot encoded `chunk_rows` at a time, so memory stays bounded for deep MSAs.
+    """
     extra = features["extra_msa"]
-    if extra.shape[0] == 0:
-        return np.zeros((0,), dtype=np.int32)
     centres = (features["msa_mask"][..., None] * _one_hot(features["msa"], 21)).reshape(
         features["msa"].shape[0], -1
     )
-    rows = (features["extra_msa_mask"][..., None] * _one_hot(extra, 21)).reshape(extra.shape[0], -1)
-    # Counts of agreeing positions are small integers, exact in float32 (and BLAS is fast there).
-    agreement = rows @ centres.T
-    return np.argmax(agreement, axis=1).astype(np.int32)
+    assignment = np.zeros((extra.shape[0],), dtype=np.int32)
+    for start in range(0, extra.shape[0], chunk_rows):
+        stop = start + chunk_rows
+        rows = features["extra_msa_mask"][start:stop, :, None] * _one_hot(extra[start:stop], 21)
+        # Counts of agreeing positions are small integers, exact in float32 (and BLAS is fast there).
+        agreement = rows.reshape(rows.shape[0], -1) @ centres.T
+        assignment[start:stop] = np.argmax(agreement, axis=1)
+    return assignment
 
 
 def summarize_clusters(features: FeatureDict, assignment: np.ndarray) -> FeatureDict:

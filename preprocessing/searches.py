@@ -187,6 +187,7 @@ def adopt_precomputed(search: Search, sequence: str, source_dir: Path, msa_dir: 
     """Copy a precomputed result (with its JSON) from `source_dir` if it is valid for this target."""
     if source_dir.resolve() == msa_dir.resolve() or not reusable(search, sequence, source_dir):
         return False
+    msa_dir.mkdir(parents=True, exist_ok=True)
     for name in (search.output, search.output + ".json"):
         staged = msa_dir / f".{name}.partial"
         shutil.copyfile(source_dir / name, staged)

@@ -83,8 +83,9 @@ class TemplateSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SkippedHit:
-    """A hit that did not become a template, and why."""
+    """A hit that did not become a template, and why (`index`: its number in the search result)."""
 
+    index: int
     name: str
     reason: str
     serious: bool
@@ -429,7 +430,7 @@ def featurize_templates(
         try:
             features, warning = featurize_hit(query_sequence, hit, settings, release_dates, obsolete)
         except TemplateRejected as exc:
-            skipped.append(SkippedHit(hit.name, str(exc), exc.serious))
+            skipped.append(SkippedHit(hit.index, hit.name, str(exc), exc.serious))
             continue
         if warning:
             warnings.append(warning)
@@ -473,7 +474,7 @@ def featurize_hmmsearch_templates(
         try:
             features, warning = featurize_hit(query_sequence, hit, settings, release_dates, obsolete)
         except TemplateRejected as exc:
-            skipped.append(SkippedHit(hit.name, str(exc), exc.serious))
+            skipped.append(SkippedHit(hit.index, hit.name, str(exc), exc.serious))
             continue
         if warning:
             warnings.append(warning)

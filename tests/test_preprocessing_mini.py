@@ -189,8 +189,8 @@ def test_hbb_template_features_equal_reference(out_dir, max_template_date):
 
     # ColabFold's packaging removed AlphaFold2's coverage/duplicate/length prefilters: give it only
     # the hits those filters keep.
-    prefiltered = {s.name for s in ours.skipped if "released" not in s.reason}
-    hits = [h for h in ref_parsers.parse_hhr(hhr.read_text()) if h.name not in prefiltered]
+    prefiltered = {s.index for s in ours.skipped if "released" not in s.reason}
+    hits = [h for h in ref_parsers.parse_hhr(hhr.read_text()) if h.index not in prefiltered]
     featurizer = ref_templates.HhsearchHitFeaturizer(
         mmcif_dir=str(MMCIF_DIR), max_template_date=max_template_date, max_hits=20,
         kalign_binary_path=shutil.which("kalign"), release_dates_path=None, obsolete_pdbs_path=str(OBSOLETE),
@@ -237,13 +237,13 @@ def test_hmmsearch_template_hits_and_features_equal_reference(out_dir, tmp_path)
     )
     assert [dataclasses.asdict(h) for h in ours_hits] == [dataclasses.asdict(h) for h in expected_hits]
     assert expected_hits, "hmmsearch found no globin chain in the mini pdb_seqres"
-    prefiltered = {s.name for s in result.templates.skipped if "released" not in s.reason}
+    prefiltered = {s.index for s in result.templates.skipped if "released" not in s.reason}
     featurizer = ref_templates.HmmsearchHitFeaturizer(
         mmcif_dir=str(MMCIF_DIR), max_template_date="2100-01-01", max_hits=20,
         kalign_binary_path=shutil.which("kalign"), release_dates_path=None, obsolete_pdbs_path=str(OBSOLETE),
     )  # fmt: skip
     expected = featurizer.get_templates(
-        sequence, [h for h in expected_hits if h.name not in prefiltered]
+        sequence, [h for h in expected_hits if h.index not in prefiltered]
     ).features
     for name, value in expected.items():
         got = result.features[name]
@@ -251,3 +251,22 @@ def test_hmmsearch_template_hits_and_features_equal_reference(out_dir, tmp_path)
             assert got.tolist() == value.tolist(), name
         else:
             np.testing.assert_array_equal(got, value, err_msg=name)
+
+
+def test_reduced_preset_searches_small_bfd_with_jackhmmer(tmp_path):
+    cfg = compose_config(["db=reduced", f"db.root={MINI}"])
+    plan = searches.plan_searches(cfg.db)
+    assert [s.output for s in plan] == [
+        "uniref90_hits.sto",
+        "mgnify_hits.sto",
+        "small_bfd_hits.sto",
+        "pdb_hits.hhr",
+    ]
+    (hbb,) = read_fasta_targets(EXAMPLES / "HBB_HUMAN.fasta")
+    small_bfd = next(s for s in plan if s.name == "small_bfd")
+    path = searches.run_search(small_bfd, hbb, tmp_path, cpus=2)
+    result = features.raw_features_from_files(
+        hbb.sequence, hbb.description, features.MsaFiles(small_bfd_sto=path), None
+    )
+    assert result.msa_sizes["small_bfd"] > 1
+    assert result.features["template_aatype"].shape == (0,)
