@@ -70,9 +70,18 @@ class InvariantPointAttention(nn.Module):
         return frames.unsqueeze(-1).apply(local).reshape(n, self.cfg.num_head, num_points, 3)
 
     def forward(
-        self, act: torch.Tensor, pair: torch.Tensor, mask: torch.Tensor, frames: Rigid
+        self,
+        act: torch.Tensor,
+        pair: torch.Tensor,
+        mask: torch.Tensor,
+        frames: Rigid,
+        pair_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """act (N, c_s), pair (N, N, c_z), mask (N,), frames with batch shape (N,) -> (N, c_s)."""
+        """act (N, c_s), pair (N, N, c_z), mask (N,), frames with batch shape (N,) -> (N, c_s).
+
+        `pair_bias` is ``self.attention_2d(pair)`` when the caller already has it: the structure
+        module computes it once for its eight iterations, which share weights and pair input.
+        """
         cfg = self.cfg
         n, h = act.shape[0], cfg.num_head
 
@@ -91,16 +100,21 @@ class InvariantPointAttention(nn.Module):
 
         logits = torch.einsum("ihc,jhc->hij", q * scalar_weight, k)
         # Squared distances from coordinate differences, not the expanded |q|^2 + |k|^2 - 2 q.k,
-        # which loses fp32 digits for points far from the origin; one query/key point at a time
-        # so that memory stays O(H N^2).
-        q_pts, k_pts = q_pts.permute(1, 2, 0, 3), k_pts.permute(1, 2, 0, 3)  # (H, P, N, 3)
-        half_weight = (0.5 * point_weight)[:, None, None]
+        # which loses fp32 digits for points far from the origin; one coordinate of one point at
+        # a time, on contiguous (H, N) planes, so that memory stays O(H N^2).
+        q_planes = q_pts.permute(2, 3, 1, 0).contiguous()  # (P, 3, H, N)
+        k_planes = k_pts.permute(2, 3, 1, 0).contiguous()
+        point_weight = point_weight[:, None, None]
+        weighted_dist2 = torch.zeros_like(logits)
         for p in range(cfg.num_point_qk):
-            dist2 = sum(
-                (q_pts[:, p, :, None, x] - k_pts[:, p, None, :, x]) ** 2 for x in range(3)
-            )  # (H, N, N)
-            logits = logits - half_weight * dist2
-        logits = logits + pair_weight * self.attention_2d(pair).permute(2, 0, 1)
+            dist2 = (q_planes[p, 0, :, :, None] - k_planes[p, 0, :, None, :]).square_()
+            for x in (1, 2):
+                dist2 += (q_planes[p, x, :, :, None] - k_planes[p, x, :, None, :]).square_()
+            weighted_dist2 += point_weight * dist2
+        logits = logits + -0.5 * weighted_dist2
+        if pair_bias is None:
+            pair_bias = self.attention_2d(pair)
+        logits = logits + pair_weight * pair_bias.permute(2, 0, 1)
         # DISCREPANCY: the paper has no mask; AlphaFold2 keeps padded residues out of every
         # attention with a -1e5 logit penalty.
         mask_2d = mask[:, None] * mask[None, :]
@@ -198,8 +212,8 @@ class FoldIteration(nn.Module):
             getattr(self, f"transition_{i}") for i in range(1, self.cfg.num_layer_in_transition)
         ]
 
-    def forward(self, act, initial_act, pair, mask, frames: QuatRigid, aatype):
-        act = act + self.invariant_point_attention(act, pair, mask, frames.to_rigid())
+    def forward(self, act, initial_act, pair, mask, frames: QuatRigid, aatype, pair_bias=None):
+        act = act + self.invariant_point_attention(act, pair, mask, frames.to_rigid(), pair_bias)
         act = self.attention_layer_norm(act)
         x = act
         layers = self._transition_layers()
@@ -268,9 +282,12 @@ class StructureModule(nn.Module):
         pair = self.pair_layer_norm(pair)
         frames = QuatRigid.identity((single.shape[0],), device=device)
 
+        pair_bias = self.fold_iteration.invariant_point_attention.attention_2d(pair)
         per_iteration = []
         for _ in range(self.cfg.num_layer):
-            act, frames, out = self.fold_iteration(act, initial_act, pair, seq_mask, frames, aatype)
+            act, frames, out = self.fold_iteration(
+                act, initial_act, pair, seq_mask, frames, aatype, pair_bias
+            )
             per_iteration.append(out)
         stacked = {k: torch.stack([o[k] for o in per_iteration]) for k in per_iteration[0]}
 
