@@ -8,4 +8,12 @@ from af2cpu.relax.config import RelaxConfig, RelaxMode
 from af2cpu.relax.protocol import RelaxReport, relax, violation_summary
 from af2cpu.relax.violations import Violations, find_violations
 
-__all__ = ["RelaxConfig", "RelaxMode", "RelaxReport", "Violations", "find_violations", "relax", "violation_summary"]
+__all__ = [
+    "RelaxConfig",
+    "RelaxMode",
+    "RelaxReport",
+    "Violations",
+    "find_violations",
+    "relax",
+    "violation_summary",
+]

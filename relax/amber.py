@@ -17,7 +17,7 @@ import functools
 import io
 import random
 import time
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class CleanStructure:
     topology: object  # openmm.app.Topology
     positions: np.ndarray  # (atoms, 3) Å
     added_heavy_atoms: int
+    random_state: object = None  # Python's random state after placing the hydrogens
 
 
 @dataclasses.dataclass
@@ -62,23 +63,29 @@ class Minimized:
     iterations: int
 
 
-def clean(pdb_text: str) -> CleanStructure:
+def clean(pdb_text: str, random_state: object | None = None) -> CleanStructure:
     """Add missing heavy atoms (side chains, terminal OXT) and hydrogens at pH 7 with pdbfixer.
 
     Residues are never added: pdbfixer's missing-residue search is skipped, so gaps stay gaps.
+    Hydrogens start from positions drawn from `random_state` (a ``random.getstate()``; None seeds
+    0); the state after drawing is returned in the result, so that successive rounds continue one
+    stream, as they do when AlphaFold2 relaxes in a fresh process.
     """
     import openmm
     from openmm import unit
     from pdbfixer import PDBFixer
 
     # Hydrogens are placed at random and then minimised (50 steps) by OpenMM's Modeller on the CPU
-    # platform's default thread count. Seeding Python's `random` and using one thread makes that
-    # reproducible; the caller's random stream and the platform default are restored afterwards.
+    # platform's default thread count. A given random state and one thread make that reproducible;
+    # the caller's random stream and the platform default are restored afterwards.
     platform = openmm.Platform.getPlatformByName("CPU")
     saved_random = random.getstate()
     saved_threads = platform.getPropertyDefaultValue("Threads")
     try:
-        random.seed(0)
+        if random_state is None:
+            random.seed(0)
+        else:
+            random.setstate(random_state)
         platform.setPropertyDefaultValue("Threads", "1")
         fixer = PDBFixer(pdbfile=io.StringIO(pdb_text), platform=platform)
         fixer.missingResidues = {}
@@ -88,11 +95,14 @@ def clean(pdb_text: str) -> CleanStructure:
         )
         fixer.addMissingAtoms(seed=0)
         fixer.addMissingHydrogens(7.0)
+        random_state = random.getstate()
     finally:
         platform.setPropertyDefaultValue("Threads", saved_threads)
         random.setstate(saved_random)
     positions = np.array(fixer.positions.value_in_unit(unit.angstrom), dtype=np.float64)
-    return CleanStructure(topology=fixer.topology, positions=positions, added_heavy_atoms=added)
+    return CleanStructure(
+        topology=fixer.topology, positions=positions, added_heavy_atoms=added, random_state=random_state
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -161,11 +171,17 @@ def minimize(
 
     if time.monotonic() > deadline:
         raise RelaxTimeout("the time limit ran out before minimisation started")
-    system = _force_field().createSystem(structure.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    system = _force_field().createSystem(
+        structure.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds
+    )
     if stiffness > 0:
         system.addForce(
-            _restraint_force(structure.topology, structure.positions, stiffness_in_openmm_units(stiffness),
-                             exclude_residues)
+            _restraint_force(
+                structure.topology,
+                structure.positions,
+                stiffness_in_openmm_units(stiffness),
+                exclude_residues,
+            )
         )
     # The integrator is never stepped; a Context needs one.
     integrator = openmm.VerletIntegrator(0.001)
@@ -173,13 +189,17 @@ def minimize(
     context = openmm.Context(system, integrator, platform, {"Threads": str(max(1, int(threads)))})
     try:
         context.setPositions(structure.positions / ANGSTROM_PER_NM)
-        initial = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilocalories_per_mole)
+        initial = (
+            context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilocalories_per_mole)
+        )
         reporter = _deadline_reporter(deadline)
         openmm.LocalEnergyMinimizer.minimize(
             context, tolerance_in_openmm_units(tolerance), int(max_iterations), reporter
         )
         if reporter.timed_out:
-            raise RelaxTimeout(f"the time limit ran out during minimisation (after {reporter.iterations} steps)")
+            raise RelaxTimeout(
+                f"the time limit ran out during minimisation (after {reporter.iterations} steps)"
+            )
         state = context.getState(getEnergy=True, getPositions=True)
         final = state.getPotentialEnergy().value_in_unit(unit.kilocalories_per_mole)
         positions = np.array(state.getPositions(asNumpy=True).value_in_unit(unit.angstrom), dtype=np.float64)
@@ -187,5 +207,9 @@ def minimize(
         del context, integrator
     if not (np.isfinite(final) and np.all(np.isfinite(positions))):
         raise MinimizationError(f"minimisation gave a non-finite result (energy {final} kcal/mol)")
-    return Minimized(initial_energy=float(initial), final_energy=float(final), positions=positions,
-                     iterations=reporter.iterations)
+    return Minimized(
+        initial_energy=float(initial),
+        final_energy=float(final),
+        positions=positions,
+        iterations=reporter.iterations,
+    )

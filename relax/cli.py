@@ -21,12 +21,18 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pdb", help="structure to relax (PDB format, one model)")
     parser.add_argument("--out", required=True, help="where to write the relaxed PDB")
-    parser.add_argument("--report", default=None, help="where to write the JSON report (default: --out with .json)")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--report", default=None, help="where to write the JSON report (default: --out with .json)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
         help="OpenMM CPU threads (default: relax.threads, or all CPUs this process may use if that is 0)",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. relax.stiffness=10 relax.timeout_s=60")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. relax.stiffness=10 relax.timeout_s=60"
+    )
 
 
 def _default_threads() -> int:
@@ -37,12 +43,12 @@ def _default_threads() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from af2cpu.relax.protocol import relax
     from omegaconf import OmegaConf
 
     from af2cpu.config import compose_config
     from af2cpu.errors import InputError
     from af2cpu.outputs import atomic_write_text
-    from af2cpu.relax.protocol import relax
 
     cfg = compose_config(list(args.overrides))
     config = OmegaConf.to_object(cfg.relax)
@@ -61,11 +67,19 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out, pdb_text)
     atomic_write_text(report_path, json.dumps({"input": str(path), **report.to_dict()}, indent=2) + "\n")
     if not report.relaxed:
-        log.error("relaxation of %s failed, wrote the unrelaxed structure to %s: %s", path, out, report.failure)
+        log.error(
+            "relaxation of %s failed, wrote the unrelaxed structure to %s: %s", path, out, report.failure
+        )
         return 1
     log.info(
         "relaxed %s in %.1f s (%d rounds): energy %.1f -> %.1f kcal/mol, RMSD %.3f Å, violating residues %d -> %d",
-        path, report.seconds, report.rounds, report.initial_energy, report.final_energy, report.rmsd,
-        report.violations_before["residues"], report.violations_after["residues"],
+        path,
+        report.seconds,
+        report.rounds,
+        report.initial_energy,
+        report.final_energy,
+        report.rmsd,
+        report.violations_before["residues"],
+        report.violations_after["residues"],
     )
     return 0

@@ -22,17 +22,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
+from af2cpu.relax import amber
+from af2cpu.relax.config import RelaxConfig
+from af2cpu.relax.violations import Violations, find_violations
 
 from af2cpu.common import protein as protein_io
 from af2cpu.common import residue_constants as rc
 from af2cpu.common.protein import ParsedPdb, Protein, format_atom_line, format_ter_line, residue_label
 from af2cpu.errors import InputError
-from af2cpu.relax import amber
-from af2cpu.relax.config import RelaxConfig
-from af2cpu.relax.violations import Violations, find_violations
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,10 @@ class RelaxReport:
     """
 
     relaxed: bool = False
-    failure: Optional[str] = None
-    initial_energy: Optional[float] = None
-    final_energy: Optional[float] = None
-    rmsd: Optional[float] = None
+    failure: str | None = None
+    initial_energy: float | None = None
+    final_energy: float | None = None
+    rmsd: float | None = None
     violations_before: dict = dataclasses.field(default_factory=dict)
     violations_after: dict = dataclasses.field(default_factory=dict)
     attempts: int = 0
@@ -72,19 +72,28 @@ class RelaxReport:
 def violation_summary(violations: Violations, labels: list[str]) -> dict[str, Any]:
     """Totals and the per-residue counts of the residues that violate."""
     per_residue = [
-        {"residue": labels[i], "bond": int(violations.bond[i]), "angle": int(violations.angle[i]),
-         "clash": int(violations.clash[i])}
+        {
+            "residue": labels[i],
+            "bond": int(violations.bond[i]),
+            "angle": int(violations.angle[i]),
+            "clash": int(violations.clash[i]),
+        }
         for i in np.flatnonzero(violations.mask)
     ]
-    return {"residues": violations.num_residues, "bond": violations.num_bond, "angle": violations.num_angle,
-            "clash": violations.num_clash, "per_residue": per_residue}
+    return {
+        "residues": violations.num_residues,
+        "bond": violations.num_bond,
+        "angle": violations.num_angle,
+        "clash": violations.num_clash,
+        "per_residue": per_residue,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # Input
 
 
-def _as_parsed(structure: Union[Protein, ParsedPdb, str]) -> ParsedPdb:
+def _as_parsed(structure: Protein | ParsedPdb | str) -> ParsedPdb:
     if isinstance(structure, ParsedPdb):
         return structure
     if isinstance(structure, Protein):
@@ -106,7 +115,9 @@ def _as_parsed(structure: Union[Protein, ParsedPdb, str]) -> ParsedPdb:
 def _labels(parsed: ParsedPdb) -> list[str]:
     prot = parsed.protein
     return [
-        residue_label(parsed.residue_names[i], parsed.chain_ids[prot.chain_index[i]], int(prot.residue_index[i]))
+        residue_label(
+            parsed.residue_names[i], parsed.chain_ids[prot.chain_index[i]], int(prot.residue_index[i])
+        )
         for i in range(prot.num_residues)
     ]
 
@@ -139,8 +150,11 @@ def _segments(parsed: ParsedPdb, labels: list[str]) -> tuple[list[int], list[str
 def _check_input(parsed: ParsedPdb, labels: list[str]) -> None:
     prot = parsed.protein
     for name, chain, number in parsed.dropped_residues:
-        what = ("has none of the heavy atoms of an amino acid" if name in rc.restype_3to1
-                else "is not one of the 20 standard amino acids")
+        what = (
+            "has none of the heavy atoms of an amino acid"
+            if name in rc.restype_3to1
+            else "is not one of the 20 standard amino acids"
+        )
         raise InputError(
             f"residue {residue_label(name, chain, number)} {what}; relaxation (amber99sb) covers proteins "
             "only: remove it, or replace it by the standard residue it stands for"
@@ -173,14 +187,26 @@ def _openmm_input_pdb(prot: Protein, segments: list[int]) -> str:
         chain = protein_io.PDB_CHAIN_IDS[segments[i] % protein_io.PDB_MAX_CHAINS]
         for j, name in enumerate(rc.atom_types):
             if prot.atom_mask[i, j] > 0.5:
-                lines.append(format_atom_line(serial, name, rc.resnames[prot.aatype[i]], chain,
-                                              int(prot.residue_index[i]), prot.atom_positions[i, j], 0.0, name[0]))
+                lines.append(
+                    format_atom_line(
+                        serial,
+                        name,
+                        rc.resnames[prot.aatype[i]],
+                        chain,
+                        int(prot.residue_index[i]),
+                        prot.atom_positions[i, j],
+                        0.0,
+                        name[0],
+                    )
+                )
                 serial += 1
     lines += ["TER", "END"]
     return "\n".join(lines) + "\n"
 
 
-def _residue_atoms(structure: amber.CleanStructure, positions: np.ndarray) -> list[list[tuple[str, str, np.ndarray]]]:
+def _residue_atoms(
+    structure: amber.CleanStructure, positions: np.ndarray
+) -> list[list[tuple[str, str, np.ndarray]]]:
     """(name, element, xyz) of every atom, grouped by residue in topology order."""
     residues = []
     for residue in structure.topology.residues():
@@ -221,7 +247,11 @@ def _output_pdb(parsed: ParsedPdb, residues: list[list[tuple[str, str, np.ndarra
 
 def _input_atoms(prot: Protein) -> list[list[tuple[str, str, np.ndarray]]]:
     return [
-        [(name, name[0], prot.atom_positions[i, j]) for j, name in enumerate(rc.atom_types) if prot.atom_mask[i, j] > 0.5]
+        [
+            (name, name[0], prot.atom_positions[i, j])
+            for j, name in enumerate(rc.atom_types)
+            if prot.atom_mask[i, j] > 0.5
+        ]
         for i in range(prot.num_residues)
     ]
 
@@ -243,21 +273,27 @@ def _minimize_with_retries(structure, exclude, config: RelaxConfig, threads: int
         report.attempts += 1
         try:
             return amber.minimize(
-                structure, stiffness=config.stiffness, tolerance=config.tolerance,
-                max_iterations=config.max_iterations, exclude_residues=sorted(exclude), threads=threads,
+                structure,
+                stiffness=config.stiffness,
+                tolerance=config.tolerance,
+                max_iterations=config.max_iterations,
+                exclude_residues=sorted(exclude),
+                threads=threads,
                 deadline=deadline,
             )
         except amber.RelaxTimeout:
             raise
-        except Exception as exc:  # OpenMM raises its own exception types and ValueError for NaN
+        except Exception as exc:  # noqa: BLE001 — OpenMM raises its own types, ValueError for NaN, ...
             errors.append(f"{type(exc).__name__}: {exc}".strip())
             logger.info("minimisation attempt %d failed: %s", report.attempts, errors[-1])
-    raise amber.MinimizationError(f"minimisation failed after {len(errors)} attempts; last error: {errors[-1]}")
+    raise amber.MinimizationError(
+        f"minimisation failed after {len(errors)} attempts; last error: {errors[-1]}"
+    )
 
 
 def relax(
-    structure: Union[Protein, ParsedPdb, str],
-    config: Optional[RelaxConfig] = None,
+    structure: Protein | ParsedPdb | str,
+    config: RelaxConfig | None = None,
     threads: int = 1,
 ) -> tuple[str, RelaxReport]:
     """Relax a protein with AlphaFold2's Amber protocol; return (PDB text, report).
@@ -291,10 +327,12 @@ def relax(
     try:
         current = prot
         exclude: set[int] = set()
+        random_state = None
         while True:
             if time.monotonic() > deadline:
                 raise amber.RelaxTimeout("the time limit ran out before a minimisation round")
-            cleaned = amber.clean(_openmm_input_pdb(current, segments))
+            cleaned = amber.clean(_openmm_input_pdb(current, segments), random_state)
+            random_state = cleaned.random_state
             if cleaned.topology.getNumResidues() != prot.num_residues:
                 raise amber.MinimizationError(
                     f"pdbfixer returned {cleaned.topology.getNumResidues()} residues for {prot.num_residues}"
@@ -310,7 +348,11 @@ def relax(
             after = find_violations(current)
             logger.info(
                 "relax round %d: energy %.1f -> %.1f kcal/mol, %d violating residues, %d excluded",
-                report.rounds, result.initial_energy, result.final_energy, after.num_residues, len(exclude),
+                report.rounds,
+                result.initial_energy,
+                result.final_energy,
+                after.num_residues,
+                len(exclude),
             )
             if after.num_residues == 0 or report.rounds >= config.max_outer_iterations:
                 break

@@ -54,7 +54,7 @@ class Violations:
         return int(self.mask.sum())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _intra_residue_bounds() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per residue type (21, 37, 37): lower and upper distance bounds, term kind, and atom mask (21, 37)."""
     residue_bonds, residue_virtual_bonds, _ = rc.load_stereo_chemical_props()
@@ -126,7 +126,9 @@ def _between_residues(prot: Protein, checked: np.ndarray, counts: dict[str, np.n
         next_is_pro, rc.between_res_bond_length_stddev_c_n[1], rc.between_res_bond_length_stddev_c_n[0]
     )
     bond_bad = (
-        linked & checked[:-1, c] & checked[1:, n]
+        linked
+        & checked[:-1, c]
+        & checked[1:, n]
         & (np.sqrt(_EPS + (c_n - gt_length) ** 2) > VIOLATION_TOLERANCE_FACTOR * gt_stddev)
     )
 
@@ -142,11 +144,17 @@ def _between_residues(prot: Protein, checked: np.ndarray, counts: dict[str, np.n
     sd_ca_c_n = rc.between_res_bond_length_stddev_c_n[0]
     gt_c_n_ca, sd_c_n_ca = rc.between_res_cos_angles_c_n_ca
     ca_c_n_bad = (
-        linked & checked[:-1, ca] & checked[:-1, c] & checked[1:, n]
+        linked
+        & checked[:-1, ca]
+        & checked[:-1, c]
+        & checked[1:, n]
         & (np.sqrt(_EPS + (cos_ca_c_n - gt_ca_c_n) ** 2) > VIOLATION_TOLERANCE_FACTOR * sd_ca_c_n)
     )
     c_n_ca_bad = (
-        linked & checked[:-1, c] & checked[1:, n] & checked[1:, ca]
+        linked
+        & checked[:-1, c]
+        & checked[1:, n]
+        & checked[1:, ca]
         & (np.sqrt(_EPS + (cos_c_n_ca - gt_c_n_ca) ** 2) > VIOLATION_TOLERANCE_FACTOR * sd_c_n_ca)
     )
     angle_bad = ca_c_n_bad.astype(int) + c_n_ca_bad.astype(int)
@@ -193,7 +201,9 @@ def find_violations(prot: Protein) -> Violations:
     between = _between_residues(prot, checked, counts)
     clashes = _between_residue_clashes(prot, checked, counts)
     return Violations(
-        bond=counts["bond"], angle=counts["angle"], clash=counts["clash"],
+        bond=counts["bond"],
+        angle=counts["angle"],
+        clash=counts["clash"],
         num_bond=within["bond"] + between["bond"],
         num_angle=within["angle"] + between["angle"],
         num_clash=within["clash"] + clashes,

@@ -27,10 +27,14 @@ def two_chain_protein() -> protein.Protein:
     return protein.Protein(**parts)
 
 
-def atom_line(serial, name, resname, chain, number, xyz, occupancy=1.0, b=10.0, record="ATOM", icode=" ", alt=" "):
+def atom_line(
+    serial, name, resname, chain, number, xyz, occupancy=1.0, b=10.0, record="ATOM", icode=" ", alt=" "
+):
     name = name if len(name) == 4 else f" {name}"
-    return (f"{record:<6}{serial:>5} {name:<4}{alt}{resname:>3} {chain}{number:>4}{icode}   "
-            f"{xyz[0]:>8.3f}{xyz[1]:>8.3f}{xyz[2]:>8.3f}{occupancy:>6.2f}{b:>6.2f}          {name.strip()[0]:>2}")
+    return (
+        f"{record:<6}{serial:>5} {name:<4}{alt}{resname:>3} {chain}{number:>4}{icode}   "
+        f"{xyz[0]:>8.3f}{xyz[1]:>8.3f}{xyz[2]:>8.3f}{occupancy:>6.2f}{b:>6.2f}          {name.strip()[0]:>2}"
+    )
 
 
 @pytest.mark.parametrize("name", ["1ubi.pdb", "1a8o.pdb", "2gtl_A.pdb"])
@@ -119,12 +123,19 @@ def test_chain_filter_reads_one_chain():
     [
         ("", "no protein atoms"),
         ("HEADER    nothing here\nEND\n", "no protein atoms"),
-        ("\n".join(atom_line(i, "O", "HOH", "A", 100 + i, (0, 0, i), record="HETATM") for i in range(3)),
-         "no protein atoms"),
+        (
+            "\n".join(atom_line(i, "O", "HOH", "A", 100 + i, (0, 0, i), record="HETATM") for i in range(3)),
+            "no protein atoms",
+        ),
         (atom_line(1, "CA", "GLY", "A", 5, (0, 0, 0), icode="A"), "GLY 5A of chain A has an insertion code"),
-        ("MODEL        1\n" + atom_line(1, "CA", "GLY", "A", 5, (0, 0, 0)) + "\nENDMDL\nMODEL        2\n",
-         "several models"),
-        (atom_line(1, "CA", "GLY", "A", 5, (0, 0, 0)).replace("   0.000", "   x.xxx", 1), "line 1: cannot read"),
+        (
+            "MODEL        1\n" + atom_line(1, "CA", "GLY", "A", 5, (0, 0, 0)) + "\nENDMDL\nMODEL        2\n",
+            "several models",
+        ),
+        (
+            atom_line(1, "CA", "GLY", "A", 5, (0, 0, 0)).replace("   0.000", "   x.xxx", 1),
+            "line 1: cannot read",
+        ),
     ],
 )
 def test_bad_pdb_text_raises_input_error(text, message):

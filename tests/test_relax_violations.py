@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from af2cpu.relax.violations import find_violations
 
 from af2cpu.common import protein
 from af2cpu.common import residue_constants as rc
-from af2cpu.relax.violations import find_violations
 
 STRUCTURES = Path(__file__).parent / "data" / "structures"
 FIELDS = ["atom_positions", "aatype", "atom_mask", "residue_index", "chain_index", "b_factors"]
@@ -86,7 +86,9 @@ def test_per_residue_mask_matches_reference_on_perturbed_structures():
             # A clash on top of the noise.
             noisy = moved(noisy, 5, "CB", noisy.atom_positions[40, rc.atom_order["CA"]] + 1.0)
             ours = find_violations(noisy)
-            theirs, _ = amber_minimize.find_violations(ref_protein.Protein(**{f: getattr(noisy, f) for f in FIELDS}))
+            theirs, _ = amber_minimize.find_violations(
+                ref_protein.Protein(**{f: getattr(noisy, f) for f in FIELDS})
+            )
             expected = np.asarray(theirs["total_per_residue_violations_mask"]) > 0
             np.testing.assert_array_equal(ours.mask, expected, err_msg=f"{name} noise {noise}")
             assert 0 < expected.sum() < prot.num_residues

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Optional
 
 import numpy as np
 
@@ -105,7 +104,7 @@ def residue_label(resname: str, chain_id: str, number: int, icode: str = "") -> 
 # PDB reading
 
 
-def _pdb_float(line: str, start: int, end: int, what: str, lineno: int, default: Optional[float] = None):
+def _pdb_float(line: str, start: int, end: int, what: str, lineno: int, default: float | None = None):
     field = line[start:end].strip()
     if not field and default is not None:
         return default
@@ -115,7 +114,7 @@ def _pdb_float(line: str, start: int, end: int, what: str, lineno: int, default:
         raise InputError(f"PDB line {lineno}: cannot read the {what} from {line.rstrip()!r}") from None
 
 
-def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
+def parse_pdb(pdb_text: str, chain_id: str | None = None) -> ParsedPdb:
     """Read the protein residues of a PDB file's first model.
 
     Read: ATOM records, and HETATM records of amino acids or known modified amino acids
@@ -129,8 +128,8 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
     coordinates, naming the line or residue.
     """
     # (chain, resseq, icode) -> {"name", "atoms": {atom: (occupancy, xyz, b)}}
-    residues: "OrderedDict[tuple[str, int, str], dict]" = OrderedDict()
-    heterogens: "OrderedDict[str, None]" = OrderedDict()
+    residues: OrderedDict[tuple[str, int, str], dict] = OrderedDict()
+    heterogens: OrderedDict[str, None] = OrderedDict()
     models_seen = 0
     in_first_model = True
     for lineno, line in enumerate(pdb_text.splitlines(), start=1):
@@ -163,7 +162,9 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
         try:
             resseq = int(line[22:26])
         except ValueError:
-            raise InputError(f"PDB line {lineno}: cannot read the residue number from {line.rstrip()!r}") from None
+            raise InputError(
+                f"PDB line {lineno}: cannot read the residue number from {line.rstrip()!r}"
+            ) from None
         icode = line[26]
         std_name = MODIFIED_RESIDUES.get(resname, resname)
         if record == "HETATM" and std_name not in rc.restype_3to1:
@@ -192,7 +193,7 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
         if previous is None or occupancy > previous[0]:
             residue["atoms"][atom_name] = (occupancy, xyz, b_factor)
 
-    chain_order: "OrderedDict[str, int]" = OrderedDict()
+    chain_order: OrderedDict[str, int] = OrderedDict()
     positions, mask, aatype, resindex, chains, b_factors, names = [], [], [], [], [], [], []
     dropped = []
     for (chain, resseq, _), residue in residues.items():
@@ -217,7 +218,9 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
         where = f" in chain {chain_id}" if chain_id is not None else ""
         raise InputError(f"the PDB text has no protein atoms{where} (no ATOM records of amino acids)")
     if len(chain_order) > PDB_MAX_CHAINS:
-        raise InputError(f"the PDB text has {len(chain_order)} chains; at most {PDB_MAX_CHAINS} are supported")
+        raise InputError(
+            f"the PDB text has {len(chain_order)} chains; at most {PDB_MAX_CHAINS} are supported"
+        )
     prot = Protein(
         atom_positions=np.array(positions),
         aatype=np.array(aatype, dtype=np.int32),
@@ -227,12 +230,15 @@ def parse_pdb(pdb_text: str, chain_id: Optional[str] = None) -> ParsedPdb:
         b_factors=np.array(b_factors),
     )
     return ParsedPdb(
-        protein=prot, residue_names=names, chain_ids=list(chain_order), skipped_heterogens=list(heterogens),
+        protein=prot,
+        residue_names=names,
+        chain_ids=list(chain_order),
+        skipped_heterogens=list(heterogens),
         dropped_residues=dropped,
     )
 
 
-def from_pdb_string(pdb_text: str, chain_id: Optional[str] = None) -> Protein:
+def from_pdb_string(pdb_text: str, chain_id: str | None = None) -> Protein:
     """The Protein of a PDB file's first model (see :func:`parse_pdb` for what is read)."""
     return parse_pdb(pdb_text, chain_id).protein
 
@@ -291,8 +297,9 @@ def to_pdb(prot: Protein) -> str:
     for i in range(prot.num_residues):
         if i > 0 and chain_index[i] != chain_index[i - 1]:
             lines.append(
-                format_ter_line(serial, rc.resnames[prot.aatype[i - 1]], letters[chain_index[i - 1]],
-                                residue_index[i - 1])
+                format_ter_line(
+                    serial, rc.resnames[prot.aatype[i - 1]], letters[chain_index[i - 1]], residue_index[i - 1]
+                )
             )
             serial += 1
         resname = rc.resnames[prot.aatype[i]]
@@ -301,8 +308,16 @@ def to_pdb(prot: Protein) -> str:
                 continue
             # atom37 holds only C, N, O and S atoms, whose element is the name's first letter.
             lines.append(
-                format_atom_line(serial, atom_name, resname, letters[chain_index[i]], residue_index[i],
-                                 prot.atom_positions[i, j], prot.b_factors[i, j], atom_name[0])
+                format_atom_line(
+                    serial,
+                    atom_name,
+                    resname,
+                    letters[chain_index[i]],
+                    residue_index[i],
+                    prot.atom_positions[i, j],
+                    prot.b_factors[i, j],
+                    atom_name[0],
+                )
             )
             serial += 1
     if prot.num_residues:
@@ -342,7 +357,11 @@ def _cif_value(value) -> str:
     text = str(value)
     if text == "":
         return "?"
-    if any(c.isspace() for c in text) or text[0] in "_#$'\"[];" or text.lower().startswith(("data_", "loop_")):
+    if (
+        any(c.isspace() for c in text)
+        or text[0] in "_#$'\"[];"
+        or text.lower().startswith(("data_", "loop_"))
+    ):
         return "'" + text + "'" if "'" not in text else '"' + text + '"'
     return text
 
@@ -382,19 +401,24 @@ def to_mmcif(prot: Protein, file_id: str = "af2cpu", model_type: str = "Monomer"
         present = {int(residue_index[i]): rc.resnames[prot.aatype[i]] for i in sel}
         first, last = min(min(present), 1), max(present)
         chain_seq[c] = tuple((n, present.get(n, "UNK")) for n in range(first, last + 1))
-    entity_of_seq: "OrderedDict[tuple, int]" = OrderedDict()
+    entity_of_seq: OrderedDict[tuple, int] = OrderedDict()
     entity = {c: entity_of_seq.setdefault(chain_seq[c], len(entity_of_seq) + 1) for c in chains}
     used_names = sorted({name for seq in entity_of_seq for _, name in seq})
 
     lines = [f"data_{file_id}", "#", f"_entry.id {_cif_value(file_id)}", "#"]
-    lines += _cif_loop("entity", {"id": list(range(1, len(entity_of_seq) + 1)),
-                                  "type": ["polymer"] * len(entity_of_seq)})
-    lines += _cif_loop("entity_poly", {
-        "entity_id": list(range(1, len(entity_of_seq) + 1)),
-        "type": ["polypeptide(L)"] * len(entity_of_seq),
-        "pdbx_strand_id": [",".join(asym[c] for c in chains if entity[c] == e)
-                           for e in range(1, len(entity_of_seq) + 1)],
-    })
+    lines += _cif_loop(
+        "entity", {"id": list(range(1, len(entity_of_seq) + 1)), "type": ["polymer"] * len(entity_of_seq)}
+    )
+    lines += _cif_loop(
+        "entity_poly",
+        {
+            "entity_id": list(range(1, len(entity_of_seq) + 1)),
+            "type": ["polypeptide(L)"] * len(entity_of_seq),
+            "pdbx_strand_id": [
+                ",".join(asym[c] for c in chains if entity[c] == e) for e in range(1, len(entity_of_seq) + 1)
+            ],
+        },
+    )
     seq_cols: dict[str, list] = {"entity_id": [], "num": [], "mon_id": [], "hetero": []}
     for seq, e in entity_of_seq.items():
         for num, name in seq:
@@ -403,19 +427,52 @@ def to_mmcif(prot: Protein, file_id: str = "af2cpu", model_type: str = "Monomer"
             seq_cols["mon_id"].append(name)
             seq_cols["hetero"].append("n")
     lines += _cif_loop("entity_poly_seq", seq_cols)
-    lines += _cif_loop("struct_asym", {"id": [asym[c] for c in chains], "entity_id": [entity[c] for c in chains]})
-    lines += _cif_loop("chem_comp", {
-        "id": used_names,
-        "type": ["peptide linking" if n == "GLY" else "L-peptide linking" for n in used_names],
-        "name": [_CHEM_COMP_NAMES[n] for n in used_names],
-    })
-    lines += _cif_loop("software", {"pdbx_ordinal": [1], "name": ["af2cpu"], "classification": ["other"],
-                                    "description": [f"AlphaFold2 structure prediction ({model_type})"]})
+    lines += _cif_loop(
+        "struct_asym", {"id": [asym[c] for c in chains], "entity_id": [entity[c] for c in chains]}
+    )
+    lines += _cif_loop(
+        "chem_comp",
+        {
+            "id": used_names,
+            "type": ["peptide linking" if n == "GLY" else "L-peptide linking" for n in used_names],
+            "name": [_CHEM_COMP_NAMES[n] for n in used_names],
+        },
+    )
+    lines += _cif_loop(
+        "software",
+        {
+            "pdbx_ordinal": [1],
+            "name": ["af2cpu"],
+            "classification": ["other"],
+            "description": [f"AlphaFold2 structure prediction ({model_type})"],
+        },
+    )
 
-    site: dict[str, list] = {k: [] for k in (
-        "group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id", "label_comp_id", "label_asym_id",
-        "label_entity_id", "label_seq_id", "pdbx_PDB_ins_code", "Cartn_x", "Cartn_y", "Cartn_z", "occupancy",
-        "B_iso_or_equiv", "auth_seq_id", "auth_comp_id", "auth_asym_id", "auth_atom_id", "pdbx_PDB_model_num")}
+    site: dict[str, list] = {
+        k: []
+        for k in (
+            "group_PDB",
+            "id",
+            "type_symbol",
+            "label_atom_id",
+            "label_alt_id",
+            "label_comp_id",
+            "label_asym_id",
+            "label_entity_id",
+            "label_seq_id",
+            "pdbx_PDB_ins_code",
+            "Cartn_x",
+            "Cartn_y",
+            "Cartn_z",
+            "occupancy",
+            "B_iso_or_equiv",
+            "auth_seq_id",
+            "auth_comp_id",
+            "auth_asym_id",
+            "auth_atom_id",
+            "pdbx_PDB_model_num",
+        )
+    }
     serial = 1
     for i in range(prot.num_residues):
         resname = rc.resnames[prot.aatype[i]]
@@ -425,14 +482,26 @@ def to_mmcif(prot: Protein, file_id: str = "af2cpu", model_type: str = "Monomer"
                 continue
             x, y, z = prot.atom_positions[i, j]
             for key, value in (
-                ("group_PDB", "ATOM"), ("id", serial), ("type_symbol", atom_name[0]),
-                ("label_atom_id", atom_name), ("label_alt_id", "."), ("label_comp_id", resname),
-                ("label_asym_id", asym[c]), ("label_entity_id", entity[c]),
-                ("label_seq_id", int(residue_index[i])), ("pdbx_PDB_ins_code", "?"),
-                ("Cartn_x", f"{x:.3f}"), ("Cartn_y", f"{y:.3f}"), ("Cartn_z", f"{z:.3f}"),
-                ("occupancy", "1.00"), ("B_iso_or_equiv", f"{prot.b_factors[i, j]:.2f}"),
-                ("auth_seq_id", int(residue_index[i])), ("auth_comp_id", resname),
-                ("auth_asym_id", asym[c]), ("auth_atom_id", atom_name), ("pdbx_PDB_model_num", 1),
+                ("group_PDB", "ATOM"),
+                ("id", serial),
+                ("type_symbol", atom_name[0]),
+                ("label_atom_id", atom_name),
+                ("label_alt_id", "."),
+                ("label_comp_id", resname),
+                ("label_asym_id", asym[c]),
+                ("label_entity_id", entity[c]),
+                ("label_seq_id", int(residue_index[i])),
+                ("pdbx_PDB_ins_code", "?"),
+                ("Cartn_x", f"{x:.3f}"),
+                ("Cartn_y", f"{y:.3f}"),
+                ("Cartn_z", f"{z:.3f}"),
+                ("occupancy", "1.00"),
+                ("B_iso_or_equiv", f"{prot.b_factors[i, j]:.2f}"),
+                ("auth_seq_id", int(residue_index[i])),
+                ("auth_comp_id", resname),
+                ("auth_asym_id", asym[c]),
+                ("auth_atom_id", atom_name),
+                ("pdbx_PDB_model_num", 1),
             ):
                 site[key].append(value)
             serial += 1
