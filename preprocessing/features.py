@@ -44,6 +44,8 @@ def msa_features(msas: Sequence[parsers.Msa], deduplicate: bool = True) -> Featu
 
     With `deduplicate` (AlphaFold2's behaviour), a row equal to an earlier row of any of the MSAs
     (match columns only) is dropped, so the query stays row 0 and the earlier MSA wins.
+    # DISCREPANCY: ColabFold's packaging of the reference switched de-duplication off; DeepMind's
+    # AlphaFold 2.3 de-duplicates, and so do we by default.
     """
     if not msas:
         raise ValueError("at least one MSA is needed")

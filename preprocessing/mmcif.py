@@ -118,6 +118,9 @@ def _protein_chains(info: Mapping[str, Any]) -> dict[str, list[tuple[str, int]]]
     return chains
 
 
+# DISCREPANCY: DeepMind's AlphaFold2 (Biopython 1.79) read SEQRES through SCOPData's extended table
+# (MSE -> M, ...); ColabFold's packaging on Biopython >= 1.80 uses the 20-letter table (MSE -> X).
+# We keep AlphaFold2's behaviour.
 def _one_letter(mon_id: str) -> str:
     code = _LETTERS_3TO1.get(mon_id, "X")
     return code if len(code) == 1 else "X"

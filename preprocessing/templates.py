@@ -150,7 +150,11 @@ def prefilter_hit(
     cutoff: datetime.datetime,
     settings: TemplateSettings,
 ) -> None:
-    """Raise PrefilterRejected if AlphaFold2 drops `hit` without reading its structure."""
+    """Raise PrefilterRejected if AlphaFold2 drops `hit` without reading its structure.
+
+    # DISCREPANCY: ColabFold's packaging of the reference keeps only the date check; DeepMind's
+    # AlphaFold 2.3 also applies the coverage, duplicate and length filters below, as we do.
+    """
     template_sequence = hit.hit_sequence.replace("-", "")
     if pdb_id in release_dates and release_dates[pdb_id] > cutoff:
         raise PrefilterRejected(f"released {release_dates[pdb_id].date()}, after {cutoff.date()}")

@@ -105,3 +105,26 @@ def test_only_max_hits_templates_are_kept_best_first(tmp_path, entry_1a8o):
     settings = templates.TemplateSettings(mmcif_dir=str(tmp_path), max_template_date="2100-01-01")
     result = templates.featurize_templates(query, hits, settings)
     assert result.features["template_sum_probs"][:, 0].tolist() == [float(p) for p in range(24, 4, -1)]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("pdb_id", ["4cup", "1gbt", "2gtl", "1a7g"])
+def test_mmcif_chains_and_atoms_equal_reference(pdb_id):
+    """Alternate locations (4cup), insertion codes (1gbt), many chains (2gtl), as AlphaFold2 reads them."""
+    ref_mmcif = pytest.importorskip("alphafold.data.mmcif_parsing")
+    ref_templates = pytest.importorskip("alphafold.data.templates")
+    from af2cpu.data import DATA_DIR
+
+    text = (DATA_DIR / "mini" / "pdb_mmcif" / "mmcif_files" / f"{pdb_id}.cif").read_text()
+    expected = ref_mmcif.parse(file_id=pdb_id, mmcif_string=text).mmcif_object
+    entry = parse_mmcif_text(pdb_id, text).entry
+    assert dict(entry.chain_to_seqres) == dict(expected.chain_to_seqres)
+    if "release_date" in expected.header:  # the reference has none for old files (4cup)
+        assert entry.release_date == expected.header["release_date"]
+    for chain_id in expected.chain_to_seqres:
+        ref_positions, ref_mask = ref_templates._get_atom_positions(
+            expected, chain_id, max_ca_ca_distance=150.0
+        )
+        positions, mask = templates.chain_atom37(entry, chain_id)
+        np.testing.assert_array_equal(positions, ref_positions)
+        np.testing.assert_array_equal(mask, ref_mask)
