@@ -68,11 +68,13 @@ def test_no_homolog_query_gives_single_sequence_msa(out_dir):
         raw["msa"][0], features.msa_features([features.single_sequence_msa(sequence)])["msa"][0]
     )
     assert not raw["deletion_matrix_int"].any()
-    # hhsearch always lists its 10 best hits (-z/-b 10) even below its 20 % probability cut; AlphaFold2
-    # featurizes whatever survives its filters, so any template left here comes from such a hit.
-    hits = {h.name.split()[0]: h for h in parsers.read_hhr(out_dir / "1EJG_A" / "msas" / "pdb_hits.hhr")}
-    for name in raw["template_domain_names"]:
-        assert hits[name.decode()].sum_probs < 20
+    # hhsearch always lists its 10 best hits (-z/-b 10), however improbable. AlphaFold2 has no
+    # probability cut, so what survives its filters is featurized: here only hits that hhsearch itself
+    # scores below 1 % (the mini databases hold nothing related to crambin, see af2cpu/data/NOTICE.md).
+    table = (out_dir / "1EJG_A" / "msas" / "pdb_hits.hhr").read_text().split(" No Hit", 1)[1].split("\n\n")[0]
+    probability = {line[4:34].split()[0]: float(line[34:40]) for line in table.splitlines()[1:]}
+    assert probability and max(probability.values()) < 1
+    assert {n.decode() for n in raw["template_domain_names"]} <= set(probability)
 
 
 def test_rerun_reuses_every_result(out_dir, monkeypatch):
