@@ -164,6 +164,9 @@ def atom37_to_torsion_angles(
     π-periodic χ flipped by π) and 'torsion_angles_mask' (..., N, 7). With
     `placeholder_for_undefined`, undefined torsions become (sin, cos) = (1, 0) instead of what the
     (meaningless) atoms give; AlphaFold2's template embedding sets it to ``not zero_init``.
+    Without it, undefined torsions are whatever a degenerate frame gives (e.g. the first residue's
+    pre-ω, built on two all-zero "previous" atoms): rounding noise that no two implementations
+    (not even AlphaFold2 eager and under jit) reproduce alike.
     """
     positions = atom37_positions.float()
     mask = atom37_mask.float()
