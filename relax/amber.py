@@ -142,7 +142,8 @@ def _deadline_reporter(deadline: float):
             self.timed_out = False
 
         def report(self, iteration, x, grad, args):
-            self.iterations = iteration + 1
+            # `iteration` restarts with each of OpenMM's constraint-tightening passes; count calls.
+            self.iterations += 1
             if time.monotonic() > deadline:
                 self.timed_out = True
                 return True

@@ -57,10 +57,10 @@ class RelaxReport:
     violations_after: dict = dataclasses.field(default_factory=dict)
     attempts: int = 0
     rounds: int = 0
-    excluded_residues: list = dataclasses.field(default_factory=list)
+    excluded_residues: list[str] = dataclasses.field(default_factory=list)
     added_heavy_atoms: int = 0
-    removed_heterogens: list = dataclasses.field(default_factory=list)
-    chain_breaks: list = dataclasses.field(default_factory=list)
+    removed_heterogens: list[str] = dataclasses.field(default_factory=list)
+    chain_breaks: list[str] = dataclasses.field(default_factory=list)
     threads: int = 1
     seconds: float = 0.0
 
@@ -110,6 +110,17 @@ def _as_parsed(structure: Protein | ParsedPdb | str) -> ParsedPdb:
             raise InputError("the PDB text to relax is empty")
         return protein_io.parse_pdb(structure)
     raise TypeError(f"relax() takes a Protein or PDB text, not {type(structure).__name__}")
+
+
+def _as_relax_config(config) -> RelaxConfig:
+    """RelaxConfig from None (AlphaFold2's defaults), a RelaxConfig or the composed `relax` config node."""
+    if config is None:
+        return RelaxConfig()
+    if isinstance(config, RelaxConfig):
+        return config
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(config)
 
 
 def _labels(parsed: ParsedPdb) -> list[str]:
@@ -301,14 +312,17 @@ def relax(
     `structure` is a :class:`Protein` (e.g. a prediction, pLDDT in its B-factors) or PDB text.
     The PDB text holds every atom of the relaxed protein including hydrogens, with the input's chain
     letters and residue numbers and each residue's input CA B-factor (pLDDT) on all of its atoms.
-    `threads` is the OpenMM CPU platform's thread count. `config` defaults to AlphaFold2's settings;
-    `config.timeout_s` bounds the wall-clock time of the whole relaxation.
+    `threads` is the OpenMM CPU platform's thread count. `config` (a RelaxConfig or the composed
+    config's `relax` node) defaults to AlphaFold2's settings; `config.timeout_s` bounds the
+    wall-clock time of the whole relaxation. Its `mode` and `threads` are for the pipeline and the
+    CLI and are not read here.
 
     Raises InputError for input Amber cannot parametrise (empty, unknown or non-protein residues,
     missing N/CA/C atoms, a lone residue). Any failure while relaxing is recorded in the report
     (``relaxed=False``, ``failure``) and the unrelaxed structure is returned instead.
     """
-    config = config if config is not None else RelaxConfig()
+    config = _as_relax_config(config)
+    threads = max(1, int(threads))
     start = time.monotonic()
     deadline = start + float(config.timeout_s)
     parsed = _as_parsed(structure)

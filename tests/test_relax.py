@@ -201,6 +201,13 @@ def test_tiny_time_limit_returns_the_unrelaxed_structure_with_the_failure():
     assert report.violations_after == report.violations_before
 
 
+def test_composed_config_node_is_accepted():
+    from af2cpu.config import compose_config
+
+    _, report = relax(load("1a8o.pdb"), compose_config(["relax.timeout_s=0"]).relax)
+    assert not report.relaxed and "relax.timeout_s=0.0" in report.failure
+
+
 def test_time_limit_stops_a_running_minimisation():
     cleaned = amber.clean(protein.to_pdb(load("1ubi.pdb")))
     with pytest.raises(amber.RelaxTimeout, match="during minimisation"):
@@ -373,3 +380,22 @@ def test_matches_reference_amber_relaxation(relaxed, two_rounds):
         assert sum(1 for l in ours.splitlines() if l.startswith("ATOM")) == sum(
             1 for l in theirs.splitlines() if l.startswith("ATOM")
         )
+
+
+def test_two_chains_relax_as_separate_molecules_with_their_letters():
+    one = load("1a8o.pdb")
+    parts = {f: np.concatenate([getattr(one, f)] * 2) for f in FIELDS}
+    parts["atom_positions"][one.num_residues :] += np.array([60.0, 0.0, 0.0])
+    parts["atom_positions"] *= parts["atom_mask"][..., None]
+    parts["chain_index"] = np.repeat([0, 1], one.num_residues)
+    dimer = protein.Protein(**parts)
+    pdb_text, report = relax(dimer)
+    assert report.relaxed and report.chain_breaks == []
+    assert report.violations_after["residues"] == 0
+    atoms = pdb_atoms(pdb_text)
+    chains = [a["chain"] for a in atoms]
+    assert chains[: len(chains) // 2] == ["A"] * (len(chains) // 2) and set(chains) == {"A", "B"}
+    assert pdb_text.count("TER") == 2
+    after = protein.from_pdb_string(pdb_text)
+    np.testing.assert_array_equal(after.chain_index, dimer.chain_index)
+    assert heavy_atom_rmsd(dimer, after) < 0.3
