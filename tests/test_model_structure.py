@@ -170,9 +170,8 @@ class TestHeads:
         assert got.keys() == want.keys()
         for key in want:
             scale = np.abs(want[key]).max()
-            assert _max_abs(got[key], want[key]) <= 1e-5 * scale, (
-                key
-            )  # measured <= 6e-7 relative (distogram edges 9e-8)
+            # measured <= 6e-7 relative (distogram bin edges 9e-8)
+            assert _max_abs(got[key], want[key]) <= 1e-5 * scale, key
 
 
 # --- geometry and all-atom ----------------------------------------------------------------------
@@ -206,9 +205,8 @@ def test_quaternion_frames_and_backbone_update_match_reference():
     want_rot, want_updated = reference_frames(quat, trans, update)
     frames = QuatRigid(torch.from_numpy(quat), torch.from_numpy(trans))
     assert _max_abs(frames.to_rigid().rot, want_rot) < 1e-6  # measured 1.8e-7
-    assert (
-        _max_abs(frames.pre_compose(torch.from_numpy(update)).to_tensor_7(), want_updated) < 1e-5
-    )  # measured 4.8e-7
+    updated = frames.pre_compose(torch.from_numpy(update)).to_tensor_7()
+    assert _max_abs(updated, want_updated) < 1e-5  # measured 4.8e-7
 
 
 def test_rigid_from_3_points_matches_reference():
@@ -219,9 +217,8 @@ def test_rigid_from_3_points_matches_reference():
     assert _max_abs(got.to_tensor_4x4(), _r3_rigids_to_4x4(want)) < 1e-5  # measured 1.7e-6 (|t| ~ 10)
     points = torch.from_numpy(rng.standard_normal((NUM_RES, 3)).astype(np.float32))
     assert _max_abs(got.invert_apply(got.apply(points)), points) < 1e-4  # measured 1.4e-6
-    assert (
-        _max_abs(got.invert().compose(got).to_tensor_4x4(), torch.eye(4).expand(NUM_RES, 4, 4)) < 1e-5
-    )  # measured 1.6e-6
+    # measured 1.6e-6
+    assert _max_abs(got.invert().compose(got).to_tensor_4x4(), torch.eye(4).expand(NUM_RES, 4, 4)) < 1e-5
 
 
 def test_torsion_angles_to_atom14_and_atom37_match_reference():
@@ -387,9 +384,8 @@ def test_structure_module_final_atoms_match_reference(structure_module_outputs):
 
 def test_structure_module_trajectory_and_sidechains_match_reference(structure_module_outputs):
     got, want, present = structure_module_outputs
-    assert (
-        _max_abs_residues(got["traj"], want["traj"], present, axis=1) < 1e-3
-    )  # measured 1.3e-5 (quaternion; Å)
+    # measured 1.3e-5 (quaternion; Å)
+    assert _max_abs_residues(got["traj"], want["traj"], present, axis=1) < 1e-3
     assert _max_abs_residues(got["final_affines"], want["final_affines"], present) < 1e-3  # measured 1.3e-5
     sc_want = want["sidechains"]
     for key in ("angles_sin_cos", "unnormalized_angles_sin_cos"):
@@ -399,9 +395,8 @@ def test_structure_module_trajectory_and_sidechains_match_reference(structure_mo
         )
         assert rel < 1e-4, key  # measured 2.4e-5 (normalized), 5.8e-7 (unnormalized) relative
     atom_pos = np.stack([sc_want["atom_pos"].x, sc_want["atom_pos"].y, sc_want["atom_pos"].z], -1)
-    assert (
-        _max_abs_residues(got["sidechains"]["atom_pos"], atom_pos, present, axis=1) < 1e-3
-    )  # measured 4.9e-5 Å
+    # measured 4.9e-5 Å
+    assert _max_abs_residues(got["sidechains"]["atom_pos"], atom_pos, present, axis=1) < 1e-3
     frames = _r3_rigids_to_4x4(sc_want["frames"])
     assert _max_abs_residues(got["sidechains"]["frames"], frames, present, axis=1) < 1e-3  # measured 4.7e-5 Å
 
@@ -440,12 +435,10 @@ def test_predicted_aligned_error_matches_reference():
     got = confidence.compute_predicted_aligned_error(logits, breaks)
     want = af_confidence.compute_predicted_aligned_error(logits, breaks)
     assert got.keys() == want.keys()
-    assert (
-        _max_abs(got["predicted_aligned_error"], want["predicted_aligned_error"]) < 1e-4
-    )  # measured 5.6e-6 Å
-    assert (
-        _max_abs(got["aligned_confidence_probs"], want["aligned_confidence_probs"]) < 1e-6
-    )  # measured 1.6e-7
+    # measured 5.6e-6 Å
+    assert _max_abs(got["predicted_aligned_error"], want["predicted_aligned_error"]) < 1e-4
+    # measured 1.6e-7
+    assert _max_abs(got["aligned_confidence_probs"], want["aligned_confidence_probs"]) < 1e-6
     assert _max_abs(got["max_predicted_aligned_error"], want["max_predicted_aligned_error"]) == 0.0
 
 
@@ -459,9 +452,8 @@ def test_ptm_and_iptm_match_reference():
     asym_id = np.repeat([1, 2], num_res // 2)
     ptm = confidence.predicted_tm_score(logits, breaks, residue_weights=mask)
     assert 0.2 < ptm < 0.9
-    assert (
-        abs(ptm - af_confidence.predicted_tm_score(logits, breaks, residue_weights=mask)) < 1e-6
-    )  # measured 2.4e-8
+    # measured 2.4e-8
+    assert abs(ptm - af_confidence.predicted_tm_score(logits, breaks, residue_weights=mask)) < 1e-6
     iptm = confidence.predicted_tm_score(
         logits, breaks, residue_weights=mask, asym_id=asym_id, interface=True
     )
