@@ -158,8 +158,8 @@ def atom37_to_torsion_angles(
 ) -> dict[str, torch.Tensor]:
     """The seven torsions (pre-ω, φ, ψ, χ1..χ4) of each residue as (sin, cos), from atom37 coordinates.
 
-    Jumper et al. (2021) Suppl. Alg. 27 'makeTorsionAngles' (without the training-time ground-truth
-    parts). aatype (..., N), atom37_positions (..., N, 37, 3), atom37_mask (..., N, 37).
+    The torsions of Jumper et al. (2021) Suppl. 1.8.4 and Table 2, measured on given atoms (the
+    template torsion features of Suppl. 1.7.1 and the torsion targets). aatype (..., N), atom37_positions (..., N, 37, 3), atom37_mask (..., N, 37).
     Returns 'torsion_angles_sin_cos' (..., N, 7, 2), 'alt_torsion_angles_sin_cos' (the same with
     π-periodic χ flipped by π) and 'torsion_angles_mask' (..., N, 7). With
     `placeholder_for_undefined`, undefined torsions become (sin, cos) = (1, 0) instead of what the
