@@ -10,7 +10,8 @@ import numpy as np
 
 
 def _as_float_array(x) -> np.ndarray:
-    """float64 numpy copy of an array or tensor (the metrics are cheap; precision is free)."""
+    """float64 numpy copy of an array or tensor: the metrics are cheap, so they are computed in
+    float64 and returned as float32, the dtype AlphaFold2's results have."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
@@ -30,7 +31,7 @@ def compute_plddt(logits) -> np.ndarray:
     logits = _as_float_array(logits)
     num_bins = logits.shape[-1]
     centers = (np.arange(num_bins, dtype=logits.dtype) + 0.5) / num_bins
-    return (_softmax(logits) * centers).sum(-1) * 100
+    return ((_softmax(logits) * centers).sum(-1) * 100).astype(np.float32)
 
 
 def _bin_centers(breaks: np.ndarray) -> np.ndarray:
@@ -51,9 +52,9 @@ def compute_predicted_aligned_error(logits, breaks) -> dict[str, np.ndarray]:
     centers = _bin_centers(_as_float_array(breaks))
     probs = _softmax(logits)
     return {
-        "aligned_confidence_probs": probs,
-        "predicted_aligned_error": (probs * centers).sum(-1),
-        "max_predicted_aligned_error": np.asarray(centers[-1]),
+        "aligned_confidence_probs": probs.astype(np.float32),
+        "predicted_aligned_error": (probs * centers).sum(-1).astype(np.float32),
+        "max_predicted_aligned_error": np.asarray(centers[-1], np.float32),
     }
 
 
@@ -93,7 +94,7 @@ def predicted_tm_score(
     pair_weights = pair_mask * (weights[None, :] * weights[:, None])
     normed = pair_weights / (1e-8 + pair_weights.sum(-1, keepdims=True))
     per_alignment = (tm_term * normed).sum(-1)
-    return np.asarray(per_alignment[(per_alignment * weights).argmax()])
+    return np.asarray(per_alignment[(per_alignment * weights).argmax()], np.float32)
 
 
 def confidence_metrics(result: dict, residue_weights=None, asym_id=None) -> dict[str, np.ndarray]:
