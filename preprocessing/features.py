@@ -132,17 +132,18 @@ def raw_features_from_files(
         msas = [("query", single_sequence_msa(sequence))]
     features = {**sequence_features(sequence, description), **msa_features([m for _, m in msas])}
 
-    hits: list[parsers.TemplateHit] = []
-    if files.pdb_hits_hhr is not None:
-        hits = parsers.read_hhr(files.pdb_hits_hhr)
-        featurize = templates.featurize_templates
-    elif files.pdb_hits_sto is not None:
-        a3m = parsers.stockholm_to_a3m(Path(files.pdb_hits_sto).read_text(), remove_first_row_gaps=False)
-        hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(files.pdb_hits_sto))
-        featurize = templates.featurize_hmmsearch_templates
-    if template_settings is not None and (files.pdb_hits_hhr or files.pdb_hits_sto):
-        template_result = featurize(sequence, hits, template_settings)
-    else:
-        template_result = templates.TemplateResult(templates._stack({}, 0), [], [])
+    template_result = _template_result(sequence, files, template_settings)
     features.update(template_result.features)
     return RawFeaturesResult(features, {name: len(msa) for name, msa in msas}, template_result)
+
+
+def _template_result(
+    sequence: str, files: MsaFiles, settings: templates.TemplateSettings | None
+) -> templates.TemplateResult:
+    if settings is None or (files.pdb_hits_hhr is None and files.pdb_hits_sto is None):
+        return templates.TemplateResult(templates.no_template_features(), [], [])
+    if files.pdb_hits_hhr is not None:
+        return templates.featurize_templates(sequence, parsers.read_hhr(files.pdb_hits_hhr), settings)
+    a3m = parsers.stockholm_to_a3m(Path(files.pdb_hits_sto).read_text(), remove_first_row_gaps=False)
+    hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(files.pdb_hits_sto))
+    return templates.featurize_hmmsearch_templates(sequence, hits, settings)

@@ -6,9 +6,9 @@ for the reduced preset), and the template search on PDB70 that reads the UniRef9
 :class:`Search` runs on its own (:func:`run_search`), so a scheduler can make one task per search;
 :func:`target_raw_features` then builds the raw features from the result files.
 
-Next to every result file lies ``<file>.json``: the query sequence's hash, the identity (path, size,
-modification time) of every database file, the hashes of input results (the template search reads
-UniRef90's), the tool and its version. A result is reused only when all of that still matches, so
+Next to every result file lies ``<file>.json``: the query sequence's hash, the search's flags, the
+identity (path, size, modification time) of every database file, the hashes of input results (the
+template search reads UniRef90's), the tool and its version. A result is reused only when all of that still matches, so
 an MSA made for another sequence or another database is never taken for this one.
 """
 
@@ -62,6 +62,18 @@ class Search:
         if self.name == "pdb_seqres":
             return tools.search_pdb_seqres(msa_dir / self.needs[0], paths[0], out, cpus, timeout)
         raise ValueError(f"unknown search {self.name!r}")
+
+
+# The flags (and caps) each search runs with: part of a result's provenance, so a result made
+# with other settings is not reused.
+SEARCH_SETTINGS = {
+    "uniref90": [*tools.JACKHMMER_FLAGS, f"max_sequences={tools.UNIREF90_MAX_HITS}"],
+    "mgnify": [*tools.JACKHMMER_FLAGS, f"max_sequences={tools.MGNIFY_MAX_HITS}"],
+    "small_bfd": list(tools.JACKHMMER_FLAGS),
+    "bfd_uniref": list(tools.HHBLITS_FLAGS),
+    "pdb70": list(tools.HHSEARCH_FLAGS),
+    "pdb_seqres": ["hmmbuild --hand --amino", *tools.HMMSEARCH_FLAGS],
+}
 
 
 def plan_searches(db: Mapping[str, Any], template_search: str = "pdb70") -> list[Search]:
@@ -147,6 +159,7 @@ def provenance_key(search: Search, sequence: str, msa_dir: Path) -> dict[str, An
     return {
         "version": PROVENANCE_VERSION,
         "search": search.name,
+        "settings": SEARCH_SETTINGS[search.name],
         "sequence_sha256": sequence_sha256(sequence),
         "databases": database_identity(search),
         "inputs": inputs,

@@ -403,9 +403,14 @@ def featurize_hit(
     return features, warning
 
 
+def no_template_features() -> dict[str, np.ndarray]:
+    """Template features with no templates: empty arrays, as AlphaFold2's monomer pipeline makes them."""
+    return {name: np.array([], dtype=dtype) for name, dtype in TEMPLATE_FEATURE_DTYPES.items()}
+
+
 def _stack(collected: Mapping[str, list], count: int) -> dict[str, np.ndarray]:
     if count == 0:
-        return {name: np.array([], dtype=dtype) for name, dtype in TEMPLATE_FEATURE_DTYPES.items()}
+        return no_template_features()
     return {
         name: np.stack(collected[name], axis=0).astype(dtype)
         for name, dtype in TEMPLATE_FEATURE_DTYPES.items()
