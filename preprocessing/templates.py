@@ -252,6 +252,8 @@ def chain_atom37(entry: MmcifEntry, chain_id: str, max_ca_ca: float = MAX_CA_CA_
     (NH1 must be the one nearer CD). Raises FeatureError if chains are ambiguous or consecutive
     observed Cα atoms are more than `max_ca_ca` apart.
     """
+    if chain_id not in entry.chain_to_seqres:
+        raise FeatureError(f"no protein chain {chain_id} in {entry.file_id}")
     num_res = len(entry.chain_to_seqres[chain_id])
     chains = [c for c in entry.structure.get_chains() if c.id == chain_id]
     if len(chains) != 1:
