@@ -269,3 +269,19 @@ def test_reduced_preset_searches_small_bfd_with_jackhmmer(tmp_path):
     )
     assert result.msa_sizes["small_bfd"] > 1
     assert result.features["template_aatype"].shape == (0,)
+
+
+def test_missing_database_fails_the_target_with_the_fix(tmp_path, capsys):
+    status = _features_command(
+        str(EXAMPLES / "no_homologs.fasta"),
+        "--out",
+        str(tmp_path),
+        f"db.uniref90={tmp_path / 'absent.fasta'}",
+    )
+    assert status == 1
+    printed = capsys.readouterr().out
+    assert (
+        "1EJG_A: failed: jackhmmer database" in printed
+        and "absent.fasta does not exist; download it" in printed
+    )
+    assert not (tmp_path / "1EJG_A" / "features.npz").exists()
