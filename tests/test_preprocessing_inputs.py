@@ -73,3 +73,11 @@ def test_bad_records_are_named(text, message):
 def test_over_long_sequence_is_rejected():
     with pytest.raises(InputError, match=r"is 11 residues long, more than the limit of 10"):
         parse_fasta_targets(">a\n" + "A" * 11 + "\n", max_length=10)
+
+
+def test_batch_keeps_valid_records_and_names_invalid_ones():
+    from af2cpu.preprocessing.inputs import parse_fasta_batch
+
+    targets, errors = parse_fasta_batch(">a\nACD\n>b\nAC*\n>c\n\n>a\nMKV\n", source="batch.fa")
+    assert [(t.id, t.sequence) for t in targets] == [("a", "ACD"), ("a_2", "MKV")]
+    assert [str(e).split(":")[:2] for e in errors] == [["batch.fa", "3"], ["batch.fa", "5"]]
