@@ -139,6 +139,7 @@ N_HH_BACKGROUND = 60
 N_MGNIFY_PROTEOME = 1000
 MAX_BACKGROUND_LEN = 1000
 
+# AlphaFold2 jackhmmer thresholds (alphafold/data/tools/jackhmmer.py).
 JACKHMMER_FLAGS = [
     "--noali",
     "--F1",
