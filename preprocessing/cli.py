@@ -10,13 +10,7 @@ that fails is reported and the others go on; the exit status is non-zero if any 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
-import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 class _OutAndExtras(argparse.Action):
@@ -53,10 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (one subfolder per target), optionally followed by overrides",
     )
     parser.add_argument(
-        "--cpus", type=int, default=0, help="CPUs per search tool (default: all CPUs this process may use)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds each search may take (default: 24 hours)"
+        "--cpus",
+        type=int,
+        default=0,
+        help="CPUs per search tool (default: search.cpus, else all allotted CPUs)",
     )
     parser.add_argument(
         "--precomputed-msas",
@@ -70,54 +64,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
 
 
-def _default_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _precomputed_for(root: Path | None, target_id: str) -> Path | None:
+def _precomputed_for(root: Path | None, target_id: str) -> str | None:
     if root is None:
         return None
     for candidate in (root / target_id / "msas", root / target_id):
         if candidate.is_dir():
-            return candidate
+            return str(candidate)
     return None
 
 
-def featurize_target(
-    target, cfg, out_dir: Path, cpus: int, timeout: float, reuse: bool, precomputed: Path | None
-) -> Path:
-    """Run (or reuse) the searches of one target and write its features.npz; returns that path."""
+def featurize_target(target, cfg, out_dir: Path, cpus: int, force: bool, precomputed: str | None) -> Path:
+    """Run (or reuse) the searches of one target and write its features.npz; returns that path.
+
+    The stages are the ones `af2cpu predict` schedules (``af2cpu.pipeline``), run one after another.
+    """
     from af2cpu.preprocessing import searches
 
-    from af2cpu.outputs import atomic_write_text, save_features_npz
+    from af2cpu import pipeline
 
     target_dir = out_dir / target.id
-    msa_dir = target_dir / "msas"
-    plan = searches.plan_searches(cfg.db)
-    for search in plan:
-        searches.run_search(search, target, msa_dir, cpus, timeout, reuse, precomputed)
-    result = searches.target_raw_features(target, plan, msa_dir, searches.template_settings(cfg))
-    path = target_dir / "features.npz"
-    save_features_npz(path, result.features)
-    report = {
-        "id": target.id,
-        "description": target.description,
-        "sequence": target.sequence,
-        "msa_sizes": result.msa_sizes,
-        "num_alignments": int(result.features["num_alignments"][0]),
-        "templates": [name.decode() for name in result.features["template_domain_names"]],
-        "skipped_templates": [dataclasses.asdict(s) for s in result.templates.skipped],
-        "template_warnings": result.templates.warnings,
-    }
-    atomic_write_text(target_dir / "features_report.json", json.dumps(report, indent=2) + "\n")
-    return path
+    pipeline.write_target_info(target, str(target_dir))
+    for search in searches.plan_searches(cfg.db):
+        pipeline.search_stage(target, search.name, cfg, str(target_dir), cpus, force, precomputed)
+    pipeline.features_stage(target, cfg, str(target_dir), force)
+    return target_dir / "features.npz"
 
 
 def run(args: argparse.Namespace) -> int:
-    from af2cpu.preprocessing import tools
     from af2cpu.preprocessing.inputs import read_fasta_targets
 
     from af2cpu.config import compose_config
@@ -128,20 +101,13 @@ def run(args: argparse.Namespace) -> int:
     targets = read_fasta_targets(fasta)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cpus = args.cpus or _default_cpus()
-    timeout = args.timeout or tools.DEFAULT_TIMEOUT_S
+    cpus = args.cpus or int(cfg.search.cpus)
     precomputed_root = Path(args.precomputed_msas) if args.precomputed_msas else None
     failed = []
     for target in targets:
         try:
             path = featurize_target(
-                target,
-                cfg,
-                out_dir,
-                cpus,
-                timeout,
-                not args.no_reuse,
-                _precomputed_for(precomputed_root, target.id),
+                target, cfg, out_dir, cpus, args.no_reuse, _precomputed_for(precomputed_root, target.id)
             )
         except Af2CpuError as exc:
             failed.append(target.id)
