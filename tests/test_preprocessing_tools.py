@@ -66,3 +66,17 @@ def test_kalign_aligns_into_a3m():
     assert [s.replace("-", "") for s in msa.sequences] == ["VHLTPEEKSAVTALWGKV", "VHLTPEEKTAVNALWGKV"]
     with pytest.raises(ToolError, match="at least 6 residues"):
         tools.kalign(["ACD", "ACDEFG"])
+
+
+def test_tblout_e_values_equal_reference(tmp_path):
+    ref_parsers = pytest.importorskip("alphafold.data.parsers")
+    tblout = tmp_path / "hits.tbl"
+    tools.run_tool(
+        "jackhmmer",
+        ["-o", "/dev/null", "--tblout", tblout, *tools.JACKHMMER_FLAGS, "--cpu", "1", QUERY, GLOBINS],
+        60,
+    )
+    text = tblout.read_text()
+    e_values = parsers.parse_tblout_e_values(text)
+    assert len(e_values) > 30 and e_values["query"] == 0
+    assert e_values == ref_parsers.parse_e_values_from_tblout(text)
