@@ -152,28 +152,39 @@ def _deadline_reporter(deadline: float):
     return _StopAtDeadline()
 
 
-def minimize(
-    structure: CleanStructure,
-    *,
-    stiffness: float,
-    tolerance: float,
-    max_iterations: int,
-    exclude_residues: Sequence[int],
-    threads: int,
-    deadline: float,
-) -> Minimized:
-    """Minimise amber99sb + heavy-atom restraints once; `stiffness` in kcal/mol/Å², `tolerance` in kcal/mol/Å.
+# Atoms (nearly) on top of each other give energies far above this (kcal/mol; two carbons 0.3 Å
+# apart alone give ~1e12). From such a start OpenMM's first L-BFGS steps throw atoms nanometres away,
+# breaking the X-H constraints, and the constrained minimiser then crawls for minutes.
+_ENERGY_FOR_PREPASS = 1e10
+_PREPASS_MAX_ITERATIONS = 500
 
-    Raises RelaxTimeout when `deadline` (time.monotonic()) passes, MinimizationError when OpenMM
-    fails or the result is not finite.
-    """
+
+def _cpu_context(system, threads: int):
     import openmm
-    from openmm import app, unit
 
-    if time.monotonic() > deadline:
-        raise RelaxTimeout("the time limit ran out before minimisation started")
+    # The integrator is never stepped; a Context needs one.
+    integrator = openmm.VerletIntegrator(0.001)
+    platform = openmm.Platform.getPlatformByName("CPU")
+    return openmm.Context(system, integrator, platform, {"Threads": str(max(1, int(threads)))}), integrator
+
+
+def _minimize_context(context, tolerance: float, max_iterations: int, deadline: float) -> int:
+    import openmm
+
+    reporter = _deadline_reporter(deadline)
+    openmm.LocalEnergyMinimizer.minimize(
+        context, tolerance_in_openmm_units(tolerance), int(max_iterations), reporter
+    )
+    if reporter.timed_out:
+        raise RelaxTimeout(f"the time limit ran out during minimisation (after {reporter.iterations} steps)")
+    return reporter.iterations
+
+
+def _system(structure: CleanStructure, stiffness: float, exclude_residues: Sequence[int], constrained: bool):
+    from openmm import app
+
     system = _force_field().createSystem(
-        structure.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds
+        structure.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds if constrained else None
     )
     if stiffness > 0:
         system.addForce(
@@ -184,23 +195,64 @@ def minimize(
                 exclude_residues,
             )
         )
-    # The integrator is never stepped; a Context needs one.
-    integrator = openmm.VerletIntegrator(0.001)
-    platform = openmm.Platform.getPlatformByName("CPU")
-    context = openmm.Context(system, integrator, platform, {"Threads": str(max(1, int(threads)))})
+    return system
+
+
+def minimize(
+    structure: CleanStructure,
+    *,
+    stiffness: float,
+    tolerance: float,
+    max_iterations: int,
+    exclude_residues: Sequence[int],
+    threads: int,
+    deadline: float,
+    jitter: float = 0.0,
+    seed: int = 0,
+) -> Minimized:
+    """Minimise amber99sb + heavy-atom restraints once; `stiffness` in kcal/mol/Å², `tolerance` in kcal/mol/Å.
+
+    Restraints hold heavy atoms to ``structure.positions``. `jitter` (Å, Gaussian, from `seed`)
+    moves the starting positions, not the restraint centres: a retry from the very same start would
+    fail the same way on the CPU platform, which is deterministic.
+
+    Raises RelaxTimeout when `deadline` (time.monotonic()) passes, MinimizationError when OpenMM
+    fails or the result is not finite.
+    """
+    from openmm import unit
+
+    if time.monotonic() > deadline:
+        raise RelaxTimeout("the time limit ran out before minimisation started")
+    start = structure.positions / ANGSTROM_PER_NM
+    system = _system(structure, stiffness, exclude_residues, constrained=True)
+    context, integrator = _cpu_context(system, threads)
     try:
-        context.setPositions(structure.positions / ANGSTROM_PER_NM)
+        context.setPositions(start)
         initial = (
             context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilocalories_per_mole)
         )
-        reporter = _deadline_reporter(deadline)
-        openmm.LocalEnergyMinimizer.minimize(
-            context, tolerance_in_openmm_units(tolerance), int(max_iterations), reporter
-        )
-        if reporter.timed_out:
-            raise RelaxTimeout(
-                f"the time limit ran out during minimisation (after {reporter.iterations} steps)"
-            )
+        if jitter > 0:
+            rng = np.random.default_rng(seed)
+            start = start + rng.normal(scale=jitter / ANGSTROM_PER_NM, size=start.shape)
+        iterations = 0
+        if not initial < _ENERGY_FOR_PREPASS:  # also when not finite
+            # DISCREPANCY: AlphaFold2 minimises such a start as it is, which can take many minutes.
+            # A short pass with X-H bonds as springs instead of constraints first pulls overlapping
+            # atoms apart; starts without overlapping atoms never take this path.
+            free = _system(structure, stiffness, exclude_residues, constrained=False)
+            free_context, free_integrator = _cpu_context(free, threads)
+            try:
+                free_context.setPositions(start)
+                iterations += _minimize_context(free_context, tolerance, _PREPASS_MAX_ITERATIONS, deadline)
+                start = (
+                    free_context.getState(getPositions=True)
+                    .getPositions(asNumpy=True)
+                    .value_in_unit(unit.nanometer)
+                )
+            finally:
+                del free_context, free_integrator
+        context.setPositions(start)
+        iterations += _minimize_context(context, tolerance, max_iterations, deadline)
         state = context.getState(getEnergy=True, getPositions=True)
         final = state.getPotentialEnergy().value_in_unit(unit.kilocalories_per_mole)
         positions = np.array(state.getPositions(asNumpy=True).value_in_unit(unit.angstrom), dtype=np.float64)
@@ -209,8 +261,5 @@ def minimize(
     if not (np.isfinite(final) and np.all(np.isfinite(positions))):
         raise MinimizationError(f"minimisation gave a non-finite result (energy {final} kcal/mol)")
     return Minimized(
-        initial_energy=float(initial),
-        final_energy=float(final),
-        positions=positions,
-        iterations=reporter.iterations,
+        initial_energy=float(initial), final_energy=float(final), positions=positions, iterations=iterations
     )

@@ -37,6 +37,7 @@ from af2cpu.errors import InputError
 logger = logging.getLogger(__name__)
 
 _BACKBONE_FRAME = ("N", "CA", "C")
+_RETRY_JITTER = 0.02  # Å per failed attempt, at most 5 times that
 
 
 @dataclasses.dataclass
@@ -278,9 +279,14 @@ def _heavy_atom_rmsd(before: Protein, after: Protein) -> float:
 
 
 def _minimize_with_retries(structure, exclude, config: RelaxConfig, threads: int, deadline: float, report):
-    """AlphaFold2 retries a failed minimisation up to max_attempts times before giving up."""
+    """AlphaFold2 retries a failed minimisation up to max_attempts times before giving up.
+
+    DISCREPANCY: AlphaFold2 retries from the same start (its failures were mostly GPU faults);
+    on the deterministic CPU platform that repeats the failure, so retries start from positions
+    moved by 0.02 Å per attempt (e.g. to pull apart exactly overlapping atoms).
+    """
     errors = []
-    for _ in range(max(1, config.max_attempts)):
+    for attempt in range(max(1, config.max_attempts)):
         report.attempts += 1
         try:
             return amber.minimize(
@@ -291,6 +297,8 @@ def _minimize_with_retries(structure, exclude, config: RelaxConfig, threads: int
                 exclude_residues=sorted(exclude),
                 threads=threads,
                 deadline=deadline,
+                jitter=_RETRY_JITTER * min(attempt, 5),
+                seed=attempt,
             )
         except amber.RelaxTimeout:
             raise
@@ -355,8 +363,8 @@ def relax(
                 report.added_heavy_atoms = cleaned.added_heavy_atoms
             result = _minimize_with_retries(cleaned, exclude, config, threads, deadline, report)
             report.rounds += 1
-            if report.initial_energy is None:
-                report.initial_energy = result.initial_energy
+            if report.rounds == 1 and np.isfinite(result.initial_energy):
+                report.initial_energy = result.initial_energy  # None when atoms overlap exactly
             residues = _residue_atoms(cleaned, result.positions)
             current = _heavy_atom_protein(prot, residues)
             after = find_violations(current)
