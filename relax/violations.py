@@ -175,7 +175,7 @@ def _between_residue_clashes(prot: Protein, checked: np.ndarray, counts: dict[st
     follows[1:] = _peptide_neighbours(prot)
     limit_max = 2 * max(rc.van_der_waals_radius.values()) - CLASH_OVERLAP_TOLERANCE
     total = 0
-    block = 1024  # rows per block keep the distance matrix small for large proteins
+    block = 256  # rows per block: 256 x atoms x 3 doubles stays small even for large complexes
     for start in range(0, len(xyz), block):
         rows = slice(start, start + block)
         dist = np.sqrt(_EPS + np.sum((xyz[rows, None, :] - xyz[None, :, :]) ** 2, axis=-1))

@@ -147,6 +147,20 @@ def test_relaxing_twice_gives_the_same_structure(relaxed):
     assert again == pdb_text
 
 
+def test_relaxed_output_with_hydrogens_relaxes_again(relaxed):
+    _, pdb_text, _ = relaxed["1a8o.pdb"]
+    _, report = relax(pdb_text)
+    assert report.relaxed and report.rmsd < 0.1
+    assert report.violations_before["residues"] == report.violations_after["residues"] == 0
+
+
+def test_empty_protein_is_an_input_error():
+    prot = load("1a8o.pdb")
+    empty = protein.Protein(**{f: getattr(prot, f)[:0] for f in FIELDS})
+    with pytest.raises(InputError, match="no residues"):
+        relax(empty)
+
+
 def test_deliberate_violations_are_removed():
     bad = with_violations(load("1ubi.pdb"))
     pdb_text, report = relax(bad)
