@@ -61,12 +61,11 @@ def _intra_residue_bounds() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     lower = np.zeros((rc.restype_num + 1, rc.atom_type_num, rc.atom_type_num))
     upper = np.full_like(lower, np.inf)
     kind = np.zeros(lower.shape, dtype=np.int8)
-    atom_exists = np.zeros((rc.restype_num + 1, rc.atom_type_num), dtype=bool)
+    atom_exists = rc.STANDARD_ATOM_MASK.astype(bool)  # heavy atoms of each type, no OXT; none for UNK
     for t, one_letter in enumerate(rc.restypes):
         resname = rc.restype_1to3[one_letter]
         names = rc.residue_atoms[resname]
         idx = [rc.atom_order[n] for n in names]
-        atom_exists[t, idx] = True
         for a, name_a in zip(idx, names):
             for b, name_b in zip(idx, names):
                 radius_sum = rc.van_der_waals_radius[name_a[0]] + rc.van_der_waals_radius[name_b[0]]

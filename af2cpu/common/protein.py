@@ -86,15 +86,6 @@ class ParsedPdb:
     dropped_residues: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
 
 
-def ideal_atom_mask(aatype: np.ndarray) -> np.ndarray:
-    """The (L, 37) mask of heavy atoms (without OXT) that residues of these types have."""
-    table = np.zeros((rc.restype_num + 1, rc.atom_type_num), dtype=np.float32)
-    for i, one_letter in enumerate(rc.restypes):
-        for name in rc.residue_atoms[rc.restype_1to3[one_letter]]:
-            table[i, rc.atom_order[name]] = 1.0
-    return table[np.asarray(aatype)]
-
-
 def residue_label(resname: str, chain_id: str, number: int, icode: str = "") -> str:
     """How errors and reports name a residue: ``"GLY 42 of chain A"``."""
     return f"{resname} {number}{icode.strip()} of chain {chain_id or '(blank)'}"
