@@ -139,6 +139,11 @@ def _segments(parsed: ParsedPdb, labels: list[str]) -> tuple[list[int], list[str
 
     Returns the segment number of each residue and a description of each break. Amber has no
     parameters for a lone amino acid, so a one-residue segment is an input error.
+
+    DISCREPANCY: AlphaFold2 hands the whole chain to OpenMM, which bonds every pair of consecutive
+    residues, so a gap of missing residues becomes one very long peptide bond that minimisation
+    pulls shut. Predictions have no gaps, so this only changes the relaxation of experimental
+    structures, whose gaps we keep open.
     """
     prot = parsed.protein
     new_segment = np.ones(prot.num_residues, dtype=bool)
