@@ -13,6 +13,10 @@ no hydrogens):
 
 A residue "violates" when it takes part in any of these; that per-residue mask is what AlphaFold2's
 relaxation loop reads, and it is what :attr:`Violations.mask` reproduces.
+
+DISCREPANCY: only atoms present in the structure are checked. AlphaFold2's relaxation checks every
+atom the residue type has, absent ones at the origin; the two agree on complete structures, which
+is all AlphaFold2's relaxation accepts.
 """
 
 from __future__ import annotations
