@@ -49,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the `af2cpu` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (`predict seq.fa --out d db=full`): argparse has by then closed the
+    # `overrides` positional, so key=value words left over are appended to it.
+    overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+    if overrides and hasattr(args, "overrides"):
+        args.overrides = list(args.overrides or []) + overrides
+        extra = [word for word in extra if word not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -109,7 +109,7 @@ def predict(
     from af2cpu.pipeline import check_params
     from af2cpu.preprocessing.inputs import read_fasta_batch
     from af2cpu.runtime.memory import parse_memory_limit
-    from af2cpu.scheduler.cache import LockTimeout, TargetLock
+    from af2cpu.scheduler.cache import LockTimeout, StageCache
     from af2cpu.scheduler.cluster import start_cluster
     from af2cpu.scheduler.graph import BatchGraph, TargetOutcome
     from af2cpu.scheduler.progress import Progress
@@ -135,8 +135,8 @@ def predict(
 
     locks = {}
     for target in list(runnable):
-        lock = TargetLock(out_dir / target.id / ".lock")
         (out_dir / target.id).mkdir(parents=True, exist_ok=True)
+        lock = StageCache(out_dir / target.id).lock()
         if lock.acquire(timeout=0):
             locks[target.id] = lock
         else:

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _make_venv(root: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    # No pip of its own: the borrowed one (and the borrowed modern setuptools) builds and installs.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / "bin" / "python"
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
