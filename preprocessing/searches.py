@@ -28,6 +28,7 @@ from af2cpu.preprocessing import features as raw_features
 from af2cpu.preprocessing import tools
 from af2cpu.preprocessing.inputs import Target, write_query_fasta
 from af2cpu.preprocessing.templates import TemplateSettings
+from af2cpu.scheduler.cache import file_hash
 
 from af2cpu.databases import database_files
 
@@ -124,14 +125,6 @@ def template_settings(cfg: Mapping[str, Any], kalign_binary: str | None = None) 
 # Provenance and reuse
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sequence_sha256(sequence: str) -> str:
     return hashlib.sha256(sequence.encode()).hexdigest()
 
@@ -155,7 +148,7 @@ def provenance_key(search: Search, sequence: str, msa_dir: Path) -> dict[str, An
     inputs = {}
     for needed in search.needs:
         path = msa_dir / needed
-        inputs[needed] = _sha256_file(path) if path.is_file() else None
+        inputs[needed] = file_hash(path) if path.is_file() else None
     return {
         "version": PROVENANCE_VERSION,
         "search": search.name,

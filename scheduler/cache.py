@@ -21,16 +21,16 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from af2cpu.errors import Af2CpuError
+from af2cpu.outputs import atomic_open
 
 RECORD_NAME = "{stage}.stage.json"
 LOCK_NAME = ".af2cpu.lock"
@@ -50,24 +50,6 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def database_identity(paths: Mapping[str, str | os.PathLike]) -> dict[str, list]:
-    """{name: [path, size, mtime_ns]} per database file, or per file of a database prefix (HH-suite
-    databases are a prefix of several `_a3m.ffdata`, `_hhm.ffindex`, ... files). Hashing content is
-    too slow for terabytes; a changed size or mtime is what a re-download leaves."""
-    identity: dict[str, list] = {}
-    for name, path in sorted(paths.items()):
-        path = Path(path)
-        files = [path] if path.exists() else sorted(path.parent.glob(path.name + "*"))
-        if not files:
-            raise Af2CpuError(f"database {name} not found at {path}; check db.root or db.{name}")
-        entries = []
-        for item in files:
-            stat = item.stat()
-            entries.append([str(item), stat.st_size, stat.st_mtime_ns])
-        identity[name] = entries
-    return identity
-
-
 def stage_key(
     stage: str,
     inputs: Mapping[str, str],
@@ -78,7 +60,8 @@ def stage_key(
     """The cache key of a stage run: sha256 of the canonical JSON of what determines its result.
 
     `inputs` maps input names to content hashes (see :func:`file_hash`), `config` is the subset of the
-    configuration the stage reads, `databases` is :func:`database_identity`'s result.
+    configuration the stage reads, `databases` identifies the database files (see
+    af2cpu.preprocessing.searches.database_identity).
     """
     document = {
         "stage": stage,
@@ -90,53 +73,11 @@ def stage_key(
     return hashlib.sha256(canonical_json(document)).hexdigest()
 
 
-def _umask() -> int:
-    # mkstemp creates 0600 files; outputs shared by array shards and colleagues get the usual mode.
-    # /proc/self/status reports the umask without the set-and-restore race of os.umask.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is flushed and renamed over `path`.
-
-    For writers that want a file name (a tool's `-o`, numpy's `savez`); on an exception the temporary
-    file is removed and `path` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    temp = Path(temp)
-    os.chmod(temp, 0o666 & ~_umask())
-    try:
-        yield temp
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write `data` (bytes, or a function that writes to a binary file) to `path` atomically."""
-    with atomic_output(path) as temp, open(temp, "wb") as handle:
+    """Write `data` (bytes, or a function that writes to a binary file) to `path` atomically,
+    creating its folder; see af2cpu.outputs.atomic_open."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
         if isinstance(data, (bytes, bytearray, memoryview)):
             handle.write(data)
         else:

@@ -17,7 +17,6 @@ from af2cpu.scheduler.cache import (
     StageCache,
     TargetLock,
     atomic_write,
-    database_identity,
     file_hash,
     stage_key,
 )
@@ -80,13 +79,18 @@ def test_atomic_write_takes_bytes_or_a_writer_and_keeps_old_file_on_error(tmp_pa
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]
 
 
+def _identity(db):
+    stat = db.stat()
+    return {"uniref90": [[str(db), stat.st_size, stat.st_mtime_ns]]}
+
+
 def test_stage_key_changes_with_each_ingredient_and_not_with_key_order(tmp_path):
     db = tmp_path / "uniref90.fasta"
     db.write_text(">a\nMKV\n")
     inputs = {"query": "ab" * 32}
     config = {"n_iter": 1, "e_value": 0.0001}
     tools = {"jackhmmer": "3.4"}
-    dbs = database_identity({"uniref90": db})
+    dbs = _identity(db)
     key = stage_key("uniref90_search", inputs, config, tools, dbs)
     assert key == stage_key("uniref90_search", inputs, {"e_value": 0.0001, "n_iter": 1}, tools, dbs)
     assert len(key) == 64
@@ -97,20 +101,8 @@ def test_stage_key_changes_with_each_ingredient_and_not_with_key_order(tmp_path)
         stage_key("uniref90_search", inputs, config, {"jackhmmer": "3.3.2"}, dbs),
     }
     db.write_text(">a\nMKVL\n")  # a new download of the database
-    others.add(stage_key("uniref90_search", inputs, config, tools, database_identity({"uniref90": db})))
+    others.add(stage_key("uniref90_search", inputs, config, tools, _identity(db)))
     assert key not in others and len(others) == 5
-
-
-def test_database_identity_covers_every_file_of_a_prefix_and_missing_is_an_error(tmp_path):
-    for suffix in ("_a3m.ffdata", "_a3m.ffindex", "_hhm.ffdata"):
-        (tmp_path / f"pdb70{suffix}").write_bytes(b"x" * len(suffix))
-    identity = database_identity({"pdb70": tmp_path / "pdb70"})
-    assert [os.path.basename(entry[0]) for entry in identity["pdb70"]] == [
-        "pdb70_a3m.ffdata", "pdb70_a3m.ffindex", "pdb70_hhm.ffdata"
-    ]
-    assert identity["pdb70"][0][1] == len("_a3m.ffdata")
-    with pytest.raises(Af2CpuError, match="database bfd not found"):
-        database_identity({"bfd": tmp_path / "bfd"})
 
 
 def test_finished_stage_with_same_key_is_skipped(tmp_path):
