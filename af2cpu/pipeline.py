@@ -319,8 +319,11 @@ def relax_stage(model_name: str, cfg: DictConfig, target_dir: str, force: bool =
     def compute():
         config = RelaxConfig(**{**relax_cfg})
         threads = int(cfg.relax.threads) or _allotted_cpus()
-        pdb_text, report = relax(unrelaxed.read_text(), config=config, threads=threads)
-        report_dict = report.to_dict() if hasattr(report, "to_dict") else dataclasses.asdict(report)
+        try:
+            pdb_text, report = relax(unrelaxed.read_text(), config=config, threads=threads)
+            report_dict = report.to_dict()
+        except InputError as exc:  # e.g. an X residue Amber cannot parametrise, as AlphaFold2 refuses too
+            pdb_text, report_dict = "", {"relaxed": False, "failure": str(exc)}
         atomic_write_text(target_dir / f"relax_report_{model_name}.json", json.dumps(report_dict, indent=2) + "\n")
         outputs = [f"relax_report_{model_name}.json"]
         if report_dict.get("relaxed"):
