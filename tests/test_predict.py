@@ -193,3 +193,18 @@ def test_missing_params_say_how_to_get_them(tmp_path):
     assert proc.returncode == 2
     assert "af2cpu params download" in proc.stderr and "params=random" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_explore_notebook_runs_top_to_bottom(batch, monkeypatch):
+    import nbclient
+    import nbformat
+
+    _, out = batch
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "examples" / "explore.ipynb", as_version=4)
+    monkeypatch.setenv("AF2CPU_RESULT", str(out / "1UBI_A"))
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "mean pLDDT" in text and "ranked_0" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no plot was drawn"
