@@ -28,8 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/af2cpu doctor params=random
-	$(BIN)/af2cpu features af2cpu/data/examples/HBB_HUMAN.fasta --out out/demo
+	VENV=$(VENV) scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q -rs tests
