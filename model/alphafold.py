@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from af2cpu.common import residue_constants as rc
-from af2cpu.errors import InputError
 from af2cpu.model import confidence
-from af2cpu.model.embedders import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, RelativePositionEncoding
+from af2cpu.model.embedders import (
+    ExtraMsaEmbedder,
+    InputEmbedder,
+    RecyclingEmbedder,
+    RelativePositionEncoding,
+)
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.heads import (
     DistogramHead,
@@ -28,11 +30,15 @@ from af2cpu.model.heads import (
     PredictedLDDTHead,
 )
 from af2cpu.model.options import Options
-from af2cpu.model.params import load_params, preset_from_filename, read_params
+from af2cpu.model.params import load_params, preset_from_filename, read_params, write_safetensors
 from af2cpu.model.presets import Preset, get_preset
 from af2cpu.model.primitives import Linear
 from af2cpu.model.structure_module import StructureModule
 from af2cpu.model.template import TemplateEmbedding, TemplateTorsionEmbedder
+from torch import nn
+
+from af2cpu.common import residue_constants as rc
+from af2cpu.errors import InputError
 
 _TEMPLATE_KEYS = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                   "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask")
@@ -160,11 +166,13 @@ class AlphaFold(nn.Module):
 
     @classmethod
     def from_params(cls, path: str | os.PathLike, preset: Preset | str | None = None,
-                    options: Options | None = None) -> "AlphaFold":
+                    options: Options | None = None, cache_dir: str | os.PathLike | None = None) -> AlphaFold:
         """Load an official parameter file (``.npz``, or a ``.safetensors`` copy).
 
         The preset is inferred from the file name (``params_model_3_ptm.npz`` -> ``model_3_ptm``)
         unless given. A file that does not hold exactly the preset's tensors is an InputError.
+        With ``cache_dir``, an ``.npz`` is converted once into a safetensors copy there (keyed by
+        the file's name, size and modification time), which later loads read instead.
         """
         if preset is None:
             preset = preset_from_filename(path)
@@ -173,7 +181,7 @@ class AlphaFold(nn.Module):
                                  "pass preset='model_1_ptm' (or another of model_1..5[_ptm])")
         with torch.device("meta"):
             model = cls(preset, options)
-        flat = read_params(path)
+        flat = _read_with_cache(path, cache_dir)
         try:
             load_params(model, flat, source=f"parameter file {os.fspath(path)}")
         except InputError as exc:
@@ -234,7 +242,7 @@ class AlphaFold(nn.Module):
             features = {k: np.asarray(v)[None] for k, v in features.items()}
         slices = self.check_features(features)
         num_recycle = self.preset.num_recycle if num_recycle is None else num_recycle
-        if slices not in (1, num_recycle + 1) and slices < num_recycle + 1:
+        if slices != 1 and slices < num_recycle + 1:
             raise InputError(f"features have {slices} recycle slices; {num_recycle} recycles need "
                              f"{num_recycle + 1} (or 1, reused by every pass)")
         num_res = np.shape(features["aatype"])[1]
@@ -262,6 +270,20 @@ class AlphaFold(nn.Module):
         if return_recycles:
             out = dict(out, recycles=recycles)
         return out
+
+
+def _read_with_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if cache_dir is None or path.suffix != ".npz" or not path.is_file():
+        return read_params(path)
+    stat = path.stat()
+    cached = Path(cache_dir) / f"{path.stem}.{stat.st_size}.{stat.st_mtime_ns}.safetensors"
+    if cached.is_file():
+        return read_params(cached)
+    flat = read_params(path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(cached, flat)
+    return flat
 
 
 def _to_numpy(tree):

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from af2cpu.model.options import chunk_slices
+from torch import nn
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9
@@ -23,7 +22,7 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
     return MASK_BIAS * (1.0 - mask)
 
 
-def _glorot(*shape: int) -> nn.Parameter:
+def _fan_in_normal(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) * shape[0] ** -0.5)
 
 
@@ -40,13 +39,13 @@ class Attention(nn.Module):
         key_dim = (key_dim or c_q) // num_head
         value_dim = (value_dim or c_m) // num_head
         self.num_head, self.key_dim, self.value_dim, self.gating = num_head, key_dim, value_dim, gating
-        self.query_w = _glorot(c_q, num_head, key_dim)
-        self.key_w = _glorot(c_m, num_head, key_dim)
-        self.value_w = _glorot(c_m, num_head, value_dim)
+        self.query_w = _fan_in_normal(c_q, num_head, key_dim)
+        self.key_w = _fan_in_normal(c_m, num_head, key_dim)
+        self.value_w = _fan_in_normal(c_m, num_head, value_dim)
         if gating:
             self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
             self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
-        self.output_w = _glorot(num_head, value_dim, c_out)
+        self.output_w = _fan_in_normal(num_head, value_dim, c_out)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
     def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -94,13 +93,13 @@ class GlobalAttention(nn.Module):
         key_dim = c_q // num_head
         value_dim = c_m // num_head
         self.num_head, self.key_dim, self.value_dim, self.gating = num_head, key_dim, value_dim, gating
-        self.query_w = _glorot(c_q, num_head, key_dim)
-        self.key_w = _glorot(c_m, key_dim)
-        self.value_w = _glorot(c_m, value_dim)
+        self.query_w = _fan_in_normal(c_q, num_head, key_dim)
+        self.key_w = _fan_in_normal(c_m, key_dim)
+        self.value_w = _fan_in_normal(c_m, value_dim)
         if gating:
             self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
             self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
-        self.output_w = _glorot(num_head, value_dim, c_out)
+        self.output_w = _fan_in_normal(num_head, value_dim, c_out)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
     def _attend(self, q_data, m_data, q_mask):

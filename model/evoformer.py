@@ -9,11 +9,10 @@ Every module with a large intermediate reads its chunk size from ``self.options`
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from af2cpu.model.attention import Attention, GlobalAttention, mask_to_bias
 from af2cpu.model.options import Options, chunk_slices
 from af2cpu.model.primitives import LayerNorm, Linear
+from torch import nn
 
 
 class _Chunked(nn.Module):
@@ -148,10 +147,11 @@ class _TriangleMultiplication(_Chunked):
         left = mask * self.left_projection(act) * torch.sigmoid(self.left_gate(act))
         right = mask * self.right_projection(act) * torch.sigmoid(self.right_gate(act))
         # Channel-first so that the triangle sum is one batched GEMM per channel.
+        # (Contiguous operands: a strided batched GEMM takes a slow path in CPU BLAS.)
         if self.outgoing:  # out[i, j] = sum_k left[i, k] * right[j, k]
-            a, b = left.permute(2, 0, 1), right.permute(2, 1, 0)
+            a, b = left.permute(2, 0, 1).contiguous(), right.permute(2, 1, 0).contiguous()
         else:  # out[i, j] = sum_k left[k, j] * right[k, i]
-            a, b = right.permute(2, 1, 0), left.permute(2, 0, 1)
+            a, b = right.permute(2, 1, 0).contiguous(), left.permute(2, 0, 1).contiguous()
         tri = torch.cat([torch.bmm(a[:, s], b) for s in
                          chunk_slices(pair.shape[0], self.options.chunks.triangle_multiplication)], dim=1)
         out = self.output_projection(self.center_layer_norm(tri.permute(1, 2, 0)))

@@ -49,7 +49,7 @@ class Options:
             )
 
     @classmethod
-    def chunked(cls, size: int) -> "Options":
+    def chunked(cls, size: int) -> Options:
         """The same chunk size for every kind (handy for memory-bounded runs and tests)."""
         return cls(chunks=ChunkSizes(**{name: size for name in ChunkSizes.__dataclass_fields__}))
 

@@ -17,7 +17,6 @@ import copy
 import haiku as hk
 import jax
 import numpy as np
-
 from alphafold.model import config as af_config
 from alphafold.model import features as af_features
 from alphafold.model import modules as af_modules

@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from af2cpu.model import evoformer as evo
 from af2cpu.model.options import Options
 from af2cpu.model.params import export_params, load_params, random_params
 
 reference = pytest.importorskip("reference", reason="needs the `reference` extra (jax, haiku, alphafold)")
-from alphafold.model import modules as af_modules  # noqa: E402
+from alphafold.model import modules as af_modules
 
 pytestmark = pytest.mark.reference
 torch.set_num_threads(1)

@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.model import cli as params_cli
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.params import (
@@ -29,6 +27,8 @@ from af2cpu.model.params import (
 )
 from af2cpu.model.presets import PRESETS
 
+from af2cpu.errors import Af2CpuError, InputError
+
 TREE = Path(__file__).parent / "data" / "model" / "params_model_1_ptm.tree.tsv"
 
 
@@ -41,7 +41,7 @@ def _tree():
     out = {}
     for line in TREE.read_text().splitlines():
         if not line.startswith("#"):
-            key, shape, dtype = line.split("\t")
+            key, shape, _dtype = line.split("\t")
             out[key] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
     return out
 
@@ -96,12 +96,19 @@ def test_load_export_round_trip_is_identical(model_3_ptm_file, tmp_path):
     assert all(again[k].dtype == np.float32 and np.array_equal(again[k], flat[k]) for k in flat)
 
 
-def test_safetensors_copy_loads_the_same_weights(model_3_ptm_file, tmp_path):
+def test_safetensors_cache_loads_the_same_weights(model_3_ptm_file, tmp_path):
+    import af2cpu.model
+
     path, flat = model_3_ptm_file
-    cache = tmp_path / "params_model_3_ptm.safetensors"
-    write_safetensors(cache, flat)
-    exported = export_params(AlphaFold.from_params(cache))
+    cache = tmp_path / "cache"
+    af2cpu.model.AlphaFold.from_params(path, cache_dir=cache)  # writes the cache
+    (cached,) = cache.glob("params_model_3_ptm.*.safetensors")
+    assert read_params(cached).keys() == flat.keys()
+    exported = export_params(af2cpu.model.AlphaFold.from_params(path, cache_dir=cache))  # reads it
     assert all(np.array_equal(exported[k], flat[k]) for k in flat)
+    copy = tmp_path / "params_model_3_ptm.safetensors"
+    write_safetensors(copy, flat)
+    assert AlphaFold.from_params(copy).preset.name == "model_3_ptm"
 
 
 def test_missing_unexpected_and_misshaped_keys_are_listed(model_3_ptm_file, tmp_path):
@@ -218,7 +225,7 @@ def test_download_resumes_verifies_and_unpacks(served_tarball, tmp_path):
 
 
 def test_download_with_wrong_checksum_or_dead_server_is_a_clear_error(served_tarball, tmp_path):
-    url, data = served_tarball
+    url, _data = served_tarball
     with pytest.raises(Af2CpuError, match="sha256"):
         download_params(tmp_path / "a", url, sha256="0" * 64)
     with pytest.raises(Af2CpuError, match="HTTP 404"):
