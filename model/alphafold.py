@@ -197,7 +197,7 @@ class AlphaFold(nn.Module):
             value = value[min(index, value.shape[0] - 1)]
             batch[name] = torch.from_numpy(np.ascontiguousarray(
                 value.astype(np.int64 if name in _INT_FEATURES else np.float32)))
-        return batch
+        return _at_least_one_row(batch)
 
     def check_features(self, features: dict[str, np.ndarray]) -> int:
         """Validate names and shapes of processed features; returns the number of recycle slices."""
@@ -284,6 +284,28 @@ def _read_with_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | Non
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(cached, flat)
     return flat
+
+
+# Row-indexed features of the extra MSA and of the templates (leading axis: rows).
+_ROW_GROUPS = (("extra_msa", "extra_msa_mask", "extra_has_deletion", "extra_deletion_value"),
+               ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
+                "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask"))
+
+
+def _at_least_one_row(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give an empty extra MSA or template set one fully masked row.
+
+    A target with a single-sequence MSA has no extra-MSA rows once the clusters are sampled, and a
+    target without template hits has no templates. AlphaFold2 pads both with masked rows, which add
+    nothing to its result (tests/test_model_whole.py checks padded == unpadded); one such row keeps
+    every reduction and reshape well defined without changing the answer.
+    """
+    for group in _ROW_GROUPS:
+        if group[0] in batch and batch[group[0]].shape[0] == 0:
+            for name in group:
+                value = batch[name]
+                batch[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
+    return batch
 
 
 def _to_numpy(tree):

@@ -14,16 +14,20 @@ import hashlib
 import os
 import re
 import tarfile
+import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from af2cpu.errors import Af2CpuError, InputError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI starts fast
+    from torch import nn
 
 PARAMS_URL = "https://storage.googleapis.com/alphafold/alphafold_params_2022-12-06.tar"
 PARAMS_TAR_NAME = "alphafold_params_2022-12-06.tar"
@@ -84,6 +88,8 @@ def load_params(module: nn.Module, flat: dict[str, np.ndarray], root: str = "alp
     Raises InputError naming the missing, unexpected and mis-shaped keys (all of them at once).
     Parameters on the meta device are materialised on the CPU.
     """
+    import torch
+
     scopes = _scope_map(module, root)
     expected = official_shapes(module, root)
     missing = set(scopes) - set(flat)
@@ -197,7 +203,7 @@ def download_params(dest: str | os.PathLike, url: str = PARAMS_URL, *, expected_
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    name = Path(urllib.request.urlparse(url).path).name or PARAMS_TAR_NAME
+    name = Path(urllib.parse.urlparse(url).path).name or PARAMS_TAR_NAME
     final, part = dest / name, dest / (name + ".part")
     if not final.exists():
         have = part.stat().st_size if part.exists() else 0

@@ -19,7 +19,6 @@ reference = pytest.importorskip("reference", reason="needs the `reference` extra
 from alphafold.model import modules as af_modules
 
 pytestmark = pytest.mark.reference
-torch.set_num_threads(1)
 RTOL = 1e-5  # measured: max |ours - reference| / max |reference| <= 1.4e-6 for every module below
 CFG = reference.reference_config("model_1_ptm").model
 EVO, GC = CFG.embeddings_and_evoformer, CFG.global_config

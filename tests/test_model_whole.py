@@ -16,7 +16,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
@@ -59,7 +58,6 @@ def _flatten(tree, prefix=""):
 def runs(tmp_path_factory):
     """preset -> (our per-recycle outputs, the reference's), computed once and cached on disk."""
     cache = tmp_path_factory.mktemp("whole_model")
-    torch.set_num_threads(2)
     out = {}
     for name in PRESETS:
         feats = _features(name)
