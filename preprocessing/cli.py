@@ -13,39 +13,9 @@ import argparse
 from pathlib import Path
 
 
-class _OutAndExtras(argparse.Action):
-    """``--out DIR [WORD ...]``: argparse takes no positionals after an option, so the words after
-    ``--out DIR`` are kept apart and merged with the positionals by :func:`_fasta_and_overrides`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.out = values[0]
-        namespace.out_extras = list(values[1:])
-
-
-def _fasta_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
-    from af2cpu.errors import InputError
-
-    fasta = [args.fasta] if args.fasta else []
-    overrides = list(args.overrides or [])
-    for word in getattr(args, "out_extras", []):
-        (overrides if "=" in word or word.startswith(("+", "~")) else fasta).append(word)
-    if len(fasta) != 1:
-        raise InputError(
-            f"expected one FASTA file, got {len(fasta)}: af2cpu features seq.fasta --out DIR [key=value ...]"
-        )
-    return fasta[0], overrides
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("fasta", nargs="?", help="FASTA file with one or more protein sequences")
-    parser.add_argument(
-        "--out",
-        required=True,
-        nargs="+",
-        action=_OutAndExtras,
-        metavar=("DIR", "KEY=VALUE"),
-        help="output folder (one subfolder per target), optionally followed by overrides",
-    )
+    parser.add_argument("fasta", help="FASTA file with one or more protein sequences")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per target)")
     parser.add_argument(
         "--cpus",
         type=int,
@@ -96,9 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from af2cpu.config import compose_config
     from af2cpu.errors import Af2CpuError
 
-    fasta, overrides = _fasta_and_overrides(args)
-    cfg = compose_config(overrides)
-    targets = read_fasta_targets(fasta)
+    cfg = compose_config(args.overrides)
+    targets = read_fasta_targets(args.fasta)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cpus = args.cpus or int(cfg.search.cpus)
