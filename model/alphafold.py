@@ -8,7 +8,6 @@ names and nesting. Torch stays inside.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -331,8 +330,3 @@ def _guess_preset_hint(flat: dict) -> str:
     return (f"The file {'has' if has_pae else 'lacks'} the predicted-aligned-error (pTM) head and "
             f"{'has' if has_templates else 'lacks'} template embedding weights.")
 
-
-def preset_with(preset: Preset | str, **changes) -> Preset:
-    """A copy of a preset with some fields changed (e.g. fewer blocks for experiments)."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    return dataclasses.replace(preset, **changes)

@@ -203,7 +203,7 @@ def test_template_pair_stack_matches_reference():
 @pytest.fixture(scope="module")
 def processed():
     """One pass of processed model_1_ptm features (1 real template, 3 padded) from the reference."""
-    raw = reference.synthetic_raw_features(20, 48, num_templates=1, seed=3)
+    raw = reference.real_raw_features(start=0, num_res=20)
     feats = reference.make_processed_features(raw, "model_1_ptm", num_recycle=0, max_msa_clusters=12,
                                               max_extra_msa=16)
     return {k: v[0] for k, v in feats.items()}
