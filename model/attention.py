@@ -85,20 +85,20 @@ class GlobalAttention(nn.Module):
     """Global attention: one query per batch element, the masked mean of its rows.
 
     Jumper et al. (2021) Suppl. Alg. 19 'MSAColumnGlobalAttention' lines 2-7. Keys and values have a
-    single head (``key_w``, ``value_w`` of shape (c_m, c)) shared by all query heads.
+    single head (``key_w``, ``value_w`` of shape (c_m, c)) shared by all query heads; the output
+    is gated per query row, as in every AlphaFold2 model.
     """
 
-    def __init__(self, c_q: int, c_m: int, c_out: int, num_head: int, gating: bool = True):
+    def __init__(self, c_q: int, c_m: int, c_out: int, num_head: int):
         super().__init__()
         key_dim = c_q // num_head
         value_dim = c_m // num_head
-        self.num_head, self.key_dim, self.value_dim, self.gating = num_head, key_dim, value_dim, gating
+        self.num_head, self.key_dim, self.value_dim = num_head, key_dim, value_dim
         self.query_w = _fan_in_normal(c_q, num_head, key_dim)
         self.key_w = _fan_in_normal(c_m, key_dim)
         self.value_w = _fan_in_normal(c_m, value_dim)
-        if gating:
-            self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
-            self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
+        self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
+        self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
         self.output_w = _fan_in_normal(num_head, value_dim, c_out)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
@@ -113,8 +113,6 @@ class GlobalAttention(nn.Module):
         logits = torch.einsum("bhc,bkc->bhk", q, k) + mask_to_bias(q_mask[:, None, :, 0])
         weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1), v)
         w_out = self.output_w.reshape(-1, self.output_w.shape[-1])
-        if not self.gating:
-            return (weighted.reshape(b, -1) @ w_out + self.output_b)[:, None]
         gate = torch.sigmoid((q_data @ self.gating_w.reshape(c_q, -1)).view(b, n, self.num_head, -1)
                              + self.gating_b)
         out = weighted[:, None] * gate  # (B, Q, H, c)
