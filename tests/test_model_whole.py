@@ -187,3 +187,10 @@ def test_bad_features_name_the_key_and_shape(small_model, small_features):
         small_model.predict(wrong)
     with pytest.raises(InputError, match="recycle slices"):
         small_model.predict({k: v[:2] for k, v in small_features.items()}, num_recycle=3)
+
+
+def test_features_without_recycle_axis_are_one_pass(small_model, small_features):
+    single = small_model.predict({k: v[0] for k, v in small_features.items()}, num_recycle=0)
+    sliced = small_model.predict({k: v[:1] for k, v in small_features.items()}, num_recycle=0)
+    assert np.array_equal(single["structure_module"]["final_atom_positions"],
+                          sliced["structure_module"]["final_atom_positions"])
