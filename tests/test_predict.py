@@ -23,7 +23,7 @@ UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTL
 CAPSID_CTD = "PTSILDIRQGPKEPFRDYVDRFYKTLRAEQASQEVKNWMTETLLVQNANPDCKTILKALGPGATLEEMMTACQG"  # 1A8O
 
 MODELS = ["model_1_ptm", "model_3_ptm"]
-OVERRIDES = ["params=random", f"model.names=[{','.join(MODELS)}]", "model.num_recycle=1", "relax=best",
+OVERRIDES = ["params=random", f"model.names=[{','.join(MODELS)}]", "model.num_recycle=0", "relax=best",
              "relax.timeout_s=300"]
 
 
@@ -105,7 +105,9 @@ def test_outputs_follow_alphafold_db_formats_and_confidence(batch):
 
 def test_searches_of_a_target_run_in_parallel(batch):
     _, out = batch
-    timings = json.loads((out / "1A8O_A" / "timings.json").read_text())
+    # The longest target is scheduled first, so its searches take the free cores together; later
+    # targets' searches interleave with other targets' (all searches of a batch share the cores).
+    timings = json.loads((out / "1UBI_A" / "timings.json").read_text())
     spans = {name: (t["start"], t["end"]) for name, t in timings.items() if name.startswith("search_")}
     assert {"search_uniref90", "search_mgnify", "search_bfd_uniref", "search_pdb70"} <= set(spans)
     first = ("search_uniref90", "search_mgnify", "search_bfd_uniref")
