@@ -419,6 +419,19 @@ def _stack(collected: Mapping[str, list], count: int) -> dict[str, np.ndarray]:
     }
 
 
+def _catalogues(
+    settings: TemplateSettings,
+    release_dates: Mapping[str, datetime.datetime] | None,
+    obsolete: Mapping[str, str | None] | None,
+) -> tuple[Mapping[str, datetime.datetime], Mapping[str, str | None]]:
+    """The release dates and obsolete entries given, else those the settings name (or none)."""
+    if release_dates is None:
+        release_dates = read_release_dates(settings.release_dates_path) if settings.release_dates_path else {}
+    if obsolete is None:
+        obsolete = read_obsolete_pdbs(settings.obsolete_pdbs_path) if settings.obsolete_pdbs_path else {}
+    return release_dates, obsolete
+
+
 def featurize_templates(
     query_sequence: str,
     hits: Sequence[parsers.TemplateHit],
@@ -427,10 +440,7 @@ def featurize_templates(
     obsolete: Mapping[str, str | None] | None = None,
 ) -> TemplateResult:
     """Template features of the best `settings.max_hits` usable hhsearch hits (by sum_probs)."""
-    if release_dates is None:
-        release_dates = read_release_dates(settings.release_dates_path) if settings.release_dates_path else {}
-    if obsolete is None:
-        obsolete = read_obsolete_pdbs(settings.obsolete_pdbs_path) if settings.obsolete_pdbs_path else {}
+    release_dates, obsolete = _catalogues(settings, release_dates, obsolete)
     collected: dict[str, list] = {name: [] for name in TEMPLATE_FEATURE_DTYPES}
     skipped: list[SkippedHit] = []
     warnings: list[str] = []
@@ -471,10 +481,7 @@ def featurize_hmmsearch_templates(
     obsolete: Mapping[str, str | None] | None = None,
 ) -> TemplateResult:
     """Template features from hmmsearch hits (multimer): file order, one template per distinct sequence."""
-    if release_dates is None:
-        release_dates = read_release_dates(settings.release_dates_path) if settings.release_dates_path else {}
-    if obsolete is None:
-        obsolete = read_obsolete_pdbs(settings.obsolete_pdbs_path) if settings.obsolete_pdbs_path else {}
+    release_dates, obsolete = _catalogues(settings, release_dates, obsolete)
     collected: dict[str, list] = {name: [] for name in TEMPLATE_FEATURE_DTYPES}
     skipped: list[SkippedHit] = []
     warnings: list[str] = []

@@ -171,16 +171,21 @@ def hhblits(
     binary: str | None = None,
 ) -> ToolRun:
     """hhblits (3 iterations) of the query against HH-suite databases (BFD, UniRef30); writes A3M."""
-    prefixes = [check_hh_database(db, "hhblits") for db in databases]
-    out_a3m = Path(out_a3m)
-    with _scratch(out_a3m) as tmp:
-        raw = Path(tmp) / "output.a3m"
-        args = ["-i", query_fasta, "-cpu", str(cpus), "-oa3m", raw, "-o", "/dev/null", *HHBLITS_FLAGS]
+    return _run_hh("hhblits", databases, Path(out_a3m), timeout, binary, lambda raw: [
+        "-i", query_fasta, "-cpu", str(cpus), "-oa3m", raw, "-o", "/dev/null", *HHBLITS_FLAGS])
+
+
+def _run_hh(tool, databases, out: Path, timeout, binary, arguments) -> ToolRun:
+    """Run HH-suite `tool` with `arguments(raw_output)` plus `-d` for each database, publish to `out`."""
+    prefixes = [check_hh_database(db, tool) for db in databases]
+    with _scratch(out) as tmp:
+        raw = Path(tmp) / f"output{out.suffix}"
+        args = list(arguments(raw))
         for prefix in prefixes:
             args += ["-d", prefix]
-        seconds = run_tool("hhblits", args, timeout, binary)
-        _publish(raw, out_a3m)
-    return ToolRun(out_a3m, "hhblits", binary_version("hhblits", binary), seconds)
+        seconds = run_tool(tool, args, timeout, binary)
+        _publish(raw, out)
+    return ToolRun(out, tool, binary_version(tool, binary), seconds)
 
 
 def template_query_msa(uniref90_sto: str | Path) -> str:
@@ -198,16 +203,8 @@ def hhsearch(
     binary: str | None = None,
 ) -> ToolRun:
     """hhsearch of an A3M query MSA against HH-suite databases (PDB70); writes an HHR file."""
-    prefixes = [check_hh_database(db, "hhsearch") for db in databases]
-    out_hhr = Path(out_hhr)
-    with _scratch(out_hhr) as tmp:
-        raw = Path(tmp) / "output.hhr"
-        args = ["-i", query_a3m, "-o", raw, *HHSEARCH_FLAGS, "-cpu", str(cpus)]
-        for prefix in prefixes:
-            args += ["-d", prefix]
-        seconds = run_tool("hhsearch", args, timeout, binary)
-        _publish(raw, out_hhr)
-    return ToolRun(out_hhr, "hhsearch", binary_version("hhsearch", binary), seconds)
+    return _run_hh("hhsearch", databases, Path(out_hhr), timeout, binary, lambda raw: [
+        "-i", query_a3m, "-o", raw, *HHSEARCH_FLAGS, "-cpu", str(cpus)])
 
 
 def search_pdb70(
