@@ -24,6 +24,8 @@ COMMANDS = [
     ("features", "af2cpu.preprocessing.cli", "MSA and template search and raw features for a FASTA file"),
     ("relax", "af2cpu.relax.cli", "Amber relaxation of one structure (AlphaFold2's protocol)"),
     ("params", "af2cpu.model.cli", "model parameters: download the official ones, or make random ones"),
+    ("slurm", "af2cpu.scheduler.slurm", "SLURM job arrays: write (and submit) an sbatch script for a FASTA file"),
+    ("report", "af2cpu.scheduler.report", "summarise a batch's output folder: done/failed/pending, times, confidence"),
 ]
 
 

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with <target id>/msas/ from an earlier run, reused when made for the same "
                         "sequence and databases")
     parser.add_argument("--quiet", action="store_true", help="only errors and the final summary")
+    parser.add_argument("--array-index", type=int, metavar="I",
+                        help="run only shard I (0-based) of a job array; default: from SLURM/PBS/SGE variables")
+    parser.add_argument("--array-count", type=int, metavar="N",
+                        help="number of shards of the job array; default: from SLURM/SGE variables")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2 relax=none")
 
 
@@ -184,11 +188,31 @@ def predict(
     return BatchResult(out_dir, outcomes, [str(e) for e in invalid])
 
 
+def array_shard(fasta: str | os.PathLike, index: Optional[int], count: Optional[int], environ) -> Optional[list[str]]:
+    """The target ids of this job-array task's shard of `fasta`, or None outside a job array.
+
+    Every task computes the same split from the FASTA alone, so shards never overlap. A bad index or
+    count is a ConfigError raised before anything is written.
+    """
+    from af2cpu.preprocessing.inputs import read_fasta_batch
+    from af2cpu.scheduler.sharding import resolve_array_task, select_shard
+
+    task = resolve_array_task(index, count, environ)
+    if task is None:
+        return None
+    targets, _ = read_fasta_batch(fasta)
+    shard = select_shard({t.id: len(t.sequence) for t in targets}, task)
+    log.info("array task %d of %d (%s): %d target(s): %s", task.index, task.count, task.source, len(shard),
+             " ".join(shard))
+    return shard
+
+
 def run(args: argparse.Namespace) -> int:
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
+    shard = array_shard(args.fasta, args.array_index, args.array_count, os.environ)
     result = predict(args.fasta, args.out, args.overrides, force=args.force, quiet=args.quiet,
-                     precomputed_msas=args.precomputed_msas)
+                     precomputed_msas=args.precomputed_msas, targets_filter=shard)
     for outcome in result.outcomes:
         if outcome.status == "done":
             s = outcome.summary

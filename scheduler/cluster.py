@@ -1,7 +1,9 @@
 """Dask clusters whose workers are pinned to the cores the placement plan gives them.
 
-`start_cluster` either attaches to a running scheduler (`scheduler.address`) or starts a local
-scheduler and one `distributed.Nanny` worker process per planned instance. Each worker:
+`start_cluster` attaches to a running scheduler (`scheduler.address`), starts a dask-jobqueue
+cluster whose workers are SLURM or PBS jobs (`scheduler=slurm|pbs`, adaptive between
+`adapt_minimum` and `adapt_maximum` jobs), or starts a local scheduler and one `distributed.Nanny`
+worker process per planned instance. Each local worker:
 
 - starts with OMP/MKL/OpenBLAS thread variables matching its allotment (set by its nanny, before
   PyTorch or any BLAS is imported);
@@ -15,6 +17,9 @@ scheduler and one `distributed.Nanny` worker process per planned instance. Each 
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 from distributed import Client, Nanny, Scheduler, SpecCluster
@@ -22,7 +27,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
-from af2cpu.runtime.threads import apply_allotment, thread_environment
+from af2cpu.runtime.threads import THREAD_VARIABLES, apply_allotment, thread_environment
 from af2cpu.runtime.topology import available_memory, read_topology
 from af2cpu.scheduler.config import ClusterKind, SchedulerConfig
 
@@ -121,6 +126,84 @@ def start_local(plan: Plan, memory_per_worker: int, dashboard: bool = True) -> C
     return ClusterHandle(client=client, cluster=cluster, plan=plan, dashboard_link=link)
 
 
+def jobqueue_options(config: SchedulerConfig) -> dict:
+    """dask-jobqueue keyword arguments for `config`: job size, and worker resources and threads that
+    match the job's share of cores so the graph's `cpus` requests hold on batch nodes too."""
+    processes = max(1, int(config.processes))
+    if int(config.cores) < processes:
+        raise ConfigError(f"scheduler.cores ({config.cores}) must be at least scheduler.processes ({processes})")
+    threads = int(config.cores) // processes
+    options = {
+        "cores": int(config.cores),
+        "memory": str(config.memory),
+        "processes": processes,
+        "walltime": str(config.walltime),
+        "job_name": "af2cpu-worker",
+        "worker_extra_args": ["--resources", f"cpus={threads}"],
+        "job_script_prologue": [f"export {name}={threads}" for name in THREAD_VARIABLES],
+        "job_extra_directives": list(config.job_directives or []),
+    }
+    if config.queue:
+        options["queue"] = str(config.queue)
+    if config.account:
+        options["account"] = str(config.account)
+    if config.log_directory:
+        options["log_directory"] = str(config.log_directory)
+    return options
+
+
+def check_job_script(script: str) -> None:
+    """`sbatch --test-only` of a worker job script: a partition, account or limit the cluster refuses
+    is an error now, not a job that never starts while af2cpu waits for it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as f:
+        f.write(script)
+        f.flush()
+        proc = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise Af2CpuError(
+            f"SLURM refuses the Dask worker job ({proc.stderr.strip()}); check scheduler.queue, "
+            f"scheduler.account, scheduler.cores, scheduler.memory and scheduler.walltime. The job script:\n{script}"
+        )
+
+
+def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
+    """A dask-jobqueue SLURMCluster or PBSCluster scaled adaptively, and a client with a first worker."""
+    kind = ClusterKind(config.kind)
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ConfigError(f"scheduler={kind.value} needs dask-jobqueue: pip install 'af2cpu[hpc]'") from None
+    if not 1 <= int(config.adapt_minimum) <= int(config.adapt_maximum):
+        raise ConfigError(f"need 1 <= scheduler.adapt_minimum ({config.adapt_minimum}) <= "
+                          f"scheduler.adapt_maximum ({config.adapt_maximum})")
+    cls = {ClusterKind.slurm: dask_jobqueue.SLURMCluster, ClusterKind.pbs: dask_jobqueue.PBSCluster}[kind]
+    submit = {ClusterKind.slurm: "sbatch", ClusterKind.pbs: "qsub"}[kind]
+    if shutil.which(submit) is None:
+        raise ConfigError(f"scheduler={kind.value} submits worker jobs with {submit}, which is not on PATH; "
+                          "run on a login node of the cluster, or use scheduler=local")
+    cluster = cls(**jobqueue_options(config))
+    try:
+        if kind == ClusterKind.slurm:
+            check_job_script(cluster.job_script())
+        cluster.adapt(minimum_jobs=int(config.adapt_minimum), maximum_jobs=int(config.adapt_maximum))
+        client = Client(cluster)
+        log.info("waiting for the first %s worker job to start (up to %g s)", kind.value, config.worker_wait)
+        try:
+            client.wait_for_workers(1, timeout=float(config.worker_wait))
+        except TimeoutError:
+            raise Af2CpuError(
+                f"no {kind.value} worker job started within {config.worker_wait:g} s (job script:\n"
+                f"{cluster.job_script()}); check the queue, or raise scheduler.worker_wait"
+            ) from None
+    except BaseException:
+        cluster.close()
+        raise
+    link = cluster.dashboard_link or None
+    if link:
+        log.info("Dask dashboard: %s", link)
+    return ClusterHandle(client=client, cluster=cluster, plan=None, dashboard_link=link)
+
+
 def start_cluster(
     config: SchedulerConfig, memory_limit: int | None = None, plan: Plan | None = None
 ) -> ClusterHandle:
@@ -133,10 +216,7 @@ def start_cluster(
     if config.address:
         return attach(config.address, config.connect_timeout)
     if ClusterKind(config.kind) != ClusterKind.local:
-        raise ConfigError(
-            f"scheduler={ClusterKind(config.kind).value} cannot start its own workers in this version; "
-            "start a Dask scheduler on the cluster and set scheduler.address, or use scheduler=local"
-        )
+        return start_jobqueue(config)
     if plan is None:
         plan = plan_instances(
             read_topology(),

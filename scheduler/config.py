@@ -1,8 +1,8 @@
 """Configuration of the Dask scheduler (the `scheduler` Hydra group: local | slurm | pbs)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import List, Optional
 
 
 class ClusterKind(str, Enum):
@@ -21,3 +21,16 @@ class SchedulerConfig:
     retries: int = 1
     threads_per_worker: int = 0  # 0 = planned from the CPU topology
     connect_timeout: float = 10.0  # seconds to reach `address` before giving up
+    # scheduler=slurm | pbs (dask-jobqueue): what each batch job asks for; every job runs `processes`
+    # Dask workers sharing its `cores` and `memory`.
+    queue: Optional[str] = None  # SLURM partition / PBS queue; None = the batch system's default
+    account: Optional[str] = None
+    walltime: str = "04:00:00"
+    cores: int = 4
+    memory: str = "16GiB"
+    processes: int = 1
+    job_directives: List[str] = field(default_factory=list)  # extra #SBATCH / #PBS lines, e.g. "--qos=long"
+    log_directory: Optional[str] = None  # the jobs' stdout/stderr; None = the submission folder
+    adapt_minimum: int = 1  # jobs kept while the batch runs (at least one, to learn the workers' size)
+    adapt_maximum: int = 4  # jobs the batch may grow to while tasks wait
+    worker_wait: float = 3600.0  # seconds to wait for the first worker job to start (queueing included)

@@ -73,6 +73,8 @@ def test_dead_scheduler_address_is_a_clear_error():
         start_cluster(config)
 
 
-def test_slurm_without_address_says_what_to_do():
-    with pytest.raises(Af2CpuError, match="set scheduler.address"):
+def test_slurm_without_sbatch_says_what_to_do(monkeypatch):
+    path = ":".join(p for p in os.environ.get("PATH", "").split(":") if not os.path.exists(os.path.join(p, "sbatch")))
+    monkeypatch.setenv("PATH", path)
+    with pytest.raises(Af2CpuError, match="sbatch, which is not on PATH"):
         start_cluster(SchedulerConfig(kind="slurm"))

@@ -1,0 +1,224 @@
+"""`af2cpu slurm script FASTA --out DIR`: a ready sbatch script that folds a FASTA file as a job array.
+
+Each array task runs `af2cpu predict FASTA --out DIR <overrides>`; predict reads SLURM_ARRAY_TASK_ID
+and SLURM_ARRAY_TASK_COUNT and folds only its shard of the targets (af2cpu.scheduler.sharding), all
+tasks writing into the same output folder and stage cache. CPUs and memory per task come from the
+options, or from the memory planner's estimate for the longest target plus headroom for the searches,
+relaxation and the Dask processes. `--summary-job` adds a job that runs `af2cpu report DIR` once
+every array task succeeded (`afterok`); `--submit` submits with sbatch and prints the job id(s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from af2cpu.errors import Af2CpuError, ConfigError
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+# The planner estimates one forward pass; searches, relaxation, the Dask scheduler and worker
+# processes and the page cache of the databases come on top.
+HEADROOM_FACTOR = 1.25
+HEADROOM_BYTES = 3 * GIB
+# AlphaFold2's largest MSA inputs (clustered rows, extra rows, templates): the planner's worst case.
+WORST_MSA = (512, 5120, 4)
+SCRIPT_NAME = "af2cpu_array.sbatch"
+# Task ids equal shard indices (the array is 0..N-1), so a task resubmitted alone keeps its shard,
+# which SLURM_ARRAY_TASK_MIN/MAX/COUNT of a partial resubmission would not tell.
+TASK_ID = '"$SLURM_ARRAY_TASK_ID"'
+
+
+@dataclass
+class ArrayJob:
+    """Everything the sbatch script says."""
+
+    fasta: Path
+    out_dir: Path
+    array_count: int
+    cpus_per_task: int
+    mem: str  # in sbatch's syntax, e.g. "8G"
+    overrides: list[str] = field(default_factory=list)
+    time: Optional[str] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    job_name: str = "af2cpu"
+    python: str = sys.executable
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out_dir / "logs"
+
+    def predict_command(self) -> list[str]:
+        """The command each array task runs, its shard named by SLURM_ARRAY_TASK_ID (a shell word)."""
+        return [self.python, "-m", "af2cpu", "predict", str(self.fasta), "--out", str(self.out_dir),
+                "--array-index", TASK_ID, "--array-count", str(self.array_count), *self.overrides]
+
+    def report_command(self) -> list[str]:
+        return [self.python, "-m", "af2cpu", "report", str(self.out_dir)]
+
+
+def estimated_memory(length: int, precision_bytes: int = 4) -> int:
+    """Bytes to ask per array task for a target of `length` residues."""
+    from af2cpu.runtime.memory import estimate_peak_memory
+
+    peak = estimate_peak_memory(length, *WORST_MSA, precision_bytes).total
+    return int(peak * HEADROOM_FACTOR) + HEADROOM_BYTES
+
+
+def shell_words(command: Sequence[str]) -> str:
+    """`command` for bash, every word quoted except the task-id variable."""
+    return " ".join(word if word == TASK_ID else shlex.quote(word) for word in command)
+
+
+def _sbatch_options(job: ArrayJob, name: str) -> list[str]:
+    lines = [f"--job-name={name}", f"--cpus-per-task={job.cpus_per_task}", f"--mem={job.mem}",
+             "--ntasks=1", "--nodes=1"]
+    if job.time:
+        lines.append(f"--time={job.time}")
+    if job.partition:
+        lines.append(f"--partition={job.partition}")
+    if job.account:
+        lines.append(f"--account={job.account}")
+    return lines
+
+
+def array_script(job: ArrayJob) -> str:
+    """The sbatch script of the array job."""
+    options = _sbatch_options(job, job.job_name) + [
+        f"--array=0-{job.array_count - 1}",
+        f"--output={job.log_dir}/%x_%A_%a.out",
+        f"--error={job.log_dir}/%x_%A_%a.err",
+    ]
+    header = "".join(f"#SBATCH {option}\n" for option in options)
+    return (
+        "#!/bin/bash\n"
+        f"{header}"
+        f"# Written by `af2cpu slurm script`: {job.array_count} array task(s), task I folding shard I of\n"
+        f"# {job.fasta} into {job.out_dir}. The count is fixed here, so some tasks can be\n"
+        "# rerun alone (`sbatch --array=3,7 THIS_SCRIPT`); a rerun resumes, keeping finished stages.\n"
+        "set -euo pipefail\n"
+        f"export OMP_NUM_THREADS={job.cpus_per_task}\n"
+        f"exec {shell_words(job.predict_command())}\n"
+    )
+
+
+def summary_script(job: ArrayJob) -> str:
+    """The sbatch script of the summary job (submitted with afterok on the array)."""
+    options = [f"--job-name={job.job_name}-report", "--cpus-per-task=1", "--mem=1G", "--ntasks=1",
+               f"--output={job.log_dir}/%x_%j.out", f"--error={job.log_dir}/%x_%j.err"]
+    if job.partition:
+        options.append(f"--partition={job.partition}")
+    if job.account:
+        options.append(f"--account={job.account}")
+    header = "".join(f"#SBATCH {option}\n" for option in options)
+    return f"#!/bin/bash\n{header}set -euo pipefail\nexec {shell_words(job.report_command())}\n"
+
+
+def require_sbatch() -> None:
+    """A clear error where sbatch is missing."""
+    if shutil.which("sbatch") is None:
+        raise Af2CpuError("sbatch was not found on PATH: run this on a SLURM login node (or load the SLURM "
+                          "module), or leave out --submit and submit the script there yourself")
+
+
+def sbatch(args: Sequence[str]) -> str:
+    """Run sbatch --parsable with `args`; returns the job id."""
+    require_sbatch()
+    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Af2CpuError(f"sbatch {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: Optional[int] = None,
+             cpus_per_task: Optional[int] = None, mem: Optional[str] = None, time: Optional[str] = None,
+             partition: Optional[str] = None, account: Optional[str] = None) -> ArrayJob:
+    """An ArrayJob for `fasta`: the array size defaults to one task per target, memory to the planner's
+    estimate for the longest target. The overrides are checked now, not on the cluster."""
+    from af2cpu.preprocessing.inputs import read_fasta_batch
+
+    from af2cpu.config import compose_config
+
+    cfg = compose_config(list(overrides))
+    targets, invalid = read_fasta_batch(fasta)
+    for error in invalid:
+        log.warning("invalid record (predict will skip it): %s", error)
+    if not targets:
+        raise Af2CpuError(f"{fasta} has no valid record to fold")
+    count = len(targets) if array_count is None else array_count
+    if not 1 <= count <= len(targets):
+        raise ConfigError(f"--array-count {count} must be between 1 and the number of targets ({len(targets)})")
+    cpus = cpus_per_task or 4
+    if cpus < 1:
+        raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
+    precision = str(getattr(cfg.runtime.precision, "value", cfg.runtime.precision))
+    longest = max(len(t.sequence) for t in targets)
+    memory_gib = math.ceil(estimated_memory(longest, 2 if precision == "bf16" else 4) / GIB)
+    if mem is None:
+        mem = f"{memory_gib}G"
+        log.info("memory per task: %s (planner estimate for the longest target, %d residues, plus headroom)",
+                 mem, longest)
+    extra = list(overrides)
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    # Inside the job, "auto" would see the whole node; the allocation is what this task may use.
+    if "runtime.memory_limit" not in keys:
+        extra.append(f"runtime.memory_limit={mem}")
+    if "runtime.threads" not in keys:
+        extra.append(f"runtime.threads={cpus}")
+    return ArrayJob(Path(fasta).resolve(), Path(out).resolve(), count, cpus, mem, extra, time, partition, account)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
+    script = sub.add_parser("script", help="write (and optionally submit) an sbatch array script",
+                            description=__doc__.strip())
+    script.add_argument("fasta", help="FASTA file with the targets")
+    script.add_argument("--out", required=True, help="output folder shared by every array task")
+    script.add_argument("--array-count", type=int, metavar="N", help="array tasks (default: one per target)")
+    script.add_argument("--cpus-per-task", type=int, metavar="C", help="CPUs per array task (default 4)")
+    script.add_argument("--mem", metavar="M", help="memory per task, e.g. 16G (default: from the planner)")
+    script.add_argument("--time", metavar="T", help="time limit per task, e.g. 12:00:00")
+    script.add_argument("--partition", metavar="P", help="SLURM partition")
+    script.add_argument("--account", metavar="A", help="SLURM account")
+    script.add_argument("--script", metavar="PATH", help=f"where to write the script (default: OUT/{SCRIPT_NAME})")
+    script.add_argument("--summary-job", action="store_true",
+                        help="also a job that runs `af2cpu report OUT` after every array task succeeded")
+    script.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id(s)")
+    script.add_argument("overrides", nargs="*", help="Hydra overrides passed to af2cpu predict")
+
+
+def run(args: argparse.Namespace) -> int:
+    from af2cpu.outputs import atomic_write_text
+    from af2cpu.predict import prepare_output_folder
+
+    job = plan_job(args.fasta, args.out, args.overrides or [], args.array_count, args.cpus_per_task, args.mem,
+                   args.time, args.partition, args.account)
+    if args.submit:
+        require_sbatch()  # before anything is written
+    prepare_output_folder(job.out_dir)
+    job.log_dir.mkdir(exist_ok=True)
+    path = Path(args.script) if args.script else job.out_dir / SCRIPT_NAME
+    atomic_write_text(path, array_script(job))
+    path.chmod(0o755)
+    print(f"wrote {path}: {job.array_count} array task(s), {job.cpus_per_task} CPU(s) and {job.mem} each")
+    summary_path = path.with_name(path.stem + "_report.sbatch")
+    if args.summary_job:
+        atomic_write_text(summary_path, summary_script(job))
+        print(f"wrote {summary_path}: `af2cpu report` after the array succeeded")
+    if args.submit:
+        job_id = sbatch([str(path)])
+        print(f"submitted array job {job_id}")
+        if args.summary_job:
+            report_id = sbatch([f"--dependency=afterok:{job_id}", str(summary_path)])
+            print(f"submitted report job {report_id}")
+    return 0

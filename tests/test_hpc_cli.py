@@ -1,0 +1,43 @@
+"""HPC commands on bad input, without a batch system: a clear message, exit status 2, nothing written."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CRAMBIN = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"
+VILLIN = "LSDEDFKAVFGMTRSAFANLPLWKQQNLKKEKGLF"
+OVERRIDES = ["params=random", "model.names=[model_3_ptm]", "relax=none"]
+
+
+def af2cpu(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "af2cpu", *args], capture_output=True, text=True,
+                          env=env or os.environ, timeout=300)
+
+
+@pytest.fixture
+def fasta(tmp_path):
+    path = tmp_path / "targets.fasta"
+    path.write_text(f">1EJG_A crambin\n{CRAMBIN}\n>1YRF_A villin headpiece\n{VILLIN}\n")
+    return path
+
+
+def test_array_index_outside_the_array_exits_2_and_writes_nothing(fasta, tmp_path):
+    out = tmp_path / "out"
+    for options in (["--array-index", "2", "--array-count", "2"], ["--array-index", "0", "--array-count", "3"]):
+        proc = af2cpu("predict", str(fasta), "--out", str(out), *options, *OVERRIDES)
+        assert proc.returncode == 2, proc.stderr
+        assert "array" in proc.stderr.splitlines()[-1]
+        assert not out.exists()
+
+
+def test_slurm_submit_without_sbatch_exits_2_and_writes_nothing(fasta, tmp_path):
+    out = tmp_path / "out"
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not (Path(p) / "sbatch").exists())
+    proc = af2cpu("slurm", "script", str(fasta), "--out", str(out), "--submit", *OVERRIDES,
+                  env={**os.environ, "PATH": path})
+    assert proc.returncode == 2
+    assert "sbatch was not found" in proc.stderr
+    assert not out.exists()
