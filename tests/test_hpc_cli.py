@@ -41,3 +41,22 @@ def test_slurm_submit_without_sbatch_exits_2_and_writes_nothing(fasta, tmp_path)
     assert proc.returncode == 2
     assert "sbatch was not found" in proc.stderr
     assert not out.exists()
+
+
+def test_pbs_worker_jobs_advertise_their_share_of_cores():
+    from dask_jobqueue import PBSCluster
+
+    from af2cpu.config import compose_config
+    from af2cpu.scheduler.cluster import jobqueue_options
+
+    cfg = compose_config(["scheduler=pbs", "scheduler.cores=8", "scheduler.processes=2", "scheduler.queue=workq",
+                          "scheduler.account=bio", 'scheduler.job_directives=["-l place=scatter"]'])
+    cluster = PBSCluster(**jobqueue_options(cfg.scheduler))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#PBS -q workq", "#PBS -A bio", "#PBS -l select=1:ncpus=8:mem=16GB", "#PBS -l place=scatter",
+                 "export OMP_NUM_THREADS=4"):
+        assert line in script.splitlines(), script
+    assert "--nworkers 2" in script and "--resources cpus=4" in script
