@@ -8,6 +8,7 @@ names and nesting. Torch stays inside.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         super().__init__()
         a = preset.architecture
         self.preset = preset
+        self.options = Options()
         self.input_embedder = InputEmbedder(a.target_feat_dim, a.msa_feat_dim, a.msa_channel, a.pair_channel)
         self.recycling_embedder = RecyclingEmbedder(a.msa_channel, a.pair_channel)
         self.relative_position = RelativePositionEncoding(a.max_relative_feature, a.pair_channel)
@@ -69,33 +71,62 @@ class EmbeddingsAndEvoformer(nn.Module):
         self.single_activations = Linear(a.msa_channel, a.seq_channel)
 
     def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One pass's features (no recycle axis) and the previous pass's state -> representations."""
+        """One pass's features (no recycle axis) and the previous pass's state -> representations.
+
+        The stacks run in the dtype of ``self.options`` (fp32 or bf16); the features, the
+        recycled state and the returned representations are fp32.
+        """
+        dtype = self.options.dtype
         seq_mask = batch["seq_mask"]
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
         msa, pair = self.input_embedder(batch["target_feat"], batch["msa_feat"])
         first_row, pair_update = self.recycling_embedder(batch["aatype"], prev["prev_pos"],
                                                          prev["prev_msa_first_row"], prev["prev_pair"])
-        msa = torch.cat([msa[:1] + first_row, msa[1:]])
-        pair = pair + pair_update + self.relative_position(batch["residue_index"])
+        msa = torch.cat([msa[:1] + first_row, msa[1:]]).to(dtype)
+        pair = (pair + pair_update + self.relative_position(batch["residue_index"])).to(dtype)
         if self.preset.use_templates:
             pair = pair + self.template_embedding(pair, batch, mask_2d)
 
         extra = self.extra_msa_embedder(batch["extra_msa"], batch["extra_has_deletion"],
-                                        batch["extra_deletion_value"])
+                                        batch["extra_deletion_value"]).to(dtype)
+        run = _block_runner(self.options)
         for block in self.extra_msa_stack:
-            extra, pair = block(extra, pair, batch["extra_msa_mask"], mask_2d)
+            extra, pair = run(block, extra, pair, batch["extra_msa_mask"], mask_2d)
 
         msa_mask = batch["msa_mask"]
         if self.preset.embed_torsion_angles:
             rows, rows_mask = self.template_torsion_embedder(
                 batch["template_aatype"], batch["template_all_atom_positions"], batch["template_all_atom_masks"])
-            msa, msa_mask = torch.cat([msa, rows]), torch.cat([msa_mask, rows_mask])
+            msa, msa_mask = torch.cat([msa, rows.to(dtype)]), torch.cat([msa_mask, rows_mask])
         for block in self.evoformer_iteration:
-            msa, pair = block(msa, pair, msa_mask, mask_2d)
+            msa, pair = run(block, msa, pair, msa_mask, mask_2d)
 
+        # The structure module and the heads run in fp32, as in AlphaFold2.
         num_seq = batch["msa_feat"].shape[0]
-        return {"single": self.single_activations(msa[0]), "pair": pair, "msa": msa[:num_seq],
-                "msa_first_row": msa[0]}
+        return {"single": self.single_activations(msa[0]).float(), "pair": pair.float(),
+                "msa": msa[:num_seq].float(), "msa_first_row": msa[0].float()}
+
+
+def _call_block(block: nn.Module, *args):
+    return block(*args)
+
+
+@functools.cache
+def _compiled_block_call():
+    # One compiled function for every block: the blocks' parameters are graph inputs (dynamo
+    # inlines nn.Modules), so the 48 Evoformer blocks share one graph, and the extra-MSA blocks
+    # another; dynamic shapes let a new length or depth reuse them.
+    return torch.compile(_call_block, dynamic=True)
+
+
+def _block_runner(options: Options):
+    """How the trunk calls its repeated blocks: eagerly, or through ``torch.compile``."""
+    if not options.compile:
+        return _call_block
+    if options.compile_cache_dir is not None:
+        # Inductor reads its cache location from the environment only.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options.compile_cache_dir)
+    return _compiled_block_call()
 
 
 class AlphaFoldIteration(nn.Module):
@@ -114,6 +145,7 @@ class AlphaFoldIteration(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict:
         representations = self.evoformer(batch, prev)
+        representations["msa"] = _restore_msa_rows(representations["msa"], batch)
         ret = {"representations": representations,
                "distogram": self.distogram_head(representations, batch),
                "experimentally_resolved": self.experimentally_resolved_head(representations, batch),
@@ -196,7 +228,7 @@ class AlphaFold(nn.Module):
             value = value[min(index, value.shape[0] - 1)]
             batch[name] = torch.from_numpy(np.ascontiguousarray(
                 value.astype(np.int64 if name in _INT_FEATURES else np.float32)))
-        return _at_least_one_row(batch)
+        return _at_least_one_row(_without_masked_rows(batch))
 
     def check_features(self, features: dict[str, np.ndarray]) -> int:
         """Validate names and shapes of processed features; returns the number of recycle slices."""
@@ -289,6 +321,45 @@ def _read_with_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | Non
 _ROW_GROUPS = (("extra_msa", "extra_msa_mask", "extra_has_deletion", "extra_deletion_value"),
                ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                 "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask"))
+
+
+def _without_masked_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the MSA, extra-MSA and template rows that are masked out entirely.
+
+    AlphaFold2 pads these to fixed sizes (508/5120/4 rows) with fully masked rows, which add nothing
+    to its result: attention masks them as keys, the outer product mean masks them, and what they
+    compute for themselves is read by no unmasked row. So they are not computed. The first MSA row
+    (the query) is always kept; ``msa_rows`` records which main-MSA rows were kept, so that
+    :func:`_restore_msa_rows` can give the per-row outputs their full shape again. A template is
+    dropped only when both its mask and its atom masks are zero: its torsion-angle MSA rows read
+    the atom masks.
+    """
+    msa_keep = batch["msa_mask"].any(dim=1)
+    msa_keep[0] = True
+    batch["msa_rows"] = torch.nonzero(msa_keep)[:, 0]
+    batch["num_msa_rows"] = torch.tensor(msa_keep.shape[0])
+    keeps = {"msa_feat": msa_keep, "extra_msa": batch["extra_msa_mask"].any(dim=1)}
+    if "template_mask" in batch:
+        keeps["template_aatype"] = (batch["template_mask"] != 0) | batch["template_all_atom_masks"].flatten(1).any(1)
+    for group in (("msa_feat", "msa_mask"),) + _ROW_GROUPS:
+        if group[0] in batch and not bool(keeps[group[0]].all()):
+            for name in group:
+                batch[name] = batch[name][keeps[group[0]]]
+    return batch
+
+
+def _restore_msa_rows(msa: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The ``msa`` representation with the rows that :func:`_without_masked_rows` dropped.
+
+    DISCREPANCY: the dropped rows are fully masked padding, for which AlphaFold2 computes values
+    that nothing reads; here their representation is zero (and so their masked-MSA logits are
+    the head's bias).
+    """
+    if "msa_rows" not in batch or batch["msa_rows"].shape[0] == int(batch["num_msa_rows"]):
+        return msa
+    full = msa.new_zeros((int(batch["num_msa_rows"]), *msa.shape[1:]))
+    full[batch["msa_rows"]] = msa
+    return full
 
 
 def _at_least_one_row(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

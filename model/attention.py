@@ -51,7 +51,7 @@ class Attention(nn.Module):
     def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """(B, N, c_in) @ (c_in, H, c) -> (B, H, N, c)."""
         b, n, _ = x.shape
-        return (x @ w.reshape(w.shape[0], -1)).view(b, n, w.shape[1], w.shape[2]).transpose(1, 2)
+        return (x @ w.reshape(w.shape[0], -1).to(x.dtype)).view(b, n, w.shape[1], w.shape[2]).transpose(1, 2)
 
     def _attend(self, q_data, m_data, bias, nonbatched_bias):
         q = self._project(q_data, self.query_w)
@@ -62,11 +62,11 @@ class Attention(nn.Module):
                                              scale=self.key_dim**-0.5)  # (B, H, Q, c_v)
         out = out.transpose(1, 2)  # (B, Q, H, c_v)
         if self.gating:
-            gate = self._project(q_data, self.gating_w).transpose(1, 2) + self.gating_b
+            gate = self._project(q_data, self.gating_w).transpose(1, 2) + self.gating_b.to(out.dtype)
             out = out * torch.sigmoid(gate)
         b, nq = out.shape[:2]
-        return torch.addmm(self.output_b, out.reshape(b * nq, -1),
-                           self.output_w.reshape(-1, self.output_w.shape[-1])).view(b, nq, -1)
+        return torch.addmm(self.output_b.to(out.dtype), out.reshape(b * nq, -1),
+                           self.output_w.reshape(-1, self.output_w.shape[-1]).to(out.dtype)).view(b, nq, -1)
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, bias: torch.Tensor,
                 nonbatched_bias: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
@@ -104,19 +104,22 @@ class GlobalAttention(nn.Module):
 
     def _attend(self, q_data, m_data, q_mask):
         b, n, c_q = q_data.shape
+        dtype = q_data.dtype
+        # The masked mean and the softmax accumulate in fp32, whatever the activations' dtype.
         # DISCREPANCY: AlphaFold2 adds 1e-10 to the mask count, so a fully masked column averages to 0.
-        q_avg = (q_mask * q_data).sum(1) / (q_mask.sum(1) + 1e-10)  # (B, c_q)
-        q = (q_avg @ self.query_w.reshape(c_q, -1)).view(b, self.num_head, self.key_dim)
+        q_mask = q_mask.float()
+        q_avg = ((q_mask * q_data).sum(1) / (q_mask.sum(1) + 1e-10)).to(dtype)  # (B, c_q)
+        q = (q_avg @ self.query_w.reshape(c_q, -1).to(dtype)).view(b, self.num_head, self.key_dim)
         q = q * self.key_dim**-0.5
-        k = m_data @ self.key_w  # (B, K, c)
-        v = m_data @ self.value_w
-        logits = torch.einsum("bhc,bkc->bhk", q, k) + mask_to_bias(q_mask[:, None, :, 0])
-        weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1), v)
-        w_out = self.output_w.reshape(-1, self.output_w.shape[-1])
-        gate = torch.sigmoid((q_data @ self.gating_w.reshape(c_q, -1)).view(b, n, self.num_head, -1)
-                             + self.gating_b)
+        k = m_data @ self.key_w.to(dtype)  # (B, K, c)
+        v = m_data @ self.value_w.to(dtype)
+        logits = torch.einsum("bhc,bkc->bhk", q, k).float() + mask_to_bias(q_mask[:, None, :, 0])
+        weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1).to(dtype), v)
+        w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
+        gate = torch.sigmoid((q_data @ self.gating_w.reshape(c_q, -1).to(dtype)).view(b, n, self.num_head, -1)
+                             + self.gating_b.to(dtype))
         out = weighted[:, None] * gate  # (B, Q, H, c)
-        return torch.addmm(self.output_b, out.reshape(b * n, -1), w_out).view(b, n, -1)
+        return torch.addmm(self.output_b.to(dtype), out.reshape(b * n, -1), w_out).view(b, n, -1)
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor,
                 chunk_size: int | None = None) -> torch.Tensor:

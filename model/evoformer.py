@@ -36,7 +36,7 @@ class MSARowAttentionWithPairBias(_Chunked):
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
         bias = mask_to_bias(msa_mask)[:, None, None, :]
         msa = self.query_norm(msa)
-        pair_bias = torch.einsum("qkc,ch->hqk", self.feat_2d_norm(pair), self.feat_2d_weights)
+        pair_bias = torch.einsum("qkc,ch->hqk", self.feat_2d_norm(pair), self.feat_2d_weights.to(pair.dtype))
         return self.attention(msa, msa, bias, pair_bias, self.options.chunks.msa_row_attention)
 
 
@@ -106,22 +106,25 @@ class OuterProductMean(_Chunked):
         self.output_b = nn.Parameter(torch.zeros(c_z))
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
-        mask = msa_mask[..., None]
         act = self.layer_norm_input(msa)
+        mask = msa_mask[..., None].to(act.dtype)
         left = mask * self.left_projection(act)  # (S, L, c)
         right = mask * self.right_projection(act)
         n_res, c = left.shape[1], left.shape[2]
-        w = self.output_w.reshape(c * c, -1)
+        w = self.output_w.reshape(c * c, -1).to(act.dtype)
+        b = self.output_b.to(act.dtype)
         right_flat = right.reshape(right.shape[0], -1)  # (S, L*c)
         out = []
         for s in chunk_slices(n_res, self.options.chunks.outer_product_mean):
             left_s = left[:, s].reshape(left.shape[0], -1)  # (S, l*c)
             outer = (left_s.t() @ right_flat).view(-1, c, n_res, c).transpose(1, 2)  # (l, L, c, c)
-            out.append(torch.addmm(self.output_b, outer.reshape(-1, c * c), w).view(-1, n_res, w.shape[1]))
+            out.append(torch.addmm(b, outer.reshape(-1, c * c), w).view(-1, n_res, w.shape[1]))
         # DISCREPANCY: the bias is added before dividing by the number of sequence pairs (+1e-3),
         # as the released weights expect; the paper's pseudocode adds it after the mean.
-        norm = torch.einsum("si,sj->ij", msa_mask, msa_mask)[..., None]
-        return torch.cat(out) / (1e-3 + norm)
+        # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
+        mask32 = msa_mask.float()
+        norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None]
+        return (torch.cat(out) / (1e-3 + norm)).to(act.dtype)
 
 
 class _TriangleMultiplication(_Chunked):
@@ -142,8 +145,8 @@ class _TriangleMultiplication(_Chunked):
         self.gating_linear = Linear(c_z, c_z)
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        mask = pair_mask[..., None]
         act = self.layer_norm_input(pair)
+        mask = pair_mask[..., None].to(act.dtype)
         left = mask * self.left_projection(act) * torch.sigmoid(self.left_gate(act))
         right = mask * self.right_projection(act) * torch.sigmoid(self.right_gate(act))
         # Channel-first so that the triangle sum is one batched GEMM per channel.
@@ -187,7 +190,7 @@ class _TriangleAttention(_Chunked):
             pair, pair_mask = pair.transpose(0, 1), pair_mask.transpose(0, 1)
         bias = mask_to_bias(pair_mask)[:, None, None, :]
         act = self.query_norm(pair)
-        tri_bias = torch.einsum("qkc,ch->hqk", act, self.feat_2d_weights)
+        tri_bias = torch.einsum("qkc,ch->hqk", act, self.feat_2d_weights.to(act.dtype))
         out = self.attention(act, act, bias, tri_bias, self.options.chunks.triangle_attention)
         return out if self.starting else out.transpose(0, 1)
 

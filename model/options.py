@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from af2cpu.errors import ConfigError
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,32 @@ class ChunkSizes:
 
 @dataclass(frozen=True)
 class Options:
-    """How the network runs: chunk sizes and numeric precision."""
+    """How the network runs: chunk sizes, numeric precision, and compilation.
+
+    ``precision="bf16"`` runs the trunk (embeddings, template, extra-MSA and Evoformer stacks) on
+    bf16 activations, each weight cast to bf16 where it is used (the fp32 parameters stay); layer-norm statistics, softmax accumulation,
+    mask counts, the structure module and the heads stay fp32, as in AlphaFold2. ``compile=True``
+    runs each repeated block (Evoformer and extra-MSA) through ``torch.compile`` (inductor) with
+    dynamic shapes, caching the compiled code in ``compile_cache_dir`` when given.
+    """
 
     chunks: ChunkSizes = field(default_factory=ChunkSizes)
     precision: str = "fp32"
+    compile: bool = False
+    compile_cache_dir: str | None = None  # inductor's persistent cache (TORCHINDUCTOR_CACHE_DIR)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}"
             )
+
+    @property
+    def dtype(self):
+        """The ``torch.dtype`` of the trunk's activations."""
+        import torch  # lazily: the memory planner imports this module without torch
+
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     @classmethod
     def chunked(cls, size: int) -> Options:

@@ -71,8 +71,10 @@ class SingleTemplateEmbedding(nn.Module):
         self.output_layer_norm = LayerNorm(c_t)
 
     def forward(self, template_aatype, template_all_atom_positions, template_all_atom_masks,
-                template_pseudo_beta, template_pseudo_beta_mask, mask_2d):
-        """Features of one template (L, ...) and the residue pair mask (L, L) -> (L, L, c_t)."""
+                template_pseudo_beta, template_pseudo_beta_mask, mask_2d, dtype=torch.float32):
+        """Features of one template (L, ...) and the residue pair mask (L, L) -> (L, L, c_t).
+
+        The features are made in fp32; the pair stack runs in ``dtype`` (the trunk's)."""
         num_res = template_aatype.shape[0]
         pb_mask = template_pseudo_beta_mask.float()
         dgram = dgram_from_positions(template_pseudo_beta.float(), 39, 3.25, 50.75)
@@ -91,7 +93,7 @@ class SingleTemplateEmbedding(nn.Module):
             unit_vector,
             backbone_2d[..., None],
         ], dim=-1)
-        act = self.embedding2d(act * backbone_2d[..., None])
+        act = self.embedding2d(act * backbone_2d[..., None]).to(dtype)
         act = self.template_pair_stack(act, mask_2d)
         return self.output_layer_norm(act)
 
@@ -108,10 +110,13 @@ class TemplateEmbedding(_Chunked):
     def forward(self, pair: torch.Tensor, batch: dict, mask_2d: torch.Tensor) -> torch.Tensor:
         """The update of the pair representation (L, L, c_z) from the templates in ``batch``."""
         template_mask = batch["template_mask"].float()
+        if not bool((template_mask > 0).any()):
+            # No template at all: the update is exactly zero, so the pair stack is not run.
+            return torch.zeros_like(pair)
         names = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                  "template_pseudo_beta", "template_pseudo_beta_mask")
         templates = torch.stack([
-            self.single_template_embedding(*(batch[k][t] for k in names), mask_2d)
+            self.single_template_embedding(*(batch[k][t] for k in names), mask_2d, pair.dtype)
             for t in range(template_mask.shape[0])
         ], dim=2)  # (L, L, T, c_t)
         num_res, c_z = pair.shape[0], pair.shape[-1]
@@ -119,8 +124,7 @@ class TemplateEmbedding(_Chunked):
         templates = templates.reshape(num_res * num_res, template_mask.shape[0], -1)
         bias = mask_to_bias(template_mask)[None, None, None, :]
         out = self.attention(query, templates, bias, None, self.options.chunks.template_attention)
-        # With no template at all the update is exactly zero, not a uniform average.
-        return out.reshape(num_res, num_res, c_z) * (template_mask.sum() > 0).float()
+        return out.reshape(num_res, num_res, c_z)
 
 
 class TemplateTorsionEmbedder(nn.Module):
