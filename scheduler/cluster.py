@@ -149,6 +149,8 @@ def jobqueue_options(config: SchedulerConfig) -> dict:
         options["account"] = str(config.account)
     if config.log_directory:
         options["log_directory"] = str(config.log_directory)
+    if config.host:
+        options["scheduler_options"] = {"host": str(config.host)}
     return options
 
 

@@ -33,4 +33,7 @@ class SchedulerConfig:
     log_directory: Optional[str] = None  # the jobs' stdout/stderr; None = the submission folder
     adapt_minimum: int = 1  # jobs kept while the batch runs (at least one, to learn the workers' size)
     adapt_maximum: int = 4  # jobs the batch may grow to while tasks wait
+    # Address the jobqueue scheduler listens on; None = the host's first network interface, which
+    # worker jobs on other nodes can reach. 127.0.0.1 keeps a one-node set-up on loopback.
+    host: Optional[str] = None
     worker_wait: float = 3600.0  # seconds to wait for the first worker job to start (queueing included)

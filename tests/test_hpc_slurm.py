@@ -203,7 +203,7 @@ def test_report_lists_done_failed_and_pending(local_run, tmp_path):
 def test_scheduler_slurm_runs_a_batch_on_jobqueue_workers(slurm, local_run, tmp_path):
     fasta = write_fasta(tmp_path / "one.fasta", {"1YRF_A villin headpiece": VILLIN})
     out, logs = tmp_path / "out", tmp_path / "worker-logs"
-    proc = af2cpu("predict", str(fasta), "--out", str(out), *OVERRIDES, "scheduler=slurm", "scheduler.cores=1",
+    proc = af2cpu("predict", str(fasta), "--out", str(out), *OVERRIDES, "scheduler=slurm", "scheduler.host=127.0.0.1", "scheduler.cores=1",
                   "scheduler.memory=3GiB", "scheduler.walltime=00:30:00", "scheduler.adapt_maximum=1",
                   f"scheduler.log_directory={logs}", env=slurm.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -220,4 +220,4 @@ def test_scheduler_slurm_runs_a_batch_on_jobqueue_workers(slurm, local_run, tmp_
 def test_scheduler_slurm_with_a_partition_slurm_refuses_fails_at_once(slurm, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
     with pytest.raises(Af2CpuError, match="SLURM refuses the Dask worker job"):
-        start_cluster(SchedulerConfig(kind="slurm", queue="no_such_partition", cores=1, memory="1GiB"))
+        start_cluster(SchedulerConfig(kind="slurm", queue="no_such_partition", cores=1, memory="1GiB", host="127.0.0.1"))
