@@ -21,11 +21,13 @@ COMMANDS = [
     ("predict", "af2cpu.predict", "predict structures for a FASTA file: searches, models, relaxation, outputs"),
     ("doctor", "af2cpu.doctor", "check tools, databases, params and the CPU; exit non-zero if predict cannot run"),
     ("db", "af2cpu.dbcmd", "database commands (db check)"),
+    ("infer", "af2cpu.infer", "models, ranking and relaxation from features.npz made by `af2cpu features`"),
     ("features", "af2cpu.preprocessing.cli", "MSA and template search and raw features for a FASTA file"),
     ("relax", "af2cpu.relax.cli", "Amber relaxation of one structure (AlphaFold2's protocol)"),
     ("params", "af2cpu.model.cli", "model parameters: download the official ones, or make random ones"),
     ("slurm", "af2cpu.scheduler.slurm", "SLURM job arrays: write (and submit) an sbatch script for a FASTA file"),
     ("report", "af2cpu.scheduler.report", "summarise a batch's output folder: done/failed/pending, times, confidence"),
+    ("bench", "af2cpu.bench", "time the model against DeepMind's JAX AlphaFold: seconds, speed-up, GFLOP/s"),
 ]
 
 

@@ -155,6 +155,27 @@ def features_stage(target: Target, cfg: DictConfig, target_dir: str, force: bool
     return _cached_or_run(target_dir, "features", key, compute, force)
 
 
+def existing_features(target: Target, target_dir: str) -> StageTiming:
+    """The features stage of a split workflow: features.npz made earlier by `af2cpu features`."""
+    from af2cpu.scheduler.cache import StageCache
+
+    target_dir = Path(target_dir)
+    path = target_dir / "features.npz"
+    if not path.is_file():
+        raise InputError(
+            f"{path} does not exist: run `af2cpu features` for {target.id} with the same --out first, "
+            "or `af2cpu predict` to search and fold in one go"
+        )
+    info = json.loads((target_dir / "target.json").read_text()) if (target_dir / "target.json").is_file() else {}
+    if info.get("sequence", target.sequence) != target.sequence:
+        raise InputError(f"{path} was made for another sequence than record {target.id!r}; rerun `af2cpu features`")
+    record = StageCache(target_dir).lookup("features")
+    if record is not None:
+        return StageTiming("features", record.started, record.finished, cached=True, info=record.info)
+    stat = path.stat()
+    return StageTiming("features", stat.st_mtime, stat.st_mtime, cached=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Inference
 

@@ -101,11 +101,14 @@ def predict(
     quiet: bool = False,
     precomputed_msas: Optional[str | os.PathLike] = None,
     targets_filter: Optional[Sequence[str]] = None,
+    require_features: bool = False,
 ) -> BatchResult:
     """Predict every record of `fasta` into `out`; returns a BatchResult (also for partial failure).
 
     `overrides` are the CLI's Hydra overrides (e.g. ``["params=random", "relax=none"]``).
     `targets_filter` restricts the run to these target ids (job-array shards).
+    `require_features` runs no search: each target's features.npz must be there already (written by
+    `af2cpu features`, e.g. on other nodes), as `af2cpu infer` does.
     Open a finished target with ``af2cpu.load_result(out / target_id)``.
     """
     from af2cpu.config import compose_config
@@ -155,7 +158,8 @@ def predict(
                     log.info("Dask dashboard: %s", handle.dashboard_link)
                 progress = Progress([t.id for t in runnable], quiet=quiet)
                 graph = BatchGraph(handle.client, cfg, out_dir, force=force, progress=progress,
-                                   precomputed_msas=Path(precomputed_msas) if precomputed_msas else None)
+                                   precomputed_msas=Path(precomputed_msas) if precomputed_msas else None,
+                                   require_features=require_features)
                 try:
                     with progress:
                         for outcome in graph.run(runnable):
@@ -207,12 +211,13 @@ def array_shard(fasta: str | os.PathLike, index: Optional[int], count: Optional[
     return shard
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, require_features: bool = False) -> int:
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     shard = array_shard(args.fasta, args.array_index, args.array_count, os.environ)
     result = predict(args.fasta, args.out, args.overrides, force=args.force, quiet=args.quiet,
-                     precomputed_msas=args.precomputed_msas, targets_filter=shard)
+                     precomputed_msas=args.precomputed_msas, targets_filter=shard,
+                     require_features=require_features)
     for outcome in result.outcomes:
         if outcome.status == "done":
             s = outcome.summary

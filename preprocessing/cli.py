@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = compose_config(args.overrides)
     targets = read_fasta_targets(args.fasta)
+    from af2cpu.predict import prepare_output_folder
+
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(out_dir)
     cpus = args.cpus or int(cfg.search.cpus)
     precomputed_root = Path(args.precomputed_msas) if args.precomputed_msas else None
     failed = []

@@ -110,14 +110,14 @@ class StageCache:
         """The lock that array shards take before running this target's stages."""
         return TargetLock(self.folder / LOCK_NAME, stale_after=stale_after, wait=wait)
 
-    def lookup(self, stage: str, key: str) -> StageRecord | None:
-        """The record of `stage` if it was finished with `key` and all its outputs exist."""
+    def lookup(self, stage: str, key: str | None = None) -> StageRecord | None:
+        """The record of `stage` if it was finished with `key` (any key if None) and all its outputs exist."""
         try:
             data = json.loads(self.record_path(stage).read_text())
             record = StageRecord(**data)
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
-        if record.key != key or record.stage != stage:
+        if (key is not None and record.key != key) or record.stage != stage:
             return None
         if not all((self.folder / output).exists() for output in record.outputs):
             return None

@@ -51,13 +51,15 @@ class BatchGraph:
     """Submits the stages of each target and follows them to the end."""
 
     def __init__(self, client: Client, cfg: DictConfig, out_dir: Path, force: bool = False,
-                 progress: Optional[ProgressCallback] = None, precomputed_msas: Optional[Path] = None):
+                 progress: Optional[ProgressCallback] = None, precomputed_msas: Optional[Path] = None,
+                 require_features: bool = False):
         self.client = client
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.force = force
         self.progress = progress or (lambda target, stage, state: None)
         self.precomputed_msas = precomputed_msas
+        self.require_features = require_features  # split workflows: features were made elsewhere
         self.worker_cpus = _worker_cpus(client)
         self._futures: list[tuple[Future, str, str]] = []  # (future, target id, stage)
 
@@ -100,6 +102,10 @@ class BatchGraph:
 
         from af2cpu.preprocessing.searches import plan_searches
 
+        if self.require_features:
+            features = self._submit(target, "features", pipeline.existing_features, target, target_dir, cpus=1)
+            return self._submit_models(target, features, [])
+
         plan = plan_searches(cfg.db)
         searches: dict[str, Future] = {}
         for search in plan:
@@ -121,6 +127,12 @@ class BatchGraph:
             target, "features", _after(pipeline.features_stage, len(searches)), *searches.values(),
             target, cfg, target_dir, force, cpus=1,
         )
+        return self._submit_models(target, features, list(searches.values()))
+
+    def _submit_models(self, target: Target, features: Future, searches: list[Future]) -> Future:
+        """Inference per preset after `features`, then ranking, relaxation and the final files."""
+        cfg, force = self.cfg, self.force
+        target_dir = str(self.out_dir / target.id)
         infers = [
             self._submit(
                 target, f"infer_{name}", _after(pipeline.infer_stage, 1), features, target, name, cfg,
@@ -136,7 +148,7 @@ class BatchGraph:
                          cpus=int(cfg.relax.threads) or 1)
             for index in range(count)
         ]
-        timings = [*searches.values(), features, *infers, *relaxes]
+        timings = [*searches, features, *infers, *relaxes]
         return self._submit(
             target, "finalize", _finalize, target, cfg, target_dir, order, *timings, cpus=1,
         )

@@ -210,3 +210,27 @@ def test_explore_notebook_runs_top_to_bottom(batch, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "mean pLDDT" in text and "ranked_0" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "no plot was drawn"
+
+
+def test_split_workflow_features_then_infer_equals_predict(batch, tmp_path):
+    """`af2cpu features` (e.g. on CPU-only nodes), then `af2cpu infer` later: the same files as predict."""
+    _, reference_out = batch
+    fasta = write_fasta(tmp_path / "one.fasta", {"1UBI_A ubiquitin": UBIQUITIN})
+    out = tmp_path / "split"
+    early = af2cpu("infer", str(fasta), "--out", str(out), *OVERRIDES)
+    assert early.returncode == 1 and "run `af2cpu features`" in early.stdout
+
+    features = af2cpu("features", str(fasta), "--out", str(out))
+    assert features.returncode == 0, features.stderr[-2000:]
+    assert not list((out / "1UBI_A").glob("result_*.npz"))
+    infer = af2cpu("infer", str(fasta), "--out", str(out), *OVERRIDES)
+    assert infer.returncode == 0, infer.stdout + infer.stderr[-3000:]
+    assert "search_uniref90" not in infer.stderr  # no search ran or was scheduled
+    for model in MODELS:
+        split = load_result_npz(out / "1UBI_A" / f"result_{model}.npz")
+        oneshot = load_result_npz(reference_out / "1UBI_A" / f"result_{model}.npz")
+        np.testing.assert_allclose(split["structure_module"]["final_atom_positions"],
+                                   oneshot["structure_module"]["final_atom_positions"], atol=1e-3)
+    assert json.loads((out / "1UBI_A" / "ranking_debug.json").read_text())["order"] == \
+        json.loads((reference_out / "1UBI_A" / "ranking_debug.json").read_text())["order"]
+    assert (out / "1UBI_A" / "ranked_0.pdb").is_file() and len(list((out / "1UBI_A").glob("relaxed_*.pdb"))) == 1
