@@ -1,0 +1,320 @@
+"""`af2cpu bench`: the model's speed against DeepMind's JAX AlphaFold, side by side in one run.
+
+Both models get the same random parameters in the official format and the same processed features
+(a random query of length L, an MSA made from it by point mutations, AlphaFold2's four template slots
+all masked), run with the same thread count, and are timed per recycling pass after one warm-up pass
+(the reference's warm-up includes XLA's compilation for the new length, af2cpu's its first-call
+allocations; both are reported as ``first_pass_s``). Work is counted once, on af2cpu's pass, with
+``torch.utils.flop_counter`` (matrix products and attention, the useful work: the reference also
+computes on the masked template slots), and set against a GEMM peak measured here. The reference is
+imported only when the ``reference`` extra is installed.
+
+Results: ``bench.json`` and ``bench.md`` (a markdown table) in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from af2cpu.errors import ConfigError
+
+PRESET = "model_1_ptm"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128],
+                        help="sequence lengths to time (default: 64 128; add 256 for the long run)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="af2cpu precisions to time (the reference always runs DeepMind's fp32)")
+    parser.add_argument("--msa-rows", type=int, default=64, help="MSA cluster rows (default 64)")
+    parser.add_argument("--extra-rows", type=int, default=256, help="extra-MSA rows (default 256)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both models (default: every CPU of this process's affinity)")
+    parser.add_argument("--blocks", type=int, default=48,
+                        help="Evoformer blocks of both models (default 48, the real model; fewer for a quick check)")
+    parser.add_argument("--passes", type=int, default=1, help="timed recycling passes after the warm-up")
+    parser.add_argument("--breakdown-length", type=int, default=None,
+                        help="length of the per-module time breakdown (default: the largest length)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time af2cpu with torch.compile (compile time reported separately)")
+    parser.add_argument("--no-reference", action="store_true", help="time af2cpu only")
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = args.threads or len(os.sched_getaffinity(0))
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    # Before torch/jax start their thread pools: both read these once.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
+                               f"intra_op_parallelism_threads={threads}").strip()
+    import torch
+
+    torch.set_num_threads(threads)
+    reference = None if args.no_reference else _reference_or_none()
+    results = {"machine": _machine(threads), "preset": PRESET, "blocks": args.blocks, "msa_rows": args.msa_rows,
+               "extra_rows": args.extra_rows, "passes": args.passes, "gemm_peak_gflops": gemm_peak(),
+               "reference": reference is not None, "runs": []}
+    print(f"GEMM peak ({threads} threads): {results['gemm_peak_gflops']}")
+    for length in args.lengths:
+        results["runs"].extend(bench_length(length, args, reference, results["gemm_peak_gflops"]))
+    breakdown_length = args.breakdown_length or max(args.lengths)
+    results["breakdown"] = {p: module_breakdown(breakdown_length, args, p) for p in args.precisions}
+    results["breakdown_length"] = breakdown_length
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "bench.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+def _machine(threads: int) -> dict:
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {"threads": threads, "cpu": platform.processor() or platform.machine(), "isa": isa,
+            "torch": torch.__version__}
+
+
+def _reference_or_none():
+    try:
+        import alphafold  # noqa: F401
+        import haiku  # noqa: F401
+        import jax  # noqa: F401
+    except ImportError:
+        print("the reference (alphafold, jax, haiku) is not installed: timing af2cpu only "
+              "(pip install 'af2cpu[reference]')")
+        return None
+    return _Reference()
+
+
+def gemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured GFLOP/s of one square ``torch.matmul`` in fp32 and bf16 with the current threads."""
+    import torch
+
+    peak = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        peak[name] = round(2 * size**3 * repeats / (time.perf_counter() - start) / 1e9, 1)
+    return peak
+
+
+def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, seed: int = 0):
+    """(model with random official-format parameters, the flat parameters, processed features).
+
+    The features are AlphaFold2's processed features for one pass, with four fully masked template
+    slots as AlphaFold2's input pipeline gives a target without template hits."""
+    import numpy as np
+
+    from af2cpu.common import residue_constants as rc
+    from af2cpu.model.alphafold import AlphaFold
+    from af2cpu.model.params import load_params, random_params
+    from af2cpu.model.presets import Architecture, get_preset
+    from af2cpu.preprocessing.features import msa_features, sequence_features
+    from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
+    from af2cpu.preprocessing.parsers import Msa
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list(rc.restypes))
+    query = "".join(rng.choice(letters, length))
+    rows = [query]
+    for _ in range(msa_rows + extra_rows - 1):
+        row = np.array(list(query))
+        hit = rng.random(length) < 0.3
+        row[hit] = rng.choice(np.append(letters, "-"), hit.sum())
+        rows.append("".join(row))
+    msa = Msa(sequences=rows, deletion_matrix=[[0] * length for _ in rows],
+              descriptions=[f"seq{i}" for i in range(len(rows))])
+    raw = {**sequence_features(query, "bench"), **msa_features([msa])}
+    t = 4
+    raw.update({"template_aatype": np.zeros((0, length, 22), np.float32),
+                "template_all_atom_masks": np.zeros((0, length, 37), np.float32),
+                "template_all_atom_positions": np.zeros((0, length, 37, 3), np.float32),
+                "template_domain_names": np.zeros((0,), object), "template_sequence": np.zeros((0,), object),
+                "template_sum_probs": np.zeros((0, 1), np.float32)})
+    model = AlphaFold(dataclasses.replace(get_preset(PRESET), architecture=Architecture(evoformer_num_block=blocks)))
+    flat = random_params(model, seed=seed)
+    load_params(model, flat)
+    settings = PipelineSettings.from_preset(PRESET, num_recycle=0, num_msa_clusters=msa_rows,
+                                            max_extra_msa=extra_rows)
+    features = process_features(raw, settings, seed=seed)
+    for name in [k for k in features if k.startswith("template_")]:
+        value = features[name]
+        pad = [(0, 0)] * value.ndim
+        pad[1] = (0, t - value.shape[1])
+        features[name] = np.pad(value, pad)
+    return model.eval(), flat, features
+
+
+def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
+    """Time af2cpu (each precision, eager and optionally compiled) and the reference at one length."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from af2cpu.config import _cache_dir
+    from af2cpu.model.options import Options
+
+    model, flat, features = make_inputs(length, args.msa_rows, args.extra_rows, args.blocks)
+    runs = []
+    gflop = None
+    modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
+    for precision, compiled in modes:
+        model.set_options(Options(precision=precision, compile=compiled,
+                                  compile_cache_dir=_cache_dir("inductor") if compiled else None))
+        if gflop is None:  # the first warm-up pass also counts the work (the counter slows it a little)
+            with FlopCounterMode(display=False) as counter:
+                first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+            gflop = counter.get_total_flops() / 1e9
+            _, seconds = _time_passes(None, args.passes, lambda: model.predict(features, num_recycle=0))
+        else:
+            first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), args.passes)
+        runs.append({"model": "af2cpu", "length": length, "precision": precision, "compile": compiled,
+                     "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
+                     "gflops": round(gflop / seconds, 1), "peak_fraction": round(gflop / seconds / peak[precision], 3)})
+        print(runs[-1])
+    if reference is not None:
+        first, seconds = _time_passes(reference.step_fn(flat, features, args.blocks), args.passes)
+        runs.append({"model": "reference", "length": length, "precision": "fp32", "compile": True,
+                     "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
+                     "gflops": round(gflop / seconds, 1), "peak_fraction": round(gflop / seconds / peak["fp32"], 3)})
+        print(runs[-1])
+        for r in runs[:-1]:
+            r["speedup_vs_reference"] = round(seconds / r["pass_s"], 2)
+    return runs
+
+
+def _time_passes(step, passes: int, timed=None) -> tuple[float, float | None]:
+    """(seconds of the warm-up pass ``step``, mean seconds of ``passes`` calls of ``timed``, by
+    default ``step`` again); either part is skipped when ``step`` is None or ``passes`` is 0."""
+    first = None
+    if step is not None:
+        start = time.perf_counter()
+        step()
+        first = round(time.perf_counter() - start, 2)
+    if passes == 0:
+        return first, None
+    timed = timed or step
+    start = time.perf_counter()
+    for _ in range(passes):
+        timed()
+    return first, round((time.perf_counter() - start) / passes, 3)
+
+
+class _Reference:
+    """DeepMind's JAX monomer configured as REFERENCE.md says (fp32, no zero-init, no sub-batching,
+    unfused triangle weights), one recycling pass with fp32 zero ``prev``."""
+
+    def step_fn(self, flat, features, blocks: int = 48):
+        import haiku as hk
+        import jax
+        import numpy as np
+        from alphafold.model import config as af_config
+        from alphafold.model import modules as af_modules
+        from alphafold.model import utils as af_utils
+
+        cfg = af_config.model_config(PRESET)
+        gc = cfg.model.global_config
+        gc.zero_init, gc.bfloat16, gc.bfloat16_output, gc.subbatch_size, gc.use_pallas = False, False, False, None, False
+        evo = cfg.model.embeddings_and_evoformer
+        for stack in (evo.evoformer, evo.template.template_pair_stack):
+            stack.triangle_multiplication_outgoing.fuse_projection_weights = False
+            stack.triangle_multiplication_incoming.fuse_projection_weights = False
+        cfg.model.calc_extended_ptm = False
+        cfg.model.use_probs_extended = False
+        evo.evoformer_num_block = blocks
+
+        def forward(batch, prev):
+            return af_modules.AlphaFold_noE(cfg.model)({**batch, "prev": prev}, is_training=False,
+                                                       return_representations=True)
+
+        step = jax.jit(hk.transform(forward).apply)
+        params = af_utils.flat_params_to_haiku(dict(flat), fuse=False)
+        length = features["aatype"].shape[1]
+        batch = {k: v[0] for k, v in features.items()}
+        prev = {"prev_msa_first_row": np.zeros([length, 256], np.float32),
+                "prev_pair": np.zeros([length, length, 128], np.float32),
+                "prev_pos": np.zeros([length, 37, 3], np.float32)}
+        key = jax.random.PRNGKey(0)
+        return lambda: jax.block_until_ready(step(params, key, batch, prev))
+
+
+# Per-module breakdown: the children of every block and the top-level parts, summed by name.
+_BREAKDOWN_PARENTS = ("EvoformerIteration", "TemplatePairBlock")
+_BREAKDOWN_TOP = ("template_embedding", "structure_module", "distogram_head", "masked_msa_head",
+                  "experimentally_resolved_head", "predicted_lddt_head", "predicted_aligned_error_head")
+
+
+def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
+    """Seconds per module kind for one af2cpu pass at ``length`` (after a warm-up pass)."""
+    from af2cpu.model.options import Options
+
+    model, _, features = make_inputs(length, args.msa_rows, args.extra_rows, args.blocks)
+    model.set_options(Options(precision=precision))
+    model.predict(features, num_recycle=0)
+    totals: dict[str, float] = {}
+    handles = []
+
+    def timed(name, module):
+        def pre(*_):
+            module._bench_start = time.perf_counter()
+
+        def post(*_):
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - module._bench_start
+
+        handles.extend([module.register_forward_pre_hook(pre), module.register_forward_hook(post)])
+
+    iteration = model.alphafold_iteration
+    for name, module in iteration.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if type(module).__name__ in _BREAKDOWN_PARENTS:
+            stack = "extra_msa_stack" if ".extra_msa_stack." in f".{name}." else (
+                "template_pair_stack" if "template" in name else "evoformer")
+            for child_name, child in module.named_children():
+                timed(f"{stack}/{child_name}", child)
+        elif leaf in _BREAKDOWN_TOP:
+            timed(leaf, module)
+    start = time.perf_counter()
+    model.predict(features, num_recycle=0)
+    total = time.perf_counter() - start
+    for handle in handles:
+        handle.remove()
+    totals = {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    totals["total"] = round(total, 3)
+    return totals
+
+
+def markdown(results: dict) -> str:
+    """The results as markdown tables: timings per length and the per-module breakdown."""
+    m = results["machine"]
+    lines = [(f"Machine: {m['cpu']}, {m['threads']} threads, {' '.join(m['isa'])}, torch {m['torch']}; "
+             f"GEMM peak {results['gemm_peak_gflops']['fp32']} GFLOP/s fp32, "
+             f"{results['gemm_peak_gflops']['bf16']} GFLOP/s bf16. Preset {results['preset']} "
+             f"({results['blocks']} Evoformer blocks), "
+             f"{results['msa_rows']} MSA + {results['extra_rows']} extra rows, 4 masked template slots; "
+             f"one recycling pass, mean of {results['passes']} after a warm-up."), "",
+             ("| L | model | precision | compile | first pass (s) | pass (s) | speed-up vs reference "
+             "| GFLOP | GFLOP/s | of GEMM peak |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["runs"]:
+        speedup = f"{r['speedup_vs_reference']}x" if "speedup_vs_reference" in r else "—"
+        compiled = "XLA" if r["model"] == "reference" else ("yes" if r["compile"] else "no")
+        lines.append(f"| {r['length']} | {r['model']} | {r['precision']} | {compiled} | {r['first_pass_s']} "
+                     f"| {r['pass_s']} | {speedup} | {r['gflop']} | {r['gflops']} | {100 * r['peak_fraction']:.0f} % |")
+    for precision, totals in results.get("breakdown", {}).items():
+        lines += ["", (f"Per-module time, af2cpu {precision}, L={results['breakdown_length']}, one pass "
+                  f"(total {totals['total']} s):"), "", "| module | s | share |", "| --- | --- | --- |"]
+        for name, seconds in totals.items():
+            if name != "total":
+                lines.append(f"| {name} | {seconds} | {100 * seconds / totals['total']:.1f} % |")
+    return "\n".join(lines) + "\n"

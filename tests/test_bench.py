@@ -1,0 +1,44 @@
+"""`af2cpu bench` times both models on the same inputs and writes its JSON and markdown table.
+
+A one-block model at L=16 keeps this fast; the timings themselves are not asserted (speed is
+measured by the bench, never by a test)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from af2cpu.bench import make_inputs
+from af2cpu.cli import main
+
+pytestmark = pytest.mark.reference
+
+
+def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
+    pytest.importorskip("alphafold", reason="needs the `reference` extra (jax, haiku, alphafold)")
+    status = main(["bench", "--lengths", "16", "--msa-rows", "4", "--extra-rows", "8", "--blocks", "1",
+                   "--threads", "1", "--out", str(tmp_path)])
+    assert status == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    runs = {(r["model"], r["precision"]): r for r in results["runs"]}
+    assert set(runs) == {("af2cpu", "fp32"), ("af2cpu", "bf16"), ("reference", "fp32")}
+    for run in runs.values():
+        assert run["pass_s"] > 0 and run["gflop"] > 0 and 0 < run["peak_fraction"]
+    assert runs["af2cpu", "fp32"]["speedup_vs_reference"] == pytest.approx(
+        runs["reference", "fp32"]["pass_s"] / runs["af2cpu", "fp32"]["pass_s"], rel=0.01)
+    assert results["gemm_peak_gflops"]["fp32"] > 0 and results["gemm_peak_gflops"]["bf16"] > 0
+    breakdown = results["breakdown"]["bf16"]
+    assert breakdown["evoformer/triangle_multiplication_outgoing"] > 0 and breakdown["structure_module"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 16 | reference | fp32 | XLA |" in table and "evoformer/outer_product_mean" in table
+
+
+def test_bench_inputs_are_official_format_with_masked_template_slots():
+    model, flat, features = make_inputs(40, msa_rows=4, extra_rows=6, blocks=1)
+    assert "alphafold/alphafold_iteration/evoformer/preprocess_1d//weights" in flat
+    assert features["msa_feat"].shape[:3] == (1, 4, 40) and features["extra_msa"].shape == (1, 6, 40)
+    # AlphaFold2's four template slots, all masked (no template hits).
+    assert features["template_mask"].shape == (1, 4) and not features["template_mask"].any()
+    assert np.isfinite(model.predict(features, num_recycle=0)["plddt"]).all()
