@@ -9,7 +9,7 @@ the attention kernel receives, at b bytes.
     peak = fixed + max over phases (resident(phase) + max over the phase's intermediates)
 
 fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
-             + parameters (N_PARAMS · b)
+             + parameters (N_PARAMS · 4: fp32 master weights, also in bf16 runs)
              + input features (S·L·49·4 + Se·L·25·4)
              + recycled state (L²·128·4 + L·256·4 + L·37·3·4)
 resident     templates: 2·L²·128·b + S·L·256·b + T·L²·64·b
@@ -46,7 +46,9 @@ from af2cpu.model.options import ChunkSizes
 
 GIB = 1 << 30
 N_PARAMS = 93_000_000
-RUNTIME_OVERHEAD = 512 << 20
+# Calibrated against peak RSS of one 48-block pass (docs/benchmarks.md, "Memory planner"): at
+# L=64/128 the measured peak exceeded the estimate by a nearly constant 0.2-0.3 GiB with 512 MiB here.
+RUNTIME_OVERHEAD = 768 << 20
 C_M, C_Z, C_E, C_T, C_OPM = 256, 128, 64, 64, 32
 H_MSA, H_EXTRA, H_TRI, H_IPA = 8, 8, 4, 12
 FP32 = 4
@@ -181,7 +183,8 @@ def _phases(L: int, S: int, Se: int, T: int, b: int, ch: ChunkSizes) -> dict[str
 def _fixed(L: int, S: int, Se: int, b: int) -> dict[str, int]:
     return {
         "runtime": RUNTIME_OVERHEAD,
-        "parameters": N_PARAMS * b,
+        # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
+        "parameters": N_PARAMS * FP32,
         "features": S * L * 49 * FP32 + Se * L * 25 * FP32,
         "recycling": L * L * C_Z * FP32 + L * C_M * FP32 + L * 37 * 3 * FP32,
     }
