@@ -66,7 +66,8 @@ class RuntimeConfig:
     threads: int = 0  # 0 = every core in this process's affinity mask
     precision: Precision = Precision.fp32
     memory_limit: str = "auto"  # "auto" (available RAM), bytes, or e.g. "16G"
-    compile: bool = False
+    compile: bool = False  # torch.compile of the repeated blocks (inductor), cached across runs
+    compile_cache_dir: str = "${af2cpu_cache:inductor}"
     backend: Backend = Backend.native
 
 

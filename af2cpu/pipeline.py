@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from af2cpu.errors import Af2CpuError, InputError
+from af2cpu.errors import Af2CpuError, ConfigError, InputError
 from af2cpu.preprocessing.inputs import Target
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,27 @@ def load_model(cfg: DictConfig, model_name: str, options=None):
         model = AlphaFold(model_name, options)
         load_params(model, random_params(model, seed=model_seed(cfg, model_name)), source="random parameters")
         model.set_options(model.options)
-        return model.eval()
-    return AlphaFold.from_params(params_file(cfg, model_name), model_name, options)
+        model = model.eval()
+    else:
+        model = AlphaFold.from_params(params_file(cfg, model_name), model_name, options)
+    if _plain(cfg.runtime.backend) == "ipex":
+        model = _ipex_optimize(model, _plain(cfg.runtime.precision))
+    return model
+
+
+def _ipex_optimize(model, precision: str):
+    """The optional Intel Extension for PyTorch back end (archived upstream; native is the default)."""
+    import torch
+
+    try:
+        import intel_extension_for_pytorch as ipex
+    except ImportError as exc:
+        raise ConfigError(
+            f"runtime.backend=ipex needs intel-extension-for-pytorch, which cannot be imported here ({exc}); "
+            f"it was archived upstream and needs its matching torch (2.8; this is {torch.__version__}). "
+            "Use runtime.backend=native (the default: bf16 and compile are built in natively)"
+        ) from None
+    return ipex.optimize(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
 def model_options(cfg: DictConfig, num_res: int, msa_rows: int, extra_rows: int, templates: int):
@@ -235,7 +254,8 @@ def model_options(cfg: DictConfig, num_res: int, msa_rows: int, extra_rows: int,
     precision = _plain(cfg.runtime.precision)
     limit = parse_memory_limit(str(cfg.runtime.memory_limit))
     chunks, _ = choose_chunks(limit, num_res, msa_rows, extra_rows, templates, 2 if precision == "bf16" else 4)
-    return Options(chunks=chunks, precision=precision)
+    return Options(chunks=chunks, precision=precision, compile=bool(cfg.runtime.compile),
+                   compile_cache_dir=str(cfg.runtime.compile_cache_dir) if cfg.runtime.compile else None)
 
 
 def infer_stage(target: Target, model_name: str, cfg: DictConfig, target_dir: str, force: bool = False) -> StageTiming:

@@ -63,3 +63,23 @@ def test_config_is_read_only():
     cfg = compose_config([])
     with pytest.raises(Exception):
         cfg.runtime.threads = 4
+
+
+def test_ipex_backend_without_ipex_is_a_clear_error():
+    import importlib.util
+
+    from af2cpu.errors import ConfigError as Error
+    from af2cpu.pipeline import load_model
+
+    if importlib.util.find_spec("intel_extension_for_pytorch") is not None:
+        return  # with IPEX installed the back end is available; nothing to refuse
+    cfg = compose_config(["params=random", "runtime.backend=ipex", "model.names=[model_3_ptm]"])
+    with pytest.raises(Error, match="runtime.backend=native"):
+        load_model(cfg, "model_3_ptm")
+
+
+def test_compile_settings_reach_the_model_options():
+    from af2cpu.pipeline import model_options
+
+    options = model_options(compose_config(["runtime.compile=true", "runtime.precision=bf16"]), 50, 10, 10, 0)
+    assert options.compile and options.precision == "bf16" and options.compile_cache_dir.endswith("inductor")

@@ -49,8 +49,15 @@ def tool_threads(allotment: Allotment) -> ToolThreads:
 
 
 def thread_environment(allotment: Allotment) -> dict[str, str]:
-    """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use the allotment."""
-    return {name: str(allotment.threads) for name in THREAD_VARIABLES}
+    """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use the allotment.
+
+    OpenMP threads also sleep instead of spinning between parallel regions (unless the user set
+    OMP_WAIT_POLICY): measured with `af2cpu bench` on a shared 2-core machine, spinning threads made
+    a pass 3-4x slower (docs/benchmarks.md), and workers share cores with search tools and Dask.
+    """
+    env = {name: str(allotment.threads) for name in THREAD_VARIABLES}
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    return env
 
 
 def _pin_all_threads(cpus: Sequence[int]) -> None:
