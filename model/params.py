@@ -134,21 +134,19 @@ def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def write_npz(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     """Write an official-format ``.npz`` atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    from af2cpu.outputs import atomic_open
+
+    with atomic_open(path, "wb") as f:
         np.savez(f, **flat)
-    tmp.replace(path)
 
 
 def write_safetensors(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     """Write a safetensors copy of official parameters (same keys) atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp))
-    tmp.replace(path)
+    from af2cpu.outputs import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in flat.items()}))
 
 
 # Layers that AlphaFold2 initialises to zero (the last layer of each residual update, and the
