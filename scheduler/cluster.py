@@ -86,6 +86,14 @@ class ClusterHandle:
         self.close()
 
 
+def _started(client: Client, cluster, plan: Plan | None) -> ClusterHandle:
+    """The handle of a cluster af2cpu started, its dashboard link logged."""
+    link = cluster.dashboard_link or None
+    if link:
+        log.info("Dask dashboard: %s", link)
+    return ClusterHandle(client=client, cluster=cluster, plan=plan, dashboard_link=link)
+
+
 def attach(address: str, timeout: float) -> ClusterHandle:
     """Connect to a running Dask scheduler; a scheduler that does not answer is an Af2CpuError."""
     try:
@@ -120,10 +128,7 @@ def start_local(plan: Plan, memory_per_worker: int, dashboard: bool = True) -> C
     except BaseException:
         cluster.close()
         raise
-    link = cluster.dashboard_link or None
-    if link:
-        log.info("Dask dashboard: %s", link)
-    return ClusterHandle(client=client, cluster=cluster, plan=plan, dashboard_link=link)
+    return _started(client, cluster, plan)
 
 
 def jobqueue_options(config: SchedulerConfig) -> dict:
@@ -200,10 +205,7 @@ def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
     except BaseException:
         cluster.close()
         raise
-    link = cluster.dashboard_link or None
-    if link:
-        log.info("Dask dashboard: %s", link)
-    return ClusterHandle(client=client, cluster=cluster, plan=None, dashboard_link=link)
+    return _started(client, cluster, None)
 
 
 def start_cluster(
