@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from af2cpu.model.options import chunk_slices
+from af2cpu.model.options import Options, chunk_slices
 from torch import nn
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
@@ -68,6 +68,63 @@ class Attention(nn.Module):
         return torch.addmm(self.output_b.to(out.dtype), out.reshape(b * nq, -1),
                            self.output_w.reshape(-1, self.output_w.shape[-1]).to(out.dtype)).view(b, nq, -1)
 
+    def self_attention(self, x: torch.Tensor, mask: torch.Tensor, nonbatched_bias: torch.Tensor | None = None,
+                       chunk_size: int | None = None, transposed: bool = False,
+                       options: Options | None = None) -> torch.Tensor:
+        """Gated self-attention along one axis of ``x`` (R, C, c), in ``x``'s own layout.
+
+        Without ``transposed`` each row attends along the columns (batch R, sequence C); with it,
+        each column attends along the rows (batch C, sequence R: MSA column attention, triangle
+        attention around the ending node), without transposing ``x`` or the result in memory: the
+        projections are computed in ``x``'s layout and the attention reads them through strided
+        views. ``mask`` (R, C) masks keys; ``nonbatched_bias`` (H, Q, K) is shared by every batch
+        element. Batch elements are processed ``chunk_size`` at a time, fewer when
+        ``options.block_bytes`` asks for smaller cache blocks. Returns the update (R, C, c_out),
+        contiguous in ``x``'s layout.
+
+        Query, key, value and gate come from one GEMM (their weights side by side). The key mask is
+        never expanded to (batch, heads, Q, K) for batch elements whose keys are all valid, so the
+        pair bias is read through a broadcast view; only runs of batch elements with masked keys
+        get a materialised bias, one chunk at a time.
+        """
+        heads, ck, cv = self.num_head, self.key_dim, self.value_dim
+        c_in = x.shape[-1]
+        dtype = x.dtype
+        sizes = (heads * ck, heads * ck, heads * cv, heads * cv if self.gating else 0)
+        w = torch.cat([self.query_w.reshape(c_in, -1), self.key_w.reshape(c_in, -1),
+                       self.value_w.reshape(c_in, -1)]
+                      + ([self.gating_w.reshape(c_in, -1)] if self.gating else []), dim=1).to(dtype)
+        w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
+        b_out = self.output_b.to(dtype)
+        bias2 = None if nonbatched_bias is None else nonbatched_bias.to(dtype).unsqueeze(0)  # (1, H, Q, K)
+        batch_dim = 1 if transposed else 0
+        seq_len = x.shape[1 - batch_dim]
+        step = (options or Options()).step_rows(chunk_size, x.shape[batch_dim],
+                                                seq_len * sum(sizes) * x.element_size())
+        out_full = x.new_empty((*x.shape[:2], w_out.shape[1]))
+        for s in chunk_slices(x.shape[batch_dim], step):
+            xs = x[:, s] if transposed else x[s]
+            rows, cols = xs.shape[:2]
+            proj = (xs.reshape(-1, c_in) @ w).view(rows, cols, -1)
+            q, k, v, g = torch.split(proj, sizes, dim=-1)
+
+            q, k, v = (_heads_first(t.view(rows, cols, heads, c), transposed)
+                       for t, c in ((q, ck), (k, ck), (v, cv)))
+            key_mask = (mask[:, s].t() if transposed else mask[s])  # (batch, seq)
+            out = _attend_runs(q, k, v, key_mask, bias2, ck**-0.5)  # (batch, H, seq, cv)
+            # SDPA returns (batch, seq, H, cv) in memory; bring it to x's layout as a view.
+            out = out.permute(2, 0, 1, 3) if transposed else out.transpose(1, 2)
+            if self.gating:
+                gate = torch.sigmoid(g.view(rows, cols, heads, cv) + self.gating_b.to(dtype))
+                out = gate.mul_(out)
+            else:
+                out = out.contiguous()
+            if transposed and step < x.shape[1]:  # a column block: not contiguous in the result
+                out_full[:, s] = torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1)
+            else:
+                torch.addmm(b_out, out.view(rows * cols, -1), w_out, out=out_full[s].view(rows * cols, -1))
+        return out_full
+
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, bias: torch.Tensor,
                 nonbatched_bias: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
         """q_data (B, Q, c_q), m_data (B, K, c_m), bias broadcastable to (B, H, Q, K) with a
@@ -79,6 +136,41 @@ class Attention(nn.Module):
             self._attend(q_data[s], m_data[s], bias if bias.shape[0] == 1 else bias[s], nonbatched_bias)
             for s in chunk_slices(batch, chunk_size)
         ])
+
+
+def _heads_first(t: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """(R, C, H, c) -> (batch, H, seq, c) as a view: batch R without ``transposed``, C with it."""
+    return t.permute(1, 2, 0, 3) if transposed else t.transpose(1, 2)
+
+
+def _attend_runs(q, k, v, key_mask, bias2, scale):
+    """SDPA over a batch whose key mask is ``key_mask`` (B, K) and shared bias ``bias2`` (1, H, Q, K).
+
+    Batch elements whose keys are all valid need no mask term: they run with ``bias2`` alone (a
+    broadcast view). The others get the mask bias; with a shared bias that sum is materialised, so
+    it is done per run of consecutive masked elements.
+    """
+    valid = key_mask.bool().all(dim=1)
+    if bool(valid.all()):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias2, scale=scale)
+    key_bias = mask_to_bias(key_mask.to(q.dtype))[:, None, None, :]  # (B, 1, 1, K)
+    if bias2 is None:  # the mask alone broadcasts over heads and queries
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=scale)
+    outs = []
+    for start, stop, run_valid in _runs(valid.tolist()):
+        s = slice(start, stop)
+        attn_mask = bias2 if run_valid else key_bias[s] + bias2
+        outs.append(F.scaled_dot_product_attention(q[s], k[s], v[s], attn_mask=attn_mask, scale=scale))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _runs(flags: list[bool]):
+    """(start, stop, flag) for each maximal run of equal flags."""
+    start = 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[start]:
+            yield start, i, flags[start]
+            start = i
 
 
 class GlobalAttention(nn.Module):

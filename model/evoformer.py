@@ -9,7 +9,7 @@ Every module with a large intermediate reads its chunk size from ``self.options`
 from __future__ import annotations
 
 import torch
-from af2cpu.model.attention import Attention, GlobalAttention, mask_to_bias
+from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices
 from af2cpu.model.primitives import LayerNorm, Linear
 from torch import nn
@@ -34,10 +34,10 @@ class MSARowAttentionWithPairBias(_Chunked):
         self.attention = Attention(c_m, c_m, c_m, num_head)
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
-        bias = mask_to_bias(msa_mask)[:, None, None, :]
         msa = self.query_norm(msa)
         pair_bias = torch.einsum("qkc,ch->hqk", self.feat_2d_norm(pair), self.feat_2d_weights.to(pair.dtype))
-        return self.attention(msa, msa, bias, pair_bias, self.options.chunks.msa_row_attention)
+        return self.attention.self_attention(msa, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
+                                             options=self.options)
 
 
 class MSAColumnAttention(_Chunked):
@@ -49,10 +49,11 @@ class MSAColumnAttention(_Chunked):
         self.attention = Attention(c_m, c_m, c_m, num_head)
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
-        msa = self.query_norm(msa.transpose(0, 1))
-        bias = mask_to_bias(msa_mask.transpose(0, 1))[:, None, None, :]
-        out = self.attention(msa, msa, bias, None, self.options.chunks.msa_column_attention)
-        return out.transpose(0, 1)
+        # Each column attends along the rows: the MSA is not transposed in memory (see
+        # Attention.self_attention).
+        return self.attention.self_attention(self.query_norm(msa), msa_mask, None,
+                                             self.options.chunks.msa_column_attention, transposed=True,
+                                             options=self.options)
 
 
 class MSAColumnGlobalAttention(_Chunked):
@@ -87,10 +88,16 @@ class Transition(_Chunked):
         # DISCREPANCY: the mask is accepted for a uniform block interface but, as in the released
         # model, not applied; masked positions are never read by unmasked ones downstream.
         del mask
-        return torch.cat([
-            self.transition2(torch.relu(self.transition1(self.input_layer_norm(act[s]))))
-            for s in chunk_slices(act.shape[0], self.options.chunks.transition)
-        ])
+        c = act.shape[-1]
+        w1, b1 = self.transition1.weights.to(act.dtype), self.transition1.bias.to(act.dtype)
+        w2, b2 = self.transition2.weights.to(act.dtype), self.transition2.bias.to(act.dtype)
+        out = torch.empty_like(act)
+        row_bytes = act[0].numel() // c * w1.shape[1] * act.element_size()
+        for s in chunk_slices(act.shape[0], self.options.step_rows(self.options.chunks.transition, act.shape[0],
+                                                                   row_bytes)):
+            x = self.input_layer_norm(act[s]).reshape(-1, c)
+            torch.addmm(b2, torch.relu_(torch.addmm(b1, x, w1)), w2, out=out[s].view(-1, c))
+        return out
 
 
 class OuterProductMean(_Chunked):
@@ -114,17 +121,19 @@ class OuterProductMean(_Chunked):
         w = self.output_w.reshape(c * c, -1).to(act.dtype)
         b = self.output_b.to(act.dtype)
         right_flat = right.reshape(right.shape[0], -1)  # (S, L*c)
-        out = []
-        for s in chunk_slices(n_res, self.options.chunks.outer_product_mean):
-            left_s = left[:, s].reshape(left.shape[0], -1)  # (S, l*c)
-            outer = (left_s.t() @ right_flat).view(-1, c, n_res, c).transpose(1, 2)  # (l, L, c, c)
-            out.append(torch.addmm(b, outer.reshape(-1, c * c), w).view(-1, n_res, w.shape[1]))
+        left_t = left.permute(1, 2, 0)  # (L, c, S): the left operand of each step, a view
+        out = act.new_empty((left.shape[1], n_res, w.shape[1]))
+        step = self.options.step_rows(self.options.chunks.outer_product_mean, left.shape[1],
+                                      n_res * c * c * act.element_size())
+        for s in chunk_slices(left.shape[1], step):
+            outer = (left_t[s].reshape(-1, left.shape[0]) @ right_flat).view(-1, c, n_res, c)  # (l, c, L, c)
+            torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w, out=out[s].view(-1, w.shape[1]))
         # DISCREPANCY: the bias is added before dividing by the number of sequence pairs (+1e-3),
         # as the released weights expect; the paper's pseudocode adds it after the mean.
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None]
-        return (torch.cat(out) / (1e-3 + norm)).to(act.dtype)
+        return out.div_(1e-3 + norm).to(act.dtype)
 
 
 class _TriangleMultiplication(_Chunked):
@@ -146,19 +155,38 @@ class _TriangleMultiplication(_Chunked):
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         act = self.layer_norm_input(pair)
-        mask = pair_mask[..., None].to(act.dtype)
-        left = mask * self.left_projection(act) * torch.sigmoid(self.left_gate(act))
-        right = mask * self.right_projection(act) * torch.sigmoid(self.right_gate(act))
-        # Channel-first so that the triangle sum is one batched GEMM per channel.
-        # (Contiguous operands: a strided batched GEMM takes a slow path in CPU BLAS.)
+        n_res, c_z = act.shape[1], act.shape[-1]
+        dtype = act.dtype
+        # The four projections that read `act` (left, right and their gates) are one GEMM, and it
+        # writes them channel-first, (4c, L, L): W^T @ act^T reads act through a transposed view,
+        # so the triangle sums below are batched GEMMs over contiguous (L, L) planes with no copy.
+        layers = (self.left_projection, self.right_projection, self.left_gate, self.right_gate)
+        w = torch.cat([layer.weights for layer in layers], dim=1).to(dtype)
+        b = torch.cat([layer.bias for layer in layers]).to(dtype)
+        proj = torch.addmm(b[:, None], w.t(), act.reshape(-1, c_z).t()).view(-1, act.shape[0], n_res)
+        c = proj.shape[0] // 4
+        proj[2 * c:].sigmoid_()
+        proj[:2 * c].mul_(proj[2 * c:])
+        if not bool(pair_mask.bool().all()):
+            proj[:2 * c].mul_(pair_mask.to(dtype))
+        left, right = proj[:c], proj[c:2 * c]  # (c, L, L)
         if self.outgoing:  # out[i, j] = sum_k left[i, k] * right[j, k]
-            a, b = left.permute(2, 0, 1).contiguous(), right.permute(2, 1, 0).contiguous()
+            a, b_ = left, right.transpose(1, 2)
         else:  # out[i, j] = sum_k left[k, j] * right[k, i]
-            a, b = right.permute(2, 1, 0).contiguous(), left.permute(2, 0, 1).contiguous()
-        tri = torch.cat([torch.bmm(a[:, s], b) for s in
-                         chunk_slices(pair.shape[0], self.options.chunks.triangle_multiplication)], dim=1)
-        out = self.output_projection(self.center_layer_norm(tri.permute(1, 2, 0)))
-        return out * torch.sigmoid(self.gating_linear(act))
+            a, b_ = right.transpose(1, 2), left
+        # Output rows a block at a time: triangle sum, centre layer norm, output projection and
+        # gate, each block's intermediates staying in cache.
+        w_out, b_out = self.output_projection.weights.to(dtype), self.output_projection.bias.to(dtype)
+        w_gate, b_gate = self.gating_linear.weights.to(dtype), self.gating_linear.bias.to(dtype)
+        out = torch.empty_like(act)
+        step = self.options.step_rows(self.options.chunks.triangle_multiplication, act.shape[0],
+                                      n_res * c * act.element_size() * 4)
+        for s in chunk_slices(act.shape[0], step):
+            tri = self.center_layer_norm(torch.bmm(a[:, s], b_).permute(1, 2, 0)).reshape(-1, c)
+            out_s = out[s].view(-1, c_z)
+            torch.addmm(b_out, tri, w_out, out=out_s)
+            out_s.mul_(torch.sigmoid_(torch.addmm(b_gate, act[s].reshape(-1, c_z), w_gate)))
+        return out
 
 
 class TriangleMultiplicationOutgoing(_TriangleMultiplication):
@@ -186,13 +214,14 @@ class _TriangleAttention(_Chunked):
         self.attention = Attention(c_z, c_z, c_z, num_head, key_dim, value_dim)
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        if not self.starting:
-            pair, pair_mask = pair.transpose(0, 1), pair_mask.transpose(0, 1)
-        bias = mask_to_bias(pair_mask)[:, None, None, :]
+        # The ending node attends along the columns of the pair: the same computation on the
+        # transposed pair, done through strided views instead of transposed copies.
         act = self.query_norm(pair)
-        tri_bias = torch.einsum("qkc,ch->hqk", act, self.feat_2d_weights.to(act.dtype))
-        out = self.attention(act, act, bias, tri_bias, self.options.chunks.triangle_attention)
-        return out if self.starting else out.transpose(0, 1)
+        bias = act.reshape(-1, act.shape[-1]) @ self.feat_2d_weights.to(act.dtype)  # (L*L, H): [i, j, h]
+        bias = bias.view(act.shape[0], act.shape[1], -1)
+        tri_bias = (bias.permute(2, 0, 1) if self.starting else bias.permute(2, 1, 0)).contiguous()
+        return self.attention.self_attention(act, pair_mask, tri_bias, self.options.chunks.triangle_attention,
+                                             transposed=not self.starting, options=self.options)
 
 
 class TriangleAttentionStartingNode(_TriangleAttention):

@@ -50,12 +50,27 @@ class Options:
     precision: str = "fp32"
     compile: bool = False
     compile_cache_dir: str | None = None  # inductor's persistent cache (TORCHINDUCTOR_CACHE_DIR)
+    # Cache blocking: the row-wise loops (attention, transitions, outer product mean, the triangle
+    # multiplication's output) take as many rows per step as keep that step's largest
+    # intermediate near this size, so it is reused from cache instead of streamed through
+    # memory. Independent of `chunks` (which bound peak memory); None processes whole tensors.
+    block_bytes: int | None = 4 << 20
 
     def __post_init__(self):
+        if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):
+            raise ConfigError(f"block_bytes={self.block_bytes!r} must be a positive number of bytes or None")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}"
             )
+
+    def step_rows(self, chunk: int | None, total: int, row_bytes: int) -> int:
+        """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:
+        the memory chunk size, cut further to the cache block."""
+        rows = total if chunk is None else min(chunk, total)
+        if self.block_bytes is not None:
+            rows = min(rows, max(1, self.block_bytes // max(1, row_bytes)))
+        return max(1, rows)
 
     @property
     def dtype(self):

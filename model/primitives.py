@@ -47,7 +47,6 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.layer_norm(
-            x.float(), (x.shape[-1],), self.scale.float(), self.offset.float(), self.eps
-        )
-        return out.to(x.dtype)
+        # fp32 scale and offset with bf16 input: PyTorch's mixed-type layer norm keeps the
+        # statistics in fp32 and returns bf16, without an fp32 copy of the input.
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), self.scale.float(), self.offset.float(), self.eps)

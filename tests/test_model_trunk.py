@@ -42,6 +42,22 @@ def _mask(seed, shape, frac=0.2):
     return mask
 
 
+# Key masks that take each path of Attention.self_attention: scattered masked entries, runs of
+# all-valid rows between rows with masked keys (pair bias read through a broadcast view for
+# the former, materialised per run for the latter), and no mask at all.
+MASK_KINDS = ("scattered", "runs", "all_valid")
+
+
+def _mask_kind(kind, seed, shape):
+    if kind == "scattered":
+        return _mask(seed, shape)
+    mask = np.ones(shape, np.float32)
+    if kind == "runs":
+        mask[2, 3] = mask[3, 0] = 0.0  # rows 2-3 have masked keys, rows 0-1 and 4.. do not
+        mask[-1] = 0.0
+    return mask
+
+
 def _torch(*arrays):
     return [torch.from_numpy(a) for a in arrays]
 
@@ -51,11 +67,14 @@ def _rel_err(ours, ref):
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-def test_msa_row_attention_with_pair_bias_matches_reference():
+@pytest.mark.parametrize("chunk", (None, 2))
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_msa_row_attention_with_pair_bias_matches_reference(mask_kind, chunk):
     ours = evo.MSARowAttentionWithPairBias()
+    ours.options = Options.chunked(chunk) if chunk else Options()
     flat = _fill(ours, "msa_row_attention_with_pair_bias")
     msa, pair = _acts(1, (6, 12, 256), (12, 12, 128))
-    mask = _mask(2, (6, 12))
+    mask = _mask_kind(mask_kind, 2, (6, 12))
     ref = reference.apply(lambda m, k, p: af_modules.MSARowAttentionWithPairBias(
         EVO.evoformer.msa_row_attention_with_pair_bias, GC)(m, k, p, is_training=False), flat, msa, mask, pair)
     with torch.no_grad():
@@ -63,11 +82,14 @@ def test_msa_row_attention_with_pair_bias_matches_reference():
     assert _rel_err(got, ref) < RTOL  # measured 7.2e-7
 
 
-def test_msa_column_attention_matches_reference():
+@pytest.mark.parametrize("chunk", (None, 5))
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_msa_column_attention_matches_reference(mask_kind, chunk):
     ours = evo.MSAColumnAttention()
+    ours.options = Options.chunked(chunk) if chunk else Options()
     flat = _fill(ours, "msa_column_attention")
     (msa,) = _acts(3, (6, 12, 256))
-    mask = _mask(4, (6, 12))
+    mask = _mask_kind(mask_kind, 4, (6, 12))
     ref = reference.apply(lambda m, k: af_modules.MSAColumnAttention(
         EVO.evoformer.msa_column_attention, GC)(m, k, is_training=False), flat, msa, mask)
     with torch.no_grad():
@@ -87,13 +109,14 @@ def test_msa_column_global_attention_matches_reference():
     assert _rel_err(got, ref) < RTOL  # measured 4.6e-7
 
 
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
 @pytest.mark.parametrize("kind,cls", [("triangle_attention_starting_node", evo.TriangleAttentionStartingNode),
                                       ("triangle_attention_ending_node", evo.TriangleAttentionEndingNode)])
-def test_triangle_attention_matches_reference(kind, cls):
+def test_triangle_attention_matches_reference(kind, cls, mask_kind):
     ours = cls()
     flat = _fill(ours, kind)
     (pair,) = _acts(7, (12, 12, 128))
-    mask = _mask(8, (12, 12))
+    mask = _mask_kind(mask_kind, 8, (12, 12))
     ref = reference.apply(lambda p, k: af_modules.TriangleAttention(
         EVO.evoformer[kind], GC, name=kind)(p, k, is_training=False), flat, pair, mask)
     with torch.no_grad():
@@ -101,13 +124,14 @@ def test_triangle_attention_matches_reference(kind, cls):
     assert _rel_err(got, ref) < RTOL  # measured 4.8e-7 (starting), 4.1e-7 (ending)
 
 
+@pytest.mark.parametrize("mask_kind", ("scattered", "all_valid"))
 @pytest.mark.parametrize("kind,cls", [("triangle_multiplication_outgoing", evo.TriangleMultiplicationOutgoing),
                                       ("triangle_multiplication_incoming", evo.TriangleMultiplicationIncoming)])
-def test_triangle_multiplication_matches_reference(kind, cls):
+def test_triangle_multiplication_matches_reference(kind, cls, mask_kind):
     ours = cls()
     flat = _fill(ours, kind)
     (pair,) = _acts(9, (12, 12, 128))
-    mask = _mask(10, (12, 12))
+    mask = _mask_kind(mask_kind, 10, (12, 12))
     ref = reference.apply(lambda p, k: af_modules.TriangleMultiplication(
         EVO.evoformer[kind], GC, name=kind)(p, k, is_training=False), flat, pair, mask)
     with torch.no_grad():
@@ -162,18 +186,23 @@ def test_evoformer_block_matches_reference(is_extra_msa):
     assert _rel_err(got_pair, ref["pair"]) < RTOL  # measured 1.7e-7 (Evoformer), 1.6e-7 (extra MSA)
 
 
-def test_evoformer_block_chunked_equals_unchunked():
+@pytest.mark.parametrize("options", [Options.chunked(4), Options(block_bytes=1)], ids=["chunks", "one_row_blocks"])
+def test_evoformer_block_chunked_equals_unchunked(options):
+    # Memory chunks, and cache blocks down to one row per step, change nothing but summation order.
     block = evo.EvoformerIteration()
     _fill(block, "evoformer_iteration", seed=3)
     msa, pair = _torch(*_acts(17, (9, 13, 256), (13, 13, 128)))
     msa_mask, pair_mask = _torch(_mask(18, (9, 13)), np.ones((13, 13), np.float32))
-    with torch.no_grad():
-        full = block(msa, pair, msa_mask, pair_mask)
+
+    def run(opts):
         for m in block.modules():
             if hasattr(m, "options"):
-                m.options = Options.chunked(4)
-        chunked = block(msa, pair, msa_mask, pair_mask)
-    for a, b in zip(full, chunked):
+                m.options = opts
+        with torch.no_grad():
+            return block(msa, pair, msa_mask, pair_mask)
+
+    full = run(Options(block_bytes=None))
+    for a, b in zip(full, run(options)):
         assert float((a - b).abs().max() / a.abs().max()) < 1e-6  # measured 1.1e-7 (summation order)
 
 
