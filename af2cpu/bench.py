@@ -45,9 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time af2cpu with torch.compile (compile time reported separately)")
     parser.add_argument("--no-reference", action="store_true", help="time af2cpu only")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
+    from af2cpu.bench_batch import add_batch_arguments
+
+    add_batch_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "batch", None) is not None:
+        from af2cpu.bench_batch import run_batch
+
+        return run_batch(args)
     threads = args.threads or len(os.sched_getaffinity(0))
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
@@ -57,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
                                f"intra_op_parallelism_threads={threads}").strip()
     import torch
 
+    from af2cpu.runtime.allocator import tune_allocator
+
+    tune_allocator()
     torch.set_num_threads(threads)
     reference = None if args.no_reference else _reference_or_none()
     results = {"machine": _machine(threads), "preset": PRESET, "blocks": args.blocks, "msa_rows": args.msa_rows,
@@ -219,20 +229,12 @@ class _Reference:
         import haiku as hk
         import jax
         import numpy as np
-        from alphafold.model import config as af_config
         from alphafold.model import modules as af_modules
         from alphafold.model import utils as af_utils
 
-        cfg = af_config.model_config(PRESET)
-        gc = cfg.model.global_config
-        gc.zero_init, gc.bfloat16, gc.bfloat16_output, gc.subbatch_size, gc.use_pallas = False, False, False, None, False
-        evo = cfg.model.embeddings_and_evoformer
-        for stack in (evo.evoformer, evo.template.template_pair_stack):
-            stack.triangle_multiplication_outgoing.fuse_projection_weights = False
-            stack.triangle_multiplication_incoming.fuse_projection_weights = False
-        cfg.model.calc_extended_ptm = False
-        cfg.model.use_probs_extended = False
-        evo.evoformer_num_block = blocks
+        from af2cpu.reference import reference_config
+
+        cfg = reference_config(PRESET, evoformer_blocks=blocks)
 
         def forward(batch, prev):
             return af_modules.AlphaFold_noE(cfg.model)({**batch, "prev": prev}, is_training=False,

@@ -379,29 +379,12 @@ def reference_data_pipeline(cfg, threads: int, watch: Stopwatch):
 
 
 def reference_model_config(name: str, num_recycle: int):
-    """AlphaFold2's model config for `name` at its eval settings, as DeepMind's monomer runs it.
+    """AlphaFold2's model config for `name` at its eval settings, as DeepMind's monomer runs it: fp32,
+    unfused weights, the eval sizes (512 MSA clusters, 5120 extra rows, 4 templates, padded to) and
+    DeepMind's ``subbatch_size`` 4 (see af2cpu.reference)."""
+    from af2cpu.reference import reference_config
 
-    The reference package defaults to a bf16 trunk and fused triangle weights; DeepMind's monomer is
-    fp32 with unfused weights (REFERENCE.md). The eval sizes (512 MSA clusters, 5120 extra rows, 4
-    templates, padded to) and ``subbatch_size`` 4 stay DeepMind's: without the sub-batching, the
-    extra-MSA row attention of 5120 rows needs tens of GB at a few hundred residues.
-    """
-    from alphafold.model import config
-
-    cfg = config.model_config(name)
-    gc = cfg.model.global_config
-    gc.bfloat16 = False
-    gc.bfloat16_output = False
-    gc.zero_init = False
-    gc.use_pallas = False
-    evo = cfg.model.embeddings_and_evoformer
-    for stack in (evo.evoformer, evo.template.template_pair_stack):
-        stack.triangle_multiplication_outgoing.fuse_projection_weights = False
-        stack.triangle_multiplication_incoming.fuse_projection_weights = False
-    cfg.model.num_recycle = num_recycle
-    cfg.data.common.num_recycle = num_recycle
-    cfg.data.eval.num_ensemble = 1
-    return cfg
+    return reference_config(name, num_recycle, subbatch_size=4)
 
 
 def reference_runners(params_root: Path, settings: BatchSettings) -> dict:

@@ -218,7 +218,9 @@ def load_model(cfg: DictConfig, model_name: str, options=None):
     """The network of `model_name` with official weights, or random ones when params=random."""
     from af2cpu.model.alphafold import AlphaFold
     from af2cpu.model.params import load_params, random_params
+    from af2cpu.runtime.allocator import tune_allocator
 
+    tune_allocator()
     if cfg.params == "random":
         model = AlphaFold(model_name, options)
         load_params(model, random_params(model, seed=model_seed(cfg, model_name)), source="random parameters")

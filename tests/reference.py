@@ -17,33 +17,13 @@ import copy
 import haiku as hk
 import jax
 import numpy as np
-from alphafold.model import config as af_config
 from alphafold.model import features as af_features
 from alphafold.model import modules as af_modules
 from alphafold.model import utils as af_utils
 
+from af2cpu.reference import reference_config  # the tests use it through this module
+
 jax.config.update("jax_enable_x64", False)
-
-
-def reference_config(preset: str = "model_1_ptm", num_recycle: int = 3):
-    """The reference's model config set up as DeepMind's fp32 monomer (REFERENCE.md)."""
-    cfg = af_config.model_config(preset)
-    gc = cfg.model.global_config
-    gc.zero_init = False
-    gc.bfloat16 = False
-    gc.bfloat16_output = False
-    gc.subbatch_size = None
-    gc.use_pallas = False
-    evo = cfg.model.embeddings_and_evoformer
-    for stack in (evo.evoformer, evo.template.template_pair_stack):
-        stack.triangle_multiplication_outgoing.fuse_projection_weights = False
-        stack.triangle_multiplication_incoming.fuse_projection_weights = False
-    cfg.model.calc_extended_ptm = False
-    cfg.model.use_probs_extended = False
-    cfg.model.num_recycle = num_recycle
-    cfg.data.common.num_recycle = num_recycle
-    cfg.data.eval.num_ensemble = 1
-    return cfg
 
 
 def to_haiku(flat: dict[str, np.ndarray]):
