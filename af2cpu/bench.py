@@ -3,8 +3,10 @@
 Both models get the same random parameters in the official format and the same processed features
 (a random query of length L, an MSA made from it by point mutations, AlphaFold2's four template slots
 all masked), run with the same thread count, and are timed per recycling pass after one warm-up pass
-(the reference's warm-up includes XLA's compilation for the new length, af2cpu's its first-call
-allocations; both are reported as ``first_pass_s``). Work is counted once, on af2cpu's pass, with
+(``first_pass_s``; XLA's compilation of the reference is timed on its own, ``compile_s``, and so is
+what torch.compile adds to af2cpu's first pass). ``--default-msa-sizes`` pads both models' inputs to
+AlphaFold2's default 508/5120/4 rows, as AlphaFold2's pipeline does for every target; ``--memory``
+measures peak RSS against the memory planner instead of time. Work is counted once, on af2cpu's pass, with
 ``torch.utils.flop_counter`` (matrix products and attention, the useful work: the reference also
 computes on the masked template slots), and set against a GEMM peak measured here. The reference is
 imported only when the ``reference`` extra is installed.
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from af2cpu.errors import ConfigError
+from af2cpu.outputs import atomic_write_text
 
 PRESET = "model_1_ptm"
 
@@ -44,6 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time af2cpu with torch.compile (compile time reported separately)")
     parser.add_argument("--no-reference", action="store_true", help="time af2cpu only")
+    parser.add_argument("--default-msa-sizes", action="store_true",
+                        help="give both models AlphaFold2's default input sizes: the MSA (--msa-rows + "
+                             "--extra-rows sequences, keep it shallow) padded to 508 clusters, 5120 extra rows "
+                             "and 4 templates, as AlphaFold2's pipeline pads every target")
+    parser.add_argument("--memory", type=int, nargs="+", metavar="L", default=None,
+                        help="instead of timing, measure the peak RSS of one pass at each length L (a fresh "
+                             "process each), next to the memory planner's estimate for the chunks it picks "
+                             "under --memory-limit")
+    parser.add_argument("--memory-limit", default="6G", help="the memory limit the planner plans for (default 6G)")
+    parser.add_argument("--memory-blocks", type=int, default=None,
+                        help="block-subset mode for lengths too long to run whole: only this many Evoformer "
+                             "blocks (peak memory does not depend on the number of blocks, time does)")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
     from af2cpu.bench_batch import add_batch_arguments
 
@@ -55,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         from af2cpu.bench_batch import run_batch
 
         return run_batch(args)
+    if getattr(args, "memory", None):
+        return run_memory(args)
     threads = args.threads or len(os.sched_getaffinity(0))
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
@@ -70,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     reference = None if args.no_reference else _reference_or_none()
     results = {"machine": _machine(threads), "preset": PRESET, "blocks": args.blocks, "msa_rows": args.msa_rows,
-               "extra_rows": args.extra_rows, "passes": args.passes, "gemm_peak_gflops": gemm_peak(),
+               "extra_rows": args.extra_rows, "default_msa_sizes": args.default_msa_sizes,
+               "passes": args.passes, "gemm_peak_gflops": gemm_peak(),
                "reference": reference is not None, "runs": []}
     print(f"GEMM peak ({threads} threads): {results['gemm_peak_gflops']}")
     for length in args.lengths:
@@ -79,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     results["breakdown"] = {p: module_breakdown(breakdown_length, args, p) for p in args.precisions}
     results["breakdown_length"] = breakdown_length
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "bench.md").write_text(markdown(results))
+    atomic_write_text(args.out / "bench.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out / "bench.md", markdown(results))
     print(markdown(results))
     return 0
 
@@ -121,11 +139,14 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     return peak
 
 
-def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, seed: int = 0):
+def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, seed: int = 0,
+                default_sizes: bool = False):
     """(model with random official-format parameters, the flat parameters, processed features).
 
     The features are AlphaFold2's processed features for one pass, with four fully masked template
-    slots as AlphaFold2's input pipeline gives a target without template hits."""
+    slots as AlphaFold2's input pipeline gives a target without template hits. With
+    ``default_sizes`` the ``msa_rows + extra_rows`` sequences go through AlphaFold2's default
+    settings (up to 508 clusters, 5120 extra rows) and every axis is padded to those sizes."""
     import numpy as np
 
     from af2cpu.common import residue_constants as rc
@@ -157,13 +178,16 @@ def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, s
     model = AlphaFold(dataclasses.replace(get_preset(PRESET), architecture=Architecture(evoformer_num_block=blocks)))
     flat = random_params(model, seed=seed)
     load_params(model, flat)
-    settings = PipelineSettings.from_preset(PRESET, num_recycle=0, num_msa_clusters=msa_rows,
-                                            max_extra_msa=extra_rows)
+    if default_sizes:
+        settings = PipelineSettings.from_preset(PRESET, num_recycle=0, pad_to_fixed_size=True)
+    else:
+        settings = PipelineSettings.from_preset(PRESET, num_recycle=0, num_msa_clusters=msa_rows,
+                                                max_extra_msa=extra_rows)
     features = process_features(raw, settings, seed=seed)
     for name in [k for k in features if k.startswith("template_")]:
         value = features[name]
         pad = [(0, 0)] * value.ndim
-        pad[1] = (0, t - value.shape[1])
+        pad[1] = (0, max(0, t - value.shape[1]))
         features[name] = np.pad(value, pad)
     return model.eval(), flat, features
 
@@ -175,7 +199,8 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     from af2cpu.config import _cache_dir
     from af2cpu.model.options import Options
 
-    model, flat, features = make_inputs(length, args.msa_rows, args.extra_rows, args.blocks)
+    model, flat, features = make_inputs(length, args.msa_rows, args.extra_rows, args.blocks,
+                                        default_sizes=args.default_msa_sizes)
     runs = []
     gflop = None
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
@@ -190,12 +215,18 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
         else:
             first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), args.passes)
         runs.append({"model": "af2cpu", "length": length, "precision": precision, "compile": compiled,
+                     # torch.compile compiles during the first pass: what it adds to a pass.
+                     "compile_s": round(max(0.0, first - seconds), 2) if compiled else None,
                      "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
                      "gflops": round(gflop / seconds, 1), "peak_fraction": round(gflop / seconds / peak[precision], 3)})
         print(runs[-1])
     if reference is not None:
-        first, seconds = _time_passes(reference.step_fn(flat, features, args.blocks), args.passes)
+        step, compile_s = reference.step_fn(flat, features, args.blocks)
+        # XLA's compilation is timed on its own; with the padded default sizes a pass takes
+        # minutes, so the compiled pass is timed without a further warm-up pass.
+        first, seconds = _time_passes(None if args.default_msa_sizes else step, args.passes, step)
         runs.append({"model": "reference", "length": length, "precision": "fp32", "compile": True,
+                     "compile_s": compile_s,
                      "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
                      "gflops": round(gflop / seconds, 1), "peak_fraction": round(gflop / seconds / peak["fp32"], 3)})
         print(runs[-1])
@@ -223,7 +254,8 @@ def _time_passes(step, passes: int, timed=None) -> tuple[float, float | None]:
 
 class _Reference:
     """DeepMind's JAX monomer configured as REFERENCE.md says (fp32, no zero-init, no sub-batching,
-    unfused triangle weights), one recycling pass with fp32 zero ``prev``."""
+    unfused triangle weights), one recycling pass with fp32 zero ``prev``: ``step_fn`` compiles it
+    ahead of time and returns (the pass, seconds XLA took to compile it)."""
 
     def step_fn(self, flat, features, blocks: int = 48):
         import haiku as hk
@@ -240,7 +272,6 @@ class _Reference:
             return af_modules.AlphaFold_noE(cfg.model)({**batch, "prev": prev}, is_training=False,
                                                        return_representations=True)
 
-        step = jax.jit(hk.transform(forward).apply)
         params = af_utils.flat_params_to_haiku(dict(flat), fuse=False)
         length = features["aatype"].shape[1]
         batch = {k: v[0] for k, v in features.items()}
@@ -248,7 +279,10 @@ class _Reference:
                 "prev_pair": np.zeros([length, length, 128], np.float32),
                 "prev_pos": np.zeros([length, 37, 3], np.float32)}
         key = jax.random.PRNGKey(0)
-        return lambda: jax.block_until_ready(step(params, key, batch, prev))
+        start = time.perf_counter()
+        step = jax.jit(hk.transform(forward).apply).lower(params, key, batch, prev).compile()
+        compile_s = round(time.perf_counter() - start, 2)
+        return (lambda: jax.block_until_ready(step(params, key, batch, prev))), compile_s
 
 
 # Per-module breakdown: the children of every block and the top-level parts, summed by name.
@@ -261,7 +295,8 @@ def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
     """Seconds per module kind for one af2cpu pass at ``length`` (after a warm-up pass)."""
     from af2cpu.model.options import Options
 
-    model, _, features = make_inputs(length, args.msa_rows, args.extra_rows, args.blocks)
+    model, _, features = make_inputs(length, args.msa_rows, args.extra_rows, args.blocks,
+                                     default_sizes=args.default_msa_sizes)
     model.set_options(Options(precision=precision))
     model.predict(features, num_recycle=0)
     totals: dict[str, float] = {}
@@ -296,6 +331,115 @@ def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
     return totals
 
 
+def run_memory(args: argparse.Namespace) -> int:
+    """Peak RSS of one af2cpu pass at each length, each in a fresh process, against the planner.
+
+    For each length and precision the memory planner picks the chunk sizes for ``--memory-limit``
+    (as ``af2cpu predict`` does with ``runtime.memory_limit``); a child process builds the inputs,
+    resets its peak-RSS counter, runs one recycling pass with those chunks and reports the pass's
+    peak RSS (VmHWM). Results: ``memory.json`` and ``memory.md`` in ``--out``.
+    """
+    import multiprocessing
+
+    from af2cpu.runtime.memory import GIB, N_PARAMS, choose_chunks, parse_memory_limit
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    limit = parse_memory_limit(args.memory_limit)
+    blocks = args.memory_blocks or args.blocks
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for length in sorted(args.memory):
+        for precision in args.precisions:
+            chunks, estimate = choose_chunks(limit, length, args.msa_rows, args.extra_rows, 0,
+                                             2 if precision == "bf16" else 4)
+            receive, send = context.Pipe(duplex=False)
+            child = context.Process(target=_memory_child, args=(
+                send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads))
+            child.start()
+            send.close()
+            try:
+                measured = receive.recv()
+            except EOFError:
+                child.join()
+                measured = {"error": f"the child process died (exit code {child.exitcode}); out of memory?"}
+            child.join()
+            row = {"length": length, "precision": precision, "blocks": blocks, "memory_limit": limit,
+                   "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
+                   "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
+            if "peak_rss_bytes" in row:
+                # In block-subset mode the model holds fewer weights than the planner's 48 blocks.
+                row["estimate_bytes"] += row["parameter_bytes"] - N_PARAMS * 4
+                row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
+            rows.append(row)
+            print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})
+    results = {"machine": _machine(threads), "preset": PRESET, "msa_rows": args.msa_rows,
+               "extra_rows": args.extra_rows, "runs": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "memory.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out / "memory.md", memory_markdown(results))
+    print(memory_markdown(results))
+    return 0
+
+
+def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads) -> None:
+    """One pass in this (fresh) process; sends its peak RSS and time through ``conn``."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    from af2cpu.model.options import ChunkSizes, Options
+    from af2cpu.runtime.allocator import tune_allocator
+
+    tune_allocator()
+    torch.set_num_threads(threads)
+    model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks)
+    del flat  # a real run keeps one copy of the weights, the model's
+    model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision))
+    baseline = _rss("VmRSS")
+    reset = _reset_peak_rss()
+    start = time.perf_counter()
+    model.predict(features, num_recycle=0)
+    seconds = time.perf_counter() - start
+    conn.send({"peak_rss_bytes": _rss("VmHWM"), "rss_before_pass_bytes": baseline,
+               "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+               "peak_counter_reset": reset, "pass_s": round(seconds, 1)})
+    conn.close()
+
+
+def _rss(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux: 5 in /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_markdown(results: dict) -> str:
+    """The memory runs as a markdown table."""
+    gib = 1 << 30
+    lines = [(f"Peak RSS of one recycling pass, {results['msa_rows']} MSA + {results['extra_rows']} extra rows, "
+              f"{results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
+             ("| L | precision | blocks | chunks | planner estimate (GiB) | measured peak RSS (GiB) | estimate error "
+              "| pass (s) |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["runs"]:
+        chunks = ", ".join(f"{k}={v}" for k, v in r["chunks"].items()) or "none"
+        if "peak_rss_bytes" not in r:
+            lines.append(f"| {r['length']} | {r['precision']} | {r['blocks']} | {chunks} | "
+                         f"{r['estimate_bytes'] / gib:.2f} | {r.get('error', '?')} | | |")
+            continue
+        lines.append(f"| {r['length']} | {r['precision']} | {r['blocks']} | {chunks} | {r['estimate_bytes'] / gib:.2f} "
+                     f"| {r['peak_rss_bytes'] / gib:.2f} | {100 * r['estimate_error']:+.0f} % | {r['pass_s']} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict) -> str:
     """The results as markdown tables: timings per length and the per-module breakdown."""
     m = results["machine"]
@@ -303,15 +447,21 @@ def markdown(results: dict) -> str:
              f"GEMM peak {results['gemm_peak_gflops']['fp32']} GFLOP/s fp32, "
              f"{results['gemm_peak_gflops']['bf16']} GFLOP/s bf16. Preset {results['preset']} "
              f"({results['blocks']} Evoformer blocks), "
-             f"{results['msa_rows']} MSA + {results['extra_rows']} extra rows, 4 masked template slots; "
-             f"one recycling pass, mean of {results['passes']} after a warm-up."), "",
-             ("| L | model | precision | compile | first pass (s) | pass (s) | speed-up vs reference "
+             + (f"a shallow MSA of {results['msa_rows'] + results['extra_rows']} sequences padded to "
+                "AlphaFold2's default 508 clusters, 5120 extra rows and 4 template slots (GFLOP: af2cpu's "
+                "work without the padding); " if results.get("default_msa_sizes") else
+                f"{results['msa_rows']} MSA + {results['extra_rows']} extra rows, 4 masked template slots; ")
+             + f"one recycling pass, mean of {results['passes']} after a warm-up (the reference's XLA "
+             "compilation timed on its own)."), "",
+             ("| L | model | precision | compile | compile (s) | first pass (s) | pass (s) | speed-up vs reference "
              "| GFLOP | GFLOP/s | of GEMM peak |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:
         speedup = f"{r['speedup_vs_reference']}x" if "speedup_vs_reference" in r else "—"
         compiled = "XLA" if r["model"] == "reference" else ("yes" if r["compile"] else "no")
-        lines.append(f"| {r['length']} | {r['model']} | {r['precision']} | {compiled} | {r['first_pass_s']} "
+        compile_s = "—" if r.get("compile_s") is None else r["compile_s"]
+        first = "—" if r["first_pass_s"] is None else r["first_pass_s"]
+        lines.append(f"| {r['length']} | {r['model']} | {r['precision']} | {compiled} | {compile_s} | {first} "
                      f"| {r['pass_s']} | {speedup} | {r['gflop']} | {r['gflops']} | {100 * r['peak_fraction']:.0f} % |")
     for precision, totals in results.get("breakdown", {}).items():
         lines += ["", (f"Per-module time, af2cpu {precision}, L={results['breakdown_length']}, one pass "

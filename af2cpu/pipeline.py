@@ -255,9 +255,13 @@ def model_options(cfg: DictConfig, num_res: int, msa_rows: int, extra_rows: int,
 
     precision = _plain(cfg.runtime.precision)
     limit = parse_memory_limit(str(cfg.runtime.memory_limit))
-    chunks, _ = choose_chunks(limit, num_res, msa_rows, extra_rows, templates, 2 if precision == "bf16" else 4)
-    return Options(chunks=chunks, precision=precision, compile=bool(cfg.runtime.compile),
-                   compile_cache_dir=str(cfg.runtime.compile_cache_dir) if cfg.runtime.compile else None)
+    compiled = bool(cfg.runtime.compile)
+    options = Options(precision=precision, compile=compiled,
+                      compile_cache_dir=str(cfg.runtime.compile_cache_dir) if compiled else None)
+    # Compiled blocks are not cache-blocked (Options.step_rows): plan their memory without blocks.
+    chunks, _ = choose_chunks(limit, num_res, msa_rows, extra_rows, templates, 2 if precision == "bf16" else 4,
+                              block_bytes=None if compiled else options.block_bytes)
+    return dataclasses.replace(options, chunks=chunks)
 
 
 def infer_stage(target: Target, model_name: str, cfg: DictConfig, target_dir: str, force: bool = False) -> StageTiming:

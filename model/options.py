@@ -53,7 +53,8 @@ class Options:
     # Cache blocking: the row-wise loops (attention, transitions, outer product mean, the triangle
     # multiplication's output) take as many rows per step as keep that step's largest
     # intermediate near this size, so it is reused from cache instead of streamed through
-    # memory. Independent of `chunks` (which bound peak memory); None processes whole tensors.
+    # memory. Independent of `chunks` (which bound peak memory); None processes whole tensors,
+    # and so do compiled blocks (see step_rows).
     block_bytes: int | None = 4 << 20
 
     def __post_init__(self):
@@ -68,7 +69,9 @@ class Options:
         """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:
         the memory chunk size, cut further to the cache block."""
         rows = total if chunk is None else min(chunk, total)
-        if self.block_bytes is not None:
+        # Compiled blocks are not cache-blocked: a step count that depends on the length would
+        # specialise the graph to each length (inductor fuses the elementwise work itself).
+        if self.block_bytes is not None and not self.compile:
             rows = min(rows, max(1, self.block_bytes // max(1, row_bytes)))
         return max(1, rows)
 

@@ -42,3 +42,24 @@ def test_bench_inputs_are_official_format_with_masked_template_slots():
     # AlphaFold2's four template slots, all masked (no template hits).
     assert features["template_mask"].shape == (1, 4) and not features["template_mask"].any()
     assert np.isfinite(model.predict(features, num_recycle=0)["plddt"]).all()
+
+
+def test_bench_default_msa_sizes_pads_the_inputs_as_alphafold2_does():
+    _, _, features = make_inputs(24, msa_rows=6, extra_rows=0, blocks=1, default_sizes=True)
+    # AlphaFold2's default sizes: 508 clusters (512 less 4 template rows), 5120 extra rows, 4 templates,
+    # all but the shallow MSA's 6 sequences masked.
+    assert features["msa_feat"].shape[1] == 508 and features["extra_msa"].shape[1] == 5120
+    assert features["template_mask"].shape == (1, 4)
+    assert int(features["msa_mask"][0].any(axis=1).sum()) == 6 and not features["extra_msa_mask"].any()
+
+
+def test_bench_memory_reports_peak_rss_next_to_the_planner(tmp_path):
+    status = main(["bench", "--memory", "24", "--precisions", "bf16", "--msa-rows", "4", "--extra-rows", "8",
+                   "--memory-blocks", "1", "--threads", "1", "--out", str(tmp_path)])
+    assert status == 0
+    (run,) = json.loads((tmp_path / "memory.json").read_text())["runs"]
+    assert run["length"] == 24 and run["precision"] == "bf16" and run["blocks"] == 1
+    # A real measurement of a process that holds the (one-block) model's fp32 weights.
+    assert run["peak_rss_bytes"] > run["parameter_bytes"] > 10_000_000 and run["peak_counter_reset"]
+    assert run["estimate_error"] == pytest.approx(run["estimate_bytes"] / run["peak_rss_bytes"] - 1, abs=1e-3)
+    assert "| 24 | bf16 | 1 |" in (tmp_path / "memory.md").read_text()

@@ -50,14 +50,23 @@ def test_short_target_is_dominated_by_runtime_and_parameters():
     assert estimate.total < estimate.fixed["runtime"] + estimate.fixed["parameters"] + (64 << 20)
 
 
-def test_triangle_attention_is_cubic_in_length_and_bounded_by_its_chunk():
+def test_cache_blocks_keep_attention_logits_from_ever_existing_whole():
     L = 1000
-    unchunked = estimate_peak_memory(L, 16, 0, 0, 2)
-    assert unchunked.largest[0] == "triangle attention"
-    assert unchunked.largest[1] >= H_TRI * L**3 * 2  # the H·L³ logits
-    chunked = estimate_peak_memory(L, 16, 0, 0, 2, ChunkSizes(triangle_attention=64))
-    assert chunked.total < unchunked.total
-    assert chunked.largest[0] != "triangle attention"  # 64 rows of logits are no longer the peak
+    # Without cache blocks or chunks, a masked batch row's bias makes triangle attention cubic...
+    unblocked = estimate_peak_memory(L, 16, 0, 0, 2, block_bytes=None)
+    assert unblocked.largest[0] == "triangle attention"
+    assert unblocked.largest[1] >= H_TRI * L**3 * 2  # the H·L³ logits
+    chunked = estimate_peak_memory(L, 16, 0, 0, 2, ChunkSizes(triangle_attention=64), block_bytes=None)
+    assert chunked.total < unblocked.total
+    # ...with the default cache blocks every intermediate is quadratic: 1000 residues in bf16 fit
+    # 6 GiB without any chunk, and doubling the length roughly quadruples the length-dependent part.
+    blocked = estimate_peak_memory(L, 16, 0, 0, 2)
+    assert blocked.largest[0] != "triangle attention" and blocked.total < unblocked.total / 2
+    chunks, _ = choose_chunks(6 * GIB, L, 64, 256, 0, 2)
+    assert chunks == ChunkSizes()
+    fixed = sum(blocked.fixed.values())
+    doubled = estimate_peak_memory(2 * L, 16, 0, 0, 2)
+    assert 3.5 < (doubled.total - sum(doubled.fixed.values())) / (blocked.total - fixed) < 4.5
 
 
 def test_everything_fits_unchunked_under_a_generous_limit():
@@ -68,8 +77,10 @@ def test_everything_fits_unchunked_under_a_generous_limit():
 
 @pytest.mark.parametrize("limit_gib, length, precision", [(4, 512, 4), (6, 1000, 2), (3, 384, 2)])
 def test_chosen_chunks_fit_and_are_the_largest_that_do(limit_gib, length, precision):
+    # Chunks matter when cache blocking is off (block_bytes=None): then they bound every loop.
     limit = limit_gib * GIB
-    shape = {"length": length, "msa_rows": 256, "extra_rows": 1024, "templates": 4, "precision_bytes": precision}
+    shape = {"length": length, "msa_rows": 256, "extra_rows": 1024, "templates": 4, "precision_bytes": precision,
+             "block_bytes": None}
     chunks, estimate = choose_chunks(limit, **shape)
     assert estimate.total <= limit
     assert estimate == estimate_peak_memory(chunks=chunks, **shape)

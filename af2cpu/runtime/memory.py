@@ -3,8 +3,7 @@
 Notation: L residues, S MSA rows (clustered), Se extra-MSA rows, T templates, b bytes per activation
 (4 for fp32, 2 for bf16), c a chunk size (None = the whole axis). Channel sizes are AlphaFold2's:
 MSA 256, pair 128, extra MSA 64, template pair 64, outer-product 32; heads 8 (MSA, extra MSA) and 4
-(triangle attention). Attention logits are counted as the per-chunk (c, H, Q, K) mask+bias tensor
-the attention kernel receives, at b bytes.
+(triangle attention).
 
     peak = fixed + max over phases (resident(phase) + max over the phase's intermediates)
 
@@ -16,20 +15,26 @@ resident     templates: 2·L²·128·b + S·L·256·b + T·L²·64·b
              extra_msa: 2·L²·128·b + S·L·256·b + 2·Se·L·64·b
              evoformer: 2·L²·128·b + 2·S·L·256·b
              heads:     L²·128·b + S·L·256·b
-intermediates (each counted with the module's own input, output and concatenation copies)
-  MSA row attention        c·(5·L·256 + 8·L²)·b + 3·S·L·256·b + 8·L²·b      c ≤ S rows
-  MSA column attention     c·(5·S·256 + 8·S²)·b + 3·S·L·256·b               c ≤ L columns
-  extra MSA row attention  c·(5·L·64 + 8·L²)·b + 3·Se·L·64·b + 8·L²·b       c ≤ Se rows
-  extra column global att. c·Se·64·4·b + 3·Se·L·64·b                        c ≤ L columns
-  outer product mean       2·R·L·32·b + 2·c·L·32·32·b + 2·L²·128·b + L²·4   R = S or Se, c ≤ L
-  MSA transition           2·c·L·4·C·b + 2·R·L·C·b                          C = 256 or 64, c ≤ R
-  triangle attention       c·(5·L·C + H·L²)·b + 3·L²·C·b + H·L²·b           C = 128, H = 4, c ≤ L
-  triangle multiplication  7·L²·C·b + c·L·C·b                               (not reduced by chunks)
-  pair transition          2·c·L·4·C·b + 2·L²·C·b                           c ≤ L
+intermediates (each counted with the module's own input copies and output; st = rows per step,
+the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows)
+  MSA row attention        2·R·L·C·b + L²·128·b + 2·H·L²·b + st·(6·L·C + H·L²)·b   (R, C) = (S, 256) or
+  MSA column attention     2·R·L·C·b + st·7·R·C·b                              (Se, 64), H = 8
+  extra column global att. st·Se·64·4·b + 3·Se·L·64·b
+  outer product mean       R·L·C·b + 4·R·L·32·b + L²·128·b + L²·4 + 2·st·L·32·32·b
+  MSA transition           R·L·C·b + st·5·L·C·b
+  triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b           C = 128, H = 4
+  triangle multiplication  7·L²·C·b + 3·st·L·C·b
+  embeddings (fp32)        7·L²·128·4 with the fp32 MSA and extra MSA resident
+  pair transition          L²·C·b + st·5·L·C·b
   template features        L²·88·4 + 2·L²·64·b                              one template at a time
   template point attention c·T·64·4·b + 3·L²·128·b                          c ≤ L² pairs
   heads                    2·L²·64·4 (distogram) + L²·64·4 (PAE) + S·L·23·4 + 3·12·L²·4 (IPA)
 
+Attention logits never exist whole: the attention kernel computes them block by block, the pair
+bias is read through a broadcast view, and only batch rows with masked keys get a materialised
+bias (the H·L² per step terms, an upper bound). With the default cache blocks (a few MiB per
+step) the per-step terms are small and the whole-tensor terms set the peak, so chunk sizes
+matter only when cache blocking is turned off (``block_bytes=None``).
 The template pair stack uses the triangle and transition terms with C = 64 (transition factor 2).
 The coefficients count the tensors af2cpu.model allocates; they are to be calibrated against measured
 peak RSS (`af2cpu bench`), which is why they live in named constants.
@@ -42,13 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from af2cpu.errors import Af2CpuError, ConfigError
-from af2cpu.model.options import ChunkSizes
+from af2cpu.model.options import ChunkSizes, Options
 
 GIB = 1 << 30
+DEFAULT_BLOCK_BYTES = Options().block_bytes
 N_PARAMS = 93_000_000
-# Calibrated against peak RSS of one 48-block pass (docs/benchmarks.md, "Memory planner"): at
-# L=64/128 the measured peak exceeded the estimate by a nearly constant 0.2-0.3 GiB with 512 MiB here.
-RUNTIME_OVERHEAD = 768 << 20
+# Calibrated against measured peak RSS (`af2cpu bench --memory`, docs/benchmarks.md, "Memory"):
+# a process holding torch, af2cpu and the inputs measured 0.32 GiB besides the weights; a Dask
+# worker imports a little more.
+RUNTIME_OVERHEAD = 384 << 20
 C_M, C_Z, C_E, C_T, C_OPM = 256, 128, 64, 64, 32
 H_MSA, H_EXTRA, H_TRI, H_IPA = 8, 8, 4, 12
 FP32 = 4
@@ -111,66 +118,82 @@ def _eff(c: int | None, axis: int) -> int:
     return axis if c is None else max(1, min(c, axis))
 
 
-def _pair_stack_terms(prefix: str, L: int, C: int, transition_factor: int, b: int, ch: ChunkSizes) -> list[_Term]:
-    ta = _eff(ch.triangle_attention, L)
-    tm = _eff(ch.triangle_multiplication, L)
-    tr = _eff(ch.transition, L)
+def _step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> int:
+    """Rows per step of a row loop, as af2cpu.model.options.Options.step_rows computes it."""
+    rows = _eff(chunk, axis)
+    if block is not None:
+        rows = min(rows, max(1, block // max(1, row_bytes)))
+    return rows
+
+
+def _pair_stack_terms(prefix: str, L: int, C: int, transition_factor: int, b: int, ch: ChunkSizes,
+                      block: int | None) -> list[_Term]:
+    ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
+    tm = _step(ch.triangle_multiplication, L, L * 4 * C * b, block)
+    tr = _step(ch.transition, L, L * transition_factor * C * b, block)
     return [
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              ta * (5 * L * C + H_TRI * L * L) * b + 3 * L * L * C * b + H_TRI * L * L * b),
-        _Term(f"{prefix}triangle multiplication", "triangle_multiplication", 7 * L * L * C * b + tm * L * C * b),
-        _Term(f"{prefix}pair transition", "transition",
-              2 * tr * L * transition_factor * C * b + 2 * L * L * C * b),
+              2 * L * L * C * b + 2 * H_TRI * L * L * b + ta * (L * 7 * C + H_TRI * L * L) * b),
+        _Term(f"{prefix}triangle multiplication", "triangle_multiplication", 7 * L * L * C * b + tm * 3 * L * C * b),
+        _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
 
 
-def _phases(L: int, S: int, Se: int, T: int, b: int, ch: ChunkSizes) -> dict[str, tuple[int, list[_Term]]]:
+def _msa_terms(prefix: str, L: int, R: int, C: int, heads: int, b: int, ch: ChunkSizes, block: int | None,
+               pair: int, global_column: bool) -> list[_Term]:
+    """The MSA modules of a block on R rows of C channels (the Evoformer's or the extra stack's)."""
+    act = R * L * C * b
+    rows = _step(ch.msa_row_attention, R, L * 4 * C * b, block)
+    cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
+    opm = _step(ch.outer_product_mean, L, L * C_OPM * C_OPM * b, block)
+    tr = _step(ch.transition, R, L * 4 * C * b, block)
+    if global_column:
+        column = _Term(f"{prefix}MSA column global attention", "msa_column_attention",
+                       cols * R * C * 4 * b + 3 * act)
+    else:
+        column = _Term(f"{prefix}MSA column attention", "msa_column_attention", 2 * act + cols * R * 7 * C * b)
+    return [
+        _Term(f"{prefix}MSA row attention", "msa_row_attention",
+              2 * act + pair + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
+        column,
+        _Term(f"{prefix}outer product mean", "outer_product_mean",
+              act + 4 * R * L * C_OPM * b + pair + L * L * FP32 + 2 * opm * L * C_OPM * C_OPM * b),
+        _Term(f"{prefix}MSA transition", "transition", act + tr * L * 5 * C * b),
+    ]
+
+
+def _phases(L: int, S: int, Se: int, T: int, b: int, ch: ChunkSizes,
+            block: int | None) -> dict[str, tuple[int, list[_Term]]]:
     pair = L * L * C_Z * b
     msa = S * L * C_M * b
     extra = Se * L * C_E * b
-    phases: dict[str, tuple[int, list[_Term]]] = {}
+    phases: dict[str, tuple[int, list[_Term]]] = {
+        # The embedders work in fp32 whatever the trunk's precision: the input embedding's pair, the
+        # relative-position one-hots and their projection, the recycled pair's layer norm and
+        # distogram projection, and their sums, before the cast to the trunk's dtype.
+        "embeddings": (S * L * C_M * FP32 + Se * L * C_E * FP32,
+                       [_Term("embeddings and recycling", None, 7 * L * L * C_Z * FP32)]),
+    }
     if T:
         pa = _eff(ch.template_attention, L * L)
         phases["templates"] = (
             2 * pair + msa + T * L * L * C_T * b,
-            _pair_stack_terms("template ", L, C_T, 2, b, ch) + [
+            _pair_stack_terms("template ", L, C_T, 2, b, ch, block) + [
                 _Term("template features", None, L * L * 88 * FP32 + 2 * L * L * C_T * b),
                 _Term("template point attention", "template_attention",
                       pa * T * C_T * 4 * b + 3 * L * L * C_Z * b),
             ],
         )
     if Se:
-        rows = _eff(ch.msa_row_attention, Se)
-        cols = _eff(ch.msa_column_attention, L)
-        opm = _eff(ch.outer_product_mean, L)
-        tr = _eff(ch.transition, Se)
         phases["extra_msa"] = (
             2 * pair + msa + 2 * extra,
-            [
-                _Term("extra MSA row attention", "msa_row_attention",
-                      rows * (5 * L * C_E + H_EXTRA * L * L) * b + 3 * extra + H_EXTRA * L * L * b),
-                _Term("extra MSA column global attention", "msa_column_attention",
-                      cols * Se * C_E * 4 * b + 3 * extra),
-                _Term("extra outer product mean", "outer_product_mean",
-                      2 * Se * L * C_OPM * b + 2 * opm * L * C_OPM * C_OPM * b + 2 * pair + L * L * FP32),
-                _Term("extra MSA transition", "transition", 2 * tr * L * 4 * C_E * b + 2 * extra),
-            ] + _pair_stack_terms("", L, C_Z, 4, b, ch),
+            _msa_terms("extra ", L, Se, C_E, H_EXTRA, b, ch, block, pair, global_column=True)
+            + _pair_stack_terms("", L, C_Z, 4, b, ch, block),
         )
-    rows = _eff(ch.msa_row_attention, S)
-    cols = _eff(ch.msa_column_attention, L)
-    opm = _eff(ch.outer_product_mean, L)
-    tr = _eff(ch.transition, S)
     phases["evoformer"] = (
         2 * pair + 2 * msa,
-        [
-            _Term("MSA row attention", "msa_row_attention",
-                  rows * (5 * L * C_M + H_MSA * L * L) * b + 3 * msa + H_MSA * L * L * b),
-            _Term("MSA column attention", "msa_column_attention",
-                  cols * (5 * S * C_M + H_MSA * S * S) * b + 3 * msa),
-            _Term("outer product mean", "outer_product_mean",
-                  2 * S * L * C_OPM * b + 2 * opm * L * C_OPM * C_OPM * b + 2 * pair + L * L * FP32),
-            _Term("MSA transition", "transition", 2 * tr * L * 4 * C_M * b + 2 * msa),
-        ] + _pair_stack_terms("", L, C_Z, 4, b, ch),
+        _msa_terms("", L, S, C_M, H_MSA, b, ch, block, pair, global_column=False)
+        + _pair_stack_terms("", L, C_Z, 4, b, ch, block),
     )
     phases["heads"] = (
         pair + msa,
@@ -200,10 +223,10 @@ def _check_shape(length: int, msa_rows: int, extra_rows: int, templates: int, pr
         raise ConfigError(f"precision_bytes must be 2 (bf16) or 4 (fp32), not {precision_bytes}")
 
 
-def _estimate(L, S, Se, T, b, chunks) -> tuple[MemoryEstimate, _Term]:
+def _estimate(L, S, Se, T, b, chunks, block) -> tuple[MemoryEstimate, _Term]:
     fixed = _fixed(L, S, Se, b)
     best: tuple[MemoryEstimate, _Term] | None = None
-    for phase, (resident, terms) in _phases(L, S, Se, T, b, chunks).items():
+    for phase, (resident, terms) in _phases(L, S, Se, T, b, chunks, block).items():
         top = max(terms, key=lambda t: t.nbytes)
         total = sum(fixed.values()) + resident + top.nbytes
         if best is None or total > best[0].total:
@@ -218,11 +241,13 @@ def estimate_peak_memory(
     templates: int,
     precision_bytes: int,
     chunks: ChunkSizes | None = None,
+    block_bytes: int | None = DEFAULT_BLOCK_BYTES,
 ) -> MemoryEstimate:
-    """Predicted peak bytes of one forward pass (one recycle) with the given chunk sizes; see the
-    module docstring for the formula."""
+    """Predicted peak bytes of one forward pass (one recycle) with the given chunk sizes and cache
+    blocks (``Options.block_bytes``); see the module docstring for the formula."""
     _check_shape(length, msa_rows, extra_rows, templates, precision_bytes)
-    return _estimate(length, msa_rows, extra_rows, templates, precision_bytes, chunks or ChunkSizes())[0]
+    return _estimate(length, msa_rows, extra_rows, templates, precision_bytes, chunks or ChunkSizes(),
+                     block_bytes)[0]
 
 
 def _axis(field: str, L: int, S: int, Se: int) -> int:
@@ -239,7 +264,8 @@ def _axis(field: str, L: int, S: int, Se: int) -> int:
 
 
 def choose_chunks(
-    limit: int, length: int, msa_rows: int, extra_rows: int, templates: int, precision_bytes: int
+    limit: int, length: int, msa_rows: int, extra_rows: int, templates: int, precision_bytes: int,
+    block_bytes: int | None = DEFAULT_BLOCK_BYTES,
 ) -> tuple[ChunkSizes, MemoryEstimate]:
     """The largest chunk sizes (powers of two, or unchunked) whose estimated peak fits `limit`.
 
@@ -250,13 +276,13 @@ def choose_chunks(
     L, S, Se, T, b = length, msa_rows, extra_rows, templates, precision_bytes
     chunks = ChunkSizes()
     while True:
-        estimate, top = _estimate(L, S, Se, T, b, chunks)
+        estimate, top = _estimate(L, S, Se, T, b, chunks, block_bytes)
         if estimate.total <= limit:
             return chunks, estimate
         field = top.chunk_field
         if field is not None:
             # Chunks help only if the smallest chunk brings this intermediate under the limit.
-            floor, floor_top = _estimate(L, S, Se, T, b, replace(chunks, **{field: 1}))
+            floor, floor_top = _estimate(L, S, Se, T, b, replace(chunks, **{field: 1}), block_bytes)
             if floor.total > limit and floor_top.name == top.name:
                 estimate, field = floor, None
         if field is None:
