@@ -360,9 +360,10 @@ def run_memory(args: argparse.Namespace) -> int:
             try:
                 measured = receive.recv()
             except EOFError:
-                child.join()
-                measured = {"error": f"the child process died (exit code {child.exitcode}); out of memory?"}
+                measured = None
             child.join()
+            if measured is None:
+                measured = {"error": f"the child process died (exit code {child.exitcode}); out of memory?"}
             row = {"length": length, "precision": precision, "blocks": blocks, "memory_limit": limit,
                    "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
                    "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}

@@ -258,9 +258,8 @@ def model_options(cfg: DictConfig, num_res: int, msa_rows: int, extra_rows: int,
     compiled = bool(cfg.runtime.compile)
     options = Options(precision=precision, compile=compiled,
                       compile_cache_dir=str(cfg.runtime.compile_cache_dir) if compiled else None)
-    # Compiled blocks are not cache-blocked (Options.step_rows): plan their memory without blocks.
     chunks, _ = choose_chunks(limit, num_res, msa_rows, extra_rows, templates, 2 if precision == "bf16" else 4,
-                              block_bytes=None if compiled else options.block_bytes)
+                              block_bytes=options.cache_block_bytes)
     return dataclasses.replace(options, chunks=chunks)
 
 

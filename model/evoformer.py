@@ -89,14 +89,12 @@ class Transition(_Chunked):
         # model, not applied; masked positions are never read by unmasked ones downstream.
         del mask
         c = act.shape[-1]
-        w1, b1 = self.transition1.weights.to(act.dtype), self.transition1.bias.to(act.dtype)
-        w2, b2 = self.transition2.weights.to(act.dtype), self.transition2.bias.to(act.dtype)
         out = torch.empty_like(act)
-        row_bytes = act[0].numel() // c * w1.shape[1] * act.element_size()
+        row_bytes = act[0].numel() // c * self.transition1.weights.shape[1] * act.element_size()
         for s in chunk_slices(act.shape[0], self.options.step_rows(self.options.chunks.transition, act.shape[0],
                                                                    row_bytes)):
             x = self.input_layer_norm(act[s]).reshape(-1, c)
-            torch.addmm(b2, torch.relu_(torch.addmm(b1, x, w1)), w2, out=out[s].view(-1, c))
+            self.transition2(torch.relu_(self.transition1(x)), out=out[s].view(-1, c))
         return out
 
 
@@ -176,16 +174,13 @@ class _TriangleMultiplication(_Chunked):
             a, b_ = right.transpose(1, 2), left
         # Output rows a block at a time: triangle sum, centre layer norm, output projection and
         # gate, each block's intermediates staying in cache.
-        w_out, b_out = self.output_projection.weights.to(dtype), self.output_projection.bias.to(dtype)
-        w_gate, b_gate = self.gating_linear.weights.to(dtype), self.gating_linear.bias.to(dtype)
         out = torch.empty_like(act)
         step = self.options.step_rows(self.options.chunks.triangle_multiplication, act.shape[0],
                                       n_res * c * act.element_size() * 4)
         for s in chunk_slices(act.shape[0], step):
             tri = self.center_layer_norm(torch.bmm(a[:, s], b_).permute(1, 2, 0)).reshape(-1, c)
-            out_s = out[s].view(-1, c_z)
-            torch.addmm(b_out, tri, w_out, out=out_s)
-            out_s.mul_(torch.sigmoid_(torch.addmm(b_gate, act[s].reshape(-1, c_z), w_gate)))
+            out_s = self.output_projection(tri, out=out[s].view(-1, c_z))
+            out_s.mul_(torch.sigmoid_(self.gating_linear(act[s].reshape(-1, c_z))))
         return out
 
 

@@ -69,11 +69,17 @@ class Options:
         """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:
         the memory chunk size, cut further to the cache block."""
         rows = total if chunk is None else min(chunk, total)
-        # Compiled blocks are not cache-blocked: a step count that depends on the length would
-        # specialise the graph to each length (inductor fuses the elementwise work itself).
-        if self.block_bytes is not None and not self.compile:
-            rows = min(rows, max(1, self.block_bytes // max(1, row_bytes)))
+        block = self.cache_block_bytes
+        if block is not None:
+            rows = min(rows, max(1, block // max(1, row_bytes)))
         return max(1, rows)
+
+    @property
+    def cache_block_bytes(self) -> int | None:
+        """The cache block the row loops use: ``block_bytes``, or None for compiled blocks (a step
+        count that depends on the length would specialise the graph to each length; inductor
+        fuses the elementwise work itself)."""
+        return None if self.compile else self.block_bytes
 
     @property
     def dtype(self):

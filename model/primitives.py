@@ -23,13 +23,14 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_output)) if use_bias else None
         nn.init.normal_(self.weights, std=num_input**-0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias."""
         w = self.weights.to(x.dtype)
         if self.bias is None:
             return x @ w
         b = self.bias.to(x.dtype)
         if x.dim() == 2:
-            return torch.addmm(b, x, w)
+            return torch.addmm(b, x, w, out=out)
         return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
 

@@ -119,11 +119,8 @@ def _eff(c: int | None, axis: int) -> int:
 
 
 def _step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> int:
-    """Rows per step of a row loop, as af2cpu.model.options.Options.step_rows computes it."""
-    rows = _eff(chunk, axis)
-    if block is not None:
-        rows = min(rows, max(1, block // max(1, row_bytes)))
-    return rows
+    """Rows per step of a row loop: the model's own rule, Options.step_rows."""
+    return Options(block_bytes=block).step_rows(chunk, axis, row_bytes)
 
 
 def _pair_stack_terms(prefix: str, L: int, C: int, transition_factor: int, b: int, ch: ChunkSizes,

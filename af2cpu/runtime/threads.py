@@ -96,14 +96,10 @@ def bind_memory(node: int) -> bool:
 
 
 def apply_allotment(allotment: Allotment) -> ToolThreads:
-    """Pin this process to the allotment's CPUs (and memory node), set every thread count, and keep
-    freed tensor memory in the process (af2cpu.runtime.allocator)."""
+    """Pin this process to the allotment's CPUs (and memory node), and set every thread count."""
     import torch
 
-    from af2cpu.runtime.allocator import tune_allocator
-
     global _applied
-    tune_allocator()
     _pin_all_threads(allotment.cpus)
     if allotment.memory_node is not None:
         bind_memory(allotment.memory_node)
