@@ -29,7 +29,7 @@ from af2cpu.model.heads import (
     PredictedAlignedErrorHead,
     PredictedLDDTHead,
 )
-from af2cpu.model.options import Options
+from af2cpu.model.options import EMBEDDING_BLOCK_BYTES, Options, chunk_slices
 from af2cpu.model.params import load_params, preset_from_filename, read_params, write_safetensors
 from af2cpu.model.presets import Preset, get_preset
 from af2cpu.model.primitives import Linear
@@ -79,16 +79,10 @@ class EmbeddingsAndEvoformer(nn.Module):
         dtype = self.options.dtype
         seq_mask = batch["seq_mask"]
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
-        msa, pair = self.input_embedder(batch["target_feat"], batch["msa_feat"])
-        first_row, pair_update = self.recycling_embedder(batch["aatype"], prev["prev_pos"],
-                                                         prev["prev_msa_first_row"], prev["prev_pair"])
-        msa = torch.cat([msa[:1] + first_row, msa[1:]]).to(dtype)
-        pair = (pair + pair_update + self.relative_position(batch["residue_index"])).to(dtype)
+        msa, pair, extra = self._embed(batch, prev, dtype)
         if self.preset.use_templates:
             pair = pair + self.template_embedding(pair, batch, mask_2d)
 
-        extra = self.extra_msa_embedder(batch["extra_msa"], batch["extra_has_deletion"],
-                                        batch["extra_deletion_value"]).to(dtype)
         run = _block_runner(self.options)
         for block in self.extra_msa_stack:
             extra, pair = run(block, extra, pair, batch["extra_msa_mask"], mask_2d)
@@ -105,6 +99,43 @@ class EmbeddingsAndEvoformer(nn.Module):
         num_seq = batch["msa_feat"].shape[0]
         return {"single": self.single_activations(msa[0]).float(), "pair": pair.float(),
                 "msa": msa[:num_seq].float(), "msa_first_row": msa[0].float()}
+
+
+    def _embed(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor], dtype: torch.dtype):
+        """The embedded MSA, pair and extra MSA (Alg. 2 lines 5-15), in the trunk's ``dtype``.
+
+        The embedders compute in fp32, as in AlphaFold2. Each representation is written a block of
+        rows at a time into its ``dtype`` tensor, every sum of a block done in fp32 before the one
+        cast, so the fp32 intermediates (the input embedding, the recycled pair's layer norm and
+        distogram projection, the relative positions, the extra MSA's one-hot features) exist one
+        block at a time instead of whole (several (L, L, 128) fp32 tensors at long lengths).
+        """
+        embed, recycle, relpos = self.input_embedder, self.recycling_embedder, self.relative_position
+        target_feat, msa_feat = batch["target_feat"], batch["msa_feat"]
+        n_res = target_feat.shape[0]
+
+        def steps(total: int, row_bytes: int):
+            return chunk_slices(total, max(1, EMBEDDING_BLOCK_BYTES // row_bytes))
+
+        first_row = recycle.prev_msa_first_row_norm(prev["prev_msa_first_row"])
+        msa = msa_feat.new_empty((msa_feat.shape[0], n_res, first_row.shape[-1]), dtype=dtype)
+        for s in steps(msa.shape[0], n_res * msa.shape[-1] * 4):
+            rows = embed.msa_rows(target_feat, msa_feat[s])
+            if s.start == 0:
+                rows[0] += first_row
+            msa[s] = rows
+
+        pair = target_feat.new_empty((n_res, n_res, recycle.prev_pair_norm.scale.shape[0]), dtype=dtype)
+        for s in steps(n_res, n_res * pair.shape[-1] * 4):
+            update = recycle.pair_rows(batch["aatype"], prev["prev_pos"], prev["prev_pair"], s)
+            pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(batch["residue_index"], s))
+
+        extra_features = (batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
+        channels = self.extra_msa_embedder.extra_msa_activations.weights.shape[1]
+        extra = target_feat.new_empty((extra_features[0].shape[0], n_res, channels), dtype=dtype)
+        for s in steps(extra.shape[0], n_res * channels * 4):
+            extra[s] = self.extra_msa_embedder(*(f[s] for f in extra_features))
+        return msa, pair, extra
 
 
 def _call_block(block: nn.Module, *args):

@@ -121,8 +121,9 @@ class Attention(nn.Module):
                 out = out.contiguous()
             if transposed and step < x.shape[1]:  # a column block: not contiguous in the result
                 out_full[:, s] = torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1)
-            else:
-                torch.addmm(b_out, out.view(rows * cols, -1), w_out, out=out_full[s].view(rows * cols, -1))
+            else:  # a block of rows, or every column at once: contiguous in the result
+                target = out_full if transposed else out_full[s]
+                torch.addmm(b_out, out.view(rows * cols, -1), w_out, out=target.view(rows * cols, -1))
         return out_full
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, bias: torch.Tensor,

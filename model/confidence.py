@@ -17,6 +17,25 @@ def _as_float_array(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+# The (N, N, bins) metrics run a block of rows at a time, so their float64 temporaries stay near this
+# size instead of several times the logits (gigabytes at N = 1000); rows are independent, so the
+# numbers are the same.
+_BLOCK_BYTES = 16 << 20
+
+
+def _row_blocks(logits) -> list[slice]:
+    rows, row_bytes = logits.shape[0], 8 * int(np.prod(logits.shape[1:], dtype=np.int64))
+    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _as_array(x) -> np.ndarray:
+    """A numpy view of an array or tensor, in its own dtype (no copy for CPU tensors)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
@@ -48,12 +67,17 @@ def compute_predicted_aligned_error(logits, breaks) -> dict[str, np.ndarray]:
     expected error of residue j when aligned on residue i, in Å — and
     'max_predicted_aligned_error' (the center of the last bin, the largest value PAE can take).
     """
-    logits = _as_float_array(logits)
+    logits = _as_array(logits)
     centers = _bin_centers(_as_float_array(breaks))
-    probs = _softmax(logits)
+    probs = np.empty(logits.shape, np.float32)
+    pae = np.empty(logits.shape[:-1], np.float32)
+    for rows in _row_blocks(logits):
+        block = _softmax(_as_float_array(logits[rows]))
+        probs[rows] = block
+        pae[rows] = (block * centers).sum(-1)
     return {
-        "aligned_confidence_probs": probs.astype(np.float32),
-        "predicted_aligned_error": (probs * centers).sum(-1).astype(np.float32),
+        "aligned_confidence_probs": probs,
+        "predicted_aligned_error": pae,
         "max_predicted_aligned_error": np.asarray(centers[-1], np.float32),
     }
 
@@ -68,10 +92,10 @@ def predicted_tm_score(
     i. d0 follows TM-score (Yang & Skolnick 2004) for the number of weighted residues, clipped at
     19 so that it stays positive. For ipTM only pairs of residues in different chains count.
     """
-    logits = _as_float_array(logits)
+    logits = _as_array(logits)
     breaks = _as_float_array(breaks)
     num_res = logits.shape[-2]
-    weights = np.ones(num_res, logits.dtype) if residue_weights is None else _as_float_array(residue_weights)
+    weights = np.ones(num_res, np.float64) if residue_weights is None else _as_float_array(residue_weights)
 
     # As in DeepMind's AlphaFold 2.3, N is the integer part of the summed weights and the score is
     # the unweighted term of the best alignment residue (ColabFold's copy differs from this only
@@ -81,7 +105,9 @@ def predicted_tm_score(
 
     centers = _bin_centers(breaks)
     tm_per_bin = 1.0 / (1 + np.square(centers) / np.square(d0))
-    tm_term = (_softmax(logits) * tm_per_bin).sum(-1)  # (N, N)
+    tm_term = np.empty(logits.shape[:-1], np.float64)  # (N, N)
+    for rows in _row_blocks(logits):
+        tm_term[rows] = (_softmax(_as_float_array(logits[rows])) * tm_per_bin).sum(-1)
 
     if interface:
         if asym_id is None:

@@ -15,11 +15,13 @@ from af2cpu.model.primitives import LayerNorm, Linear
 from torch import nn
 
 
-def dgram_from_positions(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float) -> torch.Tensor:
-    """One-hot distance bins (L, L, num_bins); the last bin catches everything beyond ``max_bin``."""
+def dgram_from_positions(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float,
+                         rows: slice = slice(None)) -> torch.Tensor:
+    """One-hot distance bins (L, L, num_bins); the last bin catches everything beyond ``max_bin``.
+    ``rows`` selects the first axis: the bins of those residues against every residue."""
     lower = torch.linspace(min_bin, max_bin, num_bins, dtype=torch.float32) ** 2
     upper = torch.cat([lower[1:], lower.new_tensor([1e8])])
-    dist2 = ((positions[..., :, None, :] - positions[..., None, :, :]) ** 2).sum(-1, keepdim=True)
+    dist2 = ((positions[..., rows, None, :] - positions[..., None, :, :]) ** 2).sum(-1, keepdim=True)
     return ((dist2 > lower) & (dist2 < upper)).float()
 
 
@@ -37,9 +39,15 @@ class InputEmbedder(nn.Module):
 
     def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor):
         """target_feat (L, 22), msa_feat (S, L, 49) -> msa (S, L, c_m), pair (L, L, c_z)."""
-        msa = self.preprocess_1d(target_feat)[None] + self.preprocess_msa(msa_feat)
-        pair = self.left_single(target_feat)[:, None] + self.right_single(target_feat)[None]
-        return msa, pair
+        return self.msa_rows(target_feat, msa_feat), self.pair_rows(target_feat)
+
+    def msa_rows(self, target_feat: torch.Tensor, msa_feat: torch.Tensor) -> torch.Tensor:
+        """The MSA embedding of the rows in ``msa_feat`` (a slice of the MSA's rows is fine)."""
+        return self.preprocess_1d(target_feat)[None] + self.preprocess_msa(msa_feat)
+
+    def pair_rows(self, target_feat: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """The pair embedding's rows ``rows``: (rows, L, c_z)."""
+        return self.left_single(target_feat[rows])[:, None] + self.right_single(target_feat)[None]
 
 
 class RelativePositionEncoding(nn.Module):
@@ -53,11 +61,14 @@ class RelativePositionEncoding(nn.Module):
         # DeepMind's spelling "activiations" is part of the official parameter names.
         self.pair_activiations = Linear(2 * max_relative_feature + 1, c_z)
 
-    def forward(self, residue_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, residue_index: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """The encoding of pair rows ``rows``: (rows, L, c_z)."""
         k = self.max_relative_feature
-        offset = residue_index[:, None].long() - residue_index[None, :].long()
-        one_hot = F.one_hot(torch.clamp(offset + k, 0, 2 * k), 2 * k + 1).float()
-        return self.pair_activiations(one_hot)
+        offset = residue_index[rows, None].long() - residue_index[None, :].long()
+        # The linear layer of a one-hot vector is one row of its weights plus the bias: the same
+        # numbers, without the (L, L, 65) one-hot tensor.
+        linear = self.pair_activiations
+        return linear.weights[torch.clamp(offset + k, 0, 2 * k)] + linear.bias
 
 
 class RecyclingEmbedder(nn.Module):
@@ -77,9 +88,12 @@ class RecyclingEmbedder(nn.Module):
         """Updates for the first MSA row (L, c_m) and the pair (L, L, c_z) from the previous pass."""
         # DISCREPANCY: the lower bin edges run from 3.25 to 20.75 Å, as the released weights expect;
         # the paper's Alg. 32 lists 3 3/8 to 21 3/8 Å.
-        dgram = dgram_from_positions(pseudo_beta(aatype, prev_pos), *self.bins)
-        pair = self.prev_pos_linear(dgram) + self.prev_pair_norm(prev_pair)
-        return self.prev_msa_first_row_norm(prev_msa_first_row), pair
+        return self.prev_msa_first_row_norm(prev_msa_first_row), self.pair_rows(aatype, prev_pos, prev_pair)
+
+    def pair_rows(self, aatype, prev_pos, prev_pair, rows: slice = slice(None)) -> torch.Tensor:
+        """The pair update's rows ``rows``: (rows, L, c_z)."""
+        dgram = dgram_from_positions(pseudo_beta(aatype, prev_pos), *self.bins, rows=rows)
+        return self.prev_pos_linear(dgram) + self.prev_pair_norm(prev_pair[rows])
 
 
 class ExtraMsaEmbedder(nn.Module):

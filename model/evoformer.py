@@ -155,19 +155,28 @@ class _TriangleMultiplication(_Chunked):
         act = self.layer_norm_input(pair)
         n_res, c_z = act.shape[1], act.shape[-1]
         dtype = act.dtype
-        # The four projections that read `act` (left, right and their gates) are one GEMM, and it
-        # writes them channel-first, (4c, L, L): W^T @ act^T reads act through a transposed view,
-        # so the triangle sums below are batched GEMMs over contiguous (L, L) planes with no copy.
+        # The four projections that read `act` (left, right and their gates) are one GEMM that writes
+        # them channel-first: W^T @ act^T reads act through a transposed view, so the triangle sums
+        # below are batched GEMMs over contiguous (L, L) planes with no copy. The GEMM runs a block
+        # of pair rows at a time; the block's gates are applied while it is in cache, so only the
+        # gated left and right projections, (2c, L, L), exist whole.
         layers = (self.left_projection, self.right_projection, self.left_gate, self.right_gate)
-        w = torch.cat([layer.weights for layer in layers], dim=1).to(dtype)
-        b = torch.cat([layer.bias for layer in layers]).to(dtype)
-        proj = torch.addmm(b[:, None], w.t(), act.reshape(-1, c_z).t()).view(-1, act.shape[0], n_res)
-        c = proj.shape[0] // 4
-        proj[2 * c:].sigmoid_()
-        proj[:2 * c].mul_(proj[2 * c:])
-        if not bool(pair_mask.bool().all()):
-            proj[:2 * c].mul_(pair_mask.to(dtype))
-        left, right = proj[:c], proj[c:2 * c]  # (c, L, L)
+        w_t = torch.cat([layer.weights for layer in layers], dim=1).to(dtype).t()
+        b = torch.cat([layer.bias for layer in layers]).to(dtype)[:, None]
+        c = w_t.shape[0] // 4
+        act_t = act.reshape(-1, c_z).t()  # (c_z, L*L), a view
+        mask = None if bool(pair_mask.bool().all()) else pair_mask.to(dtype)
+        proj = act.new_empty((2 * c, act.shape[0], n_res))  # gated left and right, (2c, L, L)
+        step = self.options.step_rows(self.options.chunks.triangle_multiplication, act.shape[0],
+                                      n_res * 4 * c * act.element_size())
+        for s in chunk_slices(act.shape[0], step):
+            rows = s.stop - s.start
+            block = torch.addmm(b, w_t, act_t[:, s.start * n_res:s.stop * n_res]).view(4 * c, rows, n_res)
+            gate = block[2 * c:].sigmoid_()
+            if mask is not None:
+                gate.mul_(mask[s])
+            torch.mul(block[:2 * c], gate, out=proj[:, s])
+        left, right = proj[:c], proj[c:]  # (c, L, L)
         if self.outgoing:  # out[i, j] = sum_k left[i, k] * right[j, k]
             a, b_ = left, right.transpose(1, 2)
         else:  # out[i, j] = sum_k left[k, j] * right[k, i]

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from af2cpu.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
+# The embedders compute in fp32 a block of rows at a time (AlphaFold.embeddings): this many bytes
+# per fp32 intermediate, whatever the trunk's cache blocking or compilation.
+EMBEDDING_BLOCK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)

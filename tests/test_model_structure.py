@@ -497,3 +497,24 @@ def test_confidence_metrics_match_reference_ranking():
     asym_id = np.repeat([0, 1], NUM_RES // 2)
     multimer = confidence.confidence_metrics(result, asym_id=asym_id)
     assert multimer["ranking_confidence"] == pytest.approx(0.8 * multimer["iptm"] + 0.2 * multimer["ptm"])
+
+
+def test_confidence_metrics_in_row_blocks_equal_whole_tensor_metrics(monkeypatch):
+    """PAE, its probabilities and pTM are computed a block of rows at a time (bounded float64
+    temporaries at long lengths); blocks of one and three rows give the numbers of one block."""
+    rng = np.random.default_rng(34)
+    result = {
+        "predicted_lddt": {"logits": rng.standard_normal((NUM_RES, 50)).astype(np.float32)},
+        "predicted_aligned_error": {
+            "logits": torch.from_numpy(rng.standard_normal((NUM_RES, NUM_RES, 64)).astype(np.float32)),
+            "breaks": np.linspace(0.0, 31.0, 63, dtype=np.float32),
+        },
+    }
+    whole = confidence.confidence_metrics(result)
+    assert len(confidence._row_blocks(result["predicted_aligned_error"]["logits"])) == 1
+    for block_bytes in (1, 3 * NUM_RES * 64 * 8):
+        monkeypatch.setattr(confidence, "_BLOCK_BYTES", block_bytes)
+        assert len(confidence._row_blocks(result["predicted_aligned_error"]["logits"])) > 1
+        blocked = confidence.confidence_metrics(result)
+        for key in ("aligned_confidence_probs", "predicted_aligned_error", "ptm", "ranking_confidence"):
+            np.testing.assert_array_equal(blocked[key], whole[key], err_msg=key)

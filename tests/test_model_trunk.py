@@ -187,12 +187,15 @@ def test_evoformer_block_matches_reference(is_extra_msa):
 
 
 @pytest.mark.parametrize("options", [Options.chunked(4), Options(block_bytes=1)], ids=["chunks", "one_row_blocks"])
-def test_evoformer_block_chunked_equals_unchunked(options):
+@pytest.mark.parametrize("num_seq", [9, 17], ids=["fewer_rows_than_columns", "more_rows_than_columns"])
+def test_evoformer_block_chunked_equals_unchunked(options, num_seq):
     # Memory chunks, and cache blocks down to one row per step, change nothing but summation order.
+    # Unblocked column attention (as compiled blocks run it) with more MSA rows than residues once
+    # indexed its output along the wrong axis and stopped with a shape error.
     block = evo.EvoformerIteration()
     _fill(block, "evoformer_iteration", seed=3)
-    msa, pair = _torch(*_acts(17, (9, 13, 256), (13, 13, 128)))
-    msa_mask, pair_mask = _torch(_mask(18, (9, 13)), np.ones((13, 13), np.float32))
+    msa, pair = _torch(*_acts(17, (num_seq, 13, 256), (13, 13, 128)))
+    msa_mask, pair_mask = _torch(_mask(18, (num_seq, 13)), np.ones((13, 13), np.float32))
 
     def run(opts):
         for m in block.modules():

@@ -23,8 +23,9 @@ the chunk size cut to the cache block, see af2cpu.model.options.Options.step_row
   outer product mean       R·L·C·b + 4·R·L·32·b + L²·128·b + L²·4 + 2·st·L·32·32·b
   MSA transition           R·L·C·b + st·5·L·C·b
   triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b           C = 128, H = 4
-  triangle multiplication  7·L²·C·b + 3·st·L·C·b
-  embeddings (fp32)        7·L²·128·4 with the fp32 MSA and extra MSA resident
+  triangle multiplication  5·L²·C·b + 7·st·L·C·b
+  embeddings               6·st·L·128·4 (fp32, a block of rows at a time) with the embedded MSA,
+                           extra MSA and pair resident
   pair transition          L²·C·b + st·5·L·C·b
   template features        L²·88·4 + 2·L²·64·b                              one template at a time
   template point attention c·T·64·4·b + 3·L²·128·b                          c ≤ L² pairs
@@ -47,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from af2cpu.errors import Af2CpuError, ConfigError
-from af2cpu.model.options import ChunkSizes, Options
+from af2cpu.model.options import EMBEDDING_BLOCK_BYTES, ChunkSizes, Options
 
 GIB = 1 << 30
 DEFAULT_BLOCK_BYTES = Options().block_bytes
@@ -131,7 +132,7 @@ def _pair_stack_terms(prefix: str, L: int, C: int, transition_factor: int, b: in
     return [
         _Term(f"{prefix}triangle attention", "triangle_attention",
               2 * L * L * C * b + 2 * H_TRI * L * L * b + ta * (L * 7 * C + H_TRI * L * L) * b),
-        _Term(f"{prefix}triangle multiplication", "triangle_multiplication", 7 * L * L * C * b + tm * 3 * L * C * b),
+        _Term(f"{prefix}triangle multiplication", "triangle_multiplication", 5 * L * L * C * b + tm * 7 * L * C * b),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
 
@@ -165,11 +166,12 @@ def _phases(L: int, S: int, Se: int, T: int, b: int, ch: ChunkSizes,
     msa = S * L * C_M * b
     extra = Se * L * C_E * b
     phases: dict[str, tuple[int, list[_Term]]] = {
-        # The embedders work in fp32 whatever the trunk's precision: the input embedding's pair, the
-        # relative-position one-hots and their projection, the recycled pair's layer norm and
-        # distogram projection, and their sums, before the cast to the trunk's dtype.
-        "embeddings": (S * L * C_M * FP32 + Se * L * C_E * FP32,
-                       [_Term("embeddings and recycling", None, 7 * L * L * C_Z * FP32)]),
+        # The embedders work in fp32 whatever the trunk's precision, a block of rows at a time: the
+        # input embedding's pair, the relative positions, the recycled pair's layer norm and
+        # distogram projection, and their sums, cast into the trunk's dtype block by block.
+        "embeddings": (msa + extra + pair,
+                       [_Term("embeddings and recycling", None,
+                              6 * _step(None, L, L * C_Z * FP32, EMBEDDING_BLOCK_BYTES) * L * C_Z * FP32)]),
     }
     if T:
         pa = _eff(ch.template_attention, L * L)
