@@ -100,7 +100,6 @@ class EmbeddingsAndEvoformer(nn.Module):
         return {"single": self.single_activations(msa[0]).float(), "pair": pair.float(),
                 "msa": msa[:num_seq].float(), "msa_first_row": msa[0].float()}
 
-
     def _embed(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor], dtype: torch.dtype):
         """The embedded MSA, pair and extra MSA (Alg. 2 lines 5-15), in the trunk's ``dtype``.
 
