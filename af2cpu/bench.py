@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     tune_allocator()
     torch.set_num_threads(threads)
     reference = None if args.no_reference else _reference_or_none()
-    results = {"machine": _machine(threads), "preset": PRESET, "blocks": args.blocks, "msa_rows": args.msa_rows,
+    results = {"machine": machine_info(threads), "preset": PRESET, "blocks": args.blocks, "msa_rows": args.msa_rows,
                "extra_rows": args.extra_rows, "default_msa_sizes": args.default_msa_sizes,
                "passes": args.passes, "gemm_peak_gflops": gemm_peak(),
                "reference": reference is not None, "runs": []}
@@ -103,25 +103,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _machine(threads: int) -> dict:
+def machine_info(threads: int) -> dict:
+    """What a benchmark ran on: threads, CPUs, CPU model, matrix ISA flags, torch, load average."""
     import torch
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return {"threads": threads, "cpu": platform.processor() or platform.machine(), "isa": isa,
-            "torch": torch.__version__}
+    names = [line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")]
+    return {"threads": threads, "cpus": sorted(os.sched_getaffinity(0)),
+            "cpu": names[0] if names else platform.processor() or platform.machine(), "isa": isa,
+            "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _reference_or_none():
-    try:
-        import alphafold  # noqa: F401
-        import haiku  # noqa: F401
-        import jax  # noqa: F401
-    except ImportError:
-        print("the reference (alphafold, jax, haiku) is not installed: timing af2cpu only "
-              "(pip install 'af2cpu[reference]')")
-        return None
-    return _Reference()
+    from af2cpu.reference import available
+
+    return _Reference() if available() else None
 
 
 def gemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -373,7 +370,7 @@ def run_memory(args: argparse.Namespace) -> int:
                 row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
             rows.append(row)
             print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})
-    results = {"machine": _machine(threads), "preset": PRESET, "msa_rows": args.msa_rows,
+    results = {"machine": machine_info(threads), "preset": PRESET, "msa_rows": args.msa_rows,
                "extra_rows": args.extra_rows, "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "memory.json", json.dumps(results, indent=2) + "\n")

@@ -27,14 +27,15 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from af2cpu.bench import machine_info
 from af2cpu.errors import ConfigError, InputError
+from af2cpu.reference import available as reference_available
 
 MODEL_NAMES = [f"model_{i}{suffix}" for suffix in ("_ptm", "") for i in range(1, 6)]
 # AlphaFold2's run_alphafold.py relaxation settings.
@@ -111,12 +112,12 @@ def run_batch(args: argparse.Namespace) -> int:
     with _same_cpus_for_both(available[:threads]):
         params_root = write_random_params(out / f"params-seed{settings.params_seed}", settings.models,
                                           settings.params_seed)
-        results = {"batch": str(args.batch), "machine": _machine(threads), "settings": dataclasses.asdict(settings),
+        results = {"batch": str(args.batch), "machine": machine_info(threads), "settings": dataclasses.asdict(settings),
                    "targets": [{"id": t.id, "length": len(t.sequence)} for t in targets],
                    "params": f"random, official .npz format, seed {settings.params_seed}: {params_root / 'params'}"}
         print(f"af2cpu: {len(targets)} target(s), {threads} thread(s)")
         results["af2cpu"] = run_af2cpu(args.batch, out / "af2cpu", params_root / "params", settings)
-        if skip_reference or _reference_missing():
+        if skip_reference or not reference_available():
             results["reference"] = None
         else:
             print("AlphaFold2-style: the same targets one after another")
@@ -157,29 +158,6 @@ def _same_cpus_for_both(cpus: list[int]):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _reference_missing() -> bool:
-    try:
-        import alphafold.data.pipeline  # noqa: F401
-        import haiku  # noqa: F401
-        import jax  # noqa: F401
-    except ImportError:
-        print("the reference (alphafold, jax, haiku) is not installed: timing af2cpu only "
-              "(pip install 'af2cpu[reference]')")
-        return True
-    return False
-
-
-def _machine(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"threads": threads, "cpus": sorted(os.sched_getaffinity(0)), "cpu": cpu,
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def write_random_params(root: Path, models, seed: int) -> Path:

@@ -4,7 +4,7 @@ The reference package (the `reference` extra: alphafold-colabfold, jax, haiku) d
 ColabFold's settings: a bf16 trunk, fused triangle-multiplication weights, zero-initialised final
 layers, the pallas kernels. DeepMind's released monomer is fp32 with unfused weights. The model
 tests (tests/reference.py), `af2cpu bench` and `af2cpu bench --batch` all build the reference's
-config here. Importing this module needs the extra.
+config here. Importing this module does not need the extra; calling reference_config does.
 """
 
 from __future__ import annotations
@@ -40,3 +40,17 @@ def reference_config(preset: str = "model_1_ptm", num_recycle: int = 3, subbatch
     cfg.data.common.num_recycle = num_recycle
     cfg.data.eval.num_ensemble = 1
     return cfg
+
+
+def available() -> bool:
+    """Whether the reference (the `reference` extra) can be imported; says so on stdout when not."""
+    try:
+        import alphafold.data.pipeline
+        import alphafold.model.modules  # noqa: F401
+        import haiku  # noqa: F401
+        import jax  # noqa: F401
+    except ImportError:
+        print("the reference (alphafold, jax, haiku) is not installed: timing af2cpu only "
+              "(pip install 'af2cpu[reference]')")
+        return False
+    return True

@@ -29,7 +29,7 @@ from af2cpu.model.heads import (
     PredictedAlignedErrorHead,
     PredictedLDDTHead,
 )
-from af2cpu.model.options import EMBEDDING_BLOCK_BYTES, Options, chunk_slices
+from af2cpu.model.options import Options, chunk_slices, embedding_step_rows
 from af2cpu.model.params import load_params, preset_from_filename, read_params, write_safetensors
 from af2cpu.model.presets import Preset, get_preset
 from af2cpu.model.primitives import Linear
@@ -114,7 +114,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         n_res = target_feat.shape[0]
 
         def steps(total: int, row_bytes: int):
-            return chunk_slices(total, max(1, EMBEDDING_BLOCK_BYTES // row_bytes))
+            return chunk_slices(total, embedding_step_rows(row_bytes))
 
         first_row = recycle.prev_msa_first_row_norm(prev["prev_msa_first_row"])
         msa = msa_feat.new_empty((msa_feat.shape[0], n_res, first_row.shape[-1]), dtype=dtype)

@@ -7,14 +7,20 @@ can use them without torch. Jumper et al. (2021) Suppl. 1.9.6 (pLDDT) and 1.9.7 
 from __future__ import annotations
 
 import numpy as np
+from af2cpu.model.options import chunk_slices
+
+
+def _as_array(x) -> np.ndarray:
+    """A numpy view of an array or tensor, in its own dtype (no copy for CPU tensors)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def _as_float_array(x) -> np.ndarray:
     """float64 numpy copy of an array or tensor: the metrics are cheap, so they are computed in
     float64 and returned as float32, the dtype AlphaFold2's results have."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return np.asarray(_as_array(x), dtype=np.float64)
 
 
 # The (N, N, bins) metrics run a block of rows at a time, so their float64 temporaries stay near this
@@ -24,16 +30,9 @@ _BLOCK_BYTES = 16 << 20
 
 
 def _row_blocks(logits) -> list[slice]:
-    rows, row_bytes = logits.shape[0], 8 * int(np.prod(logits.shape[1:], dtype=np.int64))
-    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
-    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-
-def _as_array(x) -> np.ndarray:
-    """A numpy view of an array or tensor, in its own dtype (no copy for CPU tensors)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+    """Slices of the first axis whose float64 copies stay near ``_BLOCK_BYTES``."""
+    row_bytes = 8 * int(np.prod(logits.shape[1:], dtype=np.int64))
+    return list(chunk_slices(logits.shape[0], max(1, _BLOCK_BYTES // max(1, row_bytes))))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -23,6 +23,15 @@ class _Chunked(nn.Module):
         self.options = Options()
 
 
+def _pair_bias(pair: torch.Tensor, weights: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """The per-head attention bias from the pair representation: (H, Q, K), contiguous.
+
+    ``pair`` (L, L, c_z) @ ``weights`` (c_z, H) is one GEMM; the bias of query q and key k is
+    pair[q, k] without ``transposed``, pair[k, q] with it (attention along the columns)."""
+    bias = (pair.reshape(-1, pair.shape[-1]) @ weights.to(pair.dtype)).view(*pair.shape[:2], -1)
+    return (bias.permute(2, 1, 0) if transposed else bias.permute(2, 0, 1)).contiguous()
+
+
 class MSARowAttentionWithPairBias(_Chunked):
     """Jumper et al. (2021) Suppl. Alg. 7 'MSARowAttentionWithPairBias'."""
 
@@ -35,7 +44,7 @@ class MSARowAttentionWithPairBias(_Chunked):
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
         msa = self.query_norm(msa)
-        pair_bias = torch.einsum("qkc,ch->hqk", self.feat_2d_norm(pair), self.feat_2d_weights.to(pair.dtype))
+        pair_bias = _pair_bias(self.feat_2d_norm(pair), self.feat_2d_weights)
         return self.attention.self_attention(msa, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
                                              options=self.options)
 
@@ -181,11 +190,10 @@ class _TriangleMultiplication(_Chunked):
             a, b_ = left, right.transpose(1, 2)
         else:  # out[i, j] = sum_k left[k, j] * right[k, i]
             a, b_ = right.transpose(1, 2), left
-        # Output rows a block at a time: triangle sum, centre layer norm, output projection and
-        # gate, each block's intermediates staying in cache.
+        # Output rows a block at a time (the same step: its largest intermediates are as wide):
+        # triangle sum, centre layer norm, output projection and gate, each block's intermediates
+        # staying in cache.
         out = torch.empty_like(act)
-        step = self.options.step_rows(self.options.chunks.triangle_multiplication, act.shape[0],
-                                      n_res * c * act.element_size() * 4)
         for s in chunk_slices(act.shape[0], step):
             tri = self.center_layer_norm(torch.bmm(a[:, s], b_).permute(1, 2, 0)).reshape(-1, c)
             out_s = self.output_projection(tri, out=out[s].view(-1, c_z))
@@ -221,9 +229,7 @@ class _TriangleAttention(_Chunked):
         # The ending node attends along the columns of the pair: the same computation on the
         # transposed pair, done through strided views instead of transposed copies.
         act = self.query_norm(pair)
-        bias = act.reshape(-1, act.shape[-1]) @ self.feat_2d_weights.to(act.dtype)  # (L*L, H): [i, j, h]
-        bias = bias.view(act.shape[0], act.shape[1], -1)
-        tri_bias = (bias.permute(2, 0, 1) if self.starting else bias.permute(2, 1, 0)).contiguous()
+        tri_bias = _pair_bias(act, self.feat_2d_weights, transposed=not self.starting)
         return self.attention.self_attention(act, pair_mask, tri_bias, self.options.chunks.triangle_attention,
                                              transposed=not self.starting, options=self.options)
 

@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from af2cpu.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
-# The embedders compute in fp32 a block of rows at a time (AlphaFold.embeddings): this many bytes
+# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed): this many bytes
 # per fp32 intermediate, whatever the trunk's cache blocking or compilation.
 EMBEDDING_BLOCK_BYTES = 4 << 20
+
+
+def embedding_step_rows(row_bytes: int) -> int:
+    """Rows per block of the embeddings, for ``row_bytes`` fp32 bytes per row."""
+    return max(1, EMBEDDING_BLOCK_BYTES // max(1, row_bytes))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from af2cpu.model import alphafold
+from af2cpu.model import options as model_options
 from af2cpu.model.alphafold import EmbeddingsAndEvoformer
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
@@ -56,12 +56,12 @@ def _whole(trunk, batch, prev):
     return msa, pair, extra
 
 
-@pytest.mark.parametrize("block_bytes", [1, 3 * L * 128 * 4, alphafold.EMBEDDING_BLOCK_BYTES],
+@pytest.mark.parametrize("block_bytes", [1, 3 * L * 128 * 4, model_options.EMBEDDING_BLOCK_BYTES],
                          ids=["one-row-blocks", "three-row-blocks", "default"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_blocked_embeddings_equal_whole_tensor_embeddings(trunk_and_inputs, monkeypatch, block_bytes, precision):
     trunk, batch, prev = trunk_and_inputs
-    monkeypatch.setattr(alphafold, "EMBEDDING_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(model_options, "EMBEDDING_BLOCK_BYTES", block_bytes)
     dtype = Options(precision=precision).dtype
     with torch.no_grad():
         want = _whole(trunk, batch, prev)

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from af2cpu.errors import Af2CpuError, ConfigError
-from af2cpu.model.options import EMBEDDING_BLOCK_BYTES, ChunkSizes, Options
+from af2cpu.model.options import ChunkSizes, Options, embedding_step_rows
 
 GIB = 1 << 30
 DEFAULT_BLOCK_BYTES = Options().block_bytes
@@ -171,7 +171,7 @@ def _phases(L: int, S: int, Se: int, T: int, b: int, ch: ChunkSizes,
         # distogram projection, and their sums, cast into the trunk's dtype block by block.
         "embeddings": (msa + extra + pair,
                        [_Term("embeddings and recycling", None,
-                              6 * _step(None, L, L * C_Z * FP32, EMBEDDING_BLOCK_BYTES) * L * C_Z * FP32)]),
+                              6 * min(L, embedding_step_rows(L * C_Z * FP32)) * L * C_Z * FP32)]),
     }
     if T:
         pa = _eff(ch.template_attention, L * L)
