@@ -11,7 +11,6 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Optional
 
 from af2cpu import __version__
 from af2cpu.errors import Af2CpuError
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the `af2cpu` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

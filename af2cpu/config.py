@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -158,7 +158,7 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
     match = re.search(r"Could not find '(\w+)/([^']+)'", text)
     if match:
         group, option = match.groups()
-        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.MULTILINE)
         options = [o for o in options if not o.startswith("base_")]
         return f"unknown option '{option}' for {group}=. Available: {', '.join(options)}"
     bad_key = None
@@ -185,7 +185,7 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
     return f"unknown config key '{bad_key}'. Valid keys here: {valid}"
 
 
-def compose_config(overrides: Optional[list[str]] = None) -> DictConfig:
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose the configuration with Hydra `key=value` overrides; raise ConfigError if invalid."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra

@@ -15,8 +15,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -76,7 +77,7 @@ def _allotted_cpus() -> int:
 
 def search_stage(
     target: Target, search_name: str, cfg: DictConfig, target_dir: str, cpus: int = 0, force: bool = False,
-    precomputed_dir: Optional[str] = None,
+    precomputed_dir: str | None = None,
 ) -> StageTiming:
     """Run one search of `target` (jackhmmer, hhblits or hhsearch) into ``msas/``."""
     from af2cpu.preprocessing import searches, tools
@@ -268,7 +269,12 @@ def infer_stage(target: Target, model_name: str, cfg: DictConfig, target_dir: st
     import torch
 
     from af2cpu.common import protein
-    from af2cpu.outputs import atomic_write_text, load_features_npz, protein_from_prediction, write_model_outputs
+    from af2cpu.outputs import (
+        atomic_write_text,
+        load_features_npz,
+        protein_from_prediction,
+        write_model_outputs,
+    )
     from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
     from af2cpu.scheduler.cache import file_hash, stage_key
 
@@ -363,7 +369,7 @@ def relax_stage(model_name: str, cfg: DictConfig, target_dir: str, force: bool =
     key = stage_key(stage, {"unrelaxed": file_hash(unrelaxed)}, relax_cfg, {}, {})
 
     def compute():
-        config = RelaxConfig(**{**relax_cfg})
+        config = RelaxConfig(**relax_cfg)
         threads = int(cfg.relax.threads) or _allotted_cpus()
         try:
             pdb_text, report = relax(unrelaxed.read_text(), config=config, threads=threads)
@@ -395,7 +401,11 @@ def finalize_stage(
     from af2cpu import plots
     from af2cpu.common import protein
     from af2cpu.outputs import (
-        atomic_write_text, load_features_npz, load_result_npz, timings_json, write_ranked_structures,
+        atomic_write_text,
+        load_features_npz,
+        load_result_npz,
+        timings_json,
+        write_ranked_structures,
     )
 
     target_dir = Path(target_dir)

@@ -14,8 +14,8 @@ import argparse
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from af2cpu.errors import Af2CpuError, InputError
 
@@ -96,11 +96,11 @@ def check_fits_in_memory(targets, cfg) -> dict[str, str]:
 def predict(
     fasta: str | os.PathLike,
     out: str | os.PathLike = "af2cpu_out",
-    overrides: Optional[Sequence[str]] = None,
+    overrides: Sequence[str] | None = None,
     force: bool = False,
     quiet: bool = False,
-    precomputed_msas: Optional[str | os.PathLike] = None,
-    targets_filter: Optional[Sequence[str]] = None,
+    precomputed_msas: str | os.PathLike | None = None,
+    targets_filter: Sequence[str] | None = None,
     require_features: bool = False,
 ) -> BatchResult:
     """Predict every record of `fasta` into `out`; returns a BatchResult (also for partial failure).
@@ -192,7 +192,7 @@ def predict(
     return BatchResult(out_dir, outcomes, [str(e) for e in invalid])
 
 
-def array_shard(fasta: str | os.PathLike, index: Optional[int], count: Optional[int], environ) -> Optional[list[str]]:
+def array_shard(fasta: str | os.PathLike, index: int | None, count: int | None, environ) -> list[str] | None:
     """The target ids of this job-array task's shard of `fasta`, or None outside a job array.
 
     Every task computes the same split from the FASTA alone, so shards never overlap. A bad index or

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from af2cpu.model.geometry import Rigid
 
 from af2cpu.common import residue_constants as rc
+from af2cpu.model.geometry import Rigid
 
 _MAX_RESTYPE = rc.restype_num  # UNK; larger indices (gap) are treated as UNK
 

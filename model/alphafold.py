@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from af2cpu.common import residue_constants as rc
+from af2cpu.errors import InputError
 from af2cpu.model import confidence
 from af2cpu.model.embedders import (
     ExtraMsaEmbedder,
@@ -35,10 +39,6 @@ from af2cpu.model.presets import Preset, get_preset
 from af2cpu.model.primitives import Linear
 from af2cpu.model.structure_module import StructureModule
 from af2cpu.model.template import TemplateEmbedding, TemplateTorsionEmbedder
-from torch import nn
-
-from af2cpu.common import residue_constants as rc
-from af2cpu.errors import InputError
 
 _TEMPLATE_KEYS = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                   "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask")

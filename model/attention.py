@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from af2cpu.model.options import Options, chunk_slices
 from torch import nn
+
+from af2cpu.model.options import Options, chunk_slices
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _random(args) -> int:
     import torch
+
     from af2cpu.model.alphafold import AlphaFold
     from af2cpu.model.params import random_params, write_npz, write_safetensors
 

@@ -7,6 +7,7 @@ can use them without torch. Jumper et al. (2021) Suppl. 1.9.6 (pLDDT) and 1.9.7 
 from __future__ import annotations
 
 import numpy as np
+
 from af2cpu.model.options import chunk_slices
 
 

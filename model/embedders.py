@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from af2cpu.model.all_atom import pseudo_beta
 from af2cpu.model.primitives import LayerNorm, Linear
-from torch import nn
 
 
 def dgram_from_positions(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float,

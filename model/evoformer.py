@@ -9,10 +9,11 @@ Every module with a large intermediate reads its chunk size from ``self.options`
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices
 from af2cpu.model.primitives import LayerNorm, Linear
-from torch import nn
 
 
 class _Chunked(nn.Module):

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from af2cpu.model.primitives import LayerNorm, Linear
 from torch import nn
 
 from af2cpu.common import residue_constants as rc
+from af2cpu.model.primitives import LayerNorm, Linear
 
 
 @dataclass(frozen=True)

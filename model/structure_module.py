@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from af2cpu.model import all_atom
 from af2cpu.model.geometry import QuatRigid, Rigid
 from af2cpu.model.primitives import LayerNorm, Linear
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from af2cpu.common import residue_constants as rc
 from af2cpu.model.all_atom import atom37_to_torsion_angles
 from af2cpu.model.attention import Attention, mask_to_bias
 from af2cpu.model.embedders import dgram_from_positions
@@ -19,9 +22,6 @@ from af2cpu.model.evoformer import (
     _Chunked,
 )
 from af2cpu.model.primitives import LayerNorm, Linear
-from torch import nn
-
-from af2cpu.common import residue_constants as rc
 
 
 class TemplatePairBlock(nn.Module):

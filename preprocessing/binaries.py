@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 from af2cpu.errors import ToolError
 
@@ -38,7 +37,7 @@ def install_hint(name: str) -> str:
     )
 
 
-def find_binary(name: str, override: Optional[str] = None) -> Path:
+def find_binary(name: str, override: str | None = None) -> Path:
     """Path of tool `name`: `override`, then $AF2CPU_<NAME>, then PATH. Raises ToolError if absent."""
     candidate = override or os.environ.get(ENV_PREFIX + name.upper())
     if candidate:
@@ -52,7 +51,7 @@ def find_binary(name: str, override: Optional[str] = None) -> Path:
     return Path(found)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version_of(path: str, name: str) -> str:
     args, pattern, _ = TOOLS[name]
     try:
@@ -67,6 +66,6 @@ def _version_of(path: str, name: str) -> str:
     return next(g for g in match.groups() if g)
 
 
-def binary_version(name: str, override: Optional[str] = None) -> str:
+def binary_version(name: str, override: str | None = None) -> str:
     """Version string of tool `name` (e.g. '3.3.2' for jackhmmer), 'unknown' if it prints none."""
     return _version_of(str(find_binary(name, override)), name)

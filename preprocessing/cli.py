@@ -48,9 +48,8 @@ def featurize_target(target, cfg, out_dir: Path, cpus: int, force: bool, precomp
 
     The stages are the ones `af2cpu predict` schedules (``af2cpu.pipeline``), run one after another.
     """
-    from af2cpu.preprocessing import searches
-
     from af2cpu import pipeline
+    from af2cpu.preprocessing import searches
 
     target_dir = out_dir / target.id
     pipeline.write_target_info(target, str(target_dir))
@@ -61,10 +60,9 @@ def featurize_target(target, cfg, out_dir: Path, cpus: int, force: bool, precomp
 
 
 def run(args: argparse.Namespace) -> int:
-    from af2cpu.preprocessing.inputs import read_fasta_targets
-
     from af2cpu.config import compose_config
     from af2cpu.errors import Af2CpuError
+    from af2cpu.preprocessing.inputs import read_fasta_targets
 
     cfg = compose_config(args.overrides)
     targets = read_fasta_targets(args.fasta)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from af2cpu.preprocessing import parsers, templates, tools
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
+from af2cpu.preprocessing import parsers, templates, tools
 
 FeatureDict = dict[str, np.ndarray]
 

@@ -24,13 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from af2cpu.databases import database_files
 from af2cpu.preprocessing import features as raw_features
 from af2cpu.preprocessing import tools
 from af2cpu.preprocessing.inputs import Target, write_query_fasta
 from af2cpu.preprocessing.templates import TemplateSettings
 from af2cpu.scheduler.cache import file_hash
-
-from af2cpu.databases import database_files
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from af2cpu.preprocessing import parsers, tools
-from af2cpu.preprocessing.mmcif import MmcifEntry, parse_mmcif_text
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError, ToolError
+from af2cpu.preprocessing import parsers, tools
+from af2cpu.preprocessing.mmcif import MmcifEntry, parse_mmcif_text
 
 TEMPLATE_FEATURE_DTYPES = {
     "template_aatype": np.float32,

@@ -18,10 +18,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from af2cpu.errors import DatabaseError, ToolError
 from af2cpu.preprocessing import parsers
 from af2cpu.preprocessing.binaries import binary_version, find_binary
-
-from af2cpu.errors import DatabaseError, ToolError
 
 # AlphaFold2's caps on the MSAs it keeps from jackhmmer (data/pipeline.py).
 UNIREF90_MAX_HITS = 10_000

@@ -43,12 +43,12 @@ def _default_threads() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from af2cpu.relax.protocol import relax
     from omegaconf import OmegaConf
 
     from af2cpu.config import compose_config
     from af2cpu.errors import InputError
     from af2cpu.outputs import atomic_write_text
+    from af2cpu.relax.protocol import relax
 
     cfg = compose_config(list(args.overrides))
     config = OmegaConf.to_object(cfg.relax)

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from typing_extensions import Self
+
 from af2cpu.errors import Af2CpuError
 from af2cpu.outputs import atomic_open
 
@@ -276,7 +278,7 @@ class TargetLock:
         if holder and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> TargetLock:
+    def __enter__(self) -> Self:
         if not self.acquire(timeout=self.wait):
             holder = self._holder() or {}
             raise LockTimeout(

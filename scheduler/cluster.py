@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from distributed import Client, Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from typing_extensions import Self
 
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
@@ -79,7 +80,7 @@ class ClusterHandle:
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self) -> ClusterHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -165,7 +166,8 @@ def check_job_script(script: str) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as f:
         f.write(script)
         f.flush()
-        proc = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60,
+                              check=False)
     if proc.returncode != 0:
         raise Af2CpuError(
             f"SLURM refuses the Dask worker job ({proc.stderr.strip()}); check scheduler.queue, "

@@ -12,8 +12,8 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from distributed import Client, Future, as_completed
 from omegaconf import DictConfig
@@ -34,11 +34,11 @@ class TargetOutcome:
     target: Target
     status: str  # "done" | "failed"
     summary: dict = dataclasses.field(default_factory=dict)
-    failure: Optional[str] = None
-    failed_stage: Optional[str] = None
+    failure: str | None = None
+    failed_stage: str | None = None
 
 
-def _worker_cpus(client: Client) -> Optional[int]:
+def _worker_cpus(client: Client) -> int | None:
     """The smallest `cpus` resource of the workers, or None when they advertise none."""
     workers = client.scheduler_info().get("workers", {})
     cpus = [w.get("resources", {}).get("cpus") for w in workers.values()]
@@ -51,7 +51,7 @@ class BatchGraph:
     """Submits the stages of each target and follows them to the end."""
 
     def __init__(self, client: Client, cfg: DictConfig, out_dir: Path, force: bool = False,
-                 progress: Optional[ProgressCallback] = None, precomputed_msas: Optional[Path] = None,
+                 progress: ProgressCallback | None = None, precomputed_msas: Path | None = None,
                  require_features: bool = False):
         self.client = client
         self.cfg = cfg
@@ -63,13 +63,13 @@ class BatchGraph:
         self.worker_cpus = _worker_cpus(client)
         self._futures: list[tuple[Future, str, str]] = []  # (future, target id, stage)
 
-    def _resources(self, cpus: Optional[int]) -> Optional[dict]:
+    def _resources(self, cpus: int | None) -> dict | None:
         if self.worker_cpus is None:
             return None
         wanted = self.worker_cpus if cpus is None else min(cpus, self.worker_cpus)
         return {"cpus": wanted}
 
-    def _submit(self, target: Target, stage: str, fn, *args, cpus: Optional[int] = None, **kwargs) -> Future:
+    def _submit(self, target: Target, stage: str, fn, *args, cpus: int | None = None, **kwargs) -> Future:
         key = f"{stage}-{target.id}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(
             fn, *args, key=key, pure=False, retries=int(self.cfg.scheduler.retries),

@@ -6,7 +6,10 @@ import logging
 import sys
 import threading
 import time
-from typing import Optional, Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
+
+from typing_extensions import Self
 
 log = logging.getLogger("af2cpu.progress")
 
@@ -16,7 +19,7 @@ _MARK = {"running": "…", "done": "✓", "cached": "=", "failed": "✗"}
 class Progress:
     """Receives (target, stage, state) events from any thread and shows them."""
 
-    def __init__(self, target_ids: Sequence[str], stream: Optional[TextIO] = None, live: Optional[bool] = None,
+    def __init__(self, target_ids: Sequence[str], stream: TextIO | None = None, live: bool | None = None,
                  quiet: bool = False):
         self.stream = stream or sys.stderr
         self.live = (self.stream.isatty() if live is None else live) and not quiet
@@ -28,7 +31,7 @@ class Progress:
         self._lock = threading.Lock()
         self._lines = 0
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def __call__(self, target_id: str, stage: str, state: str) -> None:
         with self._lock:
@@ -63,7 +66,7 @@ class Progress:
         self.stream.flush()
         self._lines = text.count("\n") + 1
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Self:
         if self.live:
             def loop():
                 while not self._stop.wait(0.5):

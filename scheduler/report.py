@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 from pathlib import Path
-from typing import Optional
 
 from af2cpu.errors import InputError
 
@@ -32,11 +31,11 @@ class TargetReport:
 
     target_id: str
     status: str  # done | failed | pending
-    length: Optional[int] = None
-    best_model: Optional[str] = None
-    mean_plddt: Optional[float] = None
-    ptm: Optional[float] = None
-    failure_reason: Optional[str] = None
+    length: int | None = None
+    best_model: str | None = None
+    mean_plddt: float | None = None
+    ptm: float | None = None
+    failure_reason: str | None = None
     stage_seconds: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -44,7 +43,7 @@ class TargetReport:
         return round(sum(self.stage_seconds.values()), 3)
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -70,7 +69,7 @@ def _batch_summary(out_dir: Path) -> dict[str, dict]:
     return {entry["target_id"]: entry for entry in payload.get("targets", []) if "target_id" in entry}
 
 
-def target_report(target_dir: Path, target_id: str, summary: Optional[dict]) -> TargetReport:
+def target_report(target_dir: Path, target_id: str, summary: dict | None) -> TargetReport:
     """The report of one target from its folder (which may not exist) and its batch-summary entry."""
     summary = summary or {}
     info = _read_json(target_dir / "target.json") or {}

@@ -17,9 +17,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from af2cpu.errors import Af2CpuError, ConfigError
 
@@ -48,9 +48,9 @@ class ArrayJob:
     cpus_per_task: int
     mem: str  # in sbatch's syntax, e.g. "8G"
     overrides: list[str] = field(default_factory=list)
-    time: Optional[str] = None
-    partition: Optional[str] = None
-    account: Optional[str] = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
     job_name: str = "af2cpu"
     python: str = sys.executable
 
@@ -134,20 +134,19 @@ def require_sbatch() -> None:
 def sbatch(args: Sequence[str]) -> str:
     """Run sbatch --parsable with `args`; returns the job id."""
     require_sbatch()
-    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
+    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise Af2CpuError(f"sbatch {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]
 
 
-def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: Optional[int] = None,
-             cpus_per_task: Optional[int] = None, mem: Optional[str] = None, time: Optional[str] = None,
-             partition: Optional[str] = None, account: Optional[str] = None) -> ArrayJob:
+def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | None = None,
+             cpus_per_task: int | None = None, mem: str | None = None, time: str | None = None,
+             partition: str | None = None, account: str | None = None) -> ArrayJob:
     """An ArrayJob for `fasta`: the array size defaults to one task per target, memory to the planner's
     estimate for the longest target. The overrides are checked now, not on the cluster."""
-    from af2cpu.preprocessing.inputs import read_fasta_batch
-
     from af2cpu.config import compose_config
+    from af2cpu.preprocessing.inputs import read_fasta_batch
 
     cfg = compose_config(list(overrides))
     targets, invalid = read_fasta_batch(fasta)

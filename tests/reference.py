@@ -99,10 +99,9 @@ def real_raw_features(start: int = 20, num_res: int = 40) -> dict[str, np.ndarra
     """
     from pathlib import Path
 
-    from af2cpu.preprocessing.parsers import read_stockholm
-
     from af2cpu.common import protein as af2cpu_protein
     from af2cpu.common import residue_constants as rc
+    from af2cpu.preprocessing.parsers import read_stockholm
 
     data = Path(__file__).parent / "data"
     msa = read_stockholm(data / "preprocessing" / "stockholm" / "hbb_vs_globins45.sto")

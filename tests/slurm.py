@@ -28,7 +28,8 @@ class SlurmUnavailable(RuntimeError):
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=kwargs.pop("timeout", 300), **kwargs)
+    return subprocess.run(args, capture_output=True, text=True, timeout=kwargs.pop("timeout", 300), check=False,
+                          **kwargs)
 
 
 def install() -> None:

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-from af2cpu.preprocessing.inputs import read_fasta_targets, write_query_fasta
 
 from af2cpu.bench_batch import (
     BatchSettings,
@@ -30,6 +29,7 @@ from af2cpu.cli import main
 from af2cpu.config import compose_config
 from af2cpu.data import EXAMPLES_DIR
 from af2cpu.errors import InputError
+from af2cpu.preprocessing.inputs import read_fasta_targets, write_query_fasta
 
 UBIQUITIN = EXAMPLES_DIR / "ubiquitin.fasta"
 SEARCHES = {"search_uniref90", "search_mgnify", "search_pdb70", "search_bfd_uniref"}

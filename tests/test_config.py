@@ -1,6 +1,7 @@
 """The typed configuration: defaults, overrides, and errors that name the bad key."""
 
 import pytest
+from omegaconf.errors import ReadonlyConfigError
 
 from af2cpu.config import compose_config
 from af2cpu.data import MINI_DB_ROOT
@@ -61,7 +62,7 @@ def test_wrong_type_is_an_error():
 
 def test_config_is_read_only():
     cfg = compose_config([])
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         cfg.runtime.threads = 4
 
 

@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from af2cpu.data import MINI_DB_ROOT
 
 def af2cpu(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "af2cpu", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "af2cpu", *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
 
 

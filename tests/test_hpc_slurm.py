@@ -36,7 +36,8 @@ ATOL = 1e-5
 
 def af2cpu(*args, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "af2cpu", *args], capture_output=True, text=True,
-                          env={**(env or os.environ), "OMP_NUM_THREADS": "1"}, timeout=timeout)
+                          env={**(env or os.environ), "OMP_NUM_THREADS": "1"}, timeout=timeout,
+                          check=False)
 
 
 def write_fasta(path: Path, records: dict[str, str]) -> Path:

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+
 from af2cpu.model import options as model_options
 from af2cpu.model.alphafold import EmbeddingsAndEvoformer
 from af2cpu.model.options import Options

@@ -15,6 +15,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+
+from af2cpu.errors import ConfigError
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.evoformer import (
     EvoformerIteration,
@@ -32,8 +34,6 @@ from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import Architecture, get_preset
 from af2cpu.model.template import TemplatePairBlock
-
-from af2cpu.errors import ConfigError
 
 S, L = 12, 24
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from af2cpu.common import residue_constants as rc
 from af2cpu.model import all_atom, confidence, heads
 from af2cpu.model.geometry import QuatRigid, Rigid
 from af2cpu.model.params import load_params, official_shapes, random_params
 from af2cpu.model.structure_module import InvariantPointAttention, StructureModule, StructureModuleConfig
-
-from af2cpu.common import residue_constants as rc
 
 reference = pytest.importorskip("reference", reason="needs the `reference` extra (jax, haiku, alphafold)")
 import haiku as hk

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from af2cpu.model import evoformer as evo
 from af2cpu.model.options import Options
 from af2cpu.model.params import export_params, load_params, random_params

@@ -17,12 +17,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+
+from af2cpu.errors import InputError
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import Architecture, get_preset
-
-from af2cpu.errors import InputError
 
 reference = pytest.importorskip("reference", reason="needs the `reference` extra (jax, haiku, alphafold)")
 pytestmark = pytest.mark.reference

@@ -6,11 +6,11 @@ import pickle
 
 import numpy as np
 import pytest
-from af2cpu.model.confidence import confidence_metrics
 
 from af2cpu import outputs
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
+from af2cpu.model.confidence import confidence_metrics
 
 # The first 30 residues of ubiquitin (PDB 1UBI, tests/data/structures/1ubi.pdb).
 QUERY = "MQIFVKTLTGKTITLEVEPSDTIENVKAKI"

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.model import cli as params_cli
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.params import (
@@ -26,8 +28,6 @@ from af2cpu.model.params import (
     write_safetensors,
 )
 from af2cpu.model.presets import PRESETS
-
-from af2cpu.errors import Af2CpuError, InputError
 
 TREE = Path(__file__).parent / "data" / "model" / "params_model_1_ptm.tree.tsv"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from af2cpu.preprocessing import features, parsers
 from af2cpu.preprocessing import input_pipeline as ip
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from af2cpu.preprocessing import features
-from af2cpu.preprocessing.inputs import MAX_ID_LENGTH, is_safe_id, parse_fasta_targets, read_fasta_targets
 
 from af2cpu.errors import InputError
+from af2cpu.preprocessing import features
+from af2cpu.preprocessing.inputs import MAX_ID_LENGTH, is_safe_id, parse_fasta_targets, read_fasta_targets
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 

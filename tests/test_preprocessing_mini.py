@@ -13,12 +13,12 @@ import shutil
 
 import numpy as np
 import pytest
-from af2cpu.preprocessing import cli, features, parsers, searches, templates
-from af2cpu.preprocessing.inputs import read_fasta_targets
 
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR
 from af2cpu.outputs import load_features_npz
+from af2cpu.preprocessing import cli, features, parsers, searches, templates
+from af2cpu.preprocessing.inputs import read_fasta_targets
 
 EXAMPLES = DATA_DIR / "examples"
 MINI = DATA_DIR / "mini"

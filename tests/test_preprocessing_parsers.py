@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from af2cpu.preprocessing import parsers
 
 DATA = Path(__file__).parent / "data" / "preprocessing"

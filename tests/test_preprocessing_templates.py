@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from af2cpu.preprocessing import parsers, templates
-from af2cpu.preprocessing.mmcif import parse_mmcif_text
 
 from af2cpu.common import residue_constants as rc
+from af2cpu.preprocessing import parsers, templates
+from af2cpu.preprocessing.mmcif import parse_mmcif_text
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 CIF_1A8O = DATA / "mmcif" / "1a8o.cif"

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from af2cpu.preprocessing import parsers, tools
 
 from af2cpu.errors import DatabaseError, ToolError
+from af2cpu.preprocessing import parsers, tools
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 QUERY = DATA / "queries" / "HBB_HUMAN"

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from af2cpu.relax.violations import find_violations
 
 from af2cpu.common import protein
 from af2cpu.common import residue_constants as rc
+from af2cpu.relax.violations import find_violations
 
 STRUCTURES = Path(__file__).parent / "data" / "structures"
 FIELDS = ["atom_positions", "aatype", "atom_mask", "residue_index", "chain_index", "b_factors"]
