@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from af2cpu.model.attention import Attention, GlobalAttention
-from af2cpu.model.options import Options, chunk_slices
+from af2cpu.model.options import Options, chunk_slices, triangle_product_rows
 from af2cpu.model.primitives import LayerNorm, Linear
 
 
@@ -221,14 +221,19 @@ class _TriangleMultiplication(_Chunked):
             a, b_ = left, right.transpose(1, 2)
         else:  # out[i, j] = sum_k left[k, j] * right[k, i]
             a, b_ = right.transpose(1, 2), left
-        # Output rows a block at a time (the same step: its largest intermediates are as wide):
-        # triangle sum, centre layer norm, output projection and gate, each block's intermediates
-        # staying in cache.
+        # The triangle sums, c batched GEMMs, take at least TRIANGLE_PRODUCT_ROWS output rows at once
+        # (fewer make the GEMMs too flat to run fast); the centre layer norm, output projection and
+        # gate then take the cache-sized step within that block.
+        n_rows = act.shape[0]
         out = torch.empty_like(act)
-        for s in chunk_slices(act.shape[0], step):
-            tri = self.center_layer_norm(torch.bmm(a[:, s], b_).permute(1, 2, 0)).reshape(-1, c)
-            out_s = self.output_projection(tri, out=out[s].view(-1, c_z))
-            out_s.mul_(torch.sigmoid_(self.gating_linear(act[s].reshape(-1, c_z))))
+        for ps in chunk_slices(n_rows, triangle_product_rows(step, n_rows,
+                                                             self.options.chunks.triangle_multiplication)):
+            tri_block = torch.bmm(a[:, ps], b_)  # (c, rows, L)
+            for s in chunk_slices(ps.stop - ps.start, step):
+                rows = slice(ps.start + s.start, ps.start + s.stop)
+                tri = self.center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
+                out_s = self.output_projection(tri, out=out[rows].view(-1, c_z))
+                out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
         return out
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from af2cpu.model import evoformer as evo
+from af2cpu.model import options as model_options
 from af2cpu.model.options import Options
 from af2cpu.model.params import export_params, load_params, random_params
 
@@ -210,6 +211,24 @@ def test_evoformer_block_chunked_equals_unchunked(options, num_seq):
     full = run(Options(block_bytes=None))
     for a, b in zip(full, run(options)):
         assert float((a - b).abs().max() / a.abs().max()) < 1e-6  # measured 1.1e-7 (summation order)
+
+
+@pytest.mark.parametrize("options", [Options(block_bytes=1), Options.chunked(4)], ids=["one_row_steps", "chunks"])
+@pytest.mark.parametrize("kind", ["triangle_multiplication_outgoing", "triangle_multiplication_incoming"])
+def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind):
+    # The triangle sums take TRIANGLE_PRODUCT_ROWS rows a GEMM (5 here: blocks 0-5, 5-10, 10-13), the
+    # layer norm and projections smaller steps inside each block, or the memory chunk bounds both.
+    monkeypatch.setattr(model_options, "TRIANGLE_PRODUCT_ROWS", 5)
+    module = (evo.TriangleMultiplicationOutgoing if kind.endswith("outgoing") else evo.TriangleMultiplicationIncoming)()
+    _fill(module, kind, seed=5)
+    (pair,) = _torch(*_acts(19, (13, 13, 128)))
+    pair_mask = torch.as_tensor(_mask(20, (13, 13)))
+    with torch.no_grad():
+        module.options = Options(block_bytes=None)
+        whole = module(pair, pair_mask)
+        module.options = options
+        blocked = module(pair, pair_mask)
+    assert float((whole - blocked).abs().max() / whole.abs().max()) < 1e-6  # measured <= 2.5e-7 (summation order)
 
 
 def test_export_after_load_gives_back_the_same_arrays():

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from af2cpu.errors import Af2CpuError, ConfigError
-from af2cpu.model.options import ChunkSizes, Options, embedding_step_rows
+from af2cpu.model.options import ChunkSizes, Options, embedding_step_rows, triangle_product_rows
 
 GIB = 1 << 30
 DEFAULT_BLOCK_BYTES = Options().block_bytes
@@ -132,7 +132,8 @@ def _pair_stack_terms(prefix: str, L: int, C: int, transition_factor: int, b: in
     return [
         _Term(f"{prefix}triangle attention", "triangle_attention",
               2 * L * L * C * b + 2 * H_TRI * L * L * b + ta * (L * 7 * C + H_TRI * L * L) * b),
-        _Term(f"{prefix}triangle multiplication", "triangle_multiplication", 5 * L * L * C * b + tm * 7 * L * C * b),
+        _Term(f"{prefix}triangle multiplication", "triangle_multiplication",
+              5 * L * L * C * b + tm * 7 * L * C * b + triangle_product_rows(tm, L, ch.triangle_multiplication) * L * C * b),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
 
