@@ -193,7 +193,7 @@ class _TriangleMultiplication(_Chunked):
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         act = self.layer_norm_input(pair)
-        n_res, c_z = act.shape[1], act.shape[-1]
+        n_rows, n_res, c_z = act.shape
         dtype = act.dtype
         # The four projections that read `act` (left, right and their gates) are one GEMM that writes
         # them channel-first: W^T @ act^T reads act through a transposed view, so the triangle sums
@@ -206,10 +206,10 @@ class _TriangleMultiplication(_Chunked):
         c = w_t.shape[0] // 4
         act_t = act.reshape(-1, c_z).t()  # (c_z, L*L), a view
         mask = None if bool(pair_mask.bool().all()) else pair_mask.to(dtype)
-        proj = act.new_empty((2 * c, act.shape[0], n_res))  # gated left and right, (2c, L, L)
-        step = self.options.step_rows(self.options.chunks.triangle_multiplication, act.shape[0],
+        proj = act.new_empty((2 * c, n_rows, n_res))  # gated left and right, (2c, L, L)
+        step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                       n_res * 4 * c * act.element_size())
-        for s in chunk_slices(act.shape[0], step):
+        for s in chunk_slices(n_rows, step):
             rows = s.stop - s.start
             block = torch.addmm(b, w_t, act_t[:, s.start * n_res:s.stop * n_res]).view(4 * c, rows, n_res)
             gate = block[2 * c:].sigmoid_()
@@ -224,7 +224,6 @@ class _TriangleMultiplication(_Chunked):
         # The triangle sums, c batched GEMMs, take at least TRIANGLE_PRODUCT_ROWS output rows at once
         # (fewer make the GEMMs too flat to run fast); the centre layer norm, output projection and
         # gate then take the cache-sized step within that block.
-        n_rows = act.shape[0]
         out = torch.empty_like(act)
         for ps in chunk_slices(n_rows, triangle_product_rows(step, n_rows,
                                                              self.options.chunks.triangle_multiplication)):

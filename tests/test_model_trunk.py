@@ -219,7 +219,8 @@ def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind)
     # The triangle sums take TRIANGLE_PRODUCT_ROWS rows a GEMM (5 here: blocks 0-5, 5-10, 10-13), the
     # layer norm and projections smaller steps inside each block, or the memory chunk bounds both.
     monkeypatch.setattr(model_options, "TRIANGLE_PRODUCT_ROWS", 5)
-    module = (evo.TriangleMultiplicationOutgoing if kind.endswith("outgoing") else evo.TriangleMultiplicationIncoming)()
+    cls = evo.TriangleMultiplicationOutgoing if kind.endswith("outgoing") else evo.TriangleMultiplicationIncoming
+    module = cls()
     _fill(module, kind, seed=5)
     (pair,) = _torch(*_acts(19, (13, 13, 128)))
     pair_mask = torch.as_tensor(_mask(20, (13, 13)))

@@ -23,7 +23,7 @@ the chunk size cut to the cache block, see af2cpu.model.options.Options.step_row
   outer product mean       R·L·C·b + 4·R·L·32·b + L²·128·b + L²·4 + 2·st·L·32·32·b
   MSA transition           R·L·C·b + st·5·L·C·b
   triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b           C = 128, H = 4
-  triangle multiplication  5·L²·C·b + 7·st·L·C·b
+  triangle multiplication  5·L²·C·b + 7·st·L·C·b + pt·L·C·b   pt: the triangle sums' rows (≥ 64)
   embeddings               6·st·L·128·4 (fp32, a block of rows at a time) with the embedded MSA,
                            extra MSA and pair resident
   pair transition          L²·C·b + st·5·L·C·b
@@ -128,12 +128,13 @@ def _pair_stack_terms(prefix: str, L: int, C: int, transition_factor: int, b: in
                       block: int | None) -> list[_Term]:
     ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
     tm = _step(ch.triangle_multiplication, L, L * 4 * C * b, block)
+    tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
     tr = _step(ch.transition, L, L * transition_factor * C * b, block)
     return [
         _Term(f"{prefix}triangle attention", "triangle_attention",
               2 * L * L * C * b + 2 * H_TRI * L * L * b + ta * (L * 7 * C + H_TRI * L * L) * b),
         _Term(f"{prefix}triangle multiplication", "triangle_multiplication",
-              5 * L * L * C * b + tm * 7 * L * C * b + triangle_product_rows(tm, L, ch.triangle_multiplication) * L * C * b),
+              5 * L * L * C * b + tm * 7 * L * C * b + tp * L * C * b),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
 
