@@ -21,7 +21,16 @@ from af2cpu.relax.config import RelaxConfig
 from af2cpu.scheduler.config import SchedulerConfig
 
 
-class DbPreset(str, Enum):
+class ConfigEnum(str, Enum):
+    """A choice among named values. Being a ``str`` whose ``str()`` is its value, a member compares
+    equal to, prints as and serialises (JSON, cache keys) as that value, so code reading the composed
+    configuration uses it as the plain string it names, with no conversion."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DbPreset(ConfigEnum):
     full = "full"
     reduced = "reduced"
     mini = "mini"
@@ -49,12 +58,19 @@ class DatabaseConfig:
     uniprot: str = "${.root}/uniprot/uniprot.fasta"
 
 
-class Precision(str, Enum):
+class Precision(ConfigEnum):
+    """Numeric precision of the network's trunk."""
+
     fp32 = "fp32"
     bf16 = "bf16"
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes per activation."""
+        return 2 if self is Precision.bf16 else 4
 
-class Backend(str, Enum):
+
+class Backend(ConfigEnum):
     native = "native"
     ipex = "ipex"
 
