@@ -155,13 +155,14 @@ class TorsionAngleResNet(nn.Module):
     """Jumper et al. (2021) Suppl. Alg. 20 'StructureModule' lines 11-14: the torsion-angle ResNet.
 
     Predicts the seven torsion angles of every residue as unnormalized (sin, cos) pairs from the
-    current and the initial single representation (haiku scope ``rigid_sidechain``).
+    current (``num_input`` channels) and the initial (``num_initial_input`` channels) single
+    representation (haiku scope ``rigid_sidechain``).
     """
 
-    def __init__(self, num_input: int, num_channel: int, num_residual_block: int):
+    def __init__(self, num_input: int, num_initial_input: int, num_channel: int, num_residual_block: int):
         super().__init__()
         self.input_projection = Linear(num_input, num_channel)
-        self.input_projection_1 = Linear(num_input, num_channel)
+        self.input_projection_1 = Linear(num_initial_input, num_channel)
         self.num_residual_block = num_residual_block
         # haiku names the repeated blocks resblock1, resblock1_1, ... (shared scope, suffixed).
         for i in range(num_residual_block):
@@ -205,7 +206,7 @@ class FoldIteration(nn.Module):
         self.transition_layer_norm = LayerNorm(c)
         self.affine_update = BackboneUpdate(c)
         self.rigid_sidechain = TorsionAngleResNet(
-            c, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block
+            c, cfg.single_channel, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block
         )
 
     def _transition_layers(self) -> list[Linear]:
