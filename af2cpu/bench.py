@@ -149,7 +149,7 @@ def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, s
     from af2cpu.common import residue_constants as rc
     from af2cpu.model.alphafold import AlphaFold
     from af2cpu.model.params import load_params, random_params
-    from af2cpu.model.presets import Architecture, get_preset
+    from af2cpu.model.presets import get_preset
     from af2cpu.preprocessing.features import msa_features, sequence_features
     from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
     from af2cpu.preprocessing.parsers import Msa
@@ -172,7 +172,7 @@ def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, s
                 "template_all_atom_positions": np.zeros((0, length, 37, 3), np.float32),
                 "template_domain_names": np.zeros((0,), object), "template_sequence": np.zeros((0,), object),
                 "template_sum_probs": np.zeros((0, 1), np.float32)})
-    model = AlphaFold(dataclasses.replace(get_preset(PRESET), architecture=Architecture(evoformer_num_block=blocks)))
+    model = AlphaFold(get_preset(PRESET).with_blocks(evoformer=blocks))
     flat = random_params(model, seed=seed)
     load_params(model, flat)
     if default_sizes:

@@ -14,6 +14,9 @@ from af2cpu.common import residue_constants as rc
 from af2cpu.model.geometry import Rigid
 
 _MAX_RESTYPE = rc.restype_num  # UNK; larger indices (gap) are treated as UNK
+# The torsions of a residue (pre-ω, φ, ψ, χ1..χ4): what atom37_to_torsion_angles measures and
+# torsion_angles_to_frames places groups with.
+NUM_TORSIONS = 7
 
 
 def _table(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:

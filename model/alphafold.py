@@ -54,20 +54,18 @@ class EmbeddingsAndEvoformer(nn.Module):
         self.preset = preset
         self.options = Options()
         self.input_embedder = InputEmbedder(a.target_feat_dim, a.msa_feat_dim, a.msa_channel, a.pair_channel)
-        self.recycling_embedder = RecyclingEmbedder(a.msa_channel, a.pair_channel)
+        self.recycling_embedder = RecyclingEmbedder(a.msa_channel, a.pair_channel, a.prev_pos)
         self.relative_position = RelativePositionEncoding(a.max_relative_feature, a.pair_channel)
         if preset.use_templates:
-            self.template_embedding = TemplateEmbedding(a.pair_channel, a.template_channel,
-                                                        a.template_pair_stack_num_block)
+            self.template_embedding = TemplateEmbedding(a.template, a.pair_channel)
         if preset.embed_torsion_angles:
             self.template_torsion_embedder = TemplateTorsionEmbedder(
                 a.msa_channel, placeholder_for_undefined=preset.template_torsion_placeholders)
-        self.extra_msa_embedder = ExtraMsaEmbedder(a.extra_msa_feat_dim, a.extra_msa_channel)
+        self.extra_msa_embedder = ExtraMsaEmbedder(a.extra_msa_feat_dim, a.extra_msa.msa_channel)
         self.extra_msa_stack = nn.ModuleList(
-            EvoformerIteration(a.extra_msa_channel, a.pair_channel, is_extra_msa=True)
-            for _ in range(a.extra_msa_stack_num_block))
+            EvoformerIteration(a.extra_msa, a.pair_channel) for _ in range(a.extra_msa.num_block))
         self.evoformer_iteration = nn.ModuleList(
-            EvoformerIteration(a.msa_channel, a.pair_channel) for _ in range(a.evoformer_num_block))
+            EvoformerIteration(a.evoformer, a.pair_channel) for _ in range(a.evoformer.num_block))
         self.single_activations = Linear(a.msa_channel, a.seq_channel)
 
     def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,14 +162,15 @@ class AlphaFoldIteration(nn.Module):
 
     def __init__(self, preset: Preset):
         super().__init__()
+        a = preset.architecture
         self.evoformer = EmbeddingsAndEvoformer(preset)
-        self.structure_module = StructureModule()
-        self.distogram_head = DistogramHead()
-        self.masked_msa_head = MaskedMsaHead()
-        self.experimentally_resolved_head = ExperimentallyResolvedHead()
-        self.predicted_lddt_head = PredictedLDDTHead()
+        self.structure_module = StructureModule(a.structure_module, a.seq_channel, a.pair_channel)
+        self.distogram_head = DistogramHead(a.heads, a.pair_channel)
+        self.masked_msa_head = MaskedMsaHead(a.heads, a.msa_channel)
+        self.experimentally_resolved_head = ExperimentallyResolvedHead(a.seq_channel)
+        self.predicted_lddt_head = PredictedLDDTHead(a.heads, a.structure_module.num_channel)
         if preset.predicted_aligned_error:
-            self.predicted_aligned_error_head = PredictedAlignedErrorHead()
+            self.predicted_aligned_error_head = PredictedAlignedErrorHead(a.heads, a.pair_channel)
 
     def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict:
         representations = self.evoformer(batch, prev)
@@ -192,9 +191,10 @@ class AlphaFoldIteration(nn.Module):
 
 def _required_features(preset: Preset) -> dict[str, tuple[str, ...]]:
     """Feature name -> symbolic shape without the recycle axis (L residues, S/E/T rows)."""
+    a = preset.architecture
     req = {
-        "aatype": ("L",), "seq_mask": ("L",), "residue_index": ("L",), "target_feat": ("L", 22),
-        "msa_feat": ("S", "L", 49), "msa_mask": ("S", "L"),
+        "aatype": ("L",), "seq_mask": ("L",), "residue_index": ("L",),
+        "target_feat": ("L", a.target_feat_dim), "msa_feat": ("S", "L", a.msa_feat_dim), "msa_mask": ("S", "L"),
         "extra_msa": ("E", "L"), "extra_msa_mask": ("E", "L"), "extra_has_deletion": ("E", "L"),
         "extra_deletion_value": ("E", "L"), "atom14_atom_exists": ("L", 14),
         "residx_atom37_to_atom14": ("L", 37), "atom37_atom_exists": ("L", 37),

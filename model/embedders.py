@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.model.all_atom import pseudo_beta
+from af2cpu.model.presets import DistanceBins
 from af2cpu.model.primitives import LayerNorm, Linear
 
 
@@ -31,7 +32,7 @@ class InputEmbedder(nn.Module):
 
     haiku_transparent = True
 
-    def __init__(self, target_feat_dim: int = 22, msa_feat_dim: int = 49, c_m: int = 256, c_z: int = 128):
+    def __init__(self, target_feat_dim: int, msa_feat_dim: int, c_m: int, c_z: int):
         super().__init__()
         self.preprocess_1d = Linear(target_feat_dim, c_m)
         self.preprocess_msa = Linear(msa_feat_dim, c_m)
@@ -39,7 +40,8 @@ class InputEmbedder(nn.Module):
         self.right_single = Linear(target_feat_dim, c_z)
 
     def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor):
-        """target_feat (L, 22), msa_feat (S, L, 49) -> msa (S, L, c_m), pair (L, L, c_z)."""
+        """target_feat (L, target_feat_dim), msa_feat (S, L, msa_feat_dim) -> msa (S, L, c_m),
+        pair (L, L, c_z)."""
         return self.msa_rows(target_feat, msa_feat), self.pair_rows(target_feat)
 
     def msa_rows(self, target_feat: torch.Tensor, msa_feat: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ class RelativePositionEncoding(nn.Module):
 
     haiku_transparent = True
 
-    def __init__(self, max_relative_feature: int = 32, c_z: int = 128):
+    def __init__(self, max_relative_feature: int, c_z: int):
         super().__init__()
         self.max_relative_feature = max_relative_feature
         # DeepMind's spelling "activiations" is part of the official parameter names.
@@ -77,11 +79,10 @@ class RecyclingEmbedder(nn.Module):
 
     haiku_transparent = True
 
-    def __init__(self, c_m: int = 256, c_z: int = 128, num_bins: int = 15, min_bin: float = 3.25,
-                 max_bin: float = 20.75):
+    def __init__(self, c_m: int, c_z: int, prev_pos: DistanceBins):
         super().__init__()
-        self.bins = (num_bins, min_bin, max_bin)
-        self.prev_pos_linear = Linear(num_bins, c_z)
+        self.bins = (prev_pos.num_bins, prev_pos.min_bin, prev_pos.max_bin)
+        self.prev_pos_linear = Linear(prev_pos.num_bins, c_z)
         self.prev_msa_first_row_norm = LayerNorm(c_m)
         self.prev_pair_norm = LayerNorm(c_z)
 
@@ -98,16 +99,19 @@ class RecyclingEmbedder(nn.Module):
 
 
 class ExtraMsaEmbedder(nn.Module):
-    """Jumper et al. (2021) Suppl. Alg. 2 'Inference' lines 14-15: extra-MSA features to 64 channels."""
+    """Jumper et al. (2021) Suppl. Alg. 2 'Inference' lines 14-15: extra-MSA features to ``c_e`` channels."""
 
     haiku_transparent = True
 
-    def __init__(self, extra_msa_feat_dim: int = 25, c_e: int = 64):
+    def __init__(self, extra_msa_feat_dim: int, c_e: int):
         super().__init__()
+        # The features are the one-hot residue class, has_deletion and deletion_value.
+        self.num_msa_classes = extra_msa_feat_dim - 2
         self.extra_msa_activations = Linear(extra_msa_feat_dim, c_e)
 
     def forward(self, extra_msa, extra_has_deletion, extra_deletion_value):
         """extra_msa (S, L) int, deletion features (S, L) -> (S, L, c_e)."""
-        feat = torch.cat([F.one_hot(extra_msa.long(), 23).float(), extra_has_deletion[..., None].float(),
+        feat = torch.cat([F.one_hot(extra_msa.long(), self.num_msa_classes).float(),
+                          extra_has_deletion[..., None].float(),
                           extra_deletion_value[..., None].float()], dim=-1)
         return self.extra_msa_activations(feat)

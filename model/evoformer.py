@@ -13,6 +13,7 @@ from torch import nn
 
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices, triangle_product_rows
+from af2cpu.model.presets import EvoformerStackConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
 
@@ -36,7 +37,7 @@ def _pair_bias(pair: torch.Tensor, weights: torch.Tensor, transposed: bool = Fal
 class MSARowAttentionWithPairBias(_Chunked):
     """Jumper et al. (2021) Suppl. Alg. 7 'MSARowAttentionWithPairBias'."""
 
-    def __init__(self, c_m: int = 256, c_z: int = 128, num_head: int = 8):
+    def __init__(self, c_m: int, c_z: int, num_head: int):
         super().__init__()
         self.query_norm = LayerNorm(c_m)
         self.feat_2d_norm = LayerNorm(c_z)
@@ -53,7 +54,7 @@ class MSARowAttentionWithPairBias(_Chunked):
 class MSAColumnAttention(_Chunked):
     """Jumper et al. (2021) Suppl. Alg. 8 'MSAColumnAttention'."""
 
-    def __init__(self, c_m: int = 256, num_head: int = 8):
+    def __init__(self, c_m: int, num_head: int):
         super().__init__()
         self.query_norm = LayerNorm(c_m)
         self.attention = Attention(c_m, c_m, c_m, num_head)
@@ -69,7 +70,7 @@ class MSAColumnAttention(_Chunked):
 class MSAColumnGlobalAttention(_Chunked):
     """Jumper et al. (2021) Suppl. Alg. 19 'MSAColumnGlobalAttention' (extra-MSA stack)."""
 
-    def __init__(self, c_m: int = 64, num_head: int = 8):
+    def __init__(self, c_m: int, num_head: int):
         super().__init__()
         self.query_norm = LayerNorm(c_m)
         self.attention = GlobalAttention(c_m, c_m, c_m, num_head)
@@ -88,7 +89,7 @@ class Transition(_Chunked):
     one class serves both.
     """
 
-    def __init__(self, c: int, factor: int = 4):
+    def __init__(self, c: int, factor: int):
         super().__init__()
         self.input_layer_norm = LayerNorm(c)
         self.transition1 = Linear(c, c * factor)
@@ -111,7 +112,7 @@ class Transition(_Chunked):
 class OuterProductMean(_Chunked):
     """Jumper et al. (2021) Suppl. Alg. 10 'OuterProductMean'."""
 
-    def __init__(self, c_m: int = 256, c_z: int = 128, num_outer_channel: int = 32):
+    def __init__(self, c_m: int, c_z: int, num_outer_channel: int):
         super().__init__()
         self.layer_norm_input = LayerNorm(c_m)
         self.left_projection = Linear(c_m, num_outer_channel)
@@ -179,7 +180,7 @@ class _TriangleMultiplication(_Chunked):
 
     outgoing: bool
 
-    def __init__(self, c_z: int = 128, num_intermediate_channel: int = 128):
+    def __init__(self, c_z: int, num_intermediate_channel: int):
         super().__init__()
         c = num_intermediate_channel
         self.layer_norm_input = LayerNorm(c_z)
@@ -253,8 +254,7 @@ class _TriangleAttention(_Chunked):
 
     starting: bool
 
-    def __init__(self, c_z: int = 128, num_head: int = 4, key_dim: int | None = None,
-                 value_dim: int | None = None):
+    def __init__(self, c_z: int, num_head: int, key_dim: int | None = None, value_dim: int | None = None):
         super().__init__()
         self.query_norm = LayerNorm(c_z)
         self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
@@ -284,30 +284,33 @@ class TriangleAttentionEndingNode(_TriangleAttention):
 class EvoformerIteration(nn.Module):
     """Jumper et al. (2021) Suppl. Alg. 6 'EvoformerStack' lines 2-10: one Evoformer block.
 
-    With ``is_extra_msa`` it is the block of Alg. 18 'ExtraMsaStack': global column attention
-    instead of column attention, on 64 MSA channels.
+    With ``stack.global_column_attention`` it is the block of Alg. 18 'ExtraMsaStack': global column
+    attention instead of column attention. ``stack`` gives the MSA width and the modules' sizes,
+    ``c_z`` the pair representation's width.
     """
 
-    def __init__(self, c_m: int = 256, c_z: int = 128, is_extra_msa: bool = False):
+    def __init__(self, stack: EvoformerStackConfig, c_z: int):
         super().__init__()
-        self.is_extra_msa = is_extra_msa
-        self.msa_row_attention_with_pair_bias = MSARowAttentionWithPairBias(c_m, c_z, num_head=8)
-        if is_extra_msa:
-            self.msa_column_global_attention = MSAColumnGlobalAttention(c_m, num_head=8)
+        c_m, tri = stack.msa_channel, stack.num_intermediate_channel
+        self.global_column_attention = stack.global_column_attention
+        self.msa_row_attention_with_pair_bias = MSARowAttentionWithPairBias(c_m, c_z, stack.msa_num_head)
+        if stack.global_column_attention:
+            self.msa_column_global_attention = MSAColumnGlobalAttention(c_m, stack.msa_num_head)
         else:
-            self.msa_column_attention = MSAColumnAttention(c_m, num_head=8)
-        self.msa_transition = Transition(c_m, factor=4)
-        self.outer_product_mean = OuterProductMean(c_m, c_z, num_outer_channel=32)
-        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_z, c_z)
-        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_z, c_z)
-        self.triangle_attention_starting_node = TriangleAttentionStartingNode(c_z, num_head=4)
-        self.triangle_attention_ending_node = TriangleAttentionEndingNode(c_z, num_head=4)
-        self.pair_transition = Transition(c_z, factor=4)
+            self.msa_column_attention = MSAColumnAttention(c_m, stack.msa_num_head)
+        self.msa_transition = Transition(c_m, stack.msa_transition_factor)
+        self.outer_product_mean = OuterProductMean(c_m, c_z, stack.num_outer_channel)
+        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_z, tri)
+        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_z, tri)
+        self.triangle_attention_starting_node = TriangleAttentionStartingNode(c_z, stack.triangle_num_head)
+        self.triangle_attention_ending_node = TriangleAttentionEndingNode(c_z, stack.triangle_num_head)
+        self.pair_transition = Transition(c_z, stack.pair_transition_factor)
 
     def forward(self, msa, pair, msa_mask, pair_mask):
         """Returns the updated (msa, pair)."""
         msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
-        column = self.msa_column_global_attention if self.is_extra_msa else self.msa_column_attention
+        column = (self.msa_column_global_attention if self.global_column_attention
+                  else self.msa_column_attention)
         msa = msa + column(msa, msa_mask)
         msa = msa + self.msa_transition(msa, msa_mask)
         pair = pair + self.outer_product_mean(msa, msa_mask)

@@ -7,32 +7,13 @@ head is the attribute of the same name of the iteration module. Heads run in fp3
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.common import residue_constants as rc
+from af2cpu.model.presets import HeadsConfig
 from af2cpu.model.primitives import LayerNorm, Linear
-
-
-@dataclass(frozen=True)
-class HeadsConfig:
-    """Sizes and bins of the heads (``model.heads`` of AlphaFold2's config)."""
-
-    msa_channel: int = 256
-    pair_channel: int = 128
-    single_channel: int = 384
-    structure_module_channel: int = 384
-    plddt_num_bins: int = 50
-    plddt_num_channels: int = 128
-    distogram_first_break: float = 2.3125
-    distogram_last_break: float = 21.6875
-    distogram_num_bins: int = 64
-    masked_msa_num_output: int = 23
-    pae_max_error_bin: float = 31.0
-    pae_num_bins: int = 64
 
 
 def _fp32(x) -> torch.Tensor:
@@ -43,14 +24,13 @@ class PredictedLDDTHead(nn.Module):
     """Jumper et al. (2021) Suppl. Alg. 29 'predictPerResidueLDDT_Ca' (Suppl. 1.9.6).
 
     Binned per-residue lDDT-Cα logits (N, num_bins) from the structure module's final single
-    representation ``representations['structure_module']``.
+    representation ``representations['structure_module']`` of ``num_input`` channels.
     """
 
-    def __init__(self, cfg: HeadsConfig | None = None):
+    def __init__(self, cfg: HeadsConfig, num_input: int):
         super().__init__()
-        cfg = cfg or HeadsConfig()
-        self.input_layer_norm = LayerNorm(cfg.structure_module_channel)
-        self.act_0 = Linear(cfg.structure_module_channel, cfg.plddt_num_channels)
+        self.input_layer_norm = LayerNorm(num_input)
+        self.act_0 = Linear(num_input, cfg.plddt_num_channels)
         self.act_1 = Linear(cfg.plddt_num_channels, cfg.plddt_num_channels)
         self.logits = Linear(cfg.plddt_num_channels, cfg.plddt_num_bins)
 
@@ -64,13 +44,14 @@ class PredictedLDDTHead(nn.Module):
 class DistogramHead(nn.Module):
     """Jumper et al. (2021) Suppl. 1.9.8 'Distogram prediction'.
 
-    Symmetric Cβ-distance logits (N, N, num_bins) from the pair representation, and the bin edges.
+    Symmetric Cβ-distance logits (N, N, num_bins) from the pair representation (``c_z`` channels),
+    and the bin edges.
     """
 
-    def __init__(self, cfg: HeadsConfig | None = None):
+    def __init__(self, cfg: HeadsConfig, c_z: int):
         super().__init__()
-        self.cfg = cfg = cfg or HeadsConfig()
-        self.half_logits = Linear(cfg.pair_channel, cfg.distogram_num_bins)
+        self.cfg = cfg
+        self.half_logits = Linear(c_z, cfg.distogram_num_bins)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
         half = self.half_logits(_fp32(representations["pair"]))
@@ -87,15 +68,14 @@ class DistogramHead(nn.Module):
 class MaskedMsaHead(nn.Module):
     """Jumper et al. (2021) Suppl. 1.9.9 'Masked MSA prediction'.
 
-    Logits (N_seq, N, 23) over the residue alphabet at every MSA position, from the MSA
-    representation.
+    Logits (N_seq, N, num_output) over the residue alphabet at every MSA position, from the MSA
+    representation (``c_m`` channels).
     """
 
-    def __init__(self, cfg: HeadsConfig | None = None, multimer: bool = False):
+    def __init__(self, cfg: HeadsConfig, c_m: int, multimer: bool = False):
         super().__init__()
-        cfg = cfg or HeadsConfig()
         num_output = len(rc.restypes_with_x_and_gap) if multimer else cfg.masked_msa_num_output
-        self.logits = Linear(cfg.msa_channel, num_output)
+        self.logits = Linear(c_m, num_output)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
         return {"logits": self.logits(_fp32(representations["msa"]))}
@@ -105,13 +85,12 @@ class ExperimentallyResolvedHead(nn.Module):
     """Jumper et al. (2021) Suppl. 1.9.10 'Experimentally resolved prediction'.
 
     Per-atom (atom37) logits (N, 37) that the atom is resolved in a high-resolution structure, from
-    the single representation.
+    the single representation (``c_s`` channels).
     """
 
-    def __init__(self, cfg: HeadsConfig | None = None):
+    def __init__(self, c_s: int):
         super().__init__()
-        cfg = cfg or HeadsConfig()
-        self.logits = Linear(cfg.single_channel, rc.atom_type_num)
+        self.logits = Linear(c_s, rc.atom_type_num)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
         return {"logits": self.logits(_fp32(representations["single"]))}
@@ -121,14 +100,14 @@ class PredictedAlignedErrorHead(nn.Module):
     """Jumper et al. (2021) Suppl. 1.9.7 'TM-score prediction'.
 
     Logits (N, N, num_bins) of the error of residue j's position when aligned on residue i's frame,
-    from the pair representation, and the bin breaks (num_bins - 1) uniformly covering
-    [0, max_error_bin] Å (the last bin is open-ended).
+    from the pair representation (``c_z`` channels), and the bin breaks (num_bins - 1) uniformly
+    covering [0, max_error_bin] Å (the last bin is open-ended).
     """
 
-    def __init__(self, cfg: HeadsConfig | None = None):
+    def __init__(self, cfg: HeadsConfig, c_z: int):
         super().__init__()
-        self.cfg = cfg = cfg or HeadsConfig()
-        self.logits = Linear(cfg.pair_channel, cfg.pae_num_bins)
+        self.cfg = cfg
+        self.logits = Linear(c_z, cfg.pae_num_bins)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
         logits = self.logits(_fp32(representations["pair"]))

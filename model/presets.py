@@ -1,34 +1,130 @@
 """The ten monomer presets of AlphaFold2 2.3 (Jumper et al. 2021, Suppl. Table 5) as typed configs.
 
-The presets share one architecture; they differ in whether templates are embedded (with their
-torsion-angle MSA rows), how many extra-MSA rows and MSA clusters the input pipeline keeps, and
-whether the predicted-aligned-error (pTM) head exists. The values are those of DeepMind's
-``alphafold/model/config.py`` (``CONFIG`` and ``CONFIG_DIFFS``).
+A preset's :class:`Architecture` is the whole tree of the network's sizes: every module (and so the
+parameter files, whose tensors are the modules') reads its sizes from it, and nothing else states
+them. The presets share one architecture; they differ in whether templates are
+embedded (with their torsion-angle MSA rows), how many extra-MSA rows and MSA clusters the input
+pipeline keeps, and whether the predicted-aligned-error (pTM) head exists. The values are those of
+DeepMind's ``alphafold/model/config.py`` (``CONFIG`` and ``CONFIG_DIFFS``); a field has DeepMind's
+name where DeepMind names it (the comment gives its path under ``model.embeddings_and_evoformer``
+or ``model.heads``). Kept free of torch: the CLI and the memory planner read it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from af2cpu.common import residue_constants as rc
 from af2cpu.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class Architecture:
-    """Sizes shared by every monomer preset."""
+class DistanceBins:
+    """One-hot distance bins (``dgram_from_positions``): ``num_bins`` lower edges from ``min_bin`` to
+    ``max_bin`` Å, the last bin open-ended."""
 
-    msa_channel: int = 256
-    pair_channel: int = 128
-    seq_channel: int = 384
-    extra_msa_channel: int = 64
-    evoformer_num_block: int = 48
-    extra_msa_stack_num_block: int = 4
-    template_pair_stack_num_block: int = 2
-    template_channel: int = 64
-    max_relative_feature: int = 32
-    target_feat_dim: int = 22
-    msa_feat_dim: int = 49
-    extra_msa_feat_dim: int = 25
+    num_bins: int
+    min_bin: float
+    max_bin: float
+
+
+@dataclass(frozen=True)
+class EvoformerStackConfig:
+    """An Evoformer-like stack: Alg. 6 'EvoformerStack', or Alg. 18 'ExtraMsaStack' with
+    ``global_column_attention``. The per-module sizes are DeepMind's ``evoformer`` settings, which
+    both stacks share; the depth and the MSA width are each stack's own."""
+
+    num_block: int  # evoformer_num_block, extra_msa_stack_num_block
+    msa_channel: int  # msa_channel, extra_msa_channel
+    # Alg. 19 'MSAColumnGlobalAttention' instead of Alg. 8 (DeepMind's EvoformerIteration(is_extra_msa)).
+    global_column_attention: bool = False
+    msa_num_head: int = 8  # evoformer.msa_row_attention_with_pair_bias.num_head and msa_column_attention's
+    msa_transition_factor: int = 4  # evoformer.msa_transition.num_intermediate_factor
+    num_outer_channel: int = 32  # evoformer.outer_product_mean.num_outer_channel
+    num_intermediate_channel: int = 128  # evoformer.triangle_multiplication_*.num_intermediate_channel
+    triangle_num_head: int = 4  # evoformer.triangle_attention_*.num_head
+    pair_transition_factor: int = 4  # evoformer.pair_transition.num_intermediate_factor
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """The template embedding (Suppl. 1.7.1): the template pair stack (Alg. 16) and the point-wise
+    attention into the pair representation (Alg. 17)."""
+
+    # c_t; DeepMind takes it from template_pair_stack.triangle_attention_*.value_dim.
+    num_channel: int = 64
+    num_block: int = 2  # template.template_pair_stack.num_block
+    triangle_num_head: int = 4  # template.template_pair_stack.triangle_attention_*.num_head
+    num_intermediate_channel: int = 64  # template.template_pair_stack.triangle_multiplication_*
+    pair_transition_factor: int = 2  # template.template_pair_stack.pair_transition.num_intermediate_factor
+    attention_num_head: int = 4  # template.attention.num_head
+    attention_key_dim: int = 64  # template.attention.key_dim (all heads together)
+    attention_value_dim: int = 64  # template.attention.value_dim (all heads together)
+    dgram_features: DistanceBins = DistanceBins(num_bins=39, min_bin=3.25, max_bin=50.75)
+
+    @property
+    def num_pair_features(self) -> int:
+        """Width of one template's pair features (Suppl. Table 1): the distogram, the pseudo-β mask,
+        the residue types of both residues (one-hot with X and gap), the unit vector (3) and the
+        backbone mask."""
+        return self.dgram_features.num_bins + 1 + 2 * len(rc.restypes_with_x_and_gap) + 3 + 1
+
+
+@dataclass(frozen=True)
+class StructureModuleConfig:
+    """The structure module (Alg. 20; ``heads.structure_module``); its input channels are the
+    architecture's ``seq_channel`` and ``pair_channel``."""
+
+    num_layer: int = 8
+    num_channel: int = 384
+    num_head: int = 12
+    num_scalar_qk: int = 16
+    num_scalar_v: int = 16
+    num_point_qk: int = 4
+    num_point_v: int = 8
+    num_layer_in_transition: int = 3
+    position_scale: float = 10.0
+    sidechain_num_channel: int = 128  # sidechain.num_channel
+    sidechain_num_residual_block: int = 2  # sidechain.num_residual_block
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Sizes and bins of the output heads (``model.heads``); their input channels come from the
+    architecture (pair, MSA, single, and the structure module's ``num_channel`` for pLDDT)."""
+
+    plddt_num_bins: int = 50  # predicted_lddt.num_bins
+    plddt_num_channels: int = 128  # predicted_lddt.num_channels
+    distogram_first_break: float = 2.3125  # distogram.first_break
+    distogram_last_break: float = 21.6875  # distogram.last_break
+    distogram_num_bins: int = 64  # distogram.num_bins
+    masked_msa_num_output: int = 23  # masked_msa.num_output
+    pae_max_error_bin: float = 31.0  # predicted_aligned_error.max_error_bin
+    pae_num_bins: int = 64  # predicted_aligned_error.num_bins
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Every size of the monomer network (``model.embeddings_and_evoformer`` and ``model.heads``)."""
+
+    pair_channel: int = 128  # pair_channel, c_z
+    seq_channel: int = 384  # seq_channel, c_s: the single representation
+    max_relative_feature: int = 32  # max_relative_feature (Alg. 4)
+    target_feat_dim: int = 22  # width of the target_feat input feature
+    msa_feat_dim: int = 49  # width of the msa_feat input feature
+    extra_msa_feat_dim: int = 25  # the extra MSA's one-hot residue (23), has_deletion and deletion_value
+    prev_pos: DistanceBins = DistanceBins(num_bins=15, min_bin=3.25, max_bin=20.75)  # recycled Cβ (Alg. 32)
+    evoformer: EvoformerStackConfig = EvoformerStackConfig(num_block=48, msa_channel=256)
+    extra_msa: EvoformerStackConfig = EvoformerStackConfig(num_block=4, msa_channel=64,
+                                                           global_column_attention=True)
+    template: TemplateConfig = TemplateConfig()
+    structure_module: StructureModuleConfig = StructureModuleConfig()
+    heads: HeadsConfig = HeadsConfig()
+
+    @property
+    def msa_channel(self) -> int:
+        """c_m, DeepMind's ``msa_channel``: the MSA representation's width, the Evoformer stack's."""
+        return self.evoformer.msa_channel
 
 
 @dataclass(frozen=True)
@@ -49,6 +145,16 @@ class Preset:
     # True in a reference configured with zero_init=False, as the tests do (REFERENCE.md).
     template_torsion_placeholders: bool = False
     architecture: Architecture = Architecture()
+
+    def with_blocks(self, evoformer: int | None = None, extra_msa: int | None = None) -> Preset:
+        """This preset with ``evoformer`` Evoformer blocks and ``extra_msa`` extra-MSA blocks where
+        given: tests and benchmarks run a few blocks of the same network."""
+        a = self.architecture
+        if evoformer is not None:
+            a = replace(a, evoformer=replace(a.evoformer, num_block=evoformer))
+        if extra_msa is not None:
+            a = replace(a, extra_msa=replace(a.extra_msa, num_block=extra_msa))
+        return replace(self, architecture=a)
 
     @property
     def embed_torsion_angles(self) -> bool:

@@ -10,7 +10,6 @@ the trunk (AlphaFold2 keeps the structure module in full precision).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,26 +17,8 @@ from torch import nn
 
 from af2cpu.model import all_atom
 from af2cpu.model.geometry import QuatRigid, Rigid
+from af2cpu.model.presets import StructureModuleConfig
 from af2cpu.model.primitives import LayerNorm, Linear
-
-
-@dataclass(frozen=True)
-class StructureModuleConfig:
-    """Sizes of the structure module (``model.heads.structure_module`` of AlphaFold2's config)."""
-
-    single_channel: int = 384  # c_s of the Evoformer output
-    pair_channel: int = 128  # c_z
-    num_layer: int = 8
-    num_channel: int = 384
-    num_head: int = 12
-    num_scalar_qk: int = 16
-    num_scalar_v: int = 16
-    num_point_qk: int = 4
-    num_point_v: int = 8
-    num_layer_in_transition: int = 3
-    position_scale: float = 10.0
-    sidechain_num_channel: int = 128
-    sidechain_num_residual_block: int = 2
 
 
 class InvariantPointAttention(nn.Module):
@@ -45,10 +26,11 @@ class InvariantPointAttention(nn.Module):
 
     Attention whose logits combine scalar query-key products, the pair representation, and the
     distances between query and key points placed by each residue in its own frame and compared in
-    the global frame; so the result is invariant to global rotations and translations.
+    the global frame; so the result is invariant to global rotations and translations. The pair
+    representation has ``c_z`` channels.
     """
 
-    def __init__(self, cfg: StructureModuleConfig, dist_epsilon: float = 1e-8):
+    def __init__(self, cfg: StructureModuleConfig, c_z: int, dist_epsilon: float = 1e-8):
         super().__init__()
         self.cfg = cfg
         h, c = cfg.num_head, cfg.num_channel
@@ -58,8 +40,8 @@ class InvariantPointAttention(nn.Module):
         self.kv_point_local = Linear(c, h * 3 * (cfg.num_point_qk + cfg.num_point_v))
         # softplus^-1(1): the initial per-head point weight is 1.
         self.trainable_point_weights = nn.Parameter(torch.full((h,), math.log(math.e - 1.0)))
-        self.attention_2d = Linear(cfg.pair_channel, h)
-        num_features = h * (cfg.num_scalar_v + 4 * cfg.num_point_v + cfg.pair_channel)
+        self.attention_2d = Linear(c_z, h)
+        num_features = h * (cfg.num_scalar_v + 4 * cfg.num_point_v + c_z)
         self.output_projection = Linear(num_features, c)
         self.dist_epsilon = dist_epsilon
 
@@ -145,6 +127,7 @@ class BackboneUpdate(Linear):
     """
 
     def __init__(self, num_channel: int):
+        # The update: (b, c, d) of the quaternion (1, b, c, d) and the translation.
         super().__init__(num_channel, 6)
 
     def forward(self, act: torch.Tensor, frames: QuatRigid) -> QuatRigid:
@@ -169,7 +152,7 @@ class TorsionAngleResNet(nn.Module):
             suffix = "" if i == 0 else f"_{i}"
             setattr(self, f"resblock1{suffix}", Linear(num_channel, num_channel))
             setattr(self, f"resblock2{suffix}", Linear(num_channel, num_channel))
-        self.unnormalized_angles = Linear(num_channel, 14)
+        self.unnormalized_angles = Linear(num_channel, 2 * all_atom.NUM_TORSIONS)
 
     def forward(self, act: torch.Tensor, initial_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (angles, unnormalized angles), each (N, 7, 2) as (sin, cos)."""
@@ -180,7 +163,7 @@ class TorsionAngleResNet(nn.Module):
             suffix = "" if i == 0 else f"_{i}"
             y = getattr(self, f"resblock1{suffix}")(F.relu(x))
             x = x + getattr(self, f"resblock2{suffix}")(F.relu(y))
-        unnormalized = self.unnormalized_angles(F.relu(x)).reshape(x.shape[0], 7, 2)
+        unnormalized = self.unnormalized_angles(F.relu(x)).reshape(x.shape[0], all_atom.NUM_TORSIONS, 2)
         # DISCREPANCY: normalized with the squared norm clamped at 1e-12, as AlphaFold2 does.
         norm = torch.sqrt(torch.clamp((unnormalized * unnormalized).sum(-1, keepdim=True), min=1e-12))
         return unnormalized / norm, unnormalized
@@ -190,14 +173,15 @@ class FoldIteration(nn.Module):
     """Jumper et al. (2021) Suppl. Alg. 20 'StructureModule' lines 6-21: one shared-weight iteration.
 
     IPA with a residual and layer norm, a three-layer transition with a residual and layer norm,
-    the backbone update, and the torsion angles with the all-atom coordinates they imply.
+    the backbone update, and the torsion angles with the all-atom coordinates they imply. The initial
+    single representation has ``c_s`` channels, the pair representation ``c_z``.
     """
 
-    def __init__(self, cfg: StructureModuleConfig):
+    def __init__(self, cfg: StructureModuleConfig, c_s: int, c_z: int):
         super().__init__()
         self.cfg = cfg
         c = cfg.num_channel
-        self.invariant_point_attention = InvariantPointAttention(cfg)
+        self.invariant_point_attention = InvariantPointAttention(cfg, c_z)
         self.attention_layer_norm = LayerNorm(c)
         # haiku scopes transition, transition_1, transition_2.
         self.transition = Linear(c, c)
@@ -206,7 +190,7 @@ class FoldIteration(nn.Module):
         self.transition_layer_norm = LayerNorm(c)
         self.affine_update = BackboneUpdate(c)
         self.rigid_sidechain = TorsionAngleResNet(
-            c, cfg.single_channel, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block
+            c, c_s, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block
         )
 
     def _transition_layers(self) -> list[Linear]:
@@ -255,15 +239,16 @@ class StructureModule(nn.Module):
     'traj' (num_layer, N, 7) backbone frames as quaternion + translation in Å, 'sidechains'
     (per-iteration 'angles_sin_cos', 'unnormalized_angles_sin_cos', 'atom_pos' (num_layer, N, 14,
     3) and 'frames' (num_layer, N, 8, 4, 4)) and 'representations': {'structure_module': (N, c)}.
+    ``c_s`` and ``c_z`` are the widths of the single and pair representations.
     """
 
-    def __init__(self, cfg: StructureModuleConfig | None = None):
+    def __init__(self, cfg: StructureModuleConfig, c_s: int, c_z: int):
         super().__init__()
-        self.cfg = cfg = cfg or StructureModuleConfig()
-        self.single_layer_norm = LayerNorm(cfg.single_channel)
-        self.initial_projection = Linear(cfg.single_channel, cfg.num_channel)
-        self.pair_layer_norm = LayerNorm(cfg.pair_channel)
-        self.fold_iteration = FoldIteration(cfg)
+        self.cfg = cfg
+        self.single_layer_norm = LayerNorm(c_s)
+        self.initial_projection = Linear(c_s, cfg.num_channel)
+        self.pair_layer_norm = LayerNorm(c_z)
+        self.fold_iteration = FoldIteration(cfg, c_s, c_z)
 
     def forward(self, representations: dict, batch: dict) -> dict:
         single = torch.as_tensor(representations["single"]).float()

@@ -8,8 +8,6 @@ blocking, which only shows at lengths where a block holds fewer rows than the te
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -18,15 +16,14 @@ from af2cpu.model import options as model_options
 from af2cpu.model.alphafold import EmbeddingsAndEvoformer
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
-from af2cpu.model.presets import Architecture, get_preset
+from af2cpu.model.presets import get_preset
 
 L, S, SE = 23, 5, 7
 
 
 @pytest.fixture(scope="module")
 def trunk_and_inputs():
-    preset = dataclasses.replace(get_preset("model_1_ptm"), architecture=Architecture(evoformer_num_block=1))
-    trunk = EmbeddingsAndEvoformer(preset)
+    trunk = EmbeddingsAndEvoformer(get_preset("model_1_ptm").with_blocks(evoformer=1))
     load_params(trunk, random_params(trunk, seed=3, root="evoformer"), root="evoformer")
     rng = np.random.default_rng(0)
     aatype = rng.integers(0, 20, L)

@@ -1,14 +1,12 @@
 """A single-sequence target has no extra-MSA rows and may have no templates: the model runs, and its
 answer equals the one AlphaFold2's padding (fully masked rows) gives."""
 
-import dataclasses
-
 import numpy as np
 import torch
 
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.params import load_params, random_params
-from af2cpu.model.presets import Architecture, get_preset
+from af2cpu.model.presets import get_preset
 from af2cpu.preprocessing.features import msa_features, sequence_features, single_sequence_msa
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 
@@ -17,8 +15,7 @@ CRAMBIN = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"
 
 def _small_model(name):
     # Fewer Evoformer blocks keep this test fast; the code path of each block is the same.
-    preset = dataclasses.replace(get_preset(name), architecture=Architecture(evoformer_num_block=2))
-    model = AlphaFold(preset)
+    model = AlphaFold(get_preset(name).with_blocks(evoformer=2))
     load_params(model, random_params(model, seed=3))
     return model.eval()
 

@@ -10,8 +10,6 @@ gives 4-7e-3 and a block of nine modules about 1e-2.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -32,7 +30,7 @@ from af2cpu.model.evoformer import (
 )
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
-from af2cpu.model.presets import Architecture, get_preset
+from af2cpu.model.presets import EvoformerStackConfig, TemplateConfig, get_preset
 from af2cpu.model.template import TemplatePairBlock
 
 S, L = 12, 24
@@ -117,7 +115,9 @@ def test_module_bf16_relative_error_is_bounded(name, factory, call, bound):
 
 @pytest.mark.parametrize("is_extra_msa,bound", [(False, 2e-2), (True, 2e-2)])  # measured 1.08e-2, 1.07e-2
 def test_evoformer_block_bf16_relative_error_is_bounded(is_extra_msa, bound):
-    block = _randomized(EvoformerIteration(64, 32, is_extra_msa=is_extra_msa))
+    stack = EvoformerStackConfig(num_block=1, msa_channel=64, global_column_attention=is_extra_msa,
+                                 num_intermediate_channel=32)
+    block = _randomized(EvoformerIteration(stack, 32))
     msa, pair, msa_mask, pair_mask = _inputs(64, 32)
     with torch.inference_mode():
         (m32, p32), (m16, p16) = _run_both(lambda a, b, c, d: block(a, b, c, d), msa, pair, msa_mask, pair_mask)
@@ -128,7 +128,7 @@ def test_evoformer_block_bf16_relative_error_is_bounded(is_extra_msa, bound):
 
 
 def test_template_pair_block_bf16_relative_error_is_bounded():
-    block = _randomized(TemplatePairBlock(32))
+    block = _randomized(TemplatePairBlock(TemplateConfig(num_channel=32, num_intermediate_channel=32)))
     _, pair, _, pair_mask = _inputs(64, 32)
     with torch.inference_mode():
         fp32, bf16 = _run_both(lambda b, d: block(b, d), pair, pair_mask)
@@ -168,7 +168,7 @@ def _ca_distances(out) -> np.ndarray:
 
 def test_whole_model_runs_in_bf16_end_to_end():
     # Two Evoformer blocks keep this fast; every block runs the same code.
-    preset = dataclasses.replace(get_preset("model_3_ptm"), architecture=Architecture(evoformer_num_block=2))
+    preset = get_preset("model_3_ptm").with_blocks(evoformer=2)
     model = AlphaFold(preset)
     load_params(model, random_params(model, seed=2))
     model.eval()
@@ -195,8 +195,7 @@ def test_whole_model_runs_in_bf16_end_to_end():
 def test_compiled_blocks_equal_eager():
     # Two Evoformer blocks share one compiled graph (no extra-MSA block: its graph would be a
     # second compilation of the same code, a minute on two cores).
-    preset = dataclasses.replace(get_preset("model_3_ptm"), architecture=Architecture(
-        evoformer_num_block=2, extra_msa_stack_num_block=0))
+    preset = get_preset("model_3_ptm").with_blocks(evoformer=2, extra_msa=0)
     model = AlphaFold(preset)
     load_params(model, random_params(model, seed=4))
     model.eval()

@@ -20,7 +20,8 @@ from af2cpu.common import residue_constants as rc
 from af2cpu.model import all_atom, confidence, heads
 from af2cpu.model.geometry import QuatRigid, Rigid
 from af2cpu.model.params import load_params, official_shapes, random_params
-from af2cpu.model.structure_module import InvariantPointAttention, StructureModule, StructureModuleConfig
+from af2cpu.model.presets import Architecture
+from af2cpu.model.structure_module import InvariantPointAttention, StructureModule
 
 reference = pytest.importorskip("reference", reason="needs the `reference` extra (jax, haiku, alphafold)")
 import haiku as hk
@@ -39,6 +40,7 @@ torch.set_num_threads(1)
 CFG = reference.reference_config("model_1_ptm").model
 GC, HEADS = CFG.global_config, CFG.heads
 SM = HEADS.structure_module
+A = Architecture()  # DeepMind's sizes, those of CFG
 NUM_RES = 20
 UBIQUITIN = Path(__file__).parent / "data" / "structures" / "1ubi.pdb"
 
@@ -89,6 +91,10 @@ def _ubiquitin(num_res=24):
     return aatype, positions, mask
 
 
+def _structure_module() -> StructureModule:
+    return StructureModule(A.structure_module, A.seq_channel, A.pair_channel)
+
+
 def _max_abs(ours, ref):
     ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
     return float(np.abs(ours - np.asarray(ref)).max())
@@ -118,7 +124,7 @@ def test_structure_module_parameters_have_official_names_and_shapes():
     got = {
         k: v[0]
         for k, v in official_shapes(
-            StructureModule(), "alphafold/alphafold_iteration/structure_module"
+            _structure_module(), "alphafold/alphafold_iteration/structure_module"
         ).items()
     }
     assert got == want
@@ -127,12 +133,16 @@ def test_structure_module_parameters_have_official_names_and_shapes():
 @pytest.mark.parametrize(
     "ours, ref_cls, inputs",
     [
-        (heads.PredictedLDDTHead, af_modules.PredictedLDDTHead, {"structure_module": (NUM_RES, 384)}),
-        (heads.DistogramHead, af_modules.DistogramHead, {"pair": (NUM_RES, NUM_RES, 128)}),
-        (heads.MaskedMsaHead, af_modules.MaskedMsaHead, {"msa": (5, NUM_RES, 256)}),
-        (heads.ExperimentallyResolvedHead, af_modules.ExperimentallyResolvedHead, {"single": (NUM_RES, 384)}),
+        (lambda: heads.PredictedLDDTHead(A.heads, A.structure_module.num_channel),
+         af_modules.PredictedLDDTHead, {"structure_module": (NUM_RES, 384)}),
+        (lambda: heads.DistogramHead(A.heads, A.pair_channel), af_modules.DistogramHead,
+         {"pair": (NUM_RES, NUM_RES, 128)}),
+        (lambda: heads.MaskedMsaHead(A.heads, A.msa_channel), af_modules.MaskedMsaHead,
+         {"msa": (5, NUM_RES, 256)}),
+        (lambda: heads.ExperimentallyResolvedHead(A.seq_channel), af_modules.ExperimentallyResolvedHead,
+         {"single": (NUM_RES, 384)}),
         (
-            heads.PredictedAlignedErrorHead,
+            lambda: heads.PredictedAlignedErrorHead(A.heads, A.pair_channel),
             af_modules.PredictedAlignedErrorHead,
             {"pair": (NUM_RES, NUM_RES, 128)},
         ),
@@ -306,7 +316,7 @@ def test_pseudo_beta_matches_reference():
 
 
 def test_invariant_point_attention_matches_reference():
-    ours = InvariantPointAttention(StructureModuleConfig())
+    ours = InvariantPointAttention(A.structure_module, A.pair_channel)
     flat = _fill(ours, "invariant_point_attention", seed=11)
     rng = np.random.default_rng(12)
     act = rng.standard_normal((NUM_RES, 384)).astype(np.float32)
@@ -338,7 +348,7 @@ def _structure_inputs(num_res=NUM_RES, seed=21):
 
 @pytest.fixture(scope="module")
 def structure_module_outputs():
-    ours = StructureModule()
+    ours = _structure_module()
     flat = _fill(ours, "structure_module", seed=20)
     reps, batch = _structure_inputs()
     want = reference.apply(
@@ -408,7 +418,7 @@ def test_structure_module_single_representation_matches_reference(structure_modu
 
 
 def test_structure_module_padding_does_not_change_present_residues():
-    ours = StructureModule()
+    ours = _structure_module()
     _fill(ours, "structure_module", seed=20)
     reps, batch = _structure_inputs(num_res=12, seed=40)
     batch["seq_mask"][:] = 1.0
@@ -426,7 +436,7 @@ def test_structure_module_padding_does_not_change_present_residues():
 
 
 def test_structure_module_computes_in_fp32_from_bf16_inputs():
-    ours = StructureModule()
+    ours = _structure_module()
     _fill(ours, "structure_module", seed=20)
     reps, batch = _structure_inputs(num_res=8)
     batch = {k: torch.from_numpy(v) for k, v in batch.items()}

@@ -16,6 +16,7 @@ from af2cpu.model import evoformer as evo
 from af2cpu.model import options as model_options
 from af2cpu.model.options import Options
 from af2cpu.model.params import export_params, load_params, random_params
+from af2cpu.model.presets import Architecture
 
 reference = pytest.importorskip("reference", reason="needs the `reference` extra (jax, haiku, alphafold)")
 from alphafold.model import modules as af_modules
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.reference
 RTOL = 1e-5  # measured: max |ours - reference| / max |reference| <= 1.4e-6 for every module below
 CFG = reference.reference_config("model_1_ptm").model
 EVO, GC = CFG.embeddings_and_evoformer, CFG.global_config
+A = Architecture()  # DeepMind's sizes, those of CFG
+STACK = A.evoformer
 
 
 def _fill(module, root, seed=0):
@@ -72,7 +75,7 @@ def _rel_err(ours, ref):
 @pytest.mark.parametrize("chunk", (None, 2))
 @pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_msa_row_attention_with_pair_bias_matches_reference(mask_kind, chunk):
-    ours = evo.MSARowAttentionWithPairBias()
+    ours = evo.MSARowAttentionWithPairBias(A.msa_channel, A.pair_channel, STACK.msa_num_head)
     ours.options = Options.chunked(chunk) if chunk else Options()
     flat = _fill(ours, "msa_row_attention_with_pair_bias")
     msa, pair = _acts(1, (6, 12, 256), (12, 12, 128))
@@ -87,7 +90,7 @@ def test_msa_row_attention_with_pair_bias_matches_reference(mask_kind, chunk):
 @pytest.mark.parametrize("chunk", (None, 5))
 @pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_msa_column_attention_matches_reference(mask_kind, chunk):
-    ours = evo.MSAColumnAttention()
+    ours = evo.MSAColumnAttention(A.msa_channel, STACK.msa_num_head)
     ours.options = Options.chunked(chunk) if chunk else Options()
     flat = _fill(ours, "msa_column_attention")
     (msa,) = _acts(3, (6, 12, 256))
@@ -100,7 +103,7 @@ def test_msa_column_attention_matches_reference(mask_kind, chunk):
 
 
 def test_msa_column_global_attention_matches_reference():
-    ours = evo.MSAColumnGlobalAttention(c_m=64)
+    ours = evo.MSAColumnGlobalAttention(A.extra_msa.msa_channel, A.extra_msa.msa_num_head)
     flat = _fill(ours, "msa_column_global_attention")
     (msa,) = _acts(5, (7, 12, 64))
     mask = _mask(6, (7, 12))
@@ -115,7 +118,7 @@ def test_msa_column_global_attention_matches_reference():
 @pytest.mark.parametrize("kind,cls", [("triangle_attention_starting_node", evo.TriangleAttentionStartingNode),
                                       ("triangle_attention_ending_node", evo.TriangleAttentionEndingNode)])
 def test_triangle_attention_matches_reference(kind, cls, mask_kind):
-    ours = cls()
+    ours = cls(A.pair_channel, STACK.triangle_num_head)
     flat = _fill(ours, kind)
     (pair,) = _acts(7, (12, 12, 128))
     mask = _mask_kind(mask_kind, 8, (12, 12))
@@ -130,7 +133,7 @@ def test_triangle_attention_matches_reference(kind, cls, mask_kind):
 @pytest.mark.parametrize("kind,cls", [("triangle_multiplication_outgoing", evo.TriangleMultiplicationOutgoing),
                                       ("triangle_multiplication_incoming", evo.TriangleMultiplicationIncoming)])
 def test_triangle_multiplication_matches_reference(kind, cls, mask_kind):
-    ours = cls()
+    ours = cls(A.pair_channel, STACK.num_intermediate_channel)
     flat = _fill(ours, kind)
     (pair,) = _acts(9, (12, 12, 128))
     mask = _mask_kind(mask_kind, 10, (12, 12))
@@ -144,7 +147,7 @@ def test_triangle_multiplication_matches_reference(kind, cls, mask_kind):
 # 6 rows take the order with the output weights folded in first, 48 the outer products first.
 @pytest.mark.parametrize("rows", [6, 48])
 def test_outer_product_mean_matches_reference(rows):
-    ours = evo.OuterProductMean()
+    ours = evo.OuterProductMean(A.msa_channel, A.pair_channel, STACK.num_outer_channel)
     flat = _fill(ours, "outer_product_mean")
     (msa,) = _acts(11, (rows, 12, 256))
     mask = _mask(12, (rows, 12))
@@ -155,9 +158,11 @@ def test_outer_product_mean_matches_reference(rows):
     assert _rel_err(got, ref) < RTOL  # measured 1.1e-6 (6 rows), 7.1e-7 (48 rows)
 
 
-@pytest.mark.parametrize("kind,channels", [("msa_transition", 256), ("pair_transition", 128)])
-def test_transition_matches_reference(kind, channels):
-    ours = evo.Transition(channels, factor=4)
+@pytest.mark.parametrize("kind,channels,factor",
+                         [("msa_transition", A.msa_channel, STACK.msa_transition_factor),
+                          ("pair_transition", A.pair_channel, STACK.pair_transition_factor)])
+def test_transition_matches_reference(kind, channels, factor):
+    ours = evo.Transition(channels, factor)
     flat = _fill(ours, kind)
     (act,) = _acts(13, (6, 12, channels))
     mask = _mask(14, (6, 12))
@@ -170,9 +175,10 @@ def test_transition_matches_reference(kind, channels):
 
 @pytest.mark.parametrize("is_extra_msa", [False, True])
 def test_evoformer_block_matches_reference(is_extra_msa):
-    c_m = 64 if is_extra_msa else 256
+    stack = A.extra_msa if is_extra_msa else A.evoformer
+    c_m = stack.msa_channel
     name = "extra_msa_stack" if is_extra_msa else "evoformer_iteration"
-    ours = evo.EvoformerIteration(c_m, 128, is_extra_msa=is_extra_msa)
+    ours = evo.EvoformerIteration(stack, A.pair_channel)
     flat = _fill(ours, name)
     msa, pair = _acts(15, (9, 16, c_m), (16, 16, 128))
     msa_mask = _mask(16, (9, 16))
@@ -196,7 +202,7 @@ def test_evoformer_block_chunked_equals_unchunked(options, num_seq):
     # Memory chunks, and cache blocks down to one row per step, change nothing but summation order.
     # Unblocked column attention (as compiled blocks run it) with more MSA rows than residues once
     # indexed its output along the wrong axis and stopped with a shape error.
-    block = evo.EvoformerIteration()
+    block = evo.EvoformerIteration(STACK, A.pair_channel)
     _fill(block, "evoformer_iteration", seed=3)
     msa, pair = _torch(*_acts(17, (num_seq, 13, 256), (13, 13, 128)))
     msa_mask, pair_mask = _torch(_mask(18, (num_seq, 13)), np.ones((13, 13), np.float32))
@@ -220,7 +226,7 @@ def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind)
     # layer norm and projections smaller steps inside each block, or the memory chunk bounds both.
     monkeypatch.setattr(model_options, "TRIANGLE_PRODUCT_ROWS", 5)
     cls = evo.TriangleMultiplicationOutgoing if kind.endswith("outgoing") else evo.TriangleMultiplicationIncoming
-    module = cls()
+    module = cls(A.pair_channel, STACK.num_intermediate_channel)
     _fill(module, kind, seed=5)
     (pair,) = _torch(*_acts(19, (13, 13, 128)))
     pair_mask = torch.as_tensor(_mask(20, (13, 13)))
@@ -233,7 +239,7 @@ def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind)
 
 
 def test_export_after_load_gives_back_the_same_arrays():
-    block = evo.EvoformerIteration()
+    block = evo.EvoformerIteration(STACK, A.pair_channel)
     flat = _fill(block, "evoformer_iteration", seed=4)
     again = export_params(block, root="evoformer_iteration")
     assert flat.keys() == again.keys()
@@ -243,7 +249,7 @@ def test_export_after_load_gives_back_the_same_arrays():
 def test_template_pair_stack_matches_reference():
     from af2cpu.model.template import TemplatePairStack
 
-    ours = TemplatePairStack(64, num_block=2)
+    ours = TemplatePairStack(A.template)
     flat = _fill(ours, "template_pair_stack", seed=5)
     (pair,) = _acts(19, (14, 14, 64))
     mask = np.ones((14, 14), np.float32)
@@ -267,7 +273,7 @@ def processed():
 def test_template_embedding_matches_reference(processed):
     from af2cpu.model.template import TemplateEmbedding
 
-    ours = TemplateEmbedding()
+    ours = TemplateEmbedding(A.template, A.pair_channel)
     flat = _fill(ours, "template_embedding", seed=6)
     templ = {k: v for k, v in processed.items() if k.startswith("template_")}
     (pair,) = _acts(20, (20, 20, 128))
@@ -293,10 +299,10 @@ def test_embeddings_and_evoformer_match_reference(processed):
     import dataclasses
 
     from af2cpu.model.alphafold import EmbeddingsAndEvoformer
-    from af2cpu.model.presets import Architecture, get_preset
+    from af2cpu.model.presets import get_preset
 
-    preset = dataclasses.replace(get_preset("model_1_ptm"), template_torsion_placeholders=not zero_init,
-                                 architecture=Architecture(evoformer_num_block=2))
+    preset = dataclasses.replace(get_preset("model_1_ptm").with_blocks(evoformer=2),
+                                 template_torsion_placeholders=not zero_init)
     ours = EmbeddingsAndEvoformer(preset)
     flat = _fill(ours, "evoformer", seed=7)
     cfg = reference.reference_config("model_1_ptm").model

@@ -22,7 +22,7 @@ from af2cpu.errors import InputError
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
-from af2cpu.model.presets import Architecture, get_preset
+from af2cpu.model.presets import get_preset
 
 reference = pytest.importorskip("reference", reason="needs the `reference` extra (jax, haiku, alphafold)")
 pytestmark = pytest.mark.reference
@@ -31,11 +31,11 @@ NUM_RES, NUM_RECYCLE = 40, 3
 PRESETS = ["model_1_ptm", "model_3_ptm"]  # with a template / without templates
 
 
-def _model(preset_name: str, **architecture) -> AlphaFold:
+def _model(preset_name: str, evoformer_blocks: int | None = None) -> AlphaFold:
     # The reference runs with zero_init=False (REFERENCE.md), which switches on AlphaFold2's
     # placeholders for undefined template torsions; configure ours the same way.
-    preset = dataclasses.replace(get_preset(preset_name), template_torsion_placeholders=True,
-                                 architecture=Architecture(**architecture))
+    preset = dataclasses.replace(get_preset(preset_name).with_blocks(evoformer=evoformer_blocks),
+                                 template_torsion_placeholders=True)
     return AlphaFold(preset)
 
 
@@ -115,7 +115,7 @@ def test_representations_match_reference_at_every_recycle(runs, preset):
 @pytest.fixture(scope="module")
 def small_model():
     """A 2-block model_1_ptm (templates, torsion rows, pTM) for properties that hold at any depth."""
-    model = _model("model_1_ptm", evoformer_num_block=2)
+    model = _model("model_1_ptm", evoformer_blocks=2)
     load_params(model, random_params(model, seed=2))
     return model.eval()
 
