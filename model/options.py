@@ -12,9 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from af2cpu.config import Precision
 from af2cpu.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16")
+
+def as_precision(value: Precision | str) -> Precision:
+    """``value`` as a :class:`~af2cpu.config.Precision` (its name as a string is fine); ConfigError
+    for any other value."""
+    try:
+        return Precision(str(value))
+    except ValueError:
+        raise ConfigError(f"precision {value!r} is not available; choose one of "
+                          f"{', '.join(p.value for p in Precision)}") from None
+
+
 # The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed): this many bytes
 # per fp32 intermediate, whatever the trunk's cache blocking or compilation.
 EMBEDDING_BLOCK_BYTES = 4 << 20
@@ -67,7 +78,7 @@ class Options:
     """
 
     chunks: ChunkSizes = field(default_factory=ChunkSizes)
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32  # a string naming one ("bf16") is taken too
     compile: bool = False
     compile_cache_dir: str | None = None  # inductor's persistent cache (TORCHINDUCTOR_CACHE_DIR)
     # Cache blocking: the row-wise loops (attention, transitions, outer product mean, the triangle
@@ -80,10 +91,8 @@ class Options:
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):
             raise ConfigError(f"block_bytes={self.block_bytes!r} must be a positive number of bytes or None")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}"
-            )
+        # frozen: the coerced value is set the way dataclasses set fields.
+        object.__setattr__(self, "precision", as_precision(self.precision))
 
     def step_rows(self, chunk: int | None, total: int, row_bytes: int) -> int:
         """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:
@@ -106,7 +115,7 @@ class Options:
         """The ``torch.dtype`` of the trunk's activations."""
         import torch  # lazily: the memory planner imports this module without torch
 
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return torch.bfloat16 if self.precision is Precision.bf16 else torch.float32
 
     @classmethod
     def chunked(cls, size: int) -> Options:
