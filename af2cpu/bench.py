@@ -338,17 +338,21 @@ def run_memory(args: argparse.Namespace) -> int:
     """
     import multiprocessing
 
-    from af2cpu.runtime.memory import GIB, N_PARAMS, choose_chunks, parse_memory_limit
+    from af2cpu.model.memory import TargetShape, choose_chunks
+    from af2cpu.model.presets import get_preset
+    from af2cpu.runtime.memory import GIB, parse_memory_limit
 
     threads = args.threads or len(os.sched_getaffinity(0))
     limit = parse_memory_limit(args.memory_limit)
     blocks = args.memory_blocks or args.blocks
+    # The model the child builds (make_inputs): the planner counts its blocks and weights.
+    architecture = get_preset(PRESET).with_blocks(evoformer=blocks).architecture
     context = multiprocessing.get_context("spawn")
     rows = []
     for length in sorted(args.memory):
         for precision in args.precisions:
-            chunks, estimate = choose_chunks(limit, length, args.msa_rows, args.extra_rows, 0,
-                                             2 if precision == "bf16" else 4)
+            chunks, estimate = choose_chunks(limit, TargetShape(length, args.msa_rows, args.extra_rows, 0),
+                                             precision, architecture=architecture)
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_memory_child, args=(
                 send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads))
@@ -365,8 +369,6 @@ def run_memory(args: argparse.Namespace) -> int:
                    "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
                    "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
             if "peak_rss_bytes" in row:
-                # In block-subset mode the model holds fewer weights than the planner's 48 blocks.
-                row["estimate_bytes"] += row["parameter_bytes"] - N_PARAMS * 4
                 row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
             rows.append(row)
             print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})

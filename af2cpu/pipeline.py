@@ -249,26 +249,13 @@ def _ipex_optimize(model, precision: str):
     return ipex.optimize(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
-def model_options(cfg: DictConfig, num_res: int, msa_rows: int, extra_rows: int, templates: int):
-    """Chunk sizes from the memory planner for this target, and the precision."""
-    from af2cpu.model.options import Options
-    from af2cpu.runtime.memory import choose_chunks, parse_memory_limit
-
-    precision = _plain(cfg.runtime.precision)
-    limit = parse_memory_limit(str(cfg.runtime.memory_limit))
-    compiled = bool(cfg.runtime.compile)
-    options = Options(precision=precision, compile=compiled,
-                      compile_cache_dir=str(cfg.runtime.compile_cache_dir) if compiled else None)
-    chunks, _ = choose_chunks(limit, num_res, msa_rows, extra_rows, templates, 2 if precision == "bf16" else 4,
-                              block_bytes=options.cache_block_bytes)
-    return dataclasses.replace(options, chunks=chunks)
-
-
 def infer_stage(target: Target, model_name: str, cfg: DictConfig, target_dir: str, force: bool = False) -> StageTiming:
     """Run one model preset on the target's features: result npz, confidence/PAE JSON, unrelaxed PDB."""
     import torch
 
     from af2cpu.common import protein
+    from af2cpu.model.memory import TargetShape, plan_options
+    from af2cpu.model.presets import get_preset
     from af2cpu.outputs import (
         atomic_write_text,
         load_features_npz,
@@ -299,11 +286,10 @@ def infer_stage(target: Target, model_name: str, cfg: DictConfig, target_dir: st
         raw = load_features_npz(target_dir / "features.npz")
         settings = PipelineSettings.from_preset(model_name, num_recycle=int(cfg.model.num_recycle))
         processed = process_features(raw, settings, seed=model_seed(cfg, model_name))
-        num_res = int(processed["aatype"].shape[1])
-        options = model_options(
-            cfg, num_res, int(processed["msa_feat"].shape[1]), int(processed["extra_msa"].shape[1]),
-            int(processed["template_aatype"].shape[1]) if "template_aatype" in processed else 0,
-        )
+        templates = int(processed["template_aatype"].shape[1]) if "template_aatype" in processed else 0
+        shape = TargetShape(int(processed["aatype"].shape[1]), int(processed["msa_feat"].shape[1]),
+                            int(processed["extra_msa"].shape[1]), templates)
+        options, _ = plan_options(cfg.runtime, get_preset(model_name), shape)
         model = load_model(cfg, model_name, options)
         out = model.predict(
             processed,

@@ -80,14 +80,17 @@ def prepare_output_folder(out_dir: Path) -> None:
 
 def check_fits_in_memory(targets, cfg) -> dict[str, str]:
     """Targets that cannot fit in memory even with the smallest chunks: {target id: the numbers}."""
-    from af2cpu.runtime.memory import MemoryPlanError, choose_chunks, parse_memory_limit
+    from af2cpu.model.memory import MemoryPlanError, TargetShape, plan_options
+    from af2cpu.model.presets import get_preset
+    from af2cpu.runtime.memory import parse_memory_limit
 
     limit = parse_memory_limit(str(cfg.runtime.memory_limit))
-    nbytes = 2 if str(getattr(cfg.runtime.precision, "value", cfg.runtime.precision)) == "bf16" else 4
+    presets = [get_preset(name) for name in cfg.model.names]
     too_long = {}
     for target in targets:
         try:
-            choose_chunks(limit, len(target.sequence), 1, 1, 0, nbytes)
+            for preset in presets:
+                plan_options(cfg.runtime, preset, TargetShape(len(target.sequence), 1, 1, 0), limit)
         except MemoryPlanError as exc:
             too_long[target.id] = str(exc)
     return too_long

@@ -1,8 +1,8 @@
 """The ten monomer presets of AlphaFold2 2.3 (Jumper et al. 2021, Suppl. Table 5) as typed configs.
 
 A preset's :class:`Architecture` is the whole tree of the network's sizes: every module (and so the
-parameter files, whose tensors are the modules') reads its sizes from it, and nothing else states
-them. The presets share one architecture; they differ in whether templates are
+parameter files, whose tensors are the modules') and the memory planner (:mod:`af2cpu.model.memory`)
+read their sizes from it, and nothing else states them. The presets share one architecture; they differ in whether templates are
 embedded (with their torsion-angle MSA rows), how many extra-MSA rows and MSA clusters the input
 pipeline keeps, and whether the predicted-aligned-error (pTM) head exists. The values are those of
 DeepMind's ``alphafold/model/config.py`` (``CONFIG`` and ``CONFIG_DIFFS``); a field has DeepMind's

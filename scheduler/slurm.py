@@ -30,8 +30,6 @@ GIB = 1 << 30
 # processes and the page cache of the databases come on top.
 HEADROOM_FACTOR = 1.25
 HEADROOM_BYTES = 3 * GIB
-# AlphaFold2's largest MSA inputs (clustered rows, extra rows, templates): the planner's worst case.
-WORST_MSA = (512, 5120, 4)
 SCRIPT_NAME = "af2cpu_array.sbatch"
 # Task ids equal shard indices (the array is 0..N-1), so a task resubmitted alone keeps its shard,
 # which SLURM_ARRAY_TASK_MIN/MAX/COUNT of a partial resubmission would not tell.
@@ -67,12 +65,20 @@ class ArrayJob:
         return [self.python, "-m", "af2cpu", "report", str(self.out_dir)]
 
 
-def estimated_memory(length: int, precision_bytes: int = 4) -> int:
-    """Bytes to ask per array task for a target of `length` residues."""
-    from af2cpu.runtime.memory import estimate_peak_memory
+def estimated_memory(length: int, precision: str, model_names: Sequence[str]) -> int:
+    """Bytes to ask per array task for a target of `length` residues run in `precision` by the models
+    `model_names`: the planner's estimate for the largest of them at its own input maxima (MSA
+    clusters, extra MSA rows, templates), plus headroom."""
+    from af2cpu.model.memory import TargetShape, estimate_peak_memory
+    from af2cpu.model.presets import get_preset
 
-    peak = estimate_peak_memory(length, *WORST_MSA, precision_bytes).total
-    return int(peak * HEADROOM_FACTOR) + HEADROOM_BYTES
+    def peak(name: str) -> int:
+        p = get_preset(name)
+        templates = p.max_templates if p.use_templates else 0
+        shape = TargetShape(length, p.num_msa_clusters, p.max_extra_msa, templates)
+        return estimate_peak_memory(shape, precision, architecture=p.architecture).total
+
+    return int(max(peak(name) for name in model_names) * HEADROOM_FACTOR) + HEADROOM_BYTES
 
 
 def shell_words(command: Sequence[str]) -> str:
@@ -160,9 +166,8 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     cpus = cpus_per_task or 4
     if cpus < 1:
         raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
-    precision = str(getattr(cfg.runtime.precision, "value", cfg.runtime.precision))
     longest = max(len(t.sequence) for t in targets)
-    memory_gib = math.ceil(estimated_memory(longest, 2 if precision == "bf16" else 4) / GIB)
+    memory_gib = math.ceil(estimated_memory(longest, cfg.runtime.precision, cfg.model.names) / GIB)
     if mem is None:
         mem = f"{memory_gib}G"
         log.info("memory per task: %s (planner estimate for the longest target, %d residues, plus headroom)",

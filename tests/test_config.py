@@ -80,7 +80,9 @@ def test_ipex_backend_without_ipex_is_a_clear_error():
 
 
 def test_compile_settings_reach_the_model_options():
-    from af2cpu.pipeline import model_options
+    from af2cpu.model.memory import TargetShape, plan_options
+    from af2cpu.model.presets import get_preset
 
-    options = model_options(compose_config(["runtime.compile=true", "runtime.precision=bf16"]), 50, 10, 10, 0)
+    cfg = compose_config(["runtime.compile=true", "runtime.precision=bf16"])
+    options, _ = plan_options(cfg.runtime, get_preset("model_3_ptm"), TargetShape(50, 10, 10, 0))
     assert options.compile and options.precision == "bf16" and options.compile_cache_dir.endswith("inductor")

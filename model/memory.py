@@ -1,0 +1,342 @@
+"""The memory planner: peak memory of one AlphaFold2 forward pass, and chunk sizes that fit a limit.
+
+Every size comes from the :class:`~af2cpu.model.presets.Architecture` the planner is given (the
+default one, AlphaFold2's, unless a preset's is passed), named as there. Notation: L residues, S MSA
+rows (clustered), Se extra-MSA rows, T templates (a :class:`TargetShape`), b bytes per activation
+(``Precision.nbytes``: 4 for fp32, 2 for bf16), c a chunk size (None = the whole axis);
+c_m = evoformer.msa_channel, c_e = extra_msa.msa_channel, c_z = pair_channel, c_t =
+template.num_channel; P the parameter count (:func:`parameter_count`), F_m = msa_feat_dim,
+F_e = extra_msa_feat_dim, F_t = template.num_pair_features, A = 37 atom types.
+
+    peak = fixed + max over phases (resident(phase) + max over the phase's intermediates)
+
+fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
+             + parameters (P · 4: fp32 master weights, also in bf16 runs)
+             + input features (S·L·F_m·4 + Se·L·F_e·4)
+             + recycled state (L²·c_z·4 + L·c_m·4 + L·A·3·4)
+resident     templates: 2·L²·c_z·b + S·L·c_m·b + T·L²·c_t·b
+             extra_msa: 2·L²·c_z·b + S·L·c_m·b + 2·Se·L·c_e·b
+             evoformer: 2·L²·c_z·b + 2·S·L·c_m·b
+             heads:     L²·c_z·b + S·L·c_m·b
+intermediates (each counted with the module's own input copies and output; st = rows per step,
+the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
+The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Evoformer and
+(Se, c_e) for the extra-MSA stack, with the stack's H = msa_num_head, o = num_outer_channel and
+f = msa_transition_factor:
+  MSA row attention        2·R·L·C·b + L²·c_z·b + 2·H·L²·b + st·(6·L·C + H·L²)·b
+  MSA column attention     2·R·L·C·b + st·7·R·C·b
+  column global attention  st·R·C·4·b + 3·R·L·C·b               (a stack with global_column_attention)
+  outer product mean       R·L·C·b + 4·R·L·o·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+  MSA transition           R·L·C·b + st·(1 + f)·L·C·b
+The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
+template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
+f = pair_transition_factor:
+  triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b
+  triangle multiplication  (3·C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
+  pair transition          L²·C·b + st·(1 + f)·L·C·b
+and
+  embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
+                           extra MSA and pair resident
+  template features        L²·F_t·4 + 2·L²·c_t·b                            one template at a time
+  template point attention c·T·c_t·4·b + 3·L²·c_z·b                         c ≤ L² pairs
+  heads                    2·L²·D·4 (distogram) + L²·E·4 (PAE) + S·L·M·4 (masked MSA) + 3·H_s·L²·4 (IPA)
+                           D, E, M: heads.distogram_num_bins, pae_num_bins, masked_msa_num_output;
+                           H_s: structure_module.num_head
+
+Attention logits never exist whole: the attention kernel computes them block by block, the pair
+bias is read through a broadcast view, and only batch rows with masked keys get a materialised
+bias (the H·L² per step terms, an upper bound). With the default cache blocks (a few MiB per
+step) the per-step terms are small and the whole-tensor terms set the peak, so chunk sizes
+matter only when cache blocking is turned off (``block_bytes=None``).
+The coefficients count the tensors af2cpu.model allocates; they are to be calibrated against measured
+peak RSS (`af2cpu bench`), which is why they live in named constants.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+from af2cpu.common import residue_constants as rc
+from af2cpu.config import Precision
+from af2cpu.errors import Af2CpuError, ConfigError
+from af2cpu.model.options import ChunkSizes, Options, as_precision, embedding_step_rows, triangle_product_rows
+from af2cpu.model.presets import Architecture, EvoformerStackConfig, Preset, get_preset
+from af2cpu.runtime.memory import GIB, parse_memory_limit
+
+DEFAULT_BLOCK_BYTES = Options().block_bytes
+# Calibrated against measured peak RSS (`af2cpu bench --memory`, docs/benchmarks.md, "Memory"):
+# a process holding torch, af2cpu and the inputs measured 0.32 GiB besides the weights; a Dask
+# worker imports a little more.
+RUNTIME_OVERHEAD = 384 << 20
+FP32 = Precision.fp32.nbytes
+AF2_ARCHITECTURE = Architecture()  # what the planner sizes unless given a preset's architecture
+# The preset with every module (templates and the PAE head): its parameter count bounds every preset's.
+_FULLEST_PRESET = "model_1_ptm"
+
+
+class MemoryPlanError(Af2CpuError):
+    """A target cannot fit the memory limit even with the smallest chunks."""
+
+
+@dataclass(frozen=True)
+class TargetShape:
+    """The input sizes of one forward pass that its memory depends on."""
+
+    residues: int
+    msa_rows: int  # clustered MSA rows (msa_feat's)
+    extra_rows: int
+    templates: int
+
+    def __post_init__(self):
+        if self.residues < 1 or self.msa_rows < 1 or self.extra_rows < 0 or self.templates < 0:
+            raise ConfigError(
+                f"memory estimate needs length ≥ 1, MSA rows ≥ 1, extra rows ≥ 0 and templates ≥ 0; got "
+                f"L={self.residues}, S={self.msa_rows}, Se={self.extra_rows}, T={self.templates}"
+            )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak memory and what it is made of."""
+
+    total: int
+    fixed: dict[str, int]
+    phase: str  # the phase whose peak is the overall peak
+    resident: int  # representations alive during that phase
+    largest: tuple[str, int]  # the phase's largest intermediate
+
+    def describe(self) -> str:
+        """One line for logs and errors: the total, its phase and its parts, in GiB."""
+        fixed = ", ".join(f"{name} {value / GIB:.2f}" for name, value in self.fixed.items())
+        return (
+            f"{self.total / GIB:.2f} GiB at the {self.phase} stage: fixed {fixed}; representations "
+            f"{self.resident / GIB:.2f}; largest intermediate {self.largest[0]} {self.largest[1] / GIB:.2f} GiB"
+        )
+
+
+@functools.cache
+def parameter_count(architecture: Architecture) -> int:
+    """Parameters of the network of ``architecture`` with every module (templates and the PAE head),
+    counted on the modules themselves, built on torch's meta device (no memory); memoised."""
+    # torch is imported here, not with this module: the CLI imports the planner and starts without torch.
+    import torch
+
+    from af2cpu.model.alphafold import AlphaFold
+
+    with torch.device("meta"):
+        model = AlphaFold(replace(get_preset(_FULLEST_PRESET), architecture=architecture))
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class _Term:
+    name: str
+    chunk_field: str | None  # the ChunkSizes field that bounds it, None if chunks do not help
+    nbytes: int
+
+
+def _eff(c: int | None, axis: int) -> int:
+    return axis if c is None else max(1, min(c, axis))
+
+
+def _step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> int:
+    """Rows per step of a row loop: the model's own rule, Options.step_rows."""
+    return Options(block_bytes=block).step_rows(chunk, axis, row_bytes)
+
+
+def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transition_factor: int, b: int,
+                      ch: ChunkSizes, block: int | None) -> list[_Term]:
+    """The pair modules of a block on C channels (triangle multiplications of c channels)."""
+    ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
+    tm = _step(ch.triangle_multiplication, L, L * 4 * c * b, block)
+    tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
+    tr = _step(ch.transition, L, L * transition_factor * C * b, block)
+    return [
+        _Term(f"{prefix}triangle attention", "triangle_attention",
+              2 * L * L * C * b + 2 * heads * L * L * b + ta * (L * 7 * C + heads * L * L) * b),
+        _Term(f"{prefix}triangle multiplication", "triangle_multiplication",
+              (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b),
+        _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
+    ]
+
+
+def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int, ch: ChunkSizes,
+               block: int | None, pair: int) -> list[_Term]:
+    """The MSA modules of a block of ``stack`` on R rows (the Evoformer's or the extra stack's)."""
+    C, heads = stack.msa_channel, stack.msa_num_head
+    o, f = stack.num_outer_channel, stack.msa_transition_factor
+    act = R * L * C * b
+    rows = _step(ch.msa_row_attention, R, L * 4 * C * b, block)
+    cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
+    opm = _step(ch.outer_product_mean, L, L * o * o * b, block)
+    tr = _step(ch.transition, R, L * f * C * b, block)
+    if stack.global_column_attention:
+        column = _Term(f"{prefix}MSA column global attention", "msa_column_attention",
+                       cols * R * C * 4 * b + 3 * act)
+    else:
+        column = _Term(f"{prefix}MSA column attention", "msa_column_attention", 2 * act + cols * R * 7 * C * b)
+    return [
+        _Term(f"{prefix}MSA row attention", "msa_row_attention",
+              2 * act + pair + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
+        column,
+        _Term(f"{prefix}outer product mean", "outer_product_mean",
+              act + 4 * R * L * o * b + pair + L * L * FP32 + 2 * opm * L * o * o * b),
+        _Term(f"{prefix}MSA transition", "transition", act + tr * L * (1 + f) * C * b),
+    ]
+
+
+def _evoformer_stack_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, c_z: int, b: int,
+                           ch: ChunkSizes, block: int | None) -> list[_Term]:
+    """Every module of a block of an Evoformer-like ``stack`` on R MSA rows."""
+    return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b)
+            + _pair_stack_terms("", L, c_z, stack.triangle_num_head, stack.num_intermediate_channel,
+                                stack.pair_transition_factor, b, ch, block))
+
+
+def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
+            a: Architecture) -> dict[str, tuple[int, list[_Term]]]:
+    L, S, Se, T = shape.residues, shape.msa_rows, shape.extra_rows, shape.templates
+    c_z, t = a.pair_channel, a.template
+    pair = L * L * c_z * b
+    msa = S * L * a.msa_channel * b
+    extra = Se * L * a.extra_msa.msa_channel * b
+    phases: dict[str, tuple[int, list[_Term]]] = {
+        # The embedders work in fp32 whatever the trunk's precision, a block of rows at a time: the
+        # input embedding's pair, the relative positions, the recycled pair's layer norm and
+        # distogram projection, and their sums, cast into the trunk's dtype block by block.
+        "embeddings": (msa + extra + pair,
+                       [_Term("embeddings and recycling", None,
+                              6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]),
+    }
+    if T:
+        pa = _eff(ch.template_attention, L * L)
+        phases["templates"] = (
+            2 * pair + msa + T * L * L * t.num_channel * b,
+            _pair_stack_terms("template ", L, t.num_channel, t.triangle_num_head, t.num_intermediate_channel,
+                              t.pair_transition_factor, b, ch, block) + [
+                _Term("template features", None,
+                      L * L * t.num_pair_features * FP32 + 2 * L * L * t.num_channel * b),
+                _Term("template point attention", "template_attention",
+                      pa * T * t.num_channel * 4 * b + 3 * L * L * c_z * b),
+            ],
+        )
+    if Se:
+        phases["extra_msa"] = (2 * pair + msa + 2 * extra,
+                               _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block))
+    phases["evoformer"] = (2 * pair + 2 * msa,
+                           _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block))
+    h = a.heads
+    # The PAE head is counted whether the preset has it or not: an upper bound, as the parameters are.
+    phases["heads"] = (
+        pair + msa,
+        [_Term("heads and structure module", None,
+               (2 * h.distogram_num_bins + h.pae_num_bins) * L * L * FP32
+               + S * L * h.masked_msa_num_output * FP32 + 3 * a.structure_module.num_head * L * L * FP32)],
+    )
+    return phases
+
+
+def _fixed(shape: TargetShape, a: Architecture) -> dict[str, int]:
+    L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
+    return {
+        "runtime": RUNTIME_OVERHEAD,
+        # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
+        "parameters": parameter_count(a) * FP32,
+        "features": S * L * a.msa_feat_dim * FP32 + Se * L * a.extra_msa_feat_dim * FP32,
+        "recycling": (L * L * a.pair_channel * FP32 + L * a.msa_channel * FP32
+                      + L * rc.atom_type_num * 3 * FP32),
+    }
+
+
+def _estimate(shape: TargetShape, b: int, chunks: ChunkSizes, block: int | None,
+              a: Architecture) -> tuple[MemoryEstimate, _Term]:
+    fixed = _fixed(shape, a)
+    best: tuple[MemoryEstimate, _Term] | None = None
+    for phase, (resident, terms) in _phases(shape, b, chunks, block, a).items():
+        top = max(terms, key=lambda t: t.nbytes)
+        total = sum(fixed.values()) + resident + top.nbytes
+        if best is None or total > best[0].total:
+            best = (MemoryEstimate(total, fixed, phase, resident, (top.name, top.nbytes)), top)
+    return best
+
+
+def estimate_peak_memory(
+    shape: TargetShape,
+    precision: Precision | str,
+    chunks: ChunkSizes | None = None,
+    block_bytes: int | None = DEFAULT_BLOCK_BYTES,
+    architecture: Architecture = AF2_ARCHITECTURE,
+) -> MemoryEstimate:
+    """Predicted peak bytes of one forward pass (one recycle) of ``architecture`` on inputs of
+    ``shape``, with the given chunk sizes and cache blocks (``Options.block_bytes``); see the module
+    docstring for the formula."""
+    b = as_precision(precision).nbytes
+    return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture)[0]
+
+
+def _axis(field: str, shape: TargetShape) -> int:
+    """The longest axis a chunk field slices (its value beyond that changes nothing)."""
+    L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
+    return {
+        "msa_row_attention": max(S, Se),
+        "msa_column_attention": L,
+        "triangle_attention": L,
+        "template_attention": L * L,
+        "outer_product_mean": L,
+        "triangle_multiplication": L,
+        "transition": max(S, Se, L),
+    }[field]
+
+
+def choose_chunks(
+    limit: int, shape: TargetShape, precision: Precision | str, block_bytes: int | None = DEFAULT_BLOCK_BYTES,
+    architecture: Architecture = AF2_ARCHITECTURE,
+) -> tuple[ChunkSizes, MemoryEstimate]:
+    """The largest chunk sizes (powers of two, or unchunked) whose estimated peak fits `limit`.
+
+    Starting unchunked, the chunk size of the largest intermediate at the peak is halved until the
+    estimate fits. Raises MemoryPlanError with the numbers when the smallest chunks do not fit.
+    """
+    b = as_precision(precision).nbytes
+    chunks = ChunkSizes()
+    while True:
+        estimate, top = _estimate(shape, b, chunks, block_bytes, architecture)
+        if estimate.total <= limit:
+            return chunks, estimate
+        field = top.chunk_field
+        if field is not None:
+            # Chunks help only if the smallest chunk brings this intermediate under the limit.
+            floor, floor_top = _estimate(shape, b, replace(chunks, **{field: 1}), block_bytes, architecture)
+            if floor.total > limit and floor_top.name == top.name:
+                estimate, field = floor, None
+        if field is None:
+            raise MemoryPlanError(
+                f"a target of {shape.residues} residues with {shape.msa_rows} MSA rows, {shape.extra_rows} "
+                f"extra MSA rows and {shape.templates} templates needs {estimate.describe()}, and chunking "
+                f"cannot make {top.name} small enough; the memory limit is {limit / GIB:.2f} GiB. Use "
+                "runtime.precision=bf16, fewer MSA rows, or more memory (runtime.memory_limit)"
+            )
+        current = getattr(chunks, field) or _axis(field, shape)
+        smaller = 1 << ((current - 1).bit_length() - 1)  # the largest power of two below `current`
+        chunks = replace(chunks, **{field: smaller})
+
+
+def plan_options(runtime, preset: Preset, shape: TargetShape,
+                 limit: int | None = None) -> tuple[Options, MemoryEstimate]:
+    """The network's run options for one target, and the planner's estimate of its peak memory.
+
+    ``runtime`` is the ``runtime`` config section (its precision, memory_limit, compile and
+    compile_cache_dir: a DictConfig or an :class:`af2cpu.config.RuntimeConfig`), ``preset`` the model
+    (its architecture sizes the estimate), ``shape`` the target's input sizes and ``limit`` the memory
+    limit in bytes (default: ``runtime.memory_limit``). The chunk sizes are the largest that fit;
+    raises MemoryPlanError when none do.
+    """
+    if limit is None:
+        limit = parse_memory_limit(str(runtime.memory_limit))
+    compiled = bool(runtime.compile)
+    options = Options(precision=runtime.precision, compile=compiled,
+                      compile_cache_dir=str(runtime.compile_cache_dir) if compiled else None)
+    chunks, estimate = choose_chunks(limit, shape, options.precision, options.cache_block_bytes,
+                                     preset.architecture)
+    return replace(options, chunks=chunks), estimate

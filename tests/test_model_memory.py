@@ -1,0 +1,150 @@
+"""The memory planner: the peak-memory model, the choice of chunk sizes, the run options it derives,
+and the sizes it reads from the preset's architecture."""
+
+import dataclasses
+
+import pytest
+import torch
+from test_model_architecture import VARIANT
+
+from af2cpu.config import Precision, RuntimeConfig
+from af2cpu.errors import ConfigError
+from af2cpu.model.alphafold import AlphaFold
+from af2cpu.model.memory import (
+    MemoryPlanError,
+    TargetShape,
+    choose_chunks,
+    estimate_peak_memory,
+    parameter_count,
+    plan_options,
+)
+from af2cpu.model.options import ChunkSizes
+from af2cpu.model.params import random_params
+from af2cpu.model.presets import Architecture, get_preset
+from af2cpu.runtime.memory import GIB
+
+A = Architecture()
+
+
+def test_estimate_never_shrinks_with_a_larger_problem_and_grows_with_length():
+    base = {"residues": 256, "msa_rows": 128, "extra_rows": 1024, "templates": 4}
+    reference = estimate_peak_memory(TargetShape(**base), "fp32").total
+    for name, bigger in [("msa_rows", 512), ("extra_rows", 4096), ("templates", 8)]:
+        assert estimate_peak_memory(TargetShape(**{**base, name: bigger}), "fp32").total >= reference, name
+    assert estimate_peak_memory(TargetShape(**{**base, "residues": 384}), "fp32").total > reference
+    assert estimate_peak_memory(TargetShape(**{**base, "extra_rows": 5120}), "fp32").phase == "extra_msa"
+    assert estimate_peak_memory(TargetShape(**base), Precision.bf16).total < reference
+
+
+def test_short_target_is_dominated_by_runtime_and_parameters():
+    estimate = estimate_peak_memory(TargetShape(16, 4, 0, 0), "fp32")
+    assert estimate.fixed["parameters"] == parameter_count(A) * 4
+    assert estimate.total < estimate.fixed["runtime"] + estimate.fixed["parameters"] + (64 << 20)
+
+
+def test_cache_blocks_keep_attention_logits_from_ever_existing_whole():
+    L = 1000
+    shape = TargetShape(L, 16, 0, 0)
+    # Without cache blocks or chunks, a masked batch row's bias makes triangle attention cubic...
+    unblocked = estimate_peak_memory(shape, "bf16", block_bytes=None)
+    assert unblocked.largest[0] == "triangle attention"
+    assert unblocked.largest[1] >= A.evoformer.triangle_num_head * L**3 * 2  # the H·L³ logits
+    chunked = estimate_peak_memory(shape, "bf16", ChunkSizes(triangle_attention=64), block_bytes=None)
+    assert chunked.total < unblocked.total
+    # ...with the default cache blocks every intermediate is quadratic: 1000 residues in bf16 fit
+    # 6 GiB without any chunk, and doubling the length roughly quadruples the length-dependent part.
+    blocked = estimate_peak_memory(shape, "bf16")
+    assert blocked.largest[0] != "triangle attention" and blocked.total < unblocked.total / 2
+    chunks, _ = choose_chunks(6 * GIB, TargetShape(L, 64, 256, 0), "bf16")
+    assert chunks == ChunkSizes()
+    fixed = sum(blocked.fixed.values())
+    doubled = estimate_peak_memory(TargetShape(2 * L, 16, 0, 0), "bf16")
+    assert 3.5 < (doubled.total - sum(doubled.fixed.values())) / (blocked.total - fixed) < 4.5
+
+
+def test_everything_fits_unchunked_under_a_generous_limit():
+    chunks, estimate = choose_chunks(64 * GIB, TargetShape(128, 64, 256, 4), "fp32")
+    assert chunks == ChunkSizes()
+    assert estimate.total <= 64 * GIB
+
+
+@pytest.mark.parametrize("limit_gib, length, precision",
+                         [(4, 512, "fp32"), (6, 1000, "bf16"), (3, 384, "bf16")])
+def test_chosen_chunks_fit_and_are_the_largest_that_do(limit_gib, length, precision):
+    # Chunks matter when cache blocking is off (block_bytes=None): then they bound every loop.
+    limit = limit_gib * GIB
+    shape = TargetShape(length, 256, 1024, 4)
+    chunks, estimate = choose_chunks(limit, shape, precision, block_bytes=None)
+    assert estimate.total <= limit
+    assert estimate == estimate_peak_memory(shape, precision, chunks, block_bytes=None)
+    chunked = {f.name: getattr(chunks, f.name) for f in dataclasses.fields(chunks) if getattr(chunks, f.name)}
+    assert chunked, "a tight limit that needed no chunks proves nothing"
+    for name, size in chunked.items():
+        doubled = dataclasses.replace(chunks, **{name: size * 2})
+        assert estimate_peak_memory(shape, precision, doubled, block_bytes=None).total > limit, \
+            f"{name}={size} could be larger"
+
+
+def test_target_that_cannot_fit_fails_with_the_numbers():
+    with pytest.raises(MemoryPlanError) as failure:
+        choose_chunks(2 * GIB, TargetShape(3000, 512, 5120, 4), "fp32")
+    message = str(failure.value)
+    assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 4 templates" in message
+    assert "the memory limit is 2.00 GiB" in message
+    assert "triangle multiplication" in message and "runtime.precision=bf16" in message
+
+
+def test_bad_shape_or_precision_is_a_config_error():
+    with pytest.raises(ConfigError, match="length ≥ 1"):
+        TargetShape(0, 1, 0, 0)
+    with pytest.raises(ConfigError, match="precision 'fp16' is not available"):
+        estimate_peak_memory(TargetShape(10, 1, 0, 0), "fp16")
+
+
+def test_plan_options_carries_the_runtime_settings_and_the_chunks_that_fit():
+    runtime = RuntimeConfig(precision=Precision.bf16, memory_limit="3G", compile=True, compile_cache_dir="/c")
+    shape = TargetShape(384, 256, 1024, 4)
+    options, estimate = plan_options(runtime, get_preset("model_1_ptm"), shape)
+    assert options.precision is Precision.bf16 and options.compile and options.compile_cache_dir == "/c"
+    # Compiled blocks run without cache blocks, so a tight limit needs chunks; they are the planner's.
+    want = choose_chunks(3 * GIB, shape, "bf16", block_bytes=None)
+    assert (options.chunks, estimate) == want and options.chunks != ChunkSizes()
+    # An explicit limit overrides runtime.memory_limit; the compile cache is only for compiled runs.
+    eager, _ = plan_options(dataclasses.replace(runtime, compile=False), get_preset("model_1_ptm"), shape,
+                            64 * GIB)
+    assert eager.chunks == ChunkSizes() and eager.compile_cache_dir is None
+    with pytest.raises(MemoryPlanError):
+        plan_options(runtime, get_preset("model_1_ptm"), shape, 1 * GIB)
+
+
+# --- the planner reads the architecture -----------------------------------------------------------
+
+
+def test_parameter_count_is_what_random_params_fill():
+    with torch.device("meta"):
+        model = AlphaFold(VARIANT)
+    assert parameter_count(VARIANT.architecture) == sum(v.size for v in random_params(model).values())
+
+
+def test_a_smaller_architecture_needs_less_memory():
+    shape = TargetShape(256, 64, 512, 4)
+    standard = estimate_peak_memory(shape, "fp32")
+    small = estimate_peak_memory(shape, "fp32", architecture=VARIANT.architecture)
+    assert small.total < standard.total
+    assert all(small.fixed[k] < standard.fixed[k] for k in ("parameters", "recycling"))
+    assert small.resident < standard.resident and small.largest[1] < standard.largest[1]
+
+
+def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
+    L, b = 256, 4
+    shape = TargetShape(L, 16, 0, 0)  # a shallow MSA: the pair sets the peak, in the Evoformer stack
+    wide = dataclasses.replace(A, pair_channel=2 * A.pair_channel)
+    before = estimate_peak_memory(shape, "fp32")
+    after = estimate_peak_memory(shape, "fp32", architecture=wide)
+    assert before.phase == after.phase == "evoformer"
+    # The recycled pair (fp32) and the two pair tensors alive in a block grow by one pair each.
+    pair = L * L * A.pair_channel
+    assert after.fixed["recycling"] - before.fixed["recycling"] == pair * 4
+    assert after.resident - before.resident == 2 * pair * b
+    assert after.fixed["parameters"] > before.fixed["parameters"]
+    assert after.largest[0] == before.largest[0] and after.largest[1] > before.largest[1]
