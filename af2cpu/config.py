@@ -2,23 +2,28 @@
 
 Every section is a structured config, so an unknown or misspelled key is an error (naming the valid
 keys), never a new setting. `compose_config(["db=full", "db.root=/data/af2"])` is how the CLI and the
-Python API build a config.
+Python API build a config. Choices are :class:`ConfigEnum` members, which read as the plain strings
+they name. The ``db`` section is derived from the database catalogue (``af2cpu.databases``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from af2cpu.data import DATA_DIR
+from af2cpu.databases import DATABASES
 from af2cpu.errors import ConfigError
-from af2cpu.model.config import ModelConfig
-from af2cpu.relax.config import RelaxConfig
-from af2cpu.scheduler.config import SchedulerConfig
 
 
 class ConfigEnum(str, Enum):
@@ -36,26 +41,17 @@ class DbPreset(ConfigEnum):
     mini = "mini"
 
 
-@dataclass
-class DatabaseConfig:
-    """Genetic and structural databases, laid out as AlphaFold2's download scripts lay them out.
+DatabaseConfig = make_dataclass(
+    "DatabaseConfig",
+    [("preset", DbPreset, field(default=DbPreset.mini)), ("root", str, field(default=MISSING))]
+    + [(db.name, str, field(default=f"${{.root}}/{db.path}")) for db in DATABASES],
+)
+DatabaseConfig.__doc__ = """Genetic and structural databases, laid out as AlphaFold2's download scripts lay them out.
 
-    Paths are relative to `root` unless overridden one by one. HH-suite databases (bfd, uniref30,
-    pdb70) are given as the prefix of their ffindex files, as hhblits/hhsearch take them.
-    """
-
-    preset: DbPreset = DbPreset.mini
-    root: str = MISSING
-    uniref90: str = "${.root}/uniref90/uniref90.fasta"
-    mgnify: str = "${.root}/mgnify/mgy_clusters_2022_05.fa"
-    bfd: str = "${.root}/bfd/bfd_metaclust_clu_complete_id30_c90_final_seq.sorted_opt"
-    uniref30: str = "${.root}/uniref30/UniRef30_2021_03"
-    small_bfd: str = "${.root}/small_bfd/bfd-first_non_consensus_sequences.fasta"
-    pdb70: str = "${.root}/pdb70/pdb70"
-    template_mmcif_dir: str = "${.root}/pdb_mmcif/mmcif_files"
-    obsolete_pdbs: str = "${.root}/pdb_mmcif/obsolete.dat"
-    pdb_seqres: str = "${.root}/pdb_seqres/pdb_seqres.txt"
-    uniprot: str = "${.root}/uniprot/uniprot.fasta"
+One path per entry of the database catalogue (af2cpu.databases), relative to `root` unless overridden one
+by one. HH-suite databases (bfd, uniref30, pdb70) are given as the prefix of their ffindex files, as
+hhblits/hhsearch take them.
+"""
 
 
 class Precision(ConfigEnum):
@@ -79,7 +75,7 @@ class Backend(ConfigEnum):
 class RuntimeConfig:
     """One place for runtime options: threads, precision, memory, compilation."""
 
-    threads: int = 0  # 0 = every core in this process's affinity mask
+    threads: int = 0  # threads of one model instance; 0 = every CPU of the worker (or process) running it
     precision: Precision = Precision.fp32
     memory_limit: str = "auto"  # "auto" (available RAM), bytes, or e.g. "16G"
     compile: bool = False  # torch.compile of the repeated blocks (inductor), cached across runs
@@ -104,6 +100,88 @@ class OutputConfig:
     features_pkl: bool = False  # also features.pkl, for tools that read AlphaFold2's pickle
 
 
+MONOMER_PTM_PRESETS = ["model_1_ptm", "model_2_ptm", "model_3_ptm", "model_4_ptm", "model_5_ptm"]
+
+
+@dataclass
+class ModelConfig:
+    """Which model presets run (``af2cpu.model.presets``) and the recycling schedule."""
+
+    names: list[str] = field(default_factory=lambda: list(MONOMER_PTM_PRESETS))
+    num_recycle: int = 3
+    # Stop recycling early when the mean change of Cα distances (Å) falls below this; 0 disables.
+    recycle_early_stop_tolerance: float = 0.0
+
+
+class RelaxMode(ConfigEnum):
+    """Which models are relaxed: the best ranked one, all of them, or none."""
+
+    best = "best"
+    all = "all"
+    none = "none"
+
+    def count(self, num_models: int) -> int:
+        """How many of ``num_models`` ranked models are relaxed (the best ``count`` of them)."""
+        return {RelaxMode.best: min(1, num_models), RelaxMode.all: num_models, RelaxMode.none: 0}[self]
+
+
+@dataclass
+class RelaxConfig:
+    """AlphaFold2's relaxation protocol settings (defaults are AlphaFold2's)."""
+
+    mode: RelaxMode = RelaxMode.best
+    stiffness: float = 10.0  # kcal/mol/Å², harmonic restraints on heavy atoms
+    # AlphaFold2's "energy tolerance 2.39 kcal/mol", which OpenMM reads as an RMS force of
+    # 2.39 kcal/mol/Å (= 100 kJ/mol/nm); see af2cpu.relax.amber.
+    tolerance: float = 2.39
+    max_iterations: int = 0  # L-BFGS steps per minimisation; 0 = until converged
+    max_outer_iterations: int = 3  # minimisation rounds while violations remain
+    max_attempts: int = 100  # minimisation attempts per round before the relaxation fails
+    timeout_s: float = 600.0  # wall-clock limit of one relaxation; then the unrelaxed structure is kept
+    threads: int = 0  # OpenMM CPU threads; 0 = the allotment of the worker running it
+
+
+class ClusterKind(ConfigEnum):
+    local = "local"
+    slurm = "slurm"
+    pbs = "pbs"
+
+
+@dataclass
+class SchedulerConfig:
+    """Where tasks run. `address` attaches to a running Dask scheduler instead of starting one."""
+
+    kind: ClusterKind = ClusterKind.local
+    address: str | None = None
+    n_workers: int = 0  # 0 = planned from the CPU topology (and runtime.threads)
+    retries: int = 1
+    threads_per_worker: int = 0  # 0 = runtime.threads if set, else planned from the CPU topology
+    connect_timeout: float = 10.0  # seconds to reach `address` before giving up
+    # scheduler=slurm | pbs (dask-jobqueue): what each batch job asks for; every job runs `processes`
+    # Dask workers sharing its `cores` and `memory`.
+    queue: str | None = None  # SLURM partition / PBS queue; None = the batch system's default
+    account: str | None = None
+    walltime: str = "04:00:00"
+    cores: int = 4
+    memory: str = "16GiB"
+    processes: int = 1
+    job_directives: list[str] = field(default_factory=list)  # extra #SBATCH / #PBS lines, e.g. "--qos=long"
+    log_directory: str | None = None  # the jobs' stdout/stderr; None = the submission folder
+    adapt_minimum: int = 1  # jobs kept while the batch runs (at least one, to learn the workers' size)
+    adapt_maximum: int = 4  # jobs the batch may grow to while tasks wait
+    # Address the jobqueue scheduler listens on; None = the host's first network interface, which
+    # worker jobs on other nodes can reach. 127.0.0.1 keeps a one-node set-up on loopback.
+    host: str | None = None
+    worker_wait: float = 3600.0  # seconds to wait for the first worker job to start (queueing included)
+
+
+class Params(ConfigEnum):
+    """Where the model weights come from."""
+
+    official = "official"  # DeepMind's params_model_*.npz in params_dir
+    random = "random"  # untrained random weights in the official format, for smoke runs
+
+
 @dataclass
 class Config:
     """The whole af2cpu configuration."""
@@ -117,20 +195,18 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     # Where official params_model_*.npz live; AF2CPU_PARAMS_DIR overrides the default cache folder.
     params_dir: str = "${oc.env:AF2CPU_PARAMS_DIR,${af2cpu_cache:params}}"
-    # "official" reads params_dir; "random" makes untrained weights for smoke runs.
-    params: str = "official"
+    params: Params = Params.official
     random_seed: int = 0
     max_template_date: str = "2100-01-01"
 
 
-def _cache_dir(sub: str) -> str:
+def cache_dir(sub: str) -> str:
+    """af2cpu's folder ``sub`` in the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "af2cpu", sub)
 
 
 def _data_dir(sub: str) -> str:
-    from af2cpu.data import DATA_DIR
-
     return str(DATA_DIR / sub)
 
 
@@ -142,9 +218,7 @@ def register_configs() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from hydra.core.config_store import ConfigStore
-
-    OmegaConf.register_new_resolver("af2cpu_cache", _cache_dir, replace=True)
+    OmegaConf.register_new_resolver("af2cpu_cache", cache_dir, replace=True)
     OmegaConf.register_new_resolver("af2cpu_data", _data_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
@@ -203,11 +277,6 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose the configuration with Hydra `key=value` overrides; raise ConfigError if invalid."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     overrides = list(overrides or [])
     register_configs()
     GlobalHydra.instance().clear()

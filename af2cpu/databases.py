@@ -1,32 +1,49 @@
-"""The database layout: which files each preset needs and whether they are there.
+"""The database catalogue: every database af2cpu can read, its place in the official layout, its files.
 
-HH-suite databases are ffindex pairs under a prefix (``<prefix>_a3m.ffdata`` ...); FASTA databases
-are single files. ``check_databases`` is what `af2cpu doctor` and `af2cpu db check` report.
+One :class:`Database` entry per database says where AlphaFold2's download scripts put it under the
+database root and what it is made of: a FASTA or text file, an HH-suite ffindex database (files
+``<prefix>_<part>.ffdata``/``.ffindex``), or a folder of mmCIF files. The ``db`` section of the
+configuration is derived from this list (``af2cpu.config.DatabaseConfig``: one path per entry), and
+:func:`check_databases` is what `af2cpu doctor` and `af2cpu db check` report. Which databases a run
+needs is decided by the searches it makes (``af2cpu.preprocessing.searches.required_databases``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
 
-# Which databases a monomer run needs, per preset (AlphaFold2's run_alphafold.py requirements).
-REQUIRED = {
-    "full": ["uniref90", "mgnify", "bfd", "uniref30", "pdb70", "template_mmcif_dir", "obsolete_pdbs"],
-    "reduced": ["uniref90", "mgnify", "small_bfd", "pdb70", "template_mmcif_dir", "obsolete_pdbs"],
-    "mini": ["uniref90", "mgnify", "bfd", "uniref30", "pdb70", "template_mmcif_dir", "obsolete_pdbs"],
-}
-# Used by multimer presets only; reported but not required for monomer prediction.
-OPTIONAL = ["pdb_seqres", "uniprot"]
+@dataclass(frozen=True)
+class Database:
+    """One database of the official layout."""
 
-# ffindex parts each HH-suite database must have (hhsearch needs the HMMs of PDB70).
-HH_PARTS = {
-    "bfd": ["a3m", "cs219"],
-    "uniref30": ["a3m", "cs219"],
-    "pdb70": ["a3m", "hhm", "cs219"],
-}
+    name: str  # the key in the ``db`` config section
+    path: str  # relative to the database root, as AlphaFold2's download scripts lay it out
+    kind: str = "file"  # "file" | "hh" (an ffindex prefix) | "mmcif_dir"
+    hh_parts: tuple[str, ...] = ()  # the ffindex parts an "hh" database must have
+    may_be_empty: bool = False  # e.g. obsolete.dat of a fresh PDB mirror
+    about: str = ""
+
+
+DATABASES: tuple[Database, ...] = (
+    Database("uniref90", "uniref90/uniref90.fasta", about="UniRef90 (jackhmmer)"),
+    Database("mgnify", "mgnify/mgy_clusters_2022_05.fa", about="MGnify clusters (jackhmmer)"),
+    Database("bfd", "bfd/bfd_metaclust_clu_complete_id30_c90_final_seq.sorted_opt", "hh", ("a3m", "cs219"),
+             about="BFD (hhblits)"),
+    Database("uniref30", "uniref30/UniRef30_2021_03", "hh", ("a3m", "cs219"), about="UniRef30 (hhblits)"),
+    Database("small_bfd", "small_bfd/bfd-first_non_consensus_sequences.fasta",
+             about="small BFD (jackhmmer, reduced_dbs)"),
+    Database("pdb70", "pdb70/pdb70", "hh", ("a3m", "hhm", "cs219"), about="PDB70 (hhsearch templates)"),
+    Database("template_mmcif_dir", "pdb_mmcif/mmcif_files", "mmcif_dir", about="PDB mmCIF files (templates)"),
+    Database("obsolete_pdbs", "pdb_mmcif/obsolete.dat", may_be_empty=True, about="obsolete PDB entries"),
+    Database("pdb_seqres", "pdb_seqres/pdb_seqres.txt", about="PDB SEQRES (hmmsearch templates, multimer)"),
+    Database("uniprot", "uniprot/uniprot.fasta", about="UniProt (MSA pairing, multimer)"),
+)
+CATALOGUE: dict[str, Database] = {db.name: db for db in DATABASES}
 
 
 @dataclass(frozen=True)
@@ -42,43 +59,46 @@ class DbStatus:
 
 def database_files(name: str, path: str) -> list[Path]:
     """The files that make up database `name` configured at `path`."""
-    if name in HH_PARTS:
-        return [Path(f"{path}_{part}.{ext}") for part in HH_PARTS[name] for ext in ("ffdata", "ffindex")]
+    db = CATALOGUE[name]
+    if db.kind == "hh":
+        return [Path(f"{path}_{part}.{ext}") for part in db.hh_parts for ext in ("ffdata", "ffindex")]
     return [Path(path)]
 
 
-def _problem(name: str, path: str) -> str:
-    if name == "template_mmcif_dir":
-        p = Path(path)
-        if not p.is_dir():
-            return f"directory {p} is missing"
-        if not any(p.glob("*.cif")):
-            return f"directory {p} has no .cif files"
+def database_problem(name: str, path: str) -> str:
+    """What is wrong with database `name` at `path` ("" when it is usable)."""
+    db = CATALOGUE[name]
+    if db.kind == "mmcif_dir":
+        folder = Path(path)
+        if not folder.is_dir():
+            return f"directory {folder} is missing"
+        if not any(folder.glob("*.cif")):
+            return f"directory {folder} has no .cif files"
         return ""
     for file in database_files(name, path):
         if not file.is_file():
             return f"file {file} is missing"
         if not os.access(file, os.R_OK):
             return f"file {file} is not readable"
-        if file.stat().st_size == 0 and file.suffix != ".dat":
+        if file.stat().st_size == 0 and not db.may_be_empty:
             return f"file {file} is empty"
     return ""
 
 
-def check_databases(db: DictConfig) -> list[DbStatus]:
-    """Status of every database of the configured preset (required ones first)."""
-    preset = str(db.preset.value if hasattr(db.preset, "value") else db.preset)
-    required = REQUIRED[preset]
+def check_databases(db: Mapping[str, Any], required: Collection[str]) -> list[DbStatus]:
+    """Status of every catalogued database configured in ``db`` (the ``db`` config section), the
+    ``required`` ones first."""
+    order = [d.name for d in DATABASES if d.name in required] + [d.name for d in DATABASES if d.name not in required]
     statuses = []
-    for name in required + [n for n in OPTIONAL if n not in required]:
+    for name in order:
         path = str(db[name])
-        problem = _problem(name, path)
+        problem = database_problem(name, path)
         statuses.append(DbStatus(name, path, name in required, not problem, problem))
     return statuses
 
 
 def fix_hint(preset: str) -> str:
-    """What to do when required databases are missing."""
+    """What to do when required databases of database preset `preset` are missing."""
     if preset == "mini":
         return "the bundled mini databases are incomplete: reinstall af2cpu (pip install --force-reinstall af2cpu)"
     return (

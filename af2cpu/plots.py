@@ -14,7 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from af2cpu.outputs import PLDDT_BANDS, atomic_write_bytes
+from af2cpu.formats import PLDDT_BANDS
+from af2cpu.io import atomic_write_bytes
 
 # Index of the gap in AlphaFold2's MSA alphabet (20 amino acids, X, gap).
 MSA_GAP = 21

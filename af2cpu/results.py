@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from af2cpu import outputs, plots
+from af2cpu import plots
 from af2cpu.common import protein
 from af2cpu.errors import InputError
+from af2cpu.io import load_features_npz, load_result_npz
+from af2cpu.layout import BatchDir, TargetDir
 from af2cpu.preprocessing import parsers
+from af2cpu.preprocessing.searches import SEARCHES
+from af2cpu.summary import TargetSummary
 
-# The files that make a folder an af2cpu (or AlphaFold2) target folder; any one is enough.
-_TARGET_MARKERS = ("features.npz", "ranking_debug.json", "timings.json", "msas")
-_RESULT_NPZ = re.compile(r"^result_(?P<model>.+)\.npz$")
-_RESULT_PKL = re.compile(r"^result_.+\.pkl$")
-_STRUCTURE_FILE = re.compile(r"^(?P<stem>(?:ranked_\d+|unrelaxed_.+|relaxed_.+))\.pdb$")
 _MSA_SUFFIXES = (".sto", ".a3m")
 
 
@@ -72,23 +71,22 @@ class TargetResult:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.target_id = self.path.name
-        self._result_files = {
-            m.group("model"): p for p in self.path.iterdir() if (m := _RESULT_NPZ.match(p.name))
-        }
+        self.folder = TargetDir(path)
+        self.path = self.folder.path
+        self.target_id = self.folder.id
+        self._result_files = self.folder.result_files()
 
     # --- ranking, timings ------------------------------------------------------------------
 
     @functools.cached_property
     def ranking(self) -> dict[str, Any] | None:
         """``ranking_debug.json`` as a dict, or None when the run has not ranked yet."""
-        return self._read_json("ranking_debug.json")
+        return self._read_json(self.folder.ranking_debug)
 
     @functools.cached_property
     def timings(self) -> dict[str, Any] | None:
         """``timings.json``: ``{stage: {"start", "end", "duration"}}`` in seconds, or None."""
-        return self._read_json("timings.json")
+        return self._read_json(self.folder.timings)
 
     @property
     def untrained_params(self) -> bool:
@@ -120,8 +118,8 @@ class TargetResult:
     @functools.cached_property
     def features(self) -> dict[str, np.ndarray] | None:
         """The raw features (``features.npz``), or None."""
-        path = self.path / "features.npz"
-        return outputs.load_features_npz(path) if path.is_file() else None
+        path = self.folder.features
+        return load_features_npz(path) if path.is_file() else None
 
     @functools.cached_property
     def sequence(self) -> str | None:
@@ -139,23 +137,30 @@ class TargetResult:
         Rows are aligned to the query: insertions removed, gaps as '-'. Each file is parsed on first
         access.
         """
-        folder = self.path / "msas"
+        folder = self.folder.msas
         names = sorted(p.name for p in folder.iterdir() if p.suffix in _MSA_SUFFIXES) if folder.is_dir() else []
         return LazyMapping(names, lambda name: _read_msa_sequences(folder / name))
 
     @functools.cached_property
     def template_hits(self) -> list[parsers.TemplateHit]:
-        """Template hits of ``msas/pdb_hits.hhr`` (``TemplateHit``: name, sum_probs, alignment), or []."""
-        path = self.path / "msas" / "pdb_hits.hhr"
-        if not path.is_file():
-            return []
-        return parsers.read_hhr(path)
+        """Template hits of the hhsearch result in ``msas/`` (``TemplateHit``: name, sum_probs,
+        alignment), or []."""
+        path = self._template_hits_file
+        return parsers.read_hhr(path) if path is not None else []
+
+    @property
+    def _template_hits_file(self) -> Path | None:
+        for search in SEARCHES.values():
+            path = self.folder.msas / search.output
+            if search.template_hits == "hhr" and path.is_file():
+                return path
+        return None
 
     # --- model outputs -----------------------------------------------------------------------
 
     def result(self, model: str) -> dict[str, Any]:
         """The whole output dict of ``model`` (as saved in ``result_<model>.npz``)."""
-        return outputs.load_result_npz(self._result_path(model))
+        return load_result_npz(self._result_path(model))
 
     def _result_path(self, model: str) -> Path:
         if model not in self._result_files:
@@ -179,7 +184,7 @@ class TargetResult:
     def _scores(self) -> dict[str, dict[str, Any]]:
         # The small per-model values; PAE and representations load only when asked for.
         keys = ["plddt", "ptm", "iptm", "ranking_confidence", "max_predicted_aligned_error"]
-        return {m: outputs.load_result_npz(path, keys) for m, path in self._result_files.items()}
+        return {m: load_result_npz(path, keys) for m, path in self._result_files.items()}
 
     def _score(self, key: str) -> dict[str, Any]:
         return {m: self._scores[m][key] for m in self.model_names if key in self._scores[m]}
@@ -206,7 +211,7 @@ class TargetResult:
         Each model's matrix loads on first access.
         """
         key = "predicted_aligned_error"
-        return LazyMapping(self._models_with(key), lambda m: outputs.load_result_npz(self._result_path(m), [key])[key])
+        return LazyMapping(self._models_with(key), lambda m: load_result_npz(self._result_path(m), [key])[key])
 
     @functools.cached_property
     def representations(self) -> Mapping[str, dict[str, np.ndarray]]:
@@ -215,7 +220,7 @@ class TargetResult:
         A model whose result has no representations is not a key; each loads on first access.
         """
         key = "representations"
-        return LazyMapping(self._models_with(key), lambda m: outputs.load_result_npz(self._result_path(m), [key])[key])
+        return LazyMapping(self._models_with(key), lambda m: load_result_npz(self._result_path(m), [key])[key])
 
     @functools.cached_property
     def structures(self) -> Mapping[str, Any]:
@@ -223,11 +228,8 @@ class TargetResult:
 
         Every PDB the run wrote, parsed on first access; ranked ones first, in rank order.
         """
-        stems = sorted(
-            (m.group("stem") for p in self.path.glob("*.pdb") if (m := _STRUCTURE_FILE.match(p.name))),
-            key=_numeric_suffix_key,
-        )
-        return LazyMapping(stems, lambda stem: _read_protein(self.path / f"{stem}.pdb"))
+        files = self.folder.structure_files()
+        return LazyMapping(sorted(files, key=_numeric_suffix_key), lambda stem: _read_protein(files[stem]))
 
     def structure_path(self, model: str | None = None) -> Path:
         """The PDB to look at for ``model``: relaxed if there is one, else unrelaxed.
@@ -236,16 +238,16 @@ class TargetResult:
         """
         candidates = []
         if model is None:
-            candidates.append(self.path / "ranked_0.pdb")
+            candidates.append(self.folder.ranked(0)[0])
             model = self.best_model
         if model is not None:
-            candidates += [self.path / f"relaxed_{model}.pdb", self.path / f"unrelaxed_{model}.pdb"]
+            candidates += [self.folder.relaxed(model), self.folder.unrelaxed(model)]
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
         raise FileNotFoundError(
             f"{self.path} has no structure for {model or 'any model'}: expected one of "
-            f"{', '.join(c.name for c in candidates) or 'ranked_0.pdb'}"
+            f"{', '.join(c.name for c in candidates) or self.folder.ranked(0)[0].name}"
         )
 
     # --- plots and views ---------------------------------------------------------------------
@@ -275,7 +277,7 @@ class TargetResult:
     def view(self, model: str | None = None, width: int = 640, height: int = 480):
         """A py3Dmol 3-D view coloured by pLDDT (B-factor); prints how to install py3Dmol if absent."""
         try:
-            import py3Dmol
+            import py3Dmol  # deferred: an optional dependency (the notebook extra)
         except ImportError:
             print("view() needs py3Dmol: pip install py3Dmol (or pip install 'af2cpu[notebook]').")
             return None
@@ -287,12 +289,12 @@ class TargetResult:
 
     # --- summary -----------------------------------------------------------------------------
 
-    def summary(self) -> outputs.TargetSummary:
+    def summary(self) -> TargetSummary:
         """This target as a line of the batch summary: done when ranked, else pending."""
         best = self.best_model
         if self.ranking is None or best is None:
-            return outputs.TargetSummary(self.target_id, "pending", length=self._length())
-        return outputs.TargetSummary(
+            return TargetSummary(self.target_id, "pending", length=self._length())
+        return TargetSummary(
             self.target_id,
             "done",
             length=self._length(),
@@ -312,8 +314,8 @@ class TargetResult:
         warning = " \u2014 UNTRAINED PARAMS" if self.untrained_params else ""
         return f"{self.target_id}: {what}{warning}"
 
-    def _read_json(self, name: str) -> dict[str, Any] | None:
-        path = self.path / name
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any] | None:
         if not path.is_file():
             return None
         with open(path, encoding="utf-8") as f:
@@ -335,10 +337,11 @@ class TargetResult:
         else:
             lines.append("  models: none yet")
         lines.append(f"  ranked: {'yes' if self.ranking else 'no'}; structures: {len(self.structures)} PDB files")
-        lines.append(f"  features: {'features.npz' if (self.path / 'features.npz').is_file() else 'none'}")
+        features = self.folder.features
+        lines.append(f"  features: {features.name if features.is_file() else 'none'}")
         lines.append(f"  msas: {', '.join(self.msas) or 'none'}")
-        hhr = self.path / "msas" / "pdb_hits.hhr"
-        lines.append(f"  template hits: {'msas/pdb_hits.hhr' if hhr.is_file() else 'none'}")
+        hits = self._template_hits_file
+        lines.append(f"  template hits: {self.folder.relative(hits) if hits is not None else 'none'}")
         if self.timings:
             total = max(t["end"] for t in self.timings.values()) - min(t["start"] for t in self.timings.values())
             lines.append(f"  timings: {len(self.timings)} stages over {total:.1f} s")
@@ -361,16 +364,16 @@ def load_result(path: str | Path) -> TargetResult:
         raise InputError(f"{path} does not exist: pass the output folder of one target, <out>/<target_id>")
     if not path.is_dir():
         raise InputError(f"{path} is a file, not a target folder: pass the folder <out>/<target_id> it is in")
-    entries = {p.name for p in path.iterdir()}
-    has_results = any(_RESULT_NPZ.match(name) for name in entries)
-    if not has_results and any(_RESULT_PKL.match(name) for name in entries):
+    folder = TargetDir(path)
+    has_results = bool(folder.result_files())
+    if not has_results and folder.has_pickled_results():
         raise InputError(
             f"{path} looks like an AlphaFold2 output folder (its results are pickles, which af2cpu never "
             f"reads): rerun the prediction with `af2cpu predict` to get result_<model>.npz files"
         )
-    if has_results or any(m in entries for m in _TARGET_MARKERS):
+    if folder.looks_like_target():
         return TargetResult(path)
-    if "summary.json" in entries:
+    if BatchDir(path).summary_json.is_file():
         targets = sorted(p.name for p in path.iterdir() if p.is_dir())
         raise InputError(
             f"{path} is a batch output folder, not a target folder: pass one of its targets, "

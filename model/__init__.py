@@ -7,7 +7,7 @@ first use so that importing the package (e.g. for its configs) stays free of tor
 
 def __getattr__(name):
     if name == "AlphaFold":
-        from af2cpu.model.alphafold import AlphaFold
+        from af2cpu.model.alphafold import AlphaFold  # deferred: torch, see the module docstring
 
         return AlphaFold
     raise AttributeError(f"module 'af2cpu.model' has no attribute {name!r}")

@@ -119,7 +119,7 @@ class MemoryEstimate:
 def parameter_count(architecture: Architecture) -> int:
     """Parameters of the network of ``architecture`` with every module (templates and the PAE head),
     counted on the modules themselves, built on torch's meta device (no memory); memoised."""
-    # torch is imported here, not with this module: the CLI imports the planner and starts without torch.
+    # deferred: torch, not with this module: the CLI imports the planner and starts without torch.
     import torch
 
     from af2cpu.model.alphafold import AlphaFold

@@ -113,7 +113,7 @@ class Options:
     @property
     def dtype(self):
         """The ``torch.dtype`` of the trunk's activations."""
-        import torch  # lazily: the memory planner imports this module without torch
+        import torch  # deferred: the memory planner imports this module without torch
 
         return torch.bfloat16 if self.precision is Precision.bf16 else torch.float32
 

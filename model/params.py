@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from safetensors.numpy import load_file, save
 
 from af2cpu.errors import Af2CpuError, InputError
+from af2cpu.io import atomic_open, atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI starts fast
     from torch import nn
@@ -88,7 +90,7 @@ def load_params(module: nn.Module, flat: dict[str, np.ndarray], root: str = "alp
     Raises InputError naming the missing, unexpected and mis-shaped keys (all of them at once).
     Parameters on the meta device are materialised on the CPU.
     """
-    import torch
+    import torch  # deferred: this module is imported by the CLI, which starts without torch
 
     scopes = _scope_map(module, root)
     expected = official_shapes(module, root)
@@ -120,8 +122,6 @@ def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"parameter file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
             return load_file(str(path))
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -134,18 +134,12 @@ def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def write_npz(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     """Write an official-format ``.npz`` atomically."""
-    from af2cpu.outputs import atomic_open
-
     with atomic_open(path, "wb") as f:
         np.savez(f, **flat)
 
 
 def write_safetensors(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     """Write a safetensors copy of official parameters (same keys) atomically."""
-    from safetensors.numpy import save
-
-    from af2cpu.outputs import atomic_write_bytes
-
     atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in flat.items()}))
 
 

@@ -142,7 +142,7 @@ class Preset:
     # AlphaFold2 derives this from `not global_config.zero_init`: False in DeepMind's inference
     # config (undefined template torsions keep what their missing atoms give; for the pre-omega of
     # a residue without a resolved predecessor that is rounding noise, in DeepMind's code as here);
-    # True in a reference configured with zero_init=False, as the tests do (REFERENCE.md).
+    # True in a reference configured with zero_init=False, as the tests do (docs/reference.md).
     template_torsion_placeholders: bool = False
     architecture: Architecture = Architecture()
 

@@ -2,8 +2,9 @@
 
 The raw features of a target are what AlphaFold2's ``DataPipeline.process`` returns: built here
 from the search result files, so the scheduler can run each search as its own task and call
-:func:`raw_features_from_files` once they are all done (``af2cpu.outputs.save_features_npz`` writes
-them to ``features.npz``).
+:func:`raw_features_from_files` once they are all done (``af2cpu.io.save_features_npz`` writes
+them to ``features.npz``). How each result is read (MSA or template hits, order, row cap) is declared
+by its search's registry entry (``af2cpu.preprocessing.searches``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
-from af2cpu.preprocessing import parsers, templates, tools
+from af2cpu.preprocessing import parsers, templates
+from af2cpu.preprocessing.searches import MsaUse, Search
 
 FeatureDict = dict[str, np.ndarray]
 
@@ -77,31 +79,17 @@ def msa_features(msas: Sequence[parsers.Msa], deduplicate: bool = True) -> Featu
 
 
 @dataclasses.dataclass(frozen=True)
-class MsaFiles:
-    """The search results of one target (any may be None when that search was not run)."""
-
-    uniref90_sto: Path | None = None
-    mgnify_sto: Path | None = None
-    bfd_a3m: Path | None = None  # hhblits on BFD + UniRef30
-    small_bfd_sto: Path | None = None  # jackhmmer on small BFD (reduced_dbs)
-    pdb_hits_hhr: Path | None = None  # hhsearch on PDB70 (monomer)
-    pdb_hits_sto: Path | None = None  # hmmsearch on pdb_seqres (multimer)
-
-
-@dataclasses.dataclass(frozen=True)
 class RawFeaturesResult:
     features: FeatureDict
     msa_sizes: dict[str, int]
     templates: templates.TemplateResult
 
 
-def _read_msa(path: Path | None, kind: str, sequence: str, max_sequences: int | None) -> parsers.Msa | None:
-    if path is None:
-        return None
-    if kind == "a3m":
+def _read_msa(path: Path, use: MsaUse, sequence: str) -> parsers.Msa:
+    if path.suffix == ".a3m":
         msa = parsers.read_a3m(path)
     else:
-        msa = parsers.read_stockholm(path, max_sequences)
+        msa = parsers.read_stockholm(path, use.max_sequences)
     if not len(msa):
         return single_sequence_msa(sequence)
     if msa.sequences[0] != sequence:
@@ -112,38 +100,35 @@ def _read_msa(path: Path | None, kind: str, sequence: str, max_sequences: int | 
 def raw_features_from_files(
     sequence: str,
     description: str,
-    files: MsaFiles,
+    results: Sequence[tuple[Search, Path]],
     template_settings: templates.TemplateSettings | None,
 ) -> RawFeaturesResult:
     """All raw features of one target from its search results (AlphaFold2's DataPipeline.process).
 
-    MSAs merge in AlphaFold2's order UniRef90, BFD (or small BFD), MGnify; jackhmmer outputs are
-    read capped at 10,000 (UniRef90) and 501 (MGnify) rows. Without any MSA the query alone is the
-    MSA; without template hits (or settings) the template features are empty.
+    ``results`` pairs each finished search with its result file (``searches.search_results``). The
+    MSAs merge in the order their searches declare (AlphaFold2's: UniRef90, BFD or small BFD, MGnify),
+    each read with its search's row cap (10,000 UniRef90 and 501 MGnify rows). Without any MSA the
+    query alone is the MSA; without template hits (or settings) the template features are empty.
     """
-    named = [
-        ("uniref90", _read_msa(files.uniref90_sto, "sto", sequence, tools.UNIREF90_MAX_HITS)),
-        ("bfd", _read_msa(files.bfd_a3m, "a3m", sequence, None)),
-        ("small_bfd", _read_msa(files.small_bfd_sto, "sto", sequence, None)),
-        ("mgnify", _read_msa(files.mgnify_sto, "sto", sequence, tools.MGNIFY_MAX_HITS)),
-    ]
-    msas = [(name, msa) for name, msa in named if msa is not None]
-    if not msas:
-        msas = [("query", single_sequence_msa(sequence))]
+    read = sorted(((s.msa, _read_msa(path, s.msa, sequence)) for s, path in results if s.msa is not None),
+                  key=lambda item: item[0].order)
+    msas = [(use.label, msa) for use, msa in read] or [("query", single_sequence_msa(sequence))]
     features = {**sequence_features(sequence, description), **msa_features([m for _, m in msas])}
 
-    template_result = _template_result(sequence, files, template_settings)
+    hits = [(s.template_hits, path) for s, path in results if s.template_hits is not None]
+    template_result = _template_result(sequence, hits[0] if hits else None, template_settings)
     features.update(template_result.features)
-    return RawFeaturesResult(features, {name: len(msa) for name, msa in msas}, template_result)
+    return RawFeaturesResult(features, {label: len(msa) for label, msa in msas}, template_result)
 
 
 def _template_result(
-    sequence: str, files: MsaFiles, settings: templates.TemplateSettings | None
+    sequence: str, hits: tuple[str, Path] | None, settings: templates.TemplateSettings | None
 ) -> templates.TemplateResult:
-    if settings is None or (files.pdb_hits_hhr is None and files.pdb_hits_sto is None):
+    if settings is None or hits is None:
         return templates.TemplateResult(templates.no_template_features(), [], [])
-    if files.pdb_hits_hhr is not None:
-        return templates.featurize_templates(sequence, parsers.read_hhr(files.pdb_hits_hhr), settings)
-    a3m = parsers.stockholm_to_a3m(Path(files.pdb_hits_sto).read_text(), remove_first_row_gaps=False)
-    hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(files.pdb_hits_sto))
-    return templates.featurize_hmmsearch_templates(sequence, hits, settings)
+    kind, path = hits
+    if kind == "hhr":
+        return templates.featurize_templates(sequence, parsers.read_hhr(path), settings)
+    a3m = parsers.stockholm_to_a3m(Path(path).read_text(), remove_first_row_gaps=False)
+    hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(path))
+    return templates.featurize_templates(sequence, hits, settings, hmmsearch=True)

@@ -75,11 +75,7 @@ class PipelineSettings:
 
     @classmethod
     def from_preset(cls, preset, **overrides) -> PipelineSettings:
-        """Settings of an ``af2cpu.model.presets.Preset`` (or its name), with field overrides."""
-        if isinstance(preset, str):
-            from af2cpu.model.presets import get_preset
-
-            preset = get_preset(preset)
+        """Settings of a model preset (an ``af2cpu.model.presets.Preset``), with field overrides."""
         values = {
             "use_templates": preset.use_templates,
             "num_msa_clusters": preset.num_msa_clusters,

@@ -1,15 +1,23 @@
-"""The searches of one target as independent tasks, and when an earlier result may be reused.
+"""The search registry: each MSA or template search is one :class:`Search` entry, declared here once.
 
-:func:`plan_searches` lists the searches a database preset needs (AlphaFold2's monomer data
-pipeline): jackhmmer on UniRef90 and MGnify, hhblits on BFD + UniRef30 (or jackhmmer on small BFD
-for the reduced preset), and the template search on PDB70 that reads the UniRef90 result. Each
-:class:`Search` runs on its own (:func:`run_search`), so a scheduler can make one task per search;
-:func:`target_raw_features` then builds the raw features from the result files.
+An entry says which tools it runs and with which flags, which databases of the catalogue
+(``af2cpu.databases``) it reads, the result file it writes into ``msas/``, the results of other searches
+it reads, the database presets and pipelines it belongs to, and how the raw features use its result
+(as an MSA merged at a given place, or as template hits). Everything else is derived from the entries:
+the searches a run makes (:func:`plan_searches`, one scheduler task each), the tools and databases it
+needs (`af2cpu doctor`, `af2cpu db check`: :func:`required_tools`, :func:`required_databases`), each
+result's provenance and cache key, and the MSA files the raw features read. A new search is one
+:func:`register_search` call.
+
+The entries are AlphaFold2's monomer data pipeline: jackhmmer on UniRef90 and MGnify, hhblits on BFD +
+UniRef30 (or jackhmmer on small BFD for the reduced preset), and the template search on PDB70 that
+reads the UniRef90 result; the multimer template search (hmmsearch on pdb_seqres) is registered for
+the multimer pipeline.
 
 Next to every result file lies ``<file>.json``: the query sequence's hash, the search's flags, the
-identity (path, size, modification time) of every database file, the hashes of input results (the
-template search reads UniRef90's), the tool and its version. A result is reused only when all of that still matches, so
-an MSA made for another sequence or another database is never taken for this one.
+versions of its tools, the identity (path, size, modification time) of every database file, and the
+hashes of the input results it read. A result is reused only when all of that still matches, so an MSA
+made for another sequence, another database or another tool version is never taken for this one.
 """
 
 from __future__ import annotations
@@ -20,93 +28,145 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from af2cpu.databases import database_files
-from af2cpu.preprocessing import features as raw_features
+from af2cpu.io import atomic_write_text, canonical_json, file_hash
 from af2cpu.preprocessing import tools
+from af2cpu.preprocessing.binaries import binary_version
 from af2cpu.preprocessing.inputs import Target, write_query_fasta
 from af2cpu.preprocessing.templates import TemplateSettings
-from af2cpu.scheduler.cache import file_hash
 
 log = logging.getLogger(__name__)
 
-PROVENANCE_VERSION = 1
+# Version 2: tool versions are part of a result's provenance.
+PROVENANCE_VERSION = 2
+MONOMER, MULTIMER = "monomer", "multimer"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchJob:
+    """What one run of a search gets: the query, the results it reads, its databases, its result path."""
+
+    query: Path  # one-record FASTA of the target
+    inputs: dict[str, Path]  # result files of the searches it needs, by search name
+    databases: list[str]  # paths of its databases, in the order of Search.databases
+    out: Path
+    cpus: int
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MsaUse:
+    """How the raw features use a search's result as an MSA."""
+
+    order: int  # its place among the merged MSAs (AlphaFold2's: UniRef90, BFD, MGnify)
+    label: str  # its name in the features report's MSA sizes
+    max_sequences: int | None = None  # AlphaFold2's cap on the rows it keeps (also applied to the search)
 
 
 @dataclasses.dataclass(frozen=True)
 class Search:
-    """One search: its result file name in ``msas/``, its databases, the results it reads."""
+    """One search: its tools and flags, databases, result file, inputs, and use in the features."""
 
-    name: str
-    output: str
-    databases: tuple[tuple[str, str], ...]  # (database name, configured path)
-    needs: tuple[str, ...] = ()  # output files of other searches this one reads
+    name: str  # the stage is ``search_<name>``
+    output: str  # result file name in msas/
+    tools: tuple[str, ...]  # binaries it runs (their versions belong to its provenance)
+    databases: tuple[str, ...]  # catalogue names of the databases it searches
+    run: Callable[[Search, SearchJob], tools.ToolRun]
+    flags: tuple[str, ...]  # the tool flags it runs with (part of its provenance)
+    needs: tuple[str, ...] = ()  # searches whose result it reads
+    db_presets: tuple[str, ...] | None = None  # database presets it runs with; None: every preset
+    pipelines: tuple[str, ...] = (MONOMER,)
+    msa: MsaUse | None = None  # read as an MSA of the raw features
+    template_hits: str | None = None  # read as template hits: "hhr" (hhsearch) or "sto" (hmmsearch)
+    # What turning its template hits into features needs besides its own tools and databases.
+    featurize_tools: tuple[str, ...] = ()
+    featurize_databases: tuple[str, ...] = ()
 
-    def run(self, query_fasta: Path, msa_dir: Path, cpus: int, timeout: float) -> tools.ToolRun:
-        """Run the search; its result lands in ``msa_dir / self.output``."""
-        out = msa_dir / self.output
-        paths = [path for _, path in self.databases]
-        if self.name == "uniref90":
-            return tools.search_uniref90(query_fasta, paths[0], out, cpus, timeout)
-        if self.name == "mgnify":
-            return tools.search_mgnify(query_fasta, paths[0], out, cpus, timeout)
-        if self.name == "small_bfd":
-            return tools.search_small_bfd(query_fasta, paths[0], out, cpus, timeout)
-        if self.name == "bfd_uniref":
-            return tools.hhblits(query_fasta, paths, out, cpus, timeout)
-        if self.name == "pdb70":
-            return tools.search_pdb70(msa_dir / self.needs[0], paths[0], out, cpus, timeout)
-        if self.name == "pdb_seqres":
-            return tools.search_pdb_seqres(msa_dir / self.needs[0], paths[0], out, cpus, timeout)
-        raise ValueError(f"unknown search {self.name!r}")
+    @property
+    def settings(self) -> list[str]:
+        """The flags and caps a result was made with, as recorded in its provenance."""
+        cap = self.msa.max_sequences if self.msa else None
+        return [*self.flags, *([f"max_sequences={cap}"] if cap is not None else [])]
 
-
-# The flags (and caps) each search runs with: part of a result's provenance, so a result made
-# with other settings is not reused.
-SEARCH_SETTINGS = {
-    "uniref90": [*tools.JACKHMMER_FLAGS, f"max_sequences={tools.UNIREF90_MAX_HITS}"],
-    "mgnify": [*tools.JACKHMMER_FLAGS, f"max_sequences={tools.MGNIFY_MAX_HITS}"],
-    "small_bfd": list(tools.JACKHMMER_FLAGS),
-    "bfd_uniref": list(tools.HHBLITS_FLAGS),
-    "pdb70": list(tools.HHSEARCH_FLAGS),
-    "pdb_seqres": ["hmmbuild --hand --amino", *tools.HMMSEARCH_FLAGS],
-}
+    def applies(self, db_preset: str, pipeline: str) -> bool:
+        """Whether a run with this database preset and pipeline makes this search."""
+        return pipeline in self.pipelines and (self.db_presets is None or db_preset in self.db_presets)
 
 
-def plan_searches(db: Mapping[str, Any], template_search: str = "pdb70") -> list[Search]:
-    """The searches for database config `db` (``cfg.db``), in AlphaFold2's order.
+def _jackhmmer(search: Search, job: SearchJob) -> tools.ToolRun:
+    cap = search.msa.max_sequences if search.msa else None
+    return tools.jackhmmer(job.query, job.databases[0], job.out, job.cpus, job.timeout, max_sequences=cap)
 
-    `template_search` is "pdb70" (hhsearch, monomer) or "pdb_seqres" (hmmsearch, multimer).
-    """
-    preset = str(getattr(db["preset"], "value", db["preset"]))
-    plan = [
-        Search("uniref90", "uniref90_hits.sto", (("uniref90", str(db["uniref90"])),)),
-        Search("mgnify", "mgnify_hits.sto", (("mgnify", str(db["mgnify"])),)),
-    ]
-    if preset == "reduced":
-        plan.append(Search("small_bfd", "small_bfd_hits.sto", (("small_bfd", str(db["small_bfd"])),)))
-    else:
-        plan.append(
-            Search(
-                "bfd_uniref",
-                "bfd_uniref_hits.a3m",
-                (("bfd", str(db["bfd"])), ("uniref30", str(db["uniref30"]))),
-            )
-        )
-    if template_search == "pdb70":
-        plan.append(Search("pdb70", "pdb_hits.hhr", (("pdb70", str(db["pdb70"])),), ("uniref90_hits.sto",)))
-    elif template_search == "pdb_seqres":
-        plan.append(
-            Search(
-                "pdb_seqres", "pdb_hits.sto", (("pdb_seqres", str(db["pdb_seqres"])),), ("uniref90_hits.sto",)
-            )
-        )
-    else:
-        raise ValueError(f"template_search must be 'pdb70' or 'pdb_seqres', not {template_search!r}")
-    return plan
+
+def _hhblits(search: Search, job: SearchJob) -> tools.ToolRun:
+    return tools.hhblits(job.query, job.databases, job.out, job.cpus, job.timeout)
+
+
+def _hhsearch_pdb70(search: Search, job: SearchJob) -> tools.ToolRun:
+    return tools.search_pdb70(job.inputs[search.needs[0]], job.databases[0], job.out, job.cpus, job.timeout)
+
+
+def _hmmsearch_pdb_seqres(search: Search, job: SearchJob) -> tools.ToolRun:
+    return tools.search_pdb_seqres(job.inputs[search.needs[0]], job.databases[0], job.out, job.cpus, job.timeout)
+
+
+_TEMPLATE_FEATURES = {"featurize_tools": ("kalign",), "featurize_databases": ("template_mmcif_dir", "obsolete_pdbs")}
+
+SEARCHES: dict[str, Search] = {}
+
+
+def register_search(search: Search) -> Search:
+    """Add ``search`` to the registry (after the others: plans keep registration order)."""
+    if search.name in SEARCHES:
+        raise ValueError(f"a search named {search.name!r} is registered already")
+    unknown = [name for name in search.needs if name not in SEARCHES]
+    if unknown:
+        raise ValueError(f"search {search.name!r} needs unregistered searches: {', '.join(unknown)}")
+    SEARCHES[search.name] = search
+    return search
+
+
+def unregister_search(name: str) -> None:
+    """Remove a registered search (plugins and tests that registered one)."""
+    del SEARCHES[name]
+
+
+for _search in (
+    Search("uniref90", "uniref90_hits.sto", ("jackhmmer",), ("uniref90",), _jackhmmer, tuple(tools.JACKHMMER_FLAGS),
+           msa=MsaUse(0, "uniref90", max_sequences=10_000)),
+    Search("mgnify", "mgnify_hits.sto", ("jackhmmer",), ("mgnify",), _jackhmmer, tuple(tools.JACKHMMER_FLAGS),
+           msa=MsaUse(2, "mgnify", max_sequences=501)),
+    Search("bfd_uniref", "bfd_uniref_hits.a3m", ("hhblits",), ("bfd", "uniref30"), _hhblits,
+           tuple(tools.HHBLITS_FLAGS), db_presets=("full", "mini"), msa=MsaUse(1, "bfd")),
+    Search("small_bfd", "small_bfd_hits.sto", ("jackhmmer",), ("small_bfd",), _jackhmmer,
+           tuple(tools.JACKHMMER_FLAGS), db_presets=("reduced",), msa=MsaUse(1, "small_bfd")),
+    Search("pdb70", "pdb_hits.hhr", ("hhsearch",), ("pdb70",), _hhsearch_pdb70, tuple(tools.HHSEARCH_FLAGS),
+           needs=("uniref90",), template_hits="hhr", **_TEMPLATE_FEATURES),
+    Search("pdb_seqres", "pdb_hits.sto", ("hmmbuild", "hmmsearch"), ("pdb_seqres",), _hmmsearch_pdb_seqres,
+           ("hmmbuild --hand --amino", *tools.HMMSEARCH_FLAGS), needs=("uniref90",), pipelines=(MULTIMER,),
+           template_hits="sto", **_TEMPLATE_FEATURES),
+):
+    register_search(_search)
+
+
+def plan_searches(db_preset: str, pipeline: str = MONOMER) -> list[Search]:
+    """The searches a run with database preset ``db_preset`` (``cfg.db.preset``) makes, in registry order
+    (a search comes after those it needs)."""
+    return [s for s in SEARCHES.values() if s.applies(str(db_preset), pipeline)]
+
+
+def required_tools(db_preset: str, pipeline: str = MONOMER) -> set[str]:
+    """The binaries a run needs: those of its searches and of featurizing their results."""
+    return {tool for s in plan_searches(db_preset, pipeline) for tool in (*s.tools, *s.featurize_tools)}
+
+
+def required_databases(db_preset: str, pipeline: str = MONOMER) -> set[str]:
+    """The catalogued databases a run needs: those its searches read and their featurization reads."""
+    return {db for s in plan_searches(db_preset, pipeline) for db in (*s.databases, *s.featurize_databases)}
 
 
 def template_settings(cfg: Mapping[str, Any], kalign_binary: str | None = None) -> TemplateSettings:
@@ -128,10 +188,15 @@ def sequence_sha256(sequence: str) -> str:
     return hashlib.sha256(sequence.encode()).hexdigest()
 
 
-def database_identity(search: Search) -> list[dict[str, Any]]:
+def database_paths(search: Search, db: Mapping[str, Any]) -> list[str]:
+    """The configured paths of the search's databases (``db`` is the ``db`` config section)."""
+    return [str(db[name]) for name in search.databases]
+
+
+def database_identity(search: Search, db: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Path, size and modification time of every file of the search's databases."""
     identity = []
-    for name, path in search.databases:
+    for name, path in zip(search.databases, database_paths(search, db)):
         for file in database_files(name, path):
             try:
                 stat = file.stat()
@@ -142,121 +207,105 @@ def database_identity(search: Search) -> list[dict[str, Any]]:
     return identity
 
 
-def provenance_key(search: Search, sequence: str, msa_dir: Path) -> dict[str, Any]:
-    """What a result of `search` depends on: sequence, databases and the input results it reads."""
+def provenance_key(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any]) -> dict[str, Any]:
+    """What a result of `search` depends on: sequence, flags, tool versions, databases, input results."""
     inputs = {}
     for needed in search.needs:
-        path = msa_dir / needed
-        inputs[needed] = file_hash(path) if path.is_file() else None
+        path = msa_dir / SEARCHES[needed].output
+        inputs[path.name] = file_hash(path) if path.is_file() else None
     return {
         "version": PROVENANCE_VERSION,
         "search": search.name,
-        "settings": SEARCH_SETTINGS[search.name],
+        "settings": search.settings,
+        "tools": {tool: binary_version(tool) for tool in search.tools},
         "sequence_sha256": sequence_sha256(sequence),
-        "databases": database_identity(search),
+        "databases": database_identity(search, db),
         "inputs": inputs,
     }
 
 
-def _sidecar(result: Path) -> Path:
+def search_key(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any]) -> str:
+    """The cache key of a search's stage: the hash of its provenance."""
+    return hashlib.sha256(canonical_json(provenance_key(search, sequence, msa_dir, db))).hexdigest()
+
+
+def sidecar(result: Path) -> Path:
+    """The provenance file next to a search result."""
     return result.with_name(result.name + ".json")
 
 
-def reusable(search: Search, sequence: str, msa_dir: Path) -> bool:
-    """True if ``msa_dir`` holds a result of `search` made for this sequence and these databases."""
+def reusable(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any]) -> bool:
+    """True if ``msa_dir`` holds a result of `search` made for this sequence, these databases and tools."""
     result = msa_dir / search.output
-    sidecar = _sidecar(result)
-    if not result.is_file() or not sidecar.is_file():
+    if not result.is_file() or not sidecar(result).is_file():
         return False
     try:
-        recorded = json.loads(sidecar.read_text())
+        recorded = json.loads(sidecar(result).read_text())
     except (OSError, ValueError):
         return False
-    return recorded.get("key") == provenance_key(search, sequence, msa_dir)
+    return recorded.get("key") == provenance_key(search, sequence, msa_dir, db)
 
 
-def _record(search: Search, sequence: str, msa_dir: Path, run: tools.ToolRun) -> None:
-    sidecar = _sidecar(msa_dir / search.output)
+def _record(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any], run: tools.ToolRun) -> None:
     payload = {
-        "key": provenance_key(search, sequence, msa_dir),
+        "key": provenance_key(search, sequence, msa_dir, db),
         "tool": run.tool,
         "tool_version": run.version,
         "seconds": round(run.seconds, 3),
     }
-    staged = sidecar.with_name("." + sidecar.name + ".partial")
-    staged.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(staged, sidecar)
+    atomic_write_text(sidecar(msa_dir / search.output), json.dumps(payload, indent=2) + "\n")
 
 
-def adopt_precomputed(search: Search, sequence: str, source_dir: Path, msa_dir: Path) -> bool:
+def adopt_precomputed(search: Search, sequence: str, source_dir: Path, msa_dir: Path, db: Mapping[str, Any]) -> bool:
     """Copy a precomputed result (with its JSON) from `source_dir` if it is valid for this target."""
-    if source_dir.resolve() == msa_dir.resolve() or not reusable(search, sequence, source_dir):
+    if source_dir.resolve() == msa_dir.resolve() or not reusable(search, sequence, source_dir, db):
         return False
     msa_dir.mkdir(parents=True, exist_ok=True)
-    for name in (search.output, search.output + ".json"):
-        staged = msa_dir / f".{name}.partial"
-        shutil.copyfile(source_dir / name, staged)
-        os.replace(staged, msa_dir / name)
-    return reusable(search, sequence, msa_dir)
+    for path in (msa_dir / search.output, sidecar(msa_dir / search.output)):
+        staged = msa_dir / f".{path.name}.partial"
+        shutil.copyfile(source_dir / path.name, staged)
+        os.replace(staged, path)
+    return reusable(search, sequence, msa_dir, db)
 
 
 def run_search(
     search: Search,
     target: Target,
     msa_dir: str | Path,
+    db: Mapping[str, Any],
     cpus: int,
     timeout: float = tools.DEFAULT_TIMEOUT_S,
     reuse: bool = True,
     precomputed_dir: str | Path | None = None,
-) -> Path:
-    """Make ``msa_dir / search.output`` for `target` (one scheduler task); returns its path.
+) -> list[Path]:
+    """Make ``msa_dir / search.output`` for `target` (one scheduler task); returns it and its provenance file.
 
-    Reuses a result already in `msa_dir`, or copies one from `precomputed_dir`, when its JSON says
-    it was made for this sequence and these databases; otherwise runs the tool.
+    Reuses a result already in `msa_dir`, or copies one from `precomputed_dir`, when its provenance says
+    it was made for this sequence, databases and tool versions; otherwise runs the tools.
     """
     msa_dir = Path(msa_dir)
     msa_dir.mkdir(parents=True, exist_ok=True)
     result = msa_dir / search.output
-    if reuse and reusable(search, target.sequence, msa_dir):
+    written = [result, sidecar(result)]
+    if reuse and reusable(search, target.sequence, msa_dir, db):
         log.info("%s: reusing %s", target.id, result)
-        return result
-    if precomputed_dir is not None and adopt_precomputed(
-        search, target.sequence, Path(precomputed_dir), msa_dir
-    ):
+        return written
+    if precomputed_dir is not None and adopt_precomputed(search, target.sequence, Path(precomputed_dir), msa_dir, db):
         log.info("%s: using precomputed %s from %s", target.id, search.output, precomputed_dir)
-        return result
+        return written
     query = msa_dir / f".query_{search.name}.fasta"
     write_query_fasta(target, query)
+    inputs = {name: msa_dir / SEARCHES[name].output for name in search.needs}
+    job = SearchJob(query, inputs, database_paths(search, db), result, cpus, timeout)
     try:
-        run = search.run(query, msa_dir, cpus, timeout)
+        run = search.run(search, job)
     finally:
         query.unlink(missing_ok=True)
-    _record(search, target.sequence, msa_dir, run)
+    _record(search, target.sequence, msa_dir, db, run)
     log.info("%s: %s done in %.1f s (%s %s)", target.id, search.name, run.seconds, run.tool, run.version)
-    return result
+    return written
 
 
-def msa_files(plan: Sequence[Search], msa_dir: str | Path) -> raw_features.MsaFiles:
-    """The result files of `plan` in `msa_dir`, as the raw-feature builder takes them."""
-    msa_dir = Path(msa_dir)
-    by_name = {s.name: msa_dir / s.output for s in plan}
-    return raw_features.MsaFiles(
-        uniref90_sto=by_name.get("uniref90"),
-        mgnify_sto=by_name.get("mgnify"),
-        bfd_a3m=by_name.get("bfd_uniref"),
-        small_bfd_sto=by_name.get("small_bfd"),
-        pdb_hits_hhr=by_name.get("pdb70"),
-        pdb_hits_sto=by_name.get("pdb_seqres"),
-    )
-
-
-def target_raw_features(
-    target: Target,
-    plan: Sequence[Search],
-    msa_dir: str | Path,
-    settings: TemplateSettings | None,
-) -> raw_features.RawFeaturesResult:
-    """Raw features of `target` from the finished searches of `plan` (the last task per target)."""
-    return raw_features.raw_features_from_files(
-        target.sequence, target.description, msa_files(plan, msa_dir), settings
-    )
+def search_results(plan: Sequence[Search], msa_dir: str | Path) -> list[tuple[Search, Path]]:
+    """The result file of each search of `plan` in `msa_dir`, as the raw features read them."""
+    return [(search, Path(msa_dir) / search.output) for search in plan]

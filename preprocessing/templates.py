@@ -410,15 +410,6 @@ def no_template_features() -> dict[str, np.ndarray]:
     return {name: np.array([], dtype=dtype) for name, dtype in TEMPLATE_FEATURE_DTYPES.items()}
 
 
-def _stack(collected: Mapping[str, list], count: int) -> dict[str, np.ndarray]:
-    if count == 0:
-        return no_template_features()
-    return {
-        name: np.stack(collected[name], axis=0).astype(dtype)
-        for name, dtype in TEMPLATE_FEATURE_DTYPES.items()
-    }
-
-
 def _catalogues(
     settings: TemplateSettings,
     release_dates: Mapping[str, datetime.datetime] | None,
@@ -430,35 +421,6 @@ def _catalogues(
     if obsolete is None:
         obsolete = read_obsolete_pdbs(settings.obsolete_pdbs_path) if settings.obsolete_pdbs_path else {}
     return release_dates, obsolete
-
-
-def featurize_templates(
-    query_sequence: str,
-    hits: Sequence[parsers.TemplateHit],
-    settings: TemplateSettings,
-    release_dates: Mapping[str, datetime.datetime] | None = None,
-    obsolete: Mapping[str, str | None] | None = None,
-) -> TemplateResult:
-    """Template features of the best `settings.max_hits` usable hhsearch hits (by sum_probs)."""
-    release_dates, obsolete = _catalogues(settings, release_dates, obsolete)
-    collected: dict[str, list] = {name: [] for name in TEMPLATE_FEATURE_DTYPES}
-    skipped: list[SkippedHit] = []
-    warnings: list[str] = []
-    count = 0
-    for hit in sorted(hits, key=lambda h: h.sum_probs or 0.0, reverse=True):
-        if count >= settings.max_hits:
-            break
-        try:
-            features, warning = featurize_hit(query_sequence, hit, settings, release_dates, obsolete)
-        except TemplateRejected as exc:
-            skipped.append(SkippedHit(hit.index, hit.name, str(exc), exc.serious))
-            continue
-        if warning:
-            warnings.append(warning)
-        count += 1
-        for name, values in collected.items():
-            values.append(features[name])
-    return TemplateResult(_stack(collected, count), skipped, warnings)
 
 
 def empty_template_features(num_res: int) -> dict[str, np.ndarray]:
@@ -473,21 +435,28 @@ def empty_template_features(num_res: int) -> dict[str, np.ndarray]:
     }
 
 
-def featurize_hmmsearch_templates(
+def featurize_templates(
     query_sequence: str,
     hits: Sequence[parsers.TemplateHit],
     settings: TemplateSettings,
     release_dates: Mapping[str, datetime.datetime] | None = None,
     obsolete: Mapping[str, str | None] | None = None,
+    hmmsearch: bool = False,
 ) -> TemplateResult:
-    """Template features from hmmsearch hits (multimer): file order, one template per distinct sequence."""
+    """Template features of the first `settings.max_hits` usable hits, and the skipped ones.
+
+    hhsearch hits (monomer) are taken best first by sum of probabilities; with no usable hit the
+    features are empty. hmmsearch hits (``hmmsearch=True``, multimer) are taken in file order, one
+    template per distinct template sequence; with no usable hit there is one all-zero template.
+    """
     release_dates, obsolete = _catalogues(settings, release_dates, obsolete)
     collected: dict[str, list] = {name: [] for name in TEMPLATE_FEATURE_DTYPES}
     skipped: list[SkippedHit] = []
     warnings: list[str] = []
     seen: set[bytes] = set()
-    for hit in hits:
-        if len(seen) >= settings.max_hits:
+    ordered = list(hits) if hmmsearch else sorted(hits, key=lambda h: h.sum_probs or 0.0, reverse=True)
+    for hit in ordered:
+        if len(collected["template_sequence"]) >= settings.max_hits:
             break
         try:
             features, warning = featurize_hit(query_sequence, hit, settings, release_dates, obsolete)
@@ -496,11 +465,16 @@ def featurize_hmmsearch_templates(
             continue
         if warning:
             warnings.append(warning)
-        if features["template_sequence"] in seen:
-            continue
-        seen.add(features["template_sequence"])
+        if hmmsearch:
+            if features["template_sequence"] in seen:
+                continue
+            seen.add(features["template_sequence"])
         for name, values in collected.items():
             values.append(features[name])
-    if not seen:
-        return TemplateResult(empty_template_features(len(query_sequence)), skipped, warnings)
-    return TemplateResult(_stack(collected, len(seen)), skipped, warnings)
+    count = len(collected["template_sequence"])
+    if count == 0:
+        empty = empty_template_features(len(query_sequence)) if hmmsearch else no_template_features()
+        return TemplateResult(empty, skipped, warnings)
+    stacked = {name: np.stack(values, axis=0).astype(TEMPLATE_FEATURE_DTYPES[name])
+               for name, values in collected.items()}
+    return TemplateResult(stacked, skipped, warnings)

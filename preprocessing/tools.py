@@ -22,9 +22,6 @@ from af2cpu.errors import DatabaseError, ToolError
 from af2cpu.preprocessing import parsers
 from af2cpu.preprocessing.binaries import binary_version, find_binary
 
-# AlphaFold2's caps on the MSAs it keeps from jackhmmer (data/pipeline.py).
-UNIREF90_MAX_HITS = 10_000
-MGNIFY_MAX_HITS = 501
 STDERR_TAIL_CHARS = 2_000
 DEFAULT_TIMEOUT_S = 24 * 3600.0
 
@@ -144,21 +141,6 @@ def jackhmmer(
             raw = capped
         _publish(raw, out_sto)
     return ToolRun(out_sto, "jackhmmer", binary_version("jackhmmer", binary), seconds)
-
-
-def search_uniref90(query_fasta, database, out_sto, cpus, timeout=DEFAULT_TIMEOUT_S, binary=None) -> ToolRun:
-    """jackhmmer against UniRef90, capped at AlphaFold2's 10,000 sequences."""
-    return jackhmmer(query_fasta, database, out_sto, cpus, timeout, UNIREF90_MAX_HITS, binary)
-
-
-def search_mgnify(query_fasta, database, out_sto, cpus, timeout=DEFAULT_TIMEOUT_S, binary=None) -> ToolRun:
-    """jackhmmer against MGnify, capped at AlphaFold2's 501 sequences."""
-    return jackhmmer(query_fasta, database, out_sto, cpus, timeout, MGNIFY_MAX_HITS, binary)
-
-
-def search_small_bfd(query_fasta, database, out_sto, cpus, timeout=DEFAULT_TIMEOUT_S, binary=None) -> ToolRun:
-    """jackhmmer against small BFD (the reduced_dbs preset), uncapped as in AlphaFold2."""
-    return jackhmmer(query_fasta, database, out_sto, cpus, timeout, None, binary)
 
 
 def hhblits(

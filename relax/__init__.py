@@ -13,10 +13,10 @@ heavy atoms), ``violations_before``/``violations_after`` (totals and per-residue
 counts), ``attempts``, ``rounds``, ``excluded_residues``, ``added_heavy_atoms``,
 ``removed_heterogens``, ``chain_breaks``, ``threads``, ``seconds``. Input that cannot be relaxed
 (non-protein or unknown residues, missing N/CA/C, empty) raises
-:class:`af2cpu.errors.InputError` naming the residue. CLI: :mod:`af2cpu.relax.cli`.
+:class:`af2cpu.errors.InputError` naming the residue. CLI: :mod:`af2cpu.cli.relax`.
 """
 
-from af2cpu.relax.config import RelaxConfig, RelaxMode
+from af2cpu.config import RelaxConfig, RelaxMode
 from af2cpu.relax.protocol import RelaxReport, relax, violation_summary
 from af2cpu.relax.violations import Violations, find_violations
 

@@ -71,9 +71,9 @@ def clean(pdb_text: str, random_state: object | None = None) -> CleanStructure:
     0); the state after drawing is returned in the result, so that successive rounds continue one
     stream, as they do when AlphaFold2 relaxes in a fresh process.
     """
-    import openmm
-    from openmm import unit
-    from pdbfixer import PDBFixer
+    import openmm  # deferred: OpenMM loads only where a structure is relaxed
+    from openmm import unit  # deferred: OpenMM loads only where a structure is relaxed
+    from pdbfixer import PDBFixer  # deferred: OpenMM loads only where a structure is relaxed
 
     # Hydrogens are placed at random and then minimised (50 steps) by OpenMM's Modeller on the CPU
     # platform's default thread count. A given random state and one thread make that reproducible;
@@ -107,14 +107,14 @@ def clean(pdb_text: str, random_state: object | None = None) -> CleanStructure:
 
 @functools.lru_cache(maxsize=1)
 def _force_field():
-    from openmm import app
+    from openmm import app  # deferred: OpenMM loads only where a structure is relaxed
 
     return app.ForceField("amber99sb.xml")
 
 
 def _restraint_force(topology, positions: np.ndarray, stiffness: float, exclude_residues: Collection[int]):
     """Harmonic springs (kJ/mol/nm²) tying each heavy atom outside `exclude_residues` to its position."""
-    import openmm
+    import openmm  # deferred: OpenMM loads only where a structure is relaxed
 
     force = openmm.CustomExternalForce("0.5 * k_restraint * ((x - x0)^2 + (y - y0)^2 + (z - z0)^2)")
     force.addGlobalParameter("k_restraint", stiffness)
@@ -131,7 +131,7 @@ def _restraint_force(topology, positions: np.ndarray, stiffness: float, exclude_
 
 
 def _deadline_reporter(deadline: float):
-    import openmm
+    import openmm  # deferred: OpenMM loads only where a structure is relaxed
 
     class _StopAtDeadline(openmm.MinimizationReporter):
         """Stops L-BFGS when the wall clock passes the deadline (checked every iteration)."""
@@ -160,7 +160,7 @@ _PREPASS_MAX_ITERATIONS = 500
 
 
 def _cpu_context(system, threads: int):
-    import openmm
+    import openmm  # deferred: OpenMM loads only where a structure is relaxed
 
     # The integrator is never stepped; a Context needs one.
     integrator = openmm.VerletIntegrator(0.001)
@@ -169,7 +169,7 @@ def _cpu_context(system, threads: int):
 
 
 def _minimize_context(context, tolerance: float, max_iterations: int, deadline: float) -> int:
-    import openmm
+    import openmm  # deferred: OpenMM loads only where a structure is relaxed
 
     reporter = _deadline_reporter(deadline)
     openmm.LocalEnergyMinimizer.minimize(
@@ -181,7 +181,7 @@ def _minimize_context(context, tolerance: float, max_iterations: int, deadline: 
 
 
 def _system(structure: CleanStructure, stiffness: float, exclude_residues: Sequence[int], constrained: bool):
-    from openmm import app
+    from openmm import app  # deferred: OpenMM loads only where a structure is relaxed
 
     system = _force_field().createSystem(
         structure.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds if constrained else None
@@ -219,7 +219,7 @@ def minimize(
     Raises RelaxTimeout when `deadline` (time.monotonic()) passes, MinimizationError when OpenMM
     fails or the result is not finite.
     """
-    from openmm import unit
+    from openmm import unit  # deferred: OpenMM loads only where a structure is relaxed
 
     if time.monotonic() > deadline:
         raise RelaxTimeout("the time limit ran out before minimisation started")

@@ -25,13 +25,14 @@ import time
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from af2cpu.common import protein as protein_io
 from af2cpu.common import residue_constants as rc
 from af2cpu.common.protein import ParsedPdb, Protein, format_atom_line, format_ter_line, residue_label
+from af2cpu.config import RelaxConfig
 from af2cpu.errors import InputError
 from af2cpu.relax import amber
-from af2cpu.relax.config import RelaxConfig
 from af2cpu.relax.violations import Violations, find_violations
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,6 @@ def _as_relax_config(config) -> RelaxConfig:
         return RelaxConfig()
     if isinstance(config, RelaxConfig):
         return config
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_object(config)
 
 

@@ -27,29 +27,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from typing_extensions import Self
 
 from af2cpu.errors import Af2CpuError
-from af2cpu.outputs import atomic_open
-
-RECORD_NAME = "{stage}.stage.json"
-LOCK_NAME = ".af2cpu.lock"
-
-
-def canonical_json(value) -> bytes:
-    """JSON with sorted keys and no whitespace: equal values give equal bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from af2cpu.io import atomic_write_bytes, canonical_json
+from af2cpu.layout import TargetDir
 
 
 def stage_key(
@@ -61,7 +44,7 @@ def stage_key(
 ) -> str:
     """The cache key of a stage run: sha256 of the canonical JSON of what determines its result.
 
-    `inputs` maps input names to content hashes (see :func:`file_hash`), `config` is the subset of the
+    `inputs` maps input names to content hashes (see :func:`af2cpu.io.file_hash`), `config` is the subset of the
     configuration the stage reads, `databases` identifies the database files (see
     af2cpu.preprocessing.searches.database_identity).
     """
@@ -73,17 +56,6 @@ def stage_key(
         "databases": databases,
     }
     return hashlib.sha256(canonical_json(document)).hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write `data` (bytes, or a function that writes to a binary file) to `path` atomically,
-    creating its folder; see af2cpu.outputs.atomic_open."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as handle:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            handle.write(data)
-        else:
-            data(handle)
 
 
 @dataclass(frozen=True)
@@ -102,15 +74,16 @@ class StageRecord:
 class StageCache:
     """Stage records of one target folder (`<out>/<target_id>/`)."""
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+    def __init__(self, folder: TargetDir | str | os.PathLike):
+        self.target = folder if isinstance(folder, TargetDir) else TargetDir(folder)
+        self.folder = self.target.path
 
     def record_path(self, stage: str) -> Path:
-        return self.folder / RECORD_NAME.format(stage=stage)
+        return self.target.stage_record(stage)
 
     def lock(self, stale_after: float = 600.0, wait: float | None = None) -> TargetLock:
         """The lock that array shards take before running this target's stages."""
-        return TargetLock(self.folder / LOCK_NAME, stale_after=stale_after, wait=wait)
+        return TargetLock(self.target.lock, stale_after=stale_after, wait=wait)
 
     def lookup(self, stage: str, key: str | None = None) -> StageRecord | None:
         """The record of `stage` if it was finished with `key` (any key if None) and all its outputs exist."""
@@ -132,7 +105,7 @@ class StageCache:
             raise Af2CpuError(
                 f"stage {record.stage} of {self.folder} claims outputs that do not exist: {missing}"
             )
-        atomic_write(self.record_path(record.stage), canonical_json(asdict(record)))
+        atomic_write_bytes(self.record_path(record.stage), canonical_json(asdict(record)))
 
     def run(
         self,

@@ -26,11 +26,11 @@ from distributed import Client, Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 from typing_extensions import Self
 
+from af2cpu.config import ClusterKind, SchedulerConfig
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
 from af2cpu.runtime.threads import THREAD_VARIABLES, apply_allotment, thread_environment
 from af2cpu.runtime.topology import available_memory, read_topology
-from af2cpu.scheduler.config import ClusterKind, SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
     """A dask-jobqueue SLURMCluster or PBSCluster scaled adaptively, and a client with a first worker."""
     kind = ClusterKind(config.kind)
     try:
-        import dask_jobqueue
+        import dask_jobqueue  # deferred: an optional dependency (the hpc extra)
     except ImportError:
         raise ConfigError(f"scheduler={kind.value} needs dask-jobqueue: pip install 'af2cpu[hpc]'") from None
     if not 1 <= int(config.adapt_minimum) <= int(config.adapt_maximum):
@@ -211,13 +211,14 @@ def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
 
 
 def start_cluster(
-    config: SchedulerConfig, memory_limit: int | None = None, plan: Plan | None = None
+    config: SchedulerConfig, memory_limit: int | None = None, plan: Plan | None = None, model_threads: int = 0
 ) -> ClusterHandle:
     """The cluster `config` asks for: attach to `config.address`, or start pinned local workers.
 
-    Without `plan`, one is made from this process's CPU topology with `config.n_workers` instances
-    and `config.threads_per_worker` threads (0 = decided by the planner). `memory_limit` (bytes; by
-    default the available memory) is shared equally between the workers.
+    Without `plan`, one is made from this process's CPU topology with `config.n_workers` instances of
+    `config.threads_per_worker` threads, or else of `model_threads` (``runtime.threads``: one model
+    instance per worker); 0 leaves it to the planner. `memory_limit` (bytes; by default the available
+    memory) is shared equally between the workers.
     """
     if config.address:
         return attach(config.address, config.connect_timeout)
@@ -227,7 +228,7 @@ def start_cluster(
         plan = plan_instances(
             read_topology(),
             instances=config.n_workers or None,
-            threads=config.threads_per_worker or None,
+            threads=config.threads_per_worker or model_threads or None,
         )
     total = available_memory() if memory_limit is None else memory_limit
     return start_local(plan, total // plan.instances)

@@ -1,4 +1,8 @@
-"""Progress of a batch: a live per-target table on a terminal, plain log lines otherwise."""
+"""Progress of a batch: a live per-target table on a terminal, plain log lines otherwise.
+
+The table shows, per target, how many of its declared stages (``af2cpu.scheduler.stages``) are finished
+and a mark per stage in the order a target passes through them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import TextIO
 
 from typing_extensions import Self
 
+from af2cpu.scheduler.stages import stage_sort_key
+
 log = logging.getLogger("af2cpu.progress")
 
 _MARK = {"running": "…", "done": "✓", "cached": "=", "failed": "✗"}
@@ -19,13 +25,14 @@ _MARK = {"running": "…", "done": "✓", "cached": "=", "failed": "✗"}
 class Progress:
     """Receives (target, stage, state) events from any thread and shows them."""
 
-    def __init__(self, target_ids: Sequence[str], stream: TextIO | None = None, live: bool | None = None,
-                 quiet: bool = False):
+    def __init__(self, target_ids: Sequence[str], stage_names: Sequence[str] = (), stream: TextIO | None = None,
+                 live: bool | None = None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.live = (self.stream.isatty() if live is None else live) and not quiet
         self.quiet = quiet
         self.started = time.monotonic()
         self.targets = list(target_ids)
+        self.total = len(stage_names)  # stages of each target
         self.stages: dict[str, dict[str, str]] = {t: {} for t in self.targets}
         self.last: dict[str, str] = {t: "queued" for t in self.targets}
         self._lock = threading.Lock()
@@ -53,8 +60,11 @@ class Progress:
         width = max([len(t) for t in self.targets] + [6])
         rows = [f"af2cpu predict — {len(self.targets)} target(s), {elapsed:7.1f} s"]
         for target in self.targets:
-            marks = " ".join(f"{stage}{_MARK.get(state, '?')}" for stage, state in self.stages[target].items())
-            rows.append(f"  {target:<{width}}  {self.last[target][:40]:<40}  {marks}"[:200])
+            stages = self.stages[target]
+            finished = sum(state in ("done", "cached") for state in stages.values())
+            count = f"{finished}/{self.total}" if self.total else str(finished)
+            marks = " ".join(f"{stage}{_MARK.get(stages[stage], '?')}" for stage in sorted(stages, key=stage_sort_key))
+            rows.append(f"  {target:<{width}}  {count:>5}  {self.last[target][:40]:<40}  {marks}"[:200])
         return "\n".join(rows)
 
     def _draw(self) -> None:

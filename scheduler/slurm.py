@@ -1,16 +1,16 @@
-"""`af2cpu slurm script FASTA --out DIR`: a ready sbatch script that folds a FASTA file as a job array.
+"""SLURM job arrays: the sbatch script that folds a FASTA file as a job array (`af2cpu slurm script`).
 
 Each array task runs `af2cpu predict FASTA --out DIR <overrides>`; predict reads SLURM_ARRAY_TASK_ID
 and SLURM_ARRAY_TASK_COUNT and folds only its shard of the targets (af2cpu.scheduler.sharding), all
 tasks writing into the same output folder and stage cache. CPUs and memory per task come from the
-options, or from the memory planner's estimate for the longest target plus headroom for the searches,
-relaxation and the Dask processes. `--summary-job` adds a job that runs `af2cpu report DIR` once
-every array task succeeded (`afterok`); `--submit` submits with sbatch and prints the job id(s).
+options, or from the largest memory estimate among the declared stages of the longest target
+(af2cpu.scheduler.stages: the memory planner's peak for each model at its preset's largest inputs) plus
+headroom for the searches, relaxation and the Dask processes. A summary job can run `af2cpu report DIR`
+once every array task succeeded (`afterok`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import shlex
@@ -21,16 +21,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from af2cpu.config import compose_config
 from af2cpu.errors import Af2CpuError, ConfigError
+from af2cpu.layout import BatchDir
+from af2cpu.preprocessing.inputs import read_fasta_batch
+from af2cpu.runtime.memory import GIB
+from af2cpu.scheduler.stages import Stage, target_stages
 
 log = logging.getLogger(__name__)
 
-GIB = 1 << 30
 # The planner estimates one forward pass; searches, relaxation, the Dask scheduler and worker
 # processes and the page cache of the databases come on top.
 HEADROOM_FACTOR = 1.25
 HEADROOM_BYTES = 3 * GIB
-SCRIPT_NAME = "af2cpu_array.sbatch"
 # Task ids equal shard indices (the array is 0..N-1), so a task resubmitted alone keeps its shard,
 # which SLURM_ARRAY_TASK_MIN/MAX/COUNT of a partial resubmission would not tell.
 TASK_ID = '"$SLURM_ARRAY_TASK_ID"'
@@ -54,7 +57,7 @@ class ArrayJob:
 
     @property
     def log_dir(self) -> Path:
-        return self.out_dir / "logs"
+        return BatchDir(self.out_dir).logs
 
     def predict_command(self) -> list[str]:
         """The command each array task runs, its shard named by SLURM_ARRAY_TASK_ID (a shell word)."""
@@ -65,20 +68,11 @@ class ArrayJob:
         return [self.python, "-m", "af2cpu", "report", str(self.out_dir)]
 
 
-def estimated_memory(length: int, precision: str, model_names: Sequence[str]) -> int:
-    """Bytes to ask per array task for a target of `length` residues run in `precision` by the models
-    `model_names`: the planner's estimate for the largest of them at its own input maxima (MSA
-    clusters, extra MSA rows, templates), plus headroom."""
-    from af2cpu.model.memory import TargetShape, estimate_peak_memory
-    from af2cpu.model.presets import get_preset
-
-    def peak(name: str) -> int:
-        p = get_preset(name)
-        templates = p.max_templates if p.use_templates else 0
-        shape = TargetShape(length, p.num_msa_clusters, p.max_extra_msa, templates)
-        return estimate_peak_memory(shape, precision, architecture=p.architecture).total
-
-    return int(max(peak(name) for name in model_names) * HEADROOM_FACTOR) + HEADROOM_BYTES
+def estimated_memory(stages: Sequence[Stage], length: int) -> int:
+    """Bytes to ask per array task for targets of up to `length` residues: the largest estimate of the
+    declared stages, plus headroom."""
+    peak = max((stage.memory(length) for stage in stages if stage.memory is not None), default=0)
+    return int(peak * HEADROOM_FACTOR) + HEADROOM_BYTES
 
 
 def shell_words(command: Sequence[str]) -> str:
@@ -151,9 +145,6 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
              partition: str | None = None, account: str | None = None) -> ArrayJob:
     """An ArrayJob for `fasta`: the array size defaults to one task per target, memory to the planner's
     estimate for the longest target. The overrides are checked now, not on the cluster."""
-    from af2cpu.config import compose_config
-    from af2cpu.preprocessing.inputs import read_fasta_batch
-
     cfg = compose_config(list(overrides))
     targets, invalid = read_fasta_batch(fasta)
     for error in invalid:
@@ -167,7 +158,7 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     if cpus < 1:
         raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
     longest = max(len(t.sequence) for t in targets)
-    memory_gib = math.ceil(estimated_memory(longest, cfg.runtime.precision, cfg.model.names) / GIB)
+    memory_gib = math.ceil(estimated_memory(target_stages(cfg), longest) / GIB)
     if mem is None:
         mem = f"{memory_gib}G"
         log.info("memory per task: %s (planner estimate for the longest target, %d residues, plus headroom)",
@@ -177,52 +168,9 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     # Inside the job, "auto" would see the whole node; the allocation is what this task may use.
     if "runtime.memory_limit" not in keys:
         extra.append(f"runtime.memory_limit={mem}")
+    # One model instance of the task's CPUs, in one Dask worker that has the whole allocation's memory.
     if "runtime.threads" not in keys:
         extra.append(f"runtime.threads={cpus}")
+    if "scheduler.n_workers" not in keys:
+        extra.append("scheduler.n_workers=1")
     return ArrayJob(Path(fasta).resolve(), Path(out).resolve(), count, cpus, mem, extra, time, partition, account)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
-    script = sub.add_parser("script", help="write (and optionally submit) an sbatch array script",
-                            description=__doc__.strip())
-    script.add_argument("fasta", help="FASTA file with the targets")
-    script.add_argument("--out", required=True, help="output folder shared by every array task")
-    script.add_argument("--array-count", type=int, metavar="N", help="array tasks (default: one per target)")
-    script.add_argument("--cpus-per-task", type=int, metavar="C", help="CPUs per array task (default 4)")
-    script.add_argument("--mem", metavar="M", help="memory per task, e.g. 16G (default: from the planner)")
-    script.add_argument("--time", metavar="T", help="time limit per task, e.g. 12:00:00")
-    script.add_argument("--partition", metavar="P", help="SLURM partition")
-    script.add_argument("--account", metavar="A", help="SLURM account")
-    script.add_argument("--script", metavar="PATH", help=f"where to write the script (default: OUT/{SCRIPT_NAME})")
-    script.add_argument("--summary-job", action="store_true",
-                        help="also a job that runs `af2cpu report OUT` after every array task succeeded")
-    script.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id(s)")
-    script.add_argument("overrides", nargs="*", help="Hydra overrides passed to af2cpu predict")
-
-
-def run(args: argparse.Namespace) -> int:
-    from af2cpu.outputs import atomic_write_text
-    from af2cpu.predict import prepare_output_folder
-
-    job = plan_job(args.fasta, args.out, args.overrides or [], args.array_count, args.cpus_per_task, args.mem,
-                   args.time, args.partition, args.account)
-    if args.submit:
-        require_sbatch()  # before anything is written
-    prepare_output_folder(job.out_dir)
-    job.log_dir.mkdir(exist_ok=True)
-    path = Path(args.script) if args.script else job.out_dir / SCRIPT_NAME
-    atomic_write_text(path, array_script(job))
-    path.chmod(0o755)
-    print(f"wrote {path}: {job.array_count} array task(s), {job.cpus_per_task} CPU(s) and {job.mem} each")
-    summary_path = path.with_name(path.stem + "_report.sbatch")
-    if args.summary_job:
-        atomic_write_text(summary_path, summary_script(job))
-        print(f"wrote {summary_path}: `af2cpu report` after the array succeeded")
-    if args.submit:
-        job_id = sbatch([str(path)])
-        print(f"submitted array job {job_id}")
-        if args.summary_job:
-            report_id = sbatch([f"--dependency=afterok:{job_id}", str(summary_path)])
-            print(f"submitted report job {report_id}")
-    return 0

@@ -1,4 +1,4 @@
-"""Harness around DeepMind's JAX AlphaFold (the `reference` extra), configured as REFERENCE.md says.
+"""Harness around DeepMind's JAX AlphaFold (the `reference` extra), configured as docs/reference.md says.
 
 Shared by the model tests: build a reference config that is DeepMind's fp32 monomer (no zero-init,
 no bf16, no sub-batching, unfused triangle weights), run any haiku module on parameters given in
@@ -21,7 +21,7 @@ from alphafold.model import features as af_features
 from alphafold.model import modules as af_modules
 from alphafold.model import utils as af_utils
 
-from af2cpu.reference import reference_config  # the tests use it through this module
+from af2cpu.bench.reference import reference_config  # the tests use it through this module
 
 jax.config.update("jax_enable_x64", False)
 

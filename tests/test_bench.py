@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from af2cpu.bench import make_inputs
+from af2cpu.bench.model import make_inputs
 from af2cpu.cli import main
 
 pytestmark = pytest.mark.reference
@@ -24,11 +24,22 @@ def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
     results = json.loads((tmp_path / "bench.json").read_text())
     runs = {(r["model"], r["precision"]): r for r in results["runs"]}
     assert set(runs) == {("af2cpu", "fp32"), ("af2cpu", "bf16"), ("reference", "fp32")}
-    for run in runs.values():
-        assert run["pass_s"] > 0 and run["gflop"] > 0 and 0 < run["peak_fraction"]
+    # The bf16 GEMM peak is measured only where the CPU multiplies bf16 natively (emulated elsewhere).
+    native_bf16 = results["machine"]["native_bf16"]
+    assert results["gemm_peak_gflops"]["fp32"] > 0
+    if native_bf16:
+        assert results["gemm_peak_gflops"]["bf16"] > 0
+    else:
+        assert results["gemm_peak_gflops"]["bf16"] is None
+    for (_, precision), run in runs.items():
+        assert run["pass_s"] > 0 and run["gflop"] > 0
+        if precision == "fp32" or native_bf16:
+            assert 0 < run["peak_fraction"]
+        else:
+            assert run["peak_fraction"] is None
+    # The speed-up is rounded to two decimals, whichever model is faster.
     assert runs["af2cpu", "fp32"]["speedup_vs_reference"] == pytest.approx(
-        runs["reference", "fp32"]["pass_s"] / runs["af2cpu", "fp32"]["pass_s"], rel=0.01)
-    assert results["gemm_peak_gflops"]["fp32"] > 0 and results["gemm_peak_gflops"]["bf16"] > 0
+        runs["reference", "fp32"]["pass_s"] / runs["af2cpu", "fp32"]["pass_s"], abs=0.006)
     breakdown = results["breakdown"]["bf16"]
     assert breakdown["evoformer/triangle_multiplication_outgoing"] > 0 and breakdown["structure_module"] > 0
     table = (tmp_path / "bench.md").read_text()

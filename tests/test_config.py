@@ -70,7 +70,7 @@ def test_ipex_backend_without_ipex_is_a_clear_error():
     import importlib.util
 
     from af2cpu.errors import ConfigError as Error
-    from af2cpu.pipeline import load_model
+    from af2cpu.model.weights import load_model
 
     if importlib.util.find_spec("intel_extension_for_pytorch") is not None:
         return  # with IPEX installed the back end is available; nothing to refuse
@@ -84,5 +84,5 @@ def test_compile_settings_reach_the_model_options():
     from af2cpu.model.presets import get_preset
 
     cfg = compose_config(["runtime.compile=true", "runtime.precision=bf16"])
-    options, _ = plan_options(cfg.runtime, get_preset("model_3_ptm"), TargetShape(50, 10, 10, 0))
+    options, _ = plan_options(cfg.runtime, get_preset("model_1_ptm"), TargetShape(50, 10, 10, 0))
     assert options.compile and options.precision == "bf16" and options.compile_cache_dir.endswith("inductor")

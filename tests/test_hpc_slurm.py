@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from slurm import SlurmUnavailable, start_slurm
 
+from af2cpu.config import SchedulerConfig
 from af2cpu.errors import Af2CpuError
 from af2cpu.scheduler.cluster import start_cluster
-from af2cpu.scheduler.config import SchedulerConfig
 
 CRAMBIN = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"  # 1EJG, 46 aa
 VILLIN = "LSDEDFKAVFGMTRSAFANLPLWKQQNLKKEKGLF"  # 1YRF villin headpiece HP35, 35 aa

@@ -1,7 +1,7 @@
 """bf16 trunk (``Options(precision="bf16")``): each module's relative error against its fp32 result
 is bounded, the fp32 path is untouched, and the whole model runs in bf16 end to end.
 
-Random weights are chaotic through 48 blocks (REFERENCE.md: the bf16 trunk moves atoms by Å on
+Random weights are chaotic through 48 blocks (docs/reference.md: the bf16 trunk moves atoms by Å on
 them), so bf16 is judged per module here, on random fan-in-scaled weights and unit-normal inputs.
 The bounds are about 1.7-2x the errors measured on a 2-core AVX512-BF16 CPU (written next to each);
 bf16 has an 8-bit mantissa (relative rounding 2^-9 = 2e-3), so a module of a few rounded GEMMs

@@ -290,7 +290,7 @@ def test_embeddings_and_evoformer_match_reference(processed):
     """Input, relative-position, recycling (from a non-zero previous pass), template (pair and
     torsion rows) and extra-MSA embeddings, through 2 Evoformer blocks.
 
-    Configured as REFERENCE.md says (zero_init=False, hence torsion placeholders). With DeepMind's
+    Configured as docs/reference.md says (zero_init=False, hence torsion placeholders). With DeepMind's
     inference setting (zero_init=True) the pre-omega torsion of a residue without a resolved
     predecessor is the direction of a rounding-noise vector (its frame is degenerate): the
     reference itself gives different values eager and under jit, so that setting cannot be

@@ -4,7 +4,7 @@ Both models get the same random official-format parameters (fan-in scaled, all 4
 blocks) and the same processed features, made once by the reference's own
 ``np_example_to_features`` from real data: 40 residues of jackhmmer's HBB_HUMAN-vs-globins MSA
 (46 rows) with a real globin structure (2gtl_A) as template. The reference runs
-through our own fp32 recycle loop around ``modules.AlphaFold_noE`` (REFERENCE.md), never
+through our own fp32 recycle loop around ``modules.AlphaFold_noE`` (docs/reference.md), never
 ``RunModel.predict``. Outputs of both are computed once per session and cached in a tmp dir.
 
 Tolerances are those of issue 3; the measured differences (2-core CPU) are written next to each
@@ -32,7 +32,7 @@ PRESETS = ["model_1_ptm", "model_3_ptm"]  # with a template / without templates
 
 
 def _model(preset_name: str, evoformer_blocks: int | None = None) -> AlphaFold:
-    # The reference runs with zero_init=False (REFERENCE.md), which switches on AlphaFold2's
+    # The reference runs with zero_init=False (docs/reference.md), which switches on AlphaFold2's
     # placeholders for undefined template torsions; configure ours the same way.
     preset = dataclasses.replace(get_preset(preset_name).with_blocks(evoformer=evoformer_blocks),
                                  template_torsion_placeholders=True)

@@ -7,9 +7,11 @@ import pickle
 import numpy as np
 import pytest
 
-from af2cpu import outputs
+from af2cpu import formats, summary
+from af2cpu import io as afio
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
+from af2cpu.layout import BatchDir, TargetDir
 from af2cpu.model.confidence import confidence_metrics
 
 # The first 30 residues of ubiquitin (PDB 1UBI, tests/data/structures/1ubi.pdb).
@@ -85,13 +87,13 @@ def test_result_npz_round_trips_nested_outputs_and_per_recycle_lists_without_pic
     out["model_name"] = "model_1_ptm"
     out["absent_head"] = None
     path = tmp_path / "result_model_1_ptm.npz"
-    outputs.save_result_npz(path, out)
+    afio.save_result_npz(path, out)
 
     with np.load(path, allow_pickle=False) as npz:
         assert "structure_module/final_atom_positions" in npz.files
         assert "per_recycle/#2/plddt" in npz.files
         assert npz["model_name"].dtype.kind == "U"
-    loaded = outputs.load_result_npz(path)
+    loaded = afio.load_result_npz(path)
     del out["absent_head"]
     assert_trees_equal(loaded, out)
     assert os.listdir(tmp_path) == ["result_model_1_ptm.npz"]
@@ -99,8 +101,8 @@ def test_result_npz_round_trips_nested_outputs_and_per_recycle_lists_without_pic
 
 def test_load_result_npz_reads_only_the_requested_entries(tmp_path):
     out = model_output(np.random.default_rng(1), 30)
-    outputs.save_result_npz(tmp_path / "r.npz", out)
-    part = outputs.load_result_npz(tmp_path / "r.npz", ["plddt", "distogram/bin_edges"])
+    afio.save_result_npz(tmp_path / "r.npz", out)
+    part = afio.load_result_npz(tmp_path / "r.npz", ["plddt", "distogram/bin_edges"])
     assert set(part) == {"plddt", "distogram"}
     assert set(part["distogram"]) == {"bin_edges"}
     np.testing.assert_array_equal(part["plddt"], out["plddt"])
@@ -108,16 +110,16 @@ def test_load_result_npz_reads_only_the_requested_entries(tmp_path):
 
 def test_result_npz_refuses_objects_that_would_need_pickle(tmp_path):
     with pytest.raises(TypeError, match="object array"):
-        outputs.save_result_npz(tmp_path / "r.npz", {"bad": np.array([{"a": 1}], dtype=object)})
+        afio.save_result_npz(tmp_path / "r.npz", {"bad": np.array([{"a": 1}], dtype=object)})
     with pytest.raises(ValueError, match="without '/'"):
-        outputs.save_result_npz(tmp_path / "r.npz", {"a/b": np.zeros(2)})
+        afio.save_result_npz(tmp_path / "r.npz", {"a/b": np.zeros(2)})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     path = tmp_path / "ranking_debug.json"
-    outputs.atomic_write_text(path, "old")
-    with pytest.raises(RuntimeError), outputs.atomic_open(path, "w") as f:
+    afio.atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError), afio.atomic_open(path, "w") as f:
         f.write("half of the new")
         raise RuntimeError("killed")
     assert path.read_text() == "old"
@@ -126,21 +128,21 @@ def test_failed_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a mkstemp file
     with pytest.raises(FileNotFoundError, match="missing_target"):
-        outputs.atomic_write_text(tmp_path / "missing_target" / "timings.json", "{}")
+        afio.atomic_write_text(tmp_path / "missing_target" / "timings.json", "{}")
 
 
 def test_confidence_json_is_alphafold_db_format_with_its_categories():
     plddt = np.array([10.0, 49.999, 50.0, 69.994, 70.0, 89.99, 90.0, 100.0, 73.456789])
-    payload = json.loads(outputs.confidence_json(plddt))
+    payload = json.loads(formats.confidence_json(plddt))
     assert list(payload) == ["residueNumber", "confidenceScore", "confidenceCategory"]
     assert payload["residueNumber"] == list(range(1, 10))
     assert payload["confidenceScore"] == [10.0, 50.0, 50.0, 69.99, 70.0, 89.99, 90.0, 100.0, 73.46]
     assert payload["confidenceCategory"] == ["D", "D", "L", "L", "M", "M", "H", "H", "M"]
-    assert " " not in outputs.confidence_json(plddt)
+    assert " " not in formats.confidence_json(plddt)
     with pytest.raises(ValueError, match="pLDDT"):
-        outputs.confidence_json(np.array([101.0]))
+        formats.confidence_json(np.array([101.0]))
     with pytest.raises(ValueError, match="rank 1"):
-        outputs.confidence_json(np.zeros((2, 2)))
+        formats.confidence_json(np.zeros((2, 2)))
 
 
 @pytest.mark.reference
@@ -148,17 +150,17 @@ def test_confidence_and_pae_json_equal_deepminds_text():
     notebook_utils = pytest.importorskip("alphafold.notebooks.notebook_utils")
     rng = np.random.default_rng(2)
     pae = rng.uniform(0, 31.75, (30, 30)).astype(np.float32)
-    assert outputs.pae_json(pae, 31.75) == notebook_utils.get_pae_json(pae, 31.75)
+    assert formats.pae_json(pae, 31.75) == notebook_utils.get_pae_json(pae, 31.75)
 
 
 def test_pae_json_is_alphafold_db_format_rounded_to_one_decimal():
     pae = np.array([[0.04, 13.16], [20.15, 0.0]], dtype=np.float32)
-    text = outputs.pae_json(pae, np.float32(31.75))
+    text = formats.pae_json(pae, np.float32(31.75))
     assert text.startswith('[{"predicted_aligned_error":[[0.0,13.2],[20.1,0.0]]')
     payload = json.loads(text)
     assert payload == [{"predicted_aligned_error": [[0.0, 13.2], [20.1, 0.0]], "max_predicted_aligned_error": 31.75}]
     with pytest.raises(ValueError, match="square"):
-        outputs.pae_json(np.zeros((2, 3)), 31.75)
+        formats.pae_json(np.zeros((2, 3)), 31.75)
 
 
 def test_monomer_ptm_models_rank_by_mean_plddt_not_ptm():
@@ -166,39 +168,36 @@ def test_monomer_ptm_models_rank_by_mean_plddt_not_ptm():
     outs = {f"model_{i}_ptm": model_output(rng, 30, confidence=c) for i, c in zip(range(1, 6), [0, 9, -3, 3, 1])}
     confidences = {name: float(out["ranking_confidence"]) for name, out in outs.items()}
     ptms = {name: float(out["ptm"]) for name, out in outs.items()}
-    order = outputs.rank_models(confidences)
+    order = formats.rank_models(confidences)
     assert order[0] == "model_2_ptm"
     means = [np.mean(outs[name]["plddt"]) for name in order]
     assert means == sorted(means, reverse=True)
     assert order != sorted(ptms, key=ptms.get, reverse=True)  # pTM would rank them otherwise
 
-    payload = json.loads(outputs.ranking_debug_json(confidences, ptms=ptms))
+    payload = json.loads(formats.ranking_debug_json(confidences, ptms=ptms))
     assert set(payload) == {"plddts", "order", "ptms"}
     assert payload["order"] == order
     assert payload["plddts"] == pytest.approx({n: float(np.mean(o["plddt"])) for n, o in outs.items()})
     assert payload["ptms"] == pytest.approx(ptms)
-    assert json.dumps(payload, indent=4) == outputs.ranking_debug_json(confidences, ptms=ptms)
+    assert json.dumps(payload, indent=4) == formats.ranking_debug_json(confidences, ptms=ptms)
 
 
 def test_multimer_ranks_by_iptm_plus_ptm_and_untrained_params_is_flagged():
     confidences = {"model_1_multimer_v3_pred_0": 0.42, "model_2_multimer_v3_pred_0": 0.77,
                    "model_3_multimer_v3_pred_0": 0.42}
-    payload = json.loads(outputs.ranking_debug_json(confidences, multimer=True, untrained_params=True))
+    payload = json.loads(formats.ranking_debug_json(confidences, multimer=True, untrained_params=True))
     assert payload["order"] == ["model_2_multimer_v3_pred_0", "model_1_multimer_v3_pred_0",
                                 "model_3_multimer_v3_pred_0"]
     assert "iptm+ptm" in payload and "plddts" not in payload
     assert payload["untrained_params"] is True
-    assert "untrained_params" not in json.loads(outputs.ranking_debug_json(confidences))
+    assert "untrained_params" not in json.loads(formats.ranking_debug_json(confidences))
 
 
 def test_ranked_files_are_named_by_rank(tmp_path):
     order = ["model_3_ptm", "model_1_ptm"]
-    assert outputs.ranked_file_names(order) == [
-        ("model_3_ptm", "ranked_0.pdb", "ranked_0.cif"),
-        ("model_1_ptm", "ranked_1.pdb", "ranked_1.cif"),
-    ]
-    outputs.write_ranked_structures(
-        tmp_path, order, {"model_1_ptm": "PDB1", "model_3_ptm": "PDB3"}, {"model_1_ptm": "CIF1", "model_3_ptm": "CIF3"}
+    assert [p.name for p in TargetDir(tmp_path).ranked(1)] == ["ranked_1.pdb", "ranked_1.cif"]
+    formats.write_ranked_structures(
+        TargetDir(tmp_path), order, {"model_1_ptm": "PDB1", "model_3_ptm": "PDB3"}, {"model_1_ptm": "CIF1", "model_3_ptm": "CIF3"}
     )
     assert (tmp_path / "ranked_0.pdb").read_text() == "PDB3"
     assert (tmp_path / "ranked_1.cif").read_text() == "CIF1"
@@ -206,15 +205,15 @@ def test_ranked_files_are_named_by_rank(tmp_path):
 
 def test_timings_json_has_start_end_and_duration_per_stage_in_start_order(tmp_path):
     stages = {"features": (1000.0, 1002.5), "jackhmmer_uniref90": (900.0, 950.25)}
-    with pytest.raises(KeyError), outputs.timed(stages, "predict_model_1_ptm"):
+    with pytest.raises(KeyError), formats.timed(stages, "predict_model_1_ptm"):
         raise KeyError("the stage failed")
     start, end = stages["predict_model_1_ptm"]
     assert 0 <= end - start < 5
-    payload = json.loads(outputs.timings_json(stages))
+    payload = json.loads(formats.timings_json(stages))
     assert list(payload)[:2] == ["jackhmmer_uniref90", "features"]
     assert payload["features"] == {"start": 1000.0, "end": 1002.5, "duration": 2.5}
-    outputs.atomic_write_text(tmp_path / "timings.json", outputs.timings_json(stages))
-    assert outputs.load_timings(tmp_path / "timings.json")["jackhmmer_uniref90"] == (900.0, 950.25)
+    afio.atomic_write_text(tmp_path / "timings.json", formats.timings_json(stages))
+    assert formats.load_timings(tmp_path / "timings.json")["jackhmmer_uniref90"] == (900.0, 950.25)
 
 
 def raw_features(num_templates: int = 2) -> dict:
@@ -245,11 +244,11 @@ def raw_features(num_templates: int = 2) -> dict:
 def test_features_npz_round_trips_alphafold_string_features_without_pickle(tmp_path):
     features = raw_features()
     path = tmp_path / "features.npz"
-    outputs.save_features_npz(path, features)
+    afio.save_features_npz(path, features)
     with np.load(path, allow_pickle=False) as npz:
         assert npz["sequence"].dtype.kind == "S"
         assert npz["sequence"][0] == QUERY.encode()
-    loaded = outputs.load_features_npz(path)
+    loaded = afio.load_features_npz(path)
     assert set(loaded) == set(features)
     for name, value in features.items():
         assert loaded[name].dtype == value.dtype, name
@@ -259,17 +258,17 @@ def test_features_npz_round_trips_alphafold_string_features_without_pickle(tmp_p
 
 
 def test_features_with_zero_templates_and_unsaveable_objects(tmp_path):
-    outputs.save_features_npz(tmp_path / "f.npz", raw_features(num_templates=0))
-    loaded = outputs.load_features_npz(tmp_path / "f.npz")
+    afio.save_features_npz(tmp_path / "f.npz", raw_features(num_templates=0))
+    loaded = afio.load_features_npz(tmp_path / "f.npz")
     assert loaded["template_domain_names"].shape == (0,) and loaded["template_domain_names"].dtype == object
     with pytest.raises(InputError, match="'bad'.*int"):
-        outputs.save_features_npz(tmp_path / "g.npz", {"bad": np.zeros(2, dtype=object)})
+        afio.save_features_npz(tmp_path / "g.npz", {"bad": np.zeros(2, dtype=object)})
     assert not (tmp_path / "g.npz").exists()
 
 
 def test_features_pkl_is_written_for_old_tools(tmp_path):
     features = raw_features()
-    outputs.save_features_pkl(tmp_path / "features.pkl", features)
+    afio.save_features_pkl(tmp_path / "features.pkl", features)
     with open(tmp_path / "features.pkl", "rb") as f:
         loaded = pickle.load(f)  # an old tool's view; af2cpu itself never reads this file
     assert loaded["sequence"][0] == QUERY.encode()
@@ -278,15 +277,15 @@ def test_features_pkl_is_written_for_old_tools(tmp_path):
 
 def test_batch_summary_json_and_tsv_list_every_target(tmp_path):
     targets = [
-        outputs.TargetSummary("T1", "done", length=30, best_model="model_2_ptm", mean_plddt=87.123456, ptm=0.8123),
-        outputs.TargetSummary("T2", "failed", length=12, failure_reason='jackhmmer failed:\n\t"uniref90.fasta"\tmissing'),
-        outputs.TargetSummary("T3", "pending", length=99),
+        summary.TargetSummary("T1", "done", length=30, best_model="model_2_ptm", mean_plddt=87.123456, ptm=0.8123),
+        summary.TargetSummary("T2", "failed", length=12, failure_reason='jackhmmer failed:\n\t"uniref90.fasta"\tmissing'),
+        summary.TargetSummary("T3", "pending", length=99),
     ]
-    outputs.write_batch_summary(tmp_path, targets)
+    summary.write_batch_summary(BatchDir(tmp_path), targets)
     payload = json.loads((tmp_path / "summary.json").read_text())
     assert payload["counts"] == {"done": 1, "failed": 1, "pending": 1}
     assert payload["targets"][1]["failure_reason"] == 'jackhmmer failed:\n\t"uniref90.fasta"\tmissing'
-    assert outputs.read_batch_summary(tmp_path) == targets
+    assert summary.read_batch_summary(BatchDir(tmp_path)) == targets
 
     rows = [line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines()]
     header = rows[0]
@@ -296,6 +295,6 @@ def test_batch_summary_json_and_tsv_list_every_target(tmp_path):
     assert t1["mean_plddt"] == "87.1235" and t1["ptm"] == "0.8123" and t1["failure_reason"] == ""
     assert t2["status"] == "failed" and t2["failure_reason"] == 'jackhmmer failed: "uniref90.fasta" missing'
     with pytest.raises(ValueError, match="failure_reason"):
-        outputs.TargetSummary("T4", "failed")
+        summary.TargetSummary("T4", "failed")
     with pytest.raises(ValueError, match="status"):
-        outputs.TargetSummary("T4", "running")
+        summary.TargetSummary("T4", "running")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from af2cpu.cli import params as params_cli
 from af2cpu.errors import Af2CpuError, InputError
-from af2cpu.model import cli as params_cli
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.params import (
     download_params,

@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 from Bio.PDB import PDBParser
 
-from af2cpu.outputs import load_result_npz, read_batch_summary
+from af2cpu.io import load_result_npz
+from af2cpu.layout import BatchDir
+from af2cpu.runtime.placement import plan_instances
+from af2cpu.runtime.topology import read_topology
+from af2cpu.summary import read_batch_summary
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +127,7 @@ def test_failures_are_isolated_and_reported(batch):
     assert proc.returncode == 3, f"partial failure must exit 3; stdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}"
     assert "invalid record skipped" in proc.stdout and "'*'" in proc.stdout
     assert "broken_target: FAILED at search_" in proc.stdout
-    summary = {s.target_id: s for s in read_batch_summary(out)}
+    summary = {s.target_id: s for s in read_batch_summary(BatchDir(out))}
     assert summary["broken_target"].status == "failed" and "msas" in summary["broken_target"].failure_reason
     for target in ("1EJG_A", "1UBI_A", "1A8O_A"):
         assert summary[target].status == "done" and summary[target].untrained_params
@@ -223,9 +227,16 @@ def test_split_workflow_features_then_infer_equals_predict(batch, tmp_path):
     features = af2cpu("features", str(fasta), "--out", str(out))
     assert features.returncode == 0, features.stderr[-2000:]
     assert not list((out / "1UBI_A").glob("result_*.npz"))
-    infer = af2cpu("infer", str(fasta), "--out", str(out), *OVERRIDES)
+    # One thread per model instance (runtime.threads): two single-thread workers, each running a model.
+    infer = af2cpu("infer", str(fasta), "--out", str(out), *OVERRIDES, "runtime.threads=1")
     assert infer.returncode == 0, infer.stdout + infer.stderr[-3000:]
     assert "search_uniref90" not in infer.stderr  # no search ran or was scheduled
+    for model in MODELS:
+        record = json.loads((out / "1UBI_A" / f"infer_{model}.stage.json").read_text())
+        oneshot = json.loads((reference_out / "1UBI_A" / f"infer_{model}.stage.json").read_text())
+        # predict's default: every CPU of the worker, as the placement planner sizes it.
+        default = plan_instances(read_topology()).allotments[0].threads
+        assert record["info"]["threads"] == 1 and oneshot["info"]["threads"] == default
     for model in MODELS:
         split = load_result_npz(out / "1UBI_A" / f"result_{model}.npz")
         oneshot = load_result_npz(reference_out / "1UBI_A" / f"result_{model}.npz")

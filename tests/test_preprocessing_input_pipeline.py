@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from af2cpu.model.presets import get_preset
 from af2cpu.preprocessing import features, parsers
 from af2cpu.preprocessing import input_pipeline as ip
 
@@ -84,13 +85,13 @@ def test_deterministic_steps_equal_reference(raw, num_clusters, max_extra):
 def test_output_layout_equals_reference_without_templates(raw):
     ref = _reference_features(raw, 512, 5120, 0.15, seed=0, preset="model_3_ptm")
     ours = ip.process_features(
-        raw, ip.PipelineSettings.from_preset("model_3_ptm", pad_to_fixed_size=True), seed=0
+        raw, ip.PipelineSettings.from_preset(get_preset("model_3_ptm"), pad_to_fixed_size=True), seed=0
     )
     assert {k: (v.shape, v.dtype) for k, v in ours.items()} == {k: (v.shape, v.dtype) for k, v in ref.items()}
 
 
 def test_unpadded_output_has_one_sample_per_recycle_and_real_rows_only(raw):
-    settings = ip.PipelineSettings.from_preset("model_1_ptm")
+    settings = ip.PipelineSettings.from_preset(get_preset("model_1_ptm"))
     out = ip.process_features(raw, settings, seed=0)
     num_rows, num_res = raw["msa"].shape
     assert out["msa_feat"].shape == (4, num_rows, num_res, 49)

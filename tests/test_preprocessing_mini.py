@@ -14,10 +14,11 @@ import shutil
 import numpy as np
 import pytest
 
+from af2cpu.cli import features as features_cli
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR
-from af2cpu.outputs import load_features_npz
-from af2cpu.preprocessing import cli, features, parsers, searches, templates
+from af2cpu.io import load_features_npz
+from af2cpu.preprocessing import features, parsers, searches, templates
 from af2cpu.preprocessing.inputs import read_fasta_targets
 
 EXAMPLES = DATA_DIR / "examples"
@@ -33,8 +34,8 @@ pytestmark = pytest.mark.slow
 
 def _features_command(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    return cli.run(parser.parse_intermixed_args(list(argv)))  # overrides may follow --out
+    features_cli.add_arguments(parser)
+    return features_cli.run(parser.parse_intermixed_args(list(argv)))  # overrides may follow --out
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +89,14 @@ def test_rerun_reuses_every_result(out_dir):
 
 def test_precomputed_msas_are_used_only_for_their_own_sequence(out_dir, tmp_path):
     cfg = compose_config([])
-    plan = searches.plan_searches(cfg.db)
+    plan = searches.plan_searches(cfg.db.preset)
     (hbb,) = read_fasta_targets(EXAMPLES / "HBB_HUMAN.fasta")
     (ubiquitin,) = read_fasta_targets(EXAMPLES / "ubiquitin.fasta")
     source = out_dir / "HBB_HUMAN" / "msas"
-    assert all(searches.adopt_precomputed(s, hbb.sequence, source, tmp_path / "hbb") for s in plan)
-    assert not any(searches.adopt_precomputed(s, ubiquitin.sequence, source, tmp_path / "ubi") for s in plan)
-    other_db = dataclasses.replace(
-        plan[0], databases=(("uniref90", str(MINI / "mgnify" / "mgy_clusters_2022_05.fa")),)
-    )
-    assert not searches.reusable(other_db, hbb.sequence, source)
+    assert all(searches.adopt_precomputed(s, hbb.sequence, source, tmp_path / "hbb", cfg.db) for s in plan)
+    assert not any(searches.adopt_precomputed(s, ubiquitin.sequence, source, tmp_path / "ubi", cfg.db) for s in plan)
+    other_db = {**cfg.db, "uniref90": str(MINI / "mgnify" / "mgy_clusters_2022_05.fa")}
+    assert not searches.reusable(plan[0], hbb.sequence, source, other_db)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +229,7 @@ def test_hmmsearch_template_hits_and_features_equal_reference(out_dir, tmp_path)
         sequence, ref_parsers.convert_stockholm_to_a3m(text, remove_first_row_gaps=False), skip_first=False
     )
     result = features.raw_features_from_files(
-        sequence, "HBB", features.MsaFiles(pdb_hits_sto=run.path), _template_settings("2100-01-01")
+        sequence, "HBB", [(searches.SEARCHES["pdb_seqres"], run.path)], _template_settings("2100-01-01")
     )
     ours_hits = parsers.parse_hmmsearch_a3m(
         sequence, parsers.stockholm_to_a3m(text, remove_first_row_gaps=False), skip_first=False
@@ -255,7 +254,7 @@ def test_hmmsearch_template_hits_and_features_equal_reference(out_dir, tmp_path)
 
 def test_reduced_preset_searches_small_bfd_with_jackhmmer(tmp_path):
     cfg = compose_config(["db=reduced", f"db.root={MINI}"])
-    plan = searches.plan_searches(cfg.db)
+    plan = searches.plan_searches(cfg.db.preset)
     assert [s.output for s in plan] == [
         "uniref90_hits.sto",
         "mgnify_hits.sto",
@@ -264,10 +263,8 @@ def test_reduced_preset_searches_small_bfd_with_jackhmmer(tmp_path):
     ]
     (hbb,) = read_fasta_targets(EXAMPLES / "HBB_HUMAN.fasta")
     small_bfd = next(s for s in plan if s.name == "small_bfd")
-    path = searches.run_search(small_bfd, hbb, tmp_path, cpus=2)
-    result = features.raw_features_from_files(
-        hbb.sequence, hbb.description, features.MsaFiles(small_bfd_sto=path), None
-    )
+    path, _ = searches.run_search(small_bfd, hbb, tmp_path, cfg.db, cpus=2)
+    result = features.raw_features_from_files(hbb.sequence, hbb.description, [(small_bfd, path)], None)
     assert result.msa_sizes["small_bfd"] > 1
     assert result.features["template_aatype"].shape == (0,)
 

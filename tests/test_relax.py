@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from af2cpu.cli import relax as cli
 from af2cpu.common import protein
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import ConfigError, InputError
-from af2cpu.relax import RelaxConfig, amber, cli, find_violations, relax
+from af2cpu.relax import RelaxConfig, amber, find_violations, relax
 
 STRUCTURES = Path(__file__).parent / "data" / "structures"
 FIELDS = ["atom_positions", "aatype", "atom_mask", "residue_index", "chain_index", "b_factors"]

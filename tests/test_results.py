@@ -8,11 +8,14 @@ import pytest
 from Bio.PDB import MMCIFParser, PDBParser
 from test_outputs import QUERY, model_output
 
-from af2cpu import outputs, plots
+from af2cpu import formats, plots
+from af2cpu import io as afio
 from af2cpu.common import protein
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
+from af2cpu.layout import BatchDir, TargetDir
 from af2cpu.results import TargetResult, load_result
+from af2cpu.summary import TargetSummary, write_batch_summary
 
 DATA = Path(__file__).parent / "data"
 MODELS = [f"model_{i}_ptm" for i in range(1, 6)]
@@ -123,14 +126,14 @@ def write_target(target: Path, rng: np.random.Generator, relaxed: bool = True) -
     (target / "msas" / "pdb_hits.hhr").write_text(HHR)
 
     stages: dict[str, tuple[float, float]] = {}
-    with outputs.timed(stages, "features"):
+    with formats.timed(stages, "features"):
         features = raw_features(list(dict.fromkeys([QUERY] + uniref + mgnify + bfd)))
-        outputs.save_features_npz(target / "features.npz", features)
+        afio.save_features_npz(target / "features.npz", features)
 
     native = ubiquitin_30()
     outs, pdbs, cifs = {}, {}, {}
     for model in MODELS:
-        with outputs.timed(stages, f"predict_{model}"):
+        with formats.timed(stages, f"predict_{model}"):
             out = model_output(rng, len(QUERY), num_msa=len(features["msa"]), confidence=rng.uniform(-4, 8))
             out["structure_module"]["final_atom_positions"] = (
                 native.atom_positions + rng.normal(0.0, 0.5, native.atom_positions.shape)
@@ -138,23 +141,23 @@ def write_target(target: Path, rng: np.random.Generator, relaxed: bool = True) -
             out["structure_module"]["final_atom_mask"] = native.atom_mask.astype(np.float32)
             if model != "model_1_ptm":
                 del out["representations"]  # kept for one model only, as `save_representations` would
-            outputs.write_model_outputs(target, model, out)
-            prot = outputs.protein_from_prediction(features, out)
+            formats.write_model_outputs(TargetDir(target), model, out)
+            prot = formats.protein_from_prediction(features, out)
             pdbs[model] = protein.to_pdb(prot)
             cifs[model] = protein.to_mmcif(prot, file_id="T1")
-            outputs.atomic_write_text(target / f"unrelaxed_{model}.pdb", pdbs[model])
+            afio.atomic_write_text(target / f"unrelaxed_{model}.pdb", pdbs[model])
             outs[model] = out
     if relaxed:
-        outputs.atomic_write_text(target / "relaxed_model_3_ptm.pdb", pdbs["model_3_ptm"])
+        afio.atomic_write_text(target / "relaxed_model_3_ptm.pdb", pdbs["model_3_ptm"])
 
     confidences = {m: float(o["ranking_confidence"]) for m, o in outs.items()}
-    order = outputs.rank_models(confidences)
+    order = formats.rank_models(confidences)
     ptms = {m: o["ptm"] for m, o in outs.items()}
-    outputs.atomic_write_text(
-        target / "ranking_debug.json", outputs.ranking_debug_json(confidences, ptms=ptms, untrained_params=True)
+    afio.atomic_write_text(
+        target / "ranking_debug.json", formats.ranking_debug_json(confidences, ptms=ptms, untrained_params=True)
     )
-    outputs.write_ranked_structures(target, order, pdbs, cifs)
-    outputs.atomic_write_text(target / "timings.json", outputs.timings_json(stages))
+    formats.write_ranked_structures(TargetDir(target), order, pdbs, cifs)
+    afio.atomic_write_text(target / "timings.json", formats.timings_json(stages))
     (target / "plots").mkdir()
     plots.plot_plddt({m: outs[m]["plddt"] for m in order}, path=target / "plots" / "plddt.png")
     plots.plot_pae({m: outs[m]["predicted_aligned_error"] for m in order}, path=target / "plots" / "pae.png")
@@ -207,7 +210,7 @@ def test_plddt_b_factors_of_ranked_and_unrelaxed_pdbs_equal_result_npz(target):
     path, written = target
     parser = PDBParser(QUIET=True)
     for i, model in enumerate(written["order"]):
-        plddt = outputs.load_result_npz(path / f"result_{model}.npz", ["plddt"])["plddt"]
+        plddt = afio.load_result_npz(path / f"result_{model}.npz", ["plddt"])["plddt"]
         for name in (f"ranked_{i}.pdb", f"unrelaxed_{model}.pdb"):
             structure = parser.get_structure(name, path / name)
             assert "".join(rc.restype_3to1[r.get_resname()] for r in structure.get_residues()) == QUERY
@@ -339,7 +342,7 @@ def test_a_folder_without_optional_files_loads_with_empty_attributes(tmp_path):
     for model, confidence in (("model_1", -5.0), ("model_2", 8.0)):
         out = model_output(rng, 30, ptm=False, confidence=confidence)
         del out["representations"]
-        outputs.write_model_outputs(target, model, out)
+        formats.write_model_outputs(TargetDir(target), model, out)
     result = load_result(target)
     assert result.model_names == ["model_2", "model_1"]  # not ranked yet: by the saved ranking_confidence
     assert list(result.plddt) == ["model_2", "model_1"]
@@ -374,6 +377,6 @@ def test_a_folder_that_is_not_a_target_folder_is_named_in_the_error(tmp_path):
         load_result(tmp_path / "missing")
     batch = tmp_path / "out"
     (batch / "T1").mkdir(parents=True)
-    outputs.write_batch_summary(batch, [outputs.TargetSummary("T1", "pending")])
+    write_batch_summary(BatchDir(batch), [TargetSummary("T1", "pending")])
     with pytest.raises(InputError, match="batch output folder.*out/T1"):
         load_result(batch)

@@ -12,24 +12,18 @@ import time
 import pytest
 
 from af2cpu.errors import Af2CpuError
-from af2cpu.scheduler.cache import (
-    LockTimeout,
-    StageCache,
-    TargetLock,
-    atomic_write,
-    file_hash,
-    stage_key,
-)
+from af2cpu.io import atomic_write_bytes, file_hash
+from af2cpu.scheduler.cache import LockTimeout, StageCache, TargetLock, stage_key
 
 KILLED_WRITER = """
 import sys
-from af2cpu.scheduler.cache import atomic_write
+from af2cpu.io import atomic_write_bytes
 def writer(handle):
     handle.write(b"N" * (1 << 20))
     handle.flush()
     print("half", flush=True)
     sys.stdin.read()  # blocks until killed
-atomic_write(sys.argv[1], writer)
+atomic_write_bytes(sys.argv[1], writer)
 """
 
 
@@ -57,13 +51,13 @@ def test_kill_9_mid_write_leaves_no_partial_file(tmp_path, existing):
         assert not path.exists()
     visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert visible == (["features.npz"] if existing else [])
-    atomic_write(path, b"new")
+    atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"new"
 
 
 def test_atomic_write_takes_bytes_or_a_writer_and_keeps_old_file_on_error(tmp_path):
-    path = tmp_path / "sub" / "out.json"
-    atomic_write(path, lambda handle: handle.write(b'{"a": 1}'))
+    path = tmp_path / "out.json"
+    atomic_write_bytes(path, lambda handle: handle.write(b'{"a": 1}'))
     assert json.loads(path.read_text()) == {"a": 1}
     umask = os.umask(0o022)
     os.umask(umask)
@@ -74,7 +68,7 @@ def test_atomic_write_takes_bytes_or_a_writer_and_keeps_old_file_on_error(tmp_pa
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        atomic_write(path, failing)
+        atomic_write_bytes(path, failing)
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]
 
@@ -111,7 +105,8 @@ def test_finished_stage_with_same_key_is_skipped(tmp_path):
 
     def compute(folder):
         calls.append(1)
-        atomic_write(folder / "msas" / "uniref90_hits.sto", b"# STOCKHOLM 1.0\n//\n")
+        (folder / "msas").mkdir(exist_ok=True)
+        atomic_write_bytes(folder / "msas" / "uniref90_hits.sto", b"# STOCKHOLM 1.0\n//\n")
         return ["msas/uniref90_hits.sto"]
 
     record, cached = cache.run("uniref90_search", "k1", compute, info={"seconds": 1.5})

@@ -5,11 +5,11 @@ import socket
 
 import pytest
 
+from af2cpu.config import SchedulerConfig
 from af2cpu.errors import Af2CpuError
 from af2cpu.runtime.placement import plan_instances
 from af2cpu.runtime.topology import read_topology
 from af2cpu.scheduler.cluster import start_cluster
-from af2cpu.scheduler.config import SchedulerConfig
 
 
 def report():
@@ -33,12 +33,15 @@ def report():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
-def test_two_one_core_workers_are_pinned_as_planned():
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="needs exactly two usable CPUs")
+@pytest.mark.parametrize("config, model_threads", [(SchedulerConfig(n_workers=2), 0), (SchedulerConfig(), 1)],
+                         ids=["n_workers=2", "runtime.threads=1"])
+def test_two_one_core_workers_are_pinned_as_planned(config, model_threads):
+    # Two workers are asked for, or one model instance of one thread per worker (runtime.threads=1).
     plan = plan_instances(read_topology(), instances=2)
     assert [a.threads for a in plan.allotments] == [1, 1]
     memory = 1 << 30
-    with start_cluster(SchedulerConfig(n_workers=2), memory_limit=2 * memory) as handle:
+    with start_cluster(config, memory_limit=2 * memory, model_threads=model_threads) as handle:
         assert handle.plan == plan
         client = handle.client
         workers = client.scheduler_info(n_workers=-1)["workers"]

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 
 from af2cpu.errors import ConfigError
+from af2cpu.runtime.topology import available_memory
 
 GIB = 1 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -22,9 +23,7 @@ def parse_memory_limit(value: str | int, available: Callable[[], int] | None = N
     else:
         text = str(value).strip()
         if text.lower() == "auto":
-            if available is None:
-                from af2cpu.runtime.topology import available_memory as available
-            return available()
+            return (available or available_memory)()
         match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", text.upper())
         if not match:
             raise ConfigError(

@@ -1,14 +1,14 @@
-"""The one place that applies a CPU allotment to the current process.
+"""The one place that applies a CPU allotment to the current process, and thread counts.
 
-A Dask worker calls :func:`apply_allotment` once at start (see `af2cpu.scheduler.cluster`); the CLI
-calls it for a one-process run. It pins every thread of the process to the allotment's CPUs, sets
-PyTorch's intra-op thread count and the OpenMP/MKL/OpenBLAS variables that libraries started later
+A Dask worker calls :func:`apply_allotment` once at start (see `af2cpu.scheduler.cluster`). It pins
+every thread of the process to the allotment's CPUs, binds its memory to the allotment's NUMA node,
+sets PyTorch's intra-op thread count and the OpenMP/MKL/OpenBLAS variables that libraries started later
 read, and returns the thread counts the external tools should be given. Nothing else in af2cpu sets
-affinity or thread counts.
+affinity or memory placement. Programs the worker starts (the search tools) inherit both: the kernel
+keeps a process's affinity mask and NUMA memory policy across fork and exec, so no numactl is needed.
 
 Memory placement: :func:`bind_memory` gives the calling thread, and the threads it starts later, the
-policy `numactl --membind` gives a process (the set_mempolicy system call, so no numactl is needed
-inside a Dask worker); subprocesses are bound with :func:`numactl_command`.
+policy `numactl --membind` gives a process (the set_mempolicy system call).
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from af2cpu.runtime.placement import Allotment
-from af2cpu.runtime.topology import format_cpulist
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -97,7 +95,7 @@ def bind_memory(node: int) -> bool:
 
 def apply_allotment(allotment: Allotment) -> ToolThreads:
     """Pin this process to the allotment's CPUs (and memory node), and set every thread count."""
-    import torch
+    import torch  # deferred: only worker processes (which run models) apply an allotment
 
     global _applied
     _pin_all_threads(allotment.cpus)
@@ -114,20 +112,15 @@ def current_allotment() -> Allotment | None:
     return _applied
 
 
-def numactl_command(
-    allotment: Allotment, command: Sequence[str], numactl: str | None = None
-) -> list[str]:
-    """`command` prefixed with `numactl --membind=N --physcpubind=CPUS` where numactl is installed.
+def usable_cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask; a pinned worker's allotment)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without affinity masks
+        return os.cpu_count() or 1
 
-    Without numactl, or on a machine without NUMA nodes, the command is returned unchanged (the
-    process still inherits the caller's affinity).
-    """
-    numactl = numactl or shutil.which("numactl")
-    if numactl is None or allotment.memory_node is None:
-        return list(command)
-    return [
-        numactl,
-        f"--membind={allotment.memory_node}",
-        f"--physcpubind={format_cpulist(allotment.cpus)}",
-        *command,
-    ]
+
+def threads_for(requested: int) -> int:
+    """``requested`` threads (``runtime.threads``, ``relax.threads``, ``search.cpus``), or with 0 every
+    CPU this process may use."""
+    return requested if requested > 0 else usable_cpu_count()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from af2cpu import predict
+from af2cpu.cli import predict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""DeepMind's JAX AlphaFold configured as our oracle (REFERENCE.md), in one place.
+"""DeepMind's JAX AlphaFold configured as our oracle (docs/reference.md), in one place.
 
 The reference package (the `reference` extra: alphafold-colabfold, jax, haiku) defaults to
 ColabFold's settings: a bf16 trunk, fused triangle-multiplication weights, zero-initialised final
@@ -19,7 +19,7 @@ def reference_config(preset: str = "model_1_ptm", num_recycle: int = 3, subbatch
     attention over 5120 padded rows needs tens of GB at a few hundred residues.
     ``evoformer_blocks`` shortens the stack for quick benchmarks.
     """
-    from alphafold.model import config as af_config
+    from alphafold.model import config as af_config  # deferred: an optional dependency (the reference extra)
 
     cfg = af_config.model_config(preset)
     gc = cfg.model.global_config
@@ -45,7 +45,7 @@ def reference_config(preset: str = "model_1_ptm", num_recycle: int = 3, subbatch
 def available() -> bool:
     """Whether the reference (the `reference` extra) can be imported; says so on stdout when not."""
     try:
-        import alphafold.data.pipeline
+        import alphafold.data.pipeline  # deferred: an optional dependency, probed here
         import alphafold.model.modules  # noqa: F401
         import haiku  # noqa: F401
         import jax  # noqa: F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from af2cpu.model.params import PARAMS_URL, download_params, random_params, write_npz, write_safetensors
 from af2cpu.model.presets import PRESETS
 
 DEFAULT_DEST = "params"
@@ -17,8 +18,6 @@ DEFAULT_DEST = "params"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``random`` and ``download`` subcommands to the ``params`` parser."""
-    from af2cpu.model.params import PARAMS_URL  # light: numpy/torch import only at use
-
     sub = parser.add_subparsers(dest="params_command", metavar="SUBCOMMAND", required=True)
     rand = sub.add_parser("random", help="write random parameters in the official .npz format")
     rand.add_argument("--preset", default="model_1_ptm", choices=sorted(PRESETS), help="model preset")
@@ -40,10 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _random(args) -> int:
-    import torch
+    import torch  # deferred: torch, only for this subcommand
 
-    from af2cpu.model.alphafold import AlphaFold
-    from af2cpu.model.params import random_params, write_npz, write_safetensors
+    from af2cpu.model.alphafold import AlphaFold  # deferred: imports torch
 
     with torch.device("meta"):
         model = AlphaFold(args.preset)
@@ -55,8 +53,6 @@ def _random(args) -> int:
 
 
 def _download(args) -> int:
-    from af2cpu.model.params import download_params
-
     path = download_params(args.dest, args.url, expected_size=args.size, sha256=args.sha256,
                            unpack=not args.no_unpack)
     print(f"downloaded {path}" + ("" if args.no_unpack else f" and unpacked it into {args.dest}"))

@@ -2,7 +2,8 @@
 
 For every FASTA record, writes ``DIR/<target id>/msas/`` (uniref90_hits.sto, mgnify_hits.sto,
 bfd_uniref_hits.a3m or small_bfd_hits.sto, pdb_hits.hhr, each with a JSON of what produced it) and
-``DIR/<target id>/features.npz``. Results already in the output folder, or in the folder given with
+``DIR/<target id>/features.npz``: the search and features stages that `af2cpu predict` schedules, run
+one after another in this process. Results already in the output folder, or in the folder given with
 ``--precomputed-msas``, are reused when they were made for the same sequence and databases. A target
 that fails is reported and the others go on; the exit status is non-zero if any failed.
 """
@@ -10,7 +11,11 @@ that fails is reported and the others go on; the exit status is non-zero if any 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from af2cpu.config import compose_config
+from af2cpu.errors import Af2CpuError
+from af2cpu.layout import BatchDir, precomputed_msas
+from af2cpu.preprocessing.inputs import read_fasta_targets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,55 +39,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
 
 
-def _precomputed_for(root: Path | None, target_id: str) -> str | None:
-    if root is None:
-        return None
-    for candidate in (root / target_id / "msas", root / target_id):
-        if candidate.is_dir():
-            return str(candidate)
-    return None
-
-
-def featurize_target(target, cfg, out_dir: Path, cpus: int, force: bool, precomputed: str | None) -> Path:
-    """Run (or reuse) the searches of one target and write its features.npz; returns that path.
-
-    The stages are the ones `af2cpu predict` schedules (``af2cpu.pipeline``), run one after another.
-    """
-    from af2cpu import pipeline
-    from af2cpu.preprocessing import searches
-
-    target_dir = out_dir / target.id
-    pipeline.write_target_info(target, str(target_dir))
-    for search in searches.plan_searches(cfg.db):
-        pipeline.search_stage(target, search.name, cfg, str(target_dir), cpus, force, precomputed)
-    pipeline.features_stage(target, cfg, str(target_dir), force)
-    return target_dir / "features.npz"
-
-
 def run(args: argparse.Namespace) -> int:
-    from af2cpu.config import compose_config
-    from af2cpu.errors import Af2CpuError
-    from af2cpu.preprocessing.inputs import read_fasta_targets
+    # deferred: the stages import every stage package, which the other commands need not load
+    from af2cpu.scheduler.stages import StageContext, run_stages, target_stages
 
-    cfg = compose_config(args.overrides)
+    overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
+    cfg = compose_config(overrides)
     targets = read_fasta_targets(args.fasta)
-    from af2cpu.predict import prepare_output_folder
-
-    out_dir = Path(args.out)
-    prepare_output_folder(out_dir)
-    cpus = args.cpus or int(cfg.search.cpus)
-    precomputed_root = Path(args.precomputed_msas) if args.precomputed_msas else None
+    batch = BatchDir(args.out)
+    batch.prepare()
+    stages = target_stages(cfg, "features")
     failed = []
     for target in targets:
+        folder = batch.target(target.id)
+        ctx = StageContext(target, cfg, folder, force=args.no_reuse,
+                           precomputed=precomputed_msas(args.precomputed_msas, target.id))
         try:
-            path = featurize_target(
-                target, cfg, out_dir, cpus, args.no_reuse, _precomputed_for(precomputed_root, target.id)
-            )
+            folder.claim(target.id, target.description, target.sequence)
+            run_stages(stages, ctx)
         except Af2CpuError as exc:
             failed.append(target.id)
             print(f"{target.id}: failed: {exc}")
             continue
-        print(f"{target.id}: {path}")
+        print(f"{target.id}: {folder.features}")
     if failed:
         print(f"{len(failed)} of {len(targets)} target(s) failed: {', '.join(failed)}")
         return 1

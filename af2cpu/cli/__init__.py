@@ -1,8 +1,9 @@
 """The `af2cpu` command line.
 
-Each subcommand lives in its stage's module, which exposes ``add_arguments(parser)`` and
-``run(args) -> int``; this file only wires them together and turns errors a user can act on into
-one clear line and a non-zero exit status, never a traceback.
+Each subcommand is a module of this package exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them together and turns errors a user can act on into one clear line and a
+non-zero exit status, never a traceback. Command modules import quickly (every one is imported to build
+the parser): what is heavy (torch, Dask, the stages) is imported in ``run``.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ import sys
 from af2cpu import __version__
 from af2cpu.errors import Af2CpuError
 
-# (name, module, one-line help). Modules must import quickly: heavy imports go inside run().
+# (name, one-line help); the command's module is af2cpu.cli.<name>.
 COMMANDS = [
-    ("predict", "af2cpu.predict", "predict structures for a FASTA file: searches, models, relaxation, outputs"),
-    ("doctor", "af2cpu.doctor", "check tools, databases, params and the CPU; exit non-zero if predict cannot run"),
-    ("db", "af2cpu.dbcmd", "database commands (db check)"),
-    ("infer", "af2cpu.infer", "models, ranking and relaxation from features.npz made by `af2cpu features`"),
-    ("features", "af2cpu.preprocessing.cli", "MSA and template search and raw features for a FASTA file"),
-    ("relax", "af2cpu.relax.cli", "Amber relaxation of one structure (AlphaFold2's protocol)"),
-    ("params", "af2cpu.model.cli", "model parameters: download the official ones, or make random ones"),
-    ("slurm", "af2cpu.scheduler.slurm", "SLURM job arrays: write (and submit) an sbatch script for a FASTA file"),
-    ("report", "af2cpu.scheduler.report", "summarise a batch's output folder: done/failed/pending, times, confidence"),
-    ("bench", "af2cpu.bench", "time the model against DeepMind's JAX AlphaFold: seconds, speed-up, GFLOP/s"),
+    ("predict", "predict structures for a FASTA file: searches, models, relaxation, outputs"),
+    ("doctor", "check tools, databases, params and the CPU; exit non-zero if predict cannot run"),
+    ("db", "database commands (db check)"),
+    ("infer", "models, ranking and relaxation from features.npz made by `af2cpu features`"),
+    ("features", "MSA and template search and raw features for a FASTA file"),
+    ("relax", "Amber relaxation of one structure (AlphaFold2's protocol)"),
+    ("params", "model parameters: download the official ones, or make random ones"),
+    ("slurm", "SLURM job arrays: write (and submit) an sbatch script for a FASTA file"),
+    ("report", "summarise a batch's output folder: done/failed/pending, times, confidence"),
+    ("bench", "time the model against DeepMind's JAX AlphaFold: seconds, speed-up, GFLOP/s"),
 ]
 
 
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"af2cpu {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(module_name)
+    for name, help_text in COMMANDS:
+        module = importlib.import_module(f"af2cpu.cli.{name}")
         command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(command)
         command.set_defaults(_run=module.run)

@@ -4,7 +4,7 @@ Both sides fold every record of FASTA on the bundled mini databases (official la
 weights (random ones in the exact official ``.npz`` format, written once under ``--out`` and read by
 both), the same models, recycles and relaxation, on the same CPUs (``--threads``):
 
-- af2cpu: :func:`af2cpu.predict.predict` on its default local Dask cluster (pinned workers, the
+- af2cpu: :func:`af2cpu.predict` on its default local Dask cluster (pinned workers, the
   searches of several targets in parallel, no padding, ``--batch-precision``) into a fresh folder.
   Per-stage seconds come from each target's ``timings.json``; stages overlap, as they run in parallel.
 - AlphaFold2-style: DeepMind's code (the ``reference`` extra) driven the way AlphaFold2's
@@ -32,41 +32,33 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from af2cpu.bench import machine_info
+from af2cpu.bench.machine import machine_info
+from af2cpu.bench.reference import available as reference_available
+from af2cpu.bench.reference import reference_config
+from af2cpu.config import compose_config
 from af2cpu.errors import ConfigError, InputError
-from af2cpu.reference import available as reference_available
+from af2cpu.formats import load_timings
+from af2cpu.io import atomic_write_text
+from af2cpu.layout import BatchDir, TargetDir
+from af2cpu.model.alphafold import AlphaFold
+from af2cpu.model.params import random_params, write_npz
+from af2cpu.model.weights import params_file
+from af2cpu.preprocessing.binaries import find_binary
+from af2cpu.preprocessing.inputs import read_fasta_batch, write_query_fasta
+from af2cpu.preprocessing.templates import TemplateSettings
+from af2cpu.runtime.placement import plan_instances
+from af2cpu.runtime.topology import read_topology
+from af2cpu.scheduler.batch import run_batch as run_af2cpu_batch
 
 MODEL_NAMES = [f"model_{i}{suffix}" for suffix in ("_ptm", "") for i in range(1, 6)]
 # AlphaFold2's run_alphafold.py relaxation settings.
 AF2_RELAX = {"max_iterations": 0, "tolerance": 2.39, "stiffness": 10.0, "exclude_residues": [],
              "max_outer_iterations": 3}
-# AlphaFold 2.3's template hit prefilter (templates._assess_hhsearch_hit, default arguments).
-MIN_ALIGN_RATIO = 0.1
-MAX_SUBSEQUENCE_RATIO = 0.95
-MIN_TEMPLATE_LENGTH = 10
+# AlphaFold 2.3's template hit prefilter (templates._assess_hhsearch_hit, default arguments): af2cpu's own.
+PREFILTER = TemplateSettings(mmcif_dir="", max_template_date="")
 REFERENCE_MARKER = ".af2cpu-bench-reference"  # marks the AlphaFold2-style output folder as ours
-
-
-def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--batch`` options of ``af2cpu bench`` (``--threads`` and ``--out`` are bench's own)."""
-    group = parser.add_argument_group(
-        "batch throughput", "with --batch FASTA, time the whole pipeline on a batch instead of the model")
-    group.add_argument("--batch", type=Path, default=None, metavar="FASTA",
-                       help="fold every record of FASTA with af2cpu (Dask) and with an AlphaFold2-style "
-                       "sequential run of DeepMind's code; writes batch.json and batch.md")
-    group.add_argument("--batch-models", nargs="+", default=["model_1_ptm"], choices=MODEL_NAMES,
-                       metavar="MODEL", help="models to run on both sides (default: model_1_ptm)")
-    group.add_argument("--batch-recycles", type=int, default=3, help="recycles (AlphaFold2's default 3)")
-    group.add_argument("--batch-relax", choices=["best", "none"], default="best",
-                       help="Amber relaxation of the best model, or none (default best)")
-    group.add_argument("--batch-precision", choices=["fp32", "bf16"], default="bf16",
-                       help="af2cpu's precision (default bf16); the AlphaFold2-style run is fp32")
-    group.add_argument("--batch-workers", type=int, default=0,
-                       help="af2cpu Dask workers (default 0: af2cpu's own plan from the CPU topology)")
-    group.add_argument("--batch-params-seed", type=int, default=0, help="seed of the random parameters")
-    group.add_argument("--batch-skip-reference", action="store_true",
-                       help="time af2cpu only (as --no-reference does)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +86,6 @@ class BatchSettings:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run the batch on both sides, write ``batch.json`` and ``batch.md``; 0 when every target finished."""
-    from af2cpu.preprocessing.inputs import read_fasta_batch
-
     available = sorted(os.sched_getaffinity(0))
     threads = args.threads or len(available)
     if not 1 <= threads <= len(available):
@@ -123,8 +113,6 @@ def run_batch(args: argparse.Namespace) -> int:
             print("AlphaFold2-style: the same targets one after another")
             results["reference"] = run_reference(targets, out / "reference", params_root, settings)
     results["throughput_ratio"] = throughput_ratio(results)
-    from af2cpu.outputs import atomic_write_text
-
     atomic_write_text(out / "batch.json", json.dumps(results, indent=2) + "\n")
     text = markdown(results)
     atomic_write_text(out / "batch.md", text)
@@ -167,15 +155,10 @@ def write_random_params(root: Path, models, seed: int) -> Path:
     ``<root>/params/``). Each model's seed is ``seed`` plus its place in :data:`MODEL_NAMES`, so a
     file made for another selection of models is the same file.
     """
-    import torch
-
-    from af2cpu.model.alphafold import AlphaFold
-    from af2cpu.model.params import random_params, write_npz
-
     folder = root / "params"
     folder.mkdir(parents=True, exist_ok=True)
     for name in models:
-        path = folder / f"params_{name}.npz"
+        path = params_file(folder, name)
         if path.is_file():
             continue
         with torch.device("meta"):
@@ -207,22 +190,17 @@ def af2cpu_overrides(params_dir: Path, settings: BatchSettings) -> list[str]:
 
 def run_af2cpu(fasta: Path, out_dir: Path, params_dir: Path, settings: BatchSettings) -> dict:
     """`af2cpu.predict` on the whole batch in a fresh folder: wall time and each target's stage seconds."""
-    from af2cpu.outputs import load_timings
-    from af2cpu.predict import MARKER, predict
-    from af2cpu.runtime.placement import plan_instances
-    from af2cpu.runtime.topology import read_topology
-
-    _fresh_folder(out_dir, MARKER)
+    _fresh_folder(out_dir, BatchDir.MARKER)
     plan = plan_instances(read_topology(), instances=settings.workers or None)
     overrides = af2cpu_overrides(params_dir, settings)
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    result = predict(fasta, out_dir, overrides, force=True, quiet=True)
+    result = run_af2cpu_batch(fasta, out_dir, overrides, force=True, quiet=True)
     wall = time.perf_counter() - start
     targets = {}
     for outcome in result.outcomes:
         entry = {"status": outcome.status, "stages": {}}
-        timings = out_dir / outcome.target.id / "timings.json"
+        timings = BatchDir(out_dir).target(outcome.target.id).timings
         if timings.is_file():
             spans = load_timings(timings)
             entry["stages"] = {name: round(end - begin, 2) for name, (begin, end) in spans.items()}
@@ -291,7 +269,7 @@ class PrefilteredFeaturizer:
     """
 
     def __init__(self, featurizer, mmcif_dir: str, obsolete_pdbs_path: str):
-        from alphafold.data import templates
+        from alphafold.data import templates  # deferred: an optional dependency (the reference extra)
 
         self._featurizer = featurizer
         self._mmcif_dir = Path(mmcif_dir)
@@ -299,14 +277,14 @@ class PrefilteredFeaturizer:
         self.dropped: dict[str, int] = {}
 
     def _reason(self, hit, query: str) -> str | None:
-        from alphafold.data import templates
+        from alphafold.data import templates  # deferred: an optional dependency (the reference extra)
 
         template = hit.hit_sequence.replace("-", "")
-        if hit.aligned_cols / len(query) <= MIN_ALIGN_RATIO:
+        if hit.aligned_cols / len(query) <= PREFILTER.min_align_ratio:
             return "align_ratio"
-        if template in query and len(template) / len(query) > MAX_SUBSEQUENCE_RATIO:
+        if template in query and len(template) / len(query) > PREFILTER.max_subsequence_ratio:
             return "duplicate"
-        if len(template) < MIN_TEMPLATE_LENGTH:
+        if len(template) < PREFILTER.min_template_length:
             return "length"
         code, _ = templates._get_pdb_id_and_chain(hit)
         cif = self._mmcif_dir / f"{self._obsolete.get(code) or code}.cif"
@@ -328,10 +306,8 @@ class PrefilteredFeaturizer:
 def reference_data_pipeline(cfg, threads: int, watch: Stopwatch):
     """AlphaFold2's monomer DataPipeline on the configured databases, each search and the template
     featurization timed into `watch` (``search_<name>``, ``templates``); returns (pipeline, featurizer)."""
-    from alphafold.data import pipeline, templates
+    from alphafold.data import pipeline, templates  # deferred: an optional dependency (the reference extra)
     from alphafold.data.tools import hhsearch
-
-    from af2cpu.preprocessing.binaries import find_binary
 
     db = cfg.db
     featurizer = PrefilteredFeaturizer(
@@ -359,15 +335,13 @@ def reference_data_pipeline(cfg, threads: int, watch: Stopwatch):
 def reference_model_config(name: str, num_recycle: int):
     """AlphaFold2's model config for `name` at its eval settings, as DeepMind's monomer runs it: fp32,
     unfused weights, the eval sizes (512 MSA clusters, 5120 extra rows, 4 templates, padded to) and
-    DeepMind's ``subbatch_size`` 4 (see af2cpu.reference)."""
-    from af2cpu.reference import reference_config
-
+    DeepMind's ``subbatch_size`` 4 (see af2cpu.bench.reference)."""
     return reference_config(name, num_recycle, subbatch_size=4)
 
 
 def reference_runners(params_root: Path, settings: BatchSettings) -> dict:
     """One ``RunModel`` per model with the official-format params under ``params_root/params``."""
-    from alphafold.model import data, model
+    from alphafold.model import data, model  # deferred: an optional dependency (the reference extra)
 
     return {name: model.RunModel(reference_model_config(name, settings.num_recycle),
                                  data.get_model_haiku_params(name, str(params_root), fuse=False))
@@ -392,10 +366,7 @@ def _float32_result(result: dict) -> dict:
 def reference_target(target, target_dir: Path, data_pipeline, runners: dict, watch: Stopwatch,
                      relaxer=None) -> dict:
     """One target through the AlphaFold2-style stages; seconds per stage and per recycling pass."""
-    from alphafold.common import protein, residue_constants
-
-    from af2cpu.outputs import atomic_write_text
-    from af2cpu.preprocessing.inputs import write_query_fasta
+    from alphafold.common import protein, residue_constants  # deferred: an optional dependency
 
     msa_dir = target_dir / "msas"
     msa_dir.mkdir(parents=True)
@@ -426,14 +397,14 @@ def reference_target(target, target_dir: Path, data_pipeline, runners: dict, wat
             plddt = result["plddt"]
             b_factors = np.repeat(plddt[:, None], residue_constants.atom_type_num, axis=-1)
             structures[name] = protein.from_prediction(processed, result, b_factors)
-            atomic_write_text(target_dir / f"unrelaxed_{name}.pdb", protein.to_pdb(structures[name]))
+            atomic_write_text(TargetDir(target_dir).unrelaxed(name), protein.to_pdb(structures[name]))
         entry["mean_plddt"][name] = round(float(plddt.mean()), 2)
     best = max(entry["mean_plddt"], key=entry["mean_plddt"].get)  # AlphaFold2 ranks monomers by pLDDT
     entry["best_model"] = best
     if relaxer is not None:
         with watch(f"relax_{best}"):
             relaxed, _, violations = relaxer.process(prot=structures[best])
-        atomic_write_text(target_dir / f"relaxed_{best}.pdb", relaxed)
+        atomic_write_text(TargetDir(target_dir).relaxed(best), relaxed)
         entry["violations_after_relax"] = int(np.sum(violations))
     stages.update(watch.take())
     entry["stages"] = {name: round(seconds, 2) for name, seconds in stages.items()}
@@ -442,8 +413,6 @@ def reference_target(target, target_dir: Path, data_pipeline, runners: dict, wat
 
 def run_reference(targets, out_dir: Path, params_root: Path, settings: BatchSettings) -> dict:
     """The AlphaFold2-style sequential run of DeepMind's code on `targets`: wall time and stage seconds."""
-    from af2cpu.config import compose_config
-
     _fresh_folder(out_dir, REFERENCE_MARKER)
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -453,7 +422,7 @@ def run_reference(targets, out_dir: Path, params_root: Path, settings: BatchSett
         runners = reference_runners(params_root, settings)
         relaxer = None
         if settings.relax == "best":
-            from alphafold.relax import relax
+            from alphafold.relax import relax  # deferred: an optional dependency (the reference extra)
 
             relaxer = relax.AmberRelaxation(**AF2_RELAX, use_gpu=False)
     setup = watch.take()["setup"]

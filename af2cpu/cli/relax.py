@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
+
+from af2cpu.config import compose_config
+from af2cpu.errors import InputError
+from af2cpu.io import atomic_write_text
+from af2cpu.runtime.threads import threads_for
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from af2cpu.config import compose_config
-    from af2cpu.errors import InputError
-    from af2cpu.outputs import atomic_write_text
-    from af2cpu.relax.protocol import relax
+    from af2cpu.relax import relax  # deferred: OpenMM, which the rest of the CLI does not need
 
     cfg = compose_config(list(args.overrides))
-    config = OmegaConf.to_object(cfg.relax)
+    config = cfg.relax
     path = Path(args.pdb)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the structure {path}: {exc}") from None
-    threads = args.threads or config.threads or _default_threads()
+    threads = args.threads or threads_for(int(config.threads))
     try:
         pdb_text, report = relax(text, config, threads=threads)
     except InputError as exc:

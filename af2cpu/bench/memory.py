@@ -1,0 +1,131 @@
+"""`af2cpu bench --memory L ...`: peak RSS of one pass per length, each in a fresh process, against
+the memory planner's estimate for the chunk sizes it picks (af2cpu.model.memory).
+
+Results: ``memory.json`` and ``memory.md`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from af2cpu.bench import PRESET
+from af2cpu.io import atomic_write_text
+from af2cpu.model.memory import TargetShape, choose_chunks
+from af2cpu.model.options import ChunkSizes, Options
+from af2cpu.model.presets import get_preset
+from af2cpu.runtime.allocator import tune_allocator
+from af2cpu.runtime.memory import GIB, parse_memory_limit
+from af2cpu.runtime.threads import threads_for
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    """Peak RSS of one af2cpu pass at each length, each in a fresh process, against the planner.
+
+    For each length and precision the memory planner picks the chunk sizes for ``--memory-limit``
+    (as ``af2cpu predict`` does with ``runtime.memory_limit``); a child process builds the inputs,
+    resets its peak-RSS counter, runs one recycling pass with those chunks and reports the pass's
+    peak RSS (VmHWM). Results: ``memory.json`` and ``memory.md`` in ``--out``.
+    """
+    from af2cpu.bench.machine import machine_info  # deferred: torch (see _memory_child)
+
+    threads = threads_for(args.threads or 0)
+    limit = parse_memory_limit(args.memory_limit)
+    blocks = args.memory_blocks or args.blocks
+    # The model the child builds (make_inputs): the planner counts its blocks and weights.
+    architecture = get_preset(PRESET).with_blocks(evoformer=blocks).architecture
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for length in sorted(args.memory):
+        for precision in args.precisions:
+            chunks, estimate = choose_chunks(limit, TargetShape(length, args.msa_rows, args.extra_rows, 0),
+                                             precision, architecture=architecture)
+            receive, send = context.Pipe(duplex=False)
+            child = context.Process(target=_memory_child, args=(
+                send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads))
+            child.start()
+            send.close()
+            try:
+                measured = receive.recv()
+            except EOFError:
+                measured = None
+            child.join()
+            if measured is None:
+                measured = {"error": f"the child process died (exit code {child.exitcode}); out of memory?"}
+            row = {"length": length, "precision": precision, "blocks": blocks, "memory_limit": limit,
+                   "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
+                   "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
+            if "peak_rss_bytes" in row:
+                row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
+            rows.append(row)
+            print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})
+    results = {"machine": machine_info(threads), "preset": PRESET, "msa_rows": args.msa_rows,
+               "extra_rows": args.extra_rows, "runs": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "memory.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out / "memory.md", memory_markdown(results))
+    print(memory_markdown(results))
+    return 0
+
+
+def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads) -> None:
+    """One pass in this (fresh) process; sends its peak RSS and time through ``conn``."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch  # deferred: torch reads OMP_NUM_THREADS once, when first imported in this process
+
+    from af2cpu.bench.model import make_inputs  # deferred: imports torch
+
+    tune_allocator()
+    torch.set_num_threads(threads)
+    model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks)
+    del flat  # a real run keeps one copy of the weights, the model's
+    model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision))
+    baseline = _rss("VmRSS")
+    reset = _reset_peak_rss()
+    start = time.perf_counter()
+    model.predict(features, num_recycle=0)
+    seconds = time.perf_counter() - start
+    conn.send({"peak_rss_bytes": _rss("VmHWM"), "rss_before_pass_bytes": baseline,
+               "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+               "peak_counter_reset": reset, "pass_s": round(seconds, 1)})
+    conn.close()
+
+
+def _rss(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux: 5 in /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_markdown(results: dict) -> str:
+    """The memory runs as a markdown table."""
+    gib = 1 << 30
+    lines = [(f"Peak RSS of one recycling pass, {results['msa_rows']} MSA + {results['extra_rows']} extra rows, "
+              f"{results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
+             ("| L | precision | blocks | chunks | planner estimate (GiB) | measured peak RSS (GiB) | estimate error "
+              "| pass (s) |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["runs"]:
+        chunks = ", ".join(f"{k}={v}" for k, v in r["chunks"].items()) or "none"
+        if "peak_rss_bytes" not in r:
+            lines.append(f"| {r['length']} | {r['precision']} | {r['blocks']} | {chunks} | "
+                         f"{r['estimate_bytes'] / gib:.2f} | {r.get('error', '?')} | | |")
+            continue
+        lines.append(f"| {r['length']} | {r['precision']} | {r['blocks']} | {chunks} | {r['estimate_bytes'] / gib:.2f} "
+                     f"| {r['peak_rss_bytes'] / gib:.2f} | {100 * r['estimate_error']:+.0f} % | {r['pass_s']} |")
+    return "\n".join(lines) + "\n"

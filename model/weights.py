@@ -1,0 +1,95 @@
+"""Which weights a run's models get: DeepMind's parameter files, or random ones for smoke runs.
+
+``params=official`` reads ``<params_dir>/params_<model>.npz``; ``params=random`` makes untrained weights
+in the official format, seeded per model as AlphaFold2 seeds its models. :func:`check_params` runs
+before any work, so a missing file is reported at once instead of after the searches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from af2cpu.config import Backend, Params, Precision
+from af2cpu.errors import ConfigError, InputError
+from af2cpu.model.params import load_params, random_params
+from af2cpu.model.presets import get_preset
+from af2cpu.runtime.allocator import tune_allocator
+
+
+def model_seed(cfg: Any, model_name: str) -> int:
+    """AlphaFold2's per-model seed: model index + random_seed * number of models."""
+    names = list(cfg.model.names)
+    return names.index(model_name) + int(cfg.random_seed) * len(names)
+
+
+def params_file(params_dir: str | Path, model_name: str) -> Path:
+    """Where the official parameters of `model_name` are expected in `params_dir`."""
+    return Path(str(params_dir)) / f"params_{model_name}.npz"
+
+
+def missing_params(cfg: Any) -> list[Path]:
+    """The official parameter files the configured models need and ``params_dir`` lacks."""
+    if cfg.params == Params.random:
+        return []
+    return [path for path in (params_file(cfg.params_dir, name) for name in cfg.model.names) if not path.is_file()]
+
+
+def download_hint(params_dir: str | Path) -> str:
+    """What to do when official parameter files are missing."""
+    return (
+        f"get them with `af2cpu params download --dest {params_dir}` (about 5 GB), point params_dir= (or "
+        "AF2CPU_PARAMS_DIR) at a folder that has them, or run params=random for an untrained smoke test"
+    )
+
+
+def check_params(cfg: Any) -> None:
+    """Fail before any work when a model name is unknown or official params are missing."""
+    for name in cfg.model.names:
+        get_preset(name)
+    missing = missing_params(cfg)
+    if missing:
+        raise InputError(
+            f"model parameters not found: {', '.join(str(p) for p in missing)}. {download_hint(cfg.params_dir)}"
+        )
+
+
+def params_identity(cfg: Any, model_name: str) -> dict:
+    """What identifies a model's weights in a cache key: the file (path, size, time) or the random seed."""
+    if cfg.params == Params.random:
+        return {"random_seed": model_seed(cfg, model_name)}
+    path = params_file(cfg.params_dir, model_name)
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def load_model(cfg: Any, model_name: str, options=None):
+    """The network of `model_name` with official weights, or random ones when params=random."""
+    from af2cpu.model.alphafold import AlphaFold  # deferred: torch, only in processes that run a model
+
+    tune_allocator()
+    if cfg.params == Params.random:
+        model = AlphaFold(model_name, options)
+        load_params(model, random_params(model, seed=model_seed(cfg, model_name)), source="random parameters")
+        model.set_options(model.options)
+        model = model.eval()
+    else:
+        model = AlphaFold.from_params(params_file(cfg.params_dir, model_name), model_name, options)
+    if cfg.runtime.backend == Backend.ipex:
+        model = _ipex_optimize(model, Precision(cfg.runtime.precision))
+    return model
+
+
+def _ipex_optimize(model, precision: Precision):
+    """The optional Intel Extension for PyTorch back end (archived upstream; native is the default)."""
+    import torch  # deferred: see load_model
+
+    try:
+        import intel_extension_for_pytorch as ipex  # deferred: an optional dependency
+    except ImportError as exc:
+        raise ConfigError(
+            f"runtime.backend=ipex needs intel-extension-for-pytorch, which cannot be imported here ({exc}); "
+            f"it was archived upstream and needs its matching torch (2.8; this is {torch.__version__}). "
+            "Use runtime.backend=native (the default: bf16 and compile are built in natively)"
+        ) from None
+    return ipex.optimize(model, dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float32)

@@ -1,0 +1,176 @@
+"""A batch run: every record of a FASTA file through its declared stages on a Dask cluster.
+
+This is what `af2cpu predict`, `af2cpu infer` and the Python API ``af2cpu.predict`` run. Before any
+work: the configuration, the model names and parameter files, the records, the output folder and each
+target's fit in memory are checked; then each target is locked (job-array shards may share the
+folder), its stages are submitted to the cluster, and the batch summary is written at the end. A target
+that fails is reported and the others finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from af2cpu.config import Params, compose_config
+from af2cpu.errors import Af2CpuError
+from af2cpu.layout import BatchDir
+from af2cpu.model import weights
+from af2cpu.model.memory import MemoryPlanError, TargetShape, plan_options
+from af2cpu.model.presets import get_preset
+from af2cpu.preprocessing.inputs import Target, read_fasta_batch
+from af2cpu.runtime.memory import parse_memory_limit
+from af2cpu.scheduler.cache import LockTimeout, StageCache
+from af2cpu.scheduler.cluster import start_cluster
+from af2cpu.scheduler.graph import BatchGraph, TargetOutcome
+from af2cpu.scheduler.progress import Progress
+from af2cpu.scheduler.sharding import resolve_array_task, select_shard
+from af2cpu.scheduler.stages import target_stages
+from af2cpu.summary import TargetSummary, read_batch_summary, write_batch_summary
+
+log = logging.getLogger("af2cpu.predict")
+
+EXIT_PARTIAL = 3
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """What a batch run did: one outcome per target, invalid records, where the outputs are."""
+
+    out_dir: Path
+    outcomes: list[TargetOutcome]
+    invalid_records: list[str]
+
+    @property
+    def failed(self) -> list[str]:
+        return [o.target.id for o in self.outcomes if o.status != "done"] + self.invalid_records
+
+    @property
+    def exit_status(self) -> int:
+        """0 all done, 1 none done, 3 some failed (partial)."""
+        done = sum(o.status == "done" for o in self.outcomes)
+        if not self.failed:
+            return 0
+        return EXIT_PARTIAL if done else 1
+
+
+def too_long(targets: Sequence[Target], cfg) -> dict[str, str]:
+    """Targets that cannot fit in memory even with the smallest chunks: {target id: the numbers}."""
+    limit = parse_memory_limit(str(cfg.runtime.memory_limit))
+    presets = [get_preset(name) for name in cfg.model.names]
+    refused = {}
+    for target in targets:
+        try:
+            for preset in presets:
+                plan_options(cfg.runtime, preset, TargetShape(len(target.sequence), 1, 1, 0), limit=limit)
+        except MemoryPlanError as exc:
+            refused[target.id] = str(exc)
+    return refused
+
+
+def run_batch(
+    fasta: str | os.PathLike,
+    out: str | os.PathLike = "af2cpu_out",
+    overrides: Sequence[str] | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    precomputed_msas: str | os.PathLike | None = None,
+    targets_filter: Sequence[str] | None = None,
+    require_features: bool = False,
+) -> BatchResult:
+    """Predict every record of `fasta` into `out`; returns a BatchResult (also for partial failure).
+
+    `overrides` are the CLI's Hydra overrides (e.g. ``["params=random", "relax=none"]``).
+    `targets_filter` restricts the run to these target ids (job-array shards).
+    `require_features` runs no search: each target's features.npz must be there already (written by
+    `af2cpu features`, e.g. on other nodes), as `af2cpu infer` does.
+    """
+    cfg = compose_config(list(overrides or []))
+    weights.check_params(cfg)
+    if cfg.params == Params.random:
+        log.warning("params=random: UNTRAINED random weights; the structures are not predictions")
+    targets, invalid = read_fasta_batch(fasta)
+    for error in invalid:
+        log.error("skipping invalid record: %s", error)
+    if targets_filter is not None:
+        wanted = set(targets_filter)
+        targets = [t for t in targets if t.id in wanted]
+    batch = BatchDir(out)
+    batch.prepare()
+    stages = target_stages(cfg, "infer" if require_features else "predict")
+
+    outcomes: list[TargetOutcome] = []
+    refused = too_long(targets, cfg)
+    for target in [t for t in targets if t.id in refused]:
+        outcomes.append(TargetOutcome(target, "failed", failure=refused[target.id], failed_stage="memory plan"))
+    runnable = [t for t in targets if t.id not in refused]
+
+    locks = {}
+    for target in list(runnable):
+        folder = batch.target(target.id)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        lock = StageCache(folder).lock()
+        if lock.acquire(timeout=0):
+            locks[target.id] = lock
+        else:
+            runnable.remove(target)
+            reason = f"another live af2cpu run holds {lock.path}"
+            outcomes.append(TargetOutcome(target, "failed", failure=reason, failed_stage="lock"))
+    try:
+        if runnable:
+            memory = parse_memory_limit(str(cfg.runtime.memory_limit))
+            with start_cluster(cfg.scheduler, memory_limit=memory, model_threads=int(cfg.runtime.threads)) as handle:
+                if handle.dashboard_link and not quiet:
+                    log.info("Dask dashboard: %s", handle.dashboard_link)
+                progress = Progress([t.id for t in runnable], [s.name for s in stages], quiet=quiet)
+                graph = BatchGraph(handle.client, cfg, batch, stages, force=force, progress=progress,
+                                   precomputed_msas=Path(precomputed_msas) if precomputed_msas else None)
+                try:
+                    with progress:
+                        for outcome in graph.run(runnable):
+                            progress.finish_target(outcome.target.id, outcome.status, outcome.failure or "")
+                            outcomes.append(outcome)
+                except KeyboardInterrupt:
+                    graph.cancel()
+                    log.error("interrupted: finished stages are kept; run the same command again to resume")
+                    raise
+    except LockTimeout as exc:
+        raise Af2CpuError(str(exc)) from None
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+    by_id = {s.target_id: s for s in (read_batch_summary(batch) if batch.summary_json.is_file() else [])}
+    for outcome in outcomes:
+        s = outcome.summary
+        by_id[outcome.target.id] = TargetSummary(
+            target_id=outcome.target.id,
+            status=outcome.status,
+            length=len(outcome.target.sequence),
+            best_model=s.get("best_model"),
+            mean_plddt=s.get("mean_plddt"),
+            ptm=s.get("ptm"),
+            failure_reason=outcome.failure,
+            untrained_params=cfg.params == Params.random,
+        )
+    write_batch_summary(batch, list(by_id.values()))
+    return BatchResult(batch.path, outcomes, [str(e) for e in invalid])
+
+
+def array_shard(fasta: str | os.PathLike, index: int | None, count: int | None, environ) -> list[str] | None:
+    """The target ids of this job-array task's shard of `fasta`, or None outside a job array.
+
+    Every task computes the same split from the FASTA alone, so shards never overlap. A bad index or
+    count is a ConfigError raised before anything is written.
+    """
+    task = resolve_array_task(index, count, environ)
+    if task is None:
+        return None
+    targets, _ = read_fasta_batch(fasta)
+    shard = select_shard({t.id: len(t.sequence) for t in targets}, task)
+    log.info("array task %d of %d (%s): %d target(s): %s", task.index, task.count, task.source, len(shard),
+             " ".join(shard))
+    return shard

@@ -1,0 +1,431 @@
+"""The stages of one target, declared once.
+
+:func:`target_stages` lists a target's stages: one search per entry of the search plan
+(``af2cpu.preprocessing.searches``), the raw features, one inference per model preset, the ranking,
+the relaxation of the best ranked models, and the final files. Each :class:`Stage` says what it does
+(``run``), which stages' results it reads (``needs``), what it asks of a worker (``cpus``, and a
+memory estimate), and the cache key of its result (``key``). Everything that handles stages reads this
+list: the Dask graph (``af2cpu.scheduler.graph``), the in-process run of `af2cpu features`
+(:func:`run_stages`), the stage cache (:func:`run_stage`), `af2cpu report` and the progress display
+(:data:`KINDS`, :func:`stage_sort_key`) and the SLURM planner (the memory estimates).
+
+Data flow: the searches run in parallel (the template search after UniRef90) -> raw features -> one
+inference per model -> ranking -> relaxation -> ranked structures, plots, timings. Every stage writes
+its outputs atomically into ``<out>/<target id>/`` and leaves a record keyed by what produced it
+(``af2cpu.scheduler.cache``), so a rerun skips what is finished and a killed run resumes where it
+stopped. Each stage returns a :class:`StageTiming`, from which ``timings.json`` is written at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from af2cpu import formats, plots
+from af2cpu.common import protein
+from af2cpu.config import Params
+from af2cpu.errors import InputError
+from af2cpu.io import (
+    atomic_write_text,
+    file_hash,
+    load_features_npz,
+    load_result_npz,
+    save_features_npz,
+    save_features_pkl,
+)
+from af2cpu.layout import TargetDir
+from af2cpu.model import weights
+from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
+from af2cpu.model.presets import get_preset
+from af2cpu.preprocessing import features as raw_features
+from af2cpu.preprocessing import searches
+from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
+from af2cpu.preprocessing.inputs import Target
+from af2cpu.relax import relax
+from af2cpu.runtime.threads import threads_for
+from af2cpu.scheduler.cache import StageCache, StageRecord, stage_key
+
+log = logging.getLogger(__name__)
+
+# The kinds of stages in the order a target passes through them (stage names are ``<kind>`` or
+# ``<kind>_<what>``: search_uniref90, features, infer_model_1_ptm, rank, relax_model_1_ptm, finalize).
+KINDS = ("search", "features", "infer", "rank", "relax", "finalize")
+
+
+def stage_kind(name: str) -> str:
+    """The kind of the stage called ``name`` (its name up to the first underscore)."""
+    return name.split("_", 1)[0]
+
+
+def stage_sort_key(name: str) -> tuple[int, str]:
+    """Orders stage names as a target passes through them; unknown names last."""
+    kind = stage_kind(name)
+    return (KINDS.index(kind) if kind in KINDS else len(KINDS), name)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTiming:
+    """When a stage ran (epoch seconds); `cached` when a previous run's result was reused."""
+
+    name: str
+    start: float
+    end: float
+    cached: bool = False
+    info: dict = dataclasses.field(default_factory=dict)
+    recorded: bool = True  # False for the stages without a record (ranking): not in timings.json
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What every stage of one target gets: the target, the configuration, its folder."""
+
+    target: Target
+    cfg: DictConfig
+    folder: TargetDir
+    force: bool = False  # redo stages even when their results are cached
+    precomputed: Path | None = None  # search results of an earlier run for this target
+
+
+Inputs = Mapping[str, StageTiming]  # the results of the stages a stage needs, by stage name
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a target."""
+
+    name: str
+    # Does the work: writes its outputs (atomically) into the target folder, returns their paths and
+    # the information its record keeps (read by later stages and reports).
+    run: Callable[[StageContext, Inputs], tuple[list[Path], dict]]
+    # The cache key of its result; None for stages that are cheap and always run (ranking, final files).
+    key: Callable[[StageContext, Inputs], str] | None = None
+    needs: tuple[str, ...] = ()
+    cpus: int | None = 1  # CPUs it takes from a worker; None: the whole worker
+    memory: Callable[[int], int] | None = None  # estimated peak bytes for a target of L residues
+    # The name of its record when it is not the stage's own (relax_0 records as relax_<model>).
+    record: Callable[[StageContext, Inputs], str] | None = None
+    redo_on_force: bool = True  # False: results made elsewhere (features of a split workflow)
+
+
+def run_stage(stage: Stage, ctx: StageContext, inputs: Inputs) -> StageTiming:
+    """Run ``stage`` unless its record holds the same key (then its earlier result is reused)."""
+    name = stage.record(ctx, inputs) if stage.record else stage.name
+    cache = StageCache(ctx.folder)
+    key = stage.key(ctx, inputs) if stage.key else None
+    if key is not None and (not ctx.force or not stage.redo_on_force):
+        record = cache.lookup(name, key)
+        if record is not None:
+            return StageTiming(name, record.started, record.finished, cached=True, info=record.info)
+    ctx.folder.path.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    outputs, info = stage.run(ctx, inputs)
+    finished = time.time()
+    if key is not None:
+        cache.record(StageRecord(name, key, started, finished, [ctx.folder.relative(p) for p in outputs], info))
+    return StageTiming(name, started, finished, info=info, recorded=key is not None)
+
+
+def run_stages(stages: Sequence[Stage], ctx: StageContext) -> dict[str, StageTiming]:
+    """Run ``stages`` one after another in this process (they are declared in dependency order)."""
+    done: dict[str, StageTiming] = {}
+    for stage in stages:
+        done[stage.name] = run_stage(stage, ctx, {name: done[name] for name in stage.needs})
+    return done
+
+
+def _plain(node: Any) -> Any:
+    """A config section as plain JSON-able Python, for cache keys."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+# ---------------------------------------------------------------------------------------------
+# Searches and features
+
+
+def _search_key(search: searches.Search, ctx: StageContext, inputs: Inputs) -> str:
+    return searches.search_key(search, ctx.target.sequence, ctx.folder.msas, ctx.cfg.db)
+
+
+def _search_run(search: searches.Search, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    cpus = threads_for(int(ctx.cfg.search.cpus))
+    written = searches.run_search(search, ctx.target, ctx.folder.msas, ctx.cfg.db, cpus,
+                                  float(ctx.cfg.search.timeout_s), reuse=not ctx.force,
+                                  precomputed_dir=ctx.precomputed)
+    return written, {"cpus": cpus}
+
+
+def _features_key(ctx: StageContext, inputs: Inputs) -> str:
+    plan = searches.plan_searches(ctx.cfg.db.preset)
+    return stage_key(
+        "features",
+        inputs={s.output: file_hash(ctx.folder.msas / s.output) for s in plan},
+        config={"template": dataclasses.asdict(searches.template_settings(ctx.cfg)), "sequence": ctx.target.sequence,
+                "features_pkl": bool(ctx.cfg.output.features_pkl)},
+        tool_versions={},
+        databases={},
+    )
+
+
+def _features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    folder, target = ctx.folder, ctx.target
+    plan = searches.plan_searches(ctx.cfg.db.preset)
+    result = raw_features.raw_features_from_files(
+        target.sequence, target.description, searches.search_results(plan, folder.msas),
+        searches.template_settings(ctx.cfg))
+    save_features_npz(folder.features, result.features)
+    outputs = [folder.features, folder.features_report]
+    if ctx.cfg.output.features_pkl:
+        save_features_pkl(folder.features_pkl, result.features)
+        outputs.append(folder.features_pkl)
+    report = {
+        "id": target.id,
+        "description": target.description,
+        "sequence": target.sequence,
+        "msa_sizes": result.msa_sizes,
+        "templates": [name.decode() for name in result.features["template_domain_names"]],
+        "skipped_templates": [dataclasses.asdict(s) for s in result.templates.skipped],
+        "template_warnings": result.templates.warnings,
+    }
+    atomic_write_text(folder.features_report, json.dumps(report, indent=2) + "\n")
+    return outputs, {"msa_sizes": result.msa_sizes}
+
+
+def _existing_features_key(ctx: StageContext, inputs: Inputs) -> str:
+    """The features of a split workflow, made earlier by `af2cpu features`: their record's key."""
+    path = ctx.folder.features
+    if not path.is_file():
+        raise InputError(
+            f"{path} does not exist: run `af2cpu features` for {ctx.target.id} with the same --out first, "
+            "or `af2cpu predict` to search and fold in one go"
+        )
+    info = ctx.folder.read_info() or {}
+    if info.get("sequence", ctx.target.sequence) != ctx.target.sequence:
+        raise InputError(f"{path} was made for another sequence than record {ctx.target.id!r}; rerun `af2cpu features`")
+    record = StageCache(ctx.folder).lookup("features")
+    return record.key if record is not None else f"external:{file_hash(path)}"
+
+
+def _existing_features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    # Reached only for a features.npz that no `af2cpu features` run recorded: it is taken as it is.
+    return [ctx.folder.features], {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
+    """The planner's peak for one pass of ``model_name`` at its preset's largest inputs."""
+    preset = get_preset(model_name)
+    shape = TargetShape(residues, preset.num_msa_clusters, preset.max_extra_msa,
+                        preset.max_templates if preset.use_templates else 0)
+    # Unchunked: the largest the pass can need.
+    return estimate_peak_memory(shape, runtime.precision, architecture=preset.architecture).total
+
+
+def _infer_key(model_name: str, ctx: StageContext, inputs: Inputs) -> str:
+    import torch  # deferred: torch is imported only in processes that run (or key) a model
+
+    cfg = ctx.cfg
+    stage = f"infer_{model_name}"
+    return stage_key(
+        stage,
+        inputs={ctx.folder.features.name: file_hash(ctx.folder.features)},
+        config={
+            "params": weights.params_identity(cfg, model_name),
+            "num_recycle": int(cfg.model.num_recycle),
+            "early_stop": float(cfg.model.recycle_early_stop_tolerance),
+            "seed": weights.model_seed(cfg, model_name),
+            "precision": cfg.runtime.precision,
+            "output": _plain(cfg.output),
+        },
+        tool_versions={"torch": torch.__version__},
+        databases={},
+    )
+
+
+def _infer_run(model_name: str, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    import torch  # deferred: see _infer_key
+
+    cfg, folder = ctx.cfg, ctx.folder
+    preset = get_preset(model_name)
+    raw = load_features_npz(folder.features)
+    settings = PipelineSettings.from_preset(preset, num_recycle=int(cfg.model.num_recycle))
+    processed = process_features(raw, settings, seed=weights.model_seed(cfg, model_name))
+    shape = TargetShape(int(processed["aatype"].shape[1]), int(processed["msa_feat"].shape[1]),
+                        int(processed["extra_msa"].shape[1]),
+                        int(processed["template_aatype"].shape[1]) if "template_aatype" in processed else 0)
+    options, _ = plan_options(cfg.runtime, preset, shape)
+    threads = threads_for(int(cfg.runtime.threads))
+    torch.set_num_threads(threads)
+    model = weights.load_model(cfg, model_name, options)
+    out = model.predict(
+        processed,
+        num_recycle=int(cfg.model.num_recycle),
+        early_stop_tolerance=float(cfg.model.recycle_early_stop_tolerance),
+        return_recycles=bool(cfg.output.save_recycles),
+    )
+    if not cfg.output.save_representations:
+        out.pop("representations", None)
+    if cfg.output.save_recycles:
+        out["recycles"] = [
+            {"final_atom_positions": r["structure_module"]["final_atom_positions"], "plddt": r["plddt"]}
+            for r in out["recycles"]
+        ]
+    outputs = formats.write_model_outputs(folder, model_name, out)
+    first = {name: value[0] for name, value in processed.items()}
+    atomic_write_text(folder.unrelaxed(model_name), protein.to_pdb(formats.protein_from_prediction(first, out)))
+    outputs.append(folder.unrelaxed(model_name))
+    info = {
+        "mean_plddt": float(np.mean(out["plddt"])),
+        "ranking_confidence": float(out["ranking_confidence"]),
+        "ptm": float(out["ptm"]) if "ptm" in out else None,
+        "num_recycles": int(out["num_recycles"]),
+        "chunks": dataclasses.asdict(options.chunks),
+        "threads": torch.get_num_threads(),
+    }
+    return outputs, info
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking, relaxation, final files
+
+
+def _rank_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    """``ranking_debug.json`` from the models' confidences; the order, best first, in its info."""
+    infers = {name.removeprefix("infer_"): timing.info for name, timing in inputs.items()}
+    confidences = {model: info["ranking_confidence"] for model, info in infers.items()}
+    ptms = {model: info["ptm"] for model, info in infers.items() if info.get("ptm") is not None}
+    text = formats.ranking_debug_json(confidences, ptms=ptms or None, untrained_params=ctx.cfg.params == Params.random)
+    atomic_write_text(ctx.folder.ranking_debug, text + "\n")
+    return [ctx.folder.ranking_debug], {"order": formats.rank_models(confidences)}
+
+
+def _relaxed_model(index: int, inputs: Inputs) -> str:
+    return inputs["rank"].info["order"][index]
+
+
+def _relax_config(ctx: StageContext) -> dict:
+    return {k: v for k, v in _plain(ctx.cfg.relax).items() if k != "mode"}
+
+
+def _relax_record(index: int, ctx: StageContext, inputs: Inputs) -> str:
+    return f"relax_{_relaxed_model(index, inputs)}"
+
+
+def _relax_key(index: int, ctx: StageContext, inputs: Inputs) -> str:
+    stage = _relax_record(index, ctx, inputs)
+    unrelaxed = ctx.folder.unrelaxed(_relaxed_model(index, inputs))
+    return stage_key(stage, {"unrelaxed": file_hash(unrelaxed)}, _relax_config(ctx), {}, {})
+
+
+def _relax_run(index: int, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    """Amber-relax one model's structure; a relax failure keeps the unrelaxed one and is recorded."""
+    folder, model_name = ctx.folder, _relaxed_model(index, inputs)
+    threads = threads_for(int(ctx.cfg.relax.threads))
+    try:
+        pdb_text, report = relax(folder.unrelaxed(model_name).read_text(), config=ctx.cfg.relax, threads=threads)
+        report_dict = report.to_dict()
+    except InputError as exc:  # e.g. an X residue Amber cannot parametrise, as AlphaFold2 refuses too
+        pdb_text, report_dict = "", {"relaxed": False, "failure": str(exc)}
+    atomic_write_text(folder.relax_report(model_name), json.dumps(report_dict, indent=2) + "\n")
+    outputs = [folder.relax_report(model_name)]
+    if report_dict.get("relaxed"):
+        atomic_write_text(folder.relaxed(model_name), pdb_text)
+        outputs.append(folder.relaxed(model_name))
+    else:
+        log.warning("%s: relaxation of %s failed (%s); keeping the unrelaxed structure",
+                    folder.id, model_name, report_dict.get("failure"))
+    return outputs, {"relaxed": bool(report_dict.get("relaxed")), "failure": report_dict.get("failure")}
+
+
+def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    """Ranked PDB/mmCIF (relaxed where available), plots, ``timings.json``; the target's summary in its info."""
+    folder, target = ctx.folder, ctx.target
+    order = inputs["rank"].info["order"]
+    pdbs, cifs = {}, {}
+    for name in order:
+        pdbs[name] = folder.best_structure(name).read_text()
+        cifs[name] = protein.to_mmcif(protein.from_pdb_string(pdbs[name]), file_id=f"{target.id}_{name}")
+    formats.write_ranked_structures(folder, order, pdbs, cifs)
+
+    results = {name: load_result_npz(folder.result(name), prefixes=[
+        "plddt", "predicted_aligned_error", "max_predicted_aligned_error", "ptm"]) for name in order}
+    folder.plots.mkdir(exist_ok=True)
+    title = target.id + (" (UNTRAINED random params)" if ctx.cfg.params == Params.random else "")
+    plots.plot_plddt({n: r["plddt"] for n, r in results.items()}, title=title, path=folder.plddt_plot)
+    paes = {n: r["predicted_aligned_error"] for n, r in results.items() if "predicted_aligned_error" in r}
+    if paes:
+        max_pae = float(next(iter(results.values())).get("max_predicted_aligned_error", plots.DEFAULT_MAX_PAE))
+        plots.plot_pae(paes, max_pae=max_pae, title=title, path=folder.pae_plot)
+    msa = load_features_npz(folder.features)["msa"]
+    plots.plot_msa_coverage(np.asarray(msa), title=target.id, path=folder.msa_coverage_plot)
+
+    spans = {t.name: (t.start, t.end) for t in inputs.values() if t.recorded}
+    atomic_write_text(folder.timings, formats.timings_json(spans) + "\n")
+    best = order[0]
+    summary = {
+        "best_model": best,
+        "mean_plddt": float(np.mean(results[best]["plddt"])),
+        "ptm": float(results[best]["ptm"]) if "ptm" in results[best] else None,
+        "length": len(target.sequence),
+        "seconds": {name: round(end - start, 3) for name, (start, end) in spans.items()},
+    }
+    return [], summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The declaration
+
+
+def search_stages(cfg: DictConfig) -> list[Stage]:
+    """One stage per search of the configured database preset's plan."""
+    cpus = int(cfg.search.cpus) or 1
+    return [
+        Stage(f"search_{s.name}", functools.partial(_search_run, s), functools.partial(_search_key, s),
+              needs=tuple(f"search_{n}" for n in s.needs), cpus=cpus)
+        for s in searches.plan_searches(cfg.db.preset)
+    ]
+
+
+def target_stages(cfg: DictConfig, mode: str = "predict") -> list[Stage]:
+    """The stages of a target in dependency order.
+
+    ``mode``: "predict" (everything), "features" (searches and raw features: `af2cpu features`) or
+    "infer" (from the features an earlier `af2cpu features` wrote: `af2cpu infer`).
+    """
+    if mode not in ("predict", "features", "infer"):
+        raise ValueError(f"mode must be predict, features or infer, not {mode!r}")
+    if mode == "infer":
+        stages = [Stage("features", _existing_features_run, _existing_features_key, redo_on_force=False)]
+    else:
+        stages = search_stages(cfg)
+        stages.append(Stage("features", _features_run, _features_key, needs=tuple(s.name for s in stages)))
+    if mode == "features":
+        return stages
+    models = list(cfg.model.names)
+    threads = int(cfg.runtime.threads) or None
+    infers = [
+        Stage(f"infer_{name}", functools.partial(_infer_run, name), functools.partial(_infer_key, name),
+              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg.runtime, name))
+        for name in models
+    ]
+    stages += infers
+    stages.append(Stage("rank", _rank_run, needs=tuple(s.name for s in infers)))
+    relax_cpus = int(cfg.relax.threads) or 1
+    stages += [
+        Stage(f"relax_{i}", functools.partial(_relax_run, i), functools.partial(_relax_key, i), needs=("rank",),
+              cpus=relax_cpus, record=functools.partial(_relax_record, i))
+        for i in range(cfg.relax.mode.count(len(models)))
+    ]
+    stages.append(Stage("finalize", _finalize_run, needs=tuple(s.name for s in stages)))
+    return stages
