@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -180,6 +181,30 @@ def save_result_npz(path: str | os.PathLike, out: Mapping[str, Any]) -> None:
         np.savez(f, **flat)
 
 
+# What np.load and reading an array of a damaged file raise.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile)
+
+
+def npz_error(path: str | os.PathLike, exc: BaseException, what: str = "an npz file af2cpu wrote") -> InputError:
+    """The error for an npz file that cannot be read: names the file, never suggests unpickling it."""
+    if isinstance(exc, FileNotFoundError):
+        reason = "it does not exist"
+    elif "pickle" in str(exc).lower():  # numpy takes any file that is not a zip archive for a pickle
+        reason = f"it is truncated or not {what} (not a zip archive; af2cpu never unpickles files)"
+    else:
+        reason = f"it is truncated or not {what} ({type(exc).__name__})"
+    return InputError(f"cannot read {path}: {reason}; delete it and run again to recompute it")
+
+
+def npz_members(path: str | os.PathLike) -> list[str]:
+    """The array names of an npz file (reads only its zip directory); InputError naming a damaged file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return list(npz.files)
+    except _NPZ_ERRORS as exc:
+        raise npz_error(path, exc) from None
+
+
 def load_result_npz(path: str | os.PathLike, prefixes: Iterable[str] | None = None) -> dict[str, Any]:
     """Load a ``result_<model>.npz`` back into the nested dict; without pickle.
 
@@ -188,13 +213,16 @@ def load_result_npz(path: str | os.PathLike, prefixes: Iterable[str] | None = No
     representation loads in milliseconds.
     """
     wanted = None if prefixes is None else tuple(prefixes)
-    with np.load(path, allow_pickle=False) as npz:
-        keys = [
-            k
-            for k in npz.files
-            if wanted is None or any(k == p or k.startswith(p + _KEY_SEPARATOR) for p in wanted)
-        ]
-        return unflatten_tree({k: npz[k] for k in keys})
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = [
+                k
+                for k in npz.files
+                if wanted is None or any(k == p or k.startswith(p + _KEY_SEPARATOR) for p in wanted)
+            ]
+            return unflatten_tree({k: npz[k] for k in keys})
+    except _NPZ_ERRORS as exc:
+        raise npz_error(path, exc, "a model result") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,9 +268,13 @@ def save_features_npz(path: str | os.PathLike, features: Mapping[str, Any]) -> N
 
 
 def load_features_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load a ``features.npz`` written by :func:`save_features_npz`, without pickle."""
-    with np.load(path, allow_pickle=False) as npz:
-        features = {name: npz[name] for name in npz.files}
+    """Load a ``features.npz`` written by :func:`save_features_npz`, without pickle; a damaged file is an
+    InputError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            features = {name: npz[name] for name in npz.files}
+    except _NPZ_ERRORS as exc:
+        raise npz_error(path, exc, "a features file") from None
     object_names = features.pop(_OBJECT_FEATURES_KEY, np.array([], dtype=np.str_))
     for name in object_names.tolist():
         stored = features[name]

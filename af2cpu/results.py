@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from af2cpu import plots
 from af2cpu.common import protein
 from af2cpu.errors import InputError
-from af2cpu.io import load_features_npz, load_result_npz
+from af2cpu.io import load_features_npz, load_result_npz, npz_members
 from af2cpu.layout import BatchDir, TargetDir
 from af2cpu.preprocessing import parsers
 from af2cpu.preprocessing.searches import SEARCHES
@@ -173,8 +173,7 @@ class TargetResult:
         # The npz member names of each result: reading them touches only the zip directory.
         entries = {}
         for model in self.model_names:
-            with np.load(self._result_path(model), allow_pickle=False) as npz:
-                entries[model] = list(npz.files)
+            entries[model] = npz_members(self._result_path(model))
         return entries
 
     def _models_with(self, key: str) -> list[str]:

@@ -129,6 +129,8 @@ def _template_result(
     kind, path = hits
     if kind == "hhr":
         return templates.featurize_templates(sequence, parsers.read_hhr(path), settings)
-    a3m = parsers.stockholm_to_a3m(Path(path).read_text(), remove_first_row_gaps=False)
+    text = parsers.read_text(path)
+    parsers.check_stockholm(text, str(path))
+    a3m = parsers.stockholm_to_a3m(text, remove_first_row_gaps=False)
     hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(path))
     return templates.featurize_templates(sequence, hits, settings, hmmsearch=True)

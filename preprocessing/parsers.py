@@ -141,7 +141,7 @@ def parse_a3m(text: str, source: str | None = None) -> Msa:
 
 def read_a3m(path: str | Path) -> Msa:
     """Parse the A3M file at `path`."""
-    return parse_a3m(Path(path).read_text(), source=str(path))
+    return parse_a3m(read_text(path), source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,19 +149,37 @@ def read_a3m(path: str | Path) -> Msa:
 
 
 def _stockholm_records(lines: Iterable[str], source: str | None) -> dict[str, str]:
-    """Name -> concatenated aligned sequence, in first-appearance order, with format checks."""
+    """Name -> concatenated aligned sequence, in first-appearance order, with format checks.
+
+    A truncated file is rejected: a non-empty alignment must end with ``//``, every block must hold the
+    rows of the first one, and every row must be as long as the query's.
+    """
     records: dict[str, str] = {}
-    seen_in_block: set[str] = set()
-    header_seen = False
+    block: list[str] = []
+    first_block: list[str] | None = None
+    header_seen = terminated = False
+    line_no = 0
+
+    def end_block() -> None:
+        nonlocal first_block, block
+        if block and first_block is None:
+            first_block = block
+        elif block and block != first_block:
+            raise _fail(source, line_no, f"this alignment block has {len(block)} row(s), the first one "
+                        f"{len(first_block)}: the file is truncated or damaged")
+        block = []
+
     for line_no, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line:
-            seen_in_block = set()
+            end_block()
             continue
         if line.startswith("# STOCKHOLM"):
             header_seen = True
             continue
         if line.startswith("//"):
+            end_block()
+            terminated = True
             break
         if line.startswith("#"):
             continue
@@ -171,16 +189,29 @@ def _stockholm_records(lines: Iterable[str], source: str | None) -> dict[str, st
         if len(fields) != 2:
             raise _fail(source, line_no, f"expected '<name> <aligned sequence>', got {len(fields)} fields")
         name, aligned = fields
-        if name in seen_in_block:
+        if name in block:
             raise _fail(source, line_no, f"sequence name {name!r} appears twice in one alignment block")
-        seen_in_block.add(name)
+        block.append(name)
         records[name] = records.get(name, "") + aligned
+    if (header_seen or records) and not terminated:
+        raise _fail(source, line_no, "the alignment does not end with '//': the file is truncated")
     if records:
         lengths = {len(s) for s in records.values()}
         if len(lengths) != 1:
             name = next(n for n, s in records.items() if len(s) != len(next(iter(records.values()))))
             raise _fail(source, None, f"sequence {name!r} has a different aligned length than the query")
     return records
+
+
+def check_stockholm(text: str, source: str | None = None) -> None:
+    """Raise MsaFormatError (naming `source`) unless `text` is a whole, well-formed Stockholm alignment."""
+    _stockholm_records(text.splitlines(), source)
+
+
+def read_text(path: str | Path) -> str:
+    """A search result's text; bytes that are not UTF-8 become U+FFFD, which the parsers then reject
+    with the file's name (instead of a UnicodeDecodeError naming nothing)."""
+    return Path(path).read_text(encoding="utf-8", errors="replace")
 
 
 def _msa_from_stockholm_records(records: dict[str, str]) -> Msa:
@@ -244,7 +275,7 @@ def truncate_stockholm(src: str | Path, dst: str | Path, max_sequences: int) -> 
 def read_stockholm(path: str | Path, max_sequences: int | None = None) -> Msa:
     """Parse the Stockholm file at `path`, streaming; keep only the first `max_sequences` rows."""
     path = Path(path)
-    with open(path) as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         if max_sequences is None:
             records = _stockholm_records(handle, str(path))
         else:
@@ -416,6 +447,9 @@ def _parse_hhr_block(lines: list[str], first_line_no: int, source: str | None) -
                     raise _fail(source, line_no, "template row is not as long as the query row above it")
                 hit += aligned
                 indices_hit += _residue_indices(aligned, start)
+    if len(hit) != len(query):
+        raise _fail(source, first_line_no + len(lines) - 1,
+                    f"hit {number} ends without its template row: the file is truncated")
     return TemplateHit(
         index=number,
         name=name,
@@ -448,7 +482,7 @@ def parse_hhr(text: str, source: str | None = None) -> list[TemplateHit]:
 
 def read_hhr(path: str | Path) -> list[TemplateHit]:
     """Parse the HHR file at `path`."""
-    return parse_hhr(Path(path).read_text(), source=str(path))
+    return parse_hhr(read_text(path), source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ the multimer pipeline.
 
 Next to every result file lies ``<file>.json``: the query sequence's hash, the search's flags, the
 versions of its tools, the identity (path, size, modification time) of every database file, and the
-hashes of the input results it read. A result is reused only when all of that still matches, so an MSA
-made for another sequence, another database or another tool version is never taken for this one.
+hashes of the input results it read, and the result's own size and sha256. A result is reused only when
+all of that still matches, so an MSA made for another sequence, another database or another tool
+version, or one truncated or replaced since it was written, is never taken for this one.
 """
 
 from __future__ import annotations
@@ -243,12 +244,22 @@ def reusable(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any]
         recorded = json.loads(sidecar(result).read_text())
     except (OSError, ValueError):
         return False
-    return recorded.get("key") == provenance_key(search, sequence, msa_dir, db)
+    if not isinstance(recorded, dict) or recorded.get("key") != provenance_key(search, sequence, msa_dir, db):
+        return False
+    if "sha256" in recorded and (result.stat().st_size != recorded.get("size")
+                                 or file_hash(result) != recorded["sha256"]):  # absent: an older sidecar
+        log.warning("%s is not the file its search wrote (size or sha256 differ from %s); searching again",
+                    result, sidecar(result).name)
+        return False
+    return True
 
 
 def _record(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any], run: tools.ToolRun) -> None:
+    result = msa_dir / search.output
     payload = {
         "key": provenance_key(search, sequence, msa_dir, db),
+        "size": result.stat().st_size,
+        "sha256": file_hash(result),
         "tool": run.tool,
         "tool_version": run.version,
         "seconds": round(run.seconds, 3),

@@ -171,7 +171,8 @@ def _run_hh(tool, databases, out: Path, timeout, binary, arguments) -> ToolRun:
 
 def template_query_msa(uniref90_sto: str | Path) -> str:
     """The Stockholm MSA AlphaFold2 searches templates with: UniRef90 hits, deduplicated, no empty columns."""
-    text = Path(uniref90_sto).read_text()
+    text = parsers.read_text(uniref90_sto)
+    parsers.check_stockholm(text, str(uniref90_sto))  # a damaged file is named, not half-used
     return parsers.remove_empty_columns_from_stockholm(parsers.deduplicate_stockholm(text))
 
 

@@ -1,7 +1,10 @@
 """The stage cache: atomic outputs, stage records keyed by what produced them, per-target locks.
 
 A stage (a search, features, one model's inference, relaxation) is done when its record exists, holds
-the same key, and every output it lists exists. The key is the sha256 of the canonical JSON of
+the same key, and every output it lists is still the file it wrote: the record names each output with
+its size and sha256, and a lookup checks both. An output that is missing, truncated, or changed (say a
+file swapped in from another target) is reported in one log line naming the file; the record is
+discarded and the stage runs again, and the stages whose keys hash that output follow. The key is the sha256 of the canonical JSON of
 everything that determines the result: the stage name, the content hashes of its inputs, the subset of
 the configuration it reads, the versions of the tools it runs and the identity (path, size, mtime) of
 the databases it searches. Outputs and records are written to a temporary file in the same folder,
@@ -19,20 +22,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from typing_extensions import Self
 
 from af2cpu.errors import Af2CpuError
-from af2cpu.io import atomic_write_bytes, canonical_json
+from af2cpu.io import atomic_write_bytes, canonical_json, file_hash
 from af2cpu.layout import TargetDir
+
+log = logging.getLogger(__name__)
 
 
 def stage_key(
@@ -69,6 +75,30 @@ class StageRecord:
     finished: float
     outputs: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)  # e.g. tool timings, for reports
+    # {output: {"size": bytes, "sha256": hex}}: what each output was when the stage wrote it.
+    checksums: dict = field(default_factory=dict)
+
+
+def file_checksum(path: Path) -> dict:
+    """What a stage record keeps of an output: its size and sha256."""
+    return {"size": path.stat().st_size, "sha256": file_hash(path)}
+
+
+def output_problem(path: Path, expected: dict | None) -> str | None:
+    """What is wrong with an output compared with its recorded checksum, or None when it is intact."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    if not path.is_file():
+        return "is not a file"
+    if expected is None:
+        return None  # a record written before checksums were kept: existence is all it can tell
+    if size != expected.get("size"):
+        return f"has {size} bytes, the stage wrote {expected.get('size')} (truncated or replaced)"
+    if file_hash(path) != expected.get("sha256"):
+        return "changed since the stage wrote it (its sha256 differs)"
+    return None
 
 
 class StageCache:
@@ -86,26 +116,45 @@ class StageCache:
         return TargetLock(self.target.lock, stale_after=stale_after, wait=wait)
 
     def lookup(self, stage: str, key: str | None = None) -> StageRecord | None:
-        """The record of `stage` if it was finished with `key` (any key if None) and all its outputs exist."""
+        """The record of `stage` if it was finished with `key` (any key if None) and its outputs are intact.
+
+        A record whose output is missing or differs from its recorded size and sha256, and a record
+        file that cannot be read, are reported in one warning line and removed: the stage runs again.
+        """
+        path = self.record_path(stage)
         try:
-            data = json.loads(self.record_path(stage).read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
             record = StageRecord(**data)
-        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+            log.warning("%s: stage record %s is unreadable (%s); rerunning %s", self.target.id, path,
+                        type(exc).__name__, stage)
+            path.unlink(missing_ok=True)
             return None
         if (key is not None and record.key != key) or record.stage != stage:
             return None
-        if not all((self.folder / output).exists() for output in record.outputs):
-            return None
+        for output in record.outputs:
+            problem = output_problem(self.folder / output, record.checksums.get(output))
+            if problem is not None:
+                log.warning("%s: %s %s; rerunning %s and what depends on it", self.target.id,
+                            self.folder / output, problem, stage)
+                path.unlink(missing_ok=True)
+                return None
         return record
 
-    def record(self, record: StageRecord) -> None:
-        """Write a record atomically, after its outputs were written."""
-        missing = [o for o in record.outputs if not (self.folder / o).exists()]
+    def record(self, record: StageRecord) -> StageRecord:
+        """Write a record atomically, after its outputs were written; the size and sha256 of each output
+        go into it. Returns the record written."""
+        missing = [o for o in record.outputs if not (self.folder / o).is_file()]
         if missing:
             raise Af2CpuError(
                 f"stage {record.stage} of {self.folder} claims outputs that do not exist: {missing}"
             )
+        checksums = {o: file_checksum(self.folder / o) for o in record.outputs}
+        record = replace(record, checksums=checksums)
         atomic_write_bytes(self.record_path(record.stage), canonical_json(asdict(record)))
+        return record
 
     def run(
         self,
@@ -125,8 +174,7 @@ class StageCache:
         started = time.time()
         outputs = list(compute(self.folder))
         record = StageRecord(stage, key, started, time.time(), outputs, dict(info or {}))
-        self.record(record)
-        return record, False
+        return self.record(record), False
 
 
 class LockTimeout(Af2CpuError):

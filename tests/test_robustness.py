@@ -1,0 +1,147 @@
+"""Issue 18: nothing corrupt is trusted, nothing injected runs. One test (or more) per defect found by
+trying to break af2cpu; each failed before its fix. The whole-folder fault suite is tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from af2cpu.errors import InputError
+from af2cpu.io import atomic_write_bytes, file_hash, load_features_npz, load_result_npz, save_features_npz
+from af2cpu.preprocessing import parsers, searches, tools
+from af2cpu.scheduler.cache import StageCache
+
+DATA = Path(__file__).parent / "data" / "preprocessing"
+GLOBINS4 = DATA / "stockholm" / "globins4.sto"
+HBB = DATA / "stockholm" / "hbb_vs_globins45.sto"
+
+
+# --- stage records name their outputs' size and sha256 (rows 2, 3, 4) ------------------------------
+
+
+def _finished_stage(tmp_path: Path):
+    cache = StageCache(tmp_path / "T1")
+    calls: list[int] = []
+
+    def compute(folder: Path) -> list[str]:
+        calls.append(1)
+        (folder / "msas").mkdir(exist_ok=True)
+        atomic_write_bytes(folder / "msas" / "uniref90_hits.sto", GLOBINS4.read_bytes())
+        return ["msas/uniref90_hits.sto"]
+
+    cache.run("search_uniref90", "k1", compute)
+    return cache, calls, compute
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "swap"])
+def test_a_changed_output_is_reported_in_one_line_and_recomputed(tmp_path, caplog, damage):
+    cache, calls, compute = _finished_stage(tmp_path)
+    output = tmp_path / "T1" / "msas" / "uniref90_hits.sto"
+    original = output.read_bytes()
+    if damage == "truncate":
+        output.write_bytes(original[: len(original) // 2])
+    elif damage == "garbage":
+        output.write_bytes(bytes(range(256)) * 4)
+    else:  # another target's result of the same size would still differ in content
+        other = bytearray(original)
+        other[200] ^= 1
+        output.write_bytes(bytes(other))
+    with caplog.at_level(logging.WARNING, logger="af2cpu.scheduler.cache"):
+        record, cached = cache.run("search_uniref90", "k1", compute)
+    assert not cached and len(calls) == 2 and output.read_bytes() == original
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and str(output) in lines[0] and "\n" not in lines[0]
+    assert ("truncated" in lines[0]) == (damage != "swap")
+    assert record.checksums["msas/uniref90_hits.sto"]["size"] == len(original)
+    _, cached = cache.run("search_uniref90", "k1", compute)
+    assert cached and len(calls) == 2
+
+
+def test_an_unreadable_record_is_discarded_with_a_warning(tmp_path, caplog):
+    cache, calls, compute = _finished_stage(tmp_path)
+    cache.record_path("search_uniref90").write_bytes(b'{"stage": "search_unir')
+    with caplog.at_level(logging.WARNING):
+        _, cached = cache.run("search_uniref90", "k1", compute)
+    assert not cached and len(calls) == 2
+    assert "unreadable" in caplog.text and str(cache.record_path("search_uniref90")) in caplog.text
+
+
+# --- row 2: npz readers name the file and never advise unpickling --------------------------------
+
+
+@pytest.mark.parametrize("content", ["truncated", "garbage", "pickle"])
+@pytest.mark.parametrize("reader", [load_features_npz, load_result_npz])
+def test_a_damaged_npz_is_named_and_unpickling_never_suggested(tmp_path, content, reader):
+    path = tmp_path / "features.npz"
+    save_features_npz(path, {"aatype": np.zeros((5, 21), np.int32), "sequence": np.array([b"AAAAA"], object)})
+    whole = path.read_bytes()
+    path.write_bytes({"truncated": whole[: len(whole) // 2], "garbage": b"\x00not a zip\xff" * 50,
+                      "pickle": pickle.dumps(np.array([object()], dtype=object))}[content])
+    with pytest.raises(InputError) as error:
+        reader(path)
+    message = str(error.value)
+    assert str(path) in message and "allow_pickle" not in message and "\n" not in message
+    assert "truncated or not" in message
+
+
+# --- rows 3 and 4: the Stockholm parser detects truncation and garbage ---------------------------
+
+
+def test_a_stockholm_file_cut_at_a_line_boundary_is_rejected(tmp_path):
+    lines = HBB.read_text().splitlines(keepends=True)
+    cut = tmp_path / "uniref90_hits.sto"
+    cut.write_text("".join(lines[:100]))  # inside the alignment, at a line boundary
+    assert len(parsers.read_stockholm(HBB)) > 40
+    with pytest.raises(parsers.MsaFormatError, match=r"uniref90_hits\.sto.*does not end with '//'"):
+        parsers.read_stockholm(cut)
+    with pytest.raises(parsers.MsaFormatError, match="truncated"):
+        parsers.read_stockholm(cut, max_sequences=10)
+
+
+def test_a_stockholm_block_with_missing_rows_is_rejected(tmp_path):
+    lines = GLOBINS4.read_text().splitlines(keepends=True)
+    damaged = tmp_path / "mgnify_hits.sto"
+    damaged.write_text("".join(line for i, line in enumerate(lines) if i != 10))  # a row of block 2
+    with pytest.raises(parsers.MsaFormatError, match=r"mgnify_hits\.sto:\d+: this alignment block has 3 row"):
+        parsers.read_stockholm(damaged)
+
+
+def test_a_garbage_stockholm_is_named_by_the_template_search(tmp_path):
+    garbage = tmp_path / "uniref90_hits.sto"
+    garbage.write_bytes(b"# STOCKHOLM 1.0\nthree fields here\n\xff\xfe\n//\n")
+    with pytest.raises(parsers.MsaFormatError, match=r"uniref90_hits\.sto:2: expected '<name> <aligned"):
+        tools.template_query_msa(garbage)
+    garbage.write_bytes(bytes(range(256)))
+    with pytest.raises(parsers.MsaFormatError, match=r"uniref90_hits\.sto"):
+        parsers.read_stockholm(garbage)
+
+
+def test_an_hhr_hit_without_its_template_row_is_rejected(tmp_path):
+    text = (DATA / "hhr" / "4p79_hhsearch_server_NOssm.hhr").read_text().splitlines(keepends=True)
+    last_query_row = max(i for i, line in enumerate(text) if line.startswith("Q ") and "Consensus" not in line
+                         and "ss_" not in line)
+    cut = tmp_path / "pdb_hits.hhr"
+    cut.write_text("".join(text[: last_query_row + 1]))
+    with pytest.raises(parsers.MsaFormatError, match=r"pdb_hits\.hhr:\d+: hit 8 ends without its template row"):
+        parsers.read_hhr(cut)
+
+
+def test_search_provenance_checks_the_result_it_describes(tmp_path, monkeypatch):
+    """A search result replaced after its provenance was written is not reused (--precomputed-msas too)."""
+    payload = {"key": {"k": 1}, "size": GLOBINS4.stat().st_size, "sha256": "0" * 64}
+    result = tmp_path / "uniref90_hits.sto"
+    result.write_bytes(GLOBINS4.read_bytes())
+    searches.sidecar(result).write_text(json.dumps(payload))
+    search = searches.SEARCHES["uniref90"]
+    # The provenance itself matches (sequence, databases, tools); only the result file differs.
+    monkeypatch.setattr(searches, "provenance_key", lambda *a: {"k": 1})
+    assert not searches.reusable(search, "SEQ", tmp_path, {})
+    payload["sha256"] = file_hash(result)
+    searches.sidecar(result).write_text(json.dumps(payload))
+    assert searches.reusable(search, "SEQ", tmp_path, {})
