@@ -191,6 +191,7 @@ class BatchDir:
     """The ``--out`` folder of a batch: one :class:`TargetDir` per target and the batch-level files."""
 
     MARKER = ".af2cpu-output"  # marks a folder as af2cpu's, so a foreign folder is never written into
+    SUMMARY_LOCK = ".summary.lock"  # held while summary.json/.tsv are merged (job-array tasks share them)
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -214,6 +215,10 @@ class BatchDir:
         return self.path / "summary.tsv"
 
     @property
+    def summary_lock(self) -> Path:
+        return self.path / self.SUMMARY_LOCK
+
+    @property
     def report_csv(self) -> Path:
         return self.path / "report.csv"
 
@@ -230,6 +235,14 @@ class BatchDir:
     def array_script(self) -> Path:
         """The sbatch script `af2cpu slurm script` writes by default."""
         return self.path / "af2cpu_array.sbatch"
+
+    @classmethod
+    def reserved_names(cls) -> frozenset[str]:
+        """The names of the batch-level files and folders, which no target folder may take."""
+        batch = cls(".")
+        paths = (batch.marker, batch.summary_lock, batch.summary_json, batch.summary_tsv, batch.report_csv,
+                 batch.report_json, batch.logs, batch.array_script)
+        return frozenset(p.name for p in paths)
 
     def is_af2cpu(self) -> bool:
         return self.marker.exists()

@@ -2,20 +2,29 @@
 
 The same record is a line of the batch summary that `af2cpu predict` writes at the top of ``--out``
 (``summary.json``, ``summary.tsv``) and a row of `af2cpu report` (which adds the stage times it reads
-from the target folders).
+from the target folders). Job-array tasks share the summary: :func:`merge_batch_summary` reads, merges
+and writes it under a file lock, so tasks finishing together keep each other's lines, and rebuilds a
+summary that cannot be read (say, cut off by a full disk) from the target folders, with a warning.
+A FASTA record that was skipped as invalid is listed with status ``skipped`` and the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from af2cpu.errors import InputError
 from af2cpu.io import atomic_write_text
 from af2cpu.layout import BatchDir
 
-SUMMARY_STATUSES = ("done", "failed", "pending")
+log = logging.getLogger(__name__)
+
+SUMMARY_STATUSES = ("done", "failed", "pending", "skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +46,8 @@ class TargetSummary:
     def __post_init__(self) -> None:
         if self.status not in SUMMARY_STATUSES:
             raise ValueError(f"target status must be one of {SUMMARY_STATUSES}, got {self.status!r}")
-        if self.status == "failed" and not self.failure_reason:
-            raise ValueError(f"target {self.target_id!r} failed: a failure_reason is required")
+        if self.status in ("failed", "skipped") and not self.failure_reason:
+            raise ValueError(f"target {self.target_id!r} {self.status}: a failure_reason is required")
 
     @property
     def total_seconds(self) -> float:
@@ -80,7 +89,42 @@ def write_batch_summary(batch: BatchDir, targets: Sequence[TargetSummary]) -> No
 
 
 def read_batch_summary(batch: BatchDir) -> list[TargetSummary]:
-    """The targets of ``summary.json``."""
-    with open(batch.summary_json, encoding="utf-8") as f:
-        payload = json.load(f)
-    return [TargetSummary(**entry) for entry in payload["targets"]]
+    """The targets of ``summary.json``; an InputError naming the file when it cannot be read."""
+    try:
+        payload = json.loads(batch.summary_json.read_text(encoding="utf-8"))
+        return [TargetSummary(**entry) for entry in payload["targets"]]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{batch.summary_json} is damaged ({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def summary_lock(batch: BatchDir) -> Iterator[None]:
+    """Hold the batch's summary lock (an flock, released by the kernel if its holder dies)."""
+    with open(batch.summary_lock, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def merge_batch_summary(batch: BatchDir, updates: Sequence[TargetSummary],
+                        rebuild: Callable[[], Sequence[TargetSummary]]) -> list[TargetSummary]:
+    """Merge ``updates`` into the batch summary under its lock; returns the targets written.
+
+    A summary that cannot be read is rebuilt with ``rebuild()`` (the targets as their folders tell),
+    with a warning, and the updates are merged into that.
+    """
+    with summary_lock(batch):
+        existing: Sequence[TargetSummary] = []
+        if batch.summary_json.is_file():
+            try:
+                existing = read_batch_summary(batch)
+            except InputError as exc:
+                log.warning("%s; rebuilding it from the target folders", exc)
+                existing = rebuild()
+        by_id = {s.target_id: s for s in existing}
+        by_id.update({s.target_id: s for s in updates})
+        targets = list(by_id.values())
+        write_batch_summary(batch, targets)
+    return targets

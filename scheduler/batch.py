@@ -27,9 +27,10 @@ from af2cpu.scheduler.cache import LockTimeout, StageCache
 from af2cpu.scheduler.cluster import start_cluster
 from af2cpu.scheduler.graph import BatchGraph, TargetOutcome
 from af2cpu.scheduler.progress import Progress
+from af2cpu.scheduler.report import collect
 from af2cpu.scheduler.sharding import resolve_array_task, select_shard
 from af2cpu.scheduler.stages import target_stages
-from af2cpu.summary import TargetSummary, read_batch_summary, write_batch_summary
+from af2cpu.summary import TargetSummary, merge_batch_summary
 
 log = logging.getLogger("af2cpu.predict")
 
@@ -143,10 +144,10 @@ def run_batch(
         for lock in locks.values():
             lock.release()
 
-    by_id = {s.target_id: s for s in (read_batch_summary(batch) if batch.summary_json.is_file() else [])}
+    updates = [TargetSummary(error.record_id, "skipped", failure_reason=str(error)) for error in invalid]
     for outcome in outcomes:
         s = outcome.summary
-        by_id[outcome.target.id] = TargetSummary(
+        updates.append(TargetSummary(
             target_id=outcome.target.id,
             status=outcome.status,
             length=len(outcome.target.sequence),
@@ -155,8 +156,8 @@ def run_batch(
             ptm=s.get("ptm"),
             failure_reason=outcome.failure,
             untrained_params=cfg.params == Params.random,
-        )
-    write_batch_summary(batch, list(by_id.values()))
+        ))
+    merge_batch_summary(batch, updates, rebuild=lambda: [s for s in collect(batch.path) if s.status != "pending"])
     return BatchResult(batch.path, outcomes, [str(e) for e in invalid])
 
 

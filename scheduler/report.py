@@ -65,8 +65,8 @@ def target_report(folder: TargetDir, target_id: str, summary: dict | None) -> Ta
         return TargetSummary(target_id, "done", length=length, best_model=best, mean_plddt=mean_plddt, ptm=ptm,
                              iptm=summary.get("iptm"), untrained_params=bool(ranking.get("untrained_params")),
                              stage_seconds=seconds)
-    if summary.get("status") == "failed":
-        return TargetSummary(target_id, "failed", length=length, failure_reason=summary.get("failure_reason"),
+    if summary.get("status") in ("failed", "skipped"):
+        return TargetSummary(target_id, summary["status"], length=length, failure_reason=summary.get("failure_reason"),
                              stage_seconds=seconds)
     return TargetSummary(target_id, "pending", length=length, stage_seconds=seconds)
 
@@ -120,7 +120,8 @@ def report_table(reports: list[TargetSummary]) -> str:
     rows = [("target", "status", "length", "best model", "pLDDT", "pTM", "time (s)", "slowest stage / reason")]
     for r in reports:
         slowest = max(r.stage_seconds.items(), key=lambda item: item[1], default=None)
-        note = r.failure_reason if r.status == "failed" else (f"{slowest[0]} {slowest[1]:.1f} s" if slowest else "")
+        slowest_text = f"{slowest[0]} {slowest[1]:.1f} s" if slowest else ""
+        note = r.failure_reason if r.status in ("failed", "skipped") else slowest_text
         rows.append((r.target_id, r.status, _cell(r.length), r.best_model or "",
                      f"{r.mean_plddt:.1f}" if r.mean_plddt is not None else "",
                      f"{r.ptm:.3f}" if r.ptm is not None else "", f"{r.total_seconds:.1f}", _cell(note)))
@@ -128,7 +129,7 @@ def report_table(reports: list[TargetSummary]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
     counts = status_counts(reports)
     lines.append(f"{len(reports)} target(s): {counts['done']} done, {counts['failed']} failed, "
-                 f"{counts['pending']} pending")
+                 f"{counts['pending']} pending" + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 

@@ -283,7 +283,7 @@ def test_batch_summary_json_and_tsv_list_every_target(tmp_path):
     ]
     summary.write_batch_summary(BatchDir(tmp_path), targets)
     payload = json.loads((tmp_path / "summary.json").read_text())
-    assert payload["counts"] == {"done": 1, "failed": 1, "pending": 1}
+    assert payload["counts"] == {"done": 1, "failed": 1, "pending": 1, "skipped": 0}
     assert payload["targets"][1]["failure_reason"] == 'jackhmmer failed:\n\t"uniref90.fasta"\tmissing'
     assert summary.read_batch_summary(BatchDir(tmp_path)) == targets
 

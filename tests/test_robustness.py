@@ -145,3 +145,83 @@ def test_search_provenance_checks_the_result_it_describes(tmp_path, monkeypatch)
     payload["sha256"] = file_hash(result)
     searches.sidecar(result).write_text(json.dumps(payload))
     assert searches.reusable(search, "SEQ", tmp_path, {})
+
+
+# --- rows 5, 6, 12, 13 and the summary's lock: batch files are robust ------------------------------
+
+from af2cpu.layout import BatchDir  # noqa: E402
+from af2cpu.preprocessing.inputs import read_fasta_batch  # noqa: E402
+from af2cpu.summary import TargetSummary, merge_batch_summary, read_batch_summary  # noqa: E402
+
+CRAMBIN = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"
+
+
+def test_record_ids_never_take_a_batch_file_name(tmp_path):
+    names = ["summary.json", "summary.tsv", "report.csv", "report.json", "logs", "LOGS", "af2cpu_array.sbatch"]
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">{name} a record\n{CRAMBIN}\n" for name in names))
+    targets, invalid = read_fasta_batch(fasta)
+    assert not invalid and len({t.id.lower() for t in targets}) == len(names)
+    reserved = {n.lower() for n in BatchDir.reserved_names()}
+    assert not {t.id.lower() for t in targets} & reserved
+    assert targets[0].id == "summary.json_2" and targets[0].description == "summary.json a record"
+
+
+def test_a_fasta_with_a_byte_order_mark_is_read(tmp_path):
+    fasta = tmp_path / "bom.fasta"
+    fasta.write_bytes(b"\xef\xbb\xbf>1EJG_A crambin\n" + CRAMBIN.encode() + b"\n")
+    targets, invalid = read_fasta_batch(fasta)
+    assert not invalid and [t.id for t in targets] == ["1EJG_A"] and targets[0].sequence == CRAMBIN
+
+
+def test_skipped_records_are_in_the_summary_with_their_reason(tmp_path):
+    """A batch of invalid records only: nothing runs, and summary.tsv/.json list each as skipped."""
+    from af2cpu.scheduler.batch import run_batch
+
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(">stop codon\nMKV*LLA\n>empty\n\n>stop\nMK1\n")
+    result = run_batch(fasta, tmp_path / "out", ["params=random"], quiet=True)
+    assert result.exit_status == 1
+    summary = {s.target_id: s for s in read_batch_summary(BatchDir(tmp_path / "out"))}
+    assert set(summary) == {"stop", "empty", "stop_2"}
+    assert all(s.status == "skipped" for s in summary.values())
+    assert "'*'" in summary["stop"].failure_reason and "empty sequence" in summary["empty"].failure_reason
+    tsv = (tmp_path / "out" / "summary.tsv").read_text().splitlines()
+    assert len(tsv) == 4 and all("\tskipped\t" in line for line in tsv[1:])
+
+
+def test_a_broken_summary_is_rebuilt_from_the_target_folders_with_a_warning(tmp_path, caplog):
+    batch = BatchDir(tmp_path)
+    batch.prepare()
+    merge_batch_summary(batch, [TargetSummary("A", "failed", length=5, failure_reason="tool crashed"),
+                                TargetSummary("B", "done", length=7, best_model="model_1", mean_plddt=50.0)],
+                        rebuild=list)
+    whole = batch.summary_json.read_bytes()
+    batch.summary_json.write_bytes(whole[: len(whole) // 2])
+    rebuilt = [TargetSummary("A", "failed", length=5, failure_reason="tool crashed")]
+    with caplog.at_level(logging.WARNING):
+        merge_batch_summary(batch, [TargetSummary("C", "done", length=9, best_model="model_1", mean_plddt=60.0)],
+                            rebuild=lambda: rebuilt)
+    assert f"{batch.summary_json} is damaged" in caplog.text and "rebuilding" in caplog.text
+    assert [s.target_id for s in read_batch_summary(batch)] == ["A", "C"]
+
+
+def _merge_many(out: str, worker: int) -> None:
+    batch = BatchDir(out)
+    for i in range(25):
+        merge_batch_summary(batch, [TargetSummary(f"w{worker}_{i}", "done", length=i)], rebuild=list)
+
+
+def test_concurrent_summary_merges_keep_every_entry(tmp_path):
+    """Job-array tasks finishing together: four processes merge 25 entries each into one summary."""
+    import multiprocessing
+
+    BatchDir(tmp_path).prepare()
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_merge_many, args=(str(tmp_path), w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    assert len(read_batch_summary(BatchDir(tmp_path))) == 100
