@@ -14,8 +14,11 @@ import pytest
 
 from af2cpu.errors import InputError
 from af2cpu.io import atomic_write_bytes, file_hash, load_features_npz, load_result_npz, save_features_npz
+from af2cpu.layout import BatchDir
 from af2cpu.preprocessing import parsers, searches, tools
+from af2cpu.preprocessing.inputs import read_fasta_batch
 from af2cpu.scheduler.cache import StageCache
+from af2cpu.summary import TargetSummary, merge_batch_summary, read_batch_summary
 
 DATA = Path(__file__).parent / "data" / "preprocessing"
 GLOBINS4 = DATA / "stockholm" / "globins4.sto"
@@ -148,10 +151,6 @@ def test_search_provenance_checks_the_result_it_describes(tmp_path, monkeypatch)
 
 
 # --- rows 5, 6, 12, 13 and the summary's lock: batch files are robust ------------------------------
-
-from af2cpu.layout import BatchDir  # noqa: E402
-from af2cpu.preprocessing.inputs import read_fasta_batch  # noqa: E402
-from af2cpu.summary import TargetSummary, merge_batch_summary, read_batch_summary  # noqa: E402
 
 CRAMBIN = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"
 
