@@ -5,7 +5,8 @@
 script and its ``logs/``, and a marker file saying the folder is af2cpu's. A target folder holds what
 AlphaFold2 writes (``msas/``, ``features.npz``, ``result_<model>.npz``, ``ranked_<i>.pdb`` ...), plus
 ``target.json`` (the id, original FASTA header and sequence), ``timings.json``, ``plots/``, one
-``<stage>.stage.json`` record per finished stage and the lock that job-array shards take. Code asks
+``<stage>.stage.json`` record per finished stage, ``af2cpu.log`` (the full error of each failed stage)
+and the lock that job-array shards take. Code asks
 these classes for a path; no other module spells a file name of the output folder.
 """
 
@@ -161,6 +162,11 @@ class TargetDir:
     def stage_of_record(path: Path) -> str:
         """The stage name a record file is named after."""
         return path.name[: -len(STAGE_RECORD_SUFFIX)]
+
+    @property
+    def log(self) -> Path:
+        """``af2cpu.log``: the full error (traceback included) of every failed stage attempt."""
+        return self.path / "af2cpu.log"
 
     @property
     def lock(self) -> Path:

@@ -5,15 +5,23 @@ string), in a private temporary folder, and moves its result into place atomical
 safe to run as a separate Dask task beside the others and a killed search leaves no half-written
 file behind. A failure or timeout raises :class:`ToolError` with the tail of the tool's stderr.
 Each result carries the tool's version, which belongs to the cache key of the stage.
+
+Each tool runs in a process group of its own (a new session): a timeout, an interrupt (Ctrl-C, or
+SIGTERM, which the command line turns into one) or the exit of the process that started it kills the
+whole group, so the helpers a tool forks never outlive af2cpu.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import glob
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,26 +66,70 @@ def _tail(data: bytes | str | None) -> str:
     return text if len(text) <= STDERR_TAIL_CHARS else "..." + text[-STDERR_TAIL_CHARS:]
 
 
+# Process groups of the tools this process is running (one per run_tool call in flight).
+_RUNNING: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_running_tools() -> int:
+    """Kill the process group of every tool this process is running; returns how many there were.
+
+    Runs at interpreter exit and when a Dask worker closes (af2cpu.scheduler.cluster), so a search
+    cancelled with its worker leaves nothing behind.
+    """
+    with _RUNNING_LOCK:
+        groups = list(_RUNNING)
+    for pgid in groups:
+        _kill_group(pgid)
+    return len(groups)
+
+
+atexit.register(kill_running_tools)
+
+
 def run_tool(name: str, args: Sequence[str], timeout: float, binary: str | None = None) -> float:
-    """Run tool `name` with argument list `args`; return seconds taken, raise ToolError on failure."""
+    """Run tool `name` with argument list `args`; return seconds taken, raise ToolError on failure.
+
+    The tool leads a process group of its own, killed whole on a timeout or an interrupt, and after
+    the tool exits (helpers it left running go with it).
+    """
     path = find_binary(name, binary)
     command = [str(path), *map(str, args)]
     started = time.perf_counter()
     try:
-        proc = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ToolError(
-            f"{name} timed out after {timeout:g} s (command: {' '.join(command)}); stderr tail:\n"
-            f"{_tail(exc.stderr)}"
-        ) from None
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise ToolError(f"{name} could not be started ({path}): {exc}") from None
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc.pid)
+    try:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            _, stderr = proc.communicate()
+            raise ToolError(
+                f"{name} timed out after {timeout:g} s (command: {' '.join(command)}); its process group "
+                f"was killed; stderr tail:\n{_tail(stderr)}"
+            ) from None
+        except BaseException:  # KeyboardInterrupt, SystemExit: take the tool's whole group down with us
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
+    finally:
+        _kill_group(proc.pid)
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc.pid)
     if proc.returncode != 0:
         raise ToolError(
             f"{name} failed with exit status {proc.returncode} (command: {' '.join(command)}); "
-            f"stderr tail:\n{_tail(proc.stderr) or _tail(proc.stdout)}"
+            f"stderr tail:\n{_tail(stderr) or _tail(stdout)}"
         )
     return time.perf_counter() - started
 

@@ -3,22 +3,31 @@
 Tasks carry resources (`cpus`, as each stage declares) so that the searches of several targets,
 inference and relaxation share the workers' cores without oversubscription; longer targets get a higher
 priority so they start first. A failed task is retried (`scheduler.retries`); a target whose task still
-fails is reported with the reason while the others finish.
+fails is reported with the reason while the others finish. A failed attempt's full error, traceback
+included, goes to the target's ``af2cpu.log``; the console gets one line per failed target (the
+workers' own "Compute Failed" reports are kept off it by :class:`WorkerHygiene`, which also kills the
+tools a worker still runs when it closes or is terminated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import time
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from distributed import Client, Future, as_completed
+from distributed.diagnostics.plugin import WorkerPlugin
 from omegaconf import DictConfig
 
-from af2cpu.layout import BatchDir, precomputed_msas
+from af2cpu.errors import Af2CpuError
+from af2cpu.layout import BatchDir, TargetDir, precomputed_msas
 from af2cpu.preprocessing.inputs import Target
+from af2cpu.preprocessing.tools import kill_running_tools
 from af2cpu.scheduler.stages import Stage, StageContext, StageTiming, run_stage
 
 log = logging.getLogger(__name__)
@@ -47,9 +56,65 @@ def _worker_cpus(client: Client) -> int | None:
     return int(min(cpus))
 
 
+class StageFailed(Af2CpuError):
+    """A stage's error in one line; the full error and traceback are in the target's af2cpu.log."""
+
+
+def log_failure(folder: TargetDir, stage: str, exc: BaseException) -> StageFailed:
+    """Append ``exc`` with its traceback to the target's ``af2cpu.log``; the one-line error to raise."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        with open(folder.log, "a", encoding="utf-8") as handle:
+            handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage} failed\n{text}\n")
+        where = f" (full error in {folder.log})"
+    except OSError:
+        where = ""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return StageFailed(first + where)
+
+
 def _execute(stage: Stage, ctx: StageContext, *needed: StageTiming) -> StageTiming:
     """One stage as a Dask task; the results of the stages it needs arrive in ``stage.needs`` order."""
-    return run_stage(stage, ctx, dict(zip(stage.needs, needed)))
+    try:
+        return run_stage(stage, ctx, dict(zip(stage.needs, needed)))
+    except Exception as exc:  # noqa: BLE001 - every failure is logged whole and reported in one line
+        raise log_failure(ctx.folder, stage.name, exc) from None
+
+
+class _NoComputeFailed(logging.Filter):
+    """Drops the worker's "Compute Failed" report: the error is in the target's af2cpu.log already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+class WorkerHygiene(WorkerPlugin):
+    """Installed on every worker of a batch: keeps task errors off the console, and kills the process
+    groups of the tools the worker runs when it closes or receives SIGTERM."""
+
+    name = "af2cpu-hygiene"
+
+    def setup(self, worker) -> None:
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _NoComputeFailed) for f in logger.filters):
+            logger.addFilter(_NoComputeFailed())
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(signum, frame):
+                kill_running_tools()
+                if callable(previous):
+                    previous(signum, frame)
+                else:
+                    raise SystemExit(128 + signum)
+
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread: closing the worker (teardown) still kills the tools
+            pass
+
+    def teardown(self, worker) -> None:
+        kill_running_tools()
 
 
 class BatchGraph:
@@ -66,6 +131,7 @@ class BatchGraph:
         self.progress = progress or (lambda target, stage, state: None)
         self.precomputed_msas = precomputed_msas
         self.worker_cpus = _worker_cpus(client)
+        client.register_plugin(WorkerHygiene())
         self._futures: list[tuple[Future, str, str]] = []  # (future, target id, stage)
 
     def _resources(self, cpus: int | None) -> dict | None:

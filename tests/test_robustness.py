@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from af2cpu.errors import InputError
+from af2cpu.errors import InputError, ToolError
 from af2cpu.io import atomic_write_bytes, file_hash, load_features_npz, load_result_npz, save_features_npz
 from af2cpu.layout import BatchDir
 from af2cpu.preprocessing import parsers, searches, tools
@@ -224,3 +229,129 @@ def test_concurrent_summary_merges_keep_every_entry(tmp_path):
         w.join(60)
     assert all(w.exitcode == 0 for w in workers)
     assert len(read_batch_summary(BatchDir(tmp_path))) == 100
+
+
+# --- row 8: a tool is stopped whole; SIGTERM is handled as Ctrl-C ----------------------------------
+
+FORKING_TOOL = """#!/bin/bash
+# A search tool stand-in that forks helpers (one of them a grandchild) and hangs; it writes their pids.
+if [ "$1" = "-h" ]; then echo "# HMMER 3.3.2 (a test stand-in)"; exit 0; fi
+sleep 300 &
+echo $! >> "$AF2CPU_TEST_PIDFILE"
+( sleep 300 & echo $! >> "$AF2CPU_TEST_PIDFILE"; wait ) &
+echo $! >> "$AF2CPU_TEST_PIDFILE"
+echo $$ >> "$AF2CPU_TEST_PIDFILE"
+wait
+"""
+
+
+def _forking_tool(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    script = tmp_path / "jackhmmer"
+    script.write_text(FORKING_TOOL)
+    script.chmod(0o755)
+    pidfile = tmp_path / "pids"
+    monkeypatch.setenv("AF2CPU_TEST_PIDFILE", str(pidfile))
+    return script, pidfile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _pids(pidfile: Path, count: int, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
+        if len(pids) >= count:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"the tool stand-in did not start its helpers: {pidfile}")
+
+
+def _none_survive(pids: list[int], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_alive(p) for p in pids)
+
+
+def test_a_timed_out_tool_is_killed_with_the_helpers_it_forked(tmp_path, monkeypatch):
+    script, pidfile = _forking_tool(tmp_path, monkeypatch)
+    with pytest.raises(ToolError, match="timed out after 1.5 s"):
+        tools.run_tool("jackhmmer", [], timeout=1.5, binary=str(script))
+    pids = _pids(pidfile, 4)
+    assert _none_survive(pids), "a helper of the timed-out tool is still running"
+
+
+def test_sigterm_during_a_search_stops_af2cpu_and_its_tools(tmp_path, monkeypatch):
+    """SIGTERM (scancel, kill) is handled as Ctrl-C: one line, exit 143, no tool left running."""
+    script, pidfile = _forking_tool(tmp_path, monkeypatch)
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{CRAMBIN}\n")
+    env = {**os.environ, "AF2CPU_JACKHMMER": str(script), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "af2cpu", "features", str(fasta), "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = _pids(pidfile, 4, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "af2cpu features: terminated" in stderr and "Traceback" not in stderr
+    assert _none_survive(pids), "a tool af2cpu started outlived it"
+    assert not (tmp_path / "o" / "q" / ".af2cpu.lock").exists()
+
+
+def test_features_takes_the_per_target_lock(tmp_path):
+    """`af2cpu features` leaves a target that another live run holds (as predict does) and says so."""
+    from af2cpu.scheduler.cache import TargetLock
+
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{CRAMBIN}\n")
+    out = tmp_path / "o"
+    BatchDir(out).prepare()
+    lock = TargetLock(out / "q" / ".af2cpu.lock")
+    assert lock.acquire(timeout=0)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "af2cpu", "features", str(fasta), "--out", str(out)],
+                              capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        lock.release()
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    assert f"q: failed: another live af2cpu run holds {out / 'q' / '.af2cpu.lock'}" in proc.stdout
+    assert not (out / "q" / "msas").exists(), "a search ran on a locked target"
+
+
+# --- row 9: one line per failure on the console, the traceback in the target's af2cpu.log --------
+
+CRASHING_TOOL = """#!/bin/bash
+if [ "$1" = "-h" ]; then echo "# HMMER 3.3.2 (a test stand-in)"; exit 0; fi
+echo "Fatal exception (source file esl_sqio.c, line 42):" >&2
+echo "database is corrupt" >&2
+exit 1
+"""
+
+
+def test_a_failing_stage_is_one_line_on_the_console_and_whole_in_the_log(tmp_path):
+    script = tmp_path / "jackhmmer"
+    script.write_text(CRASHING_TOOL)
+    script.chmod(0o755)
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{CRAMBIN}\n")
+    env = {**os.environ, "AF2CPU_JACKHMMER": str(script), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "af2cpu", "predict", str(fasta), "--out", str(tmp_path / "o"),
+                           "params=random", "scheduler.retries=0"],
+                          capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Compute Failed" not in proc.stderr, proc.stderr[-3000:]
+    failures = [line for line in proc.stdout.splitlines() if "FAILED" in line]
+    log = tmp_path / "o" / "q" / "af2cpu.log"
+    assert len(failures) == 1 and "jackhmmer failed with exit status 1" in failures[0]
+    assert f"full error in {log}" in failures[0]
+    text = log.read_text()
+    assert "Traceback" in text and "database is corrupt" in text

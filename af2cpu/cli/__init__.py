@@ -2,7 +2,9 @@
 
 Each subcommand is a module of this package exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only wires them together and turns errors a user can act on into one clear line and a
-non-zero exit status, never a traceback. Command modules import quickly (every one is imported to build
+non-zero exit status, never a traceback. SIGTERM (a job scheduler's cancel, `kill`) is handled as
+Ctrl-C is: finished stages are kept, the tools still running are killed, the exit status is 143
+(130 for Ctrl-C). Command modules import quickly (every one is imported to build
 the parser): what is heavy (torch, Dask, the stages) is imported in ``run``.
 """
 
@@ -11,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from af2cpu import __version__
 from af2cpu.errors import Af2CpuError
@@ -50,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `af2cpu` console script."""
     parser = build_parser()
@@ -70,14 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return int(args._run(args) or 0)
     except Af2CpuError as exc:
         print(f"af2cpu {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"af2cpu {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"af2cpu {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ For every FASTA record, writes ``DIR/<target id>/msas/`` (uniref90_hits.sto, mgn
 bfd_uniref_hits.a3m or small_bfd_hits.sto, pdb_hits.hhr, each with a JSON of what produced it) and
 ``DIR/<target id>/features.npz``: the search and features stages that `af2cpu predict` schedules, run
 one after another in this process. Results already in the output folder, or in the folder given with
-``--precomputed-msas``, are reused when they were made for the same sequence and databases. A target
-that fails is reported and the others go on; the exit status is non-zero if any failed.
+``--precomputed-msas``, are reused when they were made for the same sequence and databases. Each
+target is locked while its stages run, as `af2cpu predict` locks it, so two runs sharing an output
+folder never work on the same target at once (the second reports it and goes on). A target that fails
+is reported in one line (the full error is in ``DIR/<target id>/af2cpu.log``) and the others go on;
+the exit status is non-zero if any failed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the stages import every stage package, which the other commands need not load
+    from af2cpu.scheduler.cache import StageCache
+    from af2cpu.scheduler.graph import log_failure
     from af2cpu.scheduler.stages import StageContext, run_stages, target_stages
 
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
@@ -54,13 +59,21 @@ def run(args: argparse.Namespace) -> int:
         folder = batch.target(target.id)
         ctx = StageContext(target, cfg, folder, force=args.no_reuse,
                            precomputed=precomputed_msas(args.precomputed_msas, target.id))
+        folder.path.mkdir(parents=True, exist_ok=True)
+        lock = StageCache(folder).lock()
+        if not lock.acquire(timeout=0):
+            failed.append(target.id)
+            print(f"{target.id}: failed: another live af2cpu run holds {lock.path}; run again when it is done")
+            continue
         try:
             folder.claim(target.id, target.description, target.sequence)
             run_stages(stages, ctx)
         except Af2CpuError as exc:
             failed.append(target.id)
-            print(f"{target.id}: failed: {exc}")
+            print(f"{target.id}: failed: {log_failure(folder, 'features', exc)}")
             continue
+        finally:
+            lock.release()
         print(f"{target.id}: {folder.features}")
     if failed:
         print(f"{len(failed)} of {len(targets)} target(s) failed: {', '.join(failed)}")
