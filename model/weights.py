@@ -7,6 +7,7 @@ before any work, so a missing file is reported at once instead of after the sear
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,35 @@ def download_hint(params_dir: str | Path) -> str:
     )
 
 
+# An array only the pTM presets' parameter files hold (the predicted aligned error head).
+_PTM_HEAD = "predicted_aligned_error_head"
+
+
+def check_params_file(path: Path, model_name: str) -> None:
+    """A quick check of an official parameter file without loading it: readable, a whole zip archive
+    (its directory, at the end of the file, is there and every array lies inside the file) of
+    AlphaFold2 arrays, with the pTM head exactly when ``model_name`` is a pTM preset."""
+    fix = download_hint(path.parent)
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
+        raise InputError(f"parameter file {path} is unreadable, truncated or not an AlphaFold2 parameter "
+                         f"file ({type(exc).__name__}); {fix}") from None
+    names = [m.filename for m in members]
+    if not names or not all(n.startswith("alphafold/") and n.endswith(".npy") for n in names):
+        raise InputError(f"parameter file {path} does not hold AlphaFold2 parameters; {fix}")
+    if any(m.header_offset + m.compress_size > size for m in members):
+        raise InputError(f"parameter file {path} is truncated; {fix}")
+    has_ptm = any(_PTM_HEAD in n for n in names)
+    if has_ptm != model_name.endswith("_ptm"):
+        raise InputError(f"parameter file {path} holds {'a pTM' if has_ptm else 'a non-pTM'} model's parameters, "
+                         f"not those of {model_name}; {fix}")
+
+
 def check_params(cfg: Any) -> None:
-    """Fail before any work when a model name is unknown or official params are missing."""
+    """Fail before any work when a model name is unknown or official params are missing or damaged."""
     for name in cfg.model.names:
         get_preset(name)
     missing = missing_params(cfg)
@@ -52,6 +80,9 @@ def check_params(cfg: Any) -> None:
         raise InputError(
             f"model parameters not found: {', '.join(str(p) for p in missing)}. {download_hint(cfg.params_dir)}"
         )
+    if cfg.params != Params.random:
+        for name in cfg.model.names:
+            check_params_file(params_file(cfg.params_dir, name), name)
 
 
 def params_identity(cfg: Any, model_name: str) -> dict:

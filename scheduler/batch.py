@@ -1,8 +1,9 @@
 """A batch run: every record of a FASTA file through its declared stages on a Dask cluster.
 
 This is what `af2cpu predict`, `af2cpu infer` and the Python API ``af2cpu.predict`` run. Before any
-work: the configuration, the model names and parameter files, the records, the output folder and each
-target's fit in memory are checked; then each target is locked (job-array shards may share the
+work (:func:`check_before_work`): the configuration, the model names and parameter files (a quick
+look at each file's zip directory, not a load), the tools and databases of the searches, the records,
+the output folder and each target's fit in memory are checked; then each target is locked (job-array shards may share the
 folder), its stages are submitted to the cluster, and the batch summary is written at the end. A target
 that fails is reported and the others finish.
 """
@@ -16,12 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from af2cpu.config import Params, compose_config
-from af2cpu.errors import Af2CpuError
+from af2cpu.databases import check_databases, fix_hint
+from af2cpu.errors import Af2CpuError, DatabaseError
 from af2cpu.layout import BatchDir
 from af2cpu.model import weights
 from af2cpu.model.memory import MemoryPlanError, TargetShape, plan_options
 from af2cpu.model.presets import get_preset
+from af2cpu.preprocessing.binaries import find_binary
 from af2cpu.preprocessing.inputs import Target, read_fasta_batch
+from af2cpu.preprocessing.searches import required_databases, required_tools
 from af2cpu.runtime.memory import parse_memory_limit
 from af2cpu.scheduler.cache import LockTimeout, StageCache
 from af2cpu.scheduler.cluster import start_cluster
@@ -58,6 +62,20 @@ class BatchResult:
         return EXIT_PARTIAL if done else 1
 
 
+def check_before_work(cfg, models: bool = True, searches: bool = True) -> None:
+    """Raise an Af2CpuError (one line: what and what to do) for anything that would fail later: an unknown
+    model name, a missing or damaged parameter file, a missing tool or database of the searches."""
+    if models:
+        weights.check_params(cfg)
+    if searches:
+        for tool in sorted(required_tools(cfg.db.preset)):
+            find_binary(tool)
+        missing = [s for s in check_databases(cfg.db, required_databases(cfg.db.preset)) if s.required and not s.ok]
+        if missing:
+            problems = "; ".join(f"{s.name}: {s.problem}" for s in missing)
+            raise DatabaseError(f"database(s) for db={cfg.db.preset} not usable: {problems}. {fix_hint(cfg.db.preset)}")
+
+
 def too_long(targets: Sequence[Target], cfg) -> dict[str, str]:
     """Targets that cannot fit in memory even with the smallest chunks: {target id: the numbers}."""
     limit = parse_memory_limit(str(cfg.runtime.memory_limit))
@@ -90,7 +108,7 @@ def run_batch(
     `af2cpu features`, e.g. on other nodes), as `af2cpu infer` does.
     """
     cfg = compose_config(list(overrides or []))
-    weights.check_params(cfg)
+    check_before_work(cfg, searches=not require_features)
     if cfg.params == Params.random:
         log.warning("params=random: UNTRAINED random weights; the structures are not predictions")
     targets, invalid = read_fasta_batch(fasta)

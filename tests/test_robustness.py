@@ -355,3 +355,62 @@ def test_a_failing_stage_is_one_line_on_the_console_and_whole_in_the_log(tmp_pat
     assert f"full error in {log}" in failures[0]
     text = log.read_text()
     assert "Traceback" in text and "database is corrupt" in text
+
+
+# --- row 7: model names, parameter files, tools and databases are checked before any work ------
+
+def _params_file(path: Path, ptm: bool = True) -> Path:
+    arrays = {"alphafold/alphafold_iteration/evoformer/preprocess_1d//weights": np.zeros((22, 256), np.float32)}
+    if ptm:
+        arrays["alphafold/alphafold_iteration/predicted_aligned_error_head/logits//bias"] = np.zeros(64, np.float32)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_params_files_are_checked_without_loading_them(tmp_path):
+    from af2cpu.model.weights import check_params_file
+
+    good = _params_file(tmp_path / "params_model_1_ptm.npz")
+    check_params_file(good, "model_1_ptm")
+    with pytest.raises(InputError, match="holds a pTM model's parameters, not those of model_1"):
+        check_params_file(good, "model_1")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:-200])
+    with pytest.raises(InputError, match=r"cut\.npz is unreadable, truncated"):
+        check_params_file(cut, "model_1_ptm")
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(InputError, match="does not hold AlphaFold2 parameters"):
+        check_params_file(other, "model_1_ptm")
+
+
+def test_unknown_models_and_missing_tools_are_refused_before_any_work(tmp_path, monkeypatch):
+    from af2cpu.config import compose_config
+    from af2cpu.errors import Af2CpuError
+    from af2cpu.scheduler.batch import check_before_work
+
+    with pytest.raises(Af2CpuError, match="unknown model preset 'model_9_ptm'"):
+        check_before_work(compose_config(["params=random", "model.names=[model_9_ptm]"]))
+    monkeypatch.setenv("AF2CPU_HHBLITS", str(tmp_path / "no-hhblits"))
+    with pytest.raises(ToolError, match="no-hhblits is not an executable"):
+        check_before_work(compose_config(["params=random"]))
+    check_before_work(compose_config(["params=random"]), searches=False)  # af2cpu infer searches nothing
+    monkeypatch.delenv("AF2CPU_HHBLITS")
+    with pytest.raises(Af2CpuError, match="uniref90: file .*missing"):
+        check_before_work(compose_config(["params=random", f"db.uniref90={tmp_path / 'none.fasta'}"]))
+
+
+def test_a_damaged_params_file_stops_predict_before_the_searches(tmp_path):
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "params_model_1_ptm.npz").write_bytes(b"PK\x03\x04 cut short")
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{CRAMBIN}\n")
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-m", "af2cpu", "predict", str(fasta), "--out", str(out),
+                           f"params_dir={params}", "model.names=[model_1_ptm]"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "params_model_1_ptm.npz is unreadable, truncated" in errors[0]
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -44,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the stages import every stage package, which the other commands need not load
+    from af2cpu.scheduler.batch import check_before_work
     from af2cpu.scheduler.cache import StageCache
     from af2cpu.scheduler.graph import log_failure
     from af2cpu.scheduler.stages import StageContext, run_stages, target_stages
 
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
     cfg = compose_config(overrides)
+    check_before_work(cfg, models=False)
     targets = read_fasta_targets(args.fasta)
     batch = BatchDir(args.out)
     batch.prepare()
