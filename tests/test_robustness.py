@@ -4,6 +4,7 @@ trying to break af2cpu; each failed before its fix. The whole-folder fault suite
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -414,3 +415,37 @@ def test_a_damaged_params_file_stops_predict_before_the_searches(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "params_model_1_ptm.npz is unreadable, truncated" in errors[0]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+# --- rows 10 and 11: the relax command checks --out first and logs no traceback ----------------
+
+STRUCTURES = Path(__file__).parent / "data" / "structures"
+
+
+def test_relax_refuses_a_missing_out_folder_before_relaxing(tmp_path, capsys):
+    from af2cpu.cli import main
+
+    out = tmp_path / "missing" / "relaxed.pdb"
+    assert main(["relax", str(STRUCTURES / "1ubi.pdb"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder of --out {out} does not exist" in err and "Traceback" not in err
+
+
+def test_relax_of_overlapping_atoms_logs_no_error(tmp_path, capsys, caplog):
+    """Atoms exactly on top of each other: the initial energy is not finite (None in the report)."""
+    from af2cpu.cli import main
+    from af2cpu.common import protein
+    from af2cpu.common import residue_constants as rc
+
+    prot = protein.from_pdb_string((STRUCTURES / "1ubi.pdb").read_text())
+    positions = prot.atom_positions.copy()
+    positions[5, rc.atom_order["NZ"]] = positions[43, rc.atom_order["CD1"]]
+    overlapping = tmp_path / "overlap.pdb"
+    overlapping.write_text(protein.to_pdb(dataclasses.replace(prot, atom_positions=positions)))
+    out = tmp_path / "relaxed.pdb"
+    with caplog.at_level(logging.INFO):
+        assert main(["relax", str(overlapping), "--out", str(out), "--threads", "2"]) == 0
+    assert json.loads((tmp_path / "relaxed.json").read_text())["initial_energy"] is None
+    assert "energy not finite ->" in caplog.text
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
