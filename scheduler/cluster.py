@@ -132,6 +132,18 @@ def start_local(plan: Plan, memory_per_worker: int, dashboard: bool = True) -> C
     return _started(client, cluster, plan)
 
 
+def job_script_value(what: str, value: object) -> str:
+    """``value`` as text for a generated job script (sbatch, PBS), or a ConfigError naming ``what`` when it
+    holds a newline or another control character, which would end a ``#SBATCH``/``#PBS`` line or a
+    command and start a line of its own."""
+    text = str(value)
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"{what} {text!r} contains the control character {bad!r} (a newline?); a job script "
+                          "cannot carry it safely: remove it")
+    return text
+
+
 def jobqueue_options(config: SchedulerConfig) -> dict:
     """dask-jobqueue keyword arguments for `config`: job size, and worker resources and threads that
     match the job's share of cores so the graph's `cpus` requests hold on batch nodes too."""
@@ -141,22 +153,22 @@ def jobqueue_options(config: SchedulerConfig) -> dict:
     threads = int(config.cores) // processes
     options = {
         "cores": int(config.cores),
-        "memory": str(config.memory),
+        "memory": job_script_value("scheduler.memory", config.memory),
         "processes": processes,
-        "walltime": str(config.walltime),
+        "walltime": job_script_value("scheduler.walltime", config.walltime),
         "job_name": "af2cpu-worker",
         "worker_extra_args": ["--resources", f"cpus={threads}"],
         "job_script_prologue": [f"export {name}={threads}" for name in THREAD_VARIABLES],
-        "job_extra_directives": list(config.job_directives or []),
+        "job_extra_directives": [job_script_value("scheduler.job_directives", d) for d in config.job_directives or []],
     }
     if config.queue:
-        options["queue"] = str(config.queue)
+        options["queue"] = job_script_value("scheduler.queue", config.queue)
     if config.account:
-        options["account"] = str(config.account)
+        options["account"] = job_script_value("scheduler.account", config.account)
     if config.log_directory:
-        options["log_directory"] = str(config.log_directory)
+        options["log_directory"] = job_script_value("scheduler.log_directory", config.log_directory)
     if config.host:
-        options["scheduler_options"] = {"host": str(config.host)}
+        options["scheduler_options"] = {"host": job_script_value("scheduler.host", config.host)}
     return options
 
 

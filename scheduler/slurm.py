@@ -7,6 +7,10 @@ options, or from the largest memory estimate among the declared stages of the lo
 (af2cpu.scheduler.stages: the memory planner's peak for each model at its preset's largest inputs) plus
 headroom for the searches, relaxation and the Dask processes. A summary job can run `af2cpu report DIR`
 once every array task succeeded (`afterok`).
+
+Every value written into a script (paths, overrides, ``#SBATCH`` values) is checked for newlines and
+other control characters, which are refused with an error naming the option, and the command line is
+shell-quoted word by word; no user value is written into a comment.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.layout import BatchDir
 from af2cpu.preprocessing.inputs import read_fasta_batch
 from af2cpu.runtime.memory import GIB
+from af2cpu.scheduler.cluster import job_script_value
 from af2cpu.scheduler.stages import Stage, target_stages
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,16 @@ class ArrayJob:
     job_name: str = "af2cpu"
     python: str = sys.executable
 
+    def __post_init__(self) -> None:
+        values = {"the FASTA path": self.fasta, "--out": self.out_dir, "--mem": self.mem, "--time": self.time,
+                  "--partition": self.partition, "--account": self.account, "the job name": self.job_name,
+                  "the Python path": self.python}
+        for what, value in values.items():
+            if value is not None:
+                job_script_value(what, value)
+        for override in self.overrides:
+            job_script_value("the override", override)
+
     @property
     def log_dir(self) -> Path:
         return BatchDir(self.out_dir).logs
@@ -80,15 +95,24 @@ def shell_words(command: Sequence[str]) -> str:
     return " ".join(word if word == TASK_ID else shlex.quote(word) for word in command)
 
 
+def directive_value(what: str, value: object) -> str:
+    """A value of an ``#SBATCH`` line: sbatch splits those lines at white space outside double quotes, so
+    a value with spaces is double-quoted, and one with a double quote is refused."""
+    text = job_script_value(what, value)
+    if '"' in text:
+        raise ConfigError(f"{what} {text!r} contains a double quote, which an #SBATCH line cannot carry")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
 def _sbatch_options(job: ArrayJob, name: str) -> list[str]:
-    lines = [f"--job-name={name}", f"--cpus-per-task={job.cpus_per_task}", f"--mem={job.mem}",
-             "--ntasks=1", "--nodes=1"]
+    lines = [f"--job-name={directive_value('the job name', name)}", f"--cpus-per-task={job.cpus_per_task}",
+             f"--mem={directive_value('--mem', job.mem)}", "--ntasks=1", "--nodes=1"]
     if job.time:
-        lines.append(f"--time={job.time}")
+        lines.append(f"--time={directive_value('--time', job.time)}")
     if job.partition:
-        lines.append(f"--partition={job.partition}")
+        lines.append(f"--partition={directive_value('--partition', job.partition)}")
     if job.account:
-        lines.append(f"--account={job.account}")
+        lines.append(f"--account={directive_value('--account', job.account)}")
     return lines
 
 
@@ -96,15 +120,15 @@ def array_script(job: ArrayJob) -> str:
     """The sbatch script of the array job."""
     options = _sbatch_options(job, job.job_name) + [
         f"--array=0-{job.array_count - 1}",
-        f"--output={job.log_dir}/%x_%A_%a.out",
-        f"--error={job.log_dir}/%x_%A_%a.err",
+        f"--output={directive_value('--out', f'{job.log_dir}/%x_%A_%a.out')}",
+        f"--error={directive_value('--out', f'{job.log_dir}/%x_%A_%a.err')}",
     ]
     header = "".join(f"#SBATCH {option}\n" for option in options)
     return (
         "#!/bin/bash\n"
         f"{header}"
         f"# Written by `af2cpu slurm script`: {job.array_count} array task(s), task I folding shard I of\n"
-        f"# {job.fasta} into {job.out_dir}. The count is fixed here, so some tasks can be\n"
+        "# the FASTA file on the exec line below. The count is fixed here, so some tasks can be\n"
         "# rerun alone (`sbatch --array=3,7 THIS_SCRIPT`); a rerun resumes, keeping finished stages.\n"
         "set -euo pipefail\n"
         f"export OMP_NUM_THREADS={job.cpus_per_task}\n"
@@ -114,12 +138,13 @@ def array_script(job: ArrayJob) -> str:
 
 def summary_script(job: ArrayJob) -> str:
     """The sbatch script of the summary job (submitted with afterok on the array)."""
-    options = [f"--job-name={job.job_name}-report", "--cpus-per-task=1", "--mem=1G", "--ntasks=1",
-               f"--output={job.log_dir}/%x_%j.out", f"--error={job.log_dir}/%x_%j.err"]
+    options = [f"--job-name={directive_value('the job name', job.job_name + '-report')}", "--cpus-per-task=1",
+               "--mem=1G", "--ntasks=1", f"--output={directive_value('--out', f'{job.log_dir}/%x_%j.out')}",
+               f"--error={directive_value('--out', f'{job.log_dir}/%x_%j.err')}"]
     if job.partition:
-        options.append(f"--partition={job.partition}")
+        options.append(f"--partition={directive_value('--partition', job.partition)}")
     if job.account:
-        options.append(f"--account={job.account}")
+        options.append(f"--account={directive_value('--account', job.account)}")
     header = "".join(f"#SBATCH {option}\n" for option in options)
     return f"#!/bin/bash\n{header}set -euo pipefail\nexec {shell_words(job.report_command())}\n"
 

@@ -449,3 +449,57 @@ def test_relax_of_overlapping_atoms_logs_no_error(tmp_path, capsys, caplog):
     assert "energy not finite ->" in caplog.text
     err = capsys.readouterr().err
     assert "Logging error" not in err and "Traceback" not in err
+
+
+# --- row 1: generated job scripts are data-safe ---------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["fasta", "out", "partition", "account", "time", "mem", "override"])
+def test_a_newline_in_any_job_script_value_is_refused(tmp_path, option):
+    from af2cpu.errors import ConfigError
+    from af2cpu.scheduler.slurm import ArrayJob
+
+    hostile = "x\necho INJECTED"
+    values = {"fasta": tmp_path / "q.fasta", "out_dir": tmp_path / "o", "array_count": 1, "cpus_per_task": 2,
+              "mem": "4G", "overrides": ["relax=none"]}
+    if option in ("fasta", "out"):
+        values["fasta" if option == "fasta" else "out_dir"] = tmp_path / hostile
+    elif option == "override":
+        values["overrides"] = [f"relax={hostile}"]
+    else:
+        values[option] = hostile
+    with pytest.raises(ConfigError, match="control character '\\\\n'"):
+        ArrayJob(**values)
+
+
+def test_hostile_paths_are_quoted_and_never_in_comments(tmp_path):
+    """Spaces, quotes, $(...) and ; in paths reach predict as the very same words, and nothing runs."""
+    from af2cpu.scheduler.slurm import ArrayJob, array_script
+
+    weird = tmp_path / "run $(touch PWNED); `touch PWNED2` it's"
+    job = ArrayJob(weird / "q.fasta", weird / "out", 2, 2, "4G", ["relax=none"], partition="debug", python="echo")
+    script = array_script(job)
+    assert not [line for line in script.splitlines() if line.startswith("#") and not line.startswith("#!")
+                and ("PWNED" in line and not line.startswith("#SBATCH --"))]
+    assert "#SBATCH --output=\"" in script  # a value with spaces is quoted for sbatch
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                          env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == " ".join(
+        ["-m", "af2cpu", "predict", str(job.fasta), "--out", str(job.out_dir), "--array-index", "1",
+         "--array-count", "2", "relax=none"])
+    assert not list(tmp_path.glob("PWNED*"))
+
+
+def test_a_newline_in_a_batch_system_option_is_refused():
+    from af2cpu.config import ClusterKind, SchedulerConfig
+    from af2cpu.errors import ConfigError
+    from af2cpu.scheduler.cluster import jobqueue_options
+
+    for option in ("queue", "account", "walltime", "memory", "job_directives"):
+        value = "batch\nrm -rf ~"
+        config = SchedulerConfig(kind=ClusterKind.pbs, **{option: [value] if option == "job_directives" else value})
+        with pytest.raises(ConfigError, match=f"scheduler.{option} .* contains the control character"):
+            jobqueue_options(config)
