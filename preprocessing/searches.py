@@ -248,7 +248,7 @@ def reusable(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any]
         return False
     if "sha256" in recorded and (result.stat().st_size != recorded.get("size")
                                  or file_hash(result) != recorded["sha256"]):  # absent: an older sidecar
-        log.warning("%s is not the file its search wrote (size or sha256 differ from %s); searching again",
+        log.info("%s is not the file its search wrote (size or sha256 differ from %s); searching again",
                     result, sidecar(result).name)
         return False
     return True
