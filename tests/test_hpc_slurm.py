@@ -141,7 +141,7 @@ def test_array_job_outputs_equal_a_local_predict(array_run, local_run):
         assert_same_outputs(out / target, local_run / target)
     # The summary job ran `af2cpu report` once the array had succeeded.
     assert states[array_run["report_job"]] == "COMPLETED", states
-    assert json.loads((out / "report.json").read_text())["counts"] == {"done": 2, "failed": 0, "pending": 0}
+    assert json.loads((out / "report.json").read_text())["counts"] == {"done": 2, "failed": 0, "pending": 0, "skipped": 0}
 
 
 @pytest.mark.slow
@@ -186,7 +186,7 @@ def test_report_lists_done_failed_and_pending(local_run, tmp_path):
     status = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[1:-2]}
     assert status == {"1EJG_A": "done", "1YRF_A": "pending", "broken_target": "failed"}
     payload = json.loads((out / "report.json").read_text())
-    assert payload["counts"] == {"done": 1, "failed": 1, "pending": 1}
+    assert payload["counts"] == {"done": 1, "failed": 1, "pending": 1, "skipped": 0}
     by_id = {t["target_id"]: t for t in payload["targets"]}
     ranking = json.loads((out / "1EJG_A" / "ranking_debug.json").read_text())
     assert by_id["1EJG_A"]["best_model"] == "model_3_ptm"
