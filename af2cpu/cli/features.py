@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             run_stages(stages, ctx)
         except Af2CpuError as exc:
             failed.append(target.id)
-            print(f"{target.id}: failed: {log_failure(folder, 'features', exc)}")
+            print(f"{target.id}: failed: {log_failure(folder, 'af2cpu features', exc)}")
             continue
         finally:
             lock.release()
