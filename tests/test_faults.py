@@ -5,7 +5,7 @@ equal to a clean run's.
 
 One finished output folder (two targets, real tools on the mini databases, random params, real
 OpenMM relaxation) is made once per module; each case works on a copy. The stages run in this process
-(`run_stages`, as `af2cpu features` runs them) on a one-Evoformer-block variant of model_1_ptm, the
+(`run_stages`, as `af2cpu features` runs them) on a variant of model_1_ptm with one Evoformer and one extra-MSA block, the
 same network with fewer blocks, to keep inference cheap. Detection is checked for every kind and
 every damage (a stage-cache lookup, no rerun); the full rerun for every kind with one damage each,
 the three damages spread over the kinds.
@@ -33,7 +33,7 @@ CRAMBIN = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"  # 1EJG: no homologs 
 PEPTIDE = "MQIFVKTLTGKTITLEVEPS"  # ubiquitin's first 20 residues: another target, cheap to run
 MODEL = "model_1_ptm"
 OVERRIDES = ["params=random", f"model.names=[{MODEL}]", "model.num_recycle=0", "relax=best",
-             "relax.max_outer_iterations=1", "runtime.threads=2", "search.cpus=2"]
+             "relax.max_outer_iterations=1", "relax.max_iterations=50", "runtime.threads=2", "search.cpus=2"]
 TARGETS = {"1EJG_A": CRAMBIN, "other": PEPTIDE}
 
 # Every file a stage records (and a record itself), each damaged in all three ways: detected.
@@ -62,9 +62,9 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def few_blocks():
-    """model_1_ptm with one Evoformer block: the real network, cheap to run."""
+    """model_1_ptm with one Evoformer and one extra-MSA block: the real network, cheap to run."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(presets.PRESETS, MODEL, presets.PRESETS[MODEL].with_blocks(evoformer=1))
+        patch.setitem(presets.PRESETS, MODEL, presets.PRESETS[MODEL].with_blocks(evoformer=1, extra_msa=1))
         yield
 
 
