@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
 
 
-def database_report(db) -> tuple[list[str], list[DbStatus]]:
-    """The lines `doctor` and `db check` print for the configured databases, and the required ones
-    that are missing."""
-    required = required_databases(db.preset, MONOMER)
-    multimer = required_databases(db.preset, MULTIMER) - required
+def database_report(db, protocol: str) -> tuple[list[str], list[DbStatus]]:
+    """The lines `doctor` and `db check` print for the configured databases (``db`` section) with search
+    protocol ``protocol``, and the required ones that are missing."""
+    required = required_databases(db.preset, MONOMER, protocol)
+    multimer = required_databases(db.preset, MULTIMER, protocol) - required
     lines = []
     statuses = check_databases(db, required)
     for s in statuses:
@@ -36,8 +36,8 @@ def database_report(db) -> tuple[list[str], list[DbStatus]]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides)
-    print(f"databases: preset {cfg.db.preset}, root {cfg.db.root}")
-    lines, missing = database_report(cfg.db)
+    print(f"databases: preset {cfg.db.preset}, search {cfg.search.protocol}, root {cfg.db.root}")
+    lines, missing = database_report(cfg.db, cfg.search.protocol)
     print("\n".join(lines))
     if missing:
         print(f"{len(missing)} required database(s) missing: {', '.join(s.name for s in missing)}")

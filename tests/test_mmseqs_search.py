@@ -1,0 +1,153 @@
+"""`search=mmseqs2`: ColabFold's MMseqs2 search with the real `mmseqs` binary on the bundled ColabFold-layout
+mini databases (af2cpu/data/mini/colabfold, built by scripts/build_mini_db.py).
+
+One batch search of the three bundled examples (one MMseqs2 run) is shared by the assertions. The oracle
+is ColabFold's own search code (`colabfold.mmseqs.search`, colabfold 1.6.3, installed without its
+dependencies: see docs/reference.md) run on the same queries, databases and binary: its A3M files must
+equal ours byte for byte. The one change made to ColabFold's run: its searches pass `--prefilter-mode 0`,
+an option MMseqs2 14 (Debian's) does not know; its only prefilter is the k-mer prefilter that mode 0
+selects in later releases, so a wrapper drops the option before calling the same binary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from af2cpu.cli import main
+from af2cpu.common.residue_constants import HHBLITS_AA_TO_ID
+from af2cpu.config import compose_config
+from af2cpu.data import DATA_DIR, EXAMPLES_DIR
+from af2cpu.errors import DatabaseError, ToolError
+from af2cpu.preprocessing import features, mmseqs, parsers, searches
+from af2cpu.preprocessing.inputs import read_fasta_targets
+
+pytestmark = pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (Debian package mmseqs2) not installed")
+
+EXAMPLES = ["HBB_HUMAN", "no_homologs", "ubiquitin"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return compose_config(["search=mmseqs2"])
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return [read_fasta_targets(EXAMPLES_DIR / f"{name}.fasta")[0] for name in EXAMPLES]
+
+
+@pytest.fixture(scope="module")
+def batch(cfg, targets, tmp_path_factory):
+    """The three examples in one MMseqs2 run through the registry's batch search (2 threads)."""
+    root = tmp_path_factory.mktemp("mmseqs")
+    search = searches.SEARCHES["mmseqs2"]
+    pairs = [(t, root / t.id / "msas") for t in targets]
+    searched = searches.run_batch_search(search, pairs, cfg.db, cpus=2)
+    return search, root, pairs, searched
+
+
+def test_the_plan_of_search_mmseqs2(cfg):
+    plan = searches.plan_searches(cfg.db.preset, protocol=cfg.search.protocol)
+    assert [s.name for s in plan] == ["mmseqs2", "mmseqs2_pdb70"]
+    assert searches.required_tools("mini", protocol="mmseqs2") == {"mmseqs", "hhsearch", "kalign"}
+    assert {"colabfold_uniref30", "colabfold_envdb", "pdb70"} <= searches.required_databases("mini", protocol="mmseqs2")
+    assert "uniref90" not in searches.required_databases("mini", protocol="mmseqs2")
+    with pytest.raises(Exception, match="db=colabfold .* search=mmseqs2"):
+        searches.plan_searches("colabfold")
+
+
+def test_one_run_makes_each_target_its_a3m_with_provenance(batch, targets):
+    search, _, pairs, searched = batch
+    assert searched == [t.id for t in targets]
+    sizes = {}
+    for target, msa_dir in pairs:
+        result = msa_dir / search.output
+        msa = parsers.read_a3m(result)
+        assert msa.sequences[0] == target.sequence
+        sizes[target.id] = len(msa)
+        recorded = json.loads(searches.sidecar(result).read_text())
+        assert recorded["tool"] == "mmseqs" and recorded["batch_size"] == 3
+        assert searches.reusable(search, target.sequence, msa_dir, compose_config(["search=mmseqs2"]).db)
+    # Measured: HBB 488 rows (UniRef30 + environmental, each with the query), the others the query twice.
+    assert sizes["HBB_HUMAN"] > 400 and sizes["MPA51_PHAAQ"] == 2 and sizes["1UBI_A"] == 2
+
+
+def test_a_second_batch_reuses_every_result(batch, cfg):
+    search, _, pairs, _ = batch
+    assert searches.run_batch_search(search, pairs, cfg.db, cpus=2) == []
+
+
+def test_the_a3m_feeds_the_features(batch, cfg, targets):
+    search, _, pairs, _ = batch
+    target, msa_dir = pairs[0]
+    result = features.raw_features_from_files(target.sequence, target.description,
+                                              [(search, msa_dir / search.output)], None)
+    rows = result.features["msa"]
+    assert result.msa_sizes == {"colabfold": 488}
+    # The query row repeated by the environmental MSA (and any equal rows) are de-duplicated.
+    assert 1 < len(rows) < 488 and rows[0].tolist() == [HHBLITS_AA_TO_ID[aa] for aa in target.sequence]
+
+
+def test_equals_colabfolds_own_search(batch, targets, cfg, tmp_path):
+    pytest.importorskip("colabfold.mmseqs.search", reason="colabfold (see docs/reference.md) not installed")
+    search, _, pairs, _ = batch
+    wrapper = tmp_path / "mmseqs"
+    wrapper.write_text(
+        "#!/bin/sh\n# ColabFold's --prefilter-mode 0 is MMseqs2 14's only prefilter: drop the option.\n"
+        'for a; do shift; if [ "$skip" = 1 ]; then skip=0; continue; fi\n'
+        'if [ "$a" = --prefilter-mode ]; then skip=1; continue; fi; set -- "$@" "$a"; done\n'
+        f'exec {shutil.which("mmseqs")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    queries = tmp_path / "queries.fasta"
+    queries.write_text("".join(f">{t.id}\n{t.sequence}\n" for t in targets))
+    dbbase = str(DATA_DIR / "mini" / "colabfold")
+    assert cfg.db.colabfold_uniref30 == f"{dbbase}/uniref30_2302_db"
+    out = tmp_path / "colabfold"
+    # ColabFold's own command line: sensitivity 8 (its function's default; the CLI's --k-score default
+    # needs MMseqs2 15), environmental database on, filtering on, 2 threads.
+    proc = subprocess.run(
+        [sys.executable, "-m", "colabfold.mmseqs.search", queries, dbbase, out, "--mmseqs", wrapper, "-s", "8",
+         "--db1", "uniref30_2302_db", "--db3", "colabfold_envdb_202108_db", "--use-env", "1", "--filter", "1",
+         "--threads", "2"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for target, msa_dir in pairs:
+        theirs = (out / f"{target.id}.a3m").read_text()
+        ours = (msa_dir / search.output).read_text()
+        assert ours == theirs, target.id
+
+
+def test_doctor_reports_mmseqs_and_db_check_an_unindexed_or_missing_database(tmp_path, capsys):
+    assert main(["doctor", "search=mmseqs2", "params=random"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if " mmseqs " in line)
+    assert line.split()[:3] == ["ok", "mmseqs", "14-7e284+ds-1+b2"]
+    # The bundled databases as a full-size set: unindexed, which db check names with the command.
+    root = tmp_path / "cf"
+    mini = DATA_DIR / "mini"
+    shutil.copytree(mini / "colabfold", root)
+    overrides = ["db=colabfold", f"db.root={root}", f"db.pdb70={mini}/pdb70/pdb70",
+                 f"db.template_mmcif_dir={mini}/pdb_mmcif/mmcif_files",
+                 f"db.obsolete_pdbs={mini}/pdb_mmcif/obsolete.dat", "search=mmseqs2"]
+    assert main(["db", "check", *overrides]) == 1
+    out = capsys.readouterr().out
+    assert f"mmseqs createindex {root}/uniref30_2302_db" in out and "is not indexed" in out
+    (root / "colabfold_envdb_202108_db_aln.index").unlink()
+    assert main(["db", "check", *overrides]) == 1
+    out = capsys.readouterr().out
+    assert f"file {root}/colabfold_envdb_202108_db_aln.index is missing" in out and "tsv2exprofiledb" in out
+
+
+def test_a_failing_step_is_named_with_its_output(tmp_path):
+    prefix = tmp_path / "broken_db"
+    for part in ("", "_seq", "_aln"):
+        for ext in ("", ".index", ".dbtype"):
+            (tmp_path / f"broken_db{part}{ext}").write_bytes(b"not a database")
+    with pytest.raises(ToolError, match=r"MMseqs2 step 'search' failed: mmseqs failed .*\n.*"):
+        mmseqs.search_msas(["MKTAYIAKQR"], str(prefix), str(prefix), [tmp_path / "out.a3m"], 1, 60)
+    with pytest.raises(DatabaseError, match="missing_db.dbtype is missing"):
+        mmseqs.search_msas(["MKTAYIAKQR"], str(tmp_path / "missing_db"), str(prefix), [tmp_path / "x.a3m"], 1, 60)
