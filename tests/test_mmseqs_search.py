@@ -18,14 +18,19 @@ import subprocess
 import sys
 
 import pytest
+from distributed import LocalCluster
 
 from af2cpu.cli import main
 from af2cpu.common.residue_constants import HHBLITS_AA_TO_ID
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR, EXAMPLES_DIR
 from af2cpu.errors import DatabaseError, ToolError
+from af2cpu.layout import TargetDir
+from af2cpu.model.presets import PRESETS
 from af2cpu.preprocessing import features, mmseqs, parsers, searches
 from af2cpu.preprocessing.inputs import read_fasta_targets
+from af2cpu.scheduler.batch import run_batch
+from af2cpu.scheduler.cache import StageCache
 
 pytestmark = pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (Debian package mmseqs2) not installed")
 
@@ -151,3 +156,30 @@ def test_a_failing_step_is_named_with_its_output(tmp_path):
         mmseqs.search_msas(["MKTAYIAKQR"], str(prefix), str(prefix), [tmp_path / "out.a3m"], 1, 60)
     with pytest.raises(DatabaseError, match="missing_db.dbtype is missing"):
         mmseqs.search_msas(["MKTAYIAKQR"], str(tmp_path / "missing_db"), str(prefix), [tmp_path / "x.a3m"], 1, 60)
+
+
+@pytest.mark.slow
+def test_a_batch_of_the_three_examples_predicts_end_to_end(targets, tmp_path, monkeypatch):
+    """`predict` with search=mmseqs2 on the three examples: one MMseqs2 run for the batch, each target's
+    stage records its own search, features and a model. The network has 1 Evoformer block and 1 extra-MSA
+    block (random params): its workers are threads of this process, so they see the smaller preset."""
+    monkeypatch.setitem(PRESETS, "model_1_ptm", PRESETS["model_1_ptm"].with_blocks(evoformer=1, extra_msa=1))
+    fasta = tmp_path / "three.fasta"
+    fasta.write_text("".join((EXAMPLES_DIR / f"{name}.fasta").read_text() for name in EXAMPLES))
+    out = tmp_path / "out"
+    overrides = ["search=mmseqs2", "params=random", "model.names=[model_1_ptm]", "model.num_recycle=0",
+                 "relax=none"]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        result = run_batch(fasta, out, [*overrides, f"scheduler.address={cluster.scheduler_address}"], quiet=True)
+        assert result.exit_status == 0, [o.failure for o in result.outcomes]
+        for target in targets:
+            folder = TargetDir(out / target.id)
+            provenance = json.loads((folder.msas / "colabfold_mmseqs2.a3m.json").read_text())
+            assert provenance["batch_size"] == 3  # the batch's one run
+            report = json.loads(folder.features_report.read_text())
+            assert list(report["msa_sizes"]) == ["colabfold"]
+            assert folder.ranked(0)[0].is_file() and StageCache(folder).lookup("search_mmseqs2") is not None
+        assert json.loads(TargetDir(out / "HBB_HUMAN").features_report.read_text())["templates"][0].startswith("2gtl")
+        # Rerun: every stage of every target is cached, the batch search has nothing to do.
+        again = run_batch(fasta, out, [*overrides, f"scheduler.address={cluster.scheduler_address}"], quiet=True)
+    assert again.exit_status == 0 and all(o.summary == r.summary for o, r in zip(again.outcomes, result.outcomes))
