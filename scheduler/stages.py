@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from af2cpu import formats, plots
 from af2cpu.common import protein
 from af2cpu.config import Params
-from af2cpu.errors import InputError
+from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.io import (
     atomic_write_text,
     file_hash,
@@ -185,6 +185,25 @@ def run_batch_search(search: searches.Search, contexts: Sequence[StageContext]) 
         log.warning("batch %s search failed; the targets search one by one: %s", search.name, exc)
         return {"searched": [], "error": str(exc)}
     return {"searched": searched, "cpus": cpus}
+
+
+def run_features_in_process(contexts: Sequence[StageContext]) -> dict[str, dict[str, StageTiming] | Exception]:
+    """The searches and features of each target in this process, one target after another (`af2cpu
+    features`), after one run of each batch search for all of them (not with ``force``): each target's
+    stage timings, or the error that stopped it."""
+    contexts = list(contexts)
+    if len(contexts) > 1 and not any(ctx.force for ctx in contexts):
+        fresh = [ctx for ctx in contexts if ctx.precomputed is None]
+        for search in batch_searches(contexts[0].cfg) if len(fresh) > 1 else []:
+            run_batch_search(search, fresh)
+    done: dict[str, dict[str, StageTiming] | Exception] = {}
+    stages = target_stages(contexts[0].cfg, "features") if contexts else []
+    for ctx in contexts:
+        try:
+            done[ctx.target.id] = run_stages(stages, ctx)
+        except Af2CpuError as exc:
+            done[ctx.target.id] = exc
+    return done
 
 
 def _features_key(ctx: StageContext, inputs: Inputs) -> str:

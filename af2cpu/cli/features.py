@@ -41,27 +41,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the stages import every stage package, which the other commands need not load
-    from af2cpu.scheduler.stages import StageContext, run_stages, target_stages
+    from af2cpu.scheduler.stages import StageContext, run_features_in_process
 
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
     cfg = compose_config(overrides)
     targets = read_fasta_targets(args.fasta)
     batch = BatchDir(args.out)
     batch.prepare()
-    stages = target_stages(cfg, "features")
-    failed = []
+    failed, contexts = [], []
     for target in targets:
         folder = batch.target(target.id)
-        ctx = StageContext(target, cfg, folder, force=args.no_reuse,
-                           precomputed=precomputed_msas(args.precomputed_msas, target.id))
         try:
             folder.claim(target.id, target.description, target.sequence)
-            run_stages(stages, ctx)
         except Af2CpuError as exc:
             failed.append(target.id)
             print(f"{target.id}: failed: {exc}")
             continue
-        print(f"{target.id}: {folder.features}")
+        contexts.append(StageContext(target, cfg, folder, force=args.no_reuse,
+                                     precomputed=precomputed_msas(args.precomputed_msas, target.id)))
+    results = run_features_in_process(contexts)
+    for ctx in contexts:
+        outcome = results[ctx.target.id]
+        if isinstance(outcome, Exception):
+            failed.append(ctx.target.id)
+            print(f"{ctx.target.id}: failed: {outcome}")
+            continue
+        print(f"{ctx.target.id}: {ctx.folder.features}")
     if failed:
         print(f"{len(failed)} of {len(targets)} target(s) failed: {', '.join(failed)}")
         return 1
