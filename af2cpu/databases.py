@@ -76,6 +76,11 @@ def database_files(name: str, path: str) -> list[Path]:
     return [Path(path)]
 
 
+def mmseqs_indexed(path: str) -> bool:
+    """Whether ``mmseqs createindex`` made an index of the MMseqs2 database at prefix ``path``."""
+    return os.path.isfile(f"{path}.idx") or os.path.isfile(f"{path}.idx.index")
+
+
 def mmseqs_index_command(path: str) -> str:
     """The command that indexes the MMseqs2 database at prefix ``path`` (as ColabFold's set-up does)."""
     return f"mmseqs createindex {path} {Path(path).parent / 'tmp'} --remove-tmp-files 1"
@@ -88,7 +93,7 @@ def mmseqs_database_problem(path: str, require_index: bool) -> str:
             if not file.is_file():
                 return (f"file {file} is missing: build the database as ColabFold's setup_databases.sh does "
                         f"(`mmseqs tsv2exprofiledb <downloaded name> {path}`, then `{mmseqs_index_command(path)}`)")
-    if require_index and not (os.path.isfile(f"{path}.idx") or os.path.isfile(f"{path}.idx.index")):
+    if require_index and not mmseqs_indexed(path):
         return f"{path} is not indexed (no {path}.idx): run `{mmseqs_index_command(path)}`"
     return ""
 

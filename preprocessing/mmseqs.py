@@ -22,13 +22,12 @@ the step and showing the tail of its output.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from af2cpu.databases import mmseqs_database_problem
+from af2cpu.databases import mmseqs_database_problem, mmseqs_indexed
 from af2cpu.errors import DatabaseError, ToolError
 from af2cpu.io import atomic_write_text
 from af2cpu.preprocessing.tools import run_tool
@@ -61,11 +60,6 @@ FLAGS = ("search", *search_flags(0)[2:], "expandaln", *EXPAND_FLAGS, "align", "-
          "result2msa", "--msa-format-mode", "6", *FILTER_FLAGS, "mergedbs uniref env")
 
 
-def is_indexed(db: str | Path) -> bool:
-    """Whether ``mmseqs createindex`` made an index of the database at prefix ``db``."""
-    return os.path.isfile(f"{db}.idx") or os.path.isfile(f"{db}.idx.index")
-
-
 def check_database(db: str, what: str) -> None:
     """DatabaseError naming the missing part of the MMseqs2 database at prefix ``db`` and how to build it."""
     problem = mmseqs_database_problem(db, require_index=False)
@@ -92,7 +86,7 @@ class _Steps:
 
 def _database_msa(run: _Steps, work: Path, query_profile: Path, db: str, msa: Path, first: bool) -> None:
     """search -> expandaln -> align -> filterresult -> result2msa against one database."""
-    indexed = is_indexed(db)
+    indexed = mmseqs_indexed(db)
     load = "2" if indexed else "0"
     seqs, alns = (f"{db}.idx", f"{db}.idx") if indexed else (f"{db}_seq", f"{db}_aln")
     qdb = work / "qdb"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from af2cpu.config import compose_config
-from af2cpu.databases import CATALOGUE, DbStatus, check_databases, fix_hint
+from af2cpu.databases import CATALOGUE, DbStatus, check_databases, fix_hint, mmseqs_indexed
 from af2cpu.preprocessing.searches import MONOMER, MULTIMER, required_databases
 
 
@@ -30,6 +30,8 @@ def database_report(db, protocol: str) -> tuple[list[str], list[DbStatus]]:
         label = "ok" if s.ok else ("MISSING" if s.required else "absent")
         use = "" if s.required else ("  (multimer only)" if s.name in multimer else
                                      f"  ({CATALOGUE[s.name].about}; not used by this configuration)")
+        if s.ok and CATALOGUE[s.name].kind == "mmseqs" and not mmseqs_indexed(s.path):
+            use += "  (unindexed: searched directly, as the mini databases are)"
         lines.append(f"  {label:8s} {s.name:20s} {s.path if s.ok else s.problem}{use}")
     return lines, [s for s in statuses if s.required and not s.ok]
 
