@@ -6,6 +6,10 @@ TORCH_VERSION ?= 2.13.0
 # Extra pip arguments for torch only, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
 TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,reference,hpc,notebook
+# ColabFold's search code, the oracle of the MMseqs2 protocol's tests (with the reference extra). Installed
+# without its dependencies: colabfold 1.6.3 pins biopython<1.86, pandas<3 and importlib-metadata<9, which
+# the reference extra's pins conflict with, and its search module needs none of them (docs/reference.md).
+COLABFOLD_VERSION ?= 1.6.3
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
@@ -13,7 +17,7 @@ export OMP_NUM_THREADS
 
 setup: tools venv
 
-# HMMER, HH-suite and Kalign: installed with apt-get when missing and we are root; otherwise we say what to install.
+# HMMER, HH-suite, Kalign and MMseqs2: installed with apt-get when missing and we are root; otherwise we say what to install.
 tools:
 	@scripts/install_tools.sh
 
@@ -25,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	case ",$(EXTRAS)," in *,reference,*) $(BIN)/python -m pip install --quiet --no-deps colabfold==$(COLABFOLD_VERSION);; esac
 	touch $@
 
 demo: setup

@@ -39,6 +39,7 @@ class DbPreset(ConfigEnum):
     full = "full"
     reduced = "reduced"
     mini = "mini"
+    colabfold = "colabfold"  # ColabFold's MMseqs2 databases (search=mmseqs2)
 
 
 DatabaseConfig = make_dataclass(
@@ -83,12 +84,22 @@ class RuntimeConfig:
     backend: Backend = Backend.native
 
 
+class SearchProtocol(ConfigEnum):
+    """How MSAs are made: AlphaFold2's own searches, or ColabFold's MMseqs2 search."""
+
+    alphafold2 = "alphafold2"  # jackhmmer UniRef90 + MGnify, hhblits BFD + UniRef30, hhsearch PDB70
+    mmseqs2 = "mmseqs2"  # MMseqs2 UniRef30 + ColabFold environmental database, hhsearch PDB70 with its MSA
+
+
 @dataclass
 class SearchConfig:
     """MSA and template search settings."""
 
+    protocol: SearchProtocol = SearchProtocol.alphafold2
     timeout_s: float = 3 * 3600.0  # per search; a tool running longer is killed and the target fails
     cpus: int = 0  # per search; 0 = the allotment of the worker running it
+    # search=mmseqs2: all targets of a batch whose MSA is not cached in one MMseqs2 run (split per target)
+    batch: bool = True
 
 
 @dataclass
@@ -191,7 +202,7 @@ class Config:
     model: ModelConfig = MISSING
     relax: RelaxConfig = MISSING
     scheduler: SchedulerConfig = MISSING
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearchConfig = MISSING
     output: OutputConfig = field(default_factory=OutputConfig)
     # Where official params_model_*.npz live; AF2CPU_PARAMS_DIR overrides the default cache folder.
     params_dir: str = "${oc.env:AF2CPU_PARAMS_DIR,${af2cpu_cache:params}}"
@@ -227,6 +238,7 @@ def register_configs() -> None:
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="relax", name="base_relax", node=RelaxConfig)
     cs.store(group="scheduler", name="base_scheduler", node=SchedulerConfig)
+    cs.store(group="search", name="base_search", node=SearchConfig)
     _REGISTERED = True
 
 

@@ -23,7 +23,7 @@ class Database:
 
     name: str  # the key in the ``db`` config section
     path: str  # relative to the database root, as AlphaFold2's download scripts lay it out
-    kind: str = "file"  # "file" | "hh" (an ffindex prefix) | "mmcif_dir"
+    kind: str = "file"  # "file" | "hh" (an ffindex prefix) | "mmcif_dir" | "mmseqs" (an MMseqs2 database prefix)
     hh_parts: tuple[str, ...] = ()  # the ffindex parts an "hh" database must have
     may_be_empty: bool = False  # e.g. obsolete.dat of a fresh PDB mirror
     about: str = ""
@@ -42,7 +42,15 @@ DATABASES: tuple[Database, ...] = (
     Database("obsolete_pdbs", "pdb_mmcif/obsolete.dat", may_be_empty=True, about="obsolete PDB entries"),
     Database("pdb_seqres", "pdb_seqres/pdb_seqres.txt", about="PDB SEQRES (hmmsearch templates, multimer)"),
     Database("uniprot", "uniprot/uniprot.fasta", about="UniProt (MSA pairing, multimer)"),
+    # ColabFold's databases (setup_databases.sh names), MMseqs2 databases with their _seq and _aln parts;
+    # db=colabfold finds them directly under its root.
+    Database("colabfold_uniref30", "colabfold/uniref30_2302_db", "mmseqs", about="UniRef30 (MMseqs2, search=mmseqs2)"),
+    Database("colabfold_envdb", "colabfold/colabfold_envdb_202108_db", "mmseqs",
+             about="ColabFold environmental database (MMseqs2, search=mmseqs2)"),
 )
+# The parts of an MMseqs2 database ColabFold's search reads: the searched sequences or profiles, the
+# member sequences of each cluster and the alignments of the clusters to their members.
+MMSEQS_PARTS = ("", "_seq", "_aln")
 CATALOGUE: dict[str, Database] = {db.name: db for db in DATABASES}
 
 
@@ -62,12 +70,40 @@ def database_files(name: str, path: str) -> list[Path]:
     db = CATALOGUE[name]
     if db.kind == "hh":
         return [Path(f"{path}_{part}.{ext}") for part in db.hh_parts for ext in ("ffdata", "ffindex")]
+    if db.kind == "mmseqs":
+        files = [Path(f"{path}{part}{ext}") for part in MMSEQS_PARTS for ext in (".dbtype", "", ".index")]
+        return files + [Path(f"{path}.idx{ext}") for ext in ("", ".index") if os.path.isfile(f"{path}.idx{ext}")]
     return [Path(path)]
 
 
-def database_problem(name: str, path: str) -> str:
-    """What is wrong with database `name` at `path` ("" when it is usable)."""
+def mmseqs_indexed(path: str) -> bool:
+    """Whether ``mmseqs createindex`` made an index of the MMseqs2 database at prefix ``path``."""
+    return os.path.isfile(f"{path}.idx") or os.path.isfile(f"{path}.idx.index")
+
+
+def mmseqs_index_command(path: str) -> str:
+    """The command that indexes the MMseqs2 database at prefix ``path`` (as ColabFold's set-up does)."""
+    return f"mmseqs createindex {path} {Path(path).parent / 'tmp'} --remove-tmp-files 1"
+
+
+def mmseqs_database_problem(path: str, require_index: bool) -> str:
+    for part in MMSEQS_PARTS:
+        for ext in (".dbtype", "", ".index"):
+            file = Path(f"{path}{part}{ext}")
+            if not file.is_file():
+                return (f"file {file} is missing: build the database as ColabFold's setup_databases.sh does "
+                        f"(`mmseqs tsv2exprofiledb <downloaded name> {path}`, then `{mmseqs_index_command(path)}`)")
+    if require_index and not mmseqs_indexed(path):
+        return f"{path} is not indexed (no {path}.idx): run `{mmseqs_index_command(path)}`"
+    return ""
+
+
+def database_problem(name: str, path: str, require_index: bool = True) -> str:
+    """What is wrong with database `name` at `path` ("" when it is usable). An MMseqs2 database must be
+    indexed when `require_index` (the full-size ones: searching an unindexed one is far slower)."""
     db = CATALOGUE[name]
+    if db.kind == "mmseqs":
+        return mmseqs_database_problem(path, require_index)
     if db.kind == "mmcif_dir":
         folder = Path(path)
         if not folder.is_dir():
@@ -90,9 +126,10 @@ def check_databases(db: Mapping[str, Any], required: Collection[str]) -> list[Db
     ``required`` ones first."""
     order = [d.name for d in DATABASES if d.name in required] + [d.name for d in DATABASES if d.name not in required]
     statuses = []
+    require_index = str(db["preset"]) != "mini"  # the bundled mini databases are searched unindexed
     for name in order:
         path = str(db[name])
-        problem = database_problem(name, path)
+        problem = database_problem(name, path, require_index)
         statuses.append(DbStatus(name, path, name in required, not problem, problem))
     return statuses
 
@@ -101,6 +138,10 @@ def fix_hint(preset: str) -> str:
     """What to do when required databases of database preset `preset` are missing."""
     if preset == "mini":
         return "the bundled mini databases are incomplete: reinstall af2cpu (pip install --force-reinstall af2cpu)"
+    if preset == "colabfold":
+        return ("build the ColabFold databases with ColabFold's setup_databases.sh <root> (MMseqs2 databases, "
+                "indexed) and set db.root=<root>; PDB70 and the mmCIF files (templates) as in AlphaFold2's "
+                "layout under the same root, or db.pdb70=..., db.template_mmcif_dir=...")
     return (
         f"download them with AlphaFold2's scripts (scripts/download_all_data.sh <root> "
         f"{'reduced_dbs' if preset == 'reduced' else 'full_dbs'}) and set db.root=<root>, "

@@ -22,6 +22,7 @@ TOOLS: dict[str, tuple[list[str], str, str]] = {
     "hhblits": (["-h"], r"HHblits\s+([\w.]+)", "hhsuite"),
     "hhsearch": (["-h"], r"HHsearch\s+([\w.]+)|HHblits\s+([\w.]+)", "hhsuite"),
     "kalign": (["--version"], r"kalign\s+\(?([\w.]+)", "kalign"),
+    "mmseqs": (["version"], r"^\s*(\S+)", "mmseqs2"),
 }
 
 # Environment variables that point at a specific binary, e.g. AF2CPU_JACKHMMER=/opt/hmmer/bin/jackhmmer.

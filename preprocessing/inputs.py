@@ -160,3 +160,8 @@ def write_query_fasta(target: Target, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(f">{target.id}\n{target.sequence}\n")
     return path
+
+
+def read_query_sequence(path: str | Path) -> str:
+    """The sequence of a query FASTA that :func:`write_query_fasta` wrote."""
+    return "".join(line.strip() for line in Path(path).read_text().splitlines()[1:])

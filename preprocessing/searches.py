@@ -12,7 +12,11 @@ result's provenance and cache key, and the MSA files the raw features read. A ne
 The entries are AlphaFold2's monomer data pipeline: jackhmmer on UniRef90 and MGnify, hhblits on BFD +
 UniRef30 (or jackhmmer on small BFD for the reduced preset), and the template search on PDB70 that
 reads the UniRef90 result; the multimer template search (hmmsearch on pdb_seqres) is registered for
-the multimer pipeline.
+the multimer pipeline. ``search=mmseqs2`` (protocol MMSEQS2) replaces them with ColabFold's MMseqs2
+search (``af2cpu.preprocessing.mmseqs``: one A3M from UniRef30 and the environmental database) and
+hhsearch on PDB70 with that A3M, as ColabFold finds templates. A search with a ``run_batch`` makes the
+results of many targets in one tool run (:func:`run_batch_search`); each target's result is then
+reused by its own search task, which finds it valid by its provenance.
 
 Next to every result file lies ``<file>.json``: the query sequence's hash, the search's flags, the
 versions of its tools, the identity (path, size, modification time) of every database file, and the
@@ -34,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from af2cpu.databases import database_files
+from af2cpu.errors import ConfigError
 from af2cpu.io import atomic_write_text, canonical_json, file_hash
-from af2cpu.preprocessing import tools
+from af2cpu.preprocessing import mmseqs, tools
 from af2cpu.preprocessing.binaries import binary_version
-from af2cpu.preprocessing.inputs import Target, write_query_fasta
+from af2cpu.preprocessing.inputs import Target, read_query_sequence, write_query_fasta
 from af2cpu.preprocessing.templates import TemplateSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 # Version 2: tool versions are part of a result's provenance.
 PROVENANCE_VERSION = 2
 MONOMER, MULTIMER = "monomer", "multimer"
+ALPHAFOLD2, MMSEQS2 = "alphafold2", "mmseqs2"  # search protocols (config `search.protocol`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +92,9 @@ class Search:
     # What turning its template hits into features needs besides its own tools and databases.
     featurize_tools: tuple[str, ...] = ()
     featurize_databases: tuple[str, ...] = ()
+    protocol: str = ALPHAFOLD2  # the search protocol it belongs to
+    # Makes the results of many targets in one run: (search, sequences, databases, outs, cpus, timeout) -> seconds.
+    run_batch: Callable[[Search, list[str], list[str], list[Path], int, float], float] | None = None
 
     @property
     def settings(self) -> list[str]:
@@ -93,9 +102,10 @@ class Search:
         cap = self.msa.max_sequences if self.msa else None
         return [*self.flags, *([f"max_sequences={cap}"] if cap is not None else [])]
 
-    def applies(self, db_preset: str, pipeline: str) -> bool:
-        """Whether a run with this database preset and pipeline makes this search."""
-        return pipeline in self.pipelines and (self.db_presets is None or db_preset in self.db_presets)
+    def applies(self, db_preset: str, pipeline: str, protocol: str = ALPHAFOLD2) -> bool:
+        """Whether a run with this database preset, pipeline and search protocol makes this search."""
+        return (protocol == self.protocol and pipeline in self.pipelines
+                and (self.db_presets is None or db_preset in self.db_presets))
 
 
 def _jackhmmer(search: Search, job: SearchJob) -> tools.ToolRun:
@@ -113,6 +123,21 @@ def _hhsearch_pdb70(search: Search, job: SearchJob) -> tools.ToolRun:
 
 def _hmmsearch_pdb_seqres(search: Search, job: SearchJob) -> tools.ToolRun:
     return tools.search_pdb_seqres(job.inputs[search.needs[0]], job.databases[0], job.out, job.cpus, job.timeout)
+
+
+def _mmseqs2_batch(search: Search, sequences: list[str], databases: list[str], outs: list[Path], cpus: int,
+                   timeout: float) -> float:
+    return mmseqs.search_msas(sequences, databases[0], databases[1], outs, cpus, timeout)
+
+
+def _mmseqs2(search: Search, job: SearchJob) -> tools.ToolRun:
+    seconds = _mmseqs2_batch(search, [read_query_sequence(job.query)], job.databases, [job.out], job.cpus,
+                             job.timeout)
+    return tools.ToolRun(job.out, "mmseqs", binary_version("mmseqs"), seconds)
+
+
+def _hhsearch_a3m(search: Search, job: SearchJob) -> tools.ToolRun:
+    return tools.hhsearch(job.inputs[search.needs[0]], job.databases, job.out, job.cpus, job.timeout)
 
 
 _TEMPLATE_FEATURES = {"featurize_tools": ("kalign",), "featurize_databases": ("template_mmcif_dir", "obsolete_pdbs")}
@@ -150,24 +175,33 @@ for _search in (
     Search("pdb_seqres", "pdb_hits.sto", ("hmmbuild", "hmmsearch"), ("pdb_seqres",), _hmmsearch_pdb_seqres,
            ("hmmbuild --hand --amino", *tools.HMMSEARCH_FLAGS), needs=("uniref90",), pipelines=(MULTIMER,),
            template_hits="sto", **_TEMPLATE_FEATURES),
+    # ColabFold's protocol. Complexes (paired MSAs) wait for the multimer pipeline.
+    Search("mmseqs2", "colabfold_mmseqs2.a3m", ("mmseqs",), ("colabfold_uniref30", "colabfold_envdb"), _mmseqs2,
+           mmseqs.FLAGS, protocol=MMSEQS2, msa=MsaUse(0, "colabfold"), run_batch=_mmseqs2_batch),
+    Search("mmseqs2_pdb70", "colabfold_pdb_hits.hhr", ("hhsearch",), ("pdb70",), _hhsearch_a3m,
+           tuple(tools.HHSEARCH_FLAGS), needs=("mmseqs2",), protocol=MMSEQS2, template_hits="hhr",
+           **_TEMPLATE_FEATURES),
 ):
     register_search(_search)
 
 
-def plan_searches(db_preset: str, pipeline: str = MONOMER) -> list[Search]:
-    """The searches a run with database preset ``db_preset`` (``cfg.db.preset``) makes, in registry order
-    (a search comes after those it needs)."""
-    return [s for s in SEARCHES.values() if s.applies(str(db_preset), pipeline)]
+def plan_searches(db_preset: str, pipeline: str = MONOMER, protocol: str = ALPHAFOLD2) -> list[Search]:
+    """The searches a run with database preset ``db_preset`` (``cfg.db.preset``) and search protocol
+    ``protocol`` (``cfg.search.protocol``) makes, in registry order (a search comes after those it needs)."""
+    if str(db_preset) == "colabfold" and str(protocol) != MMSEQS2:
+        raise ConfigError("db=colabfold holds ColabFold's MMseqs2 databases: use it with search=mmseqs2")
+    return [s for s in SEARCHES.values() if s.applies(str(db_preset), pipeline, str(protocol))]
 
 
-def required_tools(db_preset: str, pipeline: str = MONOMER) -> set[str]:
+def required_tools(db_preset: str, pipeline: str = MONOMER, protocol: str = ALPHAFOLD2) -> set[str]:
     """The binaries a run needs: those of its searches and of featurizing their results."""
-    return {tool for s in plan_searches(db_preset, pipeline) for tool in (*s.tools, *s.featurize_tools)}
+    return {tool for s in plan_searches(db_preset, pipeline, protocol) for tool in (*s.tools, *s.featurize_tools)}
 
 
-def required_databases(db_preset: str, pipeline: str = MONOMER) -> set[str]:
+def required_databases(db_preset: str, pipeline: str = MONOMER, protocol: str = ALPHAFOLD2) -> set[str]:
     """The catalogued databases a run needs: those its searches read and their featurization reads."""
-    return {db for s in plan_searches(db_preset, pipeline) for db in (*s.databases, *s.featurize_databases)}
+    return {db for s in plan_searches(db_preset, pipeline, protocol)
+            for db in (*s.databases, *s.featurize_databases)}
 
 
 def template_settings(cfg: Mapping[str, Any], kalign_binary: str | None = None) -> TemplateSettings:
@@ -254,7 +288,8 @@ def reusable(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any]
     return True
 
 
-def _record(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any], run: tools.ToolRun) -> None:
+def _record(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any], run: tools.ToolRun,
+            batch_size: int = 1) -> None:
     result = msa_dir / search.output
     payload = {
         "key": provenance_key(search, sequence, msa_dir, db),
@@ -263,6 +298,7 @@ def _record(search: Search, sequence: str, msa_dir: Path, db: Mapping[str, Any],
         "tool": run.tool,
         "tool_version": run.version,
         "seconds": round(run.seconds, 3),
+        **({"batch_size": batch_size} if batch_size > 1 else {}),  # the seconds are those of the whole batch
     }
     atomic_write_text(sidecar(msa_dir / search.output), json.dumps(payload, indent=2) + "\n")
 
@@ -315,6 +351,45 @@ def run_search(
     _record(search, target.sequence, msa_dir, db, run)
     log.info("%s: %s done in %.1f s (%s %s)", target.id, search.name, run.seconds, run.tool, run.version)
     return written
+
+
+def run_batch_search(
+    search: Search,
+    targets: Sequence[tuple[Target, str | Path]],
+    db: Mapping[str, Any],
+    cpus: int,
+    timeout: float = tools.DEFAULT_TIMEOUT_S,
+) -> list[str]:
+    """One tool run of a batch search (``search.run_batch``) for those of ``targets`` (each with its msa
+    folder) that have no valid result yet; each result is written with its own provenance, so each
+    target's search task then reuses it. Returns the ids of the targets searched. Targets with the same
+    sequence are searched once."""
+    if search.run_batch is None:
+        raise ValueError(f"search {search.name!r} has no batch mode")
+    todo = []
+    for target, msa_dir in targets:
+        msa_dir = Path(msa_dir)
+        try:
+            msa_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # left to the target's own search stage, which reports it
+            log.warning("%s: not in the batch %s search: %s", target.id, search.name, exc)
+            continue
+        if not reusable(search, target.sequence, msa_dir, db):
+            todo.append((target, msa_dir))
+    if not todo:
+        return []
+    sequences = list(dict.fromkeys(t.sequence for t, _ in todo))
+    firsts = {t.sequence: msa_dir / search.output for t, msa_dir in reversed(todo)}
+    seconds = search.run_batch(search, sequences, database_paths(search, db), [firsts[s] for s in sequences],
+                               cpus, timeout)
+    run = tools.ToolRun(Path(), search.tools[0], binary_version(search.tools[0]), seconds)
+    for target, msa_dir in todo:
+        result = msa_dir / search.output
+        if result != firsts[target.sequence]:
+            atomic_write_text(result, firsts[target.sequence].read_text())
+        _record(search, target.sequence, msa_dir, db, run, batch_size=len(sequences))
+    log.info("%s: %d target(s) in one run, %.1f s", search.name, len(sequences), seconds)
+    return [t.id for t, _ in todo]
 
 
 def search_results(plan: Sequence[Search], msa_dir: str | Path) -> list[tuple[Search, Path]]:

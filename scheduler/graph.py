@@ -28,7 +28,14 @@ from af2cpu.errors import Af2CpuError
 from af2cpu.layout import BatchDir, TargetDir, precomputed_msas
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.preprocessing.tools import kill_running_tools
-from af2cpu.scheduler.stages import Stage, StageContext, StageTiming, run_stage
+from af2cpu.scheduler.stages import (
+    Stage,
+    StageContext,
+    StageTiming,
+    batch_searches,
+    run_batch_search,
+    run_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +81,9 @@ def log_failure(folder: TargetDir, stage: str, exc: BaseException) -> StageFaile
     return StageFailed(first + where)
 
 
-def _execute(stage: Stage, ctx: StageContext, *needed: StageTiming) -> StageTiming:
-    """One stage as a Dask task; the results of the stages it needs arrive in ``stage.needs`` order."""
+def _execute(stage: Stage, ctx: StageContext, *needed: StageTiming, after: object = None) -> StageTiming:
+    """One stage as a Dask task; the results of the stages it needs arrive in ``stage.needs`` order
+    (``after``: a batch search it waits for, whose results it reuses)."""
     try:
         return run_stage(stage, ctx, dict(zip(stage.needs, needed)))
     except Exception as exc:  # noqa: BLE001 - every failure is logged whole and reported in one line
@@ -133,6 +141,7 @@ class BatchGraph:
         self.worker_cpus = _worker_cpus(client)
         client.register_plugin(WorkerHygiene())
         self._futures: list[tuple[Future, str, str]] = []  # (future, target id, stage)
+        self._batch: dict[str, Future] = {}  # stage name -> the batch search its tasks wait for
 
     def _resources(self, cpus: int | None) -> dict | None:
         if self.worker_cpus is None:
@@ -143,8 +152,9 @@ class BatchGraph:
     def _submit(self, target: Target, stage: Stage, ctx: StageContext, needed: list[Future]) -> Future:
         key = f"{stage.name}-{target.id}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(
-            _execute, stage, ctx, *needed, key=key, pure=False, retries=int(self.cfg.scheduler.retries),
-            priority=len(target.sequence), resources=self._resources(stage.cpus),
+            _execute, stage, ctx, *needed, after=self._batch.get(stage.name), key=key, pure=False,
+            retries=int(self.cfg.scheduler.retries), priority=len(target.sequence),
+            resources=self._resources(stage.cpus),
         )
         future.add_done_callback(lambda f, t=target.id, s=stage.name: self._report(f, t, s))
         self._futures.append((future, target.id, stage.name))
@@ -156,11 +166,39 @@ class BatchGraph:
         elif future.status == "error":
             self.progress(target_id, stage, "failed")
 
+    def _context(self, target: Target) -> StageContext:
+        return StageContext(target, self.cfg, self.batch.target(target.id), self.force,
+                            precomputed_msas(self.precomputed_msas, target.id))
+
+    def submit_batch_searches(self, targets: Sequence[Target]) -> None:
+        """Submit one task per batch search (MMseqs2: all queries in one run) for `targets`, before their
+        stages: each target's own search stage waits for it and reuses its result. Not with --force
+        (each target searches anew) or precomputed MSAs (copied per target), nor for a single target."""
+        searches = batch_searches(self.cfg)
+        if self.force or not searches:
+            return
+        contexts = []
+        for target in targets:
+            if precomputed_msas(self.precomputed_msas, target.id) is not None:
+                continue
+            ctx = self._context(target)
+            try:
+                ctx.folder.claim(target.id, target.description, target.sequence)
+            except Exception as exc:  # noqa: BLE001 - submit_target reports it as this target's failure
+                log.warning("%s: not in the batch searches: %s", target.id, exc)
+                continue
+            contexts.append(ctx)
+        if len(contexts) < 2:
+            return
+        for search in searches:
+            self._batch[f"search_{search.name}"] = self.client.submit(
+                run_batch_search, search, contexts, key=f"batch_search_{search.name}-{uuid.uuid4().hex[:8]}",
+                pure=False, priority=max(len(t.sequence) for t in targets) + 1, resources=self._resources(None))
+
     def submit_target(self, target: Target) -> Future:
         """Submit every stage of `target`; returns the future of its last stage (the final files)."""
-        folder = self.batch.target(target.id)
-        folder.claim(target.id, target.description, target.sequence)
-        ctx = StageContext(target, self.cfg, folder, self.force, precomputed_msas(self.precomputed_msas, target.id))
+        ctx = self._context(target)
+        ctx.folder.claim(target.id, target.description, target.sequence)
         futures: dict[str, Future] = {}
         for stage in self.stages:
             futures[stage.name] = self._submit(target, stage, ctx, [futures[name] for name in stage.needs])
@@ -170,6 +208,11 @@ class BatchGraph:
         """Run the batch to the end; every target gets an outcome, whatever the others did."""
         finals = {}
         outcomes: dict[str, TargetOutcome] = {}
+        try:
+            self.submit_batch_searches(targets)
+        except Exception as exc:  # noqa: BLE001 - without the batch search each target searches alone
+            log.warning("batch searches not submitted (%s); each target searches alone", exc)
+            self._batch.clear()
         for target in sorted(targets, key=lambda t: len(t.sequence), reverse=True):
             try:
                 finals[self.submit_target(target)] = target
@@ -192,4 +235,4 @@ class BatchGraph:
 
     def cancel(self) -> None:
         """Cancel everything still pending (Ctrl-C)."""
-        self.client.cancel([future for future, _, _ in self._futures], force=True)
+        self.client.cancel([future for future, _, _ in self._futures] + list(self._batch.values()), force=True)

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from af2cpu import formats, plots
 from af2cpu.common import protein
 from af2cpu.config import Params
-from af2cpu.errors import InputError
+from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.io import (
     atomic_write_text,
     file_hash,
@@ -163,8 +163,51 @@ def _search_run(search: searches.Search, ctx: StageContext, inputs: Inputs) -> t
     return written, {"cpus": cpus}
 
 
+def batch_searches(cfg: DictConfig) -> list[searches.Search]:
+    """The searches of the plan that run once for a whole batch (``search.batch``, e.g. MMseqs2)."""
+    return [s for s in search_plan(cfg) if s.run_batch is not None and cfg.search.batch]
+
+
+def run_batch_search(search: searches.Search, contexts: Sequence[StageContext]) -> dict:
+    """One run of a batch search for the targets of ``contexts`` whose result is not valid yet.
+
+    It only fills each target's msas folder with a result and its provenance: each target's own
+    ``search_<name>`` stage then finds that result valid, reuses it and records the stage, so the stage
+    cache stays per target. A failure is returned, not raised: the targets' own stages then search one
+    by one and fail (or not) each on its own.
+    """
+    cfg = contexts[0].cfg
+    cpus = threads_for(int(cfg.search.cpus))
+    pairs = [(ctx.target, ctx.folder.msas) for ctx in contexts]
+    try:
+        searched = searches.run_batch_search(search, pairs, cfg.db, cpus, float(cfg.search.timeout_s))
+    except Exception as exc:  # noqa: BLE001 - reported; each target's own search stage runs instead
+        log.warning("batch %s search failed; the targets search one by one: %s", search.name, exc)
+        return {"searched": [], "error": str(exc)}
+    return {"searched": searched, "cpus": cpus}
+
+
+def run_features_in_process(contexts: Sequence[StageContext]) -> dict[str, dict[str, StageTiming] | Exception]:
+    """The searches and features of each target in this process, one target after another (`af2cpu
+    features`), after one run of each batch search for all of them (not with ``force``): each target's
+    stage timings, or the error that stopped it."""
+    contexts = list(contexts)
+    if len(contexts) > 1 and not any(ctx.force for ctx in contexts):
+        fresh = [ctx for ctx in contexts if ctx.precomputed is None]
+        for search in batch_searches(contexts[0].cfg) if len(fresh) > 1 else []:
+            run_batch_search(search, fresh)
+    done: dict[str, dict[str, StageTiming] | Exception] = {}
+    stages = target_stages(contexts[0].cfg, "features") if contexts else []
+    for ctx in contexts:
+        try:
+            done[ctx.target.id] = run_stages(stages, ctx)
+        except Af2CpuError as exc:
+            done[ctx.target.id] = exc
+    return done
+
+
 def _features_key(ctx: StageContext, inputs: Inputs) -> str:
-    plan = searches.plan_searches(ctx.cfg.db.preset)
+    plan = search_plan(ctx.cfg)
     return stage_key(
         "features",
         inputs={s.output: file_hash(ctx.folder.msas / s.output) for s in plan},
@@ -177,7 +220,7 @@ def _features_key(ctx: StageContext, inputs: Inputs) -> str:
 
 def _features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
     folder, target = ctx.folder, ctx.target
-    plan = searches.plan_searches(ctx.cfg.db.preset)
+    plan = search_plan(ctx.cfg)
     result = raw_features.raw_features_from_files(
         target.sequence, target.description, searches.search_results(plan, folder.msas),
         searches.template_settings(ctx.cfg))
@@ -387,13 +430,18 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
 # The declaration
 
 
+def search_plan(cfg: DictConfig) -> list[searches.Search]:
+    """The searches of the configured database preset and search protocol."""
+    return searches.plan_searches(cfg.db.preset, protocol=cfg.search.protocol)
+
+
 def search_stages(cfg: DictConfig) -> list[Stage]:
     """One stage per search of the configured database preset's plan."""
     cpus = int(cfg.search.cpus) or 1
     return [
         Stage(f"search_{s.name}", functools.partial(_search_run, s), functools.partial(_search_key, s),
               needs=tuple(f"search_{n}" for n in s.needs), cpus=cpus)
-        for s in searches.plan_searches(cfg.db.preset)
+        for s in search_plan(cfg)
     ]
 
 

@@ -511,18 +511,85 @@ def build_clustered_hh_db(records, prefix: Path, work: Path) -> int:
     return n
 
 
-def build_bfd_uniref30(src: Path, out: Path, work: Path, exclude: set[str]) -> dict:
+def hh_records(src: Path, exclude: set[str]) -> tuple[list, list]:
+    """The records of the mini BFD and UniRef30 (also those of the ColabFold-layout mini databases)."""
     g = globins(src)
     start = N_UNIREF90_BACKGROUND + N_UNIPROT_BACKGROUND + N_SMALL_BFD_BACKGROUND
     bfd_recs = list(g[0::2]) + [(h, s) for h, s in background(src, start, N_HH_BACKGROUND, exclude)]
     uni_recs = list(g[1::2]) + [
         (h, s) for h, s in background(src, start + N_HH_BACKGROUND, N_HH_BACKGROUND, exclude)
     ]
+    return bfd_recs, uni_recs
+
+
+def build_bfd_uniref30(src: Path, out: Path, work: Path, exclude: set[str]) -> dict:
+    bfd_recs, uni_recs = hh_records(src, exclude)
     n_bfd = build_clustered_hh_db(
         bfd_recs, out / "bfd" / "bfd_metaclust_clu_complete_id30_c90_final_seq.sorted_opt", work / "bfd"
     )
     n_uni = build_clustered_hh_db(uni_recs, out / "uniref30" / "UniRef30_2021_03", work / "uniref30")
     return {"bfd_clusters": n_bfd, "uniref30_clusters": n_uni}
+
+
+# ColabFold's database names (setup_databases.sh), under mini/colabfold/.
+COLABFOLD_DBS = {"uniref": "uniref30_2302_db", "env": "colabfold_envdb_202108_db"}
+MMSEQS_PARTS = ("", ".index", ".dbtype", ".lookup", ".source", "_h", "_h.index", "_h.dbtype")
+
+
+def build_mmseqs_db(records, prefix: Path, work: Path) -> int:
+    """An MMseqs2 database as ColabFold's search reads it: the sequences (`mmseqs createdb`), the same
+    sequences as its `_seq` part, and `_aln`: every sequence its own one-member cluster, aligned to
+    itself with a backtrace (`mmseqs cluster --min-seq-id 1.0 -c 1.0`, `mmseqs align -a`). Exact
+    duplicates are dropped first (file order, first kept), so every cluster has one member."""
+    work.mkdir(parents=True, exist_ok=True)
+    seen, unique = set(), []
+    for header, seq in records:
+        if seq not in seen:
+            seen.add(seq)
+            unique.append((header.split()[0], seq))
+    fasta = work / "in.fasta"
+    write_fasta(fasta, unique)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    run(["mmseqs", "createdb", fasta, prefix, "--shuffle", "0", "-v", "1"])
+    clu = work / "clu"
+    run(["mmseqs", "cluster", prefix, clu, work / "tmp", "--min-seq-id", "1.0", "-c", "1.0", "--threads", "1",
+         "-v", "1"])
+    clusters = len(Path(f"{clu}.index").read_text().splitlines())
+    if clusters != len(unique):
+        raise RuntimeError(f"{prefix}: {clusters} clusters of {len(unique)} sequences; expected singletons")
+    run(["mmseqs", "align", prefix, prefix, clu, f"{prefix}_aln", "-a", "-e", "inf", "--threads", "1", "-v", "1"])
+    for part in MMSEQS_PARTS:
+        shutil.copyfile(f"{prefix}{part}", f"{prefix}_seq{part}")
+    # The .source files name the input FASTA (a temporary path): keep only its file name.
+    for source in (Path(f"{prefix}.source"), Path(f"{prefix}_seq.source")):
+        source.write_text(re.sub(r"\S*/", "", source.read_text()))
+    return len(unique)
+
+
+def build_colabfold(src: Path, out: Path, work: Path, exclude: set[str]) -> dict:
+    """mini/colabfold/: UniRef30 and the environmental database in ColabFold's layout (MMseqs2 databases),
+    from the same records as the mini UniRef30 and BFD."""
+    bfd_recs, uni_recs = hh_records(src, exclude)
+    folder = out / "colabfold"
+    if folder.exists():
+        shutil.rmtree(folder)
+    n_uni = build_mmseqs_db(uni_recs, folder / COLABFOLD_DBS["uniref"], work / "cf_uniref")
+    n_env = build_mmseqs_db(bfd_recs, folder / COLABFOLD_DBS["env"], work / "cf_env")
+    return {"colabfold_uniref30_sequences": n_uni, "colabfold_envdb_sequences": n_env}
+
+
+def rebuild_colabfold(src: Path, mini: Path, out: Path, exclude: set[str], provenance: list[dict]) -> int:
+    """mini/colabfold/ alone; BUILD_INFO.json gets its checksums, counts and the MMseqs2 version."""
+    with tempfile.TemporaryDirectory(prefix="af2cpu-colabfold-") as tmp:
+        counts = build_colabfold(src, mini, Path(tmp), exclude)
+    info_path = mini / "BUILD_INFO.json"
+    info = json.loads(info_path.read_text())
+    files = {k: v for k, v in info["files"].items() if not k.startswith("mini/colabfold/")}
+    info["files"] = {**files, **file_entries(mini / "colabfold", out)}
+    info["counts"] = {**info["counts"], **counts}
+    info["sources"] = provenance
+    info_path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return 0
 
 
 # ----------------------------------------------------------------------------- structures
@@ -837,6 +904,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="rewrite only examples/ from the existing mini/ (and their entries in BUILD_INFO.json)",
     )
+    ap.add_argument(
+        "--colabfold-only",
+        action="store_true",
+        help="rewrite only mini/colabfold/ (the MMseqs2 databases) from the sources",
+    )
     args = ap.parse_args(argv)
     src = args.sources.resolve()
     provenance = fetch_sources(src)
@@ -844,6 +916,8 @@ def main(argv=None) -> int:
     examples = args.out / "examples"
     if args.examples_only:
         return rebuild_examples(src, mini, examples, args.out, provenance)
+    if args.colabfold_only:
+        return rebuild_colabfold(src, mini, args.out, set(), provenance)
     for d in (mini, examples):
         if d.exists():
             shutil.rmtree(d)
@@ -858,6 +932,7 @@ def main(argv=None) -> int:
         build_uniprot(src, mini, exclude)
         build_small_bfd(src, mini, exclude)
         counts = build_bfd_uniref30(src, mini, work, exclude)
+        counts.update(build_colabfold(src, mini, work, exclude))
         chains = build_structures(src, mini)
         build_pdb70(src, mini, work, chains)
         build_examples(src, examples, chains, mini, work)

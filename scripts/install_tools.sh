@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install the external search tools af2cpu runs (HMMER, HH-suite, Kalign) when they are missing.
+# Install the external search tools af2cpu runs (HMMER, HH-suite, Kalign, MMseqs2) when they are missing.
 # As root on Debian/Ubuntu this uses apt-get; otherwise it prints exactly what to install and fails.
 set -euo pipefail
 missing_pkgs=()
 command -v jackhmmer >/dev/null 2>&1 && command -v hmmsearch >/dev/null 2>&1 || missing_pkgs+=(hmmer)
 command -v hhblits >/dev/null 2>&1 && command -v hhsearch >/dev/null 2>&1 || missing_pkgs+=(hhsuite)
 command -v kalign >/dev/null 2>&1 || missing_pkgs+=(kalign)
+command -v mmseqs >/dev/null 2>&1 || missing_pkgs+=(mmseqs2)
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-  echo "tools: jackhmmer, hhblits, hhsearch, hmmsearch, kalign found"
+  echo "tools: jackhmmer, hhblits, hhsearch, hmmsearch, kalign, mmseqs found"
   exit 0
 fi
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -19,5 +20,5 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 echo "tools: missing ${missing_pkgs[*]}." >&2
 echo "  Debian/Ubuntu: sudo apt-get install ${missing_pkgs[*]}" >&2
-echo "  conda:         conda install -c bioconda hmmer hhsuite kalign3" >&2
+echo "  conda:         conda install -c bioconda hmmer hhsuite kalign3 mmseqs2" >&2
 exit 1

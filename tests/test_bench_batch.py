@@ -64,8 +64,10 @@ def ubiquitin_af2_features(tmp_path_factory):
 @pytest.fixture(scope="module")
 def af2cpu_batch(bench_out, params_root):
     # fp32: bf16 is emulated (slow) on CPUs without native bf16, and the precision is not what is tested.
+    # The search protocols' report with MMseqs2 alone (the AlphaFold2 protocol's searches run in predict).
     status = main(["bench", "--batch", str(UBIQUITIN), "--batch-recycles", "0", "--batch-relax", "none",
-                   "--batch-precision", "fp32", "--batch-skip-reference", "--threads", "2", "--out", str(bench_out)])
+                   "--batch-precision", "fp32", "--batch-skip-reference", "--threads", "2", "--out", str(bench_out),
+                   "--batch-search-protocols", "mmseqs2"])
     return status, json.loads((bench_out / "batch.json").read_text())
 
 
@@ -128,6 +130,17 @@ def test_af2cpu_side_folds_the_batch_and_reports_stage_seconds(af2cpu_batch, ben
     assert af2["targets_per_hour"] == pytest.approx(3600 / af2["wall_s"], rel=0.01)
     assert (bench_out / "af2cpu" / "1UBI_A" / "ranked_0.pdb").is_file()
     assert "| 1UBI_A | infer_model_1_ptm |" in (bench_out / "batch.md").read_text()
+
+
+@pytest.mark.reference
+def test_the_report_times_searches_and_features_per_search_protocol(af2cpu_batch, bench_out):
+    _, results = af2cpu_batch
+    entry = results["search_protocols"]["mmseqs2"]
+    target = entry["targets"]["1UBI_A"]
+    assert set(target["stages"]) == {"search_mmseqs2", "search_mmseqs2_pdb70", "features"}
+    assert target["msa_rows"] == {"colabfold": 2} and target["templates"] >= 1  # 1ubi_A in PDB70
+    assert 0 < max(target["stages"].values()) <= entry["wall_s"]
+    assert "| mmseqs2 |" in (bench_out / "batch.md").read_text()
 
 
 @pytest.mark.reference

@@ -18,6 +18,11 @@ both), the same models, recycles and relaxation, on the same CPUs (``--threads``
 
 Results: ``batch.json`` and ``batch.md`` in ``--out``: seconds per target and stage on both sides,
 wall time, targets per hour, and the throughput ratio (af2cpu targets per hour over AlphaFold2-style).
+
+``--batch-search-protocols`` (default: both) also times the searches and features alone with each search
+protocol (``search=alphafold2``, ``search=mmseqs2``) on the mini databases, as `af2cpu features` runs them
+(in one process, targets one after another; MMseqs2 first searches the whole batch in one run): wall
+time, the MMseqs2 batch run, each target's stage seconds, MSA rows and templates.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from af2cpu.preprocessing.templates import TemplateSettings
 from af2cpu.runtime.placement import plan_instances
 from af2cpu.runtime.topology import read_topology
 from af2cpu.scheduler.batch import run_batch as run_af2cpu_batch
+from af2cpu.scheduler.stages import StageContext, run_features_in_process
 
 MODEL_NAMES = [f"model_{i}{suffix}" for suffix in ("_ptm", "") for i in range(1, 6)]
 # AlphaFold2's run_alphafold.py relaxation settings.
@@ -112,6 +118,8 @@ def run_batch(args: argparse.Namespace) -> int:
         else:
             print("AlphaFold2-style: the same targets one after another")
             results["reference"] = run_reference(targets, out / "reference", params_root, settings)
+        protocols = getattr(args, "batch_search_protocols", None) or []
+        results["search_protocols"] = time_search_protocols(args.batch, out, protocols, threads) if protocols else None
     results["throughput_ratio"] = throughput_ratio(results)
     atomic_write_text(out / "batch.json", json.dumps(results, indent=2) + "\n")
     text = markdown(results)
@@ -186,6 +194,45 @@ def af2cpu_overrides(params_dir: Path, settings: BatchSettings) -> list[str]:
     return ["db=mini", "params=official", f"params_dir={params_dir}", f"model.names=[{','.join(settings.models)}]",
             f"model.num_recycle={settings.num_recycle}", f"relax={settings.relax}",
             f"runtime.precision={settings.precision}", f"scheduler.n_workers={settings.workers}"]
+
+
+def time_search_protocols(fasta: Path, out_dir: Path, protocols, threads: int) -> dict:
+    """Searches and features of the batch with each search protocol, each in a fresh folder, as `af2cpu
+    features` runs them: wall time, the batch search's own run, and per target its stage seconds, MSA
+    rows (before de-duplication, per MSA) and templates."""
+    targets, _ = read_fasta_batch(fasta)
+    results = {}
+    for protocol in protocols:
+        folder = out_dir / f"features-{protocol}"
+        _fresh_folder(folder, BatchDir.MARKER)
+        batch = BatchDir(folder)
+        batch.prepare()
+        cfg = compose_config(["db=mini", f"search={protocol}", f"search.cpus={threads}"])
+        contexts = []
+        for target in targets:
+            target_dir = batch.target(target.id)
+            target_dir.claim(target.id, target.description, target.sequence)
+            contexts.append(StageContext(target, cfg, target_dir))
+        print(f"searches and features, search={protocol}")
+        start = time.perf_counter()
+        done = run_features_in_process(contexts)
+        wall = time.perf_counter() - start
+        entry = {"wall_s": round(wall, 2), "batch_search_s": None, "targets": {}}
+        for ctx in contexts:
+            timings = done[ctx.target.id]
+            if isinstance(timings, Exception):
+                entry["targets"][ctx.target.id] = {"failure": str(timings)}
+                continue
+            report = json.loads(ctx.folder.features_report.read_text())
+            entry["targets"][ctx.target.id] = {
+                "stages": {name: round(t.end - t.start, 2) for name, t in timings.items()},
+                "msa_rows": report["msa_sizes"], "templates": len(report["templates"])}
+            for sidecar in ctx.folder.msas.glob("*.json"):
+                recorded = json.loads(sidecar.read_text())
+                if recorded.get("batch_size", 1) > 1:
+                    entry["batch_search_s"] = recorded["seconds"]
+        results[protocol] = entry
+    return results
 
 
 def run_af2cpu(fasta: Path, out_dir: Path, params_dir: Path, settings: BatchSettings) -> dict:
@@ -510,6 +557,19 @@ def markdown(results: dict) -> str:
         for side, entry in (("af2cpu", ours), ("AlphaFold2-style", theirs)):
             if entry.get("status") == "failed":
                 lines.append(f"| {target['id']} | FAILED ({side}) | {entry.get('failure', '')} | |")
+    protocols = results.get("search_protocols") or {}
+    if protocols:
+        lines += ["", ("Searches and features alone, per search protocol (mini databases, in one process, targets "
+                       "one after another as `af2cpu features` runs them; search=mmseqs2 first searches the whole "
+                       "batch in one MMseqs2 run):"), "",
+                  "| protocol | wall (s) | batch search run (s) | target | stages (s) | MSA rows | templates |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for protocol, entry in protocols.items():
+            for target_id, t in entry["targets"].items():
+                stages = ", ".join(f"{k} {v}" for k, v in t.get("stages", {}).items()) or t.get("failure", "")
+                rows = ", ".join(f"{k} {v}" for k, v in t.get("msa_rows", {}).items())
+                lines.append(f"| {protocol} | {entry['wall_s']} | {entry['batch_search_s'] or '—'} | {target_id} "
+                             f"| {stages} | {rows} | {t.get('templates', '—')} |")
     if ref is not None:
         lines += ["", "AlphaFold2-style processed features, padded to (whatever the target's MSA depth):", ""]
         for name, p in ref["models"].items():

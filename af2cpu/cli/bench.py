@@ -68,6 +68,10 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-workers", type=int, default=0,
                        help="af2cpu Dask workers (default 0: af2cpu's own plan from the CPU topology)")
     group.add_argument("--batch-params-seed", type=int, default=0, help="seed of the random parameters")
+    group.add_argument("--batch-search-protocols", nargs="*", default=["alphafold2", "mmseqs2"],
+                       choices=["alphafold2", "mmseqs2"],
+                       help="also time searches and features alone with these search protocols (default both; "
+                       "none: give the option without values)")
     group.add_argument("--batch-skip-reference", action="store_true",
                        help="time af2cpu only (as --no-reference does)")
 

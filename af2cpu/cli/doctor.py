@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  ISA: {flags}")
     print(f"  memory available: {info.memory_available / 2**30:.1f} GiB")
 
-    needed = required_tools(cfg.db.preset)
+    needed = required_tools(cfg.db.preset, protocol=cfg.search.protocol)
     print("tools:")
     for name in TOOLS:
         try:
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             if name in needed:
                 fixes.append(str(exc))
 
-    print(f"databases (db={cfg.db.preset}, root {cfg.db.root}):")
-    lines, missing = database_report(cfg.db)
+    print(f"databases (db={cfg.db.preset}, search={cfg.search.protocol}, root {cfg.db.root}):")
+    lines, missing = database_report(cfg.db, cfg.search.protocol)
     print("\n".join(lines))
     fixes += [f"database {s.name}: {s.problem}" for s in missing]
     if missing:

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from af2cpu.scheduler.batch import check_before_work
     from af2cpu.scheduler.cache import StageCache
     from af2cpu.scheduler.graph import log_failure
-    from af2cpu.scheduler.stages import StageContext, run_stages, target_stages
+    from af2cpu.scheduler.stages import StageContext, run_features_in_process
 
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
     cfg = compose_config(overrides)
@@ -55,28 +55,36 @@ def run(args: argparse.Namespace) -> int:
     targets = read_fasta_targets(args.fasta)
     batch = BatchDir(args.out)
     batch.prepare()
-    stages = target_stages(cfg, "features")
-    failed = []
-    for target in targets:
-        folder = batch.target(target.id)
-        ctx = StageContext(target, cfg, folder, force=args.no_reuse,
-                           precomputed=precomputed_msas(args.precomputed_msas, target.id))
-        folder.path.mkdir(parents=True, exist_ok=True)
-        lock = StageCache(folder).lock()
-        if not lock.acquire(timeout=0):
-            failed.append(target.id)
-            print(f"{target.id}: failed: another live af2cpu run holds {lock.path}; run again when it is done")
-            continue
-        try:
-            folder.claim(target.id, target.description, target.sequence)
-            run_stages(stages, ctx)
-        except Af2CpuError as exc:
-            failed.append(target.id)
-            print(f"{target.id}: failed: {log_failure(folder, 'af2cpu features', exc)}")
-            continue
-        finally:
+    failed, contexts, locks = [], [], []
+    try:
+        for target in targets:
+            folder = batch.target(target.id)
+            folder.path.mkdir(parents=True, exist_ok=True)
+            lock = StageCache(folder).lock()
+            if not lock.acquire(timeout=0):
+                failed.append(target.id)
+                print(f"{target.id}: failed: another live af2cpu run holds {lock.path}; run again when it is done")
+                continue
+            locks.append(lock)
+            try:
+                folder.claim(target.id, target.description, target.sequence)
+            except Af2CpuError as exc:
+                failed.append(target.id)
+                print(f"{target.id}: failed: {log_failure(folder, 'af2cpu features', exc)}")
+                continue
+            contexts.append(StageContext(target, cfg, folder, force=args.no_reuse,
+                                         precomputed=precomputed_msas(args.precomputed_msas, target.id)))
+        results = run_features_in_process(contexts)
+    finally:
+        for lock in locks:
             lock.release()
-        print(f"{target.id}: {folder.features}")
+    for ctx in contexts:
+        outcome = results[ctx.target.id]
+        if isinstance(outcome, Exception):
+            failed.append(ctx.target.id)
+            print(f"{ctx.target.id}: failed: {log_failure(ctx.folder, 'af2cpu features', outcome)}")
+            continue
+        print(f"{ctx.target.id}: {ctx.folder.features}")
     if failed:
         print(f"{len(failed)} of {len(targets)} target(s) failed: {', '.join(failed)}")
         return 1

@@ -1,0 +1,184 @@
+"""`search=mmseqs2`: ColabFold's MMseqs2 search with the real `mmseqs` binary on the bundled ColabFold-layout
+mini databases (af2cpu/data/mini/colabfold, built by scripts/build_mini_db.py).
+
+One `af2cpu predict` of the three bundled examples (one MMseqs2 run for the batch, a 1-block network with
+random params) is shared by the assertions, its A3M files included. The oracle
+is ColabFold's own search code (`colabfold.mmseqs.search`, colabfold 1.6.3, installed without its
+dependencies: see docs/reference.md) run on the same queries, databases and binary: its A3M files must
+equal ours byte for byte. The one change made to ColabFold's run: its searches pass `--prefilter-mode 0`,
+an option MMseqs2 14 (Debian's) does not know; its only prefilter is the k-mer prefilter that mode 0
+selects in later releases, so a wrapper drops the option before calling the same binary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+from distributed import LocalCluster
+
+from af2cpu.cli import main
+from af2cpu.common.residue_constants import HHBLITS_AA_TO_ID
+from af2cpu.config import compose_config
+from af2cpu.data import DATA_DIR, EXAMPLES_DIR
+from af2cpu.errors import DatabaseError, ToolError
+from af2cpu.layout import TargetDir
+from af2cpu.model.presets import PRESETS
+from af2cpu.preprocessing import features, mmseqs, parsers, searches
+from af2cpu.preprocessing.inputs import read_fasta_targets
+from af2cpu.scheduler.batch import run_batch
+from af2cpu.scheduler.cache import StageCache
+
+pytestmark = pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (Debian package mmseqs2) not installed")
+
+EXAMPLES = ["HBB_HUMAN", "no_homologs", "ubiquitin"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return compose_config(["search=mmseqs2"])
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return [read_fasta_targets(EXAMPLES_DIR / f"{name}.fasta")[0] for name in EXAMPLES]
+
+
+OVERRIDES = ["search=mmseqs2", "params=random", "model.names=[model_1_ptm]", "model.num_recycle=0", "relax=none"]
+
+
+@pytest.fixture(scope="module")
+def batch(targets, tmp_path_factory):
+    """`predict` with search=mmseqs2 on the three examples (one MMseqs2 run for the batch, 2 threads), and
+    the same command again. The network has 1 Evoformer and 1 extra-MSA block (random params): the Dask
+    workers are threads of this process, so they see the smaller preset."""
+    root = tmp_path_factory.mktemp("mmseqs")
+    fasta = root / "three.fasta"
+    fasta.write_text("".join((EXAMPLES_DIR / f"{name}.fasta").read_text() for name in EXAMPLES))
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(PRESETS, "model_1_ptm", PRESETS["model_1_ptm"].with_blocks(evoformer=1, extra_msa=1))
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+            overrides = [*OVERRIDES, f"scheduler.address={cluster.scheduler_address}"]
+            first = run_batch(fasta, out, overrides, quiet=True)
+            again = run_batch(fasta, out, overrides, quiet=True)
+    search = searches.SEARCHES["mmseqs2"]
+    pairs = [(t, TargetDir(out / t.id).msas) for t in targets]
+    return search, out, pairs, (first, again)
+
+
+def test_the_plan_of_search_mmseqs2(cfg):
+    plan = searches.plan_searches(cfg.db.preset, protocol=cfg.search.protocol)
+    assert [s.name for s in plan] == ["mmseqs2", "mmseqs2_pdb70"]
+    assert searches.required_tools("mini", protocol="mmseqs2") == {"mmseqs", "hhsearch", "kalign"}
+    assert {"colabfold_uniref30", "colabfold_envdb", "pdb70"} <= searches.required_databases("mini", protocol="mmseqs2")
+    assert "uniref90" not in searches.required_databases("mini", protocol="mmseqs2")
+    with pytest.raises(Exception, match="db=colabfold .* search=mmseqs2"):
+        searches.plan_searches("colabfold")
+
+
+def test_one_run_makes_each_target_its_a3m_with_provenance(batch, targets):
+    search, _, pairs, _ = batch
+    sizes = {}
+    for target, msa_dir in pairs:
+        result = msa_dir / search.output
+        msa = parsers.read_a3m(result)
+        assert msa.sequences[0] == target.sequence
+        sizes[target.id] = len(msa)
+        recorded = json.loads(searches.sidecar(result).read_text())
+        assert recorded["tool"] == "mmseqs" and recorded["batch_size"] == 3  # the batch's one run
+        assert searches.reusable(search, target.sequence, msa_dir, compose_config(["search=mmseqs2"]).db)
+    # Measured: HBB 488 rows (UniRef30 + environmental, each with the query), the others the query twice.
+    assert sizes["HBB_HUMAN"] > 400 and sizes["MPA51_PHAAQ"] == 2 and sizes["1UBI_A"] == 2
+
+
+def test_a_second_batch_reuses_every_result(batch, cfg):
+    search, _, pairs, _ = batch
+    assert searches.run_batch_search(search, pairs, cfg.db, cpus=2) == []
+
+
+def test_the_a3m_feeds_the_features(batch, cfg, targets):
+    search, _, pairs, _ = batch
+    target, msa_dir = pairs[0]
+    result = features.raw_features_from_files(target.sequence, target.description,
+                                              [(search, msa_dir / search.output)], None)
+    rows = result.features["msa"]
+    assert result.msa_sizes == {"colabfold": 488}
+    # The query row repeated by the environmental MSA (and any equal rows) are de-duplicated.
+    assert 1 < len(rows) < 488 and rows[0].tolist() == [HHBLITS_AA_TO_ID[aa] for aa in target.sequence]
+
+
+def test_equals_colabfolds_own_search(batch, targets, cfg, tmp_path):
+    """ColabFold's command line on the same three queries (one run), databases and binary."""
+    pytest.importorskip("colabfold.mmseqs.search", reason="colabfold (see docs/reference.md) not installed")
+    search, _, pairs, _ = batch
+    wrapper = tmp_path / "mmseqs"
+    wrapper.write_text(
+        "#!/bin/sh\n# ColabFold's --prefilter-mode 0 is MMseqs2 14's only prefilter: drop the option.\n"
+        'for a; do shift; if [ "$skip" = 1 ]; then skip=0; continue; fi\n'
+        'if [ "$a" = --prefilter-mode ]; then skip=1; continue; fi; set -- "$@" "$a"; done\n'
+        f'exec {shutil.which("mmseqs")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    queries = tmp_path / "queries.fasta"
+    queries.write_text("".join(f">{t.id}\n{t.sequence}\n" for t in targets))
+    dbbase = str(DATA_DIR / "mini" / "colabfold")
+    assert cfg.db.colabfold_uniref30 == f"{dbbase}/uniref30_2302_db"
+    out = tmp_path / "colabfold"
+    # ColabFold's own command line: sensitivity 8 (its function's default; the CLI's --k-score default
+    # needs MMseqs2 15), environmental database on, filtering on, 2 threads.
+    proc = subprocess.run(
+        [sys.executable, "-m", "colabfold.mmseqs.search", queries, dbbase, out, "--mmseqs", wrapper, "-s", "8",
+         "--db1", "uniref30_2302_db", "--db3", "colabfold_envdb_202108_db", "--use-env", "1", "--filter", "1",
+         "--threads", "2"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for target, msa_dir in pairs:
+        theirs = (out / f"{target.id}.a3m").read_text()
+        ours = (msa_dir / search.output).read_text()
+        assert ours == theirs, target.id
+
+
+def test_doctor_reports_mmseqs_and_db_check_an_unindexed_or_missing_database(tmp_path, capsys):
+    assert main(["doctor", "search=mmseqs2", "params=random"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if " mmseqs " in line)
+    assert line.split()[:3] == ["ok", "mmseqs", "14-7e284+ds-1+b2"]
+    # The bundled databases as a full-size set: unindexed, which db check names with the command.
+    root = tmp_path / "cf"
+    mini = DATA_DIR / "mini"
+    shutil.copytree(mini / "colabfold", root)
+    overrides = ["db=colabfold", f"db.root={root}", f"db.pdb70={mini}/pdb70/pdb70",
+                 f"db.template_mmcif_dir={mini}/pdb_mmcif/mmcif_files",
+                 f"db.obsolete_pdbs={mini}/pdb_mmcif/obsolete.dat", "search=mmseqs2"]
+    assert main(["db", "check", *overrides]) == 1
+    out = capsys.readouterr().out
+    assert f"mmseqs createindex {root}/uniref30_2302_db" in out and "is not indexed" in out
+    (root / "colabfold_envdb_202108_db_aln.index").unlink()
+    assert main(["db", "check", *overrides]) == 1
+    out = capsys.readouterr().out
+    assert f"file {root}/colabfold_envdb_202108_db_aln.index is missing" in out and "tsv2exprofiledb" in out
+
+
+def test_a_failing_step_is_named_with_its_output(tmp_path):
+    prefix = tmp_path / "broken_db"
+    for part in ("", "_seq", "_aln"):
+        for ext in ("", ".index", ".dbtype"):
+            (tmp_path / f"broken_db{part}{ext}").write_bytes(b"not a database")
+    with pytest.raises(ToolError, match=r"MMseqs2 step 'search' failed: mmseqs failed .*\n.*"):
+        mmseqs.search_msas(["MKTAYIAKQR"], str(prefix), str(prefix), [tmp_path / "out.a3m"], 1, 60)
+    with pytest.raises(DatabaseError, match="missing_db.dbtype is missing"):
+        mmseqs.search_msas(["MKTAYIAKQR"], str(tmp_path / "missing_db"), str(prefix), [tmp_path / "x.a3m"], 1, 60)
+
+
+def test_a_batch_of_the_three_examples_predicts_end_to_end(batch, targets):
+    """Every target predicted, each with its own stage records; the rerun finds everything cached."""
+    _, out, _, (first, again) = batch
+    assert first.exit_status == 0, [o.failure for o in first.outcomes]
+    for target in targets:
+        folder = TargetDir(out / target.id)
+        assert list(json.loads(folder.features_report.read_text())["msa_sizes"]) == ["colabfold"]
+        assert folder.ranked(0)[0].is_file() and StageCache(folder).lookup("search_mmseqs2") is not None
+    assert json.loads(TargetDir(out / "HBB_HUMAN").features_report.read_text())["templates"][0].startswith("2gtl")
+    assert again.exit_status == 0 and all(o.summary == r.summary for o, r in zip(again.outcomes, first.outcomes))
