@@ -17,6 +17,7 @@ import pytest
 from af2cpu.cli import features as features_cli
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR
+from af2cpu.errors import DatabaseError
 from af2cpu.io import load_features_npz
 from af2cpu.preprocessing import features, parsers, searches, templates
 from af2cpu.preprocessing.inputs import read_fasta_targets
@@ -269,17 +270,14 @@ def test_reduced_preset_searches_small_bfd_with_jackhmmer(tmp_path):
     assert result.features["template_aatype"].shape == (0,)
 
 
-def test_missing_database_fails_the_target_with_the_fix(tmp_path, capsys):
-    status = _features_command(
-        str(EXAMPLES / "no_homologs.fasta"),
-        "--out",
-        str(tmp_path),
-        f"db.uniref90={tmp_path / 'absent.fasta'}",
-    )
-    assert status == 1
-    printed = capsys.readouterr().out
-    assert (
-        f"{NO_HOMOLOG}: failed: jackhmmer database" in printed
-        and "absent.fasta does not exist; download it" in printed
-    )
-    assert not (tmp_path / NO_HOMOLOG / "features.npz").exists()
+def test_missing_database_is_refused_before_any_target_with_the_fix(tmp_path):
+    # checked before work: no search starts, nothing is written, the error names the file and the fix
+    with pytest.raises(DatabaseError, match=r"uniref90: file .*absent\.fasta is missing") as err:
+        _features_command(
+            str(EXAMPLES / "no_homologs.fasta"),
+            "--out",
+            str(tmp_path / "out"),
+            f"db.uniref90={tmp_path / 'absent.fasta'}",
+        )
+    assert "reinstall af2cpu" in str(err.value)
+    assert not (tmp_path / "out").exists()
