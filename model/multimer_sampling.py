@@ -204,7 +204,7 @@ _OPTIONAL_SHAPES: dict[str, tuple] = {
 }
 _AXIS_NAMES = {"L": "residues", "N": "MSA rows", "T": "templates"}
 _AXIS_SOURCES = {"L": "aatype", "N": "msa", "T": "template_aatype"}
-_HOW = "pass the example that DeepMind's pipeline_multimer.DataPipeline.process returns (af2cpu features for complexes)"
+_HOW = "Pass the multimer example as DeepMind's pipeline_multimer.DataPipeline.process returns it (no batch axis)"
 
 
 def chain_name(asym_id: int) -> str:
@@ -231,7 +231,7 @@ def _whole(source: str, name: str, values: np.ndarray, low: int, high: int | Non
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise InputError(f"{source}: feature {name} holds {values[where]!r} at index {where}; expected whole "
+        raise InputError(f"{source}: feature {name} holds {values[where].item()} at index {where}; expected whole "
                          f"numbers {bound}. {_HOW}")
     return values.astype(np.int64)
 
@@ -249,10 +249,10 @@ def validate_multimer_example(features: dict[str, np.ndarray], source: str) -> N
     if "asym_id" not in features and ("msa_feat" in features or "target_feat" in features):
         raise InputError(f"{source} holds monomer features (msa_feat/target_feat, no asym_id), but a "
                          f"multimer preset needs DeepMind's multimer example (asym_id, entity_id, sym_id, msa, "
-                         f"...): use a monomer preset such as model_1_ptm for these features, or {_HOW}")
+                         f"...): use a monomer preset such as model_1_ptm for these features. {_HOW}")
     missing = [name for name in _MULTIMER_SHAPES if name not in features]
     if missing:
-        raise InputError(f"{source}: multimer features lack {', '.join(missing)}; {_HOW}")
+        raise InputError(f"{source}: multimer features lack {', '.join(missing)}. {_HOW}")
     sizes: dict[str, int] = {}
     for name, dims in {**_MULTIMER_SHAPES, **_OPTIONAL_SHAPES}.items():
         if name not in features:
@@ -301,7 +301,7 @@ def _check_chains(source: str, asym: np.ndarray, entity: np.ndarray, sym: np.nda
         if key in owner:
             raise InputError(f"{source}: {_chain(owner[key])} and {_chain(chain_id)} both have entity_id "
                              f"{key[0]} and sym_id {key[1]}; the copies of one entity are numbered "
-                             f"sym_id 1, 2, .... {_HOW}")
+                             f"sym_id 1, 2 and so on. {_HOW}")
         owner[key] = chain_id
         first = sequences.setdefault(key[0], (chain_id, aatype[at]))
         if first[0] != chain_id and not np.array_equal(first[1], aatype[at]):
