@@ -355,3 +355,104 @@ def test_a_good_example_passes_and_chains_are_named_as_deepmind_does():
                      asym_id=np.repeat([1.0, 2.0], 20), entity_id=np.ones(40), sym_id=np.repeat([1.0, 2.0], 20))
     validate_multimer_example(homodimer, "homodimer.npz")
     assert [chain_name(i) for i in (1, 2, 26, 27, 28, 53)] == ["A", "B", "Z", "AA", "BA", "AB"]
+
+
+# ---------------------------------------------------------------- against DeepMind's functions (jax)
+
+DRAWS = 50  # DeepMind's padding-consistent draws cost ~0.1 s a pass here (threefry per element)
+
+
+@pytest.fixture(scope="module")
+def deepmind_draws():
+    """DeepMind's profile -> sample_msa(128 rows) -> make_masked_msa(0.15, 10/10/10/70) on the example
+    without bert_mask (so the output bert_mask shows every chosen position), run with jax for DRAWS
+    keys (one vmapped, jitted call)."""
+    jax = pytest.importorskip("jax", reason="needs the `reference` extra (jax, haiku, alphafold)")
+    pytest.importorskip("alphafold", reason="needs the `reference` extra (jax, haiku, alphafold)")
+    import ml_collections  # deferred: part of the reference extra
+    from alphafold.model import modules_multimer, prng  # deferred: the reference extra
+
+    jax.config.update("jax_enable_x64", False)
+    config = ml_collections.ConfigDict({"uniform_prob": 0.1, "profile_prob": 0.1, "same_prob": 0.1,
+                                        "replace_fraction": 0.15})
+    batch = {k: jax.numpy.asarray(EXAMPLE[k]) for k in
+             ("msa", "deletion_matrix", "msa_mask", "cluster_bias_mask")}
+    batch["deletion_matrix"] = jax.numpy.broadcast_to(jax.numpy.arange(ROWS, dtype=jax.numpy.float32)[:, None],
+                                                      (ROWS, LEN_A + LEN_B))
+
+    def one(key):
+        sample_key, mask_key = jax.random.split(key)
+        b = dict(batch, msa_profile=modules_multimer.make_msa_profile(batch))
+        b = modules_multimer.sample_msa(prng.SafeKey(sample_key), b, 128)
+        b = modules_multimer.make_masked_msa(b, prng.SafeKey(mask_key), config)
+        return {k: b[k] for k in ("msa", "true_msa", "bert_mask", "msa_mask", "deletion_matrix",
+                                  "extra_deletion_matrix")}
+
+    keys = jax.random.split(jax.random.PRNGKey(0), DRAWS)
+    out = jax.jit(jax.vmap(one))(keys)
+    return {k: torch.from_numpy(np.array(v)) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def our_draws():
+    batch = _with_row_ids(EXAMPLE)
+    del batch["bert_mask"]
+    outs = []
+    for seed in range(DRAWS):
+        b = dict(batch, msa_profile=make_msa_profile(batch))
+        generator = sampling_generator(seed)
+        b = make_masked_msa(sample_msa(b, 128, generator), 0.15, generator)
+        outs.append(b)
+    return {k: torch.stack([o[k] for o in outs]) for k in
+            ("msa", "true_msa", "bert_mask", "msa_mask", "deletion_matrix", "extra_deletion_matrix")}
+
+
+def _summary(draws) -> dict[str, float]:
+    """Per-implementation statistics over the draws."""
+    order = torch.cat([draws["deletion_matrix"][..., 0], draws["extra_deletion_matrix"][..., 0]], 1).long()
+    chosen = draws["bert_mask"] > 0
+    chain_a_rows = torch.arange(1, 46)
+    rank = order.argsort(1)  # rank[d, row] = position of the row in draw d
+    drawn = draws["msa"][chosen]
+    return {"row0_first": float((order[:, 0] == 0).float().mean()),
+            "padding_in_main": float((order[:, :128] >= REAL_ROWS).float().mean()),
+            "real_in_extra_first": float((order[:, 128:128 + REAL_ROWS - 128] < REAL_ROWS).float().mean()),
+            "rank_chain_a": float(rank[:, chain_a_rows].float().mean()),
+            "chosen": float(chosen.sum()), "eligible": float((draws["msa_mask"] > 0).sum()),
+            "mask_token": float((drawn == MASK_TOKEN).sum()),
+            "same": float((drawn == draws["true_msa"][chosen]).sum()),
+            "changed_outside_mask": float(((draws["msa"] != draws["true_msa"] * (draws["msa_mask"] > 0))
+                                           & ~chosen).sum())}
+
+
+def _two_proportions_agree(k1: float, n1: float, k2: float, n2: float) -> bool:
+    """|p1 - p2| within 3.3 std of the pooled two-sample difference (p = 1e-3 false alarm)."""
+    pooled = (k1 + k2) / (n1 + n2)
+    return abs(k1 / n1 - k2 / n2) < 3.3 * math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+
+
+@pytest.mark.reference
+def test_row_order_rules_and_rank_distribution_match_deepmind(deepmind_draws, our_draws):
+    """Both: row 0 first in every draw, padding never in the main MSA while real rows remain, the
+    real rows beyond 128 next. The mean rank of chain A's 45 own rows (each uniform over ranks
+    1..142: mean 71.5, std 41.0; 45 drawn without replacement per draw: variance of their mean
+    std^2/45 x 97/141) agrees between the two within 3.3 std of the difference of the two means."""
+    ours, theirs = _summary(our_draws), _summary(deepmind_draws)
+    for s in (ours, theirs):
+        assert s["row0_first"] == 1.0 and s["padding_in_main"] == 0.0 and s["real_in_extra_first"] == 1.0
+    std_of_mean = math.sqrt((142**2 - 1) / 12 / 45 * 97 / 141 / DRAWS)
+    assert abs(ours["rank_chain_a"] - theirs["rank_chain_a"]) < 3.3 * std_of_mean * math.sqrt(2), (ours, theirs)
+    assert abs(ours["rank_chain_a"] - 71.5) < 3.3 * std_of_mean, ours
+
+
+@pytest.mark.reference
+def test_bert_masking_statistics_match_deepmind(deepmind_draws, our_draws):
+    """Both implementations, on the same example, DRAWS passes each: the chosen fraction, the share of
+    mask tokens and of kept residues among chosen positions agree (two-proportion tests, p = 1e-3);
+    neither changes a position it did not choose (besides msa *= msa_mask)."""
+    ours, theirs = _summary(our_draws), _summary(deepmind_draws)
+    assert ours["eligible"] == theirs["eligible"] == DRAWS * 128 * (LEN_A + LEN_B)
+    assert _two_proportions_agree(ours["chosen"], ours["eligible"], theirs["chosen"], theirs["eligible"])
+    for key in ("mask_token", "same"):
+        assert _two_proportions_agree(ours[key], ours["chosen"], theirs[key], theirs["chosen"]), (key, ours, theirs)
+    assert ours["changed_outside_mask"] == theirs["changed_outside_mask"] == 0
