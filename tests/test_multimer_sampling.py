@@ -14,6 +14,7 @@ Statistics against DeepMind's own functions run with jax are the tests marked ``
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import permutations
 
 import numpy as np
@@ -392,7 +393,8 @@ def deepmind_draws():
     # DeepMind's per-element padding-consistent keys for 11 s here (24 s vmapped over the keys), with
     # unsafe_rbg for 5 s (load 9 on 2 cores). The comparison is of distributions, so which PRNG
     # drives DeepMind's functions does not matter.
-    with jax.default_prng_impl("unsafe_rbg"):
+    with jax.default_prng_impl("unsafe_rbg"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Explicitly requested dtype int64")  # DeepMind's iota, x64 off
         one = jax.jit(one)
         draws = [one(key) for key in jax.random.split(jax.random.PRNGKey(0), DRAWS)]
     return {k: torch.from_numpy(np.stack([np.array(d[k]) for d in draws])) for k in draws[0]}
@@ -461,3 +463,59 @@ def test_bert_masking_statistics_match_deepmind(deepmind_draws, our_draws):
     for key in ("mask_token", "same"):
         assert _two_proportions_agree(ours[key], ours["chosen"], theirs[key], theirs["chosen"]), (key, ours, theirs)
     assert ours["changed_outside_mask"] == theirs["changed_outside_mask"] == 0
+
+
+# ---------------------------------------------------------------- DeepMind's own multimer examples
+
+def _deepmind_example(homodimer: bool) -> dict[str, np.ndarray]:
+    """DeepMind's data path (convert_monomer_features, add_assembly_features, pair_and_merge,
+    pad_msa) on real MSAs: jackhmmer's HBB_HUMAN MSA, and MYG_ESCGI with no homologues as the second
+    chain of the heterodimer; no template hits (one all-zero template per chain, as DeepMind)."""
+    pytest.importorskip("alphafold", reason="needs the `reference` extra (jax, haiku, alphafold)")
+    from alphafold.data import (  # deferred: the reference extra
+        feature_processing,
+        pipeline,
+        pipeline_multimer,
+    )
+    from alphafold.data import parsers as dm_parsers  # deferred: the reference extra
+
+    def chain_features(msa, paired: bool):
+        sequence = msa.sequences[0]
+        num_res = len(sequence)
+        features = {**pipeline.make_sequence_features(sequence, msa.descriptions[0], num_res),
+                    **pipeline.make_msa_features([msa]),
+                    "template_aatype": np.zeros((1, num_res, 22)), "template_all_atom_masks": np.zeros((1, num_res, 37)),
+                    "template_all_atom_positions": np.zeros((1, num_res, 37, 3)),
+                    "template_domain_names": np.array([b"none"]), "template_sequence": np.array([b"none"]),
+                    "template_sum_probs": np.zeros((1, 1))}
+        if paired:
+            features.update({f"{k}_all_seq": v for k, v in pipeline.make_msa_features([msa]).items()})
+        return features
+
+    hbb = dm_parsers.parse_stockholm(parsers.read_text(f"{DATA}/hbb_vs_globins45.sto"))
+    sequences, names = parsers.parse_fasta(parsers.read_text("tests/data/preprocessing/queries/globins45.fa"))
+    myg = dm_parsers.Msa([sequences[0]], [[0] * len(sequences[0])], [names[0]])
+    chains = {cid: pipeline_multimer.convert_monomer_features(chain_features(msa, not homodimer), chain_id=cid)
+              for cid, msa in zip("AB", (hbb, hbb) if homodimer else (hbb, myg))}
+    example = feature_processing.pair_and_merge(all_chain_features=pipeline_multimer.add_assembly_features(chains))
+    return pipeline_multimer.pad_msa(example, 512)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("homodimer", [False, True], ids=["heterodimer", "homodimer"])
+def test_deepmind_examples_are_accepted_and_sampled(homodimer):
+    """DeepMind's own examples pass the checks; without a generator the rows stay in file order;
+    a sampled pass keeps the query first and the 46 real rows ahead of the padding rows."""
+    example = _deepmind_example(homodimer)
+    validate_multimer_example(example, "deepmind.npz")
+    batch = _torch({k: v for k, v in example.items() if np.ndim(v) > 0})
+    rows = batch["msa"].shape[0]
+    batch["deletion_matrix"] = torch.arange(rows, dtype=torch.float32)[:, None].expand_as(batch["msa_mask"])
+    assert _order(sample_msa(batch, 508, None)) == list(range(rows))
+    real = int(batch["msa_mask"].any(1).sum())
+    order = _order(sample_msa(batch, 508, sampling_generator(0)))
+    assert order[0] == 0 and set(order[:real]) == set(range(real))
+    if homodimer:  # both copies: one entity, sym_id 1 and 2; equal sym_ids are refused
+        assert set(example["sym_id"]) == {1.0, 2.0} and set(example["entity_id"]) == {1.0}
+        with pytest.raises(InputError, match=r"chain A \(asym_id 1\) and chain B \(asym_id 2\) both have"):
+            validate_multimer_example(dict(example, sym_id=np.ones_like(example["sym_id"])), "deepmind.npz")
