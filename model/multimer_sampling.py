@@ -90,6 +90,8 @@ def sample_msa(batch: dict[str, torch.Tensor], max_seq: int,
     The logits and noise are float64: DeepMind adds them in float32, where the 1e6 offset rounds the
     noise of query rows to steps of 1/16 and ties then favour one row order.
     """
+    # DISCREPANCY: the supplement (1.2.7) draws cluster centres uniformly, the query kept first; the
+    # multimer reference biases every cluster_bias_mask row first and sends fully masked rows last.
     msa_mask = batch["msa_mask"]
     num_rows = msa_mask.shape[0]
     has_residue = msa_mask.to(torch.float64).sum(-1).clamp(0.0, 1.0)
@@ -117,15 +119,17 @@ def make_msa_profile(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
     The multimer network computes it from the whole MSA before :func:`sample_msa`;
     :func:`make_masked_msa` reads it as ``batch["msa_profile"]``."""
-    mask = batch["msa_mask"].to(torch.float32)[..., None]
-    one_hot = torch.nn.functional.one_hot(batch["msa"].long(), _MSA_CLASSES).to(torch.float32)
-    return (mask * one_hot).sum(0) / (mask.sum(0) + 1e-10)
+    msa, mask = batch["msa"].long(), batch["msa_mask"].to(torch.float32)
+    num_res = msa.shape[1]
+    cell = (torch.arange(num_res) * _MSA_CLASSES + msa).flatten()  # (column, class) of each element
+    counts = torch.bincount(cell, weights=mask.flatten(), minlength=num_res * _MSA_CLASSES)
+    return counts.view(num_res, _MSA_CLASSES).to(torch.float32) / (mask.sum(0)[:, None] + 1e-10)
 
 
 def make_masked_msa(batch: dict[str, torch.Tensor], replace_fraction: float, generator: torch.Generator | None,
                     uniform_prob: float = 0.1, profile_prob: float = 0.1,
                     same_prob: float = 0.1) -> dict[str, torch.Tensor]:
-    """BERT-style masking of the sampled MSA, as the multimer model applies it at inference.
+    """BERT-style masking of the sampled MSA (supplement 1.2.7), as the multimer model applies it at inference.
 
     As DeepMind's ``modules_multimer.make_masked_msa``: each position with ``msa_mask`` set is
     chosen with probability ``replace_fraction``; a chosen position's residue is replaced by a draw
