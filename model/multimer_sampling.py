@@ -56,14 +56,18 @@ def _draw_key(generator: torch.Generator) -> tuple[int, int]:
     return int(words[0]), int(words[1])
 
 
-def _uniform(key: tuple[int, int], salt: int, *indices: torch.Tensor) -> torch.Tensor:
-    """Uniform float32 numbers in [0, 1), one per element of the broadcast index tensors.
+def _uniform(key: tuple[int, int], salt: int, *indices: torch.Tensor, fine: bool = False) -> torch.Tensor:
+    """Uniform numbers in [0, 1), one per element of the broadcast index tensors: float32 with 24
+    random bits, or with ``fine`` float64 with 48 (row orders: two rows tie only on equal 32-bit
+    hashes, odds N**2 / 2**33 for N rows).
 
     Element ``(i, j, ...)`` gets a hash of (key, salt, i, j, ...): the same number whatever the
     shape of the array around it (padding consistency)."""
     h = _hash32(torch.tensor((key[0] ^ _hash32(torch.tensor(key[1] ^ salt)).item()) & _MASK32))
     for axis, index in enumerate(indices):
         h = _hash32(h ^ _hash32((index.to(torch.int64) + 0x9E3779B9 * (axis + 1)) & _MASK32))
+    if fine:
+        return (((h >> 8) << 24) + (_hash32(h ^ 0x5BD1E995) >> 8)).to(torch.float64) * 2.0**-48
     return (h >> 8).to(torch.float32) * 2.0**-24
 
 
@@ -87,8 +91,8 @@ def sample_msa(batch: dict[str, torch.Tensor], max_seq: int,
 
     ``generator=None``: no noise; rows are taken by decreasing logit in file order within a level,
     which is exactly file order for DeepMind's examples (query first, padding rows last).
-    The logits and noise are float64: DeepMind adds them in float32, where the 1e6 offset rounds the
-    noise of query rows to steps of 1/16 and ties then favour one row order.
+    The logits and noise are float64 from 48-bit uniforms: DeepMind adds them in float32, where the
+    1e6 offset rounds the noise of query rows to steps of 1/16 and ties then favour one row order.
     """
     # DISCREPANCY: the supplement (1.2.7) draws cluster centres uniformly, the query kept first; the
     # multimer reference biases every cluster_bias_mask row first and sends fully masked rows last.
@@ -103,7 +107,7 @@ def sample_msa(batch: dict[str, torch.Tensor], max_seq: int,
     logits = (has_residue - 1.0) * _BIG + cluster_bias * _BIG
     if generator is not None:
         rows = torch.arange(num_rows)
-        logits = logits + _gumbel(_uniform(_draw_key(generator), 0, rows).to(torch.float64))
+        logits = logits + _gumbel(_uniform(_draw_key(generator), 0, rows, fine=True))
     order = torch.argsort(logits, descending=True, stable=True)
     selected, extra = order[:max_seq], order[max_seq:]
     out = dict(batch)
