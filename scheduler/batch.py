@@ -99,6 +99,7 @@ def run_batch(
     precomputed_msas: str | os.PathLike | None = None,
     targets_filter: Sequence[str] | None = None,
     require_features: bool = False,
+    complex: bool = False,
 ) -> BatchResult:
     """Predict every record of `fasta` into `out`; returns a BatchResult (also for partial failure).
 
@@ -111,7 +112,7 @@ def run_batch(
     check_before_work(cfg, searches=not require_features)
     if cfg.params == Params.random:
         log.warning("params=random: UNTRAINED random weights; the structures are not predictions")
-    targets, invalid = read_fasta_batch(fasta)
+    targets, invalid = read_fasta_batch(fasta, complex=complex)
     for error in invalid:
         log.error("skipping invalid record: %s", error)
     if targets_filter is not None:
@@ -122,6 +123,11 @@ def run_batch(
     stages = target_stages(cfg, "infer" if require_features else "predict")
 
     outcomes: list[TargetOutcome] = []
+    for target in [t for t in targets if t.is_complex]:
+        outcomes.append(TargetOutcome(target, "failed", failed_stage="input", failure=(
+            f"{target.id} is a complex of {len(target.chains)} chains: af2cpu predict folds single chains only so "
+            "far; `af2cpu features` makes its multimer features")))
+    targets = [t for t in targets if not t.is_complex]
     refused = too_long(targets, cfg)
     for target in [t for t in targets if t.id in refused]:
         outcomes.append(TargetOutcome(target, "failed", failure=refused[target.id], failed_stage="memory plan"))

@@ -13,21 +13,32 @@ de-duplication off. The examples must be equal: every key, dtype, shape and valu
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from af2cpu.cli import features as features_cli
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR
+from af2cpu.io import load_features_npz
+from af2cpu.layout import TargetDir
 from af2cpu.preprocessing import multimer, searches
-from af2cpu.preprocessing.inputs import Target, read_fasta_targets
+from af2cpu.preprocessing.inputs import read_fasta_targets
 
 MINI = DATA_DIR / "mini"
 HEMOGLOBIN = DATA_DIR / "examples" / "hemoglobin_ab.fasta"
 
 pytestmark = pytest.mark.slow
+
+
+def _features_command(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    features_cli.add_arguments(parser)
+    return features_cli.run(parser.parse_intermixed_args(list(argv)))
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +48,24 @@ def haemoglobin():
 
 
 @pytest.fixture(scope="module")
-def chain_results(haemoglobin, tmp_path_factory):
-    """Each distinct chain's multimer searches, run for real: {sequence: [(search, result file)]}."""
-    cfg = compose_config([])
-    plan = searches.plan_searches(cfg.db.preset, pipeline=searches.MULTIMER)
-    out = tmp_path_factory.mktemp("chains")
-    results = {}
-    for chain in haemoglobin.chains:
-        query = Target(f"chain_{chain.id}", chain.id, chain.sequence)
-        for search in plan:
-            searches.run_search(search, query, out / chain.id, cfg.db, cpus=2)
-        results[chain.sequence] = searches.search_results(plan, out / chain.id)
-    return results
+def batch(haemoglobin, tmp_path_factory):
+    """`af2cpu features` on a batch of a monomer (ubiquitin), the alpha/beta heterodimer and the beta
+    homodimer, with the real tools on the mini databases: its output folder."""
+    work = tmp_path_factory.mktemp("batch")
+    beta = haemoglobin.chains[1].sequence
+    fasta = work / "batch.fasta"
+    fasta.write_text((DATA_DIR / "examples" / "ubiquitin.fasta").read_text() + HEMOGLOBIN.read_text()
+                     + f">beta_homodimer two copies of HBB_HUMAN\n{beta}:{beta}\n")
+    assert _features_command(str(fasta), "--out", str(work / "out"), "--cpus", "2") == 0
+    return work / "out"
+
+
+@pytest.fixture(scope="module")
+def chain_results(haemoglobin, batch):
+    """Each distinct chain's multimer search results, as the batch made them: {sequence: [(search, file)]}."""
+    plan = searches.plan_searches("mini", pipeline=searches.MULTIMER)
+    msas = batch / "hemoglobin_ab" / "msas"
+    return {c.sequence: searches.search_results(plan, msas / c.id) for c in haemoglobin.chains}
 
 
 def test_the_multimer_plan_searches_uniprot_and_pdb_seqres_not_pdb70():
@@ -159,3 +176,37 @@ def test_homodimer_features_equal_deepmind_pipeline(haemoglobin, chain_results, 
     _assert_equal_examples(ours.features, _reference_features([beta, beta], chain_results, tmp_path))
     assert ours.features["sym_id"].tolist() == [1.0] * 146 + [2.0] * 146
     assert ours.pairing_sizes == {}  # a homomer is not paired
+
+
+def test_batch_writes_monomer_and_complex_features_and_searches_a_homodimer_chain_once(batch, haemoglobin):
+    mono = load_features_npz(batch / "1UBI_A" / "features.npz")
+    assert mono["aatype"].ndim == 2 and "asym_id" not in mono  # the monomer's raw features, as before
+    assert (batch / "1UBI_A" / "msas" / "pdb_hits.hhr").is_file()
+    for target_id, length in (("hemoglobin_ab", 287), ("beta_homodimer", 292)):
+        example = load_features_npz(batch / target_id / "features.npz")
+        assert sorted(example) == sorted(multimer.EXAMPLE_KEYS), target_id
+        assert example["aatype"].shape == (length,) and example["msa"].shape[1] == length
+    homo = TargetDir(batch / "beta_homodimer")
+    records = sorted(homo.stage_of_record(p) for p in homo.stage_records())
+    assert records == ["features", "search_bfd_uniref_A", "search_mgnify_A", "search_pdb_seqres_A",
+                       "search_uniprot_A", "search_uniref90_A"]  # chain B is chain A's copy: not searched
+    assert sorted(p.name for p in homo.msas.iterdir()) == ["A"]
+    info = json.loads((batch / "hemoglobin_ab" / "target.json").read_text())
+    assert [c["id"] for c in info["chains"]] == ["A", "B"] and info["description"] == haemoglobin.description
+    report = json.loads((batch / "beta_homodimer" / "features_report.json").read_text())
+    assert [(c["id"], c["entity_id"], c["sym_id"], c["searched_as"]) for c in report["chains"]] == [
+        ("A", 1, 1, "A"), ("B", 1, 2, "A")]
+
+
+def test_complex_flag_on_a_two_record_file_gives_the_features_of_the_colon_record(batch, haemoglobin, tmp_path):
+    alpha, beta = haemoglobin.chains
+    fasta = tmp_path / "two_records.fasta"
+    fasta.write_text(f">hemoglobin_ab alpha\n{alpha.sequence}\n>HBB_HUMAN beta\n{beta.sequence}\n")
+    out = tmp_path / "out"
+    assert _features_command(str(fasta), "--complex", "--out", str(out), "--precomputed-msas", str(batch)) == 0
+    ours, expected = (load_features_npz(d / "hemoglobin_ab" / "features.npz") for d in (out, batch))
+    assert sorted(ours) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(ours[name], value, err_msg=name)
+    chains = json.loads((out / "hemoglobin_ab" / "target.json").read_text())["chains"]
+    assert [c["description"] for c in chains] == ["hemoglobin_ab alpha", "HBB_HUMAN beta"]
