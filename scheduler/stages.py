@@ -93,6 +93,9 @@ class StageContext:
     folder: TargetDir
     force: bool = False  # redo stages even when their results are cached
     precomputed: Path | None = None  # search results of an earlier run for this target
+    # The msas folders of the batch's targets and chains, by sequence: a search result valid for the same
+    # sequence in another's folder is copied, not searched again (`af2cpu features`; a chain once per batch).
+    batch_msas: Mapping[str, Sequence[Path]] = dataclasses.field(default_factory=dict)
 
 
 Inputs = Mapping[str, StageTiming]  # the results of the stages a stage needs, by stage name
@@ -170,6 +173,9 @@ def _search_run(search: searches.Search, chain_id: str | None, ctx: StageContext
                 inputs: Inputs) -> tuple[list[Path], dict]:
     cpus = threads_for(int(ctx.cfg.search.cpus))
     query, msa_dir, precomputed = _search_query(ctx, chain_id)
+    if precomputed is None and not ctx.force:
+        precomputed = next((d for d in ctx.batch_msas.get(query.sequence, ()) if d != msa_dir
+                            and searches.reusable(search, query.sequence, d, ctx.cfg.db)), None)
     written = searches.run_search(search, query, msa_dir, ctx.cfg.db, cpus,
                                   float(ctx.cfg.search.timeout_s), reuse=not ctx.force,
                                   precomputed_dir=precomputed)
@@ -200,15 +206,30 @@ def run_batch_search(search: searches.Search, contexts: Sequence[StageContext]) 
     return {"searched": searched, "cpus": cpus}
 
 
+def msa_folders(target: Target, folder: TargetDir) -> list[tuple[str, Path]]:
+    """(sequence, folder of its search results) of a target: ``msas/`` for a monomer, ``msas/<chain id>/``
+    for each distinct chain of a complex."""
+    if not target.is_complex:
+        return [(target.sequence, folder.msas)]
+    return [(c.sequence, folder.msas / c.id) for c in target.unique_chains()]
+
+
 def run_features_in_process(contexts: Sequence[StageContext]) -> dict[str, dict[str, StageTiming] | Exception]:
     """The searches and features of each target in this process, one target after another (`af2cpu
     features`), after one run of each batch search for all of them (not with ``force``): each target's
-    stage timings, or the error that stopped it."""
+    stage timings, or the error that stopped it. A search whose valid result another target of the batch
+    already made for the same sequence (a chain shared by complexes, or a complex's chain folded alone
+    too) copies it instead of searching again."""
     contexts = list(contexts)
     if len(contexts) > 1 and not any(ctx.force for ctx in contexts):
         fresh = [ctx for ctx in contexts if ctx.precomputed is None]
         for search in batch_searches(contexts[0].cfg) if len(fresh) > 1 else []:
             run_batch_search(search, fresh)
+    by_sequence: dict[str, list[Path]] = {}
+    for ctx in contexts:
+        for query, msa_dir in msa_folders(ctx.target, ctx.folder):
+            by_sequence.setdefault(query, []).append(msa_dir)
+    contexts = [dataclasses.replace(ctx, batch_msas=by_sequence) for ctx in contexts]
     done: dict[str, dict[str, StageTiming] | Exception] = {}
     for ctx in contexts:
         try:

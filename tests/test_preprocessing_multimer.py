@@ -170,6 +170,15 @@ def test_heterodimer_features_equal_deepmind_pipeline(haemoglobin, chain_results
 
 
 @pytest.mark.reference
+def test_a2b_heterotrimer_features_equal_deepmind_pipeline(haemoglobin, chain_results, tmp_path):
+    """Two copies of alpha and one beta: pairing over three chains, then alpha's copies side by side."""
+    alpha, beta = (c.sequence for c in haemoglobin.chains)
+    ours = _ours([alpha, beta, alpha], chain_results)
+    _assert_equal_examples(ours.features, _reference_features([alpha, beta, alpha], chain_results, tmp_path))
+    assert [(c.chain_id, c.entity_id, c.sym_id) for c in ours.chains] == [("A", 1, 1), ("C", 1, 2), ("B", 2, 1)]
+
+
+@pytest.mark.reference
 def test_homodimer_features_equal_deepmind_pipeline(haemoglobin, chain_results, tmp_path):
     beta = haemoglobin.chains[1].sequence
     ours = _ours([beta, beta], {beta: chain_results[beta]})
@@ -191,6 +200,9 @@ def test_batch_writes_monomer_and_complex_features_and_searches_a_homodimer_chai
     assert records == ["features", "search_bfd_uniref_A", "search_mgnify_A", "search_pdb_seqres_A",
                        "search_uniprot_A", "search_uniref90_A"]  # chain B is chain A's copy: not searched
     assert sorted(p.name for p in homo.msas.iterdir()) == ["A"]
+    # Beta was searched once in the batch, for the heterodimer: the homodimer copied its results.
+    for name in ("uniref90_hits.sto.json", "uniprot_hits.sto.json", "pdb_hits.sto.json"):
+        assert (homo.msas / "A" / name).read_bytes() == (batch / "hemoglobin_ab" / "msas" / "B" / name).read_bytes()
     info = json.loads((batch / "hemoglobin_ab" / "target.json").read_text())
     assert [c["id"] for c in info["chains"]] == ["A", "B"] and info["description"] == haemoglobin.description
     report = json.loads((batch / "beta_homodimer" / "features_report.json").read_text())
