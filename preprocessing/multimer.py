@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from af2cpu.common import residue_constants as rc
-from af2cpu.errors import InputError
 from af2cpu.preprocessing import parsers, templates
 from af2cpu.preprocessing.features import (
     FeatureDict,
     RawFeaturesResult,
     msa_features,
     raw_features_from_files,
-    single_sequence_msa,
+    read_msa,
 )
 from af2cpu.preprocessing.searches import Search
 
@@ -319,16 +318,6 @@ class ComplexFeaturesResult:
     pairing_sizes: dict[str, int]  # rows of each distinct sequence's UniProt MSA, by sequence
 
 
-def read_pairing_msa(path: Path, sequence: str) -> parsers.Msa:
-    """A chain's UniProt MSA (its first :data:`MAX_UNIPROT_HITS` rows); the query alone when empty."""
-    msa = parsers.read_stockholm(path, MAX_UNIPROT_HITS)
-    if not len(msa):
-        return single_sequence_msa(sequence)
-    if msa.sequences[0] != sequence:
-        raise InputError(f"{path}: the first row is not the chain's sequence; was it made for another chain?")
-    return msa
-
-
 def complex_features_from_files(
     chains: Sequence[tuple[str, str]],
     results: dict[str, Sequence[tuple[Search, Path]]],
@@ -349,6 +338,6 @@ def complex_features_from_files(
     if len(monomers) > 1:
         for seq in monomers:
             path = next(path for search, path in results[seq] if search.pairing)
-            pairing[seq] = read_pairing_msa(path, seq)
+            pairing[seq] = read_msa(path, seq, MAX_UNIPROT_HITS)
     features, assembly = complex_features(chains, {s: r.features for s, r in monomers.items()}, pairing)
     return ComplexFeaturesResult(features, assembly, monomers, {s: len(m) for s, m in pairing.items()})

@@ -222,3 +222,17 @@ def test_complex_flag_on_a_two_record_file_gives_the_features_of_the_colon_recor
         np.testing.assert_array_equal(ours[name], value, err_msg=name)
     chains = json.loads((out / "hemoglobin_ab" / "target.json").read_text())["chains"]
     assert [c["description"] for c in chains] == ["hemoglobin_ab alpha", "HBB_HUMAN beta"]
+
+
+def test_a_complex_has_per_chain_search_stages_and_is_refused_for_folding(haemoglobin):
+    from af2cpu.errors import InputError
+    from af2cpu.scheduler.stages import target_stages
+
+    cfg = compose_config([])
+    names = [s.name for s in target_stages(cfg, "features", haemoglobin)]
+    assert names[:5] == ["search_uniref90_A", "search_mgnify_A", "search_bfd_uniref_A", "search_pdb_seqres_A",
+                         "search_uniprot_A"] and names[-1] == "features" and len(names) == 11
+    with pytest.raises(InputError, match="hemoglobin_ab is a complex of 2 chains"):
+        target_stages(cfg, "predict", haemoglobin)
+    with pytest.raises(InputError, match="search=alphafold2"):
+        target_stages(compose_config(["search=mmseqs2"]), "features", haemoglobin)
