@@ -236,3 +236,18 @@ def test_a_complex_has_per_chain_search_stages_and_is_refused_for_folding(haemog
         target_stages(cfg, "predict", haemoglobin)
     with pytest.raises(InputError, match="search=alphafold2"):
         target_stages(compose_config(["search=mmseqs2"]), "features", haemoglobin)
+
+
+def test_report_counts_a_complexs_residues(batch):
+    from af2cpu.scheduler.report import target_report
+
+    assert target_report(TargetDir(batch / "hemoglobin_ab"), "hemoglobin_ab", None).length == 287
+
+
+def test_complex_flag_on_a_one_record_file_is_a_monomer_with_a_note(batch, tmp_path, capsys):
+    fasta = DATA_DIR / "examples" / "ubiquitin.fasta"
+    out = tmp_path / "out"
+    assert _features_command(str(fasta), "--complex", "--out", str(out), "--precomputed-msas", str(batch)) == 0
+    assert "--complex with a single chain: 1UBI_A is searched and featurised as a monomer" in capsys.readouterr().out
+    ours, expected = (load_features_npz(d / "1UBI_A" / "features.npz") for d in (out, batch))
+    assert sorted(ours) == sorted(expected) and all(np.array_equal(ours[k], expected[k]) for k in expected)
