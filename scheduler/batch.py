@@ -84,7 +84,7 @@ def too_long(targets: Sequence[Target], cfg) -> dict[str, str]:
     for target in targets:
         try:
             for preset in presets:
-                plan_options(cfg.runtime, preset, TargetShape(len(target.sequence), 1, 1, 0), limit=limit)
+                plan_options(cfg.runtime, preset, TargetShape(target.num_residues, 1, 1, 0), limit=limit)
         except MemoryPlanError as exc:
             refused[target.id] = str(exc)
     return refused
@@ -195,7 +195,7 @@ def array_shard(fasta: str | os.PathLike, index: int | None, count: int | None, 
     if task is None:
         return None
     targets, _ = read_fasta_batch(fasta)
-    shard = select_shard({t.id: len(t.sequence) for t in targets}, task)
+    shard = select_shard({t.id: t.num_residues for t in targets}, task)
     log.info("array task %d of %d (%s): %d target(s): %s", task.index, task.count, task.source, len(shard),
              " ".join(shard))
     return shard

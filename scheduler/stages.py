@@ -505,7 +505,7 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
         "best_model": best,
         "mean_plddt": float(np.mean(results[best]["plddt"])),
         "ptm": float(results[best]["ptm"]) if "ptm" in results[best] else None,
-        "length": len(target.sequence),
+        "length": target.num_residues,
         "seconds": {name: round(end - start, 3) for name, (start, end) in spans.items()},
     }
     return [], summary
