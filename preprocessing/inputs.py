@@ -13,7 +13,8 @@ Complexes: a record's sequence split on ``:`` is one chain each (ColabFold's con
 mixes monomers and complexes), and ``complex=True`` reads a whole file as one complex whose chains are
 its records (AlphaFold2's multimer convention). Chains get the ids A, B, ... in order
 (:data:`CHAIN_IDS`); a complex keeps each chain's header (the record's for ``:``-chains, each
-record's with ``complex=True``). A one-chain target is a monomer, exactly as before.
+record's with ``complex=True``). A one-chain target is a monomer, exactly as before, unless
+``complex=True`` makes it a complex of one chain (AlphaFold2's monomer-in-multimer run).
 """
 
 from __future__ import annotations
@@ -53,13 +54,15 @@ class Target:
 
     A monomer has one chain, ``A``, with the target's sequence. A complex has several; its `sequence` is
     the chains' sequences joined by ``:`` (as a ColabFold record writes it), so it still identifies the
-    target (``target.json``, the folder's claim).
+    target (``target.json``, the folder's claim). `multimer` makes a one-chain target a complex of one
+    chain (``--complex`` on a one-record file: AlphaFold2's monomer-in-multimer run).
     """
 
     id: str
     description: str
     sequence: str
     chains: tuple[Chain, ...] = ()
+    multimer: bool = False
 
     def __post_init__(self) -> None:
         if not is_safe_id(self.id):
@@ -71,8 +74,9 @@ class Target:
 
     @property
     def is_complex(self) -> bool:
-        """True for a target of more than one chain."""
-        return len(self.chains) > 1
+        """True for a target of more than one chain, or one that `multimer` forces through the complexes'
+        searches and features."""
+        return len(self.chains) > 1 or self.multimer
 
     @property
     def num_residues(self) -> int:
@@ -178,7 +182,7 @@ def parse_fasta_batch(
 
     A record whose sequence holds ``:`` is a complex of one chain per part; with `complex` the whole
     file is one complex, one chain per record (each may be split on ``:`` too), named after its first
-    record. `max_length` bounds a target's residues (all chains together). A batch goes on without its
+    record (a file of one single-chain record is a complex of one chain). `max_length` bounds a target's residues (all chains together). A batch goes on without its
     invalid records; `parse_fasta_targets` is the strict variant.
     """
     records = _read_records(text, source)
@@ -213,7 +217,8 @@ def parse_fasta_batch(
             continue
         target_id = _unique(safe_id(header, fallback=f"target_{index}"), taken)
         sequence = CHAIN_SEPARATOR.join(c.sequence for c in chains)
-        targets.append(Target(id=target_id, description=header, sequence=sequence, chains=tuple(chains)))
+        targets.append(Target(id=target_id, description=header, sequence=sequence, chains=tuple(chains),
+                              multimer=complex))
     # Ids of skipped records come after the targets', so a skipped record never renames a target.
     invalid = [InvalidRecord(message, _unique(safe_id(header, fallback=f"target_{index}"), taken))
                for index, header, message in errors]

@@ -125,8 +125,8 @@ def run_batch(
     outcomes: list[TargetOutcome] = []
     for target in [t for t in targets if t.is_complex]:
         outcomes.append(TargetOutcome(target, "failed", failed_stage="input", failure=(
-            f"{target.id} is a complex of {len(target.chains)} chains: af2cpu predict folds single chains only so "
-            "far; `af2cpu features` makes its multimer features")))
+            f"{target.id} is a complex of {len(target.chains)} chain(s): af2cpu predict folds single chains "
+            "only so far; `af2cpu features` makes its multimer features")))
     targets = [t for t in targets if not t.is_complex]
     refused = too_long(targets, cfg)
     for target in [t for t in targets if t.id in refused]:

@@ -554,8 +554,8 @@ def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None 
         raise ValueError(f"mode must be predict, features or infer, not {mode!r}")
     if target is not None and target.is_complex:
         if mode != "features":
-            raise InputError(f"{target.id} is a complex of {len(target.chains)} chains: af2cpu folds single chains "
-                             "only so far; `af2cpu features` makes its multimer features")
+            raise InputError(f"{target.id} is a complex of {len(target.chains)} chain(s): af2cpu folds single "
+                             "chains only so far; `af2cpu features` makes its multimer features")
         stages = search_stages(cfg, target)
         return [*stages, Stage("features", _complex_features_run, _complex_features_key,
                                needs=tuple(s.name for s in stages))]

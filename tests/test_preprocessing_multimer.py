@@ -179,6 +179,13 @@ def test_a2b_heterotrimer_features_equal_deepmind_pipeline(haemoglobin, chain_re
 
 
 @pytest.mark.reference
+def test_one_chain_multimer_features_equal_deepmind_pipeline(haemoglobin, chain_results, tmp_path):
+    beta = haemoglobin.chains[1].sequence
+    ours = _ours([beta], {beta: chain_results[beta]})
+    _assert_equal_examples(ours.features, _reference_features([beta], chain_results, tmp_path))
+
+
+@pytest.mark.reference
 def test_homodimer_features_equal_deepmind_pipeline(haemoglobin, chain_results, tmp_path):
     beta = haemoglobin.chains[1].sequence
     ours = _ours([beta, beta], {beta: chain_results[beta]})
@@ -232,7 +239,7 @@ def test_a_complex_has_per_chain_search_stages_and_is_refused_for_folding(haemog
     names = [s.name for s in target_stages(cfg, "features", haemoglobin)]
     assert names[:5] == ["search_uniref90_A", "search_mgnify_A", "search_bfd_uniref_A", "search_pdb_seqres_A",
                          "search_uniprot_A"] and names[-1] == "features" and len(names) == 11
-    with pytest.raises(InputError, match="hemoglobin_ab is a complex of 2 chains"):
+    with pytest.raises(InputError, match=r"hemoglobin_ab is a complex of 2 chain\(s\)"):
         target_stages(cfg, "predict", haemoglobin)
     with pytest.raises(InputError, match="search=alphafold2"):
         target_stages(compose_config(["search=mmseqs2"]), "features", haemoglobin)
@@ -244,10 +251,12 @@ def test_report_counts_a_complexs_residues(batch):
     assert target_report(TargetDir(batch / "hemoglobin_ab"), "hemoglobin_ab", None).length == 287
 
 
-def test_complex_flag_on_a_one_record_file_is_a_monomer_with_a_note(batch, tmp_path, capsys):
-    fasta = DATA_DIR / "examples" / "ubiquitin.fasta"
+def test_complex_flag_on_a_one_record_file_is_a_complex_of_one_chain_with_a_note(batch, tmp_path, capsys):
+    fasta = tmp_path / "beta.fasta"
+    fasta.write_text((DATA_DIR / "examples" / "HBB_HUMAN.fasta").read_text().replace(">HBB_HUMAN", ">beta_homodimer"))
     out = tmp_path / "out"
     assert _features_command(str(fasta), "--complex", "--out", str(out), "--precomputed-msas", str(batch)) == 0
-    assert "--complex with a single chain: 1UBI_A is searched and featurised as a monomer" in capsys.readouterr().out
-    ours, expected = (load_features_npz(d / "1UBI_A" / "features.npz") for d in (out, batch))
-    assert sorted(ours) == sorted(expected) and all(np.array_equal(ours[k], expected[k]) for k in expected)
+    assert "--complex with a single chain: beta_homodimer gets AlphaFold-Multimer's features of one chain" in (
+        capsys.readouterr().out)
+    example = load_features_npz(out / "beta_homodimer" / "features.npz")
+    assert sorted(example) == sorted(multimer.EXAMPLE_KEYS) and example["asym_id"].tolist() == [1.0] * 146

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_config(overrides)
     check_before_work(cfg, models=False)
     targets = read_fasta_targets(args.fasta, complex=args.complex)
-    if args.complex and targets and not targets[0].is_complex:
-        print(f"note: --complex with a single chain: {targets[0].id} is searched and featurised as a monomer")
+    if args.complex and targets and len(targets[0].chains) == 1:
+        print(f"note: --complex with a single chain: {targets[0].id} gets AlphaFold-Multimer's features of one "
+              "chain (a monomer-in-multimer run, as AlphaFold2's multimer preset does)")
     batch = BatchDir(args.out)
     batch.prepare()
     failed, contexts, locks = [], [], []
