@@ -180,8 +180,10 @@ class TargetDir:
         except (OSError, json.JSONDecodeError):
             return None
 
-    def claim(self, target_id: str, description: str, sequence: str) -> None:
-        """Create the folder and write ``target.json``; refuse a folder holding another sequence's results."""
+    def claim(self, target_id: str, description: str, sequence: str, chains: list[dict] | None = None) -> None:
+        """Create the folder and write ``target.json``; refuse a folder holding another sequence's results.
+
+        A complex's ``target.json`` also lists its `chains` (id, original header, sequence)."""
         self.path.mkdir(parents=True, exist_ok=True)
         existing = self.read_info() if self.target_json.is_file() else None
         if existing is not None and existing.get("sequence") != sequence:
@@ -189,7 +191,8 @@ class TargetDir:
                 f"{self.path} holds results of another sequence for id {target_id!r} (from "
                 f"{existing.get('description')!r}); use another --out folder or rename the record"
             )
-        payload = {"id": target_id, "description": description, "sequence": sequence}
+        payload = {"id": target_id, "description": description, "sequence": sequence,
+                   **({"chains": chains} if chains else {})}
         atomic_write_text(self.target_json, json.dumps(payload, indent=2) + "\n")
 
 

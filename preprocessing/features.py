@@ -18,7 +18,7 @@ import numpy as np
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
 from af2cpu.preprocessing import parsers, templates
-from af2cpu.preprocessing.searches import MsaUse, Search
+from af2cpu.preprocessing.searches import Search
 
 FeatureDict = dict[str, np.ndarray]
 
@@ -85,11 +85,13 @@ class RawFeaturesResult:
     templates: templates.TemplateResult
 
 
-def _read_msa(path: Path, use: MsaUse, sequence: str) -> parsers.Msa:
+def read_msa(path: Path, sequence: str, max_sequences: int | None = None) -> parsers.Msa:
+    """The MSA of `sequence` in the A3M or Stockholm file at `path` (a Stockholm file's first
+    `max_sequences` rows); the query alone when the file holds none."""
     if path.suffix == ".a3m":
         msa = parsers.read_a3m(path)
     else:
-        msa = parsers.read_stockholm(path, use.max_sequences)
+        msa = parsers.read_stockholm(path, max_sequences)
     if not len(msa):
         return single_sequence_msa(sequence)
     if msa.sequences[0] != sequence:
@@ -110,7 +112,7 @@ def raw_features_from_files(
     each read with its search's row cap (10,000 UniRef90 and 501 MGnify rows). Without any MSA the
     query alone is the MSA; without template hits (or settings) the template features are empty.
     """
-    read = sorted(((s.msa, _read_msa(path, s.msa, sequence)) for s, path in results if s.msa is not None),
+    read = sorted(((s.msa, read_msa(path, sequence, s.msa.max_sequences)) for s, path in results if s.msa is not None),
                   key=lambda item: item[0].order)
     msas = [(use.label, msa) for use, msa in read] or [("query", single_sequence_msa(sequence))]
     features = {**sequence_features(sequence, description), **msa_features([m for _, m in msas])}

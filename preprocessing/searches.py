@@ -12,7 +12,8 @@ result's provenance and cache key, and the MSA files the raw features read. A ne
 The entries are AlphaFold2's monomer data pipeline: jackhmmer on UniRef90 and MGnify, hhblits on BFD +
 UniRef30 (or jackhmmer on small BFD for the reduced preset), and the template search on PDB70 that
 reads the UniRef90 result; the multimer template search (hmmsearch on pdb_seqres) is registered for
-the multimer pipeline. ``search=mmseqs2`` (protocol MMSEQS2) replaces them with ColabFold's MMseqs2
+the multimer pipeline, with jackhmmer on UniProt for the pairing of a complex's MSAs (AlphaFold-Multimer
+searches each distinct chain of a complex with the multimer plan). ``search=mmseqs2`` (protocol MMSEQS2) replaces them with ColabFold's MMseqs2
 search (``af2cpu.preprocessing.mmseqs``: one A3M from UniRef30 and the environmental database) and
 hhsearch on PDB70 with that A3M, as ColabFold finds templates. A search with a ``run_batch`` makes the
 results of many targets in one tool run (:func:`run_batch_search`); each target's result is then
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # Version 2: tool versions are part of a result's provenance.
 PROVENANCE_VERSION = 2
 MONOMER, MULTIMER = "monomer", "multimer"
+BOTH = (MONOMER, MULTIMER)  # the monomer MSAs are also each chain's MSAs in a complex
 ALPHAFOLD2, MMSEQS2 = "alphafold2", "mmseqs2"  # search protocols (config `search.protocol`)
 
 
@@ -89,6 +91,7 @@ class Search:
     pipelines: tuple[str, ...] = (MONOMER,)
     msa: MsaUse | None = None  # read as an MSA of the raw features
     template_hits: str | None = None  # read as template hits: "hhr" (hhsearch) or "sto" (hmmsearch)
+    pairing: bool = False  # read as the MSA a complex pairs rows from (``af2cpu.preprocessing.multimer``)
     # What turning its template hits into features needs besides its own tools and databases.
     featurize_tools: tuple[str, ...] = ()
     featurize_databases: tuple[str, ...] = ()
@@ -163,18 +166,21 @@ def unregister_search(name: str) -> None:
 
 for _search in (
     Search("uniref90", "uniref90_hits.sto", ("jackhmmer",), ("uniref90",), _jackhmmer, tuple(tools.JACKHMMER_FLAGS),
-           msa=MsaUse(0, "uniref90", max_sequences=10_000)),
+           msa=MsaUse(0, "uniref90", max_sequences=10_000), pipelines=BOTH),
     Search("mgnify", "mgnify_hits.sto", ("jackhmmer",), ("mgnify",), _jackhmmer, tuple(tools.JACKHMMER_FLAGS),
-           msa=MsaUse(2, "mgnify", max_sequences=501)),
+           msa=MsaUse(2, "mgnify", max_sequences=501), pipelines=BOTH),
     Search("bfd_uniref", "bfd_uniref_hits.a3m", ("hhblits",), ("bfd", "uniref30"), _hhblits,
-           tuple(tools.HHBLITS_FLAGS), db_presets=("full", "mini"), msa=MsaUse(1, "bfd")),
+           tuple(tools.HHBLITS_FLAGS), db_presets=("full", "mini"), msa=MsaUse(1, "bfd"), pipelines=BOTH),
     Search("small_bfd", "small_bfd_hits.sto", ("jackhmmer",), ("small_bfd",), _jackhmmer,
-           tuple(tools.JACKHMMER_FLAGS), db_presets=("reduced",), msa=MsaUse(1, "small_bfd")),
+           tuple(tools.JACKHMMER_FLAGS), db_presets=("reduced",), msa=MsaUse(1, "small_bfd"), pipelines=BOTH),
     Search("pdb70", "pdb_hits.hhr", ("hhsearch",), ("pdb70",), _hhsearch_pdb70, tuple(tools.HHSEARCH_FLAGS),
            needs=("uniref90",), template_hits="hhr", **_TEMPLATE_FEATURES),
     Search("pdb_seqres", "pdb_hits.sto", ("hmmbuild", "hmmsearch"), ("pdb_seqres",), _hmmsearch_pdb_seqres,
            ("hmmbuild --hand --amino", *tools.HMMSEARCH_FLAGS), needs=("uniref90",), pipelines=(MULTIMER,),
            template_hits="sto", **_TEMPLATE_FEATURES),
+    # AlphaFold-Multimer's UniProt MSA, from which a complex's chains pair rows by species.
+    Search("uniprot", "uniprot_hits.sto", ("jackhmmer",), ("uniprot",), _jackhmmer, tuple(tools.JACKHMMER_FLAGS),
+           pipelines=(MULTIMER,), pairing=True),
     # ColabFold's protocol. Complexes (paired MSAs) wait for the multimer pipeline.
     Search("mmseqs2", "colabfold_mmseqs2.a3m", ("mmseqs",), ("colabfold_uniref30", "colabfold_envdb"), _mmseqs2,
            mmseqs.FLAGS, protocol=MMSEQS2, msa=MsaUse(0, "colabfold"), run_batch=_mmseqs2_batch),

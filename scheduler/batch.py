@@ -84,7 +84,7 @@ def too_long(targets: Sequence[Target], cfg) -> dict[str, str]:
     for target in targets:
         try:
             for preset in presets:
-                plan_options(cfg.runtime, preset, TargetShape(len(target.sequence), 1, 1, 0), limit=limit)
+                plan_options(cfg.runtime, preset, TargetShape(target.num_residues, 1, 1, 0), limit=limit)
         except MemoryPlanError as exc:
             refused[target.id] = str(exc)
     return refused
@@ -99,6 +99,7 @@ def run_batch(
     precomputed_msas: str | os.PathLike | None = None,
     targets_filter: Sequence[str] | None = None,
     require_features: bool = False,
+    complex: bool = False,
 ) -> BatchResult:
     """Predict every record of `fasta` into `out`; returns a BatchResult (also for partial failure).
 
@@ -111,7 +112,7 @@ def run_batch(
     check_before_work(cfg, searches=not require_features)
     if cfg.params == Params.random:
         log.warning("params=random: UNTRAINED random weights; the structures are not predictions")
-    targets, invalid = read_fasta_batch(fasta)
+    targets, invalid = read_fasta_batch(fasta, complex=complex)
     for error in invalid:
         log.error("skipping invalid record: %s", error)
     if targets_filter is not None:
@@ -122,6 +123,11 @@ def run_batch(
     stages = target_stages(cfg, "infer" if require_features else "predict")
 
     outcomes: list[TargetOutcome] = []
+    for target in [t for t in targets if t.is_complex]:
+        outcomes.append(TargetOutcome(target, "failed", failed_stage="input", failure=(
+            f"{target.id} is a complex of {len(target.chains)} chain(s): af2cpu predict folds single chains "
+            "only so far; `af2cpu features` makes its multimer features")))
+    targets = [t for t in targets if not t.is_complex]
     refused = too_long(targets, cfg)
     for target in [t for t in targets if t.id in refused]:
         outcomes.append(TargetOutcome(target, "failed", failure=refused[target.id], failed_stage="memory plan"))
@@ -189,7 +195,7 @@ def array_shard(fasta: str | os.PathLike, index: int | None, count: int | None, 
     if task is None:
         return None
     targets, _ = read_fasta_batch(fasta)
-    shard = select_shard({t.id: len(t.sequence) for t in targets}, task)
+    shard = select_shard({t.id: t.num_residues for t in targets}, task)
     log.info("array task %d of %d (%s): %d target(s): %s", task.index, task.count, task.source, len(shard),
              " ".join(shard))
     return shard

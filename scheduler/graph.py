@@ -153,7 +153,7 @@ class BatchGraph:
         key = f"{stage.name}-{target.id}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(
             _execute, stage, ctx, *needed, after=self._batch.get(stage.name), key=key, pure=False,
-            retries=int(self.cfg.scheduler.retries), priority=len(target.sequence),
+            retries=int(self.cfg.scheduler.retries), priority=target.num_residues,
             resources=self._resources(stage.cpus),
         )
         future.add_done_callback(lambda f, t=target.id, s=stage.name: self._report(f, t, s))
@@ -193,7 +193,7 @@ class BatchGraph:
         for search in searches:
             self._batch[f"search_{search.name}"] = self.client.submit(
                 run_batch_search, search, contexts, key=f"batch_search_{search.name}-{uuid.uuid4().hex[:8]}",
-                pure=False, priority=max(len(t.sequence) for t in targets) + 1, resources=self._resources(None))
+                pure=False, priority=max(t.num_residues for t in targets) + 1, resources=self._resources(None))
 
     def submit_target(self, target: Target) -> Future:
         """Submit every stage of `target`; returns the future of its last stage (the final files)."""
@@ -213,7 +213,7 @@ class BatchGraph:
         except Exception as exc:  # noqa: BLE001 - without the batch search each target searches alone
             log.warning("batch searches not submitted (%s); each target searches alone", exc)
             self._batch.clear()
-        for target in sorted(targets, key=lambda t: len(t.sequence), reverse=True):
+        for target in sorted(targets, key=lambda t: t.num_residues, reverse=True):
             try:
                 finals[self.submit_target(target)] = target
             except Exception as exc:  # noqa: BLE001 - one target's set-up error must not stop the batch

@@ -21,6 +21,7 @@ from pathlib import Path
 from af2cpu.errors import InputError
 from af2cpu.io import atomic_write_text
 from af2cpu.layout import BatchDir, TargetDir
+from af2cpu.preprocessing.inputs import CHAIN_SEPARATOR
 from af2cpu.scheduler.stages import stage_sort_key
 from af2cpu.summary import TargetSummary, status_counts
 
@@ -50,7 +51,8 @@ def target_report(folder: TargetDir, target_id: str, summary: dict | None) -> Ta
     """The report of one target from its folder (which may not exist) and its batch-summary entry."""
     summary = summary or {}
     info = folder.read_info() or {}
-    length = len(info["sequence"]) if "sequence" in info else summary.get("length")
+    # A complex's sequence is its chains' joined by ':': its length is their residues.
+    length = len(info["sequence"].replace(CHAIN_SEPARATOR, "")) if "sequence" in info else summary.get("length")
     seconds = stage_seconds(folder)
     if folder.is_finished():
         ranking = _read_json(folder.ranking_debug) or {}

@@ -182,7 +182,7 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     cpus = cpus_per_task or 4
     if cpus < 1:
         raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
-    longest = max(len(t.sequence) for t in targets)
+    longest = max(t.num_residues for t in targets)
     memory_gib = math.ceil(estimated_memory(target_stages(cfg), longest) / GIB)
     if mem is None:
         mem = f"{memory_gib}G"

@@ -47,7 +47,7 @@ from af2cpu.model import weights
 from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
 from af2cpu.model.presets import get_preset
 from af2cpu.preprocessing import features as raw_features
-from af2cpu.preprocessing import searches
+from af2cpu.preprocessing import multimer, searches
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.relax import relax
@@ -93,6 +93,9 @@ class StageContext:
     folder: TargetDir
     force: bool = False  # redo stages even when their results are cached
     precomputed: Path | None = None  # search results of an earlier run for this target
+    # The msas folders of the batch's targets and chains, by sequence: a search result valid for the same
+    # sequence in another's folder is copied, not searched again (`af2cpu features`; a chain once per batch).
+    batch_msas: Mapping[str, Sequence[Path]] = dataclasses.field(default_factory=dict)
 
 
 Inputs = Mapping[str, StageTiming]  # the results of the stages a stage needs, by stage name
@@ -151,16 +154,32 @@ def _plain(node: Any) -> Any:
 # Searches and features
 
 
-def _search_key(search: searches.Search, ctx: StageContext, inputs: Inputs) -> str:
-    return searches.search_key(search, ctx.target.sequence, ctx.folder.msas, ctx.cfg.db)
+def _search_query(ctx: StageContext, chain_id: str | None) -> tuple[Target, Path, Path | None]:
+    """What a search stage searches: the target itself, or (for a complex) one of its distinct chains,
+    with its results in ``msas/<chain id>/``; and where precomputed results of it would be."""
+    if chain_id is None:
+        return ctx.target, ctx.folder.msas, ctx.precomputed
+    chain = next(c for c in ctx.target.chains if c.id == chain_id)
+    precomputed = ctx.precomputed / chain_id if ctx.precomputed is not None else None
+    return Target(f"chain_{chain_id}", chain.description, chain.sequence), ctx.folder.msas / chain_id, precomputed
 
 
-def _search_run(search: searches.Search, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+def _search_key(search: searches.Search, chain_id: str | None, ctx: StageContext, inputs: Inputs) -> str:
+    query, msa_dir, _ = _search_query(ctx, chain_id)
+    return searches.search_key(search, query.sequence, msa_dir, ctx.cfg.db)
+
+
+def _search_run(search: searches.Search, chain_id: str | None, ctx: StageContext,
+                inputs: Inputs) -> tuple[list[Path], dict]:
     cpus = threads_for(int(ctx.cfg.search.cpus))
-    written = searches.run_search(search, ctx.target, ctx.folder.msas, ctx.cfg.db, cpus,
+    query, msa_dir, precomputed = _search_query(ctx, chain_id)
+    if precomputed is None and not ctx.force:
+        precomputed = next((d for d in ctx.batch_msas.get(query.sequence, ()) if d != msa_dir
+                            and searches.reusable(search, query.sequence, d, ctx.cfg.db)), None)
+    written = searches.run_search(search, query, msa_dir, ctx.cfg.db, cpus,
                                   float(ctx.cfg.search.timeout_s), reuse=not ctx.force,
-                                  precomputed_dir=ctx.precomputed)
-    return written, {"cpus": cpus}
+                                  precomputed_dir=precomputed)
+    return written, {"cpus": cpus, **({"chain": chain_id} if chain_id is not None else {})}
 
 
 def batch_searches(cfg: DictConfig) -> list[searches.Search]:
@@ -187,20 +206,34 @@ def run_batch_search(search: searches.Search, contexts: Sequence[StageContext]) 
     return {"searched": searched, "cpus": cpus}
 
 
+def msa_folders(target: Target, folder: TargetDir) -> list[tuple[str, Path]]:
+    """(sequence, folder of its search results) of a target: ``msas/`` for a monomer, ``msas/<chain id>/``
+    for each distinct chain of a complex."""
+    if not target.is_complex:
+        return [(target.sequence, folder.msas)]
+    return [(c.sequence, folder.msas / c.id) for c in target.unique_chains()]
+
+
 def run_features_in_process(contexts: Sequence[StageContext]) -> dict[str, dict[str, StageTiming] | Exception]:
     """The searches and features of each target in this process, one target after another (`af2cpu
     features`), after one run of each batch search for all of them (not with ``force``): each target's
-    stage timings, or the error that stopped it."""
+    stage timings, or the error that stopped it. A search whose valid result another target of the batch
+    already made for the same sequence (a chain shared by complexes, or a complex's chain folded alone
+    too) copies it instead of searching again."""
     contexts = list(contexts)
     if len(contexts) > 1 and not any(ctx.force for ctx in contexts):
         fresh = [ctx for ctx in contexts if ctx.precomputed is None]
         for search in batch_searches(contexts[0].cfg) if len(fresh) > 1 else []:
             run_batch_search(search, fresh)
+    by_sequence: dict[str, list[Path]] = {}
+    for ctx in contexts:
+        for query, msa_dir in msa_folders(ctx.target, ctx.folder):
+            by_sequence.setdefault(query, []).append(msa_dir)
+    contexts = [dataclasses.replace(ctx, batch_msas=by_sequence) for ctx in contexts]
     done: dict[str, dict[str, StageTiming] | Exception] = {}
-    stages = target_stages(contexts[0].cfg, "features") if contexts else []
     for ctx in contexts:
         try:
-            done[ctx.target.id] = run_stages(stages, ctx)
+            done[ctx.target.id] = run_stages(target_stages(ctx.cfg, "features", ctx.target), ctx)
         except Af2CpuError as exc:
             done[ctx.target.id] = exc
     return done
@@ -240,6 +273,58 @@ def _features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
     }
     atomic_write_text(folder.features_report, json.dumps(report, indent=2) + "\n")
     return outputs, {"msa_sizes": result.msa_sizes}
+
+
+def _complex_results(ctx: StageContext) -> dict[str, list[tuple[searches.Search, Path]]]:
+    """Each distinct chain's search results, by sequence."""
+    plan = search_plan(ctx.cfg, multimer=True)
+    return {c.sequence: searches.search_results(plan, ctx.folder.msas / c.id) for c in ctx.target.unique_chains()}
+
+
+def _complex_features_key(ctx: StageContext, inputs: Inputs) -> str:
+    hashes = {f"{c.id}/{s.output}": file_hash(ctx.folder.msas / c.id / s.output)
+              for c in ctx.target.unique_chains() for s in search_plan(ctx.cfg, multimer=True)}
+    chains = [[c.id, c.sequence] for c in ctx.target.chains]
+    return stage_key(
+        "features",
+        inputs=hashes,
+        config={"template": dataclasses.asdict(searches.template_settings(ctx.cfg)), "chains": chains,
+                "features_pkl": bool(ctx.cfg.output.features_pkl)},
+        tool_versions={},
+        databases={},
+    )
+
+
+def _complex_features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    """A complex's features.npz: AlphaFold-Multimer's example (paired and merged MSAs, templates)."""
+    folder, target = ctx.folder, ctx.target
+    result = multimer.complex_features_from_files(
+        [(c.id, c.sequence) for c in target.chains], _complex_results(ctx), searches.template_settings(ctx.cfg))
+    save_features_npz(folder.features, result.features)
+    outputs = [folder.features, folder.features_report]
+    if ctx.cfg.output.features_pkl:
+        save_features_pkl(folder.features_pkl, result.features)
+        outputs.append(folder.features_pkl)
+    first_ids = {c.sequence: c.id for c in target.unique_chains()}
+    descriptions = {c.id: c.description for c in target.chains}
+    msa_sizes = {first_ids[seq]: m.msa_sizes for seq, m in result.monomers.items()}
+    report = {
+        "id": target.id,
+        "description": target.description,
+        "sequence": target.sequence,
+        # In the example's order (entity by entity), with the ids AlphaFold-Multimer gives them.
+        "chains": [{"id": c.chain_id, "description": descriptions[c.chain_id], "entity_id": c.entity_id,
+                    "sym_id": c.sym_id, "asym_id": c.asym_id, "length": len(c.sequence),
+                    "searched_as": first_ids[c.sequence]} for c in result.chains],
+        "msa_sizes": msa_sizes,
+        "pairing_msa_sizes": {first_ids[seq]: n for seq, n in result.pairing_sizes.items()},
+        "msa_rows": int(result.features["num_alignments"]),
+        "templates": {first_ids[seq]: [n.decode() for n in m.features["template_domain_names"]]
+                      for seq, m in result.monomers.items()},
+        "template_warnings": [w for m in result.monomers.values() for w in m.templates.warnings],
+    }
+    atomic_write_text(folder.features_report, json.dumps(report, indent=2) + "\n")
+    return outputs, {"msa_sizes": msa_sizes, "msa_rows": report["msa_rows"]}
 
 
 def _existing_features_key(ctx: StageContext, inputs: Inputs) -> str:
@@ -420,7 +505,7 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
         "best_model": best,
         "mean_plddt": float(np.mean(results[best]["plddt"])),
         "ptm": float(results[best]["ptm"]) if "ptm" in results[best] else None,
-        "length": len(target.sequence),
+        "length": target.num_residues,
         "seconds": {name: round(end - start, 3) for name, (start, end) in spans.items()},
     }
     return [], summary
@@ -430,29 +515,50 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
 # The declaration
 
 
-def search_plan(cfg: DictConfig) -> list[searches.Search]:
-    """The searches of the configured database preset and search protocol."""
-    return searches.plan_searches(cfg.db.preset, protocol=cfg.search.protocol)
+def search_plan(cfg: DictConfig, multimer: bool = False) -> list[searches.Search]:
+    """The searches of the configured database preset and search protocol (``multimer``: those of each
+    distinct chain of a complex)."""
+    pipeline = searches.MULTIMER if multimer else searches.MONOMER
+    if multimer and str(cfg.search.protocol) != searches.ALPHAFOLD2:
+        raise InputError(f"complexes are searched with AlphaFold-Multimer's searches: use search=alphafold2, "
+                         f"not search={cfg.search.protocol}")
+    return searches.plan_searches(cfg.db.preset, pipeline=pipeline, protocol=cfg.search.protocol)
 
 
-def search_stages(cfg: DictConfig) -> list[Stage]:
-    """One stage per search of the configured database preset's plan."""
+def search_stages(cfg: DictConfig, target: Target | None = None) -> list[Stage]:
+    """One stage per search of the configured database preset's plan; for a complex, one per search of
+    the multimer plan and distinct chain (``search_<name>_<chain id>``: a homomer's chain once)."""
     cpus = int(cfg.search.cpus) or 1
+    if target is None or not target.is_complex:
+        return [
+            Stage(f"search_{s.name}", functools.partial(_search_run, s, None),
+                  functools.partial(_search_key, s, None), needs=tuple(f"search_{n}" for n in s.needs), cpus=cpus)
+            for s in search_plan(cfg)
+        ]
     return [
-        Stage(f"search_{s.name}", functools.partial(_search_run, s), functools.partial(_search_key, s),
-              needs=tuple(f"search_{n}" for n in s.needs), cpus=cpus)
-        for s in search_plan(cfg)
+        Stage(f"search_{s.name}_{c.id}", functools.partial(_search_run, s, c.id),
+              functools.partial(_search_key, s, c.id), needs=tuple(f"search_{n}_{c.id}" for n in s.needs), cpus=cpus)
+        for c in target.unique_chains() for s in search_plan(cfg, multimer=True)
     ]
 
 
-def target_stages(cfg: DictConfig, mode: str = "predict") -> list[Stage]:
+def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None = None) -> list[Stage]:
     """The stages of a target in dependency order.
 
     ``mode``: "predict" (everything), "features" (searches and raw features: `af2cpu features`) or
-    "infer" (from the features an earlier `af2cpu features` wrote: `af2cpu infer`).
+    "infer" (from the features an earlier `af2cpu features` wrote: `af2cpu infer`). A complex
+    (`target` of several chains) has only the "features" stages so far: each distinct chain's searches
+    and the multimer example.
     """
     if mode not in ("predict", "features", "infer"):
         raise ValueError(f"mode must be predict, features or infer, not {mode!r}")
+    if target is not None and target.is_complex:
+        if mode != "features":
+            raise InputError(f"{target.id} is a complex of {len(target.chains)} chain(s): af2cpu folds single "
+                             "chains only so far; `af2cpu features` makes its multimer features")
+        stages = search_stages(cfg, target)
+        return [*stages, Stage("features", _complex_features_run, _complex_features_key,
+                               needs=tuple(s.name for s in stages))]
     if mode == "infer":
         stages = [Stage("features", _existing_features_run, _existing_features_key, redo_on_force=False)]
     else:

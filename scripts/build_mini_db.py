@@ -782,6 +782,12 @@ def build_examples(src: Path, examples: Path, chains, mini: Path, work: Path) ->
     ubi = next(c for c in chains["1ubi"] if c["chain"] == "A")
     write_fasta(examples / "ubiquitin.fasta", [("1UBI_A Ubiquitin (PDB 1UBI chain A)", ubi["seq"])])
     write_fasta(examples / "no_homologs.fasta", [no_homolog_example(src, mini, work)])
+    # The complex example: haemoglobin alpha and beta (globins630, both in uniprot/ with the alpha and
+    # beta chains of many species, so pairing pairs real rows), one record with the chains split on ':'.
+    by_name = dict(globins(src))
+    write_fasta(examples / "hemoglobin_ab.fasta", [(
+        "hemoglobin_ab Human haemoglobin alpha (HBA_HUMAN) and beta (HBB_HUMAN), one chain each",
+        by_name["HBA_HUMAN"] + ":" + by_name["HBB_HUMAN"])])
 
 
 # The no-homolog example: a real protein long enough that hhsearch's inevitable short chance hits

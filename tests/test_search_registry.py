@@ -31,8 +31,8 @@ def _jackhmmer_uniprot(search: searches.Search, job: searches.SearchJob) -> tool
 
 
 UNIPROT = searches.Search(
-    "uniprot", "uniprot_hits.sto", ("jackhmmer",), ("uniprot",), _jackhmmer_uniprot, tuple(tools.JACKHMMER_FLAGS),
-    db_presets=("mini",), msa=searches.MsaUse(3, "uniprot", max_sequences=50),
+    "uniprot_plugin", "uniprot_plugin_hits.sto", ("jackhmmer",), ("uniprot",), _jackhmmer_uniprot, tuple(tools.JACKHMMER_FLAGS),
+    db_presets=("mini",), msa=searches.MsaUse(3, "uniprot_plugin", max_sequences=50),
 )
 
 
@@ -51,8 +51,8 @@ def test_a_registered_search_is_in_the_plan_the_stage_graph_and_the_requirements
     assert uniprot_search not in searches.plan_searches("reduced")
     assert "uniprot" in searches.required_databases("mini") and "jackhmmer" in searches.required_tools("mini")
     stages = {s.name: s for s in target_stages(cfg)}
-    assert "search_uniprot" in stages and "search_uniprot" in stages["features"].needs
-    assert list(stages).index("search_uniprot") < list(stages).index("features")
+    assert "search_uniprot_plugin" in stages and "search_uniprot_plugin" in stages["features"].needs
+    assert list(stages).index("search_uniprot_plugin") < list(stages).index("features")
 
 
 def test_a_registered_search_appears_in_doctor_and_db_check(uniprot_search, capsys):
@@ -63,10 +63,10 @@ def test_a_registered_search_appears_in_doctor_and_db_check(uniprot_search, caps
     assert "ok       uniprot" in capsys.readouterr().out
 
 
-def test_without_the_entry_uniprot_is_listed_as_unused(capsys):
+def test_without_the_plugin_uniprot_is_listed_as_multimer_only(capsys):
     assert main(["db", "check"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if " uniprot " in line)
-    assert "not used by this configuration" in line
+    assert "(multimer only)" in line  # the complexes' pairing search reads it
 
 
 @pytest.mark.slow
@@ -76,11 +76,11 @@ def test_a_registered_search_runs_and_its_msa_reaches_the_features(uniprot_searc
     folder = TargetDir(tmp_path / target.id)
     folder.claim(target.id, target.description, target.sequence)
     done = run_stages(target_stages(cfg, "features"), StageContext(target, cfg, folder))
-    assert not done["search_uniprot"].cached
-    provenance = json.loads((folder.msas / "uniprot_hits.sto.json").read_text())
+    assert not done["search_uniprot_plugin"].cached
+    provenance = json.loads((folder.msas / "uniprot_plugin_hits.sto.json").read_text())
     assert provenance["tool"] == "jackhmmer" and provenance["key"]["tools"]["jackhmmer"] == "3.3.2"
     sizes = json.loads(folder.features_report.read_text())["msa_sizes"]
-    assert list(sizes) == ["uniref90", "bfd", "mgnify", "uniprot"] and sizes["uniprot"] > 1
+    assert list(sizes) == ["uniref90", "bfd", "mgnify", "uniprot_plugin"] and sizes["uniprot_plugin"] > 1
     assert len(load_features_npz(folder.features)["msa"]) > sizes["uniref90"]
     again = run_stages(target_stages(cfg, "features"), StageContext(target, cfg, folder))
     assert all(timing.cached for timing in again.values())

@@ -9,6 +9,11 @@ target is locked while its stages run, as `af2cpu predict` locks it, so two runs
 folder never work on the same target at once (the second reports it and goes on). A target that fails
 is reported in one line (the full error is in ``DIR/<target id>/af2cpu.log``) and the others go on;
 the exit status is non-zero if any failed.
+
+A record with chains separated by ``:`` (or, with ``--complex``, the whole file) is a complex: each
+distinct chain is searched once (``msas/<chain id>/``, AlphaFold-Multimer's searches: the monomer MSAs,
+jackhmmer on UniProt for pairing, hmmsearch on pdb_seqres for templates) and ``features.npz`` is
+AlphaFold-Multimer's example (paired and merged MSAs, ``asym_id``/``entity_id``/``sym_id``, templates).
 """
 
 from __future__ import annotations
@@ -18,7 +23,23 @@ import argparse
 from af2cpu.config import compose_config
 from af2cpu.errors import Af2CpuError
 from af2cpu.layout import BatchDir, precomputed_msas
-from af2cpu.preprocessing.inputs import read_fasta_targets
+from af2cpu.preprocessing.inputs import Target, read_fasta_targets
+
+
+def add_complex_argument(parser: argparse.ArgumentParser) -> None:
+    """``--complex``: the whole FASTA file is one complex (AlphaFold2's multimer input)."""
+    parser.add_argument(
+        "--complex", action="store_true",
+        help="the whole FASTA file is one complex, one chain per record (as AlphaFold2's multimer input); "
+        "without it, a record whose chains are separated by ':' is a complex (as ColabFold's)",
+    )
+
+
+def chains_json(target: Target) -> list[dict] | None:
+    """A complex's chains as ``target.json`` lists them (id, original header, sequence); None for a monomer."""
+    if not target.is_complex:
+        return None
+    return [{"id": c.id, "description": c.description, "sequence": c.sequence} for c in target.chains]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder with earlier results (<dir>/<target id>/msas/ or <dir>/<target id>/); used only "
         "when made for the same sequence and databases",
     )
+    add_complex_argument(parser)
     parser.add_argument(
         "--no-reuse", action="store_true", help="rerun every search even if a valid result exists"
     )
@@ -52,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
     cfg = compose_config(overrides)
     check_before_work(cfg, models=False)
-    targets = read_fasta_targets(args.fasta)
+    targets = read_fasta_targets(args.fasta, complex=args.complex)
+    if args.complex and targets and len(targets[0].chains) == 1:
+        print(f"note: --complex with a single chain: {targets[0].id} gets AlphaFold-Multimer's features of one "
+              "chain (a monomer-in-multimer run, as AlphaFold2's multimer preset does)")
     batch = BatchDir(args.out)
     batch.prepare()
     failed, contexts, locks = [], [], []
@@ -67,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             locks.append(lock)
             try:
-                folder.claim(target.id, target.description, target.sequence)
+                folder.claim(target.id, target.description, target.sequence, chains_json(target))
             except Af2CpuError as exc:
                 failed.append(target.id)
                 print(f"{target.id}: failed: {log_failure(folder, 'af2cpu features', exc)}")

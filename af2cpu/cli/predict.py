@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 
+from af2cpu.cli.features import add_complex_argument
 from af2cpu.layout import BatchDir
 
 
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precomputed-msas", metavar="DIR",
                         help="folder with <target id>/msas/ from an earlier run, reused when made for the same "
                         "sequence and databases")
+    add_complex_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="only errors and the final summary")
     parser.add_argument("--array-index", type=int, metavar="I",
                         help="run only shard I (0-based) of a job array; default: from SLURM/PBS/SGE variables")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace, require_features: bool = False) -> int:
     shard = array_shard(args.fasta, args.array_index, args.array_count, os.environ)
     result = run_batch(args.fasta, args.out, args.overrides, force=args.force, quiet=args.quiet,
                        precomputed_msas=args.precomputed_msas, targets_filter=shard,
-                       require_features=require_features)
+                       require_features=require_features, complex=args.complex)
     for outcome in result.outcomes:
         if outcome.status == "done":
             s = outcome.summary
