@@ -46,16 +46,30 @@ def tool_threads(allotment: Allotment) -> ToolThreads:
     return ToolThreads(torch=n, hmmer=n, hhsuite=n, openmm=n)
 
 
-def thread_environment(allotment: Allotment) -> dict[str, str]:
-    """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use the allotment.
+# OpenMP's waiting between parallel regions: GNU OpenMP (PyTorch's on Linux) and Intel's runtime read these.
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
-    OpenMP threads also sleep instead of spinning between parallel regions (unless the user set
-    OMP_WAIT_POLICY): measured with `af2cpu bench` on a shared 2-core machine, spinning threads made
-    a pass 3-4x slower (docs/benchmarks.md), and workers share cores with search tools and Dask.
+
+def openmp_environment(threads: int) -> dict[str, str]:
+    """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use ``threads`` threads
+    and wait the way af2cpu chose; a wait variable the user set is kept as set.
+
+    OpenMP threads sleep instead of spinning between parallel regions (OMP_WAIT_POLICY=PASSIVE):
+    measured with `af2cpu bench --contention` on a shared 2-core machine (docs/benchmarks.md), spinning
+    threads made a pass several times slower beside one busy process, while passive waiting costs
+    little on an idle machine.
     """
-    env = {name: str(allotment.threads) for name in THREAD_VARIABLES}
-    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    env = {name: str(threads) for name in THREAD_VARIABLES}
+    if not any(os.environ.get(name) for name in WAIT_VARIABLES):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        env.update({name: os.environ[name] for name in WAIT_VARIABLES if os.environ.get(name)})
     return env
+
+
+def thread_environment(allotment: Allotment) -> dict[str, str]:
+    """:func:`openmp_environment` for an allotment's threads."""
+    return openmp_environment(allotment.threads)
 
 
 def _pin_all_threads(cpus: Sequence[int]) -> None:
