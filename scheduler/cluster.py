@@ -47,13 +47,25 @@ class PinToAllotment(WorkerPlugin):
         apply_allotment(self.allotment)
 
 
+class PinnedNanny(Nanny):
+    """A Nanny whose worker process starts with its allotment's thread variables (``env``) already set.
+
+    Nanny applies ``env`` inside the new process, after it started, which is too late for the OpenMP
+    runtime if anything imported torch first; variables in ``pre_spawn_env`` are in the environment the
+    process starts with, so OpenMP reads them whatever the import order."""
+
+    def __init__(self, *args, env: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, env=env, **kwargs)
+        self.pre_spawn_env.update(env or {})
+
+
 def worker_specs(plan: Plan, memory_per_worker: int) -> dict[str, dict]:
     """SpecCluster worker specifications, one pinned Nanny per allotment of `plan`."""
     specs = {}
     for i, allotment in enumerate(plan.allotments):
         log.info("worker af2cpu-%d: %s", i, allotment.describe())
         specs[f"af2cpu-{i}"] = {
-            "cls": Nanny,
+            "cls": PinnedNanny,
             "options": {
                 "nthreads": allotment.threads,
                 "memory_limit": memory_per_worker,

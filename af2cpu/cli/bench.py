@@ -17,7 +17,7 @@ from pathlib import Path
 from af2cpu.errors import ConfigError
 from af2cpu.model.presets import PRESETS
 from af2cpu.runtime.precision import resolve_precision
-from af2cpu.runtime.threads import usable_cpu_count
+from af2cpu.runtime.threads import prepare_process, usable_cpu_count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_memory(args)
     # Before torch and XLA start their thread pools: both read these once, when first imported.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    prepare_process(threads)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
                                f"intra_op_parallelism_threads={threads}").strip()
     from af2cpu.bench import model  # deferred: imports torch, which must see the variables above

@@ -248,6 +248,47 @@ def cgroup_memory_available(root: str | os.PathLike = "/") -> int | None:
     return best
 
 
+def cgroup_cpu_limit(root: str | os.PathLike = "/") -> float | None:
+    """The CPUs' worth of time this process's cgroup may use (quota / period), or None without a quota.
+
+    The smallest of v2 `cpu.max` ("QUOTA PERIOD", "max" = none) or v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (-1 = none) on the path from the process's cgroup up to the mount root: a
+    container given 1.5 CPUs on a 64-core host may run 1.5 cores' worth of threads, whatever its
+    affinity mask says.
+    """
+    root = Path(root)
+    text = _read(root / "proc/self/cgroup") or ""
+    best: float | None = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, relative = parts
+        if controllers == "":
+            base = root / "sys/fs/cgroup"
+            if not (base / "cgroup.controllers").exists():
+                base = root / "sys/fs/cgroup/unified"
+        elif "cpu" in controllers.split(","):
+            base = next((root / "sys/fs/cgroup" / name for name in (controllers, "cpu,cpuacct", "cpu")
+                         if (root / "sys/fs/cgroup" / name).is_dir()), root / "sys/fs/cgroup/cpu")
+        else:
+            continue
+        for folder in _ancestors(base, relative):
+            limit = None
+            if controllers == "":
+                fields = (_read(folder / "cpu.max") or "").split()
+                if len(fields) == 2 and fields[0] != "max":
+                    limit = int(fields[0]) / int(fields[1])
+            else:
+                quota = _cgroup_number(folder / "cpu.cfs_quota_us")
+                period = _cgroup_number(folder / "cpu.cfs_period_us")
+                if quota is not None and quota > 0 and period:
+                    limit = quota / period
+            if limit is not None:
+                best = limit if best is None else min(best, limit)
+    return best
+
+
 def available_memory(root: str | os.PathLike = "/") -> int:
     """Bytes this process can allocate: MemAvailable, bounded by the cgroup limit where one applies."""
     text = _read(Path(root) / "proc/meminfo") or ""
