@@ -159,3 +159,25 @@ def test_prepare_process_sets_threads_and_wait_policy_before_torch(threads, user
     assert result["n"] == result["torch"] == expected
     assert result["env"] == {"OMP_NUM_THREADS": str(expected), "OMP_WAIT_POLICY": expected_policy,
                              "MKL_NUM_THREADS": str(expected)}
+
+
+def test_contention_variants_and_their_ratios(monkeypatch):
+    from af2cpu.bench.contention import _child_env, summarise, variants
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting reaches no variant but "chosen"
+    chosen = variants(2, reference=True)
+    assert set(chosen) == {"chosen", "spin", "passive", "spin10k", "fewer", "reference"}
+    assert "OMP_WAIT_POLICY" not in _child_env(*chosen["spin"]) and _child_env(*chosen["fewer"])["OMP_NUM_THREADS"] == "1"
+    assert _child_env(*chosen["passive"])["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert _child_env(*chosen["chosen"])["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "fewer" not in variants(1, reference=False)
+    rows = [{"round": r, "condition": c, "variant": v, "pass_s": s}
+            for r, scale in ((0, 1.0), (1, 2.0))  # round 1: the whole machine twice as slow
+            for c, v, s in (("idle", "spin", 2.0), ("busy", "spin", 6.0), ("idle", "reference", 3.0),
+                            ("busy", "reference", 4.5), ("idle", "passive", 2.5), ("busy", "passive", 3.0))
+            for s in [s * scale]]
+    summary = summarise(rows)
+    # Ratios within a round, so the machine's change of speed between rounds cancels.
+    assert summary["spin"]["busy_over_idle"] == 3.0 and summary["passive"]["busy_over_idle"] == 1.2
+    assert summary["spin"]["idle_vs_reference"] == 1.5 and summary["spin"]["busy_vs_reference"] == 0.75
+    assert summary["passive"]["busy_vs_reference"] == 1.5 and summary["reference"]["busy_vs_reference"] == 1.0

@@ -98,6 +98,8 @@ def run_contention(args) -> int:
     threads = args.threads or usable_cpu_count()
     busy_cpu = max(os.sched_getaffinity(0))
     chosen = variants(threads, not args.no_reference and reference_available())
+    if args.variants:
+        chosen = {name: value for name, value in chosen.items() if name in args.variants}
     rows: list[dict] = []
     for round_ in range(args.rounds):
         for condition in ("idle", "busy"):
