@@ -17,6 +17,7 @@ worker process per planned instance. Each local worker:
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +30,7 @@ from typing_extensions import Self
 from af2cpu.config import ClusterKind, SchedulerConfig
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
-from af2cpu.runtime.threads import THREAD_VARIABLES, apply_allotment, thread_environment
+from af2cpu.runtime.threads import apply_allotment, openmp_environment, thread_environment
 from af2cpu.runtime.topology import available_memory, read_topology
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ def jobqueue_options(config: SchedulerConfig) -> dict:
         "walltime": job_script_value("scheduler.walltime", config.walltime),
         "job_name": "af2cpu-worker",
         "worker_extra_args": ["--resources", f"cpus={threads}"],
-        "job_script_prologue": [f"export {name}={threads}" for name in THREAD_VARIABLES],
+        # Thread counts and OpenMP's wait policy, exported before `dask worker` starts (and loads torch).
+        "job_script_prologue": [f"export {name}={shlex.quote(value)}"
+                                for name, value in openmp_environment(threads).items()],
         "job_extra_directives": [job_script_value("scheduler.job_directives", d) for d in config.job_directives or []],
     }
     if config.queue:
