@@ -4,6 +4,7 @@ no test depends on the ISA of the machine running it."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_auto_is_bf16_only_where_bf16_is_native(flags, expected):
 
 
 def test_explicit_bf16_without_native_bf16_runs_with_one_warning_naming_the_cost(monkeypatch, caplog):
-    monkeypatch.setattr(precision_module, "_warned", False)
+    monkeypatch.setenv(precision_module.WARNED_VARIABLE, "")  # empty: not warned yet; restored afterwards
     with caplog.at_level(logging.WARNING, logger="af2cpu.runtime.precision"):
         assert resolve_precision("bf16", AVX2) is Precision.bf16
         assert resolve_precision("bf16", AVX2) is Precision.bf16
@@ -36,6 +37,8 @@ def test_explicit_bf16_without_native_bf16_runs_with_one_warning_naming_the_cost
     (record,) = caplog.records
     assert "emulated" in record.message and "slower than fp32" in record.message
     assert "runtime.precision=auto" in record.message
+    # Processes started from now on (Dask workers) inherit the mark and do not warn again.
+    assert os.environ[precision_module.WARNED_VARIABLE] == "1"
 
 
 def test_unknown_precision_is_refused_with_the_choices():

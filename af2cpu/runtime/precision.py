@@ -2,7 +2,7 @@
 
 ``auto`` (the default) is bf16 where the CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX:
 oneDNN's bf16 kernels), fp32 elsewhere. An explicit ``bf16`` on a CPU without them runs as asked,
-with one warning per process: there every bf16 matrix product is emulated, measured ~450x slower
+with one warning per run: there every bf16 matrix product is emulated, measured ~450x slower
 than fp32 on an AVX2-only AMD EPYC (a 1024² product: 0.2 against 92 GFLOP/s, docs/benchmarks.md).
 
 Everything that needs the precision (the model's Options, the memory and SLURM planners, the ipex
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Iterable
 
 from af2cpu.config import Precision
@@ -30,7 +31,9 @@ EMULATED_BF16_COST = (
     "fp32 on an AVX2-only CPU (1024x1024: 0.2 against 92 GFLOP/s). Use runtime.precision=auto (fp32 here)"
 )
 
-_warned = False
+# Set once the warning was given: processes started later (Dask workers) inherit it and stay quiet, so a
+# run warns once, in the process the user watches.
+WARNED_VARIABLE = "AF2CPU_BF16_EMULATION_WARNED"
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,7 +53,6 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
     ``auto`` is bf16 where bf16 is native, else fp32; ``bf16`` where it is not is kept, with one
     warning per process giving the cost. ConfigError for a name that is no precision.
     """
-    global _warned
     try:
         precision = Precision(str(requested))
     except ValueError:
@@ -59,7 +61,7 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
     native = native_bf16(flags)
     if precision is Precision.auto:
         return Precision.bf16 if native else Precision.fp32
-    if precision is Precision.bf16 and not native and not _warned:
-        _warned = True
+    if precision is Precision.bf16 and not native and not os.environ.get(WARNED_VARIABLE):
+        os.environ[WARNED_VARIABLE] = "1"
         log.warning("runtime.precision=bf16: %s.", EMULATED_BF16_COST)
     return precision
