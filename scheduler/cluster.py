@@ -31,7 +31,7 @@ from af2cpu.config import ClusterKind, SchedulerConfig
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
 from af2cpu.runtime.threads import apply_allotment, openmp_environment, thread_environment
-from af2cpu.runtime.topology import available_memory, read_topology
+from af2cpu.runtime.topology import available_memory, cgroup_cpu_limit, read_topology
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,7 @@ def start_cluster(
             read_topology(),
             instances=config.n_workers or None,
             threads=config.threads_per_worker or model_threads or None,
+            cpu_quota=cgroup_cpu_limit(),
         )
     total = available_memory() if memory_limit is None else memory_limit
     return start_local(plan, total // plan.instances)
