@@ -20,6 +20,9 @@ def predict(*args, **kwargs):
 
     ``af2cpu.predict("seq.fasta", out="out", overrides=["relax=none"])`` returns a BatchResult.
     """
+    from af2cpu.runtime.threads import prepare_process  # deferred: start-up time of `import af2cpu`
+
+    prepare_process()  # threads and OpenMP's wait policy, as the CLI sets them (before torch, if not yet imported)
     from af2cpu.scheduler.batch import run_batch  # deferred: start-up time (Dask, torch)
 
     return run_batch(*args, **kwargs)

@@ -56,14 +56,18 @@ hhblits/hhsearch take them.
 
 
 class Precision(ConfigEnum):
-    """Numeric precision of the network's trunk."""
+    """Numeric precision of the network's trunk. ``auto`` is bf16 where the CPU has native bf16
+    matrix instructions, fp32 elsewhere: ``af2cpu.runtime.precision.resolve_precision`` decides."""
 
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
     @property
     def nbytes(self) -> int:
-        """Bytes per activation."""
+        """Bytes per activation (of a resolved precision: fp32 or bf16)."""
+        if self is Precision.auto:
+            raise ValueError("resolve runtime.precision=auto first (af2cpu.runtime.precision.resolve_precision)")
         return 2 if self is Precision.bf16 else 4
 
 
@@ -77,7 +81,7 @@ class RuntimeConfig:
     """One place for runtime options: threads, precision, memory, compilation."""
 
     threads: int = 0  # threads of one model instance; 0 = every CPU of the worker (or process) running it
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto  # bf16 where the CPU has native bf16, else fp32
     memory_limit: str = "auto"  # "auto" (available RAM), bytes, or e.g. "16G"
     compile: bool = False  # torch.compile of the repeated blocks (inductor), cached across runs
     compile_cache_dir: str = "${af2cpu_cache:inductor}"

@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 
 from af2cpu.config import Precision
 from af2cpu.errors import ConfigError
+from af2cpu.runtime.precision import resolve_precision
 
 
 def as_precision(value: Precision | str) -> Precision:
-    """``value`` as a :class:`~af2cpu.config.Precision` (its name as a string is fine); ConfigError
-    for any other value."""
-    try:
-        return Precision(str(value))
-    except ValueError:
-        raise ConfigError(f"precision {value!r} is not available; choose one of "
-                          f"{', '.join(p.value for p in Precision)}") from None
+    """``value`` as the :class:`~af2cpu.config.Precision` it means on this CPU (its name as a string is
+    fine; ``auto`` resolved by af2cpu.runtime.precision); ConfigError for any other value."""
+    return resolve_precision(value)
 
 
 # The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed): this many bytes
@@ -78,7 +75,7 @@ class Options:
     """
 
     chunks: ChunkSizes = field(default_factory=ChunkSizes)
-    precision: Precision = Precision.fp32  # a string naming one ("bf16") is taken too
+    precision: Precision = Precision.fp32  # a string naming one ("bf16", "auto") is taken too; auto is resolved
     compile: bool = False
     compile_cache_dir: str | None = None  # inductor's persistent cache (TORCHINDUCTOR_CACHE_DIR)
     # Cache blocking: the row-wise loops (attention, transitions, outer product mean, the triangle

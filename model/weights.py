@@ -13,6 +13,7 @@ from typing import Any
 
 from af2cpu.config import Backend, Params, Precision
 from af2cpu.errors import ConfigError, InputError
+from af2cpu.model.options import as_precision
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import get_preset
 from af2cpu.runtime.allocator import tune_allocator
@@ -107,7 +108,7 @@ def load_model(cfg: Any, model_name: str, options=None):
     else:
         model = AlphaFold.from_params(params_file(cfg.params_dir, model_name), model_name, options)
     if cfg.runtime.backend == Backend.ipex:
-        model = _ipex_optimize(model, Precision(cfg.runtime.precision))
+        model = _ipex_optimize(model, as_precision(cfg.runtime.precision))
     return model
 
 

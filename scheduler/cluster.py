@@ -17,6 +17,7 @@ worker process per planned instance. Each local worker:
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -29,8 +30,8 @@ from typing_extensions import Self
 from af2cpu.config import ClusterKind, SchedulerConfig
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
-from af2cpu.runtime.threads import THREAD_VARIABLES, apply_allotment, thread_environment
-from af2cpu.runtime.topology import available_memory, read_topology
+from af2cpu.runtime.threads import apply_allotment, openmp_environment, thread_environment
+from af2cpu.runtime.topology import available_memory, cgroup_cpu_limit, read_topology
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,25 @@ class PinToAllotment(WorkerPlugin):
         apply_allotment(self.allotment)
 
 
+class PinnedNanny(Nanny):
+    """A Nanny whose worker process starts with its allotment's thread variables (``env``) already set.
+
+    Nanny applies ``env`` inside the new process, after it started, which is too late for the OpenMP
+    runtime if anything imported torch first; variables in ``pre_spawn_env`` are in the environment the
+    process starts with, so OpenMP reads them whatever the import order."""
+
+    def __init__(self, *args, env: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, env=env, **kwargs)
+        self.pre_spawn_env.update(env or {})
+
+
 def worker_specs(plan: Plan, memory_per_worker: int) -> dict[str, dict]:
     """SpecCluster worker specifications, one pinned Nanny per allotment of `plan`."""
     specs = {}
     for i, allotment in enumerate(plan.allotments):
         log.info("worker af2cpu-%d: %s", i, allotment.describe())
         specs[f"af2cpu-{i}"] = {
-            "cls": Nanny,
+            "cls": PinnedNanny,
             "options": {
                 "nthreads": allotment.threads,
                 "memory_limit": memory_per_worker,
@@ -158,7 +171,9 @@ def jobqueue_options(config: SchedulerConfig) -> dict:
         "walltime": job_script_value("scheduler.walltime", config.walltime),
         "job_name": "af2cpu-worker",
         "worker_extra_args": ["--resources", f"cpus={threads}"],
-        "job_script_prologue": [f"export {name}={threads}" for name in THREAD_VARIABLES],
+        # Thread counts and OpenMP's wait policy, exported before `dask worker` starts (and loads torch).
+        "job_script_prologue": [f"export {name}={shlex.quote(value)}"
+                                for name, value in openmp_environment(threads).items()],
         "job_extra_directives": [job_script_value("scheduler.job_directives", d) for d in config.job_directives or []],
     }
     if config.queue:
@@ -241,6 +256,7 @@ def start_cluster(
             read_topology(),
             instances=config.n_workers or None,
             threads=config.threads_per_worker or model_threads or None,
+            cpu_quota=cgroup_cpu_limit(),
         )
     total = available_memory() if memory_limit is None else memory_limit
     return start_local(plan, total // plan.instances)

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.reference
 
 def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
     pytest.importorskip("alphafold", reason="needs the `reference` extra (jax, haiku, alphafold)")
+    # Both precisions asked for explicitly: by default bf16 is timed only where it is native.
     status = main(["bench", "--lengths", "16", "--msa-rows", "4", "--extra-rows", "8", "--blocks", "1",
-                   "--threads", "1", "--out", str(tmp_path)])
+                   "--threads", "1", "--precisions", "fp32", "bf16", "--out", str(tmp_path)])
     assert status == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     runs = {(r["model"], r["precision"]): r for r in results["runs"]}

@@ -57,6 +57,8 @@ def test_pbs_worker_jobs_advertise_their_share_of_cores():
     finally:
         cluster.close()
     for line in ("#PBS -q workq", "#PBS -A bio", "#PBS -l select=1:ncpus=8:mem=16GB", "#PBS -l place=scatter",
-                 "export OMP_NUM_THREADS=4"):
+                 "export OMP_NUM_THREADS=4",
+                 # OpenMP's wait policy reaches the worker before it loads torch (unless the user set one).
+                 f"export OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}"):
         assert line in script.splitlines(), script
     assert "--nworkers 2" in script and "--resources cpus=4" in script

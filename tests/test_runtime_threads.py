@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from af2cpu.runtime.placement import Allotment
-from af2cpu.runtime.threads import bind_memory, thread_environment, threads_for, tool_threads
+from af2cpu.runtime.threads import (
+    WAIT_VARIABLES,
+    bind_memory,
+    openmp_environment,
+    thread_environment,
+    threads_for,
+    tool_threads,
+    usable_cpu_count,
+)
+from af2cpu.runtime.topology import cgroup_cpu_limit
 
 
 def test_thread_environment_and_tool_threads_match_the_allotment():
@@ -83,3 +92,92 @@ def test_apply_allotment_binds_memory_to_its_node():
 def test_binding_to_a_node_that_does_not_exist_is_refused():
     with pytest.raises(OSError, match="cannot bind memory to NUMA node 1000"):
         bind_memory(1000)
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_cgroup_v2_cpu_quota_bounds_the_threads(tmp_path):
+    # A SLURM step inside a job given 1.5 CPUs on an 8-CPU mask: the job's quota applies to the step.
+    root = _tree(tmp_path, {"proc/self/cgroup": "0::/job/step\n", "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+                            "sys/fs/cgroup/job/cpu.max": "150000 100000\n",
+                            "sys/fs/cgroup/job/step/cpu.max": "max 100000\n"})
+    assert cgroup_cpu_limit(root) == pytest.approx(1.5)
+    assert usable_cpu_count(root, affinity=range(8)) == 2
+    assert usable_cpu_count(root, affinity=[3]) == 1
+
+
+def test_cgroup_v1_cpu_quota_and_no_quota(tmp_path):
+    root = _tree(tmp_path / "v1", {"proc/self/cgroup": "5:memory:/x\n4:cpu,cpuacct:/slurm/job1\n",
+                                   "sys/fs/cgroup/cpu,cpuacct/slurm/job1/cpu.cfs_quota_us": "300000\n",
+                                   "sys/fs/cgroup/cpu,cpuacct/slurm/job1/cpu.cfs_period_us": "100000\n",
+                                   "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                                   "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpu_limit(root) == pytest.approx(3.0)
+    assert usable_cpu_count(root, affinity=range(16)) == 3
+    assert usable_cpu_count(root, affinity=range(2)) == 2  # the mask is the smaller bound here
+    unlimited = _tree(tmp_path / "none", {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cgroup.controllers": "",
+                                          "sys/fs/cgroup/cpu.max": "max 100000\n"})
+    assert cgroup_cpu_limit(unlimited) is None and cgroup_cpu_limit(tmp_path / "absent") is None
+    assert usable_cpu_count(unlimited, affinity=range(6)) == 6
+
+
+def test_wait_policy_is_passive_unless_the_user_chose_one(monkeypatch):
+    for name in WAIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert openmp_environment(3) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3",
+                                     "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5000")
+    env = openmp_environment(3)
+    assert env["GOMP_SPINCOUNT"] == "5000" and "OMP_WAIT_POLICY" not in env
+
+
+PREPARE = """
+import json, os, sys
+from af2cpu.runtime.threads import prepare_process, usable_cpu_count
+before = "torch" in sys.modules
+n = prepare_process(json.loads(sys.argv[1]))
+import torch
+print(json.dumps({"n": n, "torch": torch.get_num_threads(), "usable": usable_cpu_count(), "before": before,
+                  "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}}))
+"""
+
+
+@pytest.mark.parametrize("threads, user, expected_policy", [(None, {}, "PASSIVE"),
+                                                            (1, {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
+def test_prepare_process_sets_threads_and_wait_policy_before_torch(threads, user, expected_policy):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", *WAIT_VARIABLES)}
+    out = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(threads)], env={**env, **user},
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    expected = threads or result["usable"]
+    assert not result["before"], "importing the threads module must not import torch"
+    assert result["n"] == result["torch"] == expected
+    assert result["env"] == {"OMP_NUM_THREADS": str(expected), "OMP_WAIT_POLICY": expected_policy,
+                             "MKL_NUM_THREADS": str(expected)}
+
+
+def test_contention_variants_and_their_ratios(monkeypatch):
+    from af2cpu.bench.contention import _child_env, summarise, variants
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting reaches no variant but "chosen"
+    chosen = variants(2, reference=True)
+    assert set(chosen) == {"chosen", "spin", "passive", "spin10k", "fewer", "reference"}
+    assert "OMP_WAIT_POLICY" not in _child_env(*chosen["spin"]) and _child_env(*chosen["fewer"])["OMP_NUM_THREADS"] == "1"
+    assert _child_env(*chosen["passive"])["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert _child_env(*chosen["chosen"])["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "fewer" not in variants(1, reference=False)
+    rows = [{"round": r, "condition": c, "variant": v, "pass_s": s}
+            for r, scale in ((0, 1.0), (1, 2.0))  # round 1: the whole machine twice as slow
+            for c, v, s in (("idle", "spin", 2.0), ("busy", "spin", 6.0), ("idle", "reference", 3.0),
+                            ("busy", "reference", 4.5), ("idle", "passive", 2.5), ("busy", "passive", 3.0))
+            for s in [s * scale]]
+    summary = summarise(rows)
+    # Ratios within a round, so the machine's change of speed between rounds cancels.
+    assert summary["spin"]["busy_over_idle"] == 3.0 and summary["passive"]["busy_over_idle"] == 1.2
+    assert summary["spin"]["idle_vs_reference"] == 1.5 and summary["spin"]["busy_vs_reference"] == 0.75
+    assert summary["passive"]["busy_vs_reference"] == 1.5 and summary["reference"]["busy_vs_reference"] == 1.0

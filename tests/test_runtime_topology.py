@@ -215,3 +215,15 @@ def test_cpu_info_of_this_process_matches_its_affinity():
     assert sum(len(cpus) for cpus in info.numa_nodes.values()) == len(info.usable_cpus)
     assert 0 < info.memory_available
     assert 1 <= info.physical_cores <= len(info.usable_cpus)
+
+
+def test_a_cpu_quota_bounds_the_default_plan(tmp_path):
+    # A container given 2.5 CPUs on a 64-CPU, 4-node machine: one instance of 3 threads, not 4 x 8.
+    topology = read_topology(make_machine(tmp_path), affinity=ALL_64)
+    (allotment,) = plan_instances(topology, cpu_quota=2.5).allotments
+    assert allotment.threads == 3 and {node_of(c) for c in allotment.cpus} == {allotment.memory_node}
+    # A quota that covers the usable CPUs, or an explicit request, is planned as before.
+    assert plan_instances(topology, cpu_quota=64.0) == plan_instances(topology)
+    assert plan_instances(topology, instances=2, cpu_quota=2.5) == plan_instances(topology, instances=2)
+    (whole_node,) = plan_instances(topology, cpu_quota=40.0).allotments  # capped at one node's CPUs
+    assert whole_node.threads == 16

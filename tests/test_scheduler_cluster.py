@@ -28,6 +28,8 @@ def report():
         "mkl": os.environ.get("MKL_NUM_THREADS"),
         "applied": current_allotment().cpus,
         "pid": os.getpid(),
+        # The environment the process started with: what the OpenMP runtime read, whenever torch was imported.
+        "initial_env": dict(item.split("=", 1) for item in open("/proc/self/environ").read().split("\0") if "=" in item),
         "policies": sorted({line.split()[1] for line in open("/proc/self/numa_maps")}),
     }
 
@@ -58,6 +60,8 @@ def test_two_one_core_workers_are_pinned_as_planned(config, model_threads):
         for cpus, seen in by_cpus.items():
             assert seen["all_threads"] == [cpus], "a thread of the worker escaped its cores"
             assert seen["torch"] == 1 and seen["omp"] == "1" and seen["mkl"] == "1"
+            assert seen["initial_env"]["OMP_NUM_THREADS"] == "1"
+            assert seen["initial_env"]["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
             assert tuple(seen["applied"]) == cpus
             assert seen["pid"] != os.getpid()
             node = next(a.memory_node for a in plan.allotments if a.cpus == cpus)

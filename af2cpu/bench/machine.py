@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
+import numpy as np
 import torch
 
+from af2cpu.config import Precision
+from af2cpu.runtime.precision import resolve_precision
+from af2cpu.runtime.threads import WAIT_VARIABLES
 from af2cpu.runtime.topology import cpu_info
 
 
 def machine_info(threads: int) -> dict:
-    """Threads, usable CPUs, CPU model, ISA features, torch version and load average."""
+    """Threads, usable CPUs, CPU model, ISA features, what precision=auto picks, the matrix kernels,
+    the OpenMP wait variables, torch version and load average."""
     info = cpu_info()
     return {"threads": threads, "cpus": list(info.usable_cpus), "cpu": info.model_name,
-            "isa": sorted(info.isa_flags), "native_bf16": info.has_bf16, "torch": torch.__version__,
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+            "isa": sorted(info.isa_flags), "native_bf16": info.has_bf16,
+            "precision_auto": str(resolve_precision(Precision.auto)), "kernels": kernel_info(),
+            "openmp": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", *WAIT_VARIABLES)},
+            "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def kernel_info() -> dict[str, str | bool | None]:
+    """The matrix kernels in use: torch's BLAS (MKL or OpenBLAS) and CPU capability (the widest vector ISA
+    its kernels use), whether oneDNN (MKL-DNN) is built in and its version, numpy's BLAS."""
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    onednn = re.search(r"MKL-DNN v([\d.]+)", config)
+    try:
+        numpy_blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        numpy_blas = f"{numpy_blas['name']} {numpy_blas.get('version', '')}".strip()
+    except (AttributeError, KeyError, TypeError):  # numpy before 1.25 keeps no CONFIG
+        numpy_blas = None
+    return {"torch_blas": blas.group(1) if blas else None, "mkl": torch.backends.mkl.is_available(),
+            "onednn": onednn.group(1) if onednn and torch.backends.mkldnn.is_available() else None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "numpy_blas": numpy_blas}
 
 
 def gemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, float | None]:

@@ -19,6 +19,7 @@ import threading
 
 from af2cpu import __version__
 from af2cpu.errors import Af2CpuError
+from af2cpu.runtime.threads import prepare_process
 
 # (name, one-line help); the command's module is af2cpu.cli.<name>.
 COMMANDS = [
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    # Threads and OpenMP's wait policy, before any command imports torch (OpenMP reads them once).
+    prepare_process()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:

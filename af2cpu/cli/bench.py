@@ -2,7 +2,8 @@
 
 ``af2cpu bench [--lengths 64 128]`` times one recycling pass of both models on the same random
 official-format weights and features (af2cpu.bench.model); ``--memory L ...`` measures peak RSS of one
-pass per length against the memory planner (af2cpu.bench.memory); ``--batch FASTA`` times a whole
+pass per length against the memory planner (af2cpu.bench.memory); ``--contention`` times a small pass idle
+and beside a busy process for each OpenMP wait policy (af2cpu.bench.contention); ``--batch FASTA`` times a whole
 batch, `af2cpu predict` against an AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch).
 Results (JSON and markdown) go to ``--out``; docs/benchmarks.md has the measurements.
 """
@@ -15,14 +16,16 @@ from pathlib import Path
 
 from af2cpu.errors import ConfigError
 from af2cpu.model.presets import PRESETS
-from af2cpu.runtime.threads import usable_cpu_count
+from af2cpu.runtime.precision import resolve_precision
+from af2cpu.runtime.threads import prepare_process, usable_cpu_count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128],
                         help="sequence lengths to time (default: 64 128; add 256 for the long run)")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                        help="af2cpu precisions to time (the reference always runs DeepMind's fp32)")
+    parser.add_argument("--precisions", nargs="+", default=None, choices=["auto", "fp32", "bf16"],
+                        help="af2cpu precisions to time (default: fp32, and bf16 where the CPU has native bf16; "
+                             "the reference always runs DeepMind's fp32)")
     parser.add_argument("--msa-rows", type=int, default=64, help="MSA cluster rows (default 64)")
     parser.add_argument("--extra-rows", type=int, default=256, help="extra-MSA rows (default 256)")
     parser.add_argument("--threads", type=int, default=None,
@@ -47,6 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-blocks", type=int, default=None,
                         help="block-subset mode for lengths too long to run whole: only this many Evoformer "
                              "blocks (peak memory does not depend on the number of blocks, time does)")
+    parser.add_argument("--contention", action="store_true",
+                        help="instead, time one small pass (--contention-length, --blocks) idle and beside a busy "
+                             "process on one CPU, for each OpenMP wait policy and the reference, interleaved "
+                             "(af2cpu.bench.contention); writes contention.json and contention.md")
+    parser.add_argument("--contention-length", type=int, default=64, help="length of the --contention pass (64)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --contention (default 2)")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        choices=["chosen", "spin", "passive", "spin10k", "fewer", "reference"],
+                        help="the --contention variants to run (default: all; reference where installed)")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
     _add_batch_arguments(parser)
 
@@ -63,8 +75,9 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-recycles", type=int, default=3, help="recycles (AlphaFold2's default 3)")
     group.add_argument("--batch-relax", choices=["best", "none"], default="best",
                        help="Amber relaxation of the best model, or none (default best)")
-    group.add_argument("--batch-precision", choices=["fp32", "bf16"], default="bf16",
-                       help="af2cpu's precision (default bf16); the AlphaFold2-style run is fp32")
+    group.add_argument("--batch-precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="af2cpu's precision (default auto: bf16 where native, else fp32); the "
+                       "AlphaFold2-style run is fp32")
     group.add_argument("--batch-workers", type=int, default=0,
                        help="af2cpu Dask workers (default 0: af2cpu's own plan from the CPU topology)")
     group.add_argument("--batch-params-seed", type=int, default=0, help="seed of the random parameters")
@@ -76,20 +89,34 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
                        help="time af2cpu only (as --no-reference does)")
 
 
+def bench_precisions(requested: list[str] | None, flags=None) -> list[str]:
+    """The precisions to time, resolved for this CPU (or one with ``flags``), each once: by default fp32,
+    and bf16 where it is native (emulated bf16 is ~450x slower: minutes for one pass)."""
+    if requested is None:
+        requested = ["fp32", "auto"]
+    return list(dict.fromkeys(str(resolve_precision(p, flags)) for p in requested))
+
+
 def run(args: argparse.Namespace) -> int:
     threads = args.threads or usable_cpu_count()
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    args.precisions = bench_precisions(args.precisions)
+    args.batch_precision = str(resolve_precision(args.batch_precision))
     if args.batch is not None:
         from af2cpu.bench.batch import run_batch  # deferred: Dask, torch and the reference
 
         return run_batch(args)
+    if args.contention:
+        from af2cpu.bench.contention import run_contention  # deferred: each pass runs in a fresh process
+
+        return run_contention(args)
     if args.memory:
         from af2cpu.bench.memory import run_memory  # deferred: each length runs in a fresh process
 
         return run_memory(args)
     # Before torch and XLA start their thread pools: both read these once, when first imported.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    prepare_process(threads)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
                                f"intra_op_parallelism_threads={threads}").strip()
     from af2cpu.bench import model  # deferred: imports torch, which must see the variables above

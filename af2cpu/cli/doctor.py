@@ -27,6 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
 
 
+def _report_kernels(cfg) -> None:
+    """What runtime.precision resolves to here, the matrix kernels in use and short GEMM peaks."""
+    from af2cpu.bench.machine import gemm_peak, kernel_info  # deferred: torch
+    from af2cpu.runtime.precision import native_bf16, resolve_precision
+    from af2cpu.runtime.threads import openmp_environment, threads_for
+
+    resolved = resolve_precision(cfg.runtime.precision)
+    why = "native bf16 (AVX512-BF16/AMX)" if native_bf16() else "no native bf16: bf16 would be emulated"
+    print(f"  precision: runtime.precision={cfg.runtime.precision} -> {resolved} ({why})")
+    k = kernel_info()
+    print(f"  kernels: torch BLAS {k['torch_blas']}, oneDNN {k['onednn'] or 'absent'}, CPU capability "
+          f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}")
+    threads = threads_for(int(cfg.runtime.threads))
+    env = " ".join(f"{name}={value}" for name, value in openmp_environment(threads).items())
+    print(f"  threads: {threads} ({env})")
+    peak = gemm_peak(size=1024, repeats=3)
+    bf16 = f"{peak['bf16']} GFLOP/s bf16" if peak["bf16"] else "bf16 not native (not measured)"
+    print(f"  GEMM peak (1024², {threads} threads): {peak['fp32']} GFLOP/s fp32, {bf16}")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy  # deferred: start-up time of the other commands
     import torch
@@ -48,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     flags = ", ".join(f"{flag} {'yes' if flag in info.isa_flags else 'no'}" for flag in ISA_FLAGS)
     print(f"  ISA: {flags}")
     print(f"  memory available: {info.memory_available / 2**30:.1f} GiB")
+    _report_kernels(cfg)
 
     needed = required_tools(cfg.db.preset, protocol=cfg.search.protocol)
     print("tools:")

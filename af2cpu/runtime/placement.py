@@ -6,10 +6,14 @@ Rules, in order:
    second thread of a core only when the request cannot be met with physical cores alone.
 3. The request is a number of instances, or a number of threads per instance, or both; with neither,
    one instance per NUMA node uses every physical core of the node.
+4. A CPU quota (a container's or a batch job's cgroup `cpu.max`) smaller than the usable CPUs bounds
+   the whole plan: with neither request, one instance of as many threads as the quota pays for
+   (rounded up; at most one node's CPUs).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from af2cpu.errors import ConfigError
@@ -64,12 +68,18 @@ def _split(cpus: list[int], parts: int) -> list[tuple[int, ...]]:
 
 
 def plan_instances(
-    topology: Topology, instances: int | None = None, threads: int | None = None
+    topology: Topology, instances: int | None = None, threads: int | None = None,
+    cpu_quota: float | None = None,
 ) -> Plan:
-    """Plan `instances` workers, or workers of `threads` threads each, on the usable cores.
+    """Plan `instances` workers, or workers of `threads` threads each, on the usable cores, within
+    `cpu_quota` CPUs' worth of time if one applies (af2cpu.runtime.topology.cgroup_cpu_limit).
 
     Raises ConfigError, with the machine's numbers, when the request cannot be met.
     """
+    paid = None if cpu_quota is None else max(1, math.ceil(cpu_quota - 1e-9))
+    if paid is not None and instances is None and threads is None and paid < len(topology.usable_cpus):
+        largest_node = max((sum(c.node == n for c in topology.cpus) for n in topology.nodes), default=1)
+        instances, threads = 1, min(paid, largest_node)
     if instances is not None and instances < 1:
         raise ConfigError(f"the number of instances must be at least 1, not {instances}")
     if threads is not None and threads < 1:

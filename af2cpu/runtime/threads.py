@@ -14,12 +14,15 @@ policy `numactl --membind` gives a process (the set_mempolicy system call).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from af2cpu.runtime.placement import Allotment
+from af2cpu.runtime.topology import cgroup_cpu_limit
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -46,16 +49,30 @@ def tool_threads(allotment: Allotment) -> ToolThreads:
     return ToolThreads(torch=n, hmmer=n, hhsuite=n, openmm=n)
 
 
-def thread_environment(allotment: Allotment) -> dict[str, str]:
-    """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use the allotment.
+# OpenMP's waiting between parallel regions: GNU OpenMP (PyTorch's on Linux) and Intel's runtime read these.
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
-    OpenMP threads also sleep instead of spinning between parallel regions (unless the user set
-    OMP_WAIT_POLICY): measured with `af2cpu bench` on a shared 2-core machine, spinning threads made
-    a pass 3-4x slower (docs/benchmarks.md), and workers share cores with search tools and Dask.
+
+def openmp_environment(threads: int) -> dict[str, str]:
+    """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use ``threads`` threads
+    and wait the way af2cpu chose; a wait variable the user set is kept as set.
+
+    OpenMP threads sleep instead of spinning between parallel regions (OMP_WAIT_POLICY=PASSIVE):
+    measured with `af2cpu bench --contention` on a shared 2-core machine (docs/benchmarks.md), spinning
+    threads made a pass several times slower beside one busy process, while passive waiting costs
+    little on an idle machine.
     """
-    env = {name: str(allotment.threads) for name in THREAD_VARIABLES}
-    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    env = {name: str(threads) for name in THREAD_VARIABLES}
+    if not any(os.environ.get(name) for name in WAIT_VARIABLES):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        env.update({name: os.environ[name] for name in WAIT_VARIABLES if os.environ.get(name)})
     return env
+
+
+def thread_environment(allotment: Allotment) -> dict[str, str]:
+    """:func:`openmp_environment` for an allotment's threads."""
+    return openmp_environment(allotment.threads)
 
 
 def _pin_all_threads(cpus: Sequence[int]) -> None:
@@ -112,12 +129,43 @@ def current_allotment() -> Allotment | None:
     return _applied
 
 
-def usable_cpu_count() -> int:
-    """The CPUs this process may run on (its affinity mask; a pinned worker's allotment)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # platforms without affinity masks
-        return os.cpu_count() or 1
+def usable_cpu_count(root: str | os.PathLike = "/", affinity: Iterable[int] | None = None) -> int:
+    """The CPUs this process may really use: a pinned worker's allotment, else its affinity mask
+    (``affinity`` in tests), bounded by its cgroup's CPU quota rounded up (at least 1)."""
+    if _applied is not None:
+        return _applied.threads
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except AttributeError:  # platforms without affinity masks
+            affinity = range(os.cpu_count() or 1)
+    count = len(set(affinity)) or 1
+    quota = cgroup_cpu_limit(root)
+    return count if quota is None else max(1, min(count, math.ceil(quota - 1e-9)))
+
+
+def prepare_process(threads: int | None = None) -> int:
+    """The one place a process (the CLI, the Python API, `bench`) gets its threads: the OpenMP/MKL/
+    OpenBLAS variables of :func:`openmp_environment` for ``threads`` (default: every usable CPU), and
+    torch's intra-op threads. Returns the thread count.
+
+    OpenMP reads its variables once, when its runtime loads (when torch is first imported): called
+    before that, the wait policy applies to this process; called after, only to the processes it starts
+    (torch's thread count is set either way). A variable the user set is kept; an explicit ``threads``
+    replaces the thread counts. Dask workers get the same variables before they start
+    (af2cpu.scheduler.cluster).
+    """
+    explicit = threads is not None
+    threads = threads if explicit else usable_cpu_count()
+    for name, value in openmp_environment(threads).items():
+        if explicit and name in THREAD_VARIABLES:
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    return int(os.environ["OMP_NUM_THREADS"])
 
 
 def threads_for(requested: int) -> int:

@@ -208,16 +208,11 @@ def _ancestors(base: Path, relative: str) -> list[Path]:
     return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
-def cgroup_memory_available(root: str | os.PathLike = "/") -> int | None:
-    """Bytes this process's cgroup may still allocate, or None when no cgroup limit applies.
-
-    The limit is the smallest `memory.max` (v2) or `memory.limit_in_bytes` (v1) on the path from the
-    process's cgroup up to the mount root; usage is that cgroup's current usage less its inactive
-    page cache, which the kernel reclaims before it kills anything.
-    """
-    root = Path(root)
+def _cgroup_folders(root: Path, controller: str) -> list[tuple[bool, Path]]:
+    """(is v2, folder) for this process's cgroup of ``controller`` and each parent up to the mount root,
+    from /proc/self/cgroup (a v2 line "0::/path", or a v1 line naming the controller)."""
     text = _read(root / "proc/self/cgroup") or ""
-    best: int | None = None
+    found: list[tuple[bool, Path]] = []
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -227,24 +222,60 @@ def cgroup_memory_available(root: str | os.PathLike = "/") -> int | None:
             base = root / "sys/fs/cgroup"
             if not (base / "cgroup.controllers").exists():
                 base = root / "sys/fs/cgroup/unified"
-            limit_file, usage_file, stat_file, inactive = (
-                "memory.max", "memory.current", "memory.stat", "inactive_file"
-            )
-        elif "memory" in controllers.split(","):
-            base = root / "sys/fs/cgroup/memory"
-            limit_file, usage_file, stat_file, inactive = (
-                "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"
-            )
+        elif controller in controllers.split(","):
+            base = next((root / "sys/fs/cgroup" / name for name in (controllers, controller)
+                         if (root / "sys/fs/cgroup" / name).is_dir()), root / "sys/fs/cgroup" / controller)
         else:
             continue
-        for folder in _ancestors(base, relative):
-            limit = _cgroup_number(folder / limit_file)
-            if limit is None or limit >= _CGROUP_UNLIMITED:
-                continue
-            usage = _cgroup_number(folder / usage_file) or 0
-            usage -= min(usage, _cgroup_stat(folder / stat_file, inactive))
-            free = max(0, limit - usage)
-            best = free if best is None else min(best, free)
+        found.extend((controllers == "", folder) for folder in _ancestors(base, relative))
+    return found
+
+
+def cgroup_memory_available(root: str | os.PathLike = "/") -> int | None:
+    """Bytes this process's cgroup may still allocate, or None when no cgroup limit applies.
+
+    The limit is the smallest `memory.max` (v2) or `memory.limit_in_bytes` (v1) on the path from the
+    process's cgroup up to the mount root; usage is that cgroup's current usage less its inactive
+    page cache, which the kernel reclaims before it kills anything.
+    """
+    best: int | None = None
+    for v2, folder in _cgroup_folders(Path(root), "memory"):
+        if v2:
+            limit_file, usage_file, inactive = "memory.max", "memory.current", "inactive_file"
+        else:
+            limit_file, usage_file, inactive = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+        limit = _cgroup_number(folder / limit_file)
+        if limit is None or limit >= _CGROUP_UNLIMITED:
+            continue
+        usage = _cgroup_number(folder / usage_file) or 0
+        usage -= min(usage, _cgroup_stat(folder / "memory.stat", inactive))
+        free = max(0, limit - usage)
+        best = free if best is None else min(best, free)
+    return best
+
+
+def cgroup_cpu_limit(root: str | os.PathLike = "/") -> float | None:
+    """The CPUs' worth of time this process's cgroup may use (quota / period), or None without a quota.
+
+    The smallest of v2 `cpu.max` ("QUOTA PERIOD", "max" = none) or v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (-1 = none) on the path from the process's cgroup up to the mount root: a
+    container given 1.5 CPUs on a 64-core host may run 1.5 cores' worth of threads, whatever its
+    affinity mask says.
+    """
+    best: float | None = None
+    for v2, folder in _cgroup_folders(Path(root), "cpu"):
+        limit = None
+        if v2:
+            fields = (_read(folder / "cpu.max") or "").split()
+            if len(fields) == 2 and fields[0] != "max":
+                limit = int(fields[0]) / int(fields[1])
+        else:
+            quota = _cgroup_number(folder / "cpu.cfs_quota_us")
+            period = _cgroup_number(folder / "cpu.cfs_period_us")
+            if quota is not None and quota > 0 and period:
+                limit = quota / period
+        if limit is not None:
+            best = limit if best is None else min(best, limit)
     return best
 
 

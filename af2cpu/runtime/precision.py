@@ -1,0 +1,67 @@
+"""The one decision of the network's numeric precision for this CPU (``runtime.precision``).
+
+``auto`` (the default) is bf16 where the CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX:
+oneDNN's bf16 kernels), fp32 elsewhere. An explicit ``bf16`` on a CPU without them runs as asked,
+with one warning per run: there every bf16 matrix product is emulated, measured ~450x slower
+than fp32 on an AVX2-only AMD EPYC (a 1024² product: 0.2 against 92 GFLOP/s, docs/benchmarks.md).
+
+Everything that needs the precision (the model's Options, the memory and SLURM planners, the ipex
+back end, the benchmarks) reads it through :func:`resolve_precision`, by way of
+``af2cpu.model.options.as_precision``; the CPU's flags are read once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterable
+
+from af2cpu.config import Precision
+from af2cpu.errors import ConfigError
+from af2cpu.runtime.topology import read_cpuinfo
+
+log = logging.getLogger(__name__)
+
+# ISA flags (/proc/cpuinfo names) with native bf16 matrix instructions that oneDNN uses.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+EMULATED_BF16_COST = (
+    "bf16 matrix products are emulated on this CPU (no AVX512-BF16 or AMX): measured ~450x slower than "
+    "fp32 on an AVX2-only CPU (1024x1024: 0.2 against 92 GFLOP/s). Use runtime.precision=auto (fp32 here)"
+)
+
+# Set once the warning was given: processes started later (Dask workers) inherit it and stay quiet, so a
+# run warns once, in the process the user watches.
+WARNED_VARIABLE = "AF2CPU_BF16_EMULATION_WARNED"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (/proc/cpuinfo), read once per process."""
+    return read_cpuinfo()[1]
+
+
+def native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether a CPU with these flags (default: this one) multiplies bf16 matrices natively."""
+    return bool(NATIVE_BF16_FLAGS & frozenset(cpu_flags() if flags is None else flags))
+
+
+def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = None) -> Precision:
+    """The precision ``requested`` means on a CPU with ``flags`` (default: this CPU): fp32 or bf16.
+
+    ``auto`` is bf16 where bf16 is native, else fp32; ``bf16`` where it is not is kept, with one
+    warning per process giving the cost. ConfigError for a name that is no precision.
+    """
+    try:
+        precision = Precision(str(requested))
+    except ValueError:
+        raise ConfigError(f"precision {requested!r} is not available; choose one of "
+                          f"{', '.join(p.value for p in Precision)}") from None
+    native = native_bf16(flags)
+    if precision is Precision.auto:
+        return Precision.bf16 if native else Precision.fp32
+    if precision is Precision.bf16 and not native and not os.environ.get(WARNED_VARIABLE):
+        os.environ[WARNED_VARIABLE] = "1"
+        log.warning("runtime.precision=bf16: %s.", EMULATED_BF16_COST)
+    return precision

@@ -1,0 +1,66 @@
+"""runtime.precision: one function decides what each value means on a CPU; CPU flags are injected, so
+no test depends on the ISA of the machine running it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from af2cpu.cli.bench import bench_precisions
+from af2cpu.config import Precision, RuntimeConfig, compose_config
+from af2cpu.errors import ConfigError
+from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
+from af2cpu.model.presets import get_preset
+from af2cpu.runtime import precision as precision_module
+from af2cpu.runtime.precision import native_bf16, resolve_precision
+
+AVX2 = {"avx2", "fma", "sse4_2"}
+AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}
+AMX = AVX2 | {"avx512f", "amx_tile", "amx_bf16"}
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2, "fp32"), (AVX2 | {"avx512f", "avx512_vnni"}, "fp32"),
+                                             (AVX512_BF16, "bf16"), (AMX, "bf16")])
+def test_auto_is_bf16_only_where_bf16_is_native(flags, expected):
+    assert resolve_precision("auto", flags) == expected
+    assert resolve_precision(Precision.fp32, flags) is Precision.fp32
+
+
+def test_explicit_bf16_without_native_bf16_runs_with_one_warning_naming_the_cost(monkeypatch, caplog):
+    monkeypatch.setenv(precision_module.WARNED_VARIABLE, "")  # empty: not warned yet; restored afterwards
+    with caplog.at_level(logging.WARNING, logger="af2cpu.runtime.precision"):
+        assert resolve_precision("bf16", AVX2) is Precision.bf16
+        assert resolve_precision("bf16", AVX2) is Precision.bf16
+        assert resolve_precision("bf16", AMX) is Precision.bf16
+    (record,) = caplog.records
+    assert "emulated" in record.message and "slower than fp32" in record.message
+    assert "runtime.precision=auto" in record.message
+    # Processes started from now on (Dask workers) inherit the mark and do not warn again.
+    assert os.environ[precision_module.WARNED_VARIABLE] == "1"
+
+
+def test_unknown_precision_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="fp16.*auto, fp32, bf16"):
+        resolve_precision("fp16", AVX2)
+    with pytest.raises(ValueError, match="resolve"):
+        _ = Precision.auto.nbytes
+
+
+def test_auto_is_the_default_and_every_consumer_reads_the_one_resolution():
+    assert compose_config([]).runtime.precision == "auto"
+    here = resolve_precision("auto")
+    assert here is (Precision.bf16 if native_bf16() else Precision.fp32)
+    shape = TargetShape(32, 8, 16, 0)
+    # The memory planner and the model's options use the resolved precision, never "auto".
+    options, estimate = plan_options(RuntimeConfig(), get_preset("model_1_ptm"), shape, limit=1 << 40)
+    assert options.precision is here
+    assert estimate.total == estimate_peak_memory(shape, here).total
+
+
+def test_bench_times_bf16_by_default_only_where_it_is_native():
+    assert bench_precisions(None, AVX2) == ["fp32"]
+    assert bench_precisions(None, AMX) == ["fp32", "bf16"]
+    assert bench_precisions(["auto"], AVX512_BF16) == ["bf16"]
+    assert bench_precisions(["fp32", "auto"], AVX2) == ["fp32"]
