@@ -315,7 +315,8 @@ def choose_chunks(
                 f"a target of {shape.residues} residues with {shape.msa_rows} MSA rows, {shape.extra_rows} "
                 f"extra MSA rows and {shape.templates} templates needs {estimate.describe()}, and chunking "
                 f"cannot make {top.name} small enough; the memory limit is {limit / GIB:.2f} GiB. Use "
-                "runtime.precision=bf16, fewer MSA rows, or more memory (runtime.memory_limit)"
+                "runtime.precision=bf16 (on a CPU with native bf16: AVX512-BF16 or AMX), fewer MSA rows, or more "
+                "memory (runtime.memory_limit)"
             )
         current = getattr(chunks, field) or _axis(field, shape)
         smaller = 1 << ((current - 1).bit_length() - 1)  # the largest power of two below `current`

@@ -45,6 +45,7 @@ from af2cpu.io import (
 from af2cpu.layout import TargetDir
 from af2cpu.model import weights
 from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
+from af2cpu.model.options import as_precision
 from af2cpu.model.presets import get_preset
 from af2cpu.preprocessing import features as raw_features
 from af2cpu.preprocessing import multimer, searches
@@ -373,7 +374,9 @@ def _infer_key(model_name: str, ctx: StageContext, inputs: Inputs) -> str:
             "num_recycle": int(cfg.model.num_recycle),
             "early_stop": float(cfg.model.recycle_early_stop_tolerance),
             "seed": weights.model_seed(cfg, model_name),
-            "precision": cfg.runtime.precision,
+            # The precision this CPU runs (auto resolves per CPU): a cache shared by machines with and
+            # without native bf16 never hands one's results to the other.
+            "precision": str(as_precision(cfg.runtime.precision)),
             "output": _plain(cfg.output),
         },
         tool_versions={"torch": torch.__version__},

@@ -11,10 +11,13 @@ import pytest
 from af2cpu.cli.bench import bench_precisions
 from af2cpu.config import Precision, RuntimeConfig, compose_config
 from af2cpu.errors import ConfigError
+from af2cpu.layout import TargetDir
 from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
 from af2cpu.model.presets import get_preset
+from af2cpu.preprocessing.inputs import Target
 from af2cpu.runtime import precision as precision_module
 from af2cpu.runtime.precision import native_bf16, resolve_precision
+from af2cpu.scheduler.stages import StageContext, _infer_key
 
 AVX2 = {"avx2", "fma", "sse4_2"}
 AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}
@@ -64,3 +67,21 @@ def test_bench_times_bf16_by_default_only_where_it_is_native():
     assert bench_precisions(None, AMX) == ["fp32", "bf16"]
     assert bench_precisions(["auto"], AVX512_BF16) == ["bf16"]
     assert bench_precisions(["fp32", "auto"], AVX2) == ["fp32"]
+
+
+@pytest.mark.parametrize("flags, same_as", [(AVX2, "fp32"), (AVX512_BF16, "bf16")])
+def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch, flags, same_as):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setenv(precision_module.WARNED_VARIABLE, "1")
+    folder = TargetDir(tmp_path / "T1")
+    folder.path.mkdir()
+    folder.features.write_bytes(b"features")
+
+    def key(precision: str) -> str:
+        cfg = compose_config(["params=random", f"runtime.precision={precision}"])
+        return _infer_key("model_1_ptm", StageContext(Target("T1", "", "MKV"), cfg, folder), {})
+
+    # A stage cache shared by CPUs with and without native bf16 never gives one's results to the other:
+    # auto is keyed as what it resolves to on the CPU that runs it.
+    other = "bf16" if same_as == "fp32" else "fp32"
+    assert key("auto") == key(same_as) != key(other)
