@@ -116,8 +116,8 @@ def nearest_neighbor_clusters(batch: dict[str, torch.Tensor], gap_agreement_weig
     # (extra, sampled) agreement: one GEMM over positions x classes.
     agreement = extra_one_hot.reshape(-1, num_res * _MSA_CLASSES) @ (
         weights * msa_one_hot).reshape(num_msa, -1).t()
-    assignment = torch.softmax(1e3 * agreement, dim=0)  # over the extra rows, as DeepMind's axis 0
-    assignment = assignment.t() * (msa_mask @ extra_mask.t())  # (sampled, extra)
+    # Each extra row spreads over the sampled rows; then weighted by the positions both have.
+    assignment = torch.softmax(1e3 * agreement, dim=1).t() * (msa_mask @ extra_mask.t())  # (sampled, extra)
     count = assignment.sum(-1) + 1.0  # the row itself counts too
     profile_sum = (assignment @ extra_one_hot.reshape(-1, num_res * _MSA_CLASSES)).reshape(msa_one_hot.shape)
     profile = (profile_sum + msa_one_hot) / count[:, None, None]

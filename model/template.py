@@ -226,6 +226,9 @@ class MultimerSingleTemplateEmbedding(nn.Module):
         aatype = F.one_hot(template_aatype.long(), _NUM_RESIDUE_CLASSES).float()
         frames, backbone_mask = _backbone_frames(positions, atom_mask)
         # Each residue j's Cα seen from residue i's frame, as a unit vector.
+        # DISCREPANCY: for j = i this is 0 here (R^T (x_i - t_i), exactly); DeepMind's jit-compiled code
+        # computes R^T x_i - R^T t_i, whose rounding noise its 1e-6 norm floor can turn into a random
+        # direction. The self-pair's direction is undefined either way.
         local = frames.unsqueeze(1).invert_apply(frames.trans[None, :, :])
         backbone_mask_2d = backbone_mask[:, None] * backbone_mask[None, :] * multichain_mask_2d
         unit = _normalized(local) * backbone_mask_2d[..., None]
