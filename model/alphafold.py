@@ -308,15 +308,7 @@ class AlphaFold(nn.Module):
                 slices = shape[0]
             elif shape[0] != slices:
                 raise InputError(f"feature {name} has {shape[0]} recycle slices, aatype has {slices}")
-            for dim, size in zip(dims, shape[1:]):
-                if isinstance(dim, int):
-                    if size != dim:
-                        raise InputError(f"feature {name} has shape {shape}; axis {dim!r} must be {dim}")
-                elif dim in sizes and sizes[dim][0] != size:
-                    raise InputError(f"feature {name} has shape {shape}: its {dim} axis is {size}, but "
-                                     f"{sizes[dim][1]} says {sizes[dim][0]}")
-                else:
-                    sizes.setdefault(dim, (size, name))
+            multimer.check_axes("feature", name, shape, dims, sizes)
         return slices
 
     @torch.inference_mode()

@@ -54,20 +54,27 @@ def check_features(features: dict, preset: Preset) -> None:
         if len(shape) != len(dims):
             raise InputError(f"multimer feature {name} has shape {shape}; expected ({', '.join(map(str, dims))}) "
                              "(DeepMind's multimer example, no recycle or batch axis)")
-        for dim, size in zip(dims, shape):
-            if isinstance(dim, int):
-                if size != dim:
-                    raise InputError(f"multimer feature {name} has shape {shape}; its axis of {dim} is {size}")
-            elif dim in sizes and sizes[dim][0] != size:
-                raise InputError(f"multimer feature {name} has shape {shape}: its {dim} axis is {size}, but "
-                                 f"{sizes[dim][1]} says {sizes[dim][0]}")
-            else:
-                sizes.setdefault(dim, (size, name))
+        check_axes("multimer feature", name, shape, dims, sizes)
     if sizes["N"][0] < 1:
         raise InputError("multimer feature msa has no rows; it needs at least the query sequence")
     if sizes["T"][0] < 1:
         raise InputError("multimer feature template_aatype has no templates; DeepMind's pipeline gives an all-zero "
                          "template where a chain has none (template_* arrays with 4 rows)")
+
+
+def check_axes(label: str, name: str, shape: tuple[int, ...], dims: tuple[str | int, ...],
+               sizes: dict[str, tuple[int, str]]) -> None:
+    """InputError unless the trailing axes of ``shape`` fit ``dims``: an int is a fixed size, a name
+    (L, S, ...) must agree with the size that ``sizes`` (name -> (size, feature)) recorded first."""
+    for dim, size in zip(dims, shape[len(shape) - len(dims):]):
+        if isinstance(dim, int):
+            if size != dim:
+                raise InputError(f"{label} {name} has shape {shape}; axis {dim!r} must be {dim}")
+        elif dim in sizes and sizes[dim][0] != size:
+            raise InputError(f"{label} {name} has shape {shape}: its {dim} axis is {size}, but "
+                             f"{sizes[dim][1]} says {sizes[dim][0]}")
+        else:
+            sizes.setdefault(dim, (size, name))
 
 
 def to_tensors(features: dict) -> dict[str, torch.Tensor]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_params import _skeleton
+from test_params import _tree as params_tree
 
 from af2cpu.cli import params as params_cli
 from af2cpu.errors import InputError
@@ -22,18 +24,8 @@ MULTIMER = [f"model_{i}_multimer_v3" for i in range(1, 6)]
 SMALL = PRESETS["model_2_multimer_v3"].with_blocks(evoformer=2, extra_msa=1)
 
 
-def _skeleton(preset):
-    with torch.device("meta"):
-        return AlphaFold(preset)
-
-
 def _tree():
-    out = {}
-    for line in TREE.read_text().splitlines():
-        if not line.startswith("#"):
-            key, shape, _dtype = line.split("\t")
-            out[key] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
-    return out
+    return params_tree(TREE)
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,9 @@ def _skeleton(preset):
         return AlphaFold(preset)
 
 
-def _tree():
+def _tree(path: Path = TREE):
     out = {}
-    for line in TREE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if not line.startswith("#"):
             key, shape, _dtype = line.split("\t")
             out[key] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
