@@ -157,7 +157,8 @@ def pass_features(preset: Preset, batch: dict[str, torch.Tensor],
     out = {name: batch[name] for name in ("aatype", "residue_index", "seq_mask", "asym_id", "entity_id", "sym_id",
                                           "template_aatype", "template_all_atom_positions")}
     out["template_all_atom_masks"] = batch["template_all_atom_mask"]
-    out["target_feat"] = F.one_hot(batch["aatype"].clamp(max=_TARGET_CLASSES - 1), _TARGET_CLASSES).float()
+    # DeepMind's one_hot(aatype, 21): a gap (21) is the zero vector, not X.
+    out["target_feat"] = F.one_hot(batch["aatype"].clamp(max=_TARGET_CLASSES), _TARGET_CLASSES + 1)[:, :_TARGET_CLASSES].float()
     out["msa_feat"] = create_msa_feat(sampled)
     out["msa_mask"] = sampled["msa_mask"]
     num_extra = preset.max_extra_msa
