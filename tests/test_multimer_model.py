@@ -4,8 +4,8 @@ Random official-format v3 parameters (af2cpu's ``random_params``: fan-in scaled,
 tensor given noise, the backbone update scaled x0.15), identical inputs, fp32 on both sides. The
 reference samples and masks its MSA with JAX's PRNG inside the network; the comparison is made
 RNG-free as DeepMind's code allows (docs/reference.md): BERT masking off (``replace_fraction`` 0),
-``cluster_bias_mask`` on the first ``NUM_MSA`` rows and ``num_msa = NUM_MSA``, so its draw only
-permutes the sampled rows and the extra rows (the last real rows and the padding), to which the
+``cluster_bias_mask`` on the first ``NUM_MSA`` rows (2 on the query, so that it stays row 0) and
+``num_msa = NUM_MSA``, so its draw only permutes the other sampled rows and the extra rows (the last real rows and the padding), to which the
 outputs are invariant up to summation order; every pass is fed zero or the previous pass's fp32
 ``prev``, in our own loop (never ``RunModel.predict``).
 
@@ -106,7 +106,9 @@ def _example(chains: list[tuple[int, int, int]], paired: int, unpaired: int, tem
         "msa": np.r_[msa, np.zeros((pad, num_res), np.int64)].astype(np.int32),
         "deletion_matrix": np.r_[deletions, np.zeros((pad, num_res), np.float32)],
         "msa_mask": msa_mask, "bert_mask": msa_mask.copy(),
-        "cluster_bias_mask": (np.arange(NUM_ROWS) < NUM_MSA).astype(np.float64),
+        # 1 on the first NUM_MSA rows, 2 on the query: the reference's draw keeps the query first (the
+        # single representation is read from MSA row 0) and permutes only rows the outputs are invariant to.
+        "cluster_bias_mask": ((np.arange(NUM_ROWS) < NUM_MSA) + (np.arange(NUM_ROWS) == 0)).astype(np.float64),
         "template_aatype": np.zeros((NUM_TEMPLATES, num_res), np.int64),
         "template_all_atom_mask": np.zeros((NUM_TEMPLATES, num_res, 37), np.float32),
         "template_all_atom_positions": np.zeros((NUM_TEMPLATES, num_res, 37, 3), np.float32),
