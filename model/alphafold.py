@@ -18,8 +18,9 @@ from torch import nn
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
-from af2cpu.model import confidence
+from af2cpu.model import confidence, multimer
 from af2cpu.model.embedders import (
+    ChainRelativePositionEncoding,
     ExtraMsaEmbedder,
     InputEmbedder,
     RecyclingEmbedder,
@@ -38,8 +39,15 @@ from af2cpu.model.params import load_params, preset_from_filename, read_params, 
 from af2cpu.model.presets import Preset, get_preset
 from af2cpu.model.primitives import Linear
 from af2cpu.model.structure_module import StructureModule
-from af2cpu.model.template import TemplateEmbedding, TemplateTorsionEmbedder
+from af2cpu.model.template import (
+    MultimerTemplateEmbedding,
+    TemplateChiEmbedder,
+    TemplateEmbedding,
+    TemplateTorsionEmbedder,
+)
 
+# The scope of the multimer's relative position encoding (DeepMind's method name under `evoformer`).
+_CHAIN_RELPOS = "~_relative_encoding"
 _TEMPLATE_KEYS = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                   "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask")
 
@@ -55,12 +63,18 @@ class EmbeddingsAndEvoformer(nn.Module):
         self.options = Options()
         self.input_embedder = InputEmbedder(a.target_feat_dim, a.msa_feat_dim, a.msa_channel, a.pair_channel)
         self.recycling_embedder = RecyclingEmbedder(a.msa_channel, a.pair_channel, a.prev_pos)
-        self.relative_position = RelativePositionEncoding(a.max_relative_feature, a.pair_channel)
+        if a.max_relative_chain is None:
+            self.relative_position = RelativePositionEncoding(a.max_relative_feature, a.pair_channel)
+        else:  # the multimer's, in DeepMind's scope of this name
+            self.add_module(_CHAIN_RELPOS, ChainRelativePositionEncoding(
+                a.max_relative_feature, a.max_relative_chain, a.pair_channel))
         if preset.use_templates:
-            self.template_embedding = TemplateEmbedding(a.template, a.pair_channel)
+            embedding = MultimerTemplateEmbedding if a.template.multimer else TemplateEmbedding
+            self.template_embedding = embedding(a.template, a.pair_channel)
         if preset.embed_torsion_angles:
-            self.template_torsion_embedder = TemplateTorsionEmbedder(
-                a.msa_channel, placeholder_for_undefined=preset.template_torsion_placeholders)
+            self.template_torsion_embedder = (
+                TemplateChiEmbedder(a.msa_channel) if a.template.multimer else TemplateTorsionEmbedder(
+                    a.msa_channel, placeholder_for_undefined=preset.template_torsion_placeholders))
         self.extra_msa_embedder = ExtraMsaEmbedder(a.extra_msa_feat_dim, a.extra_msa.msa_channel)
         self.extra_msa_stack = nn.ModuleList(
             EvoformerIteration(a.extra_msa, a.pair_channel) for _ in range(a.extra_msa.num_block))
@@ -107,7 +121,14 @@ class EmbeddingsAndEvoformer(nn.Module):
         distogram projection, the relative positions, the extra MSA's one-hot features) exist one
         block at a time instead of whole (several (L, L, 128) fp32 tensors at long lengths).
         """
-        embed, recycle, relpos = self.input_embedder, self.recycling_embedder, self.relative_position
+        embed, recycle = self.input_embedder, self.recycling_embedder
+        if hasattr(self, "relative_position"):
+            def relpos(rows):
+                return self.relative_position(batch["residue_index"], rows)
+        else:
+            def relpos(rows):
+                return self.get_submodule(_CHAIN_RELPOS)(batch["residue_index"], batch["asym_id"], batch["entity_id"],
+                                                         batch["sym_id"], rows)
         target_feat, msa_feat = batch["target_feat"], batch["msa_feat"]
         n_res = target_feat.shape[0]
 
@@ -125,7 +146,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         pair = target_feat.new_empty((n_res, n_res, recycle.prev_pair_norm.scale.shape[0]), dtype=dtype)
         for s in steps(n_res, n_res * pair.shape[-1] * 4):
             update = recycle.pair_rows(batch["aatype"], prev["prev_pos"], prev["prev_pair"], s)
-            pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(batch["residue_index"], s))
+            pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(s))
 
         extra_features = (batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
         channels = self.extra_msa_embedder.extra_msa_activations.weights.shape[1]
@@ -210,7 +231,8 @@ _INT_FEATURES = {"aatype", "residue_index", "extra_msa", "residx_atom37_to_atom1
 
 
 class AlphaFold(nn.Module):
-    """Jumper et al. (2021) Suppl. Alg. 2 'Inference': the monomer model with recycling."""
+    """Jumper et al. (2021) Suppl. Alg. 2 'Inference': the model with recycling (the monomer, or
+    AlphaFold-Multimer, Evans et al. 2022, for a multimer preset)."""
 
     def __init__(self, preset: Preset | str = "model_1_ptm", options: Options | None = None):
         super().__init__()
@@ -239,10 +261,19 @@ class AlphaFold(nn.Module):
             preset = preset_from_filename(path)
             if preset is None:
                 raise InputError(f"cannot tell the model preset from the file name {os.fspath(path)!r}; "
-                                 "pass preset='model_1_ptm' (or another of model_1..5[_ptm])")
+                                 "pass preset='model_1_ptm' (or another of model_1..5[_ptm], "
+                                 "model_1..5_multimer_v3)")
         with torch.device("meta"):
             model = cls(preset, options)
         flat = _read_with_cache(path, cache_dir)
+        file_is_multimer = any(k.startswith(_MULTIMER_KEY) for k in flat)
+        if file_is_multimer != model.preset.multimer:
+            kind = "an AlphaFold-Multimer" if file_is_multimer else "a monomer AlphaFold2"
+            raise InputError(
+                f"parameter file {os.fspath(path)} holds {kind} model's parameters, but preset {model.preset.name} "
+                f"is {'a multimer' if model.preset.multimer else 'a monomer'} model; pass the matching preset "
+                f"({'model_1_multimer_v3 ... model_5_multimer_v3' if file_is_multimer else 'model_1 ... model_5_ptm'}) "
+                "or the matching file")
         try:
             load_params(model, flat, source=f"parameter file {os.fspath(path)}")
         except InputError as exc:
@@ -277,50 +308,64 @@ class AlphaFold(nn.Module):
                 slices = shape[0]
             elif shape[0] != slices:
                 raise InputError(f"feature {name} has {shape[0]} recycle slices, aatype has {slices}")
-            for dim, size in zip(dims, shape[1:]):
-                if isinstance(dim, int):
-                    if size != dim:
-                        raise InputError(f"feature {name} has shape {shape}; axis {dim!r} must be {dim}")
-                elif dim in sizes and sizes[dim][0] != size:
-                    raise InputError(f"feature {name} has shape {shape}: its {dim} axis is {size}, but "
-                                     f"{sizes[dim][1]} says {sizes[dim][0]}")
-                else:
-                    sizes.setdefault(dim, (size, name))
+            multimer.check_axes("feature", name, shape, dims, sizes)
         return slices
 
     @torch.inference_mode()
     def predict(self, features: dict[str, np.ndarray], num_recycle: int | None = None,
-                early_stop_tolerance: float = 0.0, return_recycles: bool = False) -> dict:
+                early_stop_tolerance: float | None = None, return_recycles: bool = False,
+                random_seed: int = 0, prediction_index: int = 0) -> dict:
         """Run the model with recycling on processed features (numpy in, numpy out).
 
-        Pass ``i`` reads slice ``i`` of the features' leading recycle axis (the last slice when
-        there are fewer). Recycling stops early once the RMS change of the Cα distance matrix
-        falls below ``early_stop_tolerance`` Å (0 disables). With ``return_recycles`` the output
-        holds ``recycles``: the outputs of every pass.
+        Monomer presets take AlphaFold2's processed features: pass ``i`` reads slice ``i`` of the
+        features' leading recycle axis (the last slice when there are fewer). Multimer presets take
+        DeepMind's multimer example as it is (``pipeline_multimer``; no recycle axis) and sample its
+        MSA in every pass from a generator seeded by ``random_seed`` and ``prediction_index``; their
+        output has ``iptm`` next to ``ptm``. Recycling stops early once the RMS change of the Cα
+        distance matrix falls below ``early_stop_tolerance`` Å (default: the preset's; 0 disables).
+        With ``return_recycles`` the output holds ``recycles``: the outputs of every pass.
         """
-        features = dict(features)
-        if np.ndim(features.get("aatype", [[0]])) == 1:  # a single pass without recycle axis
-            features = {k: np.asarray(v)[None] for k, v in features.items()}
-        slices = self.check_features(features)
         num_recycle = self.preset.num_recycle if num_recycle is None else num_recycle
-        if slices != 1 and slices < num_recycle + 1:
-            raise InputError(f"features have {slices} recycle slices; {num_recycle} recycles need "
-                             f"{num_recycle + 1} (or 1, reused by every pass)")
-        num_res = np.shape(features["aatype"])[1]
+        if early_stop_tolerance is None:
+            early_stop_tolerance = self.preset.recycle_early_stop_tolerance
+        features = dict(features)
+        if self.preset.multimer:
+            multimer.check_features(features, self.preset)
+            example = multimer.to_tensors(features)
+            generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([random_seed, prediction_index]).generate_state(1)[0]))
+
+            def pass_batch(_: int) -> dict[str, torch.Tensor]:
+                batch = multimer.pass_features(self.preset, example, generator)
+                return _at_least_one_row(_without_masked_rows(batch, templates=False))
+            asym_id, seq_mask = np.asarray(features["asym_id"]), np.asarray(features["seq_mask"])
+        else:
+            if np.ndim(features.get("aatype", [[0]])) == 1:  # a single pass without recycle axis
+                features = {k: np.asarray(v)[None] for k, v in features.items()}
+            slices = self.check_features(features)
+            if slices != 1 and slices < num_recycle + 1:
+                raise InputError(f"features have {slices} recycle slices; {num_recycle} recycles need "
+                                 f"{num_recycle + 1} (or 1, reused by every pass)")
+            seq_mask = np.asarray(features["seq_mask"])[0]
+
+            def pass_batch(index: int) -> dict[str, torch.Tensor]:
+                return self._pass_features(features, index)
+            asym_id = None
+        seq_mask = seq_mask.astype(np.float32)
+        num_res = seq_mask.shape[0]
         a = self.preset.architecture
         prev = {"prev_msa_first_row": torch.zeros(num_res, a.msa_channel),
                 "prev_pair": torch.zeros(num_res, num_res, a.pair_channel),
                 "prev_pos": torch.zeros(num_res, rc.atom_type_num, 3)}
-        seq_mask = np.asarray(features["seq_mask"])[0].astype(np.float32)
         recycles = []
         for i in range(num_recycle + 1):
-            batch = self._pass_features(features, i)
+            batch = pass_batch(i)
             ret = self.alphafold_iteration(batch, prev)
             new_prev = {"prev_msa_first_row": ret["representations"]["msa_first_row"],
                         "prev_pair": ret["representations"]["pair"],
                         "prev_pos": ret["structure_module"]["final_atom_positions"]}
             out = _to_numpy(ret)
-            out.update(confidence.confidence_metrics(out, residue_weights=seq_mask))
+            out.update(confidence.confidence_metrics(out, residue_weights=seq_mask, asym_id=asym_id))
             out["tol"] = _ca_distance_change(prev["prev_pos"].numpy(), new_prev["prev_pos"].numpy(), seq_mask)
             out["num_recycles"] = np.asarray(i)
             prev = new_prev
@@ -353,7 +398,7 @@ _ROW_GROUPS = (("extra_msa", "extra_msa_mask", "extra_has_deletion", "extra_dele
                 "template_pseudo_beta", "template_pseudo_beta_mask", "template_mask"))
 
 
-def _without_masked_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _without_masked_rows(batch: dict[str, torch.Tensor], templates: bool = True) -> dict[str, torch.Tensor]:
     """Drop the MSA, extra-MSA and template rows that are masked out entirely.
 
     AlphaFold2 pads these to fixed sizes (508/5120/4 rows) with fully masked rows, which add nothing
@@ -362,17 +407,18 @@ def _without_masked_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     (the query) is always kept; ``msa_rows`` records which main-MSA rows were kept, so that
     :func:`_restore_msa_rows` can give the per-row outputs their full shape again. A template is
     dropped only when both its mask and its atom masks are zero: its torsion-angle MSA rows read
-    the atom masks.
+    the atom masks. With ``templates=False`` (the multimer, which averages over every template slot
+    and embeds even an empty template's residue types) no template is dropped.
     """
     msa_keep = batch["msa_mask"].any(dim=1)
     msa_keep[0] = True
     batch["msa_rows"] = torch.nonzero(msa_keep)[:, 0]
     batch["num_msa_rows"] = torch.tensor(msa_keep.shape[0])
     keeps = {"msa_feat": msa_keep, "extra_msa": batch["extra_msa_mask"].any(dim=1)}
-    if "template_mask" in batch:
+    if templates and "template_mask" in batch:
         keeps["template_aatype"] = (batch["template_mask"] != 0) | batch["template_all_atom_masks"].flatten(1).any(1)
     for group in (("msa_feat", "msa_mask"),) + _ROW_GROUPS:
-        if group[0] in batch and not bool(keeps[group[0]].all()):
+        if group[0] in keeps and not bool(keeps[group[0]].all()):
             for name in group:
                 batch[name] = batch[name][keeps[group[0]]]
     return batch
@@ -423,6 +469,10 @@ def _ca_distance_change(prev_pos: np.ndarray, pos: np.ndarray, mask: np.ndarray)
 
     mask_2d = mask[:, None] * mask[None, :]
     return np.sqrt(((dist(prev_pos) - dist(pos)) ** 2 * mask_2d).sum() / mask_2d.sum() + 1e-8)
+
+
+# A tensor that only the multimer's parameter files hold (its relative position encoding).
+_MULTIMER_KEY = f"alphafold/alphafold_iteration/evoformer/{_CHAIN_RELPOS}/"
 
 
 def _guess_preset_hint(flat: dict) -> str:

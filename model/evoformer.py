@@ -176,24 +176,46 @@ class OuterProductMean(_Chunked):
 
 
 class _TriangleMultiplication(_Chunked):
-    """Shared body of the two triangle multiplications (non-fused weight layout of the monomer)."""
+    """Shared body of the two triangle multiplications.
+
+    The monomer's files hold four input projections (``left_projection``, ``right_projection``,
+    ``left_gate``, ``right_gate``); with ``fused`` (multimer v3) they are two layers of 2c outputs,
+    ``projection`` and ``gate`` (left half, then right half), and the layer norms are called
+    ``left_norm_input`` and ``center_norm``. The computation is the same.
+    """
 
     outgoing: bool
 
-    def __init__(self, c_z: int, num_intermediate_channel: int):
+    def __init__(self, c_z: int, num_intermediate_channel: int, fused: bool = False):
         super().__init__()
         c = num_intermediate_channel
-        self.layer_norm_input = LayerNorm(c_z)
-        self.left_projection = Linear(c_z, c)
-        self.right_projection = Linear(c_z, c)
-        self.left_gate = Linear(c_z, c)
-        self.right_gate = Linear(c_z, c)
-        self.center_layer_norm = LayerNorm(c)
+        self.fused = fused
+        if fused:
+            self.left_norm_input = LayerNorm(c_z)
+            self.projection = Linear(c_z, 2 * c)
+            self.gate = Linear(c_z, 2 * c)
+            self.center_norm = LayerNorm(c)
+        else:
+            self.layer_norm_input = LayerNorm(c_z)
+            self.left_projection = Linear(c_z, c)
+            self.right_projection = Linear(c_z, c)
+            self.left_gate = Linear(c_z, c)
+            self.right_gate = Linear(c_z, c)
+            self.center_layer_norm = LayerNorm(c)
         self.output_projection = Linear(c, c_z)
         self.gating_linear = Linear(c_z, c_z)
 
+    def _input_layers(self) -> tuple[LayerNorm, list[Linear], LayerNorm]:
+        """The input layer norm, the input projections in the order left, right, left gate, right
+        gate (as weight blocks), and the centre layer norm."""
+        if self.fused:
+            return self.left_norm_input, [self.projection, self.gate], self.center_norm
+        return (self.layer_norm_input, [self.left_projection, self.right_projection, self.left_gate,
+                                         self.right_gate], self.center_layer_norm)
+
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        act = self.layer_norm_input(pair)
+        layer_norm_input, layers, center_layer_norm = self._input_layers()
+        act = layer_norm_input(pair)
         n_rows, n_res, c_z = act.shape
         dtype = act.dtype
         # The four projections that read `act` (left, right and their gates) are one GEMM that writes
@@ -201,7 +223,6 @@ class _TriangleMultiplication(_Chunked):
         # below are batched GEMMs over contiguous (L, L) planes with no copy. The GEMM runs a block
         # of pair rows at a time; the block's gates are applied while it is in cache, so only the
         # gated left and right projections, (2c, L, L), exist whole.
-        layers = (self.left_projection, self.right_projection, self.left_gate, self.right_gate)
         w_t = torch.cat([layer.weights for layer in layers], dim=1).to(dtype).t()
         b = torch.cat([layer.bias for layer in layers]).to(dtype)[:, None]
         c = w_t.shape[0] // 4
@@ -231,7 +252,7 @@ class _TriangleMultiplication(_Chunked):
             tri_block = torch.bmm(a[:, ps], b_)  # (c, rows, L)
             for s in chunk_slices(ps.stop - ps.start, step):
                 rows = slice(ps.start + s.start, ps.start + s.stop)
-                tri = self.center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
+                tri = center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
                 out_s = self.output_projection(tri, out=out[rows].view(-1, c_z))
                 out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
         return out
@@ -300,20 +321,25 @@ class EvoformerIteration(nn.Module):
             self.msa_column_attention = MSAColumnAttention(c_m, stack.msa_num_head)
         self.msa_transition = Transition(c_m, stack.msa_transition_factor)
         self.outer_product_mean = OuterProductMean(c_m, c_z, stack.num_outer_channel)
-        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_z, tri)
-        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_z, tri)
+        fused = stack.fuse_projection_weights
+        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_z, tri, fused)
+        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_z, tri, fused)
+        self.outer_product_mean_first = stack.outer_product_mean_first
         self.triangle_attention_starting_node = TriangleAttentionStartingNode(c_z, stack.triangle_num_head)
         self.triangle_attention_ending_node = TriangleAttentionEndingNode(c_z, stack.triangle_num_head)
         self.pair_transition = Transition(c_z, stack.pair_transition_factor)
 
     def forward(self, msa, pair, msa_mask, pair_mask):
         """Returns the updated (msa, pair)."""
+        if self.outer_product_mean_first:  # AlphaFold-Multimer (Evans et al. 2022, Suppl. 2.2)
+            pair = pair + self.outer_product_mean(msa, msa_mask)
         msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
         column = (self.msa_column_global_attention if self.global_column_attention
                   else self.msa_column_attention)
         msa = msa + column(msa, msa_mask)
         msa = msa + self.msa_transition(msa, msa_mask)
-        pair = pair + self.outer_product_mean(msa, msa_mask)
+        if not self.outer_product_mean_first:
+            pair = pair + self.outer_product_mean(msa, msa_mask)
         pair = pair + self.triangle_multiplication_outgoing(pair, pair_mask)
         pair = pair + self.triangle_multiplication_incoming(pair, pair_mask)
         pair = pair + self.triangle_attention_starting_node(pair, pair_mask)

@@ -148,6 +148,10 @@ def write_safetensors(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> N
 # range and a random structure stays protein-sized (tens of Å, not hundreds).
 _FINAL_LAYERS = ("output_w", "transition2", "output_projection", "affine_update")
 _FINAL_GAIN = 0.2
+# The multimer's backbone update (``quat_rigid/rigid``) moves residues position_scale (20 Å) per unit:
+# fan-in scaled, random structures spread over ~90 Å radius of gyration; scaled down they stay ~13 Å.
+_MULTIMER_BACKBONE_UPDATE = "quat_rigid/rigid"
+_MULTIMER_BACKBONE_GAIN = 0.15
 
 
 def random_params(module: nn.Module, seed: int = 0, root: str = "alphafold") -> dict[str, np.ndarray]:
@@ -173,14 +177,17 @@ def random_params(module: nn.Module, seed: int = 0, root: str = "alphafold") -> 
             fan_in = int(np.prod(layer_shape[:-1])) if name == "output_w" else layer_shape[0]
             final = name in _FINAL_LAYERS or scope.rsplit("/", 1)[-1] in _FINAL_LAYERS
             gain = _FINAL_GAIN if final else 1.0
+            if scope.endswith(_MULTIMER_BACKBONE_UPDATE):
+                gain = _MULTIMER_BACKBONE_GAIN
             value = gain * fan_in**-0.5 * rng.standard_normal(shape)
         out[key] = value.astype(np.float32)
     return out
 
 
 def preset_from_filename(path: str | os.PathLike) -> str | None:
-    """``params_model_3_ptm.npz`` -> ``model_3_ptm``; None when the name does not tell."""
-    match = re.search(r"(model_[1-5](?:_ptm)?)(?![_\w])", Path(path).stem)
+    """``params_model_3_ptm.npz`` -> ``model_3_ptm``, ``params_model_1_multimer_v3.npz`` ->
+    ``model_1_multimer_v3``; None when the name does not tell."""
+    match = re.search(r"(model_[1-5](?:_ptm|_multimer_v3)?)(?![_\w])", Path(path).stem)
     return match.group(1) if match else None
 
 

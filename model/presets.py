@@ -1,4 +1,5 @@
-"""The ten monomer presets of AlphaFold2 2.3 (Jumper et al. 2021, Suppl. Table 5) as typed configs.
+"""The ten monomer presets of AlphaFold2 2.3 (Jumper et al. 2021, Suppl. Table 5) and the five
+AlphaFold-Multimer v3 presets (Evans et al. 2022; DeepMind's 2.3 weights) as typed configs.
 
 A preset's :class:`Architecture` is the whole tree of the network's sizes: every module (and so the
 parameter files, whose tensors are the modules') and the memory planner (:mod:`af2cpu.model.memory`)
@@ -7,7 +8,10 @@ embedded (with their torsion-angle MSA rows), how many extra-MSA rows and MSA cl
 pipeline keeps, and whether the predicted-aligned-error (pTM) head exists. The values are those of
 DeepMind's ``alphafold/model/config.py`` (``CONFIG`` and ``CONFIG_DIFFS``); a field has DeepMind's
 name where DeepMind names it (the comment gives its path under ``model.embeddings_and_evoformer``
-or ``model.heads``). Kept free of torch: the CLI and the memory planner read it.
+or ``model.heads``). The multimer's architecture differs in fields of the same tree (``MULTIMER_V3``:
+chain-relative positions, fused triangle multiplications, the outer product mean first, the
+multimer template embedding and structure module); its values are DeepMind's ``CONFIG_MULTIMER``.
+Kept free of torch: the CLI and the memory planner read it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ class EvoformerStackConfig:
     num_intermediate_channel: int = 128  # evoformer.triangle_multiplication_*.num_intermediate_channel
     triangle_num_head: int = 4  # evoformer.triangle_attention_*.num_head
     pair_transition_factor: int = 4  # evoformer.pair_transition.num_intermediate_factor
+    # evoformer.outer_product_mean.first: the multimer updates the pair from the MSA before the MSA track.
+    outer_product_mean_first: bool = False
+    # evoformer.triangle_multiplication_*.fuse_projection_weights: one `projection` and one `gate`
+    # layer of 2c outputs (left half, right half) instead of four (multimer v3's parameter files).
+    fuse_projection_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,12 @@ class TemplateConfig:
     attention_key_dim: int = 64  # template.attention.key_dim (all heads together)
     attention_value_dim: int = 64  # template.attention.value_dim (all heads together)
     dgram_features: DistanceBins = DistanceBins(num_bins=39, min_bin=3.25, max_bin=50.75)
+    # template.template_pair_stack.triangle_multiplication_*.fuse_projection_weights
+    fuse_projection_weights: bool = False
+    # DeepMind's modules_multimer.TemplateEmbedding: per-feature input layers (with the unit vectors
+    # and the layer-normed query pair), triangle multiplications first in the pair blocks, masks x
+    # intra-chain pairs, the templates averaged instead of attended (no point-wise attention).
+    multimer: bool = False
 
     @property
     def num_pair_features(self) -> int:
@@ -86,6 +101,9 @@ class StructureModuleConfig:
     position_scale: float = 10.0
     sidechain_num_channel: int = 128  # sidechain.num_channel
     sidechain_num_residual_block: int = 2  # sidechain.num_residual_block
+    # DeepMind's folding_multimer: IPA scalar projections without bias, point projections laid out
+    # per head, the backbone update composed after the current frame (QuatRigid), 1e-6 in the norms.
+    multimer: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,18 +116,20 @@ class HeadsConfig:
     distogram_first_break: float = 2.3125  # distogram.first_break
     distogram_last_break: float = 21.6875  # distogram.last_break
     distogram_num_bins: int = 64  # distogram.num_bins
-    masked_msa_num_output: int = 23  # masked_msa.num_output
+    masked_msa_num_output: int = 23  # masked_msa.num_output (the multimer's head has 22)
     pae_max_error_bin: float = 31.0  # predicted_aligned_error.max_error_bin
     pae_num_bins: int = 64  # predicted_aligned_error.num_bins
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Every size of the monomer network (``model.embeddings_and_evoformer`` and ``model.heads``)."""
+    """Every size of the network (``model.embeddings_and_evoformer`` and ``model.heads``)."""
 
     pair_channel: int = 128  # pair_channel, c_z
     seq_channel: int = 384  # seq_channel, c_s: the single representation
-    max_relative_feature: int = 32  # max_relative_feature (Alg. 4)
+    max_relative_feature: int = 32  # max_relative_feature (Alg. 4); the multimer's max_relative_idx
+    # max_relative_chain: with it, the multimer's chain-relative encoding (asym, entity and sym ids).
+    max_relative_chain: int | None = None
     target_feat_dim: int = 22  # width of the target_feat input feature
     msa_feat_dim: int = 49  # width of the msa_feat input feature
     extra_msa_feat_dim: int = 25  # the extra MSA's one-hot residue (23), has_deletion and deletion_value
@@ -127,9 +147,26 @@ class Architecture:
         return self.evoformer.msa_channel
 
 
+MULTIMER_V3 = Architecture(
+    max_relative_chain=2,
+    target_feat_dim=21,
+    evoformer=EvoformerStackConfig(num_block=48, msa_channel=256, outer_product_mean_first=True,
+                                   fuse_projection_weights=True),
+    extra_msa=EvoformerStackConfig(num_block=4, msa_channel=64, global_column_attention=True,
+                                   outer_product_mean_first=True, fuse_projection_weights=True),
+    template=TemplateConfig(fuse_projection_weights=True, multimer=True),
+    structure_module=StructureModuleConfig(position_scale=20.0, multimer=True),
+    heads=HeadsConfig(masked_msa_num_output=22),
+)
+
+
 @dataclass(frozen=True)
 class Preset:
-    """One monomer model: architecture switches plus the input-pipeline sizes it was trained with."""
+    """One model: architecture switches plus the input-pipeline sizes it was trained with.
+
+    For a multimer preset, ``max_msa_clusters``/``num_msa_clusters`` and ``max_extra_msa`` are the
+    in-network sample sizes (DeepMind's ``num_msa`` 508 with the 4 template rows, ``num_extra_msa``).
+    """
 
     name: str
     use_templates: bool
@@ -145,6 +182,14 @@ class Preset:
     # True in a reference configured with zero_init=False, as the tests do (docs/reference.md).
     template_torsion_placeholders: bool = False
     architecture: Architecture = Architecture()
+    # AlphaFold-Multimer: features of DeepMind's pipeline_multimer, MSA sampled in the network.
+    multimer: bool = False
+    # embeddings_and_evoformer.masked_msa.replace_fraction: BERT masking of the sampled MSA at
+    # inference (multimer; 0 leaves the MSA as it is).
+    masked_msa_replace_fraction: float = 0.0
+    # model.recycle_early_stop_tolerance (Å): stop recycling once the Cα distances change less
+    # (0: always run num_recycle passes).
+    recycle_early_stop_tolerance: float = 0.0
 
     def with_blocks(self, evoformer: int | None = None, extra_msa: int | None = None) -> Preset:
         """This preset with ``evoformer`` Evoformer blocks and ``extra_msa`` extra-MSA blocks where
@@ -180,11 +225,29 @@ def _monomer(i: int, ptm: bool) -> Preset:
     )
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_monomer(i, ptm) for ptm in (False, True) for i in range(1, 6))}
+def _multimer_v3(i: int) -> Preset:
+    return Preset(
+        name=f"model_{i}_multimer_v3",
+        use_templates=True,
+        max_extra_msa=2048 if i in (1, 2, 3) else 1152,
+        reduce_msa_clusters_by_max_templates=True,
+        predicted_aligned_error=True,
+        num_recycle=20,
+        architecture=MULTIMER_V3,
+        multimer=True,
+        masked_msa_replace_fraction=0.15,
+        recycle_early_stop_tolerance=0.5,
+    )
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    *(_monomer(i, ptm) for ptm in (False, True) for i in range(1, 6)),
+    *(_multimer_v3(i) for i in range(1, 6)))}
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name`` (``model_1`` ... ``model_5_ptm``); ConfigError otherwise."""
+    """The preset called ``name`` (``model_1`` ... ``model_5_ptm``, ``model_1_multimer_v3`` ...
+    ``model_5_multimer_v3``); ConfigError otherwise."""
     try:
         return PRESETS[name]
     except KeyError:

@@ -10,21 +10,33 @@ haiku blocks (leading layer axis) become ``nn.ModuleList`` entries.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
 class Linear(nn.Module):
-    """haiku.Linear: ``weights`` (in, out) and optional ``bias`` (out,); y = x @ W + b."""
+    """haiku.Linear: ``weights`` (in, out) and optional ``bias`` (out,); y = x @ W + b.
 
-    def __init__(self, num_input: int, num_output: int, use_bias: bool = True):
+    ``num_input``/``num_output`` may be shapes (tuples), as haiku's ``num_input_dims`` and
+    multi-axis outputs give (``q_scalar_projection`` (c, heads, c_qk)); ``()`` as ``num_input`` is a
+    scalar input (weights (out,)). The trailing input axes are flattened, the output unflattened.
+    """
+
+    def __init__(self, num_input: int | tuple[int, ...], num_output: int | tuple[int, ...], use_bias: bool = True):
         super().__init__()
-        self.weights = nn.Parameter(torch.empty(num_input, num_output))
-        self.bias = nn.Parameter(torch.zeros(num_output)) if use_bias else None
-        nn.init.normal_(self.weights, std=num_input**-0.5)
+        in_shape = (num_input,) if isinstance(num_input, int) else tuple(num_input)
+        out_shape = (num_output,) if isinstance(num_output, int) else tuple(num_output)
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self.weights = nn.Parameter(torch.empty(*in_shape, *out_shape))
+        self.bias = nn.Parameter(torch.zeros(out_shape)) if use_bias else None
+        nn.init.normal_(self.weights, std=max(1, math.prod(in_shape))**-0.5)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias."""
+        if len(self.in_shape) != 1 or len(self.out_shape) != 1:
+            return self._shaped(x)
         w = self.weights.to(x.dtype)
         if self.bias is None:
             return x @ w
@@ -32,6 +44,14 @@ class Linear(nn.Module):
         if x.dim() == 2:
             return torch.addmm(b, x, w, out=out)
         return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+    def _shaped(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:x.dim() - len(self.in_shape)]
+        k, n = math.prod(self.in_shape), math.prod(self.out_shape)
+        y = x.reshape(-1, k) @ self.weights.reshape(k, n).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.reshape(n).to(x.dtype)
+        return y.reshape(*lead, *self.out_shape)
 
 
 class LayerNorm(nn.Module):

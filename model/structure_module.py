@@ -34,10 +34,20 @@ class InvariantPointAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, c = cfg.num_head, cfg.num_channel
-        self.q_scalar = Linear(c, h * cfg.num_scalar_qk)
-        self.kv_scalar = Linear(c, h * (cfg.num_scalar_qk + cfg.num_scalar_v))
-        self.q_point_local = Linear(c, h * 3 * cfg.num_point_qk)
-        self.kv_point_local = Linear(c, h * 3 * (cfg.num_point_qk + cfg.num_point_v))
+        if cfg.multimer:
+            # DISCREPANCY: the multimer's weights have no bias on the scalar projections, and keys
+            # and values projected separately (DeepMind's folding_multimer).
+            self.q_scalar_projection = Linear(c, (h, cfg.num_scalar_qk), use_bias=False)
+            self.k_scalar_projection = Linear(c, (h, cfg.num_scalar_qk), use_bias=False)
+            self.v_scalar_projection = Linear(c, (h, cfg.num_scalar_v), use_bias=False)
+            self.q_point_projection = PointProjection(c, h, cfg.num_point_qk)
+            self.k_point_projection = PointProjection(c, h, cfg.num_point_qk)
+            self.v_point_projection = PointProjection(c, h, cfg.num_point_v)
+        else:
+            self.q_scalar = Linear(c, h * cfg.num_scalar_qk)
+            self.kv_scalar = Linear(c, h * (cfg.num_scalar_qk + cfg.num_scalar_v))
+            self.q_point_local = Linear(c, h * 3 * cfg.num_point_qk)
+            self.kv_point_local = Linear(c, h * 3 * (cfg.num_point_qk + cfg.num_point_v))
         # softplus^-1(1): the initial per-head point weight is 1.
         self.trainable_point_weights = nn.Parameter(torch.full((h,), math.log(math.e - 1.0)))
         self.attention_2d = Linear(c_z, h)
@@ -68,11 +78,17 @@ class InvariantPointAttention(nn.Module):
         cfg = self.cfg
         n, h = act.shape[0], cfg.num_head
 
-        q = self.q_scalar(act).reshape(n, h, cfg.num_scalar_qk)
-        k, v = self.kv_scalar(act).reshape(n, h, -1).split([cfg.num_scalar_qk, cfg.num_scalar_v], dim=-1)
-        q_pts = self._points(self.q_point_local, act, frames, cfg.num_point_qk)
-        kv_pts = self._points(self.kv_point_local, act, frames, cfg.num_point_qk + cfg.num_point_v)
-        k_pts, v_pts = kv_pts.split([cfg.num_point_qk, cfg.num_point_v], dim=-2)
+        if cfg.multimer:
+            q, k, v = (layer(act) for layer in (self.q_scalar_projection, self.k_scalar_projection,
+                                                self.v_scalar_projection))
+            q_pts, k_pts, v_pts = (layer(act, frames) for layer in (self.q_point_projection, self.k_point_projection,
+                                                                    self.v_point_projection))
+        else:
+            q = self.q_scalar(act).reshape(n, h, cfg.num_scalar_qk)
+            k, v = self.kv_scalar(act).reshape(n, h, -1).split([cfg.num_scalar_qk, cfg.num_scalar_v], dim=-1)
+            q_pts = self._points(self.q_point_local, act, frames, cfg.num_point_qk)
+            kv_pts = self._points(self.kv_point_local, act, frames, cfg.num_point_qk + cfg.num_point_v)
+            k_pts, v_pts = kv_pts.split([cfg.num_point_qk, cfg.num_point_v], dim=-2)
 
         # The paper's w_L = sqrt(1/3) and w_C = sqrt(2 / (9 N_qk)) folded into one weight per
         # logit term (scalar, point, pair), each term then having unit variance at initialisation.
@@ -109,13 +125,30 @@ class InvariantPointAttention(nn.Module):
         out_pts = (
             frames.unsqueeze(-1).unsqueeze(-1).invert_apply(out_pts_global).reshape(n, h * cfg.num_point_v, 3)
         )
-        # DISCREPANCY: the norm of the output points is regularized with 1e-8 (finite gradient at 0).
-        out_norm = torch.sqrt(self.dist_epsilon + (out_pts * out_pts).sum(-1))
+        # DISCREPANCY: the norm of the output points is regularized with 1e-8 (finite gradient at 0);
+        # the multimer clamps the norm at 1e-8 instead.
+        norm2 = (out_pts * out_pts).sum(-1)
+        out_norm = (torch.sqrt(torch.clamp(norm2, min=self.dist_epsilon**2)) if cfg.multimer
+                    else torch.sqrt(self.dist_epsilon + norm2))
         out_pair = torch.einsum("hij,ijc->ihc", attn, pair).reshape(n, -1)
         features = torch.cat(
             [out_scalar, out_pts[..., 0], out_pts[..., 1], out_pts[..., 2], out_norm, out_pair], dim=-1
         )
         return self.output_projection(features)
+
+
+class PointProjection(nn.Module):
+    """Per-head points of the multimer's IPA (DeepMind's ``folding_multimer.PointProjection``): a
+    linear layer ``point_projection`` to (heads, 3 x points), x, y, z each a block of ``points``
+    per head, placed in the global frame by each residue's frame -> (N, heads, points, 3)."""
+
+    def __init__(self, num_channel: int, num_head: int, num_points: int):
+        super().__init__()
+        self.point_projection = Linear(num_channel, (num_head, 3 * num_points))
+
+    def forward(self, act: torch.Tensor, frames: Rigid) -> torch.Tensor:
+        local = torch.stack(self.point_projection(act).chunk(3, dim=-1), dim=-1)  # (N, H, P, 3)
+        return frames.unsqueeze(-1).unsqueeze(-1).apply(local)
 
 
 class BackboneUpdate(Linear):
@@ -132,6 +165,19 @@ class BackboneUpdate(Linear):
 
     def forward(self, act: torch.Tensor, frames: QuatRigid) -> QuatRigid:
         return frames.pre_compose(super().forward(act))
+
+
+class QuatRigidUpdate(nn.Module):
+    """The multimer's backbone update (DeepMind's ``folding_multimer.QuatRigid``, scope
+    ``quat_rigid/rigid``): the same update as Alg. 23, the current frame composed with the rigid
+    of the normalised quaternion (1, b, c, d) and the translation."""
+
+    def __init__(self, num_channel: int):
+        super().__init__()
+        self.rigid = BackboneUpdate(num_channel)
+
+    def forward(self, act: torch.Tensor, frames: QuatRigid) -> QuatRigid:
+        return self.rigid(act, frames)
 
 
 class TorsionAngleResNet(nn.Module):
@@ -188,7 +234,10 @@ class FoldIteration(nn.Module):
         for i in range(1, cfg.num_layer_in_transition):
             setattr(self, f"transition_{i}", Linear(c, c))
         self.transition_layer_norm = LayerNorm(c)
-        self.affine_update = BackboneUpdate(c)
+        if cfg.multimer:
+            self.quat_rigid = QuatRigidUpdate(c)
+        else:
+            self.affine_update = BackboneUpdate(c)
         self.rigid_sidechain = TorsionAngleResNet(
             c, c_s, cfg.sidechain_num_channel, cfg.sidechain_num_residual_block
         )
@@ -209,7 +258,7 @@ class FoldIteration(nn.Module):
                 x = F.relu(x)
         act = self.transition_layer_norm(act + x)
 
-        frames = self.affine_update(act, frames)
+        frames = (self.quat_rigid if self.cfg.multimer else self.affine_update)(act, frames)
 
         angles, unnormalized = self.rigid_sidechain(act, initial_act)
         # Frames are kept in nanometres inside the loop; atoms are placed in Å.

@@ -1,16 +1,19 @@
 """Template embedding (Jumper et al. 2021, Suppl. 1.7.1): template pair features through the
 template pair stack, point-wise attention into the pair representation, and torsion-angle rows
-appended to the MSA.
+appended to the MSA; and AlphaFold-Multimer's version of each (Evans et al. 2022, Suppl. 2.1:
+``MultimerTemplateEmbedding``, ``TemplateChiEmbedder``), whose behaviour is that of DeepMind's
+``modules_multimer``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.common import residue_constants as rc
-from af2cpu.model.all_atom import NUM_TORSIONS, atom37_to_torsion_angles
+from af2cpu.model.all_atom import NUM_TORSIONS, _chi_atom_indices, atom37_to_torsion_angles, pseudo_beta
 from af2cpu.model.attention import Attention, mask_to_bias
 from af2cpu.model.embedders import dgram_from_positions
 from af2cpu.model.evoformer import (
@@ -21,6 +24,7 @@ from af2cpu.model.evoformer import (
     TriangleMultiplicationOutgoing,
     _Chunked,
 )
+from af2cpu.model.geometry import Rigid
 from af2cpu.model.presets import TemplateConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -31,23 +35,27 @@ _NUM_RESIDUE_CLASSES = len(rc.restypes_with_x_and_gap)
 class TemplatePairBlock(nn.Module):
     """Jumper et al. (2021) Suppl. Alg. 16 'TemplatePairStack' lines 2-6: one block.
 
-    Unlike the Evoformer's pair track, triangle attention comes before triangle multiplication.
+    Unlike the Evoformer's pair track, triangle attention comes before triangle multiplication;
+    in the multimer's blocks (``cfg.multimer``, DeepMind's ``TemplateEmbeddingIteration``) the
+    triangle multiplications come first, as in the Evoformer.
     """
 
     def __init__(self, cfg: TemplateConfig):
         super().__init__()
         c_t, heads, tri = cfg.num_channel, cfg.triangle_num_head, cfg.num_intermediate_channel
+        self.multiplication_first = cfg.multimer
         self.triangle_attention_starting_node = TriangleAttentionStartingNode(c_t, heads, c_t, c_t)
         self.triangle_attention_ending_node = TriangleAttentionEndingNode(c_t, heads, c_t, c_t)
-        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_t, tri)
-        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_t, tri)
+        fused = cfg.fuse_projection_weights
+        self.triangle_multiplication_outgoing = TriangleMultiplicationOutgoing(c_t, tri, fused)
+        self.triangle_multiplication_incoming = TriangleMultiplicationIncoming(c_t, tri, fused)
         self.pair_transition = Transition(c_t, cfg.pair_transition_factor)
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        pair = pair + self.triangle_attention_starting_node(pair, pair_mask)
-        pair = pair + self.triangle_attention_ending_node(pair, pair_mask)
-        pair = pair + self.triangle_multiplication_outgoing(pair, pair_mask)
-        pair = pair + self.triangle_multiplication_incoming(pair, pair_mask)
+        attention = (self.triangle_attention_starting_node, self.triangle_attention_ending_node)
+        multiplication = (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming)
+        for module in (multiplication + attention if self.multiplication_first else attention + multiplication):
+            pair = pair + module(pair, pair_mask)
         return pair + self.pair_transition(pair, pair_mask)
 
 
@@ -164,3 +172,144 @@ class TemplateTorsionEmbedder(nn.Module):
         ], dim=-1)
         rows = self.template_projection(torch.relu(self.template_single_embedding(feat)))
         return rows, torsions["torsion_angles_mask"][..., 2]
+
+
+def _backbone_frames(positions: torch.Tensor, mask: torch.Tensor) -> tuple[Rigid, torch.Tensor]:
+    """Each residue's backbone frame (origin Cα, x axis towards C, N in the xy plane) and its mask
+    (N, Cα and C present), as DeepMind's ``make_backbone_affine`` builds it for the multimer."""
+    n, ca, c = (rc.atom_order[a] for a in ("N", "CA", "C"))
+    origin = positions[..., ca, :]
+    e0 = _normalized(positions[..., c, :] - origin)
+    v1 = positions[..., n, :] - origin
+    e1 = _normalized(v1 - (v1 * e0).sum(-1, keepdim=True) * e0)
+    rot = torch.stack([e0, e1, torch.cross(e0, e1, dim=-1)], dim=-1)
+    return Rigid(rot, origin), mask[..., n] * mask[..., ca] * mask[..., c]
+
+
+def _normalized(vec: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """v / max(|v|, eps): the multimer geometry's normalisation (zero stays zero)."""
+    return vec / torch.sqrt(torch.clamp((vec * vec).sum(-1, keepdim=True), min=eps * eps))
+
+
+class MultimerSingleTemplateEmbedding(nn.Module):
+    """Evans et al. (2022) Suppl. 2.1, DeepMind's ``modules_multimer.SingleTemplateEmbedding``: one
+    template's pair features, each through its own input layer (``template_pair_embedding_0..8``),
+    summed, then the template pair stack and a layer norm.
+
+    The features are those of Jumper et al. (2021) Suppl. Table 1 with the inter-residue unit
+    vectors, plus the layer-normed query pair representation; the distance and frame features
+    are restricted to residue pairs of one chain (``multichain_mask_2d``).
+    """
+
+    def __init__(self, cfg: TemplateConfig, c_z: int):
+        super().__init__()
+        c_t = cfg.num_channel
+        self.dgram_features = cfg.dgram_features
+        self.query_embedding_norm = LayerNorm(c_z)
+        # The inputs in DeepMind's order: distogram, its mask, residue type of j, of i, unit vector
+        # x, y, z, backbone mask, query pair; scalar features have scalar-input layers.
+        widths = (cfg.dgram_features.num_bins, (), _NUM_RESIDUE_CLASSES, _NUM_RESIDUE_CLASSES, (), (), (), (), c_z)
+        for i, width in enumerate(widths):
+            self.add_module(f"template_pair_embedding_{i}", Linear(width, c_t))
+        self.template_embedding_iteration = nn.ModuleList(TemplatePairBlock(cfg) for _ in range(cfg.num_block))
+        self.output_layer_norm = LayerNorm(c_t)
+
+    def forward(self, query: torch.Tensor, template_aatype, template_all_atom_positions, template_all_atom_mask,
+                padding_mask_2d: torch.Tensor, multichain_mask_2d: torch.Tensor) -> torch.Tensor:
+        """query (L, L, c_z), one template's features (L, ...), masks (L, L) -> (L, L, c_t)."""
+        positions = template_all_atom_positions.float()
+        atom_mask = template_all_atom_mask.float()
+        bins = self.dgram_features
+        beta, beta_mask = pseudo_beta(template_aatype, positions, atom_mask)
+        beta_mask_2d = beta_mask[:, None] * beta_mask[None, :] * multichain_mask_2d
+        dgram = dgram_from_positions(beta, bins.num_bins, bins.min_bin, bins.max_bin) * beta_mask_2d[..., None]
+        aatype = F.one_hot(template_aatype.long(), _NUM_RESIDUE_CLASSES).float()
+        frames, backbone_mask = _backbone_frames(positions, atom_mask)
+        # Each residue j's Cα seen from residue i's frame, as a unit vector.
+        # DISCREPANCY: for j = i this is 0 here (R^T (x_i - t_i), exactly); DeepMind's jit-compiled code
+        # computes R^T x_i - R^T t_i, whose rounding noise its 1e-6 norm floor can turn into a random
+        # direction. The self-pair's direction is undefined either way.
+        local = frames.unsqueeze(1).invert_apply(frames.trans[None, :, :])
+        backbone_mask_2d = backbone_mask[:, None] * backbone_mask[None, :] * multichain_mask_2d
+        unit = _normalized(local) * backbone_mask_2d[..., None]
+        num_res = aatype.shape[0]
+        inputs = (dgram, beta_mask_2d, aatype[None].expand(num_res, -1, -1), aatype[:, None].expand(-1, num_res, -1),
+                  unit[..., 0], unit[..., 1], unit[..., 2], backbone_mask_2d,
+                  self.query_embedding_norm(query.float()))
+        act = sum(getattr(self, f"template_pair_embedding_{i}")(x) for i, x in enumerate(inputs))
+        act = act.to(query.dtype)
+        for block in self.template_embedding_iteration:
+            act = block(act, padding_mask_2d.to(act.dtype))
+        return self.output_layer_norm(act)
+
+
+class MultimerTemplateEmbedding(nn.Module):
+    """Evans et al. (2022) Suppl. 2.1, DeepMind's ``modules_multimer.TemplateEmbedding``: the
+    templates' embeddings averaged over all (padded) templates, ReLU, a linear layer to ``c_z``.
+
+    DISCREPANCY: Jumper et al. (2021) Alg. 17 combines templates by point-wise attention; the
+    multimer weights average them, dividing by the number of template slots (padding included).
+    """
+
+    def __init__(self, cfg: TemplateConfig, c_z: int):
+        super().__init__()
+        self.single_template_embedding = MultimerSingleTemplateEmbedding(cfg, c_z)
+        self.output_linear = Linear(cfg.num_channel, c_z)
+
+    def forward(self, pair: torch.Tensor, batch: dict, mask_2d: torch.Tensor) -> torch.Tensor:
+        """The update of the pair representation (L, L, c_z) from the templates in ``batch``."""
+        asym = batch["asym_id"]
+        multichain = (asym[:, None] == asym[None, :]).float()
+        num_templates = batch["template_aatype"].shape[0]
+        total = None
+        for t in range(num_templates):
+            one = self.single_template_embedding(pair, batch["template_aatype"][t],
+                                                 batch["template_all_atom_positions"][t],
+                                                 batch["template_all_atom_masks"][t], mask_2d, multichain)
+            total = one if total is None else total + one
+        return self.output_linear(torch.relu(total / num_templates))
+
+
+class TemplateChiEmbedder(nn.Module):
+    """Evans et al. (2022) Suppl. 2.1, DeepMind's ``template_embedding_1d``: each template as an
+    extra MSA row of ``c_m`` channels from its residue types and side-chain torsions χ1..χ4 (34
+    features: one-hot type, sin χ, cos χ, χ mask). Row mask: χ1's mask.
+
+    DISCREPANCY: the monomer's rows (Jumper et al. 2021 Suppl. Table 1) also hold the backbone
+    torsions and the alternative torsions; the multimer's weights read χ only.
+    """
+
+    haiku_transparent = True  # its layers live directly in the ``evoformer`` scope
+
+    def __init__(self, c_m: int):
+        super().__init__()
+        num_chi = 4
+        self.template_single_embedding = Linear(_NUM_RESIDUE_CLASSES + 3 * num_chi, c_m)
+        self.template_projection = Linear(c_m, c_m)
+
+    def forward(self, template_aatype, template_all_atom_positions, template_all_atom_mask):
+        """-> MSA rows (T, L, c_m) and their mask (T, L)."""
+        chi, chi_mask = chi_angles(template_aatype, template_all_atom_positions.float(),
+                                   template_all_atom_mask.float())
+        feat = torch.cat([F.one_hot(template_aatype.long(), _NUM_RESIDUE_CLASSES).float(),
+                          torch.sin(chi) * chi_mask, torch.cos(chi) * chi_mask, chi_mask], dim=-1)
+        rows = self.template_projection(torch.relu(self.template_single_embedding(feat)))
+        return rows, chi_mask[..., 0]
+
+
+def chi_angles(aatype: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor):
+    """Side-chain torsions χ1..χ4 (..., L, 4) in radians and their mask (the residue has the χ and
+    its four atoms are present), as DeepMind's ``all_atom_multimer.compute_chi_angles``."""
+    indices = torch.as_tensor(_chi_atom_indices(), device=aatype.device)[aatype.long().clamp(max=rc.restype_num)]
+    gather = indices.reshape(*indices.shape[:-2], 16)  # (..., L, 16)
+    atoms = torch.gather(positions, -2, gather[..., None].expand(*gather.shape, 3)).reshape(*indices.shape, 3)
+    a, b, c, d = atoms.unbind(-2)
+    v1, v2, v3 = a - b, b - c, d - c
+    c1, c2 = torch.cross(v1, v2, dim=-1), torch.cross(v3, v2, dim=-1)
+    c3 = torch.cross(c2, c1, dim=-1)
+    v2_norm = torch.sqrt(torch.clamp((v2 * v2).sum(-1), min=1e-12))
+    angles = torch.atan2((c3 * v2).sum(-1), v2_norm * (c1 * c2).sum(-1))
+    has_chi = torch.as_tensor(np.concatenate([np.asarray(rc.chi_angles_mask, np.float32), np.zeros((1, 4), np.float32)]),
+                              device=aatype.device)[aatype.long().clamp(max=rc.restype_num)]
+    atoms_present = torch.gather(mask, -1, gather).reshape(indices.shape).prod(-1)
+    return angles, has_chi * atoms_present

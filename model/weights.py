@@ -47,12 +47,15 @@ def download_hint(params_dir: str | Path) -> str:
 
 # An array only the pTM presets' parameter files hold (the predicted aligned error head).
 _PTM_HEAD = "predicted_aligned_error_head"
+# An array only the multimer's parameter files hold (its chain-relative position encoding).
+_MULTIMER_RELPOS = "~_relative_encoding"
 
 
 def check_params_file(path: Path, model_name: str) -> None:
     """A quick check of an official parameter file without loading it: readable, a whole zip archive
     (its directory, at the end of the file, is there and every array lies inside the file) of
-    AlphaFold2 arrays, with the pTM head exactly when ``model_name`` is a pTM preset."""
+    AlphaFold2 arrays, with the pTM head exactly when ``model_name`` is a pTM (or multimer) preset, and
+    the multimer's arrays exactly when it is a multimer preset."""
     fix = download_hint(path.parent)
     try:
         size = path.stat().st_size
@@ -66,8 +69,13 @@ def check_params_file(path: Path, model_name: str) -> None:
         raise InputError(f"parameter file {path} does not hold AlphaFold2 parameters; {fix}")
     if any(m.header_offset + m.compress_size > size for m in members):
         raise InputError(f"parameter file {path} is truncated; {fix}")
+    preset = get_preset(model_name)
+    is_multimer = any(_MULTIMER_RELPOS in n for n in names)
+    if is_multimer != preset.multimer:
+        raise InputError(f"parameter file {path} holds {'an AlphaFold-Multimer' if is_multimer else 'a monomer'} "
+                         f"model's parameters, not those of {model_name}; {fix}")
     has_ptm = any(_PTM_HEAD in n for n in names)
-    if has_ptm != model_name.endswith("_ptm"):
+    if has_ptm != preset.predicted_aligned_error:
         raise InputError(f"parameter file {path} holds {'a pTM' if has_ptm else 'a non-pTM'} model's parameters, "
                          f"not those of {model_name}; {fix}")
 

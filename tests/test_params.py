@@ -37,9 +37,9 @@ def _skeleton(preset):
         return AlphaFold(preset)
 
 
-def _tree():
+def _tree(path: Path = TREE):
     out = {}
-    for line in TREE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if not line.startswith("#"):
             key, shape, _dtype = line.split("\t")
             out[key] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
@@ -61,12 +61,13 @@ def test_presets_differ_only_in_templates_and_pae_head():
 
 
 def test_presets_carry_the_published_settings():
-    assert [p for p in PRESETS.values() if p.use_templates] == [PRESETS[n] for n in
-                                                               ("model_1", "model_2", "model_1_ptm", "model_2_ptm")]
+    monomers = [p for p in PRESETS.values() if not p.multimer]
+    assert [p for p in monomers if p.use_templates] == [PRESETS[n] for n in
+                                                        ("model_1", "model_2", "model_1_ptm", "model_2_ptm")]
     assert {n: PRESETS[n].max_extra_msa for n in ("model_1", "model_2", "model_3", "model_4", "model_5")} == \
         {"model_1": 5120, "model_2": 1024, "model_3": 5120, "model_4": 5120, "model_5": 1024}
     assert PRESETS["model_1_ptm"].num_msa_clusters == 508 and PRESETS["model_3_ptm"].num_msa_clusters == 512
-    assert all(p.predicted_aligned_error == p.name.endswith("_ptm") for p in PRESETS.values())
+    assert all(p.predicted_aligned_error == p.name.endswith("_ptm") for p in monomers)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,8 @@ def test_truncated_or_unnamed_file_is_a_clear_error(model_3_ptm_file, tmp_path):
         AlphaFold.from_params(tmp_path / "weights.npz")
     assert preset_from_filename("params_model_2_ptm.npz") == "model_2_ptm"
     assert preset_from_filename("/x/params_model_4.npz") == "model_4"
-    assert preset_from_filename("params_model_1_multimer_v3.npz") is None
+    assert preset_from_filename("params_model_1_multimer_v3.npz") == "model_1_multimer_v3"
+    assert preset_from_filename("params_model_1_multimer_v2.npz") is None
 
 
 def test_params_random_cli_writes_an_official_file(tmp_path, capsys):

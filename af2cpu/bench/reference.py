@@ -12,7 +12,10 @@ from __future__ import annotations
 
 def reference_config(preset: str = "model_1_ptm", num_recycle: int = 3, subbatch_size: int | None = None,
                      evoformer_blocks: int | None = None):
-    """The reference's model config for ``preset`` as DeepMind's fp32 monomer.
+    """The reference's model config for ``preset`` as DeepMind's fp32 monomer, or for a multimer
+    preset as DeepMind's multimer in fp32 without randomness: fused weights (the v3 files'), BERT
+    masking off (``replace_fraction`` 0); with at most ``num_msa`` real MSA rows its in-network
+    sampling only permutes rows, to which the outputs are invariant (docs/reference.md).
 
     ``subbatch_size`` None computes attention unbatched (exact comparisons); DeepMind's own runs
     use 4, which the AlphaFold2-style batch benchmark keeps, since without it the extra-MSA
@@ -29,6 +32,15 @@ def reference_config(preset: str = "model_1_ptm", num_recycle: int = 3, subbatch
     gc.subbatch_size = subbatch_size
     gc.use_pallas = False
     evo = cfg.model.embeddings_and_evoformer
+    if "multimer" in preset:
+        evo.masked_msa.replace_fraction = 0.0
+        if evoformer_blocks is not None:
+            evo.evoformer_num_block = evoformer_blocks
+        cfg.model.calc_extended_ptm = False
+        cfg.model.use_probs_extended = False
+        cfg.model.num_recycle = num_recycle
+        cfg.model.recycle_early_stop_tolerance = 0.0
+        return cfg
     for stack in (evo.evoformer, evo.template.template_pair_stack):
         stack.triangle_multiplication_outgoing.fuse_projection_weights = False
         stack.triangle_multiplication_incoming.fuse_projection_weights = False
