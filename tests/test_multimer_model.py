@@ -108,7 +108,8 @@ def _example(chains: list[tuple[int, int, int]], paired: int, unpaired: int, tem
         "msa_mask": msa_mask, "bert_mask": msa_mask.copy(),
         # 1 on the first NUM_MSA rows, 2 on the query: the reference's draw keeps the query first (the
         # single representation is read from MSA row 0) and permutes only rows the outputs are invariant to.
-        "cluster_bias_mask": ((np.arange(NUM_ROWS) < NUM_MSA) + (np.arange(NUM_ROWS) == 0)).astype(np.float64),
+        # (float first: bool + bool is numpy's logical or, which gave the query 1 and let the draw move it)
+        "cluster_bias_mask": (np.arange(NUM_ROWS) < NUM_MSA).astype(np.float64) + (np.arange(NUM_ROWS) == 0),
         "template_aatype": np.zeros((NUM_TEMPLATES, num_res), np.int64),
         "template_all_atom_mask": np.zeros((NUM_TEMPLATES, num_res, 37), np.float32),
         "template_all_atom_positions": np.zeros((NUM_TEMPLATES, num_res, 37, 3), np.float32),
