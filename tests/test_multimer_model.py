@@ -360,13 +360,9 @@ def ours_runs(params, heteromer_no_template, homomer):
             "homomer": model.predict(homomer, num_recycle=0, return_recycles=True)["recycles"]}
 
 
-# OPEN (issue 15): every module above matches the reference at <= 2.3e-6 relative, but the assembled
-# network does not yet. Measured at 48 blocks (after the gap-aatype and query-first fixes): atoms 13.8 Å
-# (heteromer, 2 passes), 6.4 Å (homodimer, 1 pass). With one Evoformer block the homodimer's pair
-# representation differs by 1.9e-3 of its max and the single by 0.59 (pass 0): a remaining difference in
-# how the trunk is assembled (the pair before the template embedding matched within chain A only before
-# the gap fix; the single reads MSA row 0). Strict xfail: it turns into a failure once fixed.
-@pytest.mark.xfail(strict=True, reason="issue 15: whole multimer model not yet equal to the reference (see above)")
+# The whole 48-block network, every pass, one reference run per example shared by the asserts. The gap
+# once measured here (atoms 6-14 Å) was the test's own input: cluster_bias_mask built as bool + bool gave
+# the query 1, not 2, so the reference's draw moved another row to MSA row 0 (what `single` reads).
 @pytest.mark.parametrize("name", ["heteromer", "homomer"])
 def test_whole_model_matches_reference_every_pass(reference_runs, ours_runs, name):
     worst = {}
@@ -383,7 +379,9 @@ def test_whole_model_matches_reference_every_pass(reference_runs, ours_runs, nam
         for key in ("single", "pair"):
             worst[key] = max(worst.get(key, 0.0), _relative(ours["representations"][key], ref["representations"][key]))
     print(name, worst)
-    assert worst["atoms"] <= 1e-3  # Å; measured: see the report in docs/reference.md
+    # measured (heteromer 2 passes / homodimer 1 pass, AVX2): atoms 5.9e-5 / 5.5e-5 Å, pLDDT 1.1e-5 / 1.1e-5,
+    # PAE 3.6e-5 / 3.0e-5, pTM 4.5e-8 / 1.6e-7, ipTM 4.5e-8 / 3.0e-8, single 7.8e-7 / 7.8e-7, pair 1.2e-6 / 1.2e-6
+    assert worst["atoms"] <= 1e-3  # Å
     assert worst["plddt"] <= 1e-2 and worst["pae"] <= 1e-2
     assert worst["ptm"] <= 1e-4 and worst["iptm"] <= 1e-4
     assert worst["single"] <= 1e-3 and worst["pair"] <= 1e-3  # of the reference's max
