@@ -148,8 +148,10 @@ def test_resume_after_sigkill_skips_finished_searches(batch, tmp_path):
     _, reference_out = batch
     fasta = write_fasta(tmp_path / "one.fasta", {"1A8O_A HIV capsid C-terminal domain": CAPSID_CTD})
     out = tmp_path / "out"
+    # One model: a resumed run that lost or redid its searches shows in either model's outputs.
+    overrides = [o for o in NO_RELAX if not o.startswith("model.names")] + [f"model.names=[{MODELS[0]}]"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "af2cpu", "predict", str(fasta), "--out", str(out), *NO_RELAX],
+    proc = subprocess.Popen([sys.executable, "-m", "af2cpu", "predict", str(fasta), "--out", str(out), *overrides],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     records = [out / "1A8O_A" / f"search_{n}.stage.json" for n in ("uniref90", "mgnify", "bfd_uniref", "pdb70")]
     deadline = time.time() + 600
@@ -162,12 +164,12 @@ def test_resume_after_sigkill_skips_finished_searches(batch, tmp_path):
     msas = sorted((out / "1A8O_A" / "msas").iterdir())
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in msas}
 
-    rerun = af2cpu("predict", str(fasta), "--out", str(out), *NO_RELAX)
+    rerun = af2cpu("predict", str(fasta), "--out", str(out), *overrides)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-3000:]
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "1A8O_A" / "msas").iterdir())}
     assert after == before, "the rerun redid a finished search"
     assert "search_uniref90 cached" in rerun.stderr or "search_uniref90 =" in rerun.stderr
-    for model in MODELS:
+    for model in MODELS[:1]:
         resumed = load_result_npz(out / "1A8O_A" / f"result_{model}.npz")
         uninterrupted = load_result_npz(reference_out / "1A8O_A" / f"result_{model}.npz")
         # Same features, seeds, params and thread count: the runs agree to float rounding.
