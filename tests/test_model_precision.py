@@ -143,10 +143,11 @@ def test_unknown_precision_is_a_config_error():
 
 
 NUM_RES = 64  # residues of HBB (of 146) in the whole-model tests
+BF16_NUM_RES = 32  # bf16 is emulated (~100x slower) on AVX2 CPUs: a shorter crop for the bf16 run
 
 
-def _hbb_features(preset, num_recycle: int, **settings):
-    """Processed features of the first NUM_RES residues of HBB_HUMAN with its real jackhmmer MSA
+def _hbb_features(preset, num_recycle: int, num_res: int = NUM_RES, **settings):
+    """Processed features of the first ``num_res`` residues of HBB_HUMAN with its real jackhmmer MSA
     against 45 globins (no templates)."""
     from pathlib import Path
 
@@ -155,7 +156,7 @@ def _hbb_features(preset, num_recycle: int, **settings):
     from af2cpu.preprocessing.parsers import Msa, read_stockholm
 
     msa = read_stockholm(Path(__file__).parent / "data" / "preprocessing" / "stockholm" / "hbb_vs_globins45.sto")
-    msa = Msa([s[:NUM_RES] for s in msa.sequences], [d[:NUM_RES] for d in msa.deletion_matrix], msa.descriptions)
+    msa = Msa([s[:num_res] for s in msa.sequences], [d[:num_res] for d in msa.deletion_matrix], msa.descriptions)
     raw = {**sequence_features(msa.sequences[0], "HBB_HUMAN"), **msa_features([msa])}
     settings = PipelineSettings.from_preset(preset, num_recycle=num_recycle, **settings)
     return process_features(raw, settings, seed=0)
@@ -167,12 +168,13 @@ def _ca_distances(out) -> np.ndarray:
 
 
 def test_whole_model_runs_in_bf16_end_to_end():
-    # Two Evoformer blocks keep this fast; every block runs the same code.
-    preset = get_preset("model_3_ptm").with_blocks(evoformer=2)
+    # One Evoformer and one extra-MSA block, 32 residues, two passes: every stage of the model (both
+    # stacks, recycling, heads, structure module) runs; every block runs the same code.
+    preset = get_preset("model_3_ptm").with_blocks(evoformer=1, extra_msa=1)
     model = AlphaFold(preset)
     load_params(model, random_params(model, seed=2))
     model.eval()
-    features = _hbb_features(preset, num_recycle=1)
+    features = _hbb_features(preset, num_recycle=1, num_res=BF16_NUM_RES)
     fp32 = model.predict(features, num_recycle=1)
     model.set_options(Options(precision="bf16"))
     bf16 = model.predict(features, num_recycle=1)
@@ -185,11 +187,14 @@ def test_whole_model_runs_in_bf16_end_to_end():
                   / np.linalg.norm(fp32["representations"]["pair"]))
     plddt_error = np.abs(bf16["plddt"] - fp32["plddt"]).max()
     distance_error = np.abs(_ca_distances(bf16) - _ca_distances(fp32)).mean()
-    print(f"HBB[:{NUM_RES}], 2 blocks, 2 passes: pair {pair_error:.2e} relative, pLDDT max {plddt_error:.3f}, "
-          f"Cα distances mean {distance_error:.3f} Å")
-    assert pair_error < 1.5e-2  # measured 6.6e-3
-    assert plddt_error < 0.1  # measured 0.034
-    assert distance_error < 0.3  # Å; measured 0.12
+    print(f"HBB[:{BF16_NUM_RES}], 1+1 blocks, 2 passes: pair {pair_error:.2e} relative, pLDDT max "
+          f"{plddt_error:.3f}, Cα distances mean {distance_error:.3f} Å")
+    # Measured on a 2-core AVX2 CPU (emulated bf16); the 2+4-block, 64-residue run measured 6.6e-3,
+    # 0.034 and 0.12 Å.
+    assert pair_error > 1e-4  # the trunk really ran in bf16 (fp32 reruns agree to float rounding)
+    assert pair_error < 1.2e-2  # measured 5.4e-3
+    assert plddt_error < 0.05  # measured 0.011
+    assert distance_error < 0.3  # Å; measured 0.117
 
 
 def test_compiled_blocks_equal_eager():
