@@ -34,6 +34,7 @@ from af2cpu.model.heads import (
     PredictedAlignedErrorHead,
     PredictedLDDTHead,
 )
+from af2cpu.model.multimer_sampling import sampling_generator, validate_multimer_example
 from af2cpu.model.options import Options, chunk_slices, embedding_step_rows
 from af2cpu.model.params import load_params, preset_from_filename, read_params, write_safetensors
 from af2cpu.model.presets import Preset, get_preset
@@ -331,11 +332,13 @@ class AlphaFold(nn.Module):
         features = dict(features)
         if self.preset.multimer:
             multimer.check_features(features, self.preset)
+            validate_multimer_example(features, "multimer features")
             example = multimer.to_tensors(features)
-            generator = torch.Generator().manual_seed(
-                int(np.random.SeedSequence([random_seed, prediction_index]).generate_state(1)[0]))
 
-            def pass_batch(_: int) -> dict[str, torch.Tensor]:
+            def pass_batch(index: int) -> dict[str, torch.Tensor]:
+                # Each pass draws its own MSA sample and masks, as DeepMind's: a function of the seed,
+                # the prediction and the pass only.
+                generator = sampling_generator(random_seed, prediction_index, index)
                 batch = multimer.pass_features(self.preset, example, generator)
                 return _at_least_one_row(_without_masked_rows(batch, templates=False))
             asym_id, seq_mask = np.asarray(features["asym_id"]), np.asarray(features["seq_mask"])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from af2cpu.errors import InputError
 from af2cpu.model.all_atom import make_atom14_masks
+from af2cpu.model.multimer_sampling import make_masked_msa, make_msa_profile, sample_msa
 from af2cpu.model.presets import Preset
 
 # One-hot classes of the MSA: 20 amino acids, X, gap, and the BERT mask token.
@@ -88,23 +89,6 @@ def to_tensors(features: dict) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _split_msa_in_file_order(batch: dict[str, torch.Tensor], max_seq: int,
-                             generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """The first ``max_seq`` MSA rows as the sampled MSA, the rest as the extra MSA, in file order.
-
-    DeepMind's ``sample_msa`` draws this split (rows of ``cluster_bias_mask`` first); with at most
-    ``max_seq`` real rows its draw only permutes rows, to which the outputs are invariant. Then, as
-    its ``make_masked_msa`` does, the MSA is multiplied by its mask.
-    """
-    del generator  # the file-order split draws nothing
-    out = dict(batch)
-    for name in ("msa", "deletion_matrix", "msa_mask", "bert_mask"):
-        if name in batch:
-            out[name], out["extra_" + name] = batch[name][:max_seq], batch[name][max_seq:]
-    out["msa"] = out["msa"] * out["msa_mask"].long()
-    return out
-
-
 def nearest_neighbor_clusters(batch: dict[str, torch.Tensor], gap_agreement_weight: float = 0.0):
     """Evans et al. (2022) Suppl. 2.1, DeepMind's ``nearest_neighbor_clusters``: each sampled MSA row's
     profile and mean deletions over itself and the extra rows assigned to it.
@@ -149,9 +133,11 @@ def pass_features(preset: Preset, batch: dict[str, torch.Tensor],
                   generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     """One pass's network features from the example's tensors (:func:`to_tensors`), with the names of
     the monomer's processed features where they mean the same (``target_feat``, ``msa_feat``,
-    ``extra_msa``, ``extra_has_deletion``, ...); ``generator`` seeds the pass's MSA sampling."""
-    # sampling: af2cpu.model.multimer_sampling.sample_msa / make_masked_msa replace this split when wired
-    sampled = _split_msa_in_file_order(batch, preset.num_msa_clusters, generator)
+    ``extra_msa``, ``extra_has_deletion``, ...). The pass samples its MSA rows and masks them BERT-style
+    (the preset's ``masked_msa_replace_fraction``) with ``generator`` (None: file order, no masking)."""
+    # DeepMind's EmbeddingsAndEvoformer takes the profile of the whole MSA, then samples.
+    sampled = sample_msa(dict(batch, msa_profile=make_msa_profile(batch)), preset.num_msa_clusters, generator)
+    sampled = make_masked_msa(sampled, preset.masked_msa_replace_fraction, generator)
     profile, deletion_mean = nearest_neighbor_clusters(sampled)
     sampled["cluster_profile"], sampled["cluster_deletion_mean"] = profile, deletion_mean
     out = {name: batch[name] for name in ("aatype", "residue_index", "seq_mask", "asym_id", "entity_id", "sym_id",

@@ -31,6 +31,7 @@ from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
 from af2cpu.model import multimer
 from af2cpu.model.alphafold import AlphaFold
+from af2cpu.model.multimer_sampling import sample_msa
 from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import get_preset
@@ -50,7 +51,8 @@ DATA = Path(__file__).parent / "data"
 NUM_MSA = 12  # sampled rows (cluster_bias_mask on these); the real rows after them go to the extra MSA
 NUM_ROWS = 24  # MSA rows with padding
 NUM_TEMPLATES = 4
-PRESET = dataclasses.replace(get_preset("model_1_multimer_v3"), max_msa_clusters=NUM_MSA + NUM_TEMPLATES)
+PRESET = dataclasses.replace(get_preset("model_1_multimer_v3"), max_msa_clusters=NUM_MSA + NUM_TEMPLATES,
+                             masked_msa_replace_fraction=0.0)  # BERT masking off: RNG-free comparison
 ROOT = "alphafold/alphafold_iteration/evoformer/"
 
 
@@ -184,7 +186,9 @@ def _pass_batch(example) -> dict[str, torch.Tensor]:
 
 def test_msa_features_and_cluster_profiles_match_reference(heteromer):
     batch = _pass_batch(heteromer)
-    split = multimer._split_msa_in_file_order(multimer.to_tensors(heteromer), NUM_MSA, None)
+    # No generator: the RNG-free split (query and the other biased rows first, in file order) and no masking.
+    split = sample_msa(multimer.to_tensors(heteromer), NUM_MSA, None)
+    split["msa"] = split["msa"] * split["msa_mask"].long()  # as DeepMind's make_masked_msa leaves it
     ref = {k: np.asarray(v) for k, v in split.items()}
     profile, deletion_mean = (np.asarray(x) for x in af_multimer.nearest_neighbor_clusters(ref))
     ref["cluster_profile"], ref["cluster_deletion_mean"] = profile, deletion_mean
@@ -437,3 +441,24 @@ def test_bad_multimer_input_is_one_clear_error(params, heteromer):
         model.predict(rows, num_recycle=0)
 
 
+
+
+def test_in_network_sampling_is_seeded_per_prediction(params, heteromer):
+    # The preset's BERT masking (DeepMind's 0.15) and a random MSA row order in every pass, drawn from the
+    # run's seed and the prediction index: the same pair reproduces the run, another one draws anew (a new
+    # draw per pass: tests/test_multimer_sampling.py).
+    model = AlphaFold(dataclasses.replace(PRESET, masked_msa_replace_fraction=0.15).with_blocks(evoformer=1))
+    model.load_state_dict(_small(params).state_dict())
+
+    def single(**seeds):
+        return model.predict(heteromer, num_recycle=0, **seeds)["representations"]["single"]
+
+    first = single(random_seed=3, prediction_index=1)
+    assert np.array_equal(first, single(random_seed=3, prediction_index=1))
+    assert not np.allclose(first, single(random_seed=4, prediction_index=1))
+    assert not np.allclose(first, single(random_seed=3, prediction_index=2))
+    # Without masking the draw only orders rows, to which the outputs are invariant up to summation order.
+    unmasked = _small(params)
+    a = unmasked.predict(heteromer, num_recycle=0, random_seed=3)["representations"]["single"]
+    b = unmasked.predict(heteromer, num_recycle=0, random_seed=4)["representations"]["single"]
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
