@@ -331,8 +331,7 @@ class AlphaFold(nn.Module):
             early_stop_tolerance = self.preset.recycle_early_stop_tolerance
         features = dict(features)
         if self.preset.multimer:
-            multimer.check_features(features, self.preset)
-            validate_multimer_example(features, "multimer features")
+            validate_multimer_example(features, f"features for {self.preset.name}")
             example = multimer.to_tensors(features)
 
             def pass_batch(index: int) -> dict[str, torch.Tensor]:

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 
 from af2cpu.errors import InputError
 from af2cpu.model.all_atom import make_atom14_masks
-from af2cpu.model.multimer_sampling import make_masked_msa, make_msa_profile, sample_msa
+from af2cpu.model.multimer_sampling import (
+    MULTIMER_SHAPES,
+    OPTIONAL_SHAPES,
+    make_masked_msa,
+    make_msa_profile,
+    sample_msa,
+)
 from af2cpu.model.presets import Preset
 
 # One-hot classes of the MSA: 20 amino acids, X, gap, and the BERT mask token.
@@ -27,40 +33,7 @@ _MSA_CLASSES = 23
 # The multimer's target_feat: the 20 amino acids and X.
 _TARGET_CLASSES = 21
 
-# Feature name -> symbolic shape (L residues, N MSA rows, T templates) of DeepMind's multimer example.
-REQUIRED_FEATURES: dict[str, tuple[str | int, ...]] = {
-    "aatype": ("L",), "residue_index": ("L",), "seq_mask": ("L",),
-    "asym_id": ("L",), "entity_id": ("L",), "sym_id": ("L",),
-    "msa": ("N", "L"), "deletion_matrix": ("N", "L"), "msa_mask": ("N", "L"),
-    "template_aatype": ("T", "L"), "template_all_atom_mask": ("T", "L", 37),
-    "template_all_atom_positions": ("T", "L", 37, 3),
-}
-_OPTIONAL_FEATURES: dict[str, tuple[str | int, ...]] = {"cluster_bias_mask": ("N",), "bert_mask": ("N", "L")}
 _INT_FEATURES = {"aatype", "residue_index", "asym_id", "entity_id", "sym_id", "msa", "template_aatype"}
-
-
-def check_features(features: dict, preset: Preset) -> None:
-    """InputError naming the key when DeepMind's multimer example lacks a feature or has an
-    inconsistent shape (all of one length L, N MSA rows, T templates)."""
-    missing = [k for k in REQUIRED_FEATURES if k not in features]
-    if missing:
-        raise InputError(f"multimer features lack {', '.join(missing)} (needed by preset {preset.name}); pass the "
-                         "dict of DeepMind's pipeline_multimer.DataPipeline.process (with asym_id, entity_id, "
-                         "sym_id for every residue)")
-    sizes: dict[str, tuple[int, str]] = {}
-    for name, dims in {**REQUIRED_FEATURES, **_OPTIONAL_FEATURES}.items():
-        if name not in features:
-            continue
-        shape = np.shape(features[name])
-        if len(shape) != len(dims):
-            raise InputError(f"multimer feature {name} has shape {shape}; expected ({', '.join(map(str, dims))}) "
-                             "(DeepMind's multimer example, no recycle or batch axis)")
-        check_axes("multimer feature", name, shape, dims, sizes)
-    if sizes["N"][0] < 1:
-        raise InputError("multimer feature msa has no rows; it needs at least the query sequence")
-    if sizes["T"][0] < 1:
-        raise InputError("multimer feature template_aatype has no templates; DeepMind's pipeline gives an all-zero "
-                         "template where a chain has none (template_* arrays with 4 rows)")
 
 
 def check_axes(label: str, name: str, shape: tuple[int, ...], dims: tuple[str | int, ...],
@@ -81,7 +54,7 @@ def check_axes(label: str, name: str, shape: tuple[int, ...], dims: tuple[str | 
 def to_tensors(features: dict) -> dict[str, torch.Tensor]:
     """The example's arrays as tensors: integer features int64, the rest float32."""
     batch = {}
-    for name in (*REQUIRED_FEATURES, *_OPTIONAL_FEATURES):
+    for name in (*MULTIMER_SHAPES, *OPTIONAL_SHAPES):
         if name in features:
             value = np.asarray(features[name])
             batch[name] = torch.from_numpy(np.ascontiguousarray(

@@ -201,13 +201,13 @@ def sampling_generator(random_seed: int, prediction_index: int = 0, recycle_inde
 
 # The multimer example (DeepMind's pipeline_multimer output): key -> axes; L residues, N MSA rows,
 # T templates. Optional keys are checked when present.
-_MULTIMER_SHAPES: dict[str, tuple] = {
+MULTIMER_SHAPES: dict[str, tuple] = {
     "aatype": ("L",), "residue_index": ("L",), "asym_id": ("L",), "entity_id": ("L",), "sym_id": ("L",),
     "seq_mask": ("L",), "msa": ("N", "L"), "deletion_matrix": ("N", "L"), "msa_mask": ("N", "L"),
     "cluster_bias_mask": ("N",), "template_aatype": ("T", "L"), "template_all_atom_mask": ("T", "L", 37),
     "template_all_atom_positions": ("T", "L", 37, 3),
 }
-_OPTIONAL_SHAPES: dict[str, tuple] = {
+OPTIONAL_SHAPES: dict[str, tuple] = {
     "bert_mask": ("N", "L"), "all_atom_positions": ("L", 37, 3), "all_atom_mask": ("L", 37),
 }
 _AXIS_NAMES = {"L": "residues", "N": "MSA rows", "T": "templates"}
@@ -258,11 +258,11 @@ def validate_multimer_example(features: dict[str, np.ndarray], source: str) -> N
         raise InputError(f"{source} holds monomer features (msa_feat/target_feat, no asym_id), but a "
                          f"multimer preset needs DeepMind's multimer example (asym_id, entity_id, sym_id, msa, "
                          f"...): use a monomer preset such as model_1_ptm for these features. {_HOW}")
-    missing = [name for name in _MULTIMER_SHAPES if name not in features]
+    missing = [name for name in MULTIMER_SHAPES if name not in features]
     if missing:
         raise InputError(f"{source}: multimer features lack {', '.join(missing)}. {_HOW}")
     sizes: dict[str, int] = {}
-    for name, dims in {**_MULTIMER_SHAPES, **_OPTIONAL_SHAPES}.items():
+    for name, dims in {**MULTIMER_SHAPES, **OPTIONAL_SHAPES}.items():
         if name not in features:
             continue
         shape = np.shape(features[name])
@@ -277,6 +277,11 @@ def validate_multimer_example(features: dict[str, np.ndarray], source: str) -> N
                 what = f"must be {dim}" if isinstance(dim, int) else \
                     f"({_AXIS_NAMES[dim]}) is {size}, but {_AXIS_SOURCES[dim]} has {expected}"
                 raise InputError(f"{source}: feature {name} has shape {shape}: its axis {axis} {what}. {_HOW}")
+    if sizes["N"] < 1:
+        raise InputError(f"{source}: feature msa has no rows; it needs at least the query sequence. {_HOW}")
+    if sizes["T"] < 1:
+        raise InputError(f"{source}: feature template_aatype has no templates; DeepMind's pipeline gives an "
+                         f"all-zero template where a chain has none (template_* arrays with 4 rows). {_HOW}")
     _whole(source, "aatype", np.asarray(features["aatype"]), 0, 20)
     _whole(source, "msa", np.asarray(features["msa"]), 0, 21)
     asym = _whole(source, "asym_id", np.asarray(features["asym_id"]), 0)

@@ -434,10 +434,10 @@ def test_bad_multimer_input_is_one_clear_error(params, heteromer):
     with pytest.raises(InputError, match="multimer features lack asym_id, sym_id"):
         model.predict(lacking, num_recycle=0)
     short = dict(heteromer, entity_id=heteromer["entity_id"][:-3])
-    with pytest.raises(InputError, match=r"entity_id has shape \(41,\): its L axis is 41, but aatype says 44"):
+    with pytest.raises(InputError, match=r"entity_id has shape \(41,\): its axis 0 \(residues\) is 41, but aatype has 44"):
         model.predict(short, num_recycle=0)
     rows = dict(heteromer, deletion_matrix=heteromer["deletion_matrix"][:5])
-    with pytest.raises(InputError, match="deletion_matrix .* its N axis is 5, but msa says 24"):
+    with pytest.raises(InputError, match=r"deletion_matrix .* its axis 0 \(MSA rows\) is 5, but msa has 24"):
         model.predict(rows, num_recycle=0)
 
 
