@@ -283,8 +283,9 @@ def _complex_results(ctx: StageContext) -> dict[str, list[tuple[searches.Search,
 
 
 def _complex_features_key(ctx: StageContext, inputs: Inputs) -> str:
+    plan = search_plan(ctx.cfg, multimer=True)
     hashes = {f"{c.id}/{s.output}": file_hash(ctx.folder.msas / c.id / s.output)
-              for c in ctx.target.unique_chains() for s in search_plan(ctx.cfg, multimer=True)}
+              for c in ctx.target.unique_chains() for s in plan}
     chains = [[c.id, c.sequence] for c in ctx.target.chains]
     return stage_key(
         "features",
@@ -532,16 +533,16 @@ def search_stages(cfg: DictConfig, target: Target | None = None) -> list[Stage]:
     """One stage per search of the configured database preset's plan; for a complex, one per search of
     the multimer plan and distinct chain (``search_<name>_<chain id>``: a homomer's chain once)."""
     cpus = int(cfg.search.cpus) or 1
-    if target is None or not target.is_complex:
-        return [
-            Stage(f"search_{s.name}", functools.partial(_search_run, s, None),
-                  functools.partial(_search_key, s, None), needs=tuple(f"search_{n}" for n in s.needs), cpus=cpus)
-            for s in search_plan(cfg)
-        ]
+    complex_target = target is not None and target.is_complex
+    chains = [c.id for c in target.unique_chains()] if complex_target else [None]
+    plan = search_plan(cfg, multimer=complex_target)
+
+    def name(search_name: str, chain_id: str | None) -> str:
+        return f"search_{search_name}" + (f"_{chain_id}" if chain_id is not None else "")
     return [
-        Stage(f"search_{s.name}_{c.id}", functools.partial(_search_run, s, c.id),
-              functools.partial(_search_key, s, c.id), needs=tuple(f"search_{n}_{c.id}" for n in s.needs), cpus=cpus)
-        for c in target.unique_chains() for s in search_plan(cfg, multimer=True)
+        Stage(name(s.name, c), functools.partial(_search_run, s, c), functools.partial(_search_key, s, c),
+              needs=tuple(name(n, c) for n in s.needs), cpus=cpus)
+        for c in chains for s in plan
     ]
 
 
