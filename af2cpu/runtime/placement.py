@@ -13,11 +13,10 @@ Rules, in order:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from af2cpu.errors import ConfigError
-from af2cpu.runtime.topology import Topology, format_cpulist
+from af2cpu.runtime.topology import Topology, cpus_paid, format_cpulist
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def plan_instances(
 
     Raises ConfigError, with the machine's numbers, when the request cannot be met.
     """
-    paid = None if cpu_quota is None else max(1, math.ceil(cpu_quota - 1e-9))
+    paid = None if cpu_quota is None else cpus_paid(cpu_quota)
     if paid is not None and instances is None and threads is None and paid < len(topology.usable_cpus):
         largest_node = max((sum(c.node == n for c in topology.cpus) for n in topology.nodes), default=1)
         instances, threads = 1, min(paid, largest_node)

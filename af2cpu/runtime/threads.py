@@ -14,7 +14,6 @@ policy `numactl --membind` gives a process (the set_mempolicy system call).
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import platform
 import sys
@@ -22,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from af2cpu.runtime.placement import Allotment
-from af2cpu.runtime.topology import cgroup_cpu_limit
+from af2cpu.runtime.topology import cgroup_cpu_limit, cpus_paid
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -141,7 +140,7 @@ def usable_cpu_count(root: str | os.PathLike = "/", affinity: Iterable[int] | No
             affinity = range(os.cpu_count() or 1)
     count = len(set(affinity)) or 1
     quota = cgroup_cpu_limit(root)
-    return count if quota is None else max(1, min(count, math.ceil(quota - 1e-9)))
+    return count if quota is None else min(count, cpus_paid(quota))
 
 
 def prepare_process(threads: int | None = None) -> int:

@@ -16,6 +16,7 @@ to `/` so tests can build fake trees:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -252,6 +253,11 @@ def cgroup_memory_available(root: str | os.PathLike = "/") -> int | None:
         free = max(0, limit - usage)
         best = free if best is None else min(best, free)
     return best
+
+
+def cpus_paid(quota: float) -> int:
+    """Whole CPUs a quota of ``quota`` CPUs' worth of time pays for: rounded up (1.5 -> 2), at least 1."""
+    return max(1, math.ceil(quota - 1e-9))  # 1e-9: float rounding of quota/period never adds a CPU
 
 
 def cgroup_cpu_limit(root: str | os.PathLike = "/") -> float | None:
