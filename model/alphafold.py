@@ -309,7 +309,7 @@ class AlphaFold(nn.Module):
                 slices = shape[0]
             elif shape[0] != slices:
                 raise InputError(f"feature {name} has {shape[0]} recycle slices, aatype has {slices}")
-            multimer.check_axes("feature", name, shape, dims, sizes)
+            _check_axes(name, shape, dims, sizes)
         return slices
 
     @torch.inference_mode()
@@ -378,6 +378,21 @@ class AlphaFold(nn.Module):
         if return_recycles:
             out = dict(out, recycles=recycles)
         return out
+
+
+def _check_axes(name: str, shape: tuple[int, ...], dims: tuple[str | int, ...],
+               sizes: dict[str, tuple[int, str]]) -> None:
+    """InputError unless the trailing axes of ``shape`` fit ``dims``: an int is a fixed size, a name
+    (L, S, ...) must agree with the size that ``sizes`` (name -> (size, feature)) recorded first."""
+    for dim, size in zip(dims, shape[len(shape) - len(dims):]):
+        if isinstance(dim, int):
+            if size != dim:
+                raise InputError(f"feature {name} has shape {shape}; axis {dim!r} must be {dim}")
+        elif dim in sizes and sizes[dim][0] != size:
+            raise InputError(f"feature {name} has shape {shape}: its {dim} axis is {size}, but "
+                             f"{sizes[dim][1]} says {sizes[dim][0]}")
+        else:
+            sizes.setdefault(dim, (size, name))
 
 
 def _read_with_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from af2cpu.errors import InputError
 from af2cpu.model.all_atom import make_atom14_masks
 from af2cpu.model.multimer_sampling import (
     MULTIMER_SHAPES,
@@ -34,21 +33,6 @@ _MSA_CLASSES = 23
 _TARGET_CLASSES = 21
 
 _INT_FEATURES = {"aatype", "residue_index", "asym_id", "entity_id", "sym_id", "msa", "template_aatype"}
-
-
-def check_axes(label: str, name: str, shape: tuple[int, ...], dims: tuple[str | int, ...],
-               sizes: dict[str, tuple[int, str]]) -> None:
-    """InputError unless the trailing axes of ``shape`` fit ``dims``: an int is a fixed size, a name
-    (L, S, ...) must agree with the size that ``sizes`` (name -> (size, feature)) recorded first."""
-    for dim, size in zip(dims, shape[len(shape) - len(dims):]):
-        if isinstance(dim, int):
-            if size != dim:
-                raise InputError(f"{label} {name} has shape {shape}; axis {dim!r} must be {dim}")
-        elif dim in sizes and sizes[dim][0] != size:
-            raise InputError(f"{label} {name} has shape {shape}: its {dim} axis is {size}, but "
-                             f"{sizes[dim][1]} says {sizes[dim][0]}")
-        else:
-            sizes.setdefault(dim, (size, name))
 
 
 def to_tensors(features: dict) -> dict[str, torch.Tensor]:
