@@ -492,15 +492,8 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
 
     results = {name: load_result_npz(folder.result(name), prefixes=[
         "plddt", "predicted_aligned_error", "max_predicted_aligned_error", "ptm"]) for name in order}
-    folder.plots.mkdir(exist_ok=True)
     title = target.id + (" (UNTRAINED random params)" if ctx.cfg.params == Params.random else "")
-    plots.plot_plddt({n: r["plddt"] for n, r in results.items()}, title=title, path=folder.plddt_plot)
-    paes = {n: r["predicted_aligned_error"] for n, r in results.items() if "predicted_aligned_error" in r}
-    if paes:
-        max_pae = float(next(iter(results.values())).get("max_predicted_aligned_error", plots.DEFAULT_MAX_PAE))
-        plots.plot_pae(paes, max_pae=max_pae, title=title, path=folder.pae_plot)
-    msa = load_features_npz(folder.features)["msa"]
-    plots.plot_msa_coverage(np.asarray(msa), title=target.id, path=folder.msa_coverage_plot)
+    plots.write_target_plots(folder, order, title, msa_title=target.id)
 
     spans = {t.name: (t.start, t.end) for t in inputs.values() if t.recorded}
     atomic_write_text(folder.timings, formats.timings_json(spans) + "\n")
