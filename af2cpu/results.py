@@ -4,10 +4,16 @@ Everything is read on first use and kept: opening a result is instant, the pLDDT
 loads without touching the large pair representations next to it in the same npz, and an MSA of ten
 thousand sequences is parsed only when asked for. Files that a run did not write (no relaxation, no
 templates, representations not kept) give ``None`` or an empty mapping, never an error.
+
+A complex (AlphaFold-Multimer's features) adds per-chain views: ``chains`` (each chain's id in the
+structure files, its id and header in the input, its residues), ``chain_plddt()``, ``chain_pae()``,
+``chain_msas`` (each chain's search results in ``msas/<chain>/``), and ``iptm``; its plots show the
+chains. A monomer is one chain, A.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -19,6 +25,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from af2cpu import plots
+from af2cpu.chains import ChainSpan, chain_spans, paired_msa_rows, real_msa_rows
+from af2cpu.chains import is_complex as features_are_complex
 from af2cpu.common import protein
 from af2cpu.errors import InputError
 from af2cpu.io import load_features_npz, load_result_npz, npz_members
@@ -65,9 +73,10 @@ class TargetResult:
     """One target's predictions and intermediates, as found in ``<out>/<target_id>/``.
 
     Attributes (all lazy): ``features``, ``msas``, ``template_hits``, ``plddt``, ``pae``, ``ptm``,
-    ``representations``, ``structures``, ``ranking``, ``timings``; ``result(model)`` gives a model's
-    whole output dict. Methods: ``plot_plddt()``, ``plot_pae(model=None)``,
-    ``plot_msa_coverage()``, ``view(model=None)``.
+    ``iptm``, ``representations``, ``structures``, ``ranking``, ``timings``, ``chains``,
+    ``chain_msas``; ``result(model)`` gives a model's whole output dict. Methods: ``plot_plddt()``,
+    ``plot_pae(model=None)``, ``plot_msa_coverage()``, ``view(model=None)``, ``chain_plddt(model=None)``,
+    ``chain_pae(model=None)``.
     """
 
     def __init__(self, path: str | Path):
@@ -122,8 +131,30 @@ class TargetResult:
         return load_features_npz(path) if path.is_file() else None
 
     @functools.cached_property
+    def info(self) -> dict[str, Any] | None:
+        """``target.json``: the id, the original FASTA header, the sequence (a complex's chains joined by
+        ':') and, for a complex, its ``chains`` (input id, header, sequence); None when absent."""
+        return self.folder.read_info()
+
+    @functools.cached_property
+    def features_report(self) -> dict[str, Any] | None:
+        """``features_report.json`` (MSA sizes, templates; a complex's chains and pairing), or None."""
+        return self._read_json(self.folder.features_report)
+
+    @property
+    def is_complex(self) -> bool:
+        """True for a complex (AlphaFold-Multimer features, or a report listing its chains)."""
+        return (features_are_complex(self.features) or bool((self.features_report or {}).get("chains"))
+                or len((self.info or {}).get("chains", [])) > 1)
+
+    @functools.cached_property
     def sequence(self) -> str | None:
-        """The query sequence, from the features (or the first MSA's first row)."""
+        """The query sequence, from the features (or the first MSA's first row); a complex's chains
+        joined by ':' in the input's order (as in ``target.json``)."""
+        if self.is_complex:
+            if self.info and "sequence" in self.info:
+                return str(self.info["sequence"])
+            return ":".join(c.sequence for c in self.chains) or None
         if self.features is not None and "sequence" in self.features:
             value = self.features["sequence"].ravel()[0]
             return value.decode() if isinstance(value, bytes) else str(value)
@@ -132,14 +163,70 @@ class TargetResult:
 
     @functools.cached_property
     def msas(self) -> Mapping[str, list[str]]:
-        """``{file name: aligned sequences (query first)}`` for each A3M/Stockholm file in ``msas/``.
+        """``{file name: aligned sequences (query first)}`` for each A3M/Stockholm file in ``msas/``
+        (a complex's as ``<chain>/<file>``, from ``msas/<chain>/``).
 
         Rows are aligned to the query: insertions removed, gaps as '-'. Each file is parsed on first
         access.
         """
-        folder = self.folder.msas
-        names = sorted(p.name for p in folder.iterdir() if p.suffix in _MSA_SUFFIXES) if folder.is_dir() else []
-        return LazyMapping(names, lambda name: _read_msa_sequences(folder / name))
+        return _msa_files(self.folder.msas, nested=True)
+
+    # --- chains --------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def chains(self) -> list[ChainSpan]:
+        """The chains, in the order of the residues (a complex's: AlphaFold-Multimer's, entity by entity).
+
+        Each :class:`~af2cpu.chains.ChainSpan` has ``id`` (the chain id of the PDB/mmCIF files),
+        ``input_id`` and ``description`` (the chain's id and FASTA header in the input), ``start``,
+        ``end`` (``residues``: the slice of per-residue arrays), ``length``, ``sequence``,
+        ``entity_id``, ``sym_id`` and ``searched_as`` (whose ``msas/<id>/`` holds its searches: a
+        homomer's copies share the first copy's). A monomer is one chain, A; [] when nothing tells
+        its length.
+        """
+        if self.is_complex:
+            report = (self.features_report or {}).get("chains", [])
+            spans = chain_spans(self.features, report)
+            headers = {c.get("id"): c.get("description", "") for c in (self.info or {}).get("chains", [])}
+            return [c if c.description else dataclasses.replace(c, description=headers.get(c.input_id, ""))
+                    for c in spans]
+        length = self._length()
+        if length is None:
+            return []
+        return [ChainSpan("A", "A", 0, length, 1, 1, self.sequence or "",
+                          str((self.info or {}).get("description", "")), "A")]
+
+    def _chain(self, chain_id: str) -> ChainSpan:
+        for chain in self.chains:
+            if chain.id == chain_id:
+                return chain
+        raise KeyError(f"{self.path} has no chain {chain_id!r} (chains: {', '.join(c.id for c in self.chains) or 'none'})")
+
+    def chain_plddt(self, model: str | None = None) -> dict[str, np.ndarray]:
+        """``{chain id: pLDDT of its residues}`` of ``model`` (default: the best model)."""
+        plddt = self._model_value(self.plddt, model, "pLDDT")
+        return {c.id: plddt[c.residues] for c in self.chains}
+
+    def chain_pae(self, model: str | None = None) -> dict[tuple[str, str], np.ndarray]:
+        """``{(aligned chain, scored chain): PAE block}`` of ``model`` (default: the best model); the
+        off-diagonal blocks are the inter-chain errors ipTM is made of."""
+        pae = self._model_value(self.pae, model, "PAE")
+        return {(a.id, b.id): pae[a.residues, b.residues] for a in self.chains for b in self.chains}
+
+    def _model_value(self, values: Mapping[str, np.ndarray], model: str | None, what: str) -> np.ndarray:
+        model = model if model is not None else self.best_model
+        if model is None or model not in values:
+            known = ", ".join(values) or "none"
+            raise KeyError(f"{self.path}: no {what} for model {model!r} (models with {what}: {known})")
+        return np.asarray(values[model])
+
+    @functools.cached_property
+    def chain_msas(self) -> dict[str, Mapping[str, list[str]]]:
+        """``{chain id: {file name: aligned sequences}}``: each chain's search results (``msas/<chain>/``
+        of the chain it was searched as; a monomer's are ``msas/`` itself), parsed on first access."""
+        if not self.is_complex:
+            return {c.id: self.msas for c in self.chains}
+        return {c.id: _msa_files(self.folder.msas / c.searched_as) for c in self.chains}
 
     @functools.cached_property
     def template_hits(self) -> list[parsers.TemplateHit]:
@@ -251,11 +338,16 @@ class TargetResult:
 
     # --- plots and views ---------------------------------------------------------------------
 
+    @property
+    def _plot_chains(self) -> list[ChainSpan]:
+        return self.chains if self.is_complex else []
+
     def plot_plddt(self, path: str | Path | None = None) -> Figure:
-        """pLDDT per residue of every model, over the AlphaFold DB confidence bands."""
+        """pLDDT per residue of every model, over the AlphaFold DB confidence bands (a complex's chains
+        marked)."""
         if not self.plddt:
             raise FileNotFoundError(f"{self.path} has no result_<model>.npz to plot pLDDT from")
-        return plots.plot_plddt(self.plddt, title=self._title("pLDDT"), path=path)
+        return plots.plot_plddt(self.plddt, title=self._title("pLDDT"), path=path, chains=self._plot_chains)
 
     def plot_pae(self, model: str | None = None, path: str | Path | None = None) -> Figure:
         """PAE heatmap of ``model``, or of every model that predicts PAE."""
@@ -265,13 +357,15 @@ class TargetResult:
             raise KeyError(f"{self.path}: model {model!r} has no PAE (models with PAE: {', '.join(self.pae)})")
         paes = {m: self.pae[m] for m in ([model] if model is not None else self.pae)}
         max_pae = float(self._scores[next(iter(paes))].get("max_predicted_aligned_error", plots.DEFAULT_MAX_PAE))
-        return plots.plot_pae(paes, max_pae=max_pae, title=self._title("PAE"), path=path)
+        return plots.plot_pae(paes, max_pae=max_pae, title=self._title("PAE"), path=path, chains=self._plot_chains)
 
     def plot_msa_coverage(self, path: str | Path | None = None) -> Figure:
-        """Sequence coverage of the model's MSA (``features.npz`` "msa"), coloured by identity."""
+        """Sequence coverage of the model's MSA (``features.npz`` "msa"), coloured by identity (a
+        complex's: without its padding rows, its paired rows as their own block)."""
         if self.features is None or "msa" not in self.features:
             raise FileNotFoundError(f"{self.path} has no features.npz with an 'msa' to plot the coverage of")
-        return plots.plot_msa_coverage(self.features["msa"], title=self._title("MSA coverage"), path=path)
+        return plots.plot_msa_coverage(real_msa_rows(self.features), title=self._title("MSA coverage"), path=path,
+                                       chains=self._plot_chains, paired_rows=paired_msa_rows(self.features))
 
     def view(self, model: str | None = None, width: int = 640, height: int = 480):
         """A py3Dmol 3-D view coloured by pLDDT (B-factor); prints how to install py3Dmol if absent."""
@@ -307,6 +401,8 @@ class TargetResult:
     def _length(self) -> int | None:
         if self.plddt:
             return len(next(iter(self.plddt.values())))
+        if self.is_complex:
+            return sum(c.length for c in self.chains) or None
         return len(self.sequence) if self.sequence else None
 
     def _title(self, what: str) -> str:
@@ -326,6 +422,10 @@ class TargetResult:
             lines.append("  !! untrained params (params=random): not a prediction")
         length = self._length()
         lines.append(f"  length: {length if length is not None else 'unknown'}")
+        if self.is_complex:
+            chains = [f"{c.id} ({c.length}{'' if c.input_id == c.id else f', input chain {c.input_id}'})"
+                      for c in self.chains]
+            lines.append(f"  chains: {', '.join(chains)}")
         if self.model_names:
             lines.append("  models (best first):")
             for model in self.model_names:
@@ -345,6 +445,18 @@ class TargetResult:
             total = max(t["end"] for t in self.timings.values()) - min(t["start"] for t in self.timings.values())
             lines.append(f"  timings: {len(self.timings)} stages over {total:.1f} s")
         return "\n".join(lines)
+
+
+def _msa_files(folder: Path, nested: bool = False) -> Mapping[str, list[str]]:
+    """The A3M/Stockholm files of ``folder`` (and, ``nested``, of its subfolders as ``<sub>/<file>``),
+    each parsed on first access."""
+    if not folder.is_dir():
+        return LazyMapping([], lambda name: [])
+    pattern = "**/*" if nested else "*"
+    # Hidden entries are a search's scratch folders (left behind by a killed run).
+    files = (p.relative_to(folder) for p in folder.glob(pattern) if p.suffix in _MSA_SUFFIXES and p.is_file())
+    names = sorted(f.as_posix() for f in files if not any(part.startswith(".") for part in f.parts))
+    return LazyMapping(names, lambda name: _read_msa_sequences(folder / name))
 
 
 def _read_msa_sequences(path: Path) -> list[str]:

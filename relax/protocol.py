@@ -47,7 +47,7 @@ class RelaxReport:
 
     ``relaxed`` is False when relaxation failed; ``failure`` then says why and the returned PDB is
     the unrelaxed input. ``violations_before``/``violations_after`` are :func:`violation_summary`
-    dicts. ``rmsd`` is over the input's heavy atoms, without superposition (restraints keep the frame).
+    dicts (a complex's with its inter-chain clashes and broken peptide bonds). ``rmsd`` is over the input's heavy atoms, without superposition (restraints keep the frame).
     """
 
     relaxed: bool = False
@@ -71,8 +71,14 @@ class RelaxReport:
         return dataclasses.asdict(self)
 
 
-def violation_summary(violations: Violations, labels: list[str]) -> dict[str, Any]:
-    """Totals and the per-residue counts of the residues that violate."""
+def violation_summary(violations: Violations, labels: list[str], chain_ids: list[str] | None = None) -> dict[str, Any]:
+    """Totals and the per-residue counts of the residues that violate.
+
+    With ``chain_ids`` of more than one chain (a complex; the letter of each ``chain_index``) also:
+    ``interchain_clash`` (the clashing atom pairs of two chains, part of ``clash``),
+    ``interchain_clash_pairs`` (``{"A-B": pairs}``) and ``broken_peptide_bonds`` (peptide bonds
+    C(i)-N(i+1) outside the tolerance, part of ``bond``: where a chain comes apart).
+    """
     per_residue = [
         {
             "residue": labels[i],
@@ -82,13 +88,19 @@ def violation_summary(violations: Violations, labels: list[str]) -> dict[str, An
         }
         for i in np.flatnonzero(violations.mask)
     ]
-    return {
+    summary = {
         "residues": violations.num_residues,
         "bond": violations.num_bond,
         "angle": violations.num_angle,
         "clash": violations.num_clash,
         "per_residue": per_residue,
     }
+    if chain_ids is not None and len(chain_ids) > 1:
+        summary["interchain_clash"] = violations.num_interchain_clash
+        summary["interchain_clash_pairs"] = {
+            f"{chain_ids[a]}-{chain_ids[b]}": n for (a, b), n in violations.interchain_clashes.items()}
+        summary["broken_peptide_bonds"] = violations.num_peptide_bond
+    return summary
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,7 +357,7 @@ def relax(
 
     before = find_violations(prot)
     report = RelaxReport(
-        violations_before=violation_summary(before, labels),
+        violations_before=violation_summary(before, labels, parsed.chain_ids),
         removed_heterogens=list(parsed.skipped_heterogens),
         chain_breaks=breaks,
         threads=int(threads),
@@ -384,7 +396,7 @@ def relax(
                 break
             exclude |= set(np.flatnonzero(after.mask).tolist())
         report.final_energy = result.final_energy
-        report.violations_after = violation_summary(after, labels)
+        report.violations_after = violation_summary(after, labels, parsed.chain_ids)
         report.rmsd = _heavy_atom_rmsd(prot, current)
         report.excluded_residues = [labels[i] for i in sorted(exclude)]
         report.relaxed = True

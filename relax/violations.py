@@ -12,7 +12,9 @@ no hydrogens):
   radii minus 1.5 Å (between residues the peptide bond and CYS SG-SG disulfides are exempt).
 
 A residue "violates" when it takes part in any of these; that per-residue mask is what AlphaFold2's
-relaxation loop reads, and it is what :attr:`Violations.mask` reproduces.
+relaxation loop reads, and it is what :attr:`Violations.mask` reproduces. For a complex the counts
+also say which clashes are between chains, and how many peptide bonds are broken (a C-N bond
+outside the tolerance: where a predicted chain comes apart).
 
 DISCREPANCY: only atoms present in the structure are checked. AlphaFold2's relaxation checks every
 atom the residue type has, absent ones at the origin; the two agree on complete structures, which
@@ -47,6 +49,9 @@ class Violations:
     num_bond: int  # distinct violated bond lengths
     num_angle: int  # distinct violated angles
     num_clash: int  # distinct clashing atom pairs
+    num_peptide_bond: int = 0  # of num_bond, the peptide bonds C(i)-N(i+1)
+    # Of num_clash, the atom pairs of two chains: {(chain_index a, chain_index b): pairs}, a < b.
+    interchain_clashes: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)
 
     @property
     def mask(self) -> np.ndarray:
@@ -56,6 +61,11 @@ class Violations:
     @property
     def num_residues(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def num_interchain_clash(self) -> int:
+        """Clashing atom pairs whose atoms lie in different chains."""
+        return sum(self.interchain_clashes.values())
 
 
 @functools.cache
@@ -167,7 +177,9 @@ def _between_residues(prot: Protein, checked: np.ndarray, counts: dict[str, np.n
     return {"bond": int(bond_bad.sum()), "angle": int(angle_bad.sum())}
 
 
-def _between_residue_clashes(prot: Protein, checked: np.ndarray, counts: dict[str, np.ndarray]) -> int:
+def _between_residue_clashes(
+    prot: Protein, checked: np.ndarray, counts: dict[str, np.ndarray]
+) -> tuple[int, dict[tuple[int, int], int]]:
     res_of_atom, atom_of_atom = np.nonzero(checked)
     xyz = prot.atom_positions[res_of_atom, atom_of_atom]
     radius = np.array([rc.van_der_waals_radius[rc.atom_types[a][0]] for a in atom_of_atom])
@@ -178,6 +190,8 @@ def _between_residue_clashes(prot: Protein, checked: np.ndarray, counts: dict[st
     follows[1:] = _peptide_neighbours(prot)
     limit_max = 2 * max(rc.van_der_waals_radius.values()) - CLASH_OVERLAP_TOLERANCE
     total = 0
+    interchain: dict[tuple[int, int], int] = {}
+    chain_of_atom = prot.chain_index[res_of_atom]
     block = 256  # rows per block: 256 x atoms x 3 doubles stays small even for large complexes
     for start in range(0, len(xyz), block):
         rows = slice(start, start + block)
@@ -193,7 +207,11 @@ def _between_residue_clashes(prot: Protein, checked: np.ndarray, counts: dict[st
         np.add.at(counts["clash"], res_of_atom[i[clash]], 1)
         np.add.at(counts["clash"], res_of_atom[j[clash]], 1)
         total += int(clash.sum())
-    return total
+        between = clash & (chain_of_atom[i] != chain_of_atom[j])
+        for a, b in zip(chain_of_atom[i[between]], chain_of_atom[j[between]]):
+            key = (int(min(a, b)), int(max(a, b)))
+            interchain[key] = interchain.get(key, 0) + 1
+    return total, interchain
 
 
 def find_violations(prot: Protein) -> Violations:
@@ -202,7 +220,7 @@ def find_violations(prot: Protein) -> Violations:
     counts = {name: np.zeros(prot.num_residues, dtype=np.int64) for name in ("bond", "angle", "clash")}
     within = _within_residue(prot, checked, counts)
     between = _between_residues(prot, checked, counts)
-    clashes = _between_residue_clashes(prot, checked, counts)
+    clashes, interchain = _between_residue_clashes(prot, checked, counts)
     return Violations(
         bond=counts["bond"],
         angle=counts["angle"],
@@ -210,4 +228,6 @@ def find_violations(prot: Protein) -> Violations:
         num_bond=within["bond"] + between["bond"],
         num_angle=within["angle"] + between["angle"],
         num_clash=within["clash"] + clashes,
+        num_peptide_bond=between["bond"],
+        interchain_clashes=dict(sorted(interchain.items())),
     )

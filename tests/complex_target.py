@@ -43,18 +43,21 @@ def search_uniprot(sequence: str, name: str, work: Path) -> Path:
     return out
 
 
-def monomer_features(sequence: str, msa_path: Path) -> dict:
-    """A chain's monomer raw features from its MSA, with the multimer's empty template."""
-    msa = features.read_msa(msa_path, sequence)
+def monomer_features(sequence: str, msa_path: Path, max_rows: int | None = None) -> dict:
+    """A chain's monomer raw features from its MSA (its first `max_rows` rows), with the multimer's
+    empty template."""
+    msa = features.read_msa(msa_path, sequence, max_rows)
     return {**features.sequence_features(sequence, "chain"), **features.msa_features([msa]),
             **templates.empty_template_features(len(sequence))}
 
 
-def complex_example(chains: list[tuple[str, str]], sto: dict[str, Path]) -> tuple[dict, list[multimer.AssemblyChain]]:
-    """The multimer example of (chain id, sequence) `chains` from each distinct sequence's UniProt hits."""
+def complex_example(chains: list[tuple[str, str]], sto: dict[str, Path],
+                    max_rows: int | None = None) -> tuple[dict, list[multimer.AssemblyChain]]:
+    """The multimer example of (chain id, sequence) `chains` from each distinct sequence's UniProt hits
+    (their first `max_rows` rows)."""
     sequences = dict.fromkeys(seq for _, seq in chains)
-    monomers = {seq: monomer_features(seq, sto[seq]) for seq in sequences}
-    pairing = {seq: features.read_msa(sto[seq], seq, multimer.MAX_UNIPROT_HITS) for seq in sequences}
+    monomers = {seq: monomer_features(seq, sto[seq], max_rows) for seq in sequences}
+    pairing = {seq: features.read_msa(sto[seq], seq, max_rows or multimer.MAX_UNIPROT_HITS) for seq in sequences}
     return multimer.complex_features(chains, monomers, pairing if len(sequences) > 1 else {})
 
 
@@ -70,11 +73,11 @@ def helix_positions(length: int) -> np.ndarray:
 
 
 def write_complex_target(path: Path, chains: list[tuple[str, str]], sto: dict[str, Path],
-                         rng: np.random.Generator, description: str = "complex") -> dict:
+                         rng: np.random.Generator, description: str = "complex", max_rows: int | None = None) -> dict:
     """A complex's target folder: target.json, features.npz, features_report.json, msas/<chain>/,
     result_<model>.npz, confidence/PAE JSON, unrelaxed and ranked PDB/mmCIF; returns what it wrote."""
     folder = TargetDir(path)
-    example, assembly = complex_example(chains, sto)
+    example, assembly = complex_example(chains, sto, max_rows)
     first_ids: dict[str, str] = {}
     for chain_id, seq in chains:
         first_ids.setdefault(seq, chain_id)

@@ -1,6 +1,7 @@
 """A target folder written by af2cpu's writers, read back by load_result as a notebook would."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +381,26 @@ def test_a_folder_that_is_not_a_target_folder_is_named_in_the_error(tmp_path):
     write_batch_summary(BatchDir(batch), [TargetSummary("T1", "pending")])
     with pytest.raises(InputError, match="batch output folder.*out/T1"):
         load_result(batch)
+
+
+def test_target_plots_of_a_monomer_are_those_of_the_plot_functions(target, tmp_path):
+    path, written = target
+    copy = tmp_path / "T1"
+    shutil.copytree(path, copy)
+    shutil.rmtree(copy / "plots")
+    folder = TargetDir(copy)
+    paths = plots.write_target_plots(folder, written["order"], "", msa_title="")
+    assert [p.name for p in paths] == ["plddt.png", "pae.png", "msa_coverage.png"]
+    for name in ("plddt.png", "pae.png", "msa_coverage.png"):  # byte for byte those write_target drew
+        assert (folder.plots / name).read_bytes() == (path / "plots" / name).read_bytes(), name
+
+
+def test_a_monomer_is_one_chain(target):
+    path, written = target
+    result = load_result(path)
+    assert not result.is_complex
+    (chain,) = result.chains
+    assert (chain.id, chain.start, chain.end, chain.sequence) == ("A", 0, len(QUERY), QUERY)
+    best = written["order"][0]
+    np.testing.assert_array_equal(result.chain_plddt()["A"], written["outs"][best]["plddt"])
+    np.testing.assert_array_equal(result.chain_pae()[("A", "A")], written["outs"][best]["predicted_aligned_error"])
