@@ -193,6 +193,20 @@ def test_ranked_pdb_and_mmcif_have_chains_numbering_and_plddt(heterodimer):
     assert cif["_entity.id"] == ["1", "2"] and cif["_struct_asym.entity_id"] == ["1", "2"]
 
 
+def test_complex_pdb_is_deepminds_text_with_chains_from_a(heterodimer):
+    ref_protein = pytest.importorskip("alphafold.common.protein")
+    path, written = heterodimer
+    features, best = written["features"], written["order"][0]
+    out = written["outs"][best]
+    b_factors = np.repeat(out["plddt"][:, None], 37, axis=1)
+    theirs = ref_protein.from_prediction(features, out, b_factors, remove_leading_feature_dimension=False)
+    # DISCREPANCY: DeepMind's from_prediction takes the 1-based asym_id as the chain index, so its PDB
+    # names the chains B, C, ...; ours start at A (chain index asym_id - 1), the text is otherwise equal.
+    assert {line[21] for line in ref_protein.to_pdb(theirs).splitlines() if line.startswith("ATOM")} == {"B", "C"}
+    shifted = dataclasses.replace(theirs, chain_index=theirs.chain_index - 1)
+    assert TargetDir(path).ranked(0)[0].read_text() == ref_protein.to_pdb(shifted)
+
+
 def test_a_homodimers_chains_share_one_entity_also_through_pdb(homodimer):
     path, written = homodimer
     folder = TargetDir(path)
