@@ -32,6 +32,7 @@ from af2cpu.errors import InputError
 from af2cpu.io import load_features_npz, load_result_npz, npz_members
 from af2cpu.layout import BatchDir, TargetDir
 from af2cpu.preprocessing import parsers
+from af2cpu.preprocessing.features import read_template_hits
 from af2cpu.preprocessing.searches import SEARCHES
 from af2cpu.summary import TargetSummary
 
@@ -229,9 +230,27 @@ class TargetResult:
         return {c.id: _msa_files(self.folder.msas / c.searched_as) for c in self.chains}
 
     @functools.cached_property
+    def chain_template_hits(self) -> dict[str, list[parsers.TemplateHit]]:
+        """``{chain id: template hits}`` of a complex: each chain's hmmsearch result against
+        ``pdb_seqres.txt`` (``msas/<chain>/``), aligned to the chain; [] for a chain without one.
+        A monomer's chain A has :attr:`template_hits`."""
+        if not self.is_complex:
+            return {c.id: self.template_hits for c in self.chains}
+        found = {}
+        for chain in self.chains:
+            hits: list[parsers.TemplateHit] = []
+            for search in SEARCHES.values():
+                path = self.folder.msas / chain.searched_as / search.output
+                if search.template_hits is not None and path.is_file() and chain.sequence:
+                    hits = read_template_hits(search.template_hits, path, chain.sequence)
+                    break
+            found[chain.id] = hits
+        return found
+
+    @functools.cached_property
     def template_hits(self) -> list[parsers.TemplateHit]:
         """Template hits of the hhsearch result in ``msas/`` (``TemplateHit``: name, sum_probs,
-        alignment), or []."""
+        alignment), or [] (a complex's are in ``chain_template_hits``)."""
         path = self._template_hits_file
         return parsers.read_hhr(path) if path is not None else []
 

@@ -129,10 +129,16 @@ def _template_result(
     if settings is None or hits is None:
         return templates.TemplateResult(templates.no_template_features(), [], [])
     kind, path = hits
+    return templates.featurize_templates(sequence, read_template_hits(kind, path, sequence), settings,
+                                         hmmsearch=kind != "hhr")
+
+
+def read_template_hits(kind: str, path: Path, sequence: str) -> list[parsers.TemplateHit]:
+    """The template hits of a search result: an hhsearch ``.hhr`` (`kind` "hhr") or an hmmsearch
+    Stockholm file (`kind` "sto", its rows aligned to `sequence`, the query)."""
     if kind == "hhr":
-        return templates.featurize_templates(sequence, parsers.read_hhr(path), settings)
+        return parsers.read_hhr(path)
     text = parsers.read_text(path)
     parsers.check_stockholm(text, str(path))
     a3m = parsers.stockholm_to_a3m(text, remove_first_row_gaps=False)
-    hits = parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(path))
-    return templates.featurize_templates(sequence, hits, settings, hmmsearch=True)
+    return parsers.parse_hmmsearch_a3m(sequence, a3m, skip_first=False, source=str(path))

@@ -25,6 +25,7 @@ from af2cpu.preprocessing import features, multimer, templates, tools
 from af2cpu.preprocessing.inputs import read_fasta_targets
 
 UNIPROT = DATA_DIR / "mini" / "uniprot" / "uniprot.fasta"
+PDB_SEQRES = DATA_DIR / "mini" / "pdb_seqres" / "pdb_seqres.txt"
 MODELS = ["model_1_multimer_v3_pred_0", "model_2_multimer_v3_pred_0"]
 
 
@@ -40,6 +41,14 @@ def search_uniprot(sequence: str, name: str, work: Path) -> Path:
     query.write_text(f">{name}\n{sequence}\n")
     out = work / f"{name}_uniprot_hits.sto"
     tools.jackhmmer(query, UNIPROT, out, cpus=1)
+    return out
+
+
+def search_pdb_seqres(msa_sto: Path, name: str, work: Path) -> Path:
+    """The real multimer template search (hmmbuild on `msa_sto`, hmmsearch against the mini
+    pdb_seqres.txt): its Stockholm file."""
+    out = work / f"{name}_pdb_hits.sto"
+    tools.search_pdb_seqres(msa_sto, PDB_SEQRES, out, cpus=1)
     return out
 
 
@@ -73,9 +82,11 @@ def helix_positions(length: int) -> np.ndarray:
 
 
 def write_complex_target(path: Path, chains: list[tuple[str, str]], sto: dict[str, Path],
-                         rng: np.random.Generator, description: str = "complex", max_rows: int | None = None) -> dict:
-    """A complex's target folder: target.json, features.npz, features_report.json, msas/<chain>/,
-    result_<model>.npz, confidence/PAE JSON, unrelaxed and ranked PDB/mmCIF; returns what it wrote."""
+                         rng: np.random.Generator, description: str = "complex", max_rows: int | None = None,
+                         pdb_hits: dict[str, Path] | None = None) -> dict:
+    """A complex's target folder: target.json, features.npz, features_report.json, msas/<chain>/ (the
+    UniProt hits, and `pdb_hits` by sequence), result_<model>.npz, confidence/PAE JSON, unrelaxed and
+    ranked PDB/mmCIF; returns what it wrote."""
     folder = TargetDir(path)
     example, assembly = complex_example(chains, sto, max_rows)
     first_ids: dict[str, str] = {}
@@ -94,6 +105,8 @@ def write_complex_target(path: Path, chains: list[tuple[str, str]], sto: dict[st
     for seq, chain_id in first_ids.items():
         (folder.msas / chain_id).mkdir(parents=True, exist_ok=True)
         (folder.msas / chain_id / "uniprot_hits.sto").write_bytes(sto[seq].read_bytes())
+        if pdb_hits:
+            (folder.msas / chain_id / "pdb_hits.sto").write_bytes(pdb_hits[seq].read_bytes())
 
     length = len(example["aatype"])
     asym = np.asarray(example["asym_id"])

@@ -17,6 +17,7 @@ from complex_target import (
     MODELS,
     complex_example,
     haemoglobin_sequences,
+    search_pdb_seqres,
     search_uniprot,
     write_complex_target,
 )
@@ -40,10 +41,12 @@ def searched(tmp_path_factory):
 @pytest.fixture(scope="module")
 def heterodimer(searched, tmp_path_factory):
     alpha, beta = haemoglobin_sequences()
+    work = tmp_path_factory.mktemp("templates")
+    pdb_hits = {seq: search_pdb_seqres(searched[seq], name, work) for seq, name in ((alpha, "alpha"), (beta, "beta"))}
     path = tmp_path_factory.mktemp("out") / "hb_ab"
     # 150 rows of each chain's hits: the merged MSA is padded to 512 rows.
     return path, write_complex_target(path, [("A", alpha), ("B", beta)], searched, np.random.default_rng(1),
-                                      description="haemoglobin", max_rows=150)
+                                      description="haemoglobin", max_rows=150, pdb_hits=pdb_hits)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +155,15 @@ def test_load_result_gives_per_chain_views_and_iptm(heterodimer):
     assert result.iptm == pytest.approx({m: float(written["outs"][m]["iptm"]) for m in written["order"]})
     assert list(result.iptm) == written["order"]
     assert result.chain_msas["B"]["uniprot_hits.sto"][0] == beta
-    assert list(result.msas) == ["A/uniprot_hits.sto", "B/uniprot_hits.sto"]
+    assert list(result.msas) == ["A/pdb_hits.sto", "A/uniprot_hits.sto", "B/pdb_hits.sto", "B/uniprot_hits.sto"]
+    # Each chain's hmmsearch hits against the mini pdb_seqres (first the 2gtl globins), aligned to that chain.
+    hits = result.chain_template_hits
+    assert len(hits["A"]) > 10 and len(hits["B"]) > 10
+    for chain, sequence in (("A", alpha), ("B", beta)):
+        assert all(hit.name.startswith("2gtl_") for hit in hits[chain][:6])
+        for hit in hits[chain]:
+            aligned = [(q, i) for q, i in zip(hit.query, hit.indices_query) if i >= 0]
+            assert all(sequence[i] == q for q, i in aligned)
     assert "chains: A (141), B (146)" in repr(result)
     assert result.summary().iptm == pytest.approx(float(out["iptm"]))
     with pytest.raises(KeyError, match="no chain 'C'"):
