@@ -74,10 +74,10 @@ class TargetResult:
     """One target's predictions and intermediates, as found in ``<out>/<target_id>/``.
 
     Attributes (all lazy): ``features``, ``msas``, ``template_hits``, ``plddt``, ``pae``, ``ptm``,
-    ``iptm``, ``representations``, ``structures``, ``ranking``, ``timings``, ``chains``,
-    ``chain_msas``; ``result(model)`` gives a model's whole output dict. Methods: ``plot_plddt()``,
-    ``plot_pae(model=None)``, ``plot_msa_coverage()``, ``view(model=None)``, ``chain_plddt(model=None)``,
-    ``chain_pae(model=None)``.
+    ``iptm``, ``representations``, ``structures``, ``ranking``, ``timings``, ``info`` (target.json),
+    ``features_report``, ``chains``, ``chain_msas``, ``chain_template_hits``; ``result(model)`` gives a model's whole output dict. Methods: ``plot_plddt()``,
+    ``plot_pae(model=None)``, ``plot_msa_coverage()``, ``view(model=None)``, ``chain(chain_id)``,
+    ``chain_plddt(model=None)``, ``chain_pae(model=None)``.
     """
 
     def __init__(self, path: str | Path):
@@ -170,7 +170,7 @@ class TargetResult:
         Rows are aligned to the query: insertions removed, gaps as '-'. Each file is parsed on first
         access.
         """
-        return _msa_files(self.folder.msas, nested=True)
+        return _msa_files(self.folder.msas, nested=self.is_complex)
 
     # --- chains --------------------------------------------------------------------------------
 
@@ -197,7 +197,8 @@ class TargetResult:
         return [ChainSpan("A", "A", 0, length, 1, 1, self.sequence or "",
                           str((self.info or {}).get("description", "")), "A")]
 
-    def _chain(self, chain_id: str) -> ChainSpan:
+    def chain(self, chain_id: str) -> ChainSpan:
+        """The chain called ``chain_id`` in the structure files."""
         for chain in self.chains:
             if chain.id == chain_id:
                 return chain

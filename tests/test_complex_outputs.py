@@ -167,7 +167,8 @@ def test_load_result_gives_per_chain_views_and_iptm(heterodimer):
     assert "chains: A (141), B (146)" in repr(result)
     assert result.summary().iptm == pytest.approx(float(out["iptm"]))
     with pytest.raises(KeyError, match="no chain 'C'"):
-        result._chain("C")
+        result.chain("C")
+    assert result.chain("B").input_id == "B" and result.chain("B").sequence == beta
 
 
 def test_load_result_maps_a_homomers_copies_to_one_search(homodimer):
