@@ -252,7 +252,10 @@ def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
 def markdown(results: dict) -> str:
     """The results as markdown tables: timings per length and the per-module breakdown."""
     m = results["machine"]
-    lines = [(f"Machine: {m['cpu']}, {m['threads']} threads, {' '.join(m['isa'])}, torch {m['torch']}; "
+    bf16_kernel = m["kernels"].get("bf16_matmul")
+    lines = [(f"Machine: {m['cpu']}, {m['threads']} threads, {' '.join(m['isa'])}, torch {m['torch']}"
+             + (f", bf16 products oneDNN {bf16_kernel}" if bf16_kernel else "")
+             + f", load average {' '.join(map(str, m['load_average']))}; "
              f"GEMM peak {results['gemm_peak_gflops']['fp32']} GFLOP/s fp32, "
              + (f"{results['gemm_peak_gflops']['bf16']} GFLOP/s bf16" if results['gemm_peak_gflops']['bf16']
                 else "bf16 not native (emulated, not measured)") + f". Preset {results['preset']} "
