@@ -61,67 +61,69 @@ def attention() -> list[dict]:
     shapes = {"row attention (64 rows x 8 heads x 128²)": (64, 8, 128, 128, True),
               "column attention (128 columns x 8 heads x 64²)": (128, 8, 64, 64, False),
               "triangle attention (128 rows x 4 heads x 128²)": (128, 4, 128, 128, True)}
-    rows = []
-    for kernel, (b, h, nq, nk, with_bias) in shapes.items():
-        q, k, v = torch.randn(b, h, nq, 32), torch.randn(b, h, nk, 32), torch.randn(b, h, nk, 32)
-        bias = torch.randn(1, h, nq, nk) if with_bias else None
-        scale = 32**-0.5
-        want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale,
-                                              attn_mask=None if bias is None else bias.double())
-        qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
-        bias_b = None if bias is None else bias.bfloat16()
+    return [row for kernel, shape in shapes.items() for row in attention_at(kernel, *shape)]
 
-        def products_softmax():  # bf16 products, fp32 softmax (the bias added in fp32)
-            logits = torch.matmul(qb * scale, kb.transpose(-1, -2)).float()
-            if bias_b is not None:
-                logits += bias_b
-            return torch.matmul(torch.softmax(logits, -1).bfloat16(), vb)
 
-        candidates = {
-            "flash bf16 (chosen)": lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias_b, scale=scale),
-            "flash fp32 on fp32 inputs": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale),
-            "flash fp32 on upcast bf16": lambda: F.scaled_dot_product_attention(
-                qb.float(), kb.float(), vb.float(), attn_mask=None if bias_b is None else bias_b.float(),
-                scale=scale).bfloat16(),
-            "bf16 products + fp32 softmax": products_softmax,
-        }
-        errors = {name: relative(fn(), want) for name, fn in candidates.items()}
-        rows += report(kernel, interleaved(candidates), errors, 4 * b * h * nq * nk * 32)
-    return rows
+def attention_at(kernel: str, b: int, h: int, nq: int, nk: int, with_bias: bool) -> list[dict]:
+    q, k, v = torch.randn(b, h, nq, 32), torch.randn(b, h, nk, 32), torch.randn(b, h, nk, 32)
+    bias = torch.randn(1, h, nq, nk) if with_bias else None
+    scale = 32**-0.5
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale,
+                                          attn_mask=None if bias is None else bias.double())
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    bias_b = None if bias is None else bias.bfloat16()
+
+    def products_softmax():  # bf16 products, fp32 softmax (the bias added in fp32)
+        logits = torch.matmul(qb * scale, kb.transpose(-1, -2)).float()
+        if bias_b is not None:
+            logits += bias_b
+        return torch.matmul(torch.softmax(logits, -1).bfloat16(), vb)
+
+    candidates = {
+        "flash bf16 (chosen)": lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias_b, scale=scale),
+        "flash fp32 on fp32 inputs": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale),
+        "flash fp32 on upcast bf16": lambda: F.scaled_dot_product_attention(
+            qb.float(), kb.float(), vb.float(), attn_mask=None if bias_b is None else bias_b.float(),
+            scale=scale).bfloat16(),
+        "bf16 products + fp32 softmax": products_softmax,
+    }
+    errors = {name: relative(fn(), want) for name, fn in candidates.items()}
+    return report(kernel, interleaved(candidates), errors, 4 * b * h * nq * nk * 32)
 
 
 def outer_product_mean() -> list[dict]:
     """The outer-first order as model/evoformer.py runs it (a transposed copy of the outer products)
     against a layout that lets the GEMM read them transposed (batched, no copy)."""
+    return [row for dtype in (torch.bfloat16, torch.float32) for row in outer_product_mean_in(dtype)]
+
+
+def outer_product_mean_in(dtype: torch.dtype) -> list[dict]:
     n_seq, n_res, c, c_z = 64, 128, 32, 128
-    rows = []
-    for dtype in (torch.bfloat16, torch.float32):
-        left, right = torch.randn(n_seq, n_res, c).to(dtype), torch.randn(n_seq, n_res, c).to(dtype)
-        w, b = (torch.randn(c * c, c_z) / c).to(dtype), torch.randn(c_z).to(dtype)
-        step = max(1, (4 << 20) // (n_res * c * c * left.element_size()))
+    left, right = torch.randn(n_seq, n_res, c).to(dtype), torch.randn(n_seq, n_res, c).to(dtype)
+    w, b = (torch.randn(c * c, c_z) / c).to(dtype), torch.randn(c_z).to(dtype)
+    step = max(1, (4 << 20) // (n_res * c * c * left.element_size()))
 
-        def copy_then_gemm(left=left, right=right, w=w, b=b):
-            out = left.new_empty((n_res, n_res, c_z))
-            right_flat, left_t = right.reshape(n_seq, -1), left.permute(1, 2, 0)
-            for s in range(0, n_res, step):
-                outer = (left_t[s:s + step].reshape(-1, n_seq) @ right_flat).view(-1, c, n_res, c)
-                torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w, out=out[s:s + step].view(-1, c_z))
-            return out
+    def copy_then_gemm(left=left, right=right, w=w, b=b):
+        out = left.new_empty((n_res, n_res, c_z))
+        right_flat, left_t = right.reshape(n_seq, -1), left.permute(1, 2, 0)
+        for s in range(0, n_res, step):
+            outer = (left_t[s:s + step].reshape(-1, n_seq) @ right_flat).view(-1, c, n_res, c)
+            torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w, out=out[s:s + step].view(-1, c_z))
+        return out
 
-        def transposed_operand(left=left, right=right, w=w, b=b):
-            out = left.new_empty((n_res, n_res, c_z))
-            right_t, left_t = right.permute(0, 2, 1).reshape(n_seq, -1), left.permute(1, 2, 0)
-            for s in range(0, n_res, step):
-                outer = (left_t[s:s + step].reshape(-1, n_seq) @ right_t).view(-1, c * c, n_res)
-                torch.baddbmm(b, outer.transpose(1, 2), w.expand(outer.shape[0], -1, -1), out=out[s:s + step])
-            return out
+    def transposed_operand(left=left, right=right, w=w, b=b):
+        out = left.new_empty((n_res, n_res, c_z))
+        right_t, left_t = right.permute(0, 2, 1).reshape(n_seq, -1), left.permute(1, 2, 0)
+        for s in range(0, n_res, step):
+            outer = (left_t[s:s + step].reshape(-1, n_seq) @ right_t).view(-1, c * c, n_res)
+            torch.baddbmm(b, outer.transpose(1, 2), w.expand(outer.shape[0], -1, -1), out=out[s:s + step])
+        return out
 
-        want = copy_then_gemm(left.double(), right.double(), w.double(), b.double())
-        candidates = {"transposed copy, then GEMM (chosen)": copy_then_gemm,
-                      "GEMM on the transposed outer products": transposed_operand}
-        errors = {name: relative(fn(), want) for name, fn in candidates.items()}
-        rows += report(f"outer product mean {dtype}", interleaved(candidates), errors, None)
-    return rows
+    want = copy_then_gemm(left.double(), right.double(), w.double(), b.double())
+    candidates = {"transposed copy, then GEMM (chosen)": copy_then_gemm,
+                  "GEMM on the transposed outer products": transposed_operand}
+    errors = {name: relative(fn(), want) for name, fn in candidates.items()}
+    return report(f"outer product mean {dtype}", interleaved(candidates), errors, None)
 
 
 def evoformer_block() -> list[dict]:
