@@ -150,20 +150,37 @@ def _attend_runs(q, k, v, key_mask, bias2, scale):
 
     Batch elements whose keys are all valid need no mask term: they run with ``bias2`` alone (a
     broadcast view). The others get the mask bias; with a shared bias that sum is materialised, so
-    it is done per run of consecutive masked elements.
+    it is done per run of consecutive masked elements. A compiled block always applies the mask, the
+    sum materialised for the whole step (within the memory planner's bound): looking at the mask on
+    the host would split its graph, and ``torch.cond`` around the attention kernel does not compile
+    with dynamic shapes (torch 2.13).
     """
+    if torch.compiler.is_compiling():
+        return _attend_masked(q, k, v, key_mask, bias2, scale)
     valid = key_mask.bool().all(dim=1)
     if bool(valid.all()):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias2, scale=scale)
-    key_bias = mask_to_bias(key_mask.to(q.dtype))[:, None, None, :]  # (B, 1, 1, K)
+        return _attend_valid(q, k, v, key_mask, bias2, scale)
     if bias2 is None:  # the mask alone broadcasts over heads and queries
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=scale)
+        return _attend_masked(q, k, v, key_mask, bias2, scale)
     outs = []
     for start, stop, run_valid in _runs(valid.tolist()):
         s = slice(start, stop)
-        attn_mask = bias2 if run_valid else key_bias[s] + bias2
-        outs.append(F.scaled_dot_product_attention(q[s], k[s], v[s], attn_mask=attn_mask, scale=scale))
+        attend = _attend_valid if run_valid else _attend_masked
+        outs.append(attend(q[s], k[s], v[s], key_mask[s], bias2, scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _attend_valid(q, k, v, key_mask, bias2, scale):
+    """SDPA of a batch whose keys are all valid: the shared bias alone (``key_mask`` unread)."""
+    del key_mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias2, scale=scale)
+
+
+def _attend_masked(q, k, v, key_mask, bias2, scale):
+    """SDPA with the key mask's bias, plus the shared bias where there is one (materialised)."""
+    key_bias = mask_to_bias(key_mask.to(q.dtype))[:, None, None, :]  # (B, 1, 1, K)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias if bias2 is None else key_bias + bias2,
+                                          scale=scale)
 
 
 def _runs(flags: list[bool]):

@@ -227,7 +227,10 @@ class _TriangleMultiplication(_Chunked):
         b = torch.cat([layer.bias for layer in layers]).to(dtype)[:, None]
         c = w_t.shape[0] // 4
         act_t = act.reshape(-1, c_z).t()  # (c_z, L*L), a view
-        mask = None if bool(pair_mask.bool().all()) else pair_mask.to(dtype)
+        # Eager runs skip the mask when it is all ones; a compiled block always applies it (reading the
+        # mask on the host would split the graph; inductor fuses the product into the gate).
+        mask = (pair_mask.to(dtype) if torch.compiler.is_compiling() or not bool(pair_mask.bool().all())
+                else None)
         proj = act.new_empty((2 * c, n_rows, n_res))  # gated left and right, (2c, L, L)
         step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                       n_res * 4 * c * act.element_size())

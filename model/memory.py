@@ -45,7 +45,8 @@ and
 
 Attention logits never exist whole: the attention kernel computes them block by block, the pair
 bias is read through a broadcast view, and only batch rows with masked keys get a materialised
-bias (the H·L² per step terms, an upper bound). With the default cache blocks (a few MiB per
+bias (the H·L² per step terms, an upper bound; compiled blocks materialise it at every step, within
+the same bound). With the default cache blocks (a few MiB per
 step) the per-step terms are small and the whole-tensor terms set the peak, so chunk sizes
 matter only when cache blocking is turned off (``block_bytes=None``).
 The coefficients count the tensors af2cpu.model allocates; they are to be calibrated against measured

@@ -75,3 +75,16 @@ def test_bench_memory_reports_peak_rss_next_to_the_planner(tmp_path):
     assert run["peak_rss_bytes"] > run["parameter_bytes"] > 10_000_000 and run["peak_counter_reset"]
     assert run["estimate_error"] == pytest.approx(run["estimate_bytes"] / run["peak_rss_bytes"] - 1, abs=1e-3)
     assert "| 24 | bf16 | 1 |" in (tmp_path / "memory.md").read_text()
+
+
+def test_bench_counts_the_cpu_attention_kernels_products():
+    import torch
+
+    from af2cpu.bench.model import flop_counter
+
+    # Batch 3, 2 heads, 5 queries, 7 keys, key size 4, value size 6: q·kᵀ and the weighted values.
+    q, k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 6)
+    with flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        torch.randn(8, 9) @ torch.randn(9, 10)
+    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (4 + 6) + 2 * 8 * 9 * 10

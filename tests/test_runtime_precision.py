@@ -16,7 +16,7 @@ from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
 from af2cpu.model.presets import get_preset
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.runtime import precision as precision_module
-from af2cpu.runtime.precision import native_bf16, resolve_precision
+from af2cpu.runtime.precision import bf16_units, native_bf16, resolve_precision
 from af2cpu.scheduler.stages import StageContext, _infer_key
 
 AVX2 = {"avx2", "fma", "sse4_2"}
@@ -29,6 +29,23 @@ AMX = AVX2 | {"avx512f", "amx_tile", "amx_bf16"}
 def test_auto_is_bf16_only_where_bf16_is_native(flags, expected):
     assert resolve_precision("auto", flags) == expected
     assert resolve_precision(Precision.fp32, flags) is Precision.fp32
+
+
+def test_the_bf16_units_are_named_amx_first():
+    assert [bf16_units(f) for f in (AVX2, AVX512_BF16, AMX, AMX | AVX512_BF16)] == [
+        None, "AVX512-BF16", "AMX", "AMX"]
+
+
+def test_onednn_names_the_kernel_of_bf16_products_where_bf16_is_native():
+    from af2cpu.bench.machine import kernel_info  # deferred: torch
+
+    kernel = kernel_info()["bf16_matmul"]
+    if not native_bf16():
+        assert kernel is None  # not asked: an emulated product says nothing worth reporting
+    else:
+        # oneDNN's verbose name of its implementation; on AMX its tile kernels, not AVX512's.
+        assert kernel is not None and "matmul" in kernel
+        assert ("amx" in kernel) == (bf16_units() == "AMX")
 
 
 def test_explicit_bf16_without_native_bf16_runs_with_one_warning_naming_the_cost(monkeypatch, caplog):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,7 +41,31 @@ def kernel_info() -> dict[str, str | bool | None]:
         numpy_blas = None
     return {"torch_blas": blas.group(1) if blas else None, "mkl": torch.backends.mkl.is_available(),
             "onednn": onednn.group(1) if onednn and torch.backends.mkldnn.is_available() else None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "numpy_blas": numpy_blas}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "numpy_blas": numpy_blas,
+            "bf16_matmul": onednn_bf16_matmul() if cpu_info().has_bf16 else None}
+
+
+def onednn_bf16_matmul() -> str | None:
+    """The oneDNN kernel torch's bf16 matrix product runs here, as oneDNN's verbose log names it
+    (``brg_matmul:avx10_1_512_amx`` on AMX, ``brg_matmul:avx512_core_bf16`` on AVX512-BF16), or None
+    when the product does not go through oneDNN. oneDNN writes the log to the process's stdout, so
+    it is read from file descriptor 1 while one small product runs."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    a = torch.ones(64, 64, dtype=torch.bfloat16)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                a @ a
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        found = re.search(rb",matmul,([\w:]+),", log.read())
+    return found.group(1).decode() if found else None
 
 
 def gemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, float | None]:

@@ -30,15 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _report_kernels(cfg) -> None:
     """What runtime.precision resolves to here, the matrix kernels in use and short GEMM peaks."""
     from af2cpu.bench.machine import gemm_peak, kernel_info  # deferred: torch
-    from af2cpu.runtime.precision import native_bf16, resolve_precision
+    from af2cpu.runtime.precision import bf16_units, resolve_precision
     from af2cpu.runtime.threads import openmp_environment, threads_for
 
     resolved = resolve_precision(cfg.runtime.precision)
-    why = "native bf16 (AVX512-BF16/AMX)" if native_bf16() else "no native bf16: bf16 would be emulated"
+    units = bf16_units()
+    why = f"native bf16: {units}" if units else "no native bf16: bf16 would be emulated"
     print(f"  precision: runtime.precision={cfg.runtime.precision} -> {resolved} ({why})")
     k = kernel_info()
     print(f"  kernels: torch BLAS {k['torch_blas']}, oneDNN {k['onednn'] or 'absent'}, CPU capability "
-          f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}")
+          f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}"
+          + (f"; bf16 products: oneDNN {k['bf16_matmul']}" if k["bf16_matmul"] else ""))
     threads = threads_for(int(cfg.runtime.threads))
     env = " ".join(f"{name}={value}" for name, value in openmp_environment(threads).items())
     print(f"  threads: {threads} ({env})")

@@ -47,6 +47,13 @@ def native_bf16(flags: Iterable[str] | None = None) -> bool:
     return bool(NATIVE_BF16_FLAGS & frozenset(cpu_flags() if flags is None else flags))
 
 
+def bf16_units(flags: Iterable[str] | None = None) -> str | None:
+    """The native bf16 matrix instructions of a CPU with these flags (default: this one): "AMX" (tiles,
+    which oneDNN prefers), "AVX512-BF16", or None."""
+    flags = frozenset(cpu_flags() if flags is None else flags)
+    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+
+
 def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = None) -> Precision:
     """The precision ``requested`` means on a CPU with ``flags`` (default: this CPU): fp32 or bf16.
 
