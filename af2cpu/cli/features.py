@@ -23,7 +23,7 @@ import argparse
 from af2cpu.config import compose_config
 from af2cpu.errors import Af2CpuError
 from af2cpu.layout import BatchDir, precomputed_msas
-from af2cpu.preprocessing.inputs import Target, read_fasta_targets
+from af2cpu.preprocessing.inputs import chains_json, read_fasta_targets
 
 
 def add_complex_argument(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +33,6 @@ def add_complex_argument(parser: argparse.ArgumentParser) -> None:
         help="the whole FASTA file is one complex, one chain per record (as AlphaFold2's multimer input); "
         "without it, a record whose chains are separated by ':' is a complex (as ColabFold's)",
     )
-
-
-def chains_json(target: Target) -> list[dict] | None:
-    """A complex's chains as ``target.json`` lists them (id, original header, sequence); None for a monomer."""
-    if not target.is_complex:
-        return None
-    return [{"id": c.id, "description": c.description, "sequence": c.sequence} for c in target.chains]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
