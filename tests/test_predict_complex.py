@@ -9,16 +9,12 @@ with real species-tagged homologs in ``uniprot/`` so that pairing pairs real row
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from Bio.PDB import MMCIFParser, PDBParser
+from predict_runs import af2cpu, kill_once_recorded
 
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR
@@ -47,12 +43,6 @@ MULTIMER_SEARCHES = ("uniref90", "mgnify", "bfd_uniref", "pdb_seqres", "uniprot"
 PLDDT_ATOL = 0.006
 
 
-def af2cpu(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "af2cpu", *args], capture_output=True, text=True, env=env,
-                          timeout=1800, check=False)
-
-
 def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -71,16 +61,7 @@ def batch(tmp_path_factory):
     records = [out / "1EJG_A" / f"search_{n}.stage.json" for n in ("uniref90", "mgnify", "bfd_uniref", "pdb70")]
     records += [out / "het" / f"search_{n}_{c}.stage.json" for n in MULTIMER_SEARCHES for c in "AB"]
     records += [out / "homo" / f"search_{n}_A.stage.json" for n in MULTIMER_SEARCHES]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "af2cpu", "predict", str(fasta), "--out", str(out), *OVERRIDES],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.time() + 900
-    while not all(r.is_file() for r in records):
-        assert proc.poll() is None, "predict ended before its searches finished"
-        assert time.time() < deadline, "searches did not finish in 15 minutes"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_recorded(["predict", str(fasta), "--out", str(out), *OVERRIDES], records, timeout_s=900)
     msas = {t: _files(out / t / "msas") for t in ("1EJG_A", "het", "homo")}
     return af2cpu("predict", str(fasta), "--out", str(out), *OVERRIDES), out, msas
 
