@@ -185,3 +185,14 @@ def test_model_choice_follows_the_chains():
         target_stages(compose_config(["model=monomer_ptm"]), "predict", heterodimer)
     with pytest.raises(InputError, match="model.multimer_names lists model_1_ptm, which is not a multimer preset"):
         target_stages(compose_config(["model.multimer_names=[model_1_ptm]"]), "predict", heterodimer)
+
+
+def test_a_complex_too_big_for_memory_is_refused_up_front_with_numbers():
+    from af2cpu.scheduler.batch import too_long
+
+    chain = "A" * 900
+    big, single = parse_fasta_targets(f">big\n{chain}:{chain}:{chain}\n>single\n{chain}\n")
+    refused = too_long([big, single], compose_config(["runtime.memory_limit=4G"]))
+    # All chains together decide (3 × 900 residues), with the multimer presets; one chain of 900 fits.
+    assert list(refused) == ["big"]
+    assert refused["big"].startswith("big (3 chains), 2700 residues: ") and "memory limit is 4.00 GiB" in refused["big"]
