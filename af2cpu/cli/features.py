@@ -62,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from af2cpu.scheduler.batch import check_before_work
     from af2cpu.scheduler.cache import StageCache
     from af2cpu.scheduler.graph import log_failure
-    from af2cpu.scheduler.stages import StageContext, run_features_in_process
+    from af2cpu.scheduler.stages import StageContext, folding_target, run_features_in_process
 
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
     cfg = compose_config(overrides)
     check_before_work(cfg, models=False)
-    targets = read_fasta_targets(args.fasta, complex=args.complex)
+    # model=multimer: single chains get AlphaFold-Multimer's features too (complexes of one chain).
+    targets = [folding_target(cfg, t) for t in read_fasta_targets(args.fasta, complex=args.complex)]
     if args.complex and targets and len(targets[0].chains) == 1:
         print(f"note: --complex with a single chain: {targets[0].id} gets AlphaFold-Multimer's features of one "
               "chain (a monomer-in-multimer run, as AlphaFold2's multimer preset does)")
