@@ -112,6 +112,8 @@ def test_complex_outputs_are_multichain_with_plddt_bfactors(batch, target):
         pae = json.loads((folder / f"pae_{name}.json").read_text())[0]["predicted_aligned_error"]
         assert np.shape(pae) == (2 * len(chains[0]),) * 2
     assert len(list(folder.glob("relaxed_*.pdb"))) == 1, "relax=best relaxes exactly the best prediction"
+    for plot in ("plddt", "pae", "msa_coverage"):
+        assert (folder / "plots" / f"{plot}.png").is_file(), f"{target}: plots/{plot}.png"
     for rank in range(len(PREDICTIONS)):
         pdb = PDBParser(QUIET=True).get_structure("pdb", folder / f"ranked_{rank}.pdb")
         cif = MMCIFParser(QUIET=True).get_structure("cif", folder / f"ranked_{rank}.cif")
