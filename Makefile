@@ -13,7 +13,7 @@ COLABFOLD_VERSION ?= 1.6.3
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
-.PHONY: setup tools venv demo test lint clean-venv
+.PHONY: setup tools venv demo demo-complex test lint clean-venv
 
 setup: tools venv
 
@@ -34,6 +34,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	VENV=$(VENV) scripts/demo.sh
+
+# The haemoglobin alpha/beta dimer with AlphaFold-Multimer (chains paired by species on the mini databases).
+demo-complex: setup
+	VENV=$(VENV) scripts/demo.sh complex
 
 test: setup
 	$(BIN)/python -m pytest -q -rs tests

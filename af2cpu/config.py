@@ -116,13 +116,29 @@ class OutputConfig:
 
 
 MONOMER_PTM_PRESETS = ["model_1_ptm", "model_2_ptm", "model_3_ptm", "model_4_ptm", "model_5_ptm"]
+MULTIMER_PRESETS = [f"model_{i}_multimer_v3" for i in range(1, 6)]
+
+
+class ModelKind(ConfigEnum):
+    """Which network folds a target: by its chains (``auto``), the monomer's for every target (a
+    complex is then refused), or AlphaFold-Multimer's for every target (a single chain too, as
+    AlphaFold2's ``multimer`` preset folds one)."""
+
+    auto = "auto"  # monomer presets (`names`) for one chain, multimer presets (`multimer_names`) for several
+    monomer = "monomer"
+    multimer = "multimer"
 
 
 @dataclass
 class ModelConfig:
     """Which model presets run (``af2cpu.model.presets``) and the recycling schedule."""
 
-    names: list[str] = field(default_factory=lambda: list(MONOMER_PTM_PRESETS))
+    kind: ModelKind = ModelKind.auto
+    names: list[str] = field(default_factory=lambda: list(MONOMER_PTM_PRESETS))  # monomer presets
+    multimer_names: list[str] = field(default_factory=lambda: list(MULTIMER_PRESETS))  # multimer presets
+    # Predictions of each multimer preset, each with its own seed (AlphaFold2's
+    # num_multimer_predictions_per_model); a monomer preset runs once, as in AlphaFold2.
+    num_predictions_per_model: int = 5
     num_recycle: int = 3
     # Stop recycling early when the mean change of Cα distances (Å) falls below this; 0 disables.
     recycle_early_stop_tolerance: float = 0.0

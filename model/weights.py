@@ -7,11 +7,13 @@ before any work, so a missing file is reported at once instead of after the sear
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from af2cpu.config import Backend, Params, Precision
+from af2cpu.config import Backend, ModelKind, Params, Precision
 from af2cpu.errors import ConfigError, InputError
 from af2cpu.model.options import as_precision
 from af2cpu.model.params import load_params, random_params
@@ -19,9 +21,64 @@ from af2cpu.model.presets import get_preset
 from af2cpu.runtime.allocator import tune_allocator
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    """One prediction of a target: a preset's network run once with its own seed (AlphaFold2's
+    ``model_random_seed``), named in the outputs as AlphaFold2 names it: ``model_1_ptm`` for a monomer
+    preset (one prediction each), ``model_1_multimer_v3_pred_0`` ... for a multimer preset."""
+
+    name: str
+    preset: str
+    prediction: int
+    seed: int
+
+    @property
+    def multimer(self) -> bool:
+        return get_preset(self.preset).multimer
+
+
+def folds_as_multimer(cfg: Any, is_complex: bool) -> bool:
+    """Whether a target is folded by AlphaFold-Multimer: a complex always (``model.kind=monomer`` refuses
+    it), a single chain only with ``model.kind=multimer``."""
+    return is_complex or cfg.model.kind == ModelKind.multimer
+
+
+def preset_names(cfg: Any, multimer: bool) -> list[str]:
+    """The presets that fold a monomer (``model.names``) or a multimer (``model.multimer_names``), each
+    checked to be of its kind; ConfigError for an unknown name, a preset of the other kind, a complex
+    with ``model.kind=monomer`` or an empty list."""
+    key = "multimer_names" if multimer else "names"
+    if multimer and cfg.model.kind == ModelKind.monomer:
+        raise ConfigError(f"model.kind=monomer ({', '.join(cfg.model.names)}) folds single chains only; a complex "
+                          "needs AlphaFold-Multimer: use model=auto (the default) or model=multimer")
+    names = list(cfg.model[key])
+    if not names:
+        raise ConfigError(f"model.{key} is empty: name at least one model preset")
+    for name in names:
+        if get_preset(name).multimer != multimer:
+            what = "a multimer" if multimer else "a monomer"
+            raise ConfigError(
+                f"model.{key} lists {name}, which is not {what} preset; model.names holds the monomer presets "
+                "(model_1..5[_ptm]) and model.multimer_names the multimer ones (model_1..5_multimer_v3)")
+    return names
+
+
+def model_runs(cfg: Any, multimer: bool) -> list[ModelRun]:
+    """Every prediction of a monomer (``multimer=False``) or multimer target, in AlphaFold2's order: by
+    preset, then prediction. Seeds as run_alphafold: index + random_seed * number of predictions."""
+    presets = preset_names(cfg, multimer)
+    per_model = int(cfg.model.num_predictions_per_model) if multimer else 1
+    if per_model < 1:
+        raise ConfigError(f"model.num_predictions_per_model must be at least 1, not {per_model}")
+    pairs = [(preset, k) for preset in presets for k in range(per_model)]
+    return [ModelRun(f"{preset}_pred_{k}" if multimer else preset, preset, k, index + int(cfg.random_seed) * len(pairs))
+            for index, (preset, k) in enumerate(pairs)]
+
+
 def model_seed(cfg: Any, model_name: str) -> int:
-    """AlphaFold2's per-model seed: model index + random_seed * number of models."""
-    names = list(cfg.model.names)
+    """The seed of a preset's random weights (params=random): AlphaFold2's per-model seed, preset index +
+    random_seed * number of presets, among the presets of its kind. A monomer's runs use it too."""
+    names = list(cfg.model.multimer_names if get_preset(model_name).multimer else cfg.model.names)
     return names.index(model_name) + int(cfg.random_seed) * len(names)
 
 
@@ -30,11 +87,13 @@ def params_file(params_dir: str | Path, model_name: str) -> Path:
     return Path(str(params_dir)) / f"params_{model_name}.npz"
 
 
-def missing_params(cfg: Any) -> list[Path]:
-    """The official parameter files the configured models need and ``params_dir`` lacks."""
+def missing_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> list[Path]:
+    """The official parameter files that the presets of ``multimer`` kinds need and ``params_dir`` lacks
+    (default: the monomer presets)."""
     if cfg.params == Params.random:
         return []
-    return [path for path in (params_file(cfg.params_dir, name) for name in cfg.model.names) if not path.is_file()]
+    names = [name for kind in dict.fromkeys(multimer) for name in preset_names(cfg, kind)]
+    return [path for path in (params_file(cfg.params_dir, name) for name in names) if not path.is_file()]
 
 
 def download_hint(params_dir: str | Path) -> str:
@@ -80,17 +139,19 @@ def check_params_file(path: Path, model_name: str) -> None:
                          f"not those of {model_name}; {fix}")
 
 
-def check_params(cfg: Any) -> None:
-    """Fail before any work when a model name is unknown or official params are missing or damaged."""
-    for name in cfg.model.names:
-        get_preset(name)
-    missing = missing_params(cfg)
+def check_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> None:
+    """Fail before any work when a model name is unknown or of the wrong kind, or official params of the
+    presets that fold the ``multimer`` kinds of targets (monomer, multimer or both) are missing or damaged."""
+    kinds = list(dict.fromkeys(multimer))
+    for kind in kinds:
+        preset_names(cfg, kind)
+    missing = missing_params(cfg, kinds)
     if missing:
         raise InputError(
             f"model parameters not found: {', '.join(str(p) for p in missing)}. {download_hint(cfg.params_dir)}"
         )
     if cfg.params != Params.random:
-        for name in cfg.model.names:
+        for name in (n for kind in kinds for n in preset_names(cfg, kind)):
             check_params_file(params_file(cfg.params_dir, name), name)
 
 

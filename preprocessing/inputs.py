@@ -91,6 +91,13 @@ class Target:
         return list(firsts.values())
 
 
+def chains_json(target: Target) -> list[dict] | None:
+    """A complex's chains as ``target.json`` lists them (id, original header, sequence); None for a monomer."""
+    if not target.is_complex:
+        return None
+    return [{"id": c.id, "description": c.description, "sequence": c.sequence} for c in target.chains]
+
+
 class InvalidRecord(InputError):
     """A FASTA record a batch skips: the message names file, line and record; ``record_id`` is the id
     (distinct from every target's) under which the batch summary lists it."""

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from af2cpu.config import Params, compose_config
+from af2cpu.config import ModelKind, Params, compose_config
 from af2cpu.databases import check_databases, fix_hint
 from af2cpu.errors import Af2CpuError, DatabaseError
 from af2cpu.layout import BatchDir
@@ -62,11 +62,12 @@ class BatchResult:
         return EXIT_PARTIAL if done else 1
 
 
-def check_before_work(cfg, models: bool = True, searches: bool = True) -> None:
+def check_before_work(cfg, models: bool = True, searches: bool = True, multimer: Sequence[bool] = (False,)) -> None:
     """Raise an Af2CpuError (one line: what and what to do) for anything that would fail later: an unknown
-    model name, a missing or damaged parameter file, a missing tool or database of the searches."""
+    model name, a missing or damaged parameter file of the presets that fold the ``multimer`` kinds of
+    targets (monomers, complexes or both), a missing tool or database of the searches."""
     if models:
-        weights.check_params(cfg)
+        weights.check_params(cfg, multimer)
     if searches:
         for tool in sorted(required_tools(cfg.db.preset)):
             find_binary(tool)
@@ -77,16 +78,18 @@ def check_before_work(cfg, models: bool = True, searches: bool = True) -> None:
 
 
 def too_long(targets: Sequence[Target], cfg) -> dict[str, str]:
-    """Targets that cannot fit in memory even with the smallest chunks: {target id: the numbers}."""
+    """Targets that cannot fit in memory even with the smallest chunks (a complex: all its chains
+    together, with the multimer presets): {target id: the numbers}."""
     limit = parse_memory_limit(str(cfg.runtime.memory_limit))
-    presets = [get_preset(name) for name in cfg.model.names]
     refused = {}
     for target in targets:
+        multimer = weights.folds_as_multimer(cfg, target.is_complex)
         try:
-            for preset in presets:
-                plan_options(cfg.runtime, preset, TargetShape(target.num_residues, 1, 1, 0), limit=limit)
+            for name in weights.preset_names(cfg, multimer):
+                plan_options(cfg.runtime, get_preset(name), TargetShape(target.num_residues, 1, 1, 0), limit=limit)
         except MemoryPlanError as exc:
-            refused[target.id] = str(exc)
+            chains = f" ({len(target.chains)} chains)" if len(target.chains) > 1 else ""
+            refused[target.id] = f"{target.id}{chains}, {target.num_residues} residues: {exc}"
     return refused
 
 
@@ -109,25 +112,31 @@ def run_batch(
     `af2cpu features`, e.g. on other nodes), as `af2cpu infer` does.
     """
     cfg = compose_config(list(overrides or []))
-    check_before_work(cfg, searches=not require_features)
-    if cfg.params == Params.random:
-        log.warning("params=random: UNTRAINED random weights; the structures are not predictions")
     targets, invalid = read_fasta_batch(fasta, complex=complex)
-    for error in invalid:
-        log.error("skipping invalid record: %s", error)
     if targets_filter is not None:
         wanted = set(targets_filter)
         targets = [t for t in targets if t.id in wanted]
+    # The presets of the kinds this batch folds: a monomer batch needs no multimer parameters.
+    kinds = [weights.folds_as_multimer(cfg, t.is_complex) for t in targets]
+    outcomes: list[TargetOutcome] = []
+    if cfg.model.kind == ModelKind.monomer:  # no multimer presets: complexes fail, the rest is folded
+        for target in [t for t in targets if t.is_complex]:
+            outcomes.append(TargetOutcome(target, "failed", failed_stage="input", failure=(
+                f"{target.id} is a complex of {len(target.chains)} chain(s) and model.kind=monomer folds single "
+                "chains only: use model=auto (the default) or model=multimer")))
+        targets, kinds = [t for t in targets if not t.is_complex], [False]
+    check_before_work(cfg, searches=not require_features, multimer=kinds or [False])
+    if cfg.params == Params.random:
+        log.warning("params=random: UNTRAINED random weights; the structures are not predictions")
+    for error in invalid:
+        log.error("skipping invalid record: %s", error)
+    if complex and targets and len(targets[0].chains) == 1:
+        log.warning("--complex with a single chain: %s is folded by AlphaFold-Multimer as a complex of one "
+                    "chain (a monomer-in-multimer run, as AlphaFold2's multimer preset does)", targets[0].id)
     batch = BatchDir(out)
     batch.prepare()
-    stages = target_stages(cfg, "infer" if require_features else "predict")
-
-    outcomes: list[TargetOutcome] = []
-    for target in [t for t in targets if t.is_complex]:
-        outcomes.append(TargetOutcome(target, "failed", failed_stage="input", failure=(
-            f"{target.id} is a complex of {len(target.chains)} chain(s): af2cpu predict folds single chains "
-            "only so far; `af2cpu features` makes its multimer features")))
-    targets = [t for t in targets if not t.is_complex]
+    mode = "infer" if require_features else "predict"
+    stages = {t.id: target_stages(cfg, mode, t) for t in targets}
     refused = too_long(targets, cfg)
     for target in [t for t in targets if t.id in refused]:
         outcomes.append(TargetOutcome(target, "failed", failure=refused[target.id], failed_stage="memory plan"))
@@ -150,8 +159,8 @@ def run_batch(
             with start_cluster(cfg.scheduler, memory_limit=memory, model_threads=int(cfg.runtime.threads)) as handle:
                 if handle.dashboard_link and not quiet:
                     log.info("Dask dashboard: %s", handle.dashboard_link)
-                progress = Progress([t.id for t in runnable], [s.name for s in stages], quiet=quiet)
-                graph = BatchGraph(handle.client, cfg, batch, stages, force=force, progress=progress,
+                progress = Progress({t.id: len(stages[t.id]) for t in runnable}, quiet=quiet)
+                graph = BatchGraph(handle.client, cfg, batch, lambda t: stages[t.id], force=force, progress=progress,
                                    precomputed_msas=Path(precomputed_msas) if precomputed_msas else None)
                 try:
                     with progress:
@@ -178,6 +187,7 @@ def run_batch(
             best_model=s.get("best_model"),
             mean_plddt=s.get("mean_plddt"),
             ptm=s.get("ptm"),
+            iptm=s.get("iptm"),
             failure_reason=outcome.failure,
             untrained_params=cfg.params == Params.random,
         ))

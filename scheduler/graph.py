@@ -26,13 +26,15 @@ from omegaconf import DictConfig
 
 from af2cpu.errors import Af2CpuError
 from af2cpu.layout import BatchDir, TargetDir, precomputed_msas
-from af2cpu.preprocessing.inputs import Target
+from af2cpu.preprocessing.inputs import Target, chains_json
 from af2cpu.preprocessing.tools import kill_running_tools
 from af2cpu.scheduler.stages import (
     Stage,
     StageContext,
     StageTiming,
+    batch_msa_folders,
     batch_searches,
+    folding_target,
     run_batch_search,
     run_stage,
 )
@@ -83,7 +85,8 @@ def log_failure(folder: TargetDir, stage: str, exc: BaseException) -> StageFaile
 
 def _execute(stage: Stage, ctx: StageContext, *needed: StageTiming, after: object = None) -> StageTiming:
     """One stage as a Dask task; the results of the stages it needs arrive in ``stage.needs`` order
-    (``after``: a batch search it waits for, whose results it reuses)."""
+    (``after``: the batch search, or another target's search of the same sequence, that it waits for and
+    whose results it reuses)."""
     try:
         return run_stage(stage, ctx, dict(zip(stage.needs, needed)))
     except Exception as exc:  # noqa: BLE001 - every failure is logged whole and reported in one line
@@ -128,13 +131,13 @@ class WorkerHygiene(WorkerPlugin):
 class BatchGraph:
     """Submits the stages of each target and follows them to the end."""
 
-    def __init__(self, client: Client, cfg: DictConfig, batch: BatchDir, stages: Sequence[Stage],
+    def __init__(self, client: Client, cfg: DictConfig, batch: BatchDir, stages: Callable[[Target], Sequence[Stage]],
                  force: bool = False, progress: ProgressCallback | None = None,
                  precomputed_msas: Path | None = None):
         self.client = client
         self.cfg = cfg
         self.batch = batch
-        self.stages = list(stages)  # every target's stages (af2cpu.scheduler.stages.target_stages)
+        self.stages = stages  # a target's stages (af2cpu.scheduler.stages.target_stages)
         self.force = force
         self.progress = progress or (lambda target, stage, state: None)
         self.precomputed_msas = precomputed_msas
@@ -142,6 +145,10 @@ class BatchGraph:
         client.register_plugin(WorkerHygiene())
         self._futures: list[tuple[Future, str, str]] = []  # (future, target id, stage)
         self._batch: dict[str, Future] = {}  # stage name -> the batch search its tasks wait for
+        # Stage.shares -> the first target's stage doing that work (a search of a chain several targets
+        # have), which the others' stages wait for, then reuse by sequence (StageContext.batch_msas).
+        self._shared: dict[str, Future] = {}
+        self._batch_msas: dict[str, list[Path]] = {}
 
     def _resources(self, cpus: int | None) -> dict | None:
         if self.worker_cpus is None:
@@ -151,13 +158,19 @@ class BatchGraph:
 
     def _submit(self, target: Target, stage: Stage, ctx: StageContext, needed: list[Future]) -> Future:
         key = f"{stage.name}-{target.id}-{uuid.uuid4().hex[:8]}"
+        # A search another target of the batch runs for the same sequence is waited for, then copied. If
+        # that one fails, so does this one: it would search the same sequence in the same databases.
+        shared = self._shared.get(stage.shares) if stage.shares is not None and not self.force else None
+        after = [f for f in (self._batch.get(stage.name), shared) if f is not None]
         future = self.client.submit(
-            _execute, stage, ctx, *needed, after=self._batch.get(stage.name), key=key, pure=False,
+            _execute, stage, ctx, *needed, after=after, key=key, pure=False,
             retries=int(self.cfg.scheduler.retries), priority=target.num_residues,
             resources=self._resources(stage.cpus),
         )
         future.add_done_callback(lambda f, t=target.id, s=stage.name: self._report(f, t, s))
         self._futures.append((future, target.id, stage.name))
+        if stage.shares is not None:
+            self._shared.setdefault(stage.shares, future)
         return future
 
     def _report(self, future: Future, target_id: str, stage: str) -> None:
@@ -167,8 +180,8 @@ class BatchGraph:
             self.progress(target_id, stage, "failed")
 
     def _context(self, target: Target) -> StageContext:
-        return StageContext(target, self.cfg, self.batch.target(target.id), self.force,
-                            precomputed_msas(self.precomputed_msas, target.id))
+        return StageContext(folding_target(self.cfg, target), self.cfg, self.batch.target(target.id), self.force,
+                            precomputed_msas(self.precomputed_msas, target.id), batch_msas=self._batch_msas)
 
     def submit_batch_searches(self, targets: Sequence[Target]) -> None:
         """Submit one task per batch search (MMseqs2: all queries in one run) for `targets`, before their
@@ -198,16 +211,19 @@ class BatchGraph:
     def submit_target(self, target: Target) -> Future:
         """Submit every stage of `target`; returns the future of its last stage (the final files)."""
         ctx = self._context(target)
-        ctx.folder.claim(target.id, target.description, target.sequence)
+        ctx.folder.claim(target.id, target.description, target.sequence, chains_json(ctx.target))
         futures: dict[str, Future] = {}
-        for stage in self.stages:
+        stages = self.stages(target)
+        for stage in stages:
             futures[stage.name] = self._submit(target, stage, ctx, [futures[name] for name in stage.needs])
-        return futures[self.stages[-1].name]
+        return futures[stages[-1].name]
 
     def run(self, targets: Sequence[Target]) -> list[TargetOutcome]:
         """Run the batch to the end; every target gets an outcome, whatever the others did."""
         finals = {}
         outcomes: dict[str, TargetOutcome] = {}
+        self._batch_msas.update(batch_msa_folders(
+            (folding_target(self.cfg, t), self.batch.target(t.id)) for t in targets))
         try:
             self.submit_batch_searches(targets)
         except Exception as exc:  # noqa: BLE001 - without the batch search each target searches alone

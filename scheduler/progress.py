@@ -10,7 +10,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import TextIO
 
 from typing_extensions import Self
@@ -25,14 +25,15 @@ _MARK = {"running": "…", "done": "✓", "cached": "=", "failed": "✗"}
 class Progress:
     """Receives (target, stage, state) events from any thread and shows them."""
 
-    def __init__(self, target_ids: Sequence[str], stage_names: Sequence[str] = (), stream: TextIO | None = None,
+    def __init__(self, stage_counts: Mapping[str, int], stream: TextIO | None = None,
                  live: bool | None = None, quiet: bool = False):
+        """``stage_counts``: each target's number of declared stages (a complex has more), by target id."""
         self.stream = stream or sys.stderr
         self.live = (self.stream.isatty() if live is None else live) and not quiet
         self.quiet = quiet
         self.started = time.monotonic()
-        self.targets = list(target_ids)
-        self.total = len(stage_names)  # stages of each target
+        self.targets = list(stage_counts)
+        self.totals = dict(stage_counts)
         self.stages: dict[str, dict[str, str]] = {t: {} for t in self.targets}
         self.last: dict[str, str] = {t: "queued" for t in self.targets}
         self._lock = threading.Lock()
@@ -62,7 +63,7 @@ class Progress:
         for target in self.targets:
             stages = self.stages[target]
             finished = sum(state in ("done", "cached") for state in stages.values())
-            count = f"{finished}/{self.total}" if self.total else str(finished)
+            count = f"{finished}/{self.totals[target]}" if self.totals.get(target) else str(finished)
             marks = " ".join(f"{stage}{_MARK.get(stages[stage], '?')}" for stage in sorted(stages, key=stage_sort_key))
             rows.append(f"  {target:<{width}}  {count:>5}  {self.last[target][:40]:<40}  {marks}"[:200])
         return "\n".join(rows)

@@ -3,9 +3,9 @@
 Each array task runs `af2cpu predict FASTA --out DIR <overrides>`; predict reads SLURM_ARRAY_TASK_ID
 and SLURM_ARRAY_TASK_COUNT and folds only its shard of the targets (af2cpu.scheduler.sharding), all
 tasks writing into the same output folder and stage cache. CPUs and memory per task come from the
-options, or from the largest memory estimate among the declared stages of the longest target
-(af2cpu.scheduler.stages: the memory planner's peak for each model at its preset's largest inputs) plus
-headroom for the searches, relaxation and the Dask processes. A summary job can run `af2cpu report DIR`
+options, or from the largest memory estimate among the declared stages of each target
+(af2cpu.scheduler.stages: the memory planner's peak for each model at its preset's largest inputs; a
+complex's multimer presets on all its chains together) plus headroom for the searches, relaxation and the Dask processes. A summary job can run `af2cpu report DIR`
 once every array task succeeded (`afterok`).
 
 Every value written into a script (paths, overrides, ``#SBATCH`` values) is checked for newlines and
@@ -183,7 +183,9 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     if cpus < 1:
         raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
     longest = max(t.num_residues for t in targets)
-    memory_gib = math.ceil(estimated_memory(target_stages(cfg), longest) / GIB)
+    # A complex's inference runs the multimer presets on all its chains together.
+    memory_gib = math.ceil(max(estimated_memory(target_stages(cfg, "predict", t), t.num_residues)
+                               for t in targets) / GIB)
     if mem is None:
         mem = f"{memory_gib}G"
         log.info("memory per task: %s (planner estimate for the longest target, %d residues, plus headroom)",

@@ -23,7 +23,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,9 @@ class Stage:
     # The name of its record when it is not the stage's own (relax_0 records as relax_<model>).
     record: Callable[[StageContext, Inputs], str] | None = None
     redo_on_force: bool = True  # False: results made elsewhere (features of a split workflow)
+    # Work that other targets of a batch may have too (a search of the same sequence): the graph runs it
+    # once, and the others' stages wait for it and reuse its result (StageContext.batch_msas).
+    shares: str | None = None
 
 
 def run_stage(stage: Stage, ctx: StageContext, inputs: Inputs) -> StageTiming:
@@ -174,13 +177,17 @@ def _search_run(search: searches.Search, chain_id: str | None, ctx: StageContext
                 inputs: Inputs) -> tuple[list[Path], dict]:
     cpus = threads_for(int(ctx.cfg.search.cpus))
     query, msa_dir, precomputed = _search_query(ctx, chain_id)
-    if precomputed is None and not ctx.force:
-        precomputed = next((d for d in ctx.batch_msas.get(query.sequence, ()) if d != msa_dir
-                            and searches.reusable(search, query.sequence, d, ctx.cfg.db)), None)
+    shared = None  # another target's folder whose result for the same sequence is copied
+    if precomputed is None and not ctx.force and not searches.reusable(search, query.sequence, msa_dir, ctx.cfg.db):
+        shared = precomputed = next((d for d in ctx.batch_msas.get(query.sequence, ()) if d != msa_dir
+                                     and searches.reusable(search, query.sequence, d, ctx.cfg.db)), None)
     written = searches.run_search(search, query, msa_dir, ctx.cfg.db, cpus,
                                   float(ctx.cfg.search.timeout_s), reuse=not ctx.force,
                                   precomputed_dir=precomputed)
-    return written, {"cpus": cpus, **({"chain": chain_id} if chain_id is not None else {})}
+    info = {"cpus": cpus, **({"chain": chain_id} if chain_id is not None else {})}
+    if shared is not None:
+        info["copied_from"] = str(shared)
+    return written, info
 
 
 def batch_searches(cfg: DictConfig) -> list[searches.Search]:
@@ -215,21 +222,28 @@ def msa_folders(target: Target, folder: TargetDir) -> list[tuple[str, Path]]:
     return [(c.sequence, folder.msas / c.id) for c in target.unique_chains()]
 
 
+def batch_msa_folders(targets: Iterable[tuple[Target, TargetDir]]) -> dict[str, list[Path]]:
+    """The search result folders of a batch's targets and distinct chains, by sequence
+    (:attr:`StageContext.batch_msas`)."""
+    by_sequence: dict[str, list[Path]] = {}
+    for target, folder in targets:
+        for query, msa_dir in msa_folders(target, folder):
+            by_sequence.setdefault(query, []).append(msa_dir)
+    return by_sequence
+
+
 def run_features_in_process(contexts: Sequence[StageContext]) -> dict[str, dict[str, StageTiming] | Exception]:
     """The searches and features of each target in this process, one target after another (`af2cpu
     features`), after one run of each batch search for all of them (not with ``force``): each target's
     stage timings, or the error that stopped it. A search whose valid result another target of the batch
     already made for the same sequence (a chain shared by complexes, or a complex's chain folded alone
     too) copies it instead of searching again."""
-    contexts = list(contexts)
+    contexts = [dataclasses.replace(ctx, target=folding_target(ctx.cfg, ctx.target)) for ctx in contexts]
     if len(contexts) > 1 and not any(ctx.force for ctx in contexts):
         fresh = [ctx for ctx in contexts if ctx.precomputed is None]
         for search in batch_searches(contexts[0].cfg) if len(fresh) > 1 else []:
             run_batch_search(search, fresh)
-    by_sequence: dict[str, list[Path]] = {}
-    for ctx in contexts:
-        for query, msa_dir in msa_folders(ctx.target, ctx.folder):
-            by_sequence.setdefault(query, []).append(msa_dir)
+    by_sequence = batch_msa_folders((ctx.target, ctx.folder) for ctx in contexts)
     contexts = [dataclasses.replace(ctx, batch_msas=by_sequence) for ctx in contexts]
     done: dict[str, dict[str, StageTiming] | Exception] = {}
     for ctx in contexts:
@@ -354,7 +368,8 @@ def _existing_features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path
 
 
 def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
-    """The planner's peak for one pass of ``model_name`` at its preset's largest inputs."""
+    """The planner's peak for one pass of ``model_name`` at its preset's largest inputs (a multimer's
+    in-network sample sizes) for a target of ``residues`` residues, all chains together."""
     preset = get_preset(model_name)
     shape = TargetShape(residues, preset.num_msa_clusters, preset.max_extra_msa,
                         preset.max_templates if preset.use_templates else 0)
@@ -362,49 +377,67 @@ def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
     return estimate_peak_memory(shape, runtime.precision, architecture=preset.architecture).total
 
 
-def _infer_key(model_name: str, ctx: StageContext, inputs: Inputs) -> str:
+def _multimer_shape(preset: Any, example: Mapping[str, np.ndarray]) -> TargetShape:
+    """The pass shape of a multimer example: the network samples up to the preset's cluster rows from the
+    example's real MSA rows and takes up to its extra rows from the rest; every template slot is run."""
+    rows = int(example["num_alignments"]) if "num_alignments" in example else int(np.shape(example["msa"])[0])
+    clusters = max(1, min(rows, preset.num_msa_clusters))
+    return TargetShape(int(np.shape(example["aatype"])[0]), clusters,
+                       min(max(rows - clusters, 0), preset.max_extra_msa), int(np.shape(example["template_aatype"])[0]))
+
+
+def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
     import torch  # deferred: torch is imported only in processes that run (or key) a model
 
     cfg = ctx.cfg
-    stage = f"infer_{model_name}"
+    stage = f"infer_{run.name}"
+    config = {
+        "params": weights.params_identity(cfg, run.preset),
+        "num_recycle": int(cfg.model.num_recycle),
+        "early_stop": float(cfg.model.recycle_early_stop_tolerance),
+        "seed": run.seed,
+        # The precision this CPU runs (auto resolves per CPU): a cache shared by machines with and
+        # without native bf16 never hands one's results to the other.
+        "precision": str(as_precision(cfg.runtime.precision)),
+        "output": _plain(cfg.output),
+    }
+    if run.multimer:
+        config["prediction"] = run.prediction
     return stage_key(
         stage,
         inputs={ctx.folder.features.name: file_hash(ctx.folder.features)},
-        config={
-            "params": weights.params_identity(cfg, model_name),
-            "num_recycle": int(cfg.model.num_recycle),
-            "early_stop": float(cfg.model.recycle_early_stop_tolerance),
-            "seed": weights.model_seed(cfg, model_name),
-            # The precision this CPU runs (auto resolves per CPU): a cache shared by machines with and
-            # without native bf16 never hands one's results to the other.
-            "precision": str(as_precision(cfg.runtime.precision)),
-            "output": _plain(cfg.output),
-        },
+        config=config,
         tool_versions={"torch": torch.__version__},
         databases={},
     )
 
 
-def _infer_run(model_name: str, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    """One prediction: a monomer preset on its processed features (seeded), or a multimer preset on the
+    complex's example as it is (the network samples its MSA from the seed and the prediction index)."""
     import torch  # deferred: see _infer_key
 
     cfg, folder = ctx.cfg, ctx.folder
-    preset = get_preset(model_name)
+    preset = get_preset(run.preset)
     raw = load_features_npz(folder.features)
-    settings = PipelineSettings.from_preset(preset, num_recycle=int(cfg.model.num_recycle))
-    processed = process_features(raw, settings, seed=weights.model_seed(cfg, model_name))
-    shape = TargetShape(int(processed["aatype"].shape[1]), int(processed["msa_feat"].shape[1]),
-                        int(processed["extra_msa"].shape[1]),
-                        int(processed["template_aatype"].shape[1]) if "template_aatype" in processed else 0)
+    if preset.multimer:
+        features, shape = raw, _multimer_shape(preset, raw)
+    else:
+        settings = PipelineSettings.from_preset(preset, num_recycle=int(cfg.model.num_recycle))
+        features = process_features(raw, settings, seed=run.seed)
+        shape = TargetShape(int(features["aatype"].shape[1]), int(features["msa_feat"].shape[1]),
+                            int(features["extra_msa"].shape[1]),
+                            int(features["template_aatype"].shape[1]) if "template_aatype" in features else 0)
     options, _ = plan_options(cfg.runtime, preset, shape)
     threads = threads_for(int(cfg.runtime.threads))
     torch.set_num_threads(threads)
-    model = weights.load_model(cfg, model_name, options)
+    model = weights.load_model(cfg, run.preset, options)
     out = model.predict(
-        processed,
+        features,
         num_recycle=int(cfg.model.num_recycle),
         early_stop_tolerance=float(cfg.model.recycle_early_stop_tolerance),
         return_recycles=bool(cfg.output.save_recycles),
+        **({"random_seed": run.seed, "prediction_index": run.prediction} if preset.multimer else {}),
     )
     if not cfg.output.save_representations:
         out.pop("representations", None)
@@ -413,10 +446,12 @@ def _infer_run(model_name: str, ctx: StageContext, inputs: Inputs) -> tuple[list
             {"final_atom_positions": r["structure_module"]["final_atom_positions"], "plddt": r["plddt"]}
             for r in out["recycles"]
         ]
-    outputs = formats.write_model_outputs(folder, model_name, out)
-    first = {name: value[0] for name, value in processed.items()}
-    atomic_write_text(folder.unrelaxed(model_name), protein.to_pdb(formats.protein_from_prediction(first, out)))
-    outputs.append(folder.unrelaxed(model_name))
+    outputs = formats.write_model_outputs(folder, run.name, out)
+    # The example's own residues and chains (multimer), or the first recycle slice of the processed ones.
+    structure_features = features if preset.multimer else {name: value[0] for name, value in features.items()}
+    atomic_write_text(folder.unrelaxed(run.name),
+                      protein.to_pdb(formats.protein_from_prediction(structure_features, out)))
+    outputs.append(folder.unrelaxed(run.name))
     info = {
         "mean_plddt": float(np.mean(out["plddt"])),
         "ranking_confidence": float(out["ranking_confidence"]),
@@ -425,6 +460,8 @@ def _infer_run(model_name: str, ctx: StageContext, inputs: Inputs) -> tuple[list
         "chunks": dataclasses.asdict(options.chunks),
         "threads": torch.get_num_threads(),
     }
+    if preset.multimer:
+        info.update(iptm=float(out["iptm"]), seed=run.seed)
     return outputs, info
 
 
@@ -432,12 +469,14 @@ def _infer_run(model_name: str, ctx: StageContext, inputs: Inputs) -> tuple[list
 # Ranking, relaxation, final files
 
 
-def _rank_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
-    """``ranking_debug.json`` from the models' confidences; the order, best first, in its info."""
+def _rank_run(multimer: bool, ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
+    """``ranking_debug.json`` from the models' confidences (mean pLDDT for monomers, 0.8 ipTM + 0.2 pTM
+    for a multimer, under ``iptm+ptm`` as AlphaFold-Multimer writes it); the order, best first, in its info."""
     infers = {name.removeprefix("infer_"): timing.info for name, timing in inputs.items()}
     confidences = {model: info["ranking_confidence"] for model, info in infers.items()}
     ptms = {model: info["ptm"] for model, info in infers.items() if info.get("ptm") is not None}
-    text = formats.ranking_debug_json(confidences, ptms=ptms or None, untrained_params=ctx.cfg.params == Params.random)
+    text = formats.ranking_debug_json(confidences, multimer=multimer, ptms=None if multimer else ptms or None,
+                                      untrained_params=ctx.cfg.params == Params.random)
     atomic_write_text(ctx.folder.ranking_debug, text + "\n")
     return [ctx.folder.ranking_debug], {"order": formats.rank_models(confidences)}
 
@@ -491,7 +530,7 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
     formats.write_ranked_structures(folder, order, pdbs, cifs)
 
     results = {name: load_result_npz(folder.result(name), prefixes=[
-        "plddt", "predicted_aligned_error", "max_predicted_aligned_error", "ptm"]) for name in order}
+        "plddt", "predicted_aligned_error", "max_predicted_aligned_error", "ptm", "iptm"]) for name in order}
     title = target.id + (" (UNTRAINED random params)" if ctx.cfg.params == Params.random else "")
     plots.write_target_plots(folder, order, title, msa_title=target.id)
 
@@ -505,6 +544,8 @@ def _finalize_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path], dict]:
         "length": target.num_residues,
         "seconds": {name: round(end - start, 3) for name, (start, end) in spans.items()},
     }
+    if "iptm" in results[best]:
+        summary["iptm"] = float(results[best]["iptm"])
     return [], summary
 
 
@@ -527,56 +568,69 @@ def search_stages(cfg: DictConfig, target: Target | None = None) -> list[Stage]:
     the multimer plan and distinct chain (``search_<name>_<chain id>``: a homomer's chain once)."""
     cpus = int(cfg.search.cpus) or 1
     complex_target = target is not None and target.is_complex
-    chains = [c.id for c in target.unique_chains()] if complex_target else [None]
+    chains = [(c.id, c.sequence) for c in target.unique_chains()] if complex_target else [
+        (None, target.sequence if target is not None else None)]
     plan = search_plan(cfg, multimer=complex_target)
 
     def name(search_name: str, chain_id: str | None) -> str:
         return f"search_{search_name}" + (f"_{chain_id}" if chain_id is not None else "")
     return [
         Stage(name(s.name, c), functools.partial(_search_run, s, c), functools.partial(_search_key, s, c),
-              needs=tuple(name(n, c) for n in s.needs), cpus=cpus)
-        for c in chains for s in plan
+              needs=tuple(name(n, c) for n in s.needs), cpus=cpus,
+              shares=f"search {s.name} {sequence}" if sequence is not None else None)
+        for c, sequence in chains for s in plan
     ]
+
+
+def folding_target(cfg: DictConfig, target: Target) -> Target:
+    """``target`` as this configuration folds it: a single chain with ``model.kind=multimer`` becomes a
+    complex of one chain (AlphaFold2's monomer-in-multimer run: the complexes' searches and features)."""
+    if not target.is_complex and weights.folds_as_multimer(cfg, False):
+        return dataclasses.replace(target, multimer=True)
+    return target
 
 
 def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None = None) -> list[Stage]:
     """The stages of a target in dependency order.
 
     ``mode``: "predict" (everything), "features" (searches and raw features: `af2cpu features`) or
-    "infer" (from the features an earlier `af2cpu features` wrote: `af2cpu infer`). A complex
-    (`target` of several chains) has only the "features" stages so far: each distinct chain's searches
-    and the multimer example.
+    "infer" (from the features an earlier `af2cpu features` wrote: `af2cpu infer`). A complex (`target` of
+    several chains, or one chain with ``model.kind=multimer``) has each distinct chain's searches, the
+    multimer example, and one inference per multimer preset and prediction (``model.multimer_names``,
+    ``model.num_predictions_per_model``); a monomer (or ``target`` None) one per ``model.names``.
     """
     if mode not in ("predict", "features", "infer"):
         raise ValueError(f"mode must be predict, features or infer, not {mode!r}")
-    if target is not None and target.is_complex:
-        if mode != "features":
-            raise InputError(f"{target.id} is a complex of {len(target.chains)} chain(s): af2cpu folds single "
-                             "chains only so far; `af2cpu features` makes its multimer features")
-        stages = search_stages(cfg, target)
-        return [*stages, Stage("features", _complex_features_run, _complex_features_key,
-                               needs=tuple(s.name for s in stages))]
+    if target is not None:
+        target = folding_target(cfg, target)
+    multimer = target is not None and target.is_complex
     if mode == "infer":
         stages = [Stage("features", _existing_features_run, _existing_features_key, redo_on_force=False)]
     else:
-        stages = search_stages(cfg)
-        stages.append(Stage("features", _features_run, _features_key, needs=tuple(s.name for s in stages)))
+        stages = search_stages(cfg, target)
+        run, key = (_complex_features_run, _complex_features_key) if multimer else (_features_run, _features_key)
+        stages.append(Stage("features", run, key, needs=tuple(s.name for s in stages)))
     if mode == "features":
         return stages
-    models = list(cfg.model.names)
+    try:
+        runs = weights.model_runs(cfg, multimer)
+    except Af2CpuError as exc:
+        if target is None:
+            raise
+        raise InputError(f"{target.id} ({len(target.chains)} chain(s)): {exc}") from None
     threads = int(cfg.runtime.threads) or None
     infers = [
-        Stage(f"infer_{name}", functools.partial(_infer_run, name), functools.partial(_infer_key, name),
-              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg.runtime, name))
-        for name in models
+        Stage(f"infer_{run.name}", functools.partial(_infer_run, run), functools.partial(_infer_key, run),
+              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg.runtime, run.preset))
+        for run in runs
     ]
     stages += infers
-    stages.append(Stage("rank", _rank_run, needs=tuple(s.name for s in infers)))
+    stages.append(Stage("rank", functools.partial(_rank_run, multimer), needs=tuple(s.name for s in infers)))
     relax_cpus = int(cfg.relax.threads) or 1
     stages += [
         Stage(f"relax_{i}", functools.partial(_relax_run, i), functools.partial(_relax_key, i), needs=("rank",),
               cpus=relax_cpus, record=functools.partial(_relax_record, i))
-        for i in range(cfg.relax.mode.count(len(models)))
+        for i in range(cfg.relax.mode.count(len(runs)))
     ]
     stages.append(Stage("finalize", _finalize_run, needs=tuple(s.name for s in stages)))
     return stages

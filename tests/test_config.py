@@ -16,6 +16,23 @@ def test_default_config_points_at_bundled_mini_databases():
     assert list(cfg.model.names) == [f"model_{i}_ptm" for i in range(1, 6)]
 
 
+def test_model_groups_choose_the_network_by_target():
+    from af2cpu.model.weights import model_runs
+
+    auto = compose_config([])
+    assert auto.model.kind == "auto" and auto.model.num_predictions_per_model == 5
+    assert [r.name for r in model_runs(auto, False)] == [f"model_{i}_ptm" for i in range(1, 6)]
+    runs = model_runs(compose_config(["random_seed=3"]), True)
+    # AlphaFold2's run_alphafold: prediction k of model i is runner i*5+k, seeded index + seed * 25.
+    assert [(r.name, r.seed) for r in runs[4:6]] == [("model_1_multimer_v3_pred_4", 79), ("model_2_multimer_v3_pred_0", 80)]
+    assert compose_config(["model=multimer"]).model.kind == "multimer"
+    assert list(compose_config(["model=monomer"]).model.names) == [f"model_{i}" for i in range(1, 6)]
+    with pytest.raises(ConfigError, match="model.kind=monomer .* folds single chains only"):
+        model_runs(compose_config(["model=monomer_ptm"]), True)
+    with pytest.raises(ConfigError, match="model.names lists model_1_multimer_v3, which is not a monomer preset"):
+        model_runs(compose_config(["model.names=[model_1_multimer_v3]"]), False)
+
+
 def test_full_preset_follows_official_layout_under_root():
     cfg = compose_config(["db=full", "db.root=/data/af2"])
     assert cfg.db.mgnify == "/data/af2/mgnify/mgy_clusters_2022_05.fa"

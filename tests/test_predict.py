@@ -3,16 +3,12 @@ params, real OpenMM relaxation. Short real proteins keep the 48-block network af
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from Bio.PDB import PDBParser
+from predict_runs import af2cpu, kill_once_recorded
 
 from af2cpu.io import load_result_npz
 from af2cpu.layout import BatchDir
@@ -33,12 +29,6 @@ OVERRIDES = ["params=random", f"model.names=[{','.join(MODELS)}]", "model.num_re
              "relax.timeout_s=300", "relax.max_outer_iterations=1"]
 # For tests that prove resuming or splitting, not relaxation: the same network outputs, no relax stage.
 NO_RELAX = [o for o in OVERRIDES if not o.startswith("relax")] + ["relax=none"]
-
-
-def af2cpu(*args, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "af2cpu", *args], capture_output=True, text=True, env=env,
-                          timeout=1800, check=False, **kwargs)
 
 
 def write_fasta(path: Path, records: dict[str, str]) -> Path:
@@ -153,17 +143,8 @@ def test_resume_after_sigkill_skips_finished_searches(batch, tmp_path):
     out = tmp_path / "out"
     # One model: a resumed run that lost or redid its searches shows in either model's outputs.
     overrides = [o for o in NO_RELAX if not o.startswith("model.names")] + [f"model.names=[{MODELS[0]}]"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "af2cpu", "predict", str(fasta), "--out", str(out), *overrides],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     records = [out / "1A8O_A" / f"search_{n}.stage.json" for n in ("uniref90", "mgnify", "bfd_uniref", "pdb70")]
-    deadline = time.time() + 600
-    while not all(r.is_file() for r in records):
-        assert proc.poll() is None, "predict ended before its searches finished"
-        assert time.time() < deadline, "searches did not finish in 10 minutes"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_recorded(["predict", str(fasta), "--out", str(out), *overrides], records, timeout_s=600)
     msas = sorted((out / "1A8O_A" / "msas").iterdir())
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in msas}
 

@@ -231,7 +231,7 @@ def test_complex_flag_on_a_two_record_file_gives_the_features_of_the_colon_recor
     assert [c["description"] for c in chains] == ["hemoglobin_ab alpha", "HBB_HUMAN beta"]
 
 
-def test_a_complex_has_per_chain_search_stages_and_is_refused_for_folding(haemoglobin):
+def test_a_complex_has_per_chain_search_stages_then_the_multimer_models(haemoglobin):
     from af2cpu.errors import InputError
     from af2cpu.scheduler.stages import target_stages
 
@@ -239,8 +239,8 @@ def test_a_complex_has_per_chain_search_stages_and_is_refused_for_folding(haemog
     names = [s.name for s in target_stages(cfg, "features", haemoglobin)]
     assert names[:5] == ["search_uniref90_A", "search_mgnify_A", "search_bfd_uniref_A", "search_pdb_seqres_A",
                          "search_uniprot_A"] and names[-1] == "features" and len(names) == 11
-    with pytest.raises(InputError, match=r"hemoglobin_ab is a complex of 2 chain\(s\)"):
-        target_stages(cfg, "predict", haemoglobin)
+    predict = [s.name for s in target_stages(cfg, "predict", haemoglobin)]
+    assert predict[:11] == names and predict[11] == "infer_model_1_multimer_v3_pred_0"
     with pytest.raises(InputError, match="search=alphafold2"):
         target_stages(compose_config(["search=mmseqs2"]), "features", haemoglobin)
 

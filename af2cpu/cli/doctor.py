@@ -14,10 +14,10 @@ import platform
 
 from af2cpu import __version__
 from af2cpu.cli.db import database_report
-from af2cpu.config import Params, compose_config
+from af2cpu.config import ModelKind, Params, compose_config
 from af2cpu.databases import fix_hint
 from af2cpu.errors import ToolError
-from af2cpu.model.weights import download_hint, missing_params, params_file
+from af2cpu.model.weights import download_hint, missing_params, params_file, preset_names
 from af2cpu.preprocessing.binaries import TOOLS, binary_version, find_binary
 from af2cpu.preprocessing.searches import required_tools
 from af2cpu.runtime.topology import ISA_FLAGS, cpu_info, format_cpulist
@@ -94,13 +94,19 @@ def run(args: argparse.Namespace) -> int:
     if cfg.params == Params.random:
         print("  random untrained weights requested (params=random): predictions are not meaningful")
     else:
-        absent = missing_params(cfg)
-        for name in cfg.model.names:
-            path = params_file(cfg.params_dir, name)
-            print(f"  {'MISSING' if path in absent else 'ok':8s} {path}")
-        if absent:
-            fixes.append(f"params {', '.join(p.name for p in absent)} not in {cfg.params_dir}: "
-                         + download_hint(cfg.params_dir))
+        # model=auto folds single chains without the multimer's files: their absence only limits complexes.
+        kinds = {ModelKind.monomer: [False], ModelKind.multimer: [True]}.get(cfg.model.kind, [False, True])
+        for multimer in kinds:
+            absent = missing_params(cfg, [multimer])
+            for name in preset_names(cfg, multimer):
+                path = params_file(cfg.params_dir, name)
+                print(f"  {'MISSING' if path in absent else 'ok':8s} {path}")
+            if absent and multimer and cfg.model.kind == ModelKind.auto:
+                print(f"  note: without the multimer parameters only single chains can be folded; "
+                      f"{download_hint(cfg.params_dir)}")
+            elif absent:
+                fixes.append(f"params {', '.join(p.name for p in absent)} not in {cfg.params_dir}: "
+                             + download_hint(cfg.params_dir))
 
     if fixes:
         print(f"\nNOT READY for `af2cpu predict`: {len(fixes)} problem(s)")

@@ -23,7 +23,7 @@ import argparse
 from af2cpu.config import compose_config
 from af2cpu.errors import Af2CpuError
 from af2cpu.layout import BatchDir, precomputed_msas
-from af2cpu.preprocessing.inputs import Target, read_fasta_targets
+from af2cpu.preprocessing.inputs import chains_json, read_fasta_targets
 
 
 def add_complex_argument(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +33,6 @@ def add_complex_argument(parser: argparse.ArgumentParser) -> None:
         help="the whole FASTA file is one complex, one chain per record (as AlphaFold2's multimer input); "
         "without it, a record whose chains are separated by ':' is a complex (as ColabFold's)",
     )
-
-
-def chains_json(target: Target) -> list[dict] | None:
-    """A complex's chains as ``target.json`` lists them (id, original header, sequence); None for a monomer."""
-    if not target.is_complex:
-        return None
-    return [{"id": c.id, "description": c.description, "sequence": c.sequence} for c in target.chains]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from af2cpu.scheduler.batch import check_before_work
     from af2cpu.scheduler.cache import StageCache
     from af2cpu.scheduler.graph import log_failure
-    from af2cpu.scheduler.stages import StageContext, run_features_in_process
+    from af2cpu.scheduler.stages import StageContext, folding_target, run_features_in_process
 
     overrides = list(args.overrides) + ([f"search.cpus={args.cpus}"] if args.cpus else [])
     cfg = compose_config(overrides)
     check_before_work(cfg, models=False)
-    targets = read_fasta_targets(args.fasta, complex=args.complex)
+    # model=multimer: single chains get AlphaFold-Multimer's features too (complexes of one chain).
+    targets = [folding_target(cfg, t) for t in read_fasta_targets(args.fasta, complex=args.complex)]
     if args.complex and targets and len(targets[0].chains) == 1:
         print(f"note: --complex with a single chain: {targets[0].id} gets AlphaFold-Multimer's features of one "
               "chain (a monomer-in-multimer run, as AlphaFold2's multimer preset does)")

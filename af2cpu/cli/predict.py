@@ -1,7 +1,8 @@
 """`af2cpu predict seq.fasta [--out DIR] [key=value ...]`: the whole pipeline on a Dask cluster.
 
 For every FASTA record: MSA and template searches (in parallel), features, every model preset
-(`model.names`), ranking, Amber relaxation (`relax=best|all|none`), and AlphaFold2's output files in
+(`model.names` for a single chain; for a complex, `model.multimer_names`, each
+`model.num_predictions_per_model` times), ranking, Amber relaxation (`relax=best|all|none`), and AlphaFold2's output files in
 ``DIR/<target id>/``, plus a batch summary (``summary.json``, ``summary.tsv``) at the top of DIR.
 Finished stages are kept: the same command run again (after a crash, a kill or Ctrl-C) resumes
 where it stopped; ``--force`` redoes everything. A target that fails is reported and the others
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace, require_features: bool = False) -> int:
         if outcome.status == "done":
             s = outcome.summary
             ptm = f", pTM {s['ptm']:.3f}" if s.get("ptm") is not None else ""
+            ptm += f", ipTM {s['iptm']:.3f}" if s.get("iptm") is not None else ""
             print(f"{outcome.target.id}: done — best {s['best_model']}, mean pLDDT {s['mean_plddt']:.1f}{ptm}")
         else:
             print(f"{outcome.target.id}: FAILED at {outcome.failed_stage}: {outcome.failure}")
