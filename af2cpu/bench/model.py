@@ -39,6 +39,7 @@ from af2cpu.model.memory import TargetShape, plan_options
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import get_preset
+from af2cpu.model.weights import apply_backend
 from af2cpu.preprocessing.features import msa_features, sequence_features
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.parsers import Msa
@@ -123,7 +124,10 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     runs = []
     gflop = None
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
-    for precision, compiled in modes:
+    # The back ends in turn on the same model and weights: the ipex one converts it in place for good.
+    modes = [(backend, p, c) for backend in getattr(args, "backends", ["native"]) for p, c in modes]
+    for backend, precision, compiled in modes:
+        apply_backend(model, backend)  # in place
         model.set_options(options(precision, TargetShape(length, args.msa_rows, args.extra_rows, 0), compiled))
         if gflop is None:  # the first warm-up pass also counts the work (the counter slows it a little)
             with FlopCounterMode(display=False) as counter:
@@ -132,7 +136,8 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
             _, seconds = _time_passes(None, args.passes, lambda: model.predict(features, num_recycle=0))
         else:
             first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), args.passes)
-        runs.append({"model": "af2cpu", "length": length, "precision": precision, "compile": compiled,
+        runs.append({"model": "af2cpu", "backend": backend, "length": length, "precision": precision,
+                     "compile": compiled,
                      # torch.compile compiles during the first pass: what it adds to a pass.
                      "compile_s": round(max(0.0, first - seconds), 2) if compiled else None,
                      "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
@@ -272,7 +277,8 @@ def markdown(results: dict) -> str:
         compile_s = "—" if r.get("compile_s") is None else r["compile_s"]
         first = "—" if r["first_pass_s"] is None else r["first_pass_s"]
         share = "—" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f} %"
-        lines.append(f"| {r['length']} | {r['model']} | {r['precision']} | {compiled} | {compile_s} | {first} "
+        model = r["model"] if r.get("backend", "native") == "native" else f"{r['model']} ({r['backend']})"
+        lines.append(f"| {r['length']} | {model} | {r['precision']} | {compiled} | {compile_s} | {first} "
                      f"| {r['pass_s']} | {speedup} | {r['gflop']} | {r['gflops']} | {share} |")
     for precision, totals in results.get("breakdown", {}).items():
         lines += ["", (f"Per-module time, af2cpu {precision}, L={results['breakdown_length']}, one pass "
