@@ -84,10 +84,12 @@ class IpexLinear(Linear):
         return holder.linear
 
 
-def apply_ipex(model: nn.Module) -> nn.Module:
-    """``model`` with every plain :class:`Linear` run through IPEX (in place; returns ``model``)."""
-    import_ipex()
+def set_ipex(model: nn.Module, on: bool) -> nn.Module:
+    """``model`` with every plain :class:`Linear` run through IPEX (``on``) or back to PyTorch's own GEMMs;
+    in place, returns ``model``. Packed weights are kept for a later switch back (bench takes turns)."""
+    if on:
+        import_ipex()
     for module in model.modules():
-        if type(module) is Linear:
-            module.__class__ = IpexLinear
+        if type(module) is (Linear if on else IpexLinear):
+            module.__class__ = IpexLinear if on else Linear
     return model

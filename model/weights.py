@@ -118,10 +118,9 @@ def load_model(cfg: Any, model_name: str, options=None):
 
 
 def apply_backend(model, backend: Backend | str):
-    """``model`` set up for ``runtime.backend``: unchanged for native; for ipex its linear layers run
-    through Intel Extension for PyTorch (af2cpu.model.ipex_backend; ConfigError when it is missing)."""
-    if Backend(backend) != Backend.ipex:
-        return model
-    from af2cpu.model.ipex_backend import apply_ipex  # deferred: torch, only in processes that run a model
+    """``model`` set up for ``runtime.backend``, in place: for ipex its linear layers run through Intel
+    Extension for PyTorch (af2cpu.model.ipex_backend; ConfigError when it is missing), for native (the
+    default) through PyTorch's own GEMMs, also after an earlier ipex."""
+    from af2cpu.model.ipex_backend import set_ipex  # deferred: torch, only in processes that run a model
 
-    return apply_ipex(model)
+    return set_ipex(model, Backend(backend) == Backend.ipex)

@@ -123,26 +123,37 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
                                         default_sizes=args.default_msa_sizes)
     runs = []
     gflop = None
+    backends = getattr(args, "backends", ["native"])
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
-    # The back ends in turn on the same model and weights: the ipex one converts it in place for good.
-    modes = [(backend, p, c) for backend in getattr(args, "backends", ["native"]) for p, c in modes]
-    for backend, precision, compiled in modes:
-        apply_backend(model, backend)  # in place
+    for precision, compiled in modes:
         model.set_options(options(precision, TargetShape(length, args.msa_rows, args.extra_rows, 0), compiled))
-        if gflop is None:  # the first warm-up pass also counts the work (the counter slows it a little)
-            with FlopCounterMode(display=False) as counter:
-                first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
-            gflop = counter.get_total_flops() / 1e9
-            _, seconds = _time_passes(None, args.passes, lambda: model.predict(features, num_recycle=0))
-        else:
-            first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), args.passes)
-        runs.append({"model": "af2cpu", "backend": backend, "length": length, "precision": precision,
-                     "compile": compiled,
-                     # torch.compile compiles during the first pass: what it adds to a pass.
-                     "compile_s": round(max(0.0, first - seconds), 2) if compiled else None,
-                     "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
-                     "gflops": round(gflop / seconds, 1), "peak_fraction": _peak_fraction(gflop / seconds, peak[precision])})
-        print(runs[-1])
+        first = {}
+        for backend in backends:  # a warm-up pass each (the first also counts the work, a little slower)
+            apply_backend(model, backend)  # in place, back and forth on the same weights
+            if gflop is None:
+                with FlopCounterMode(display=False) as counter:
+                    first[backend], _ = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+                gflop = counter.get_total_flops() / 1e9
+            else:
+                first[backend], _ = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+        # Several back ends take turns pass by pass, so that a busy machine slows each alike.
+        total = dict.fromkeys(backends, 0.0)
+        for _ in range(args.passes):
+            for backend in backends:
+                apply_backend(model, backend)
+                start = time.perf_counter()
+                model.predict(features, num_recycle=0)
+                total[backend] += time.perf_counter() - start
+        for backend in backends:
+            seconds = round(total[backend] / args.passes, 3)
+            runs.append({"model": "af2cpu", "backend": backend, "length": length, "precision": precision,
+                         "compile": compiled,
+                         # torch.compile compiles during the first pass: what it adds to a pass.
+                         "compile_s": round(max(0.0, first[backend] - seconds), 2) if compiled else None,
+                         "first_pass_s": first[backend], "pass_s": seconds, "gflop": round(gflop, 1),
+                         "gflops": round(gflop / seconds, 1),
+                         "peak_fraction": _peak_fraction(gflop / seconds, peak[precision])})
+            print(runs[-1])
     if reference is not None:
         step, compile_s = reference.step_fn(flat, features, args.blocks)
         # XLA's compilation is timed on its own; with the padded default sizes a pass takes
