@@ -53,7 +53,10 @@ class IpexLinear(Linear):
     """A :class:`Linear` whose GEMM runs through IPEX's prepacked oneDNN linear (see the module doc)."""
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        if len(self.in_shape) != 1 or len(self.out_shape) != 1 or x.dtype not in _PACKED_DTYPES:
+        # Compiled blocks (runtime.compile=true) keep PyTorch's GEMMs: inductor plans those itself, and
+        # IPEX's packed op and its cache are opaque to the graph.
+        if (len(self.in_shape) != 1 or len(self.out_shape) != 1 or x.dtype not in _PACKED_DTYPES
+                or torch.compiler.is_compiling()):
             return super().forward(x, out)
         y = self._packed(x.dtype)(x.reshape(-1, x.shape[-1]))
         if out is not None:
