@@ -66,10 +66,12 @@ class IpexLinear(Linear):
     def _packed(self, dtype: torch.dtype) -> nn.Module:
         """The prepacked linear for activations of ``dtype``, packed again when the weights changed."""
         cache = self.__dict__.setdefault("_ipex_packed", {})
-        key = (self.weights.data_ptr(), self.weights._version,
-               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        # The very tensors and their in-place versions (load_params assigns new tensors, whose memory
+        # may be where the old ones were); a change through ``.data`` bypasses the version and is not seen.
+        key = [(p, p._version) for p in (self.weights, self.bias) if p is not None]
         hit = cache.get(dtype)
-        if hit is not None and hit[0] == key:
+        if hit is not None and len(hit[0]) == len(key) and all(
+                a is b and u == v for (a, u), (b, v) in zip(hit[0], key)):
             return hit[1]
         ipex = import_ipex()
         linear = nn.Linear(self.in_shape[0], self.out_shape[0], bias=self.bias is not None)
