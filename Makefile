@@ -13,7 +13,7 @@ COLABFOLD_VERSION ?= 1.6.3
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
-.PHONY: setup tools venv demo demo-complex test lint clean-venv
+.PHONY: setup tools venv demo demo-complex test test-ipex lint clean-venv
 
 setup: tools venv
 
@@ -42,8 +42,33 @@ demo-complex: setup
 test: setup
 	$(BIN)/python -m pytest -q -rs tests
 
+# The optional ipex back end (runtime.backend=ipex), verified in its own venv: intel-extension-for-pytorch
+# was archived upstream, and its last release needs torch 2.8 exactly. torch 2.8.0 from PyPI is the CUDA
+# build (several GB of nvidia-* packages, which it needs even to import); give TORCH_PIP_ARGS an index
+# with the CPU build to avoid them. Runs the model's fidelity tests (DeepMind's reference and the bf16
+# bounds) with --backend=ipex, then a small bench, native and ipex side by side. Not part of `make test`.
+IPEX_VENV ?= .venv-ipex
+IPEX_VERSION ?= 2.8.0
+IPEX_TORCH_VERSION ?= 2.8.0
+IPEX_TESTS ?= tests/test_model_trunk.py tests/test_model_structure.py tests/test_model_embeddings.py \
+	tests/test_model_empty_rows.py tests/test_model_precision.py tests/test_model_whole.py
+IPEX_BENCH ?= --lengths 64 --blocks 4 --precisions fp32 auto --no-reference
+
+$(IPEX_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(IPEX_VENV)
+	$(IPEX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(IPEX_VENV)/bin/python -m pip install --quiet torch==$(IPEX_TORCH_VERSION) $(TORCH_PIP_ARGS)
+	echo "torch==$(IPEX_TORCH_VERSION)" > $(IPEX_VENV)/torch-pin.txt
+	$(IPEX_VENV)/bin/python -m pip install --quiet -c $(IPEX_VENV)/torch-pin.txt \
+		intel-extension-for-pytorch==$(IPEX_VERSION) -e ".[dev,reference]"
+	touch $@
+
+test-ipex: $(IPEX_VENV)/.installed
+	$(IPEX_VENV)/bin/python -m pytest -q -rs --backend=ipex $(IPEX_TESTS)
+	$(IPEX_VENV)/bin/af2cpu bench $(IPEX_BENCH) --backends native ipex --out $(IPEX_VENV)/bench
+
 lint: venv
 	$(BIN)/ruff check .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(IPEX_VENV)

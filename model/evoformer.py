@@ -171,7 +171,9 @@ class OuterProductMean(_Chunked):
                                       (n_seq * c + n_res) * c_z * left.element_size())
         for s in chunk_slices(n_res, step):
             t = (left_t[s].reshape(-1, c) @ w).view(-1, n_seq * c, c_z)  # (l, S*c, c_z)
-            torch.matmul(right_t, t, out=out[s]).add_(b)  # (l, L, c_z)
+            # Not matmul(..., out=out[s]): with Intel Extension for PyTorch loaded (runtime.backend=ipex),
+            # a 2-D @ 3-D matmul into a view of a larger tensor writes to a resized copy instead.
+            torch.add(right_t @ t, b, out=out[s])  # (l, L, c_z)
         return out
 
 

@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from af2cpu.config import Backend, ModelKind, Params, Precision
+from af2cpu.config import Backend, ModelKind, Params
 from af2cpu.errors import ConfigError, InputError
-from af2cpu.model.options import as_precision
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import get_preset
 from af2cpu.runtime.allocator import tune_allocator
@@ -168,6 +167,10 @@ def load_model(cfg: Any, model_name: str, options=None):
     """The network of `model_name` with official weights, or random ones when params=random."""
     from af2cpu.model.alphafold import AlphaFold  # deferred: torch, only in processes that run a model
 
+    if Backend(cfg.runtime.backend) == Backend.ipex:
+        from af2cpu.model.ipex_backend import import_ipex
+
+        import_ipex()  # a missing or mismatched IPEX is refused before the network is built
     tune_allocator()
     if cfg.params == Params.random:
         model = AlphaFold(model_name, options)
@@ -176,21 +179,13 @@ def load_model(cfg: Any, model_name: str, options=None):
         model = model.eval()
     else:
         model = AlphaFold.from_params(params_file(cfg.params_dir, model_name), model_name, options)
-    if cfg.runtime.backend == Backend.ipex:
-        model = _ipex_optimize(model, as_precision(cfg.runtime.precision))
-    return model
+    return apply_backend(model, cfg.runtime.backend)
 
 
-def _ipex_optimize(model, precision: Precision):
-    """The optional Intel Extension for PyTorch back end (archived upstream; native is the default)."""
-    import torch  # deferred: see load_model
+def apply_backend(model, backend: Backend | str):
+    """``model`` set up for ``runtime.backend``, in place: for ipex its linear layers run through Intel
+    Extension for PyTorch (af2cpu.model.ipex_backend; ConfigError when it is missing), for native (the
+    default) through PyTorch's own GEMMs, also after an earlier ipex."""
+    from af2cpu.model.ipex_backend import set_ipex  # deferred: torch, only in processes that run a model
 
-    try:
-        import intel_extension_for_pytorch as ipex  # deferred: an optional dependency
-    except ImportError as exc:
-        raise ConfigError(
-            f"runtime.backend=ipex needs intel-extension-for-pytorch, which cannot be imported here ({exc}); "
-            f"it was archived upstream and needs its matching torch (2.8; this is {torch.__version__}). "
-            "Use runtime.backend=native (the default: bf16 and compile are built in natively)"
-        ) from None
-    return ipex.optimize(model, dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float32)
+    return set_ipex(model, Backend(backend) == Backend.ipex)

@@ -403,7 +403,10 @@ def test_structure_module_trajectory_and_sidechains_match_reference(structure_mo
             _max_abs_residues(got["sidechains"][key], sc_want[key], present, axis=1)
             / np.abs(sc_want[key]).max()
         )
-        assert rel < 1e-4, key  # measured 2.4e-5 (normalized), 5.8e-7 (unnormalized) relative
+        # measured 2.4e-5 (normalized), 5.8e-7 (unnormalized) relative; torch 2.8 (`make test-ipex`): 7.6e-5
+        # native, 6.5e-5 with --backend=ipex (once 1.3e-4, right after a failed torch.compile in the same
+        # process, since fixed; not seen again). Normalising short vectors amplifies GEMM rounding.
+        assert rel < 1e-4, key
     atom_pos = np.stack([sc_want["atom_pos"].x, sc_want["atom_pos"].y, sc_want["atom_pos"].z], -1)
     # measured 4.9e-5 Å
     assert _max_abs_residues(got["sidechains"]["atom_pos"], atom_pos, present, axis=1) < 1e-3

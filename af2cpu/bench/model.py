@@ -40,6 +40,7 @@ from af2cpu.model.memory import TargetShape, plan_options
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import get_preset
+from af2cpu.model.weights import apply_backend
 from af2cpu.preprocessing.features import msa_features, sequence_features
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.parsers import Msa
@@ -123,22 +124,37 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
                                         default_sizes=args.default_msa_sizes)
     runs = []
     gflop = None
+    backends = getattr(args, "backends", ["native"])
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
     for precision, compiled in modes:
         model.set_options(options(precision, TargetShape(length, args.msa_rows, args.extra_rows, 0), compiled))
-        if gflop is None:  # the first warm-up pass also counts the work (the counter slows it a little)
-            with flop_counter() as counter:
-                first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
-            gflop = counter.get_total_flops() / 1e9
-            _, seconds = _time_passes(None, args.passes, lambda: model.predict(features, num_recycle=0))
-        else:
-            first, seconds = _time_passes(lambda: model.predict(features, num_recycle=0), args.passes)
-        runs.append({"model": "af2cpu", "length": length, "precision": precision, "compile": compiled,
-                     # torch.compile compiles during the first pass: what it adds to a pass.
-                     "compile_s": round(max(0.0, first - seconds), 2) if compiled else None,
-                     "first_pass_s": first, "pass_s": seconds, "gflop": round(gflop, 1),
-                     "gflops": round(gflop / seconds, 1), "peak_fraction": _peak_fraction(gflop / seconds, peak[precision])})
-        print(runs[-1])
+        first = {}
+        for backend in backends:  # a warm-up pass each (the first also counts the work, a little slower)
+            apply_backend(model, backend)  # in place, back and forth on the same weights
+            if gflop is None:
+                with flop_counter() as counter:
+                    first[backend], _ = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+                gflop = counter.get_total_flops() / 1e9
+            else:
+                first[backend], _ = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+        # Several back ends take turns pass by pass, so that a busy machine slows each alike.
+        total = dict.fromkeys(backends, 0.0)
+        for _ in range(args.passes):
+            for backend in backends:
+                apply_backend(model, backend)
+                start = time.perf_counter()
+                model.predict(features, num_recycle=0)
+                total[backend] += time.perf_counter() - start
+        for backend in backends:
+            seconds = round(total[backend] / args.passes, 3)
+            runs.append({"model": "af2cpu", "backend": backend, "length": length, "precision": precision,
+                         "compile": compiled,
+                         # torch.compile compiles during the first pass: what it adds to a pass.
+                         "compile_s": round(max(0.0, first[backend] - seconds), 2) if compiled else None,
+                         "first_pass_s": first[backend], "pass_s": seconds, "gflop": round(gflop, 1),
+                         "gflops": round(gflop / seconds, 1),
+                         "peak_fraction": _peak_fraction(gflop / seconds, peak[precision])})
+            print(runs[-1])
     if reference is not None:
         step, compile_s = reference.step_fn(flat, features, args.blocks)
         # XLA's compilation is timed on its own; with the padded default sizes a pass takes
@@ -290,7 +306,8 @@ def markdown(results: dict) -> str:
         compile_s = "—" if r.get("compile_s") is None else r["compile_s"]
         first = "—" if r["first_pass_s"] is None else r["first_pass_s"]
         share = "—" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f} %"
-        lines.append(f"| {r['length']} | {r['model']} | {r['precision']} | {compiled} | {compile_s} | {first} "
+        model = r["model"] if r.get("backend", "native") == "native" else f"{r['model']} ({r['backend']})"
+        lines.append(f"| {r['length']} | {model} | {r['precision']} | {compiled} | {compile_s} | {first} "
                      f"| {r['pass_s']} | {speedup} | {r['gflop']} | {r['gflops']} | {share} |")
     for precision, totals in results.get("breakdown", {}).items():
         lines += ["", (f"Per-module time, af2cpu {precision}, L={results['breakdown_length']}, one pass "

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of the per-module time breakdown (default: the largest length)")
     parser.add_argument("--compile", action="store_true",
                         help="also time af2cpu with torch.compile (compile time reported separately)")
+    parser.add_argument("--backends", nargs="+", default=["native"], choices=["native", "ipex"],
+                        help="af2cpu's back ends to time, in this order on the same model (runtime.backend; "
+                             "ipex needs intel-extension-for-pytorch and its torch, see `make test-ipex`)")
     parser.add_argument("--no-reference", action="store_true", help="time af2cpu only")
     parser.add_argument("--default-msa-sizes", action="store_true",
                         help="give both models AlphaFold2's default input sizes: the MSA (--msa-rows + "
