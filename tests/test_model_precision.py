@@ -220,3 +220,27 @@ def test_compiled_blocks_equal_eager():
         # Inductor fuses and reorders fp32 arithmetic: measured <= 2e-6 relative.
         assert relative < 1e-4
     assert np.abs(compiled["plddt"] - eager["plddt"]).max() < 1e-2
+
+
+# --- AlphaFold-Multimer v3 --------------------------------------------------------------------------
+# A synthetic heteromer (af2cpu.bench.model.multimer_example: 2 chains, paired and unpaired MSA rows,
+# one helical template and three empty slots), sampled RNG-free: BERT masking off, exactly the biased
+# rows sampled (the draw only orders rows).
+
+
+def _small_multimer(evoformer: int, extra_msa: int, seed: int):
+    from af2cpu.bench.model import multimer_bench_preset
+
+    preset = multimer_bench_preset("model_1_multimer_v3", MULTIMER_ROWS, MULTIMER_ROWS, blocks=evoformer)
+    model = AlphaFold(preset.with_blocks(extra_msa=extra_msa))
+    load_params(model, random_params(model, seed=seed))
+    return model.eval()
+
+
+def _multimer_example(chain_length: int):
+    from af2cpu.bench.model import multimer_example
+
+    return multimer_example(chain_length, chains=2, msa_rows=MULTIMER_ROWS, extra_rows=MULTIMER_ROWS, seed=1)
+
+
+MULTIMER_ROWS = 8  # sampled MSA rows and extra rows of the multimer tests
