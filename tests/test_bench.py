@@ -118,3 +118,22 @@ def test_bench_multimer_inputs_are_a_complex_whose_sample_is_fixed(capsys):
     assert np.abs(single[0] - single[1]).max() <= 1e-4 * np.abs(single[0]).max()  # summation order
     assert main(["bench", "--preset", "model_1_multimer_v3", "--default-msa-sizes", "--no-reference"]) == 2
     assert "a multimer preset times one model pass" in capsys.readouterr().err
+
+
+def test_bench_memory_of_a_complex_is_within_the_planners_tolerance(tmp_path):
+    # One pass of a 2 x 64 complex (1 Evoformer block, the 4 extra-MSA blocks, the template stack on 4
+    # slots) in a fresh process: its peak RSS against the planner's multimer estimate (all chains'
+    # residues, the sampled and extra rows, the template slots).
+    status = main(["bench", "--preset", "model_1_multimer_v3", "--memory", "64", "--precisions", "fp32",
+                   "--memory-blocks", "1", "--threads", "2", "--out", str(tmp_path)])
+    assert status == 0
+    results = json.loads((tmp_path / "memory.json").read_text())
+    (run,) = results["runs"]
+    assert results["chains"] == 2 and run["peak_counter_reset"]
+    # The planner's tolerance, as for monomers (docs/benchmarks.md, Memory: -3...+18 % there, ±25 %
+    # the target); measured for complexes -2 % (2 x 128, 64 + 256 rows), +20 % (2 x 32: the fixed
+    # runtime overhead dominates), -8 % fp32 and -13 % bf16 (2 x 64 with the preset's 508 + 2048 rows).
+    print(f"2 x 64 complex: estimate {run['estimate_bytes'] / 2**30:.2f} GiB, measured "
+          f"{run['peak_rss_bytes'] / 2**30:.2f} GiB ({100 * run['estimate_error']:+.0f} %)")
+    assert abs(run["estimate_error"]) <= 0.25
+    assert "complexes of 2 chains" in (tmp_path / "memory.md").read_text()

@@ -1,7 +1,9 @@
 """`af2cpu bench`: the model's speed against DeepMind's JAX AlphaFold, side by side in one run.
 
 ``af2cpu bench [--lengths 64 128]`` times one recycling pass of both models on the same random
-official-format weights and features (af2cpu.bench.model); ``--memory L ...`` measures peak RSS of one
+official-format weights and features (af2cpu.bench.model); ``--preset model_1_multimer_v3`` does so for
+AlphaFold-Multimer on a complex of ``--chains`` chains of each length, against DeepMind's multimer
+model; ``--memory L ...`` measures peak RSS of one
 pass per length against the memory planner (af2cpu.bench.memory); ``--contention`` times a small pass idle
 and beside a busy process for each OpenMP wait policy (af2cpu.bench.contention); ``--batch FASTA`` times a whole
 batch, `af2cpu predict` against an AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch).
