@@ -206,6 +206,11 @@ def test_compiled_blocks_equal_eager():
     load_params(model, random_params(model, seed=4))
     model.eval()
     features = _hbb_features(preset, num_recycle=0)
+    _assert_compiled_equals_eager(model, features)
+
+
+def _assert_compiled_equals_eager(model, features, label: str = ""):
+    """One pass eager and one compiled: the representations and pLDDT agree; returns both outputs."""
     eager = model.predict(features, num_recycle=0)
     # Inductor's default persistent cache: the first run compiles (a minute or two on two cores),
     # later runs load the compiled graph.
@@ -217,10 +222,11 @@ def test_compiled_blocks_equal_eager():
     for name in ("single", "pair", "msa_first_row"):
         want = eager["representations"][name]
         relative = np.abs(compiled["representations"][name] - want).max() / np.abs(want).max()
-        print(f"compiled vs eager {name}: {relative:.1e} relative")
+        print(f"{label}compiled vs eager {name}: {relative:.1e} relative")
         # Inductor fuses and reorders fp32 arithmetic: measured <= 2e-6 relative.
         assert relative < 1e-4
     assert np.abs(compiled["plddt"] - eager["plddt"]).max() < 1e-2
+    return eager, compiled
 
 
 # --- AlphaFold-Multimer v3 --------------------------------------------------------------------------
@@ -281,17 +287,5 @@ def test_multimer_compiled_blocks_equal_eager():
     # One multimer Evoformer block (outer product mean first, fused triangle projections): its own
     # compiled graph (a cold compilation: tens of seconds on two cores; then inductor's cache).
     model = _small_multimer(evoformer=1, extra_msa=0, seed=4)
-    example = multimer_example_for_test(1)
-    eager = model.predict(example, num_recycle=0)
-    model.set_options(Options(compile=True))
-    try:
-        compiled = model.predict(example, num_recycle=0)
-    finally:
-        model.set_options(Options())
-    for name in ("single", "pair", "msa_first_row"):
-        want = eager["representations"][name]
-        relative = np.abs(compiled["representations"][name] - want).max() / np.abs(want).max()
-        print(f"multimer compiled vs eager {name}: {relative:.1e} relative")
-        assert relative < 1e-4  # inductor reorders fp32 sums; measured as for the monomer (see above)
-    assert np.abs(compiled["plddt"] - eager["plddt"]).max() < 1e-2
+    eager, compiled = _assert_compiled_equals_eager(model, multimer_example_for_test(1), "multimer ")
     assert abs(float(compiled["iptm"]) - float(eager["iptm"])) < 1e-4
