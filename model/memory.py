@@ -72,6 +72,15 @@ DEFAULT_BLOCK_BYTES = Options().block_bytes
 RUNTIME_OVERHEAD = 384 << 20
 FP32 = Precision.fp32.nbytes
 AF2_ARCHITECTURE = Architecture()  # what the planner sizes unless given a preset's architecture
+# AlphaFold-Multimer (an architecture with the multimer template embedding) samples its MSA in the
+# network: the one-hot classes of its cluster profiles, the bytes per cell of a pass's extra-MSA
+# features (int64 residue, two fp32 deletion features) and of the example held for every pass (numpy
+# int32 msa and fp32 deletions, mask, BERT mask; their tensors with an int64 msa), and the scalar
+# (L, L) features of a template (its masks, unit vector, intra-chain mask and their products).
+_MSA_CLASSES = 23
+_MULTIMER_EXTRA_BYTES = 8 + 4 + 4
+_MULTIMER_EXAMPLE_BYTES = 16 + 20
+_MULTIMER_PAIR_SCALARS = 12
 # The preset with every module (templates and the PAE head): its parameter count bounds every preset's.
 _FULLEST_PRESET = "model_1_ptm"
 
@@ -210,7 +219,9 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                        [_Term("embeddings and recycling", None,
                               6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]),
     }
-    if T:
+    if T and t.multimer:
+        phases["templates"] = _multimer_template_phase(L, T, msa + extra, b, ch, block, a)
+    elif T:
         pa = _eff(ch.template_attention, L * L)
         phases["templates"] = (
             2 * pair + msa + T * L * L * t.num_channel * b,
@@ -227,6 +238,9 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                                _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block))
     phases["evoformer"] = (2 * pair + 2 * msa,
                            _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block))
+    if t.multimer:
+        phases["msa_sampling"] = (0, [_Term("MSA sampling and cluster profiles", None,
+                                            (Se + 3 * S) * L * _MSA_CLASSES * FP32 + S * Se * FP32)])
     h = a.heads
     # The PAE head is counted whether the preset has it or not: an upper bound, as the parameters are.
     phases["heads"] = (
@@ -238,13 +252,41 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     return phases
 
 
+def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, block: int | None,
+                             a: Architecture) -> tuple[int, list[_Term]]:
+    """The multimer's template embedding (af2cpu.model.template.MultimerTemplateEmbedding): one template
+    at a time through its pair stack, summed; resident the pair, its update, the MSAs and two
+    template-sized pairs (the sum and the current template)."""
+    c_z, t = a.pair_channel, a.template
+    c_t = t.num_channel
+    return (
+        2 * L * L * c_z * b + msa + 2 * L * L * c_t * b,
+        _pair_stack_terms("template ", L, c_t, t.triangle_num_head, t.num_intermediate_channel,
+                          t.pair_transition_factor, b, ch, block) + [
+            # fp32: the query pair's copy and layer norm, the distogram, unit vectors and masks, the
+            # input layers' outputs and their running sum; then the cast into the trunk's dtype.
+            _Term("template features", None,
+                  L * L * (2 * c_z + t.dgram_features.num_bins + _MULTIMER_PAIR_SCALARS + 3 * c_t) * FP32
+                  + L * L * c_t * b),
+            _Term("template output layer", None, 2 * L * L * c_t * FP32 + L * L * c_z * b),
+        ],
+    )
+
+
 def _fixed(shape: TargetShape, a: Architecture) -> dict[str, int]:
     L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
+    if a.template.multimer:
+        # The pass's msa_feat and extra-MSA features (residue int64, has-deletion, deletion value), and
+        # DeepMind's example with its tensor copy (msa, deletions, masks: 36 bytes a cell for S + Se rows).
+        features = (S * L * a.msa_feat_dim * FP32 + Se * L * _MULTIMER_EXTRA_BYTES
+                    + (S + Se) * L * _MULTIMER_EXAMPLE_BYTES)
+    else:
+        features = S * L * a.msa_feat_dim * FP32 + Se * L * a.extra_msa_feat_dim * FP32
     return {
         "runtime": RUNTIME_OVERHEAD,
         # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
         "parameters": parameter_count(a) * FP32,
-        "features": S * L * a.msa_feat_dim * FP32 + Se * L * a.extra_msa_feat_dim * FP32,
+        "features": features,
         "recycling": (L * L * a.pair_channel * FP32 + L * a.msa_channel * FP32
                       + L * rc.atom_type_num * 3 * FP32),
     }

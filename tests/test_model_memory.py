@@ -148,3 +148,42 @@ def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
     assert after.resident - before.resident == 2 * pair * b
     assert after.fixed["parameters"] > before.fixed["parameters"]
     assert after.largest[0] == before.largest[0] and after.largest[1] > before.largest[1]
+
+
+# --- AlphaFold-Multimer shapes --------------------------------------------------------------------
+
+
+def test_multimer_estimate_reads_the_multimer_architecture_and_sample_sizes():
+    preset = get_preset("model_1_multimer_v3")
+    a = preset.architecture
+    # A complex of 2 x 256 residues (all chains' residues) with the preset's in-network sample sizes:
+    # 508 sampled rows and 2048 extra rows, 4 template slots. The call the predict stages make.
+    shape = TargetShape(512, preset.num_msa_clusters, preset.max_extra_msa, preset.max_templates)
+    assert (shape.msa_rows, shape.extra_rows) == (508, 2048)
+    multimer = estimate_peak_memory(shape, "fp32", architecture=a)
+    monomer = estimate_peak_memory(shape, "fp32")
+    assert multimer.fixed["parameters"] == parameter_count(a) * 4 != monomer.fixed["parameters"]
+    # The multimer's extra-MSA features are 16 bytes a cell, not the monomer's 25 fp32 channels, but it
+    # holds DeepMind's example (36 bytes a cell) for the in-network sampling of every pass.
+    L, S, Se = 512, 508, 2048
+    assert multimer.fixed["features"] == S * L * 49 * 4 + Se * L * 16 + (S + Se) * L * 36
+    assert estimate_peak_memory(dataclasses.replace(shape, residues=1024), "fp32", architecture=a).total > multimer.total
+
+
+def test_multimer_templates_are_embedded_one_at_a_time():
+    # At long lengths in bf16 the template stage sets the multimer's peak: its fp32 pair features
+    # (the query's layer norm, the distogram, the input layers) for one template at a time, so more
+    # template slots cost nothing more; the monomer keeps every template's pair until its attention.
+    a = get_preset("model_1_multimer_v3").architecture
+    shape = TargetShape(1000, 508, 2048, 4)
+    four = estimate_peak_memory(shape, "bf16", architecture=a)
+    assert four.phase == "templates" and four.largest[0] == "template features"
+    sixteen = estimate_peak_memory(dataclasses.replace(shape, templates=16), "bf16", architecture=a)
+    assert sixteen.total == four.total
+    mono = [estimate_peak_memory(TargetShape(1000, 16, 0, t), "bf16").resident for t in (4, 16)]
+    assert mono[1] > mono[0]
+    # Without template slots the stage is gone; chunks are chosen for the multimer's own terms.
+    assert estimate_peak_memory(dataclasses.replace(shape, templates=0), "bf16", architecture=a).phase != "templates"
+    # Compiled blocks (no cache blocks) at 2 x 384 residues under 6 GiB: the planner chunks the multimer's stacks.
+    chunks, estimate = choose_chunks(6 * GIB, TargetShape(768, 508, 2048, 4), "fp32", block_bytes=None, architecture=a)
+    assert estimate.total <= 6 * GIB and chunks.msa_row_attention is not None

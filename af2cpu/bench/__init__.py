@@ -10,3 +10,5 @@
 
 # The preset the model and memory benchmarks run (its architecture, shortened with --blocks).
 PRESET = "model_1_ptm"
+# DeepMind's pipeline_multimer gives every complex 4 template slots (the multimer benchmarks' inputs).
+MULTIMER_TEMPLATES = 4

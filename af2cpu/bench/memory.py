@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from af2cpu.bench import PRESET
+from af2cpu.bench import MULTIMER_TEMPLATES, PRESET
 from af2cpu.io import atomic_write_text
 from af2cpu.model.memory import TargetShape, choose_chunks
 from af2cpu.model.options import ChunkSizes, Options
@@ -37,17 +37,22 @@ def run_memory(args: argparse.Namespace) -> int:
     threads = threads_for(args.threads or 0)
     limit = parse_memory_limit(args.memory_limit)
     blocks = args.memory_blocks or args.blocks
-    # The model the child builds (make_inputs): the planner counts its blocks and weights.
-    architecture = get_preset(PRESET).with_blocks(evoformer=blocks).architecture
+    name = getattr(args, "preset", PRESET)
+    multimer = get_preset(name).multimer
+    chains = args.chains if multimer else 1
+    # The model the child builds (make_inputs, make_multimer_inputs): the planner counts its blocks and
+    # weights; a complex's residues are those of all its chains, with its 4 template slots.
+    architecture = get_preset(name).with_blocks(evoformer=blocks).architecture
     context = multiprocessing.get_context("spawn")
     rows = []
     for length in sorted(args.memory):
         for precision in args.precisions:
-            chunks, estimate = choose_chunks(limit, TargetShape(length, args.msa_rows, args.extra_rows, 0),
-                                             precision, architecture=architecture)
+            shape = TargetShape(length * chains, args.msa_rows, args.extra_rows, MULTIMER_TEMPLATES if multimer else 0)
+            chunks, estimate = choose_chunks(limit, shape, precision, architecture=architecture)
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_memory_child, args=(
-                send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads))
+                send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads,
+                name, chains))
             child.start()
             send.close()
             try:
@@ -64,7 +69,8 @@ def run_memory(args: argparse.Namespace) -> int:
                 row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
             rows.append(row)
             print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})
-    results = {"machine": machine_info(threads), "preset": PRESET, "msa_rows": args.msa_rows,
+    results = {"machine": machine_info(threads), "preset": name, "chains": chains if multimer else None,
+               "msa_rows": args.msa_rows,
                "extra_rows": args.extra_rows, "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "memory.json", json.dumps(results, indent=2) + "\n")
@@ -73,16 +79,20 @@ def run_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads) -> None:
+def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads, preset=PRESET,
+                  chains=1) -> None:
     """One pass in this (fresh) process; sends its peak RSS and time through ``conn``."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch  # deferred: torch reads OMP_NUM_THREADS once, when first imported in this process
 
-    from af2cpu.bench.model import make_inputs  # deferred: imports torch
+    from af2cpu.bench.model import make_inputs, make_multimer_inputs  # deferred: imports torch
 
     tune_allocator()
     torch.set_num_threads(threads)
-    model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks)
+    if get_preset(preset).multimer:
+        model, flat, features = make_multimer_inputs(length, chains, msa_rows, extra_rows, blocks, preset=preset)
+    else:
+        model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks)
     del flat  # a real run keeps one copy of the weights, the model's
     model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision))
     baseline = _rss("VmRSS")
@@ -116,8 +126,10 @@ def _reset_peak_rss() -> bool:
 def memory_markdown(results: dict) -> str:
     """The memory runs as a markdown table."""
     gib = 1 << 30
-    lines = [(f"Peak RSS of one recycling pass, {results['msa_rows']} MSA + {results['extra_rows']} extra rows, "
-              f"{results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
+    chains = results.get("chains")
+    complex_ = f"{results['preset']}, complexes of {chains} chains × L residues, " if chains else ""
+    lines = [(f"Peak RSS of one recycling pass, {complex_}{results['msa_rows']} MSA + {results['extra_rows']} extra "
+              f"rows, {results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
              ("| L | precision | blocks | chunks | planner estimate (GiB) | measured peak RSS (GiB) | estimate error "
               "| pass (s) |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:

@@ -1,7 +1,9 @@
 """`af2cpu bench`: the model's speed against DeepMind's JAX AlphaFold, side by side in one run.
 
 ``af2cpu bench [--lengths 64 128]`` times one recycling pass of both models on the same random
-official-format weights and features (af2cpu.bench.model); ``--memory L ...`` measures peak RSS of one
+official-format weights and features (af2cpu.bench.model); ``--preset model_1_multimer_v3`` does so for
+AlphaFold-Multimer on a complex of ``--chains`` chains of each length, against DeepMind's multimer
+model; ``--memory L ...`` measures peak RSS of one
 pass per length against the memory planner (af2cpu.bench.memory); ``--contention`` times a small pass idle
 and beside a busy process for each OpenMP wait policy (af2cpu.bench.contention); ``--batch FASTA`` times a whole
 batch, `af2cpu predict` against an AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch).
@@ -14,15 +16,22 @@ import argparse
 import os
 from pathlib import Path
 
+from af2cpu.bench import PRESET
 from af2cpu.errors import ConfigError
-from af2cpu.model.presets import PRESETS
+from af2cpu.model.presets import PRESETS, get_preset
 from af2cpu.runtime.precision import resolve_precision
 from af2cpu.runtime.threads import prepare_process, usable_cpu_count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default=PRESET, choices=sorted(PRESETS), metavar="PRESET",
+                        help=f"the model to time (default {PRESET}); a multimer preset (model_1_multimer_v3 ...) "
+                        "times a complex of --chains chains of each length, as DeepMind's multimer example")
+    parser.add_argument("--chains", type=int, default=2,
+                        help="chains of the complex for a multimer --preset (default 2: --lengths 128 is 2 x 128)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128],
-                        help="sequence lengths to time (default: 64 128; add 256 for the long run)")
+                        help="sequence lengths to time, per chain for a multimer preset (default: 64 128; "
+                        "add 256 for the long run)")
     parser.add_argument("--precisions", nargs="+", default=None, choices=["auto", "fp32", "bf16"],
                         help="af2cpu precisions to time (default: fp32, and bf16 where the CPU has native bf16; "
                              "the reference always runs DeepMind's fp32)")
@@ -35,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passes", type=int, default=1, help="timed recycling passes after the warm-up")
     parser.add_argument("--breakdown-length", type=int, default=None,
                         help="length of the per-module time breakdown (default: the largest length)")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the per-module breakdown (two more passes per precision)")
     parser.add_argument("--compile", action="store_true",
                         help="also time af2cpu with torch.compile (compile time reported separately)")
     parser.add_argument("--backends", nargs="+", default=["native"], choices=["native", "ipex"],
@@ -104,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or usable_cpu_count()
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if get_preset(args.preset).multimer:
+        if args.chains < 1:
+            raise ConfigError(f"--chains must be at least 1, got {args.chains}")
+        if args.default_msa_sizes or args.contention or args.batch is not None:
+            raise ConfigError(f"--preset {args.preset}: a multimer preset times one model pass (and --memory); "
+                              "--default-msa-sizes, --contention and --batch are for monomer presets")
     args.precisions = bench_precisions(args.precisions)
     args.batch_precision = str(resolve_precision(args.batch_precision))
     if args.batch is not None:
