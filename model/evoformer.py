@@ -214,6 +214,8 @@ class _TriangleMultiplication(_Chunked):
                                          self.right_gate], self.center_layer_norm)
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        if self.options.chunks.triangle_channels is not None:
+            return self._forward_in_channel_slabs(pair, pair_mask, self.options.chunks.triangle_channels)
         layer_norm_input, layers, center_layer_norm = self._input_layers()
         act = layer_norm_input(pair)
         n_rows, n_res, c_z = act.shape
@@ -255,6 +257,48 @@ class _TriangleMultiplication(_Chunked):
                 tri = center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
                 out_s = self.output_projection(tri, out=out[rows].view(-1, c_z))
                 out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
+        return out
+
+    def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int) -> torch.Tensor:
+        """``forward`` for long sequences: the projections and triangle sums a slab of ``slab``
+        intermediate channels at a time, the input layer norm recomputed for each block of rows that
+        needs it. Whole tensors: the triangle sums (c, L, L) and the output, in the pair's dtype;
+        the normalised pair and the four projections exist a block or a slab at a time."""
+        layer_norm_input, layers, center_layer_norm = self._input_layers()
+        n_rows, n_res, c_z = pair.shape
+        dtype = pair.dtype
+        w = torch.cat([layer.weights for layer in layers], dim=1)  # (c_z, 4c): left, right, gates
+        bias = torch.cat([layer.bias for layer in layers])
+        c = w.shape[1] // 4
+        mask = None if bool(pair_mask.bool().all()) else pair_mask.to(dtype)
+        step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
+                                      n_res * 4 * min(slab, c) * pair.element_size())
+        tri = pair.new_empty((c, n_rows, n_res))
+        for cs in chunk_slices(c, slab):
+            width = cs.stop - cs.start
+            index = torch.cat([torch.arange(cs.start, cs.stop) + k * c for k in range(4)])
+            w_t, b = w[:, index].to(dtype).t(), bias[index].to(dtype)[:, None]
+            proj = pair.new_empty((2 * width, n_rows, n_res))  # the slab's gated left and right
+            for s in chunk_slices(n_rows, step):
+                rows = s.stop - s.start
+                act_t = layer_norm_input(pair[s]).reshape(-1, c_z).t()
+                block = torch.addmm(b, w_t, act_t).view(4 * width, rows, n_res)
+                gate = block[2 * width:].sigmoid_()
+                if mask is not None:
+                    gate.mul_(mask[s])
+                torch.mul(block[:2 * width], gate, out=proj[:, s])
+            left, right = proj[:width], proj[width:]
+            if self.outgoing:
+                torch.bmm(left, right.transpose(1, 2), out=tri[cs])
+            else:
+                torch.bmm(right.transpose(1, 2), left, out=tri[cs])
+            del proj, left, right
+        out = torch.empty_like(pair)
+        for s in chunk_slices(n_rows, self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
+                                                             n_res * 4 * c * pair.element_size())):
+            normed = center_layer_norm(tri[:, s].permute(1, 2, 0)).reshape(-1, c)
+            out_s = self.output_projection(normed, out=out[s].view(-1, c_z))
+            out_s.mul_(torch.sigmoid_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z))))
         return out
 
 

@@ -33,6 +33,9 @@ template pair stack, with its H = triangle_num_head, c = num_intermediate_channe
 f = pair_transition_factor:
   triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b
   triangle multiplication  (3·C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
+     in channel slabs      (2·C + c + 2·k)·L²·b + st·(6·c + C)·L·b           k: channels per slab
+                           (ChunkSizes.triangle_channels): the sums whole, neither the normalised
+                           pair nor the whole projections
   pair transition          L²·C·b + st·(1 + f)·L·C·b
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
@@ -134,6 +137,7 @@ class _Term:
     name: str
     chunk_field: str | None  # the ChunkSizes field that bounds it, None if chunks do not help
     nbytes: int
+    other_fields: tuple[str, ...] = ()  # further fields that bound it (choose_chunks halves the best)
 
 
 def _eff(c: int | None, axis: int) -> int:
@@ -150,15 +154,24 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
     """The pair modules of a block on C channels (triangle multiplications of c channels)."""
     ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
     tm = _step(ch.triangle_multiplication, L, L * 4 * c * b, block)
-    tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
     tr = _step(ch.transition, L, L * transition_factor * C * b, block)
     return [
         _Term(f"{prefix}triangle attention", "triangle_attention",
               2 * L * L * C * b + 2 * heads * L * L * b + ta * (L * 7 * C + heads * L * L) * b),
-        _Term(f"{prefix}triangle multiplication", "triangle_multiplication",
-              (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b),
+        _triangle_multiplication_term(prefix, L, C, c, b, ch, tm),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
+
+
+def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, ch: ChunkSizes, tm: int) -> _Term:
+    """The triangle multiplication: whole (the normalised pair and the gated projections whole), or in
+    slabs of ``ch.triangle_channels`` channels (the sums whole, a slab's projections)."""
+    if ch.triangle_channels is None:
+        tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
+        nbytes = (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b
+    else:
+        nbytes = (2 * C + c + 2 * _eff(ch.triangle_channels, c)) * L * L * b + tm * (6 * c + C) * L * b
+    return _Term(f"{prefix}triangle multiplication", "triangle_channels", nbytes, ("triangle_multiplication",))
 
 
 def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int, ch: ChunkSizes,
@@ -275,10 +288,12 @@ def estimate_peak_memory(
     return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture)[0]
 
 
-def _axis(field: str, shape: TargetShape) -> int:
+def _axis(field: str, shape: TargetShape, a: Architecture) -> int:
     """The longest axis a chunk field slices (its value beyond that changes nothing)."""
     L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
     return {
+        "triangle_channels": max(a.evoformer.num_intermediate_channel, a.extra_msa.num_intermediate_channel,
+                                 a.template.num_intermediate_channel),
         "msa_row_attention": max(S, Se),
         "msa_column_attention": L,
         "triangle_attention": L,
@@ -304,12 +319,18 @@ def choose_chunks(
         estimate, top = _estimate(shape, b, chunks, block_bytes, architecture)
         if estimate.total <= limit:
             return chunks, estimate
-        field = top.chunk_field
-        if field is not None:
-            # Chunks help only if the smallest chunk brings this intermediate under the limit.
-            floor, floor_top = _estimate(shape, b, replace(chunks, **{field: 1}), block_bytes, architecture)
+        fields = [f for f in (top.chunk_field, *top.other_fields)
+                  if f is not None and (getattr(chunks, f) or _axis(f, shape, architecture)) > 1]
+        field = None
+        if fields:
+            # Chunks help only if the smallest chunks bring this intermediate under the limit.
+            floor, floor_top = _estimate(shape, b, replace(chunks, **dict.fromkeys(fields, 1)), block_bytes,
+                                         architecture)
             if floor.total > limit and floor_top.name == top.name:
-                estimate, field = floor, None
+                estimate = floor
+            else:  # halve the field that lowers the estimate most
+                field = min(fields, key=lambda f: _estimate(shape, b, _halved(chunks, f, shape, architecture),
+                                                            block_bytes, architecture)[0].total)
         if field is None:
             raise MemoryPlanError(
                 f"a target of {shape.residues} residues with {shape.msa_rows} MSA rows, {shape.extra_rows} "
@@ -318,9 +339,13 @@ def choose_chunks(
                 "runtime.precision=bf16 (on a CPU with native bf16: AVX512-BF16 or AMX), fewer MSA rows, or more "
                 "memory (runtime.memory_limit)"
             )
-        current = getattr(chunks, field) or _axis(field, shape)
-        smaller = 1 << ((current - 1).bit_length() - 1)  # the largest power of two below `current`
-        chunks = replace(chunks, **{field: smaller})
+        chunks = _halved(chunks, field, shape, architecture)
+
+
+def _halved(chunks: ChunkSizes, field: str, shape: TargetShape, a: Architecture) -> ChunkSizes:
+    """``chunks`` with ``field`` cut to the largest power of two below its current size."""
+    current = getattr(chunks, field) or _axis(field, shape, a)
+    return replace(chunks, **{field: 1 << ((current - 1).bit_length() - 1)})
 
 
 def plan_options(runtime, preset: Preset, shape: TargetShape,
