@@ -13,7 +13,7 @@ F_e = extra_msa_feat_dim, F_t = template.num_pair_features, A = 37 atom types.
 fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
              + parameters (P · 4: fp32 master weights, also in bf16 runs)
              + input features (S·L·F_m·4 + Se·L·F_e·4)
-             + recycled state (L²·c_z·4 + L·c_m·4 + L·A·3·4)
+             + recycled state (L²·c_z·b + L·c_m·4 + L·A·3·4: the pair in the trunk's dtype)
 resident     templates: 2·L²·c_z·b + S·L·c_m·b + T·L²·c_t·b
              extra_msa: 2·L²·c_z·b + S·L·c_m·b + 2·Se·L·c_e·b
              evoformer: 2·L²·c_z·b + 2·S·L·c_m·b
@@ -250,21 +250,22 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     return phases
 
 
-def _fixed(shape: TargetShape, a: Architecture) -> dict[str, int]:
+def _fixed(shape: TargetShape, a: Architecture, b: int) -> dict[str, int]:
     L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
     return {
         "runtime": RUNTIME_OVERHEAD,
         # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
         "parameters": parameter_count(a) * FP32,
         "features": S * L * a.msa_feat_dim * FP32 + Se * L * a.extra_msa_feat_dim * FP32,
-        "recycling": (L * L * a.pair_channel * FP32 + L * a.msa_channel * FP32
+        # The recycled pair is kept in the trunk's dtype (AlphaFold.predict), the rest in fp32.
+        "recycling": (L * L * a.pair_channel * b + L * a.msa_channel * FP32
                       + L * rc.atom_type_num * 3 * FP32),
     }
 
 
 def _estimate(shape: TargetShape, b: int, chunks: ChunkSizes, block: int | None,
               a: Architecture) -> tuple[MemoryEstimate, _Term]:
-    fixed = _fixed(shape, a)
+    fixed = _fixed(shape, a, b)
     best: tuple[MemoryEstimate, _Term] | None = None
     for phase, (resident, terms) in _phases(shape, b, chunks, block, a).items():
         top = max(terms, key=lambda t: t.nbytes)

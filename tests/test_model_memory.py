@@ -162,6 +162,9 @@ def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
     # The recycled pair (fp32) and the two pair tensors alive in a block grow by one pair each.
     pair = L * L * A.pair_channel
     assert after.fixed["recycling"] - before.fixed["recycling"] == pair * 4
+    # In bf16 the recycled pair is kept in bf16 (AlphaFold.predict).
+    bf16 = estimate_peak_memory(shape, "bf16", architecture=wide).fixed["recycling"]
+    assert after.fixed["recycling"] - bf16 == L * L * wide.pair_channel * (4 - 2)
     assert after.resident - before.resident == 2 * pair * b
     assert after.fixed["parameters"] > before.fixed["parameters"]
     assert after.largest[0] == before.largest[0] and after.largest[1] > before.largest[1]
