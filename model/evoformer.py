@@ -122,13 +122,10 @@ class OuterProductMean(_Chunked):
         self.output_b = nn.Parameter(torch.zeros(c_z))
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
-        act = self.layer_norm_input(msa)
-        mask = msa_mask[..., None].to(act.dtype)
-        left = mask * self.left_projection(act)  # (S, L, c)
-        right = mask * self.right_projection(act)
+        left, right = self._masked_projections(msa, msa_mask)  # (S, L, c) each
         n_seq, _, c = left.shape
         c_z = self.output_w.shape[-1]
-        b = self.output_b.to(act.dtype)
+        b = self.output_b.to(msa.dtype)
         # Two orders of the same sums. Outer products first: S*c*c + c*c*c_z products per residue
         # pair. The output weights folded into the left projection first: S*c*c_z per pair (plus an
         # L-sized term), fewer below c*c_z / (c_z - c) rows (42 in AlphaFold2); its batched products
@@ -142,7 +139,23 @@ class OuterProductMean(_Chunked):
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None]
-        return out.div_(1e-3 + norm).to(act.dtype)
+        return out.div_(1e-3 + norm).to(msa.dtype)
+
+    def _masked_projections(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masked left and right projections of the normalised MSA, (S, L, c) each, one GEMM a
+        block of MSA rows at a time: the normalised MSA and the unmasked projections exist one block
+        at a time (the extra-MSA stack's 5120 rows at long lengths: several GiB each)."""
+        n_seq, n_res, c_m = msa.shape
+        w = torch.cat([self.left_projection.weights, self.right_projection.weights], dim=1).to(msa.dtype)
+        bias = torch.cat([self.left_projection.bias, self.right_projection.bias]).to(msa.dtype)
+        c = w.shape[1] // 2
+        mask = msa_mask[..., None].to(msa.dtype)
+        left, right = msa.new_empty((n_seq, n_res, c)), msa.new_empty((n_seq, n_res, c))
+        for s in chunk_slices(n_seq, self.options.step_rows(None, n_seq, n_res * (c_m + 2 * c) * msa.element_size())):
+            both = torch.addmm(bias, self.layer_norm_input(msa[s]).reshape(-1, c_m), w).view(-1, n_res, 2 * c)
+            both.mul_(mask[s])
+            left[s], right[s] = both[..., :c], both[..., c:]
+        return left, right
 
     def _outer_first(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """out[i, j] = flatten(sum_s left[s, i] (x) right[s, j]) @ W + b, a block of rows i at a time."""

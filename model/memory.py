@@ -26,7 +26,8 @@ f = msa_transition_factor:
   MSA row attention        2·R·L·C·b + L²·c_z·b + 2·H·L²·b + st·(6·L·C + H·L²)·b
   MSA column attention     2·R·L·C·b + st·7·R·C·b
   column global attention  st·R·C·4·b + 3·R·L·C·b               (a stack with global_column_attention)
-  outer product mean       R·L·C·b + 4·R·L·o·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+  outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+                           sp: MSA rows per step of the projections; r = 1 with few rows (a copy)
   MSA transition           R·L·C·b + st·(1 + f)·L·C·b
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
 template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
@@ -184,6 +185,11 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
     opm = _step(ch.outer_product_mean, L, L * o * o * b, block)
     tr = _step(ch.transition, R, L * f * C * b, block)
+    # The outer product mean's projections, a block of `proj` rows at a time; with few rows its sums
+    # take a transposed copy of the right projection (OuterProductMean._few_rows).
+    proj = _step(None, R, L * (C + 2 * o) * b, block)
+    c_z = pair // (L * L * b)
+    few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
     if stack.global_column_attention:
         column = _Term(f"{prefix}MSA column global attention", "msa_column_attention",
                        cols * R * C * 4 * b + 3 * act)
@@ -194,7 +200,8 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
               2 * act + pair + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
         column,
         _Term(f"{prefix}outer product mean", "outer_product_mean",
-              act + 4 * R * L * o * b + pair + L * L * FP32 + 2 * opm * L * o * o * b),
+              (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + pair + L * L * FP32
+              + 2 * opm * L * o * o * b),
         _Term(f"{prefix}MSA transition", "transition", act + tr * L * (1 + f) * C * b),
     ]
 

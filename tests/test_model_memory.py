@@ -91,8 +91,9 @@ def test_target_that_cannot_fit_fails_with_the_numbers():
     message = str(failure.value)
     assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 4 templates" in message
     assert "the memory limit is 2.00 GiB" in message
-    # The triangle multiplications shrink in channel slabs; the extra stack's outer product mean cannot.
-    assert "chunking cannot make extra outer product mean small enough" in message
+    # The triangle multiplications shrink in channel slabs; the template point attention's pair-sized
+    # copies cannot.
+    assert "chunking cannot make template point attention small enough" in message
     assert "runtime.precision=bf16" in message
 
 
@@ -168,3 +169,10 @@ def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
     assert after.resident - before.resident == 2 * pair * b
     assert after.fixed["parameters"] > before.fixed["parameters"]
     assert after.largest[0] == before.largest[0] and after.largest[1] > before.largest[1]
+
+
+def test_two_thousand_residues_with_alphafold2s_default_msa_sizes_fit_22_gib_in_fp32():
+    # The outer product mean keeps only its masked projections whole (not the normalised extra MSA
+    # and unmasked copies) and the triangle multiplications go in channel slabs: 22.98 GiB before.
+    chunks, estimate = choose_chunks(22 * GIB, TargetShape(2000, 508, 5120, 4), "fp32")
+    assert estimate.total <= 22 * GIB and chunks.triangle_channels is not None
