@@ -42,7 +42,7 @@ and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
                            extra MSA and pair resident
   template features        L²·F_t·4 + 2·L²·c_t·b                            one template at a time
-  template point attention c·T·c_t·4·b + 3·L²·c_z·b                         c ≤ L² pairs
+  template point attention c·T·c_t·4·b + 3·L²·c_z·b (2·L²·c_z·b chunked)   c ≤ L² pairs
   heads                    2·L²·D·4 (distogram) + L²·E·4 (PAE) + S·L·M·4 (masked MSA) + 3·H_s·L²·4 (IPA)
                            D, E, M: heads.distogram_num_bins, pae_num_bins, masked_msa_num_output;
                            H_s: structure_module.num_head
@@ -237,8 +237,9 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                               t.pair_transition_factor, b, ch, block) + [
                 _Term("template features", None,
                       L * L * t.num_pair_features * FP32 + 2 * L * L * t.num_channel * b),
+                # Chunked, each chunk's output is written into the whole output (TemplateEmbedding).
                 _Term("template point attention", "template_attention",
-                      pa * T * t.num_channel * 4 * b + 3 * L * L * c_z * b),
+                      pa * T * t.num_channel * 4 * b + (3 if pa == L * L else 2) * L * L * c_z * b),
             ],
         )
     if Se:

@@ -25,6 +25,7 @@ from af2cpu.model.evoformer import (
     _Chunked,
 )
 from af2cpu.model.geometry import Rigid
+from af2cpu.model.options import chunk_slices
 from af2cpu.model.presets import TemplateConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -145,7 +146,14 @@ class TemplateEmbedding(_Chunked):
         query = pair.reshape(num_res * num_res, 1, c_z)
         templates = templates.reshape(num_res * num_res, template_mask.shape[0], -1)
         bias = mask_to_bias(template_mask)[None, None, None, :]
-        out = self.attention(query, templates, bias, None, self.options.chunks.template_attention)
+        chunk = self.options.chunks.template_attention
+        if chunk is None or chunk >= num_res * num_res:
+            return self.attention(query, templates, bias).reshape(num_res, num_res, c_z)
+        # Each chunk of residue pairs is written into the output as it is computed (no list of the
+        # chunks' outputs and its concatenated copy, two pair-sized tensors at long lengths).
+        out = pair.new_empty((num_res * num_res, 1, c_z))
+        for s in chunk_slices(num_res * num_res, chunk):
+            out[s] = self.attention(query[s], templates[s], bias)
         return out.reshape(num_res, num_res, c_z)
 
 

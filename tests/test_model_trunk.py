@@ -288,7 +288,11 @@ def test_template_embedding_matches_reference(processed):
     batch = {k: torch.from_numpy(np.asarray(v)) for k, v in templ.items()}
     with torch.no_grad():
         got = ours(torch.from_numpy(pair), batch, torch.from_numpy(mask_2d))
+        # Chunks of residue pairs (400 = 6 * 64 + 16), each written into the output.
+        ours.options = Options(chunks=ChunkSizes(template_attention=64))
+        chunked = ours(torch.from_numpy(pair), batch, torch.from_numpy(mask_2d))
     assert _rel_err(got, ref) < RTOL  # measured 5.8e-7
+    assert _rel_err(chunked, ref) < RTOL
 
 
 def test_embeddings_and_evoformer_match_reference(processed):
