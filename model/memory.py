@@ -34,7 +34,7 @@ template pair stack, with its H = triangle_num_head, c = num_intermediate_channe
 f = pair_transition_factor:
   triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b
   triangle multiplication  (3·C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
-     in channel slabs      (2·C + c + 2·k)·L²·b + st·(6·c + C)·L·b           k: channels per slab
+     in channel slabs      max(C + c + 2·k, 2·C)·L²·b + st·(6·c + C)·L·b     k: channels per slab
                            (ChunkSizes.triangle_channels): the sums whole, neither the normalised
                            pair nor the whole projections
   pair transition          L²·C·b + st·(1 + f)·L·C·b
@@ -171,7 +171,9 @@ def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, c
         tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
         nbytes = (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b
     else:
-        nbytes = (2 * C + c + 2 * _eff(ch.triangle_channels, c)) * L * L * b + tm * (6 * c + C) * L * b
+        # Inside: the output, the sums and a slab's projections (the input pair is resident); after,
+        # the output and the residual sum.
+        nbytes = max(C + c + 2 * _eff(ch.triangle_channels, c), 2 * C) * L * L * b + tm * (6 * c + C) * L * b
     return _Term(f"{prefix}triangle multiplication", "triangle_channels", nbytes, ("triangle_multiplication",))
 
 

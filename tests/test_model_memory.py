@@ -91,8 +91,9 @@ def test_target_that_cannot_fit_fails_with_the_numbers():
     message = str(failure.value)
     assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 4 templates" in message
     assert "the memory limit is 2.00 GiB" in message
-    # The triangle multiplications shrink in channel slabs, down to their sums and output.
-    assert "chunking cannot make triangle multiplication small enough" in message
+    # The triangle multiplications shrink in channel slabs; the extra MSA row attention's whole
+    # tensors (its input, output and the pair) cannot.
+    assert "chunking cannot make extra MSA row attention small enough" in message
     assert "runtime.precision=bf16" in message
 
 
@@ -100,15 +101,18 @@ def test_triangle_multiplication_shrinks_in_channel_slabs_down_to_its_sums():
     shape = TargetShape(2000, 16, 0, 0)  # a shallow MSA: the Evoformer's triangle multiplication tops
     whole = estimate_peak_memory(shape, "fp32")
     assert whole.largest[0] == "triangle multiplication"
-    chunks, estimate = choose_chunks(14 * GIB, shape, "fp32")
-    assert chunks == ChunkSizes(triangle_channels=32) and estimate.total <= 14 * GIB < whole.total
-    assert estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=64)).total > 14 * GIB
+    chunks, estimate = choose_chunks(12 * GIB, shape, "fp32")
+    assert chunks == ChunkSizes(triangle_channels=32) and estimate.total <= 12 * GIB < whole.total
+    assert estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=64)).total > 12 * GIB
     # Neither the normalised pair (c_z) nor half the projections (c) exist, a slab of 2·32 does.
     L, c = 2000, A.evoformer.num_intermediate_channel
     assert whole.largest[1] - estimate.largest[1] >= (A.pair_channel + c - 2 * 32) * L * L * 4
-    # Slabs of one channel leave the sums and the output: a tighter limit is refused up front.
-    with pytest.raises(MemoryPlanError, match="cannot make triangle multiplication small enough"):
-        choose_chunks(12 * GIB, shape, "fp32")
+    # Slabs of one channel leave the sums and the output, as large as the triangle attention's whole
+    # tensors: a tighter limit is refused up front.
+    floor = estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=1))
+    assert floor.largest[1] >= 2 * A.pair_channel * L * L * 4
+    with pytest.raises(MemoryPlanError, match="cannot make triangle attention small enough"):
+        choose_chunks(10 * GIB, shape, "fp32")
 
 
 def test_bad_shape_or_precision_is_a_config_error():
