@@ -17,7 +17,7 @@ fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
 resident     templates: 2·L²·c_z·b + S·L·c_m·b + T·L²·c_t·b
              extra_msa: 2·L²·c_z·b + S·L·c_m·b + 2·Se·L·c_e·b
              evoformer: 2·L²·c_z·b + 2·S·L·c_m·b
-             heads:     L²·c_z·b + S·L·c_m·b
+             heads:     L²·c_z·4 + S·L·c_m·4                (fp32 copies)
 intermediates (each counted with the module's own input copies and output; st = rows per step,
 the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
 The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Evoformer and
@@ -251,8 +251,10 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                            _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block))
     h = a.heads
     # The PAE head is counted whether the preset has it or not: an upper bound, as the parameters are.
+    # The heads and the structure module read the trunk's representations as fp32 copies (the
+    # trunk's own are gone by then), whatever the trunk's precision.
     phases["heads"] = (
-        pair + msa,
+        (pair + msa) // b * FP32,
         [_Term("heads and structure module", None,
                (2 * h.distogram_num_bins + h.pae_num_bins) * L * L * FP32
                + S * L * h.masked_msa_num_output * FP32 + 3 * a.structure_module.num_head * L * L * FP32)],
