@@ -356,15 +356,21 @@ class AlphaFold(nn.Module):
         seq_mask = seq_mask.astype(np.float32)
         num_res = seq_mask.shape[0]
         a = self.preset.architecture
+        # The recycled pair is kept in the trunk's dtype: the trunk's pair is that dtype, so a bf16
+        # copy holds the same numbers as the fp32 representation, in half the memory.
+        pair_dtype = self.options.dtype
         prev = {"prev_msa_first_row": torch.zeros(num_res, a.msa_channel),
-                "prev_pair": torch.zeros(num_res, num_res, a.pair_channel),
+                "prev_pair": torch.zeros(num_res, num_res, a.pair_channel, dtype=pair_dtype),
                 "prev_pos": torch.zeros(num_res, rc.atom_type_num, 3)}
         recycles = []
         for i in range(num_recycle + 1):
             batch = pass_batch(i)
+            # The previous pass's outputs (its fp32 pair, distogram and PAE logits: each L²-sized)
+            # are not needed while this pass runs; only `prev` is.
+            ret = out = None
             ret = self.alphafold_iteration(batch, prev)
             new_prev = {"prev_msa_first_row": ret["representations"]["msa_first_row"],
-                        "prev_pair": ret["representations"]["pair"],
+                        "prev_pair": ret["representations"]["pair"].to(pair_dtype),
                         "prev_pos": ret["structure_module"]["final_atom_positions"]}
             out = _to_numpy(ret)
             out.update(confidence.confidence_metrics(out, residue_weights=seq_mask, asym_id=asym_id))

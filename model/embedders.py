@@ -122,7 +122,8 @@ class RecyclingEmbedder(nn.Module):
     def pair_rows(self, aatype, prev_pos, prev_pair, rows: slice = slice(None)) -> torch.Tensor:
         """The pair update's rows ``rows``: (rows, L, c_z)."""
         dgram = dgram_from_positions(pseudo_beta(aatype, prev_pos), *self.bins, rows=rows)
-        return self.prev_pos_linear(dgram) + self.prev_pair_norm(prev_pair[rows])
+        # The recycled pair may be kept in bf16 (AlphaFold.predict); its layer norm runs in fp32.
+        return self.prev_pos_linear(dgram) + self.prev_pair_norm(prev_pair[rows].float())
 
 
 class ExtraMsaEmbedder(nn.Module):

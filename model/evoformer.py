@@ -122,13 +122,10 @@ class OuterProductMean(_Chunked):
         self.output_b = nn.Parameter(torch.zeros(c_z))
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
-        act = self.layer_norm_input(msa)
-        mask = msa_mask[..., None].to(act.dtype)
-        left = mask * self.left_projection(act)  # (S, L, c)
-        right = mask * self.right_projection(act)
+        left, right = self._masked_projections(msa, msa_mask)  # (S, L, c) each
         n_seq, _, c = left.shape
         c_z = self.output_w.shape[-1]
-        b = self.output_b.to(act.dtype)
+        b = self.output_b.to(msa.dtype)
         # Two orders of the same sums. Outer products first: S*c*c + c*c*c_z products per residue
         # pair. The output weights folded into the left projection first: S*c*c_z per pair (plus an
         # L-sized term), fewer below c*c_z / (c_z - c) rows (42 in AlphaFold2); its batched products
@@ -142,7 +139,23 @@ class OuterProductMean(_Chunked):
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None]
-        return out.div_(1e-3 + norm).to(act.dtype)
+        return out.div_(1e-3 + norm).to(msa.dtype)
+
+    def _masked_projections(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masked left and right projections of the normalised MSA, (S, L, c) each, one GEMM a
+        block of MSA rows at a time: the normalised MSA and the unmasked projections exist one block
+        at a time (the extra-MSA stack's 5120 rows at long lengths: several GiB each)."""
+        n_seq, n_res, c_m = msa.shape
+        w = torch.cat([self.left_projection.weights, self.right_projection.weights], dim=1).to(msa.dtype)
+        bias = torch.cat([self.left_projection.bias, self.right_projection.bias]).to(msa.dtype)
+        c = w.shape[1] // 2
+        mask = msa_mask[..., None].to(msa.dtype)
+        left, right = msa.new_empty((n_seq, n_res, c)), msa.new_empty((n_seq, n_res, c))
+        for s in chunk_slices(n_seq, self.options.step_rows(None, n_seq, n_res * (c_m + 2 * c) * msa.element_size())):
+            both = torch.addmm(bias, self.layer_norm_input(msa[s]).reshape(-1, c_m), w).view(-1, n_res, 2 * c)
+            both.mul_(mask[s])
+            left[s], right[s] = both[..., :c], both[..., c:]
+        return left, right
 
     def _outer_first(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """out[i, j] = flatten(sum_s left[s, i] (x) right[s, j]) @ W + b, a block of rows i at a time."""
@@ -216,6 +229,8 @@ class _TriangleMultiplication(_Chunked):
                                          self.right_gate], self.center_layer_norm)
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        if self.options.chunks.triangle_channels is not None:
+            return self._forward_in_channel_slabs(pair, pair_mask, self.options.chunks.triangle_channels)
         layer_norm_input, layers, center_layer_norm = self._input_layers()
         act = layer_norm_input(pair)
         n_rows, n_res, c_z = act.shape
@@ -260,6 +275,48 @@ class _TriangleMultiplication(_Chunked):
                 tri = center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
                 out_s = self.output_projection(tri, out=out[rows].view(-1, c_z))
                 out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
+        return out
+
+    def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int) -> torch.Tensor:
+        """``forward`` for long sequences: the projections and triangle sums a slab of ``slab``
+        intermediate channels at a time, the input layer norm recomputed for each block of rows that
+        needs it. Whole tensors: the triangle sums (c, L, L) and the output, in the pair's dtype;
+        the normalised pair and the four projections exist a block or a slab at a time."""
+        layer_norm_input, layers, center_layer_norm = self._input_layers()
+        n_rows, n_res, c_z = pair.shape
+        dtype = pair.dtype
+        w = torch.cat([layer.weights for layer in layers], dim=1)  # (c_z, 4c): left, right, gates
+        bias = torch.cat([layer.bias for layer in layers])
+        c = w.shape[1] // 4
+        mask = None if bool(pair_mask.bool().all()) else pair_mask.to(dtype)
+        step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
+                                      n_res * 4 * min(slab, c) * pair.element_size())
+        tri = pair.new_empty((c, n_rows, n_res))
+        for cs in chunk_slices(c, slab):
+            width = cs.stop - cs.start
+            index = torch.cat([torch.arange(cs.start, cs.stop) + k * c for k in range(4)])
+            w_t, b = w[:, index].to(dtype).t(), bias[index].to(dtype)[:, None]
+            proj = pair.new_empty((2 * width, n_rows, n_res))  # the slab's gated left and right
+            for s in chunk_slices(n_rows, step):
+                rows = s.stop - s.start
+                act_t = layer_norm_input(pair[s]).reshape(-1, c_z).t()
+                block = torch.addmm(b, w_t, act_t).view(4 * width, rows, n_res)
+                gate = block[2 * width:].sigmoid_()
+                if mask is not None:
+                    gate.mul_(mask[s])
+                torch.mul(block[:2 * width], gate, out=proj[:, s])
+            left, right = proj[:width], proj[width:]
+            if self.outgoing:
+                torch.bmm(left, right.transpose(1, 2), out=tri[cs])
+            else:
+                torch.bmm(right.transpose(1, 2), left, out=tri[cs])
+            del proj, left, right
+        out = torch.empty_like(pair)
+        for s in chunk_slices(n_rows, self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
+                                                             n_res * 4 * c * pair.element_size())):
+            normed = center_layer_norm(tri[:, s].permute(1, 2, 0)).reshape(-1, c)
+            out_s = self.output_projection(normed, out=out[s].view(-1, c_z))
+            out_s.mul_(torch.sigmoid_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z))))
         return out
 
 

@@ -13,11 +13,11 @@ F_e = extra_msa_feat_dim, F_t = template.num_pair_features, A = 37 atom types.
 fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
              + parameters (P · 4: fp32 master weights, also in bf16 runs)
              + input features (S·L·F_m·4 + Se·L·F_e·4)
-             + recycled state (L²·c_z·4 + L·c_m·4 + L·A·3·4)
+             + recycled state (L²·c_z·b + L·c_m·4 + L·A·3·4: the pair in the trunk's dtype)
 resident     templates: 2·L²·c_z·b + S·L·c_m·b + T·L²·c_t·b
              extra_msa: 2·L²·c_z·b + S·L·c_m·b + 2·Se·L·c_e·b
              evoformer: 2·L²·c_z·b + 2·S·L·c_m·b
-             heads:     L²·c_z·b + S·L·c_m·b
+             heads:     L²·c_z·4 + S·L·c_m·4                (fp32 copies)
 intermediates (each counted with the module's own input copies and output; st = rows per step,
 the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
 The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Evoformer and
@@ -26,19 +26,23 @@ f = msa_transition_factor:
   MSA row attention        2·R·L·C·b + L²·c_z·b + 2·H·L²·b + st·(6·L·C + H·L²)·b
   MSA column attention     2·R·L·C·b + st·7·R·C·b
   column global attention  st·R·C·4·b + 3·R·L·C·b               (a stack with global_column_attention)
-  outer product mean       R·L·C·b + 4·R·L·o·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+  outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+                           sp: MSA rows per step of the projections; r = 1 with few rows (a copy)
   MSA transition           R·L·C·b + st·(1 + f)·L·C·b
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
 template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
 f = pair_transition_factor:
   triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b
   triangle multiplication  (3·C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
+     in channel slabs      max(C + c + 2·k, 2·C)·L²·b + st·(6·c + C)·L·b     k: channels per slab
+                           (ChunkSizes.triangle_channels): the sums whole, neither the normalised
+                           pair nor the whole projections
   pair transition          L²·C·b + st·(1 + f)·L·C·b
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
                            extra MSA and pair resident
   template features        L²·F_t·4 + 2·L²·c_t·b                            one template at a time
-  template point attention c·T·c_t·4·b + 3·L²·c_z·b                         c ≤ L² pairs
+  template point attention c·T·c_t·4·b + 3·L²·c_z·b (2·L²·c_z·b chunked)   c ≤ L² pairs
   heads                    2·L²·D·4 (distogram) + L²·E·4 (PAE) + S·L·M·4 (masked MSA) + 3·H_s·L²·4 (IPA)
                            D, E, M: heads.distogram_num_bins, pae_num_bins, masked_msa_num_output;
                            H_s: structure_module.num_head
@@ -144,6 +148,7 @@ class _Term:
     name: str
     chunk_field: str | None  # the ChunkSizes field that bounds it, None if chunks do not help
     nbytes: int
+    other_fields: tuple[str, ...] = ()  # further fields that bound it (choose_chunks halves the best)
 
 
 def _eff(c: int | None, axis: int) -> int:
@@ -160,15 +165,26 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
     """The pair modules of a block on C channels (triangle multiplications of c channels)."""
     ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
     tm = _step(ch.triangle_multiplication, L, L * 4 * c * b, block)
-    tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
     tr = _step(ch.transition, L, L * transition_factor * C * b, block)
     return [
         _Term(f"{prefix}triangle attention", "triangle_attention",
               2 * L * L * C * b + 2 * heads * L * L * b + ta * (L * 7 * C + heads * L * L) * b),
-        _Term(f"{prefix}triangle multiplication", "triangle_multiplication",
-              (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b),
+        _triangle_multiplication_term(prefix, L, C, c, b, ch, tm),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
+
+
+def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, ch: ChunkSizes, tm: int) -> _Term:
+    """The triangle multiplication: whole (the normalised pair and the gated projections whole), or in
+    slabs of ``ch.triangle_channels`` channels (the sums whole, a slab's projections)."""
+    if ch.triangle_channels is None:
+        tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
+        nbytes = (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b
+    else:
+        # Inside: the output, the sums and a slab's projections (the input pair is resident); after,
+        # the output and the residual sum.
+        nbytes = max(C + c + 2 * _eff(ch.triangle_channels, c), 2 * C) * L * L * b + tm * (6 * c + C) * L * b
+    return _Term(f"{prefix}triangle multiplication", "triangle_channels", nbytes, ("triangle_multiplication",))
 
 
 def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int, ch: ChunkSizes,
@@ -181,6 +197,11 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
     opm = _step(ch.outer_product_mean, L, L * o * o * b, block)
     tr = _step(ch.transition, R, L * f * C * b, block)
+    # The outer product mean's projections, a block of `proj` rows at a time; with few rows its sums
+    # take a transposed copy of the right projection (OuterProductMean._few_rows).
+    proj = _step(None, R, L * (C + 2 * o) * b, block)
+    c_z = pair // (L * L * b)
+    few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
     if stack.global_column_attention:
         column = _Term(f"{prefix}MSA column global attention", "msa_column_attention",
                        cols * R * C * 4 * b + 3 * act)
@@ -191,7 +212,8 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
               2 * act + pair + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
         column,
         _Term(f"{prefix}outer product mean", "outer_product_mean",
-              act + 4 * R * L * o * b + pair + L * L * FP32 + 2 * opm * L * o * o * b),
+              (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + pair + L * L * FP32
+              + 2 * opm * L * o * o * b),
         _Term(f"{prefix}MSA transition", "transition", act + tr * L * (1 + f) * C * b),
     ]
 
@@ -229,8 +251,9 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                               t.pair_transition_factor, b, ch, block) + [
                 _Term("template features", None,
                       L * L * t.num_pair_features * FP32 + 2 * L * L * t.num_channel * b),
+                # Chunked, each chunk's output is written into the whole output (TemplateEmbedding).
                 _Term("template point attention", "template_attention",
-                      pa * T * t.num_channel * 4 * b + 3 * L * L * c_z * b),
+                      pa * T * t.num_channel * 4 * b + (3 if pa == L * L else 2) * L * L * c_z * b),
             ],
         )
     if Se:
@@ -243,8 +266,10 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                                             (Se + 3 * S) * L * _MSA_CLASSES * FP32 + S * Se * FP32)])
     h = a.heads
     # The PAE head is counted whether the preset has it or not: an upper bound, as the parameters are.
+    # The heads and the structure module read the trunk's representations as fp32 copies (the
+    # trunk's own are gone by then), whatever the trunk's precision.
     phases["heads"] = (
-        pair + msa,
+        (pair + msa) // b * FP32,
         [_Term("heads and structure module", None,
                (2 * h.distogram_num_bins + h.pae_num_bins) * L * L * FP32
                + S * L * h.masked_msa_num_output * FP32 + 3 * a.structure_module.num_head * L * L * FP32)],
@@ -273,7 +298,7 @@ def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, b
     )
 
 
-def _fixed(shape: TargetShape, a: Architecture) -> dict[str, int]:
+def _fixed(shape: TargetShape, a: Architecture, b: int) -> dict[str, int]:
     L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
     if a.template.multimer:
         # The pass's msa_feat and extra-MSA features (residue int64, has-deletion, deletion value), and
@@ -287,14 +312,15 @@ def _fixed(shape: TargetShape, a: Architecture) -> dict[str, int]:
         # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
         "parameters": parameter_count(a) * FP32,
         "features": features,
-        "recycling": (L * L * a.pair_channel * FP32 + L * a.msa_channel * FP32
+        # The recycled pair is kept in the trunk's dtype (AlphaFold.predict), the rest in fp32.
+        "recycling": (L * L * a.pair_channel * b + L * a.msa_channel * FP32
                       + L * rc.atom_type_num * 3 * FP32),
     }
 
 
 def _estimate(shape: TargetShape, b: int, chunks: ChunkSizes, block: int | None,
               a: Architecture) -> tuple[MemoryEstimate, _Term]:
-    fixed = _fixed(shape, a)
+    fixed = _fixed(shape, a, b)
     best: tuple[MemoryEstimate, _Term] | None = None
     for phase, (resident, terms) in _phases(shape, b, chunks, block, a).items():
         top = max(terms, key=lambda t: t.nbytes)
@@ -318,10 +344,12 @@ def estimate_peak_memory(
     return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture)[0]
 
 
-def _axis(field: str, shape: TargetShape) -> int:
+def _axis(field: str, shape: TargetShape, a: Architecture) -> int:
     """The longest axis a chunk field slices (its value beyond that changes nothing)."""
     L, S, Se = shape.residues, shape.msa_rows, shape.extra_rows
     return {
+        "triangle_channels": max(a.evoformer.num_intermediate_channel, a.extra_msa.num_intermediate_channel,
+                                 a.template.num_intermediate_channel),
         "msa_row_attention": max(S, Se),
         "msa_column_attention": L,
         "triangle_attention": L,
@@ -347,12 +375,18 @@ def choose_chunks(
         estimate, top = _estimate(shape, b, chunks, block_bytes, architecture)
         if estimate.total <= limit:
             return chunks, estimate
-        field = top.chunk_field
-        if field is not None:
-            # Chunks help only if the smallest chunk brings this intermediate under the limit.
-            floor, floor_top = _estimate(shape, b, replace(chunks, **{field: 1}), block_bytes, architecture)
+        fields = [f for f in (top.chunk_field, *top.other_fields)
+                  if f is not None and (getattr(chunks, f) or _axis(f, shape, architecture)) > 1]
+        field = None
+        if fields:
+            # Chunks help only if the smallest chunks bring this intermediate under the limit.
+            floor, floor_top = _estimate(shape, b, replace(chunks, **dict.fromkeys(fields, 1)), block_bytes,
+                                         architecture)
             if floor.total > limit and floor_top.name == top.name:
-                estimate, field = floor, None
+                estimate = floor
+            else:  # halve the field that lowers the estimate most
+                field = min(fields, key=lambda f: _estimate(shape, b, _halved(chunks, f, shape, architecture),
+                                                            block_bytes, architecture)[0].total)
         if field is None:
             raise MemoryPlanError(
                 f"a target of {shape.residues} residues with {shape.msa_rows} MSA rows, {shape.extra_rows} "
@@ -361,9 +395,13 @@ def choose_chunks(
                 "runtime.precision=bf16 (on a CPU with native bf16: AVX512-BF16 or AMX), fewer MSA rows, or more "
                 "memory (runtime.memory_limit)"
             )
-        current = getattr(chunks, field) or _axis(field, shape)
-        smaller = 1 << ((current - 1).bit_length() - 1)  # the largest power of two below `current`
-        chunks = replace(chunks, **{field: smaller})
+        chunks = _halved(chunks, field, shape, architecture)
+
+
+def _halved(chunks: ChunkSizes, field: str, shape: TargetShape, a: Architecture) -> ChunkSizes:
+    """``chunks`` with ``field`` cut to the largest power of two below its current size."""
+    current = getattr(chunks, field) or _axis(field, shape, a)
+    return replace(chunks, **{field: 1 << ((current - 1).bit_length() - 1)})
 
 
 def plan_options(runtime, preset: Preset, shape: TargetShape,

@@ -55,6 +55,10 @@ class ChunkSizes:
     template_attention: int | None = None  # residue pairs per slice of the point-wise attention
     outer_product_mean: int | None = None  # residues (left index) per slice
     triangle_multiplication: int | None = None  # output rows per slice
+    # Intermediate channels per slab of the triangle multiplication: its projections and triangle sums
+    # are computed a slab of channels at a time (the input layer norm recomputed per block of rows),
+    # so neither the normalised pair nor all projections exist whole, only the (c, L, L) sums.
+    triangle_channels: int | None = None
     transition: int | None = None  # leading rows per slice
 
     def __post_init__(self):

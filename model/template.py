@@ -25,6 +25,7 @@ from af2cpu.model.evoformer import (
     _Chunked,
 )
 from af2cpu.model.geometry import Rigid
+from af2cpu.model.options import chunk_slices
 from af2cpu.model.presets import TemplateConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -132,15 +133,27 @@ class TemplateEmbedding(_Chunked):
             return torch.zeros_like(pair)
         names = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                  "template_pseudo_beta", "template_pseudo_beta_mask")
-        templates = torch.stack([
-            self.single_template_embedding(*(batch[k][t] for k in names), mask_2d, pair.dtype)
-            for t in range(template_mask.shape[0])
-        ], dim=2)  # (L, L, T, c_t)
         num_res, c_z = pair.shape[0], pair.shape[-1]
+        # Each template's embedding is written into its slot as it is computed: the templates exist
+        # once, not also as a list of the embeddings before a stack.
+        templates = None  # (L, L, T, c_t)
+        for t in range(template_mask.shape[0]):
+            one = self.single_template_embedding(*(batch[k][t] for k in names), mask_2d, pair.dtype)
+            if templates is None:
+                templates = one.new_empty((num_res, num_res, template_mask.shape[0], one.shape[-1]))
+            templates[:, :, t] = one
+            del one
         query = pair.reshape(num_res * num_res, 1, c_z)
         templates = templates.reshape(num_res * num_res, template_mask.shape[0], -1)
         bias = mask_to_bias(template_mask)[None, None, None, :]
-        out = self.attention(query, templates, bias, None, self.options.chunks.template_attention)
+        chunk = self.options.chunks.template_attention
+        if chunk is None or chunk >= num_res * num_res:
+            return self.attention(query, templates, bias).reshape(num_res, num_res, c_z)
+        # Each chunk of residue pairs is written into the output as it is computed (no list of the
+        # chunks' outputs and its concatenated copy, two pair-sized tensors at long lengths).
+        out = pair.new_empty((num_res * num_res, 1, c_z))
+        for s in chunk_slices(num_res * num_res, chunk):
+            out[s] = self.attention(query[s], templates[s], bias)
         return out.reshape(num_res, num_res, c_z)
 
 

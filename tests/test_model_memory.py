@@ -91,7 +91,28 @@ def test_target_that_cannot_fit_fails_with_the_numbers():
     message = str(failure.value)
     assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 4 templates" in message
     assert "the memory limit is 2.00 GiB" in message
-    assert "triangle multiplication" in message and "runtime.precision=bf16" in message
+    # The triangle multiplications shrink in channel slabs; the extra MSA row attention's whole
+    # tensors (its input, output and the pair) cannot.
+    assert "chunking cannot make extra MSA row attention small enough" in message
+    assert "runtime.precision=bf16" in message
+
+
+def test_triangle_multiplication_shrinks_in_channel_slabs_down_to_its_sums():
+    shape = TargetShape(2000, 16, 0, 0)  # a shallow MSA: the Evoformer's triangle multiplication tops
+    whole = estimate_peak_memory(shape, "fp32")
+    assert whole.largest[0] == "triangle multiplication"
+    chunks, estimate = choose_chunks(12 * GIB, shape, "fp32")
+    assert chunks == ChunkSizes(triangle_channels=32) and estimate.total <= 12 * GIB < whole.total
+    assert estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=64)).total > 12 * GIB
+    # Neither the normalised pair (c_z) nor half the projections (c) exist, a slab of 2·32 does.
+    L, c = 2000, A.evoformer.num_intermediate_channel
+    assert whole.largest[1] - estimate.largest[1] >= (A.pair_channel + c - 2 * 32) * L * L * 4
+    # Slabs of one channel leave the sums and the output, as large as the triangle attention's whole
+    # tensors: a tighter limit is refused up front.
+    floor = estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=1))
+    assert floor.largest[1] >= 2 * A.pair_channel * L * L * 4
+    with pytest.raises(MemoryPlanError, match="cannot make triangle attention small enough"):
+        choose_chunks(10 * GIB, shape, "fp32")
 
 
 def test_bad_shape_or_precision_is_a_config_error():
@@ -145,6 +166,9 @@ def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
     # The recycled pair (fp32) and the two pair tensors alive in a block grow by one pair each.
     pair = L * L * A.pair_channel
     assert after.fixed["recycling"] - before.fixed["recycling"] == pair * 4
+    # In bf16 the recycled pair is kept in bf16 (AlphaFold.predict).
+    bf16 = estimate_peak_memory(shape, "bf16", architecture=wide).fixed["recycling"]
+    assert after.fixed["recycling"] - bf16 == L * L * wide.pair_channel * (4 - 2)
     assert after.resident - before.resident == 2 * pair * b
     assert after.fixed["parameters"] > before.fixed["parameters"]
     assert after.largest[0] == before.largest[0] and after.largest[1] > before.largest[1]
@@ -187,3 +211,13 @@ def test_multimer_templates_are_embedded_one_at_a_time():
     # Compiled blocks (no cache blocks) at 2 x 384 residues under 6 GiB: the planner chunks the multimer's stacks.
     chunks, estimate = choose_chunks(6 * GIB, TargetShape(768, 508, 2048, 4), "fp32", block_bytes=None, architecture=a)
     assert estimate.total <= 6 * GIB and chunks.msa_row_attention is not None
+
+
+@pytest.mark.parametrize("length, precision", [(2000, "fp32"), (3200, "bf16")])
+def test_long_targets_with_alphafold2s_default_msa_sizes_fit_22_gib(length, precision):
+    # The outer product mean keeps only its masked projections whole (not the normalised extra MSA
+    # and unmasked copies), the triangle multiplications go in channel slabs, the recycled pair is
+    # kept in the trunk's dtype and chunked template attention writes straight into its output;
+    # before, 2000 residues in fp32 needed 22.98 GiB, 3200 in bf16 29.21 GiB.
+    chunks, estimate = choose_chunks(22 * GIB, TargetShape(length, 508, 5120, 4), precision)
+    assert estimate.total <= 22 * GIB and chunks.triangle_channels is not None

@@ -178,8 +178,17 @@ def test_whole_model_runs_in_bf16_end_to_end():
     features = _hbb_features(preset, num_recycle=1, num_res=BF16_NUM_RES)
     fp32 = model.predict(features, num_recycle=1)
     model.set_options(Options(precision="bf16"))
-    bf16 = model.predict(features, num_recycle=1)
-    model.set_options(Options())
+    passes = []  # (the recycled pair a pass reads, the fp32 pair it returns)
+    hook = model.alphafold_iteration.register_forward_hook(
+        lambda module, args, ret: passes.append((args[1]["prev_pair"], ret["representations"]["pair"])))
+    try:
+        bf16 = model.predict(features, num_recycle=1)
+    finally:
+        hook.remove()
+        model.set_options(Options())
+    # The recycled pair is kept in bf16, the same numbers as the first pass's fp32 representation.
+    assert [prev.dtype for prev, _ in passes] == [torch.bfloat16, torch.bfloat16]
+    assert torch.equal(passes[1][0].float(), passes[0][1])
     for name in ("single", "pair", "msa"):
         assert bf16["representations"][name].dtype == np.float32  # heads and structure module: fp32
     for value in (bf16["structure_module"]["final_atom_positions"], bf16["plddt"], bf16["predicted_aligned_error"]):

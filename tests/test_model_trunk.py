@@ -14,7 +14,7 @@ import torch
 
 from af2cpu.model import evoformer as evo
 from af2cpu.model import options as model_options
-from af2cpu.model.options import Options
+from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.params import export_params, load_params, random_params
 from af2cpu.model.presets import Architecture
 
@@ -219,11 +219,16 @@ def test_evoformer_block_chunked_equals_unchunked(options, num_seq):
         assert float((a - b).abs().max() / a.abs().max()) < 1e-6  # measured 1.1e-7 (summation order)
 
 
-@pytest.mark.parametrize("options", [Options(block_bytes=1), Options.chunked(4)], ids=["one_row_steps", "chunks"])
+@pytest.mark.parametrize("options", [
+    Options(block_bytes=1), Options(chunks=ChunkSizes(triangle_multiplication=4)), Options.chunked(4),
+    Options(chunks=ChunkSizes(triangle_channels=5), block_bytes=1)],
+    ids=["one_row_steps", "row_chunks", "chunks", "channel_slabs_one_row_steps"])
 @pytest.mark.parametrize("kind", ["triangle_multiplication_outgoing", "triangle_multiplication_incoming"])
 def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind):
     # The triangle sums take TRIANGLE_PRODUCT_ROWS rows a GEMM (5 here: blocks 0-5, 5-10, 10-13), the
     # layer norm and projections smaller steps inside each block, or the memory chunk bounds both.
+    # With triangle_channels the projections and sums go a slab of channels at a time (5, 5, ..., 3
+    # of 128), the input layer norm recomputed for each block of rows.
     monkeypatch.setattr(model_options, "TRIANGLE_PRODUCT_ROWS", 5)
     cls = evo.TriangleMultiplicationOutgoing if kind.endswith("outgoing") else evo.TriangleMultiplicationIncoming
     module = cls(A.pair_channel, STACK.num_intermediate_channel)
@@ -283,7 +288,11 @@ def test_template_embedding_matches_reference(processed):
     batch = {k: torch.from_numpy(np.asarray(v)) for k, v in templ.items()}
     with torch.no_grad():
         got = ours(torch.from_numpy(pair), batch, torch.from_numpy(mask_2d))
+        # Chunks of residue pairs (400 = 6 * 64 + 16), each written into the output.
+        ours.options = Options(chunks=ChunkSizes(template_attention=64))
+        chunked = ours(torch.from_numpy(pair), batch, torch.from_numpy(mask_2d))
     assert _rel_err(got, ref) < RTOL  # measured 5.8e-7
+    assert _rel_err(chunked, ref) < RTOL
 
 
 def test_embeddings_and_evoformer_match_reference(processed):
