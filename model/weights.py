@@ -168,6 +168,7 @@ def load_model(cfg: Any, model_name: str, options=None):
     from af2cpu.model.alphafold import AlphaFold  # deferred: torch, only in processes that run a model
 
     if Backend(cfg.runtime.backend) == Backend.ipex:
+        # deferred: torch, only in processes that run a model
         from af2cpu.model.ipex_backend import import_ipex
 
         import_ipex()  # a missing or mismatched IPEX is refused before the network is built
