@@ -139,9 +139,12 @@ class ModelConfig:
     # Predictions of each multimer preset, each with its own seed (AlphaFold2's
     # num_multimer_predictions_per_model); a monomer preset runs once, as in AlphaFold2.
     num_predictions_per_model: int = 5
-    num_recycle: int = 3
+    # Recycling passes after the first; unset: each preset's own, as AlphaFold2 (3 for the monomer
+    # presets, up to 20 for AlphaFold-Multimer v3).
+    num_recycle: int | None = None
     # Stop recycling early when the mean change of Cα distances (Å) falls below this; 0 disables.
-    recycle_early_stop_tolerance: float = 0.0
+    # Unset: each preset's own (0 for the monomer presets, 0.5 Å for AlphaFold-Multimer v3).
+    recycle_early_stop_tolerance: float | None = None
 
 
 class RelaxMode(ConfigEnum):

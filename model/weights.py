@@ -74,6 +74,16 @@ def model_runs(cfg: Any, multimer: bool) -> list[ModelRun]:
             for index, (preset, k) in enumerate(pairs)]
 
 
+def recycling(cfg: Any, preset_name: str) -> tuple[int, float]:
+    """(recycles, early-stop tolerance in Å) of one preset: ``model.num_recycle`` and
+    ``model.recycle_early_stop_tolerance`` where set, else the preset's own (AlphaFold2's: 3 and 0 for
+    the monomer presets, 20 and 0.5 Å for AlphaFold-Multimer v3)."""
+    preset = get_preset(preset_name)
+    num_recycle, tolerance = cfg.model.num_recycle, cfg.model.recycle_early_stop_tolerance
+    return (int(preset.num_recycle if num_recycle is None else num_recycle),
+            float(preset.recycle_early_stop_tolerance if tolerance is None else tolerance))
+
+
 def model_seed(cfg: Any, model_name: str) -> int:
     """The seed of a preset's random weights (params=random): AlphaFold2's per-model seed, preset index +
     random_seed * number of presets, among the presets of its kind. A monomer's runs use it too."""

@@ -391,10 +391,11 @@ def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
 
     cfg = ctx.cfg
     stage = f"infer_{run.name}"
+    num_recycle, early_stop = weights.recycling(cfg, run.preset)
     config = {
         "params": weights.params_identity(cfg, run.preset),
-        "num_recycle": int(cfg.model.num_recycle),
-        "early_stop": float(cfg.model.recycle_early_stop_tolerance),
+        "num_recycle": num_recycle,
+        "early_stop": early_stop,
         "seed": run.seed,
         # The precision this CPU runs (auto resolves per CPU): a cache shared by machines with and
         # without native bf16 never hands one's results to the other.
@@ -419,11 +420,12 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
 
     cfg, folder = ctx.cfg, ctx.folder
     preset = get_preset(run.preset)
+    num_recycle, early_stop = weights.recycling(cfg, run.preset)
     raw = load_features_npz(folder.features)
     if preset.multimer:
         features, shape = raw, _multimer_shape(preset, raw)
     else:
-        settings = PipelineSettings.from_preset(preset, num_recycle=int(cfg.model.num_recycle))
+        settings = PipelineSettings.from_preset(preset, num_recycle=num_recycle)
         features = process_features(raw, settings, seed=run.seed)
         shape = TargetShape(int(features["aatype"].shape[1]), int(features["msa_feat"].shape[1]),
                             int(features["extra_msa"].shape[1]),
@@ -434,8 +436,8 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
     model = weights.load_model(cfg, run.preset, options)
     out = model.predict(
         features,
-        num_recycle=int(cfg.model.num_recycle),
-        early_stop_tolerance=float(cfg.model.recycle_early_stop_tolerance),
+        num_recycle=num_recycle,
+        early_stop_tolerance=early_stop,
         return_recycles=bool(cfg.output.save_recycles),
         **({"random_seed": run.seed, "prediction_index": run.prediction} if preset.multimer else {}),
     )

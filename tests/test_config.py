@@ -103,3 +103,15 @@ def test_compile_settings_reach_the_model_options():
     cfg = compose_config(["runtime.compile=true", "runtime.precision=bf16"])
     options, _ = plan_options(cfg.runtime, get_preset("model_1_ptm"), TargetShape(50, 10, 10, 0))
     assert options.compile and options.precision == "bf16" and options.compile_cache_dir.endswith("inductor")
+
+
+def test_recycling_defaults_to_each_presets_own_and_an_override_wins():
+    from af2cpu.model.weights import recycling
+
+    cfg = compose_config([])
+    # AlphaFold2's defaults: 3 recycles without early stop for the monomer presets, up to 20 with a
+    # 0.5 Å early stop for AlphaFold-Multimer v3.
+    assert recycling(cfg, "model_1_ptm") == (3, 0.0)
+    assert recycling(cfg, "model_1_multimer_v3") == (20, 0.5)
+    cfg = compose_config(["model.num_recycle=1", "model.recycle_early_stop_tolerance=0"])
+    assert recycling(cfg, "model_1_multimer_v3") == (1, 0.0) and recycling(cfg, "model_2_ptm") == (1, 0.0)
