@@ -10,7 +10,9 @@ params_dir=${AF2CPU_PARAMS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/af2cpu/params}
 if [ "${1:-monomer}" = complex ]; then
   fasta=af2cpu/data/examples/hemoglobin_ab.fasta out=out/demo-complex target=hemoglobin_ab
   presets=(model_1_multimer_v3)
-  models=("model.multimer_names=[model_1_multimer_v3]" "model.num_predictions_per_model=2")
+  # Three recycles as the monomer demo (AlphaFold-Multimer's own default is up to 20, stopping early at
+  # 0.5 Å: drop the override for real runs), so the demo takes minutes on a laptop.
+  models=("model.multimer_names=[model_1_multimer_v3]" "model.num_predictions_per_model=2" "model.num_recycle=3")
 else
   fasta=af2cpu/data/examples/ubiquitin.fasta out=out/demo target=1UBI_A
   presets=(model_1_ptm model_3_ptm)

@@ -14,6 +14,7 @@ from af2cpu.errors import ConfigError
 from af2cpu.layout import TargetDir
 from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
 from af2cpu.model.presets import get_preset
+from af2cpu.model.weights import model_runs
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.runtime import precision as precision_module
 from af2cpu.runtime.precision import bf16_units, native_bf16, resolve_precision
@@ -95,8 +96,9 @@ def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch,
     folder.features.write_bytes(b"features")
 
     def key(precision: str) -> str:
-        cfg = compose_config(["params=random", f"runtime.precision={precision}"])
-        return _infer_key("model_1_ptm", StageContext(Target("T1", "", "MKV"), cfg, folder), {})
+        cfg = compose_config(["params=random", f"runtime.precision={precision}", "model.names=[model_1_ptm]"])
+        (run,) = model_runs(cfg, multimer=False)
+        return _infer_key(run, StageContext(Target("T1", "", "MKV"), cfg, folder), {})
 
     # A stage cache shared by CPUs with and without native bf16 never gives one's results to the other:
     # auto is keyed as what it resolves to on the CPU that runs it.
