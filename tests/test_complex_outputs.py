@@ -5,8 +5,11 @@ merged by af2cpu's multimer data path)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +26,10 @@ from complex_target import (
 )
 
 from af2cpu import chains, load_result, plots
+from af2cpu.cli import relax as relax_cli
 from af2cpu.common import protein
 from af2cpu.layout import TargetDir
-from af2cpu.relax import find_violations, relax, violation_summary
+from af2cpu.relax import find_violations, violation_summary
 
 STRUCTURES = Path(__file__).parent / "data" / "structures"
 
@@ -266,11 +270,21 @@ def test_violations_tell_interchain_clashes_and_broken_peptide_bonds():
     assert set(monomer) == {"residues", "bond", "angle", "clash", "per_residue"}
 
 
-def test_relaxing_a_complex_removes_its_interchain_clash_and_keeps_its_chains():
-    pdb_text, report = relax(_two_chains())
-    assert report.relaxed
-    assert report.violations_before["interchain_clash"] == 2
-    assert report.violations_after["interchain_clash"] == 0 and report.violations_after["broken_peptide_bonds"] == 0
+def test_relaxing_a_complex_removes_its_interchain_clash_and_keeps_its_chains(tmp_path, caplog):
+    # Through `af2cpu relax`: its report and its console line give what happened between the chains.
+    source, out = tmp_path / "complex.pdb", tmp_path / "relaxed.pdb"
+    source.write_text(protein.to_pdb(_two_chains()))
+    parser = argparse.ArgumentParser()
+    relax_cli.add_arguments(parser)
+    with caplog.at_level(logging.INFO, logger="af2cpu"):
+        assert relax_cli.run(parser.parse_args([str(source), "--out", str(out), "--threads", "1"])) == 0
+    report = json.loads((tmp_path / "relaxed.json").read_text())
+    pdb_text = out.read_text()
+    assert report["relaxed"]
+    assert report["violations_before"]["interchain_clash"] == 2
+    assert report["violations_after"]["interchain_clash"] == 0
+    assert report["violations_after"]["broken_peptide_bonds"] == 0
+    assert "inter-chain clashes 2 -> 0, broken peptide bonds 0 -> 0" in caplog.text
     structure = PDBParser(QUIET=True).get_structure("r", io.StringIO(pdb_text))
     assert [c.id for c in structure[0]] == ["A", "B"]
     assert [r.id[1] for r in structure[0]["B"]] == list(range(1, 13))

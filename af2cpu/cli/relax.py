@@ -94,4 +94,13 @@ def run(args: argparse.Namespace) -> int:
         report.violations_before["residues"],
         report.violations_after["residues"],
     )
+    if "interchain_clash" in report.violations_before:  # a complex: what happens between its chains
+        log.info(
+            "%s: inter-chain clashes %d -> %d, broken peptide bonds %d -> %d",
+            path,
+            report.violations_before["interchain_clash"],
+            report.violations_after["interchain_clash"],
+            report.violations_before["broken_peptide_bonds"],
+            report.violations_after["broken_peptide_bonds"],
+        )
     return 0
