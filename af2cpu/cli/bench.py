@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contention-length", type=int, default=64, help="length of the --contention pass (64)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --contention (default 2)")
     parser.add_argument("--variants", nargs="+", default=None,
-                        choices=["chosen", "spin", "passive", "spin10k", "fewer", "reference"],
+                        choices=["chosen", "spin", "passive", "spin10k", "spin1k", "spin100", "fewer", "reference"],
                         help="the --contention variants to run (default: all; reference where installed)")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
     _add_batch_arguments(parser)
