@@ -54,6 +54,9 @@ print(json.dumps({"pass_s": (time.perf_counter() - start) / passes}))
 _BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
 
 
+VARIANT_NAMES = ("chosen", "spin", "passive", "spin10k", "spin1k", "spin100", "fewer", "reference")
+
+
 def variants(threads: int, reference: bool) -> dict[str, tuple[dict[str, str], int]]:
     """name -> (environment changes, threads) of each variant measured."""
     clear = {name: "" for name in WAIT_VARIABLES}  # "" = unset in the child
