@@ -94,7 +94,8 @@ class EmbeddingsAndEvoformer(nn.Module):
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
         msa, pair, extra = self._embed(batch, prev, dtype)
         if self.preset.use_templates:
-            pair = pair + self.template_embedding(pair, batch, mask_2d)
+            # The update is added into the pair in place (the embedded pair is read by no one else).
+            pair = self.template_embedding(pair, batch, mask_2d, out=pair)
 
         run = _block_runner(self.options)
         for block in self.extra_msa_stack:

@@ -14,7 +14,10 @@ fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
              + parameters (P · 4: fp32 master weights, also in bf16 runs)
              + input features (S·L·F_m·4 + Se·L·F_e·4)
              + recycled state (L²·c_z·b + L·c_m·4 + L·A·3·4: the pair in the trunk's dtype)
-resident     templates: 2·L²·c_z·b + S·L·c_m·b + T·L²·c_t·b
+resident     templates: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + L²·c_t·b + L²·(V + 2·H_t)·4
+                        (one template at a time and the online softmax's fp32 state over templates:
+                        V = template.attention_value_dim, H_t = template.attention_num_head;
+                        the multimer: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + 2·L²·c_t·b)
              extra_msa: 2·L²·c_z·b + S·L·c_m·b + 2·Se·L·c_e·b
              evoformer: 2·L²·c_z·b + 2·S·L·c_m·b
              heads:     L²·c_z·4 + S·L·c_m·4                (fp32 copies)
@@ -41,8 +44,10 @@ f = pair_transition_factor:
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
                            extra MSA and pair resident
-  template features        L²·F_t·4 + 2·L²·c_t·b                            one template at a time
-  template point attention c·T·c_t·4·b + 3·L²·c_z·b (2·L²·c_z·b chunked)   c ≤ L² pairs
+  template features        st·L·(2·F_t + c_t)·4    a block of rows, st = embedding_step_rows(L·F_t·4)
+  template point attention sa·L·(c_z + c_t + 3·(K + V))·4    a block of pair rows (K =
+                           template.attention_key_dim), sa = embedding_step_rows of that, ≤ c/L for
+                           a chunk of c residue pairs
   heads                    2·L²·D·4 (distogram) + L²·E·4 (PAE) + S·L·M·4 (masked MSA) + 3·H_s·L²·4 (IPA)
                            D, E, M: heads.distogram_num_bins, pae_num_bins, masked_msa_num_output;
                            H_s: structure_module.num_head
@@ -286,18 +291,7 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     if T and t.multimer:
         phases["templates"] = _multimer_template_phase(L, T, msa + extra, b, ch, block, a)
     elif T:
-        pa = _eff(ch.template_attention, L * L)
-        phases["templates"] = (
-            2 * pair + msa + T * L * L * t.num_channel * b,
-            _pair_stack_terms("template ", L, t.num_channel, t.triangle_num_head, t.num_intermediate_channel,
-                              t.pair_transition_factor, b, ch, block) + [
-                _Term("template features", None,
-                      L * L * t.num_pair_features * FP32 + 2 * L * L * t.num_channel * b),
-                # Chunked, each chunk's output is written into the whole output (TemplateEmbedding).
-                _Term("template point attention", "template_attention",
-                      pa * T * t.num_channel * 4 * b + (3 if pa == L * L else 2) * L * L * c_z * b),
-            ],
-        )
+        phases["templates"] = _template_phase(L, msa + extra, b, ch, block, a)
     if Se:
         phases["extra_msa"] = (2 * pair + msa + 2 * extra,
                                _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block))
@@ -319,15 +313,44 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     return phases
 
 
+def _template_phase(L: int, msas: int, b: int, ch: ChunkSizes, block: int | None,
+                    a: Architecture) -> tuple[int, list[_Term]]:
+    """The monomer's template embedding (af2cpu.model.template.TemplateEmbedding): one template at a
+    time, its features embedded a block of rows at a time into its activation, its pair stack
+    updating that in place, then folded into the online softmax's fp32 running maximum, denominator
+    (L, L, H) and weighted values (L, L, H·c_v) a block of pair rows at a time; the update added
+    into the pair in place. Resident: the pair, the MSAs, one template and the softmax's state,
+    whatever the number of templates."""
+    c_z, t = a.pair_channel, a.template
+    c_t = t.num_channel
+    features_rows = min(L, embedding_step_rows(L * t.num_pair_features * FP32))
+    # TemplateEmbedding._row_blocks: the rows of a block and the fp32 bytes of one residue pair.
+    pair_bytes = FP32 * (c_z + c_t + 3 * (t.attention_key_dim + t.attention_value_dim))
+    attention_rows = min(L, embedding_step_rows(L * pair_bytes))
+    if ch.template_attention is not None:
+        attention_rows = min(attention_rows, max(1, ch.template_attention // L))
+    return (
+        L * L * c_z * b + msas + L * L * c_t * b + L * L * (t.attention_value_dim + 2 * t.attention_num_head) * FP32,
+        _pair_stack_terms("template ", L, c_t, t.triangle_num_head, t.num_intermediate_channel,
+                          t.pair_transition_factor, b, ch, block) + [
+            # A block of rows: the fp32 features (and the distogram's comparisons), their projection.
+            _Term("template features", None, features_rows * L * (2 * t.num_pair_features + c_t) * FP32),
+            _Term("template point attention", "template_attention", attention_rows * L * pair_bytes),
+        ],
+    )
+
+
 def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, block: int | None,
                              a: Architecture) -> tuple[int, list[_Term]]:
     """The multimer's template embedding (af2cpu.model.template.MultimerTemplateEmbedding): one template
-    at a time through its pair stack, summed; resident the pair, its update, the MSAs and two
-    template-sized pairs (the sum and the current template)."""
+    at a time through its pair stack, summed in place; resident the pair (the update is added into it
+    a block of rows at a time), the MSAs and two template-sized pairs (the sum and the current
+    template)."""
     c_z, t = a.pair_channel, a.template
     c_t = t.num_channel
+    output_rows = min(L, embedding_step_rows(L * c_z * FP32))
     return (
-        2 * L * L * c_z * b + msa + 2 * L * L * c_t * b,
+        L * L * c_z * b + msa + 2 * L * L * c_t * b,
         _pair_stack_terms("template ", L, c_t, t.triangle_num_head, t.num_intermediate_channel,
                           t.pair_transition_factor, b, ch, block) + [
             # fp32: the query pair's copy and layer norm, the distogram, unit vectors and masks, the
@@ -335,7 +358,8 @@ def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, b
             _Term("template features", None,
                   L * L * (2 * c_z + t.dgram_features.num_bins + _MULTIMER_PAIR_SCALARS + 3 * c_t) * FP32
                   + L * L * c_t * b),
-            _Term("template output layer", None, 2 * L * L * c_t * FP32 + L * L * c_z * b),
+            # A block of rows: the mean, its ReLU and the output layer's update.
+            _Term("template output layer", None, output_rows * L * (2 * c_t + c_z) * b),
         ],
     )
 
@@ -384,6 +408,18 @@ def estimate_peak_memory(
     docstring for the formula."""
     b = as_precision(precision).nbytes
     return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture)[0]
+
+
+def phase_estimates(shape: TargetShape, precision: Precision | str, chunks: ChunkSizes | None = None,
+                    block_bytes: int | None = DEFAULT_BLOCK_BYTES,
+                    architecture: Architecture = AF2_ARCHITECTURE) -> dict[str, int]:
+    """The predicted peak bytes of each phase (fixed + its resident + its largest intermediate), as
+    :func:`estimate_peak_memory` takes the maximum of; for measuring one stage against the planner."""
+    b = as_precision(precision).nbytes
+    fixed = sum(_fixed(shape, architecture, b).values())
+    return {phase: fixed + resident + max(t.nbytes for t in terms)
+            for phase, (resident, terms) in _phases(shape, b, chunks or ChunkSizes(), block_bytes,
+                                                    architecture).items()}
 
 
 def _axis(field: str, shape: TargetShape, a: Architecture) -> int:

@@ -25,7 +25,7 @@ from af2cpu.model.evoformer import (
     _Chunked,
 )
 from af2cpu.model.geometry import Rigid
-from af2cpu.model.options import chunk_slices
+from af2cpu.model.options import chunk_slices, embedding_step_rows
 from af2cpu.model.presets import TemplateConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -33,12 +33,19 @@ from af2cpu.model.primitives import LayerNorm, Linear
 _NUM_RESIDUE_CLASSES = len(rc.restypes_with_x_and_gap)
 
 
+def _add_into(pair: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``pair + update``, written into ``pair`` when the dtypes match (the same numbers, without a
+    second pair-sized tensor); ``pair`` must be a tensor nothing else still reads."""
+    return pair.add_(update) if update.dtype == pair.dtype else pair + update
+
+
 class TemplatePairBlock(nn.Module):
     """Jumper et al. (2021) Suppl. Alg. 16 'TemplatePairStack' lines 2-6: one block.
 
     Unlike the Evoformer's pair track, triangle attention comes before triangle multiplication;
     in the multimer's blocks (``cfg.multimer``, DeepMind's ``TemplateEmbeddingIteration``) the
-    triangle multiplications come first, as in the Evoformer.
+    triangle multiplications come first, as in the Evoformer. The residual updates are added into
+    ``pair`` in place: the caller hands over its tensor (and gets it back).
     """
 
     def __init__(self, cfg: TemplateConfig):
@@ -56,12 +63,12 @@ class TemplatePairBlock(nn.Module):
         attention = (self.triangle_attention_starting_node, self.triangle_attention_ending_node)
         multiplication = (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming)
         for module in (multiplication + attention if self.multiplication_first else attention + multiplication):
-            pair = pair + module(pair, pair_mask)
-        return pair + self.pair_transition(pair, pair_mask)
+            pair = _add_into(pair, module(pair, pair_mask))
+        return _add_into(pair, self.pair_transition(pair, pair_mask))
 
 
 class TemplatePairStack(nn.Module):
-    """Jumper et al. (2021) Suppl. Alg. 16 'TemplatePairStack'."""
+    """Jumper et al. (2021) Suppl. Alg. 16 'TemplatePairStack' (updates ``pair`` in place)."""
 
     def __init__(self, cfg: TemplateConfig):
         super().__init__()
@@ -88,36 +95,57 @@ class SingleTemplateEmbedding(nn.Module):
 
     def forward(self, template_aatype, template_all_atom_positions, template_all_atom_masks,
                 template_pseudo_beta, template_pseudo_beta_mask, mask_2d, dtype=torch.float32):
-        """Features of one template (L, ...) and the residue pair mask (L, L) -> (L, L, c_t).
+        """Features of one template (L, ...) and the residue pair mask (L, L) -> (L, L, c_t)."""
+        return self.output_layer_norm(self.stacked(template_aatype, template_all_atom_positions,
+                                                   template_all_atom_masks, template_pseudo_beta,
+                                                   template_pseudo_beta_mask, mask_2d, dtype))
 
-        The features are made in fp32; the pair stack runs in ``dtype`` (the trunk's)."""
+    def stacked(self, template_aatype, template_all_atom_positions, template_all_atom_masks,
+                template_pseudo_beta, template_pseudo_beta_mask, mask_2d, dtype=torch.float32):
+        """The template's embedding after the pair stack, before the output layer norm: (L, L, c_t).
+
+        The features are made in fp32 a block of rows at a time (the (L, L, F_t) features never
+        exist whole), each block projected to c_t and written into the ``dtype`` (the trunk's)
+        activation the pair stack then updates in place."""
         num_res = template_aatype.shape[0]
         pb_mask = template_pseudo_beta_mask.float()
+        pb = template_pseudo_beta.float()
         bins = self.dgram_features
-        dgram = dgram_from_positions(template_pseudo_beta.float(), bins.num_bins, bins.min_bin, bins.max_bin)
         aatype = F.one_hot(template_aatype.long(), _NUM_RESIDUE_CLASSES).float()
         n, ca, c = (rc.atom_order[a] for a in ("N", "CA", "C"))
-        backbone = template_all_atom_masks[..., n] * template_all_atom_masks[..., ca] * template_all_atom_masks[..., c]
-        backbone_2d = (backbone[:, None] * backbone[None, :]).float()
-        # DISCREPANCY: the released monomer models were trained with the inter-residue unit
-        # vectors of Suppl. Table 1 set to zero (use_template_unit_vector=False); so are they here.
-        unit_vector = backbone_2d.new_zeros(num_res, num_res, 3)
-        act = torch.cat([
-            dgram,
-            (pb_mask[:, None] * pb_mask[None, :])[..., None],
-            aatype[None, :, :].expand(num_res, -1, -1),
-            aatype[:, None, :].expand(-1, num_res, -1),
-            unit_vector,
-            backbone_2d[..., None],
-        ], dim=-1)
-        act = self.embedding2d(act * backbone_2d[..., None]).to(dtype)
-        act = self.template_pair_stack(act, mask_2d)
-        return self.output_layer_norm(act)
+        backbone = (template_all_atom_masks[..., n] * template_all_atom_masks[..., ca]
+                    * template_all_atom_masks[..., c]).float()
+        linear = self.embedding2d
+        act = pb.new_empty((num_res, num_res, linear.weights.shape[1]), dtype=dtype)
+        for s in chunk_slices(num_res, embedding_step_rows(num_res * linear.weights.shape[0] * 4)):
+            rows = s.stop - s.start
+            backbone_2d = backbone[s, None] * backbone[None, :]
+            # DISCREPANCY: the released monomer models were trained with the inter-residue unit
+            # vectors of Suppl. Table 1 set to zero (use_template_unit_vector=False); so are they here.
+            feat = torch.cat([
+                dgram_from_positions(pb, bins.num_bins, bins.min_bin, bins.max_bin, rows=s),
+                (pb_mask[s, None] * pb_mask[None, :])[..., None],
+                aatype[None, :, :].expand(rows, -1, -1),
+                aatype[s, None, :].expand(-1, num_res, -1),
+                backbone_2d.new_zeros(rows, num_res, 3),
+                backbone_2d[..., None],
+            ], dim=-1).mul_(backbone_2d[..., None])
+            if dtype == torch.float32:
+                linear(feat.view(-1, feat.shape[-1]), out=act[s].view(-1, act.shape[-1]))
+            else:
+                act[s] = linear(feat)
+        return self.template_pair_stack(act, mask_2d)
 
 
 class TemplateEmbedding(_Chunked):
     """Jumper et al. (2021) Suppl. Alg. 2 'Inference' lines 9-13 with Alg. 17
-    'TemplatePointwiseAttention': each residue pair attends over its templates' embeddings."""
+    'TemplatePointwiseAttention': each residue pair attends over its templates' embeddings.
+
+    The templates are combined one at a time, by an online softmax over templates: each template
+    is embedded and run through its pair stack, then folded into a running maximum, denominator
+    and weighted sum of values (fp32, (L, L, H) and (L, L, H, c_v)) a block of pair rows at a
+    time, and dropped; only one template's embedding exists at any time.
+    """
 
     def __init__(self, cfg: TemplateConfig, c_z: int):
         super().__init__()
@@ -125,36 +153,93 @@ class TemplateEmbedding(_Chunked):
         self.attention = Attention(c_z, cfg.num_channel, c_z, cfg.attention_num_head, cfg.attention_key_dim,
                                    cfg.attention_value_dim, gating=False)
 
-    def forward(self, pair: torch.Tensor, batch: dict, mask_2d: torch.Tensor) -> torch.Tensor:
-        """The update of the pair representation (L, L, c_z) from the templates in ``batch``."""
+    def forward(self, pair: torch.Tensor, batch: dict, mask_2d: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """The update of the pair representation (L, L, c_z) from the templates in ``batch``, added
+        into ``out`` and returned: ``out=pair`` updates the pair in place (its rows are written only
+        after every template has read them); by default the update alone, in a new tensor."""
+        if out is None:
+            out = torch.zeros_like(pair)
         template_mask = batch["template_mask"].float()
-        if not bool((template_mask > 0).any()):
-            # No template at all: the update is exactly zero, so the pair stack is not run.
-            return torch.zeros_like(pair)
+        # A slot whose template_mask is 0 has the bias MASK_BIAS: next to any real template its
+        # softmax weight is exactly 0 in fp32, so it is skipped (pair stack and all). Without a real
+        # template the update is exactly zero.
+        real = [t for t in range(template_mask.shape[0]) if float(template_mask[t]) != 0.0]
+        if not real:
+            return out
         names = ("template_aatype", "template_all_atom_positions", "template_all_atom_masks",
                  "template_pseudo_beta", "template_pseudo_beta_mask")
-        num_res, c_z = pair.shape[0], pair.shape[-1]
-        # Each template's embedding is written into its slot as it is computed: the templates exist
-        # once, not also as a list of the embeddings before a stack.
-        templates = None  # (L, L, T, c_t)
-        for t in range(template_mask.shape[0]):
-            one = self.single_template_embedding(*(batch[k][t] for k in names), mask_2d, pair.dtype)
-            if templates is None:
-                templates = one.new_empty((num_res, num_res, template_mask.shape[0], one.shape[-1]))
-            templates[:, :, t] = one
-            del one
-        query = pair.reshape(num_res * num_res, 1, c_z)
-        templates = templates.reshape(num_res * num_res, template_mask.shape[0], -1)
-        bias = mask_to_bias(template_mask)[None, None, None, :]
+        bias = mask_to_bias(template_mask)
+        softmax = None
+        for t in real:
+            template = self.single_template_embedding.stacked(*(batch[k][t] for k in names), mask_2d, pair.dtype)
+            if softmax is None:
+                softmax = _TemplateSoftmax(self.attention, pair.shape[0])
+            for s in self._row_blocks(pair.shape[0]):
+                softmax.fold(s, pair[s], self.single_template_embedding.output_layer_norm(template[s]),
+                             float(bias[t]), first=t == real[0])
+            del template
+        for s in self._row_blocks(pair.shape[0]):
+            _add_into(out[s], softmax.update(s, pair.dtype))
+        return out
+
+    def _row_blocks(self, num_res: int):
+        """Blocks of pair rows for the point-wise attention: a few MiB of fp32 intermediates each,
+        at most ``options.chunks.template_attention`` residue pairs."""
+        a = self.attention
+        pair_bytes = 4 * (a.query_w.shape[0] + a.key_w.shape[0] + 3 * a.num_head * (a.key_dim + a.value_dim))
+        rows = embedding_step_rows(num_res * pair_bytes)
         chunk = self.options.chunks.template_attention
-        if chunk is None or chunk >= num_res * num_res:
-            return self.attention(query, templates, bias).reshape(num_res, num_res, c_z)
-        # Each chunk of residue pairs is written into the output as it is computed (no list of the
-        # chunks' outputs and its concatenated copy, two pair-sized tensors at long lengths).
-        out = pair.new_empty((num_res * num_res, 1, c_z))
-        for s in chunk_slices(num_res * num_res, chunk):
-            out[s] = self.attention(query[s], templates[s], bias)
-        return out.reshape(num_res, num_res, c_z)
+        if chunk is not None:
+            rows = min(rows, max(1, chunk // num_res))
+        return chunk_slices(num_res, rows)
+
+
+class _TemplateSoftmax:
+    """The online softmax of Alg. 17 over templates, for every residue pair: the running maximum of
+    the logits, the running denominator and the running weighted sum of the values, fp32."""
+
+    def __init__(self, attention: Attention, num_res: int):
+        self.attention = attention
+        heads = attention.num_head
+        self.max = torch.empty((num_res, num_res, heads))
+        self.denominator = torch.empty((num_res, num_res, heads))
+        self.weighted = torch.empty((num_res, num_res, heads, attention.value_dim))
+
+    def fold(self, rows: slice, query: torch.Tensor, template: torch.Tensor, bias: float, first: bool) -> None:
+        """Fold one template's block of pair rows (its layer-normed embedding) into the state;
+        ``first``: the first template, which starts it."""
+        a = self.attention
+        heads, ck, cv = a.num_head, a.key_dim, a.value_dim
+        num_rows, num_res = query.shape[:2]
+        dtype = query.dtype
+        # The projections in the trunk's dtype, as the attention kernel computes them.
+        q = (query.reshape(-1, query.shape[-1]) @ a.query_w.reshape(query.shape[-1], -1).to(dtype)).float()
+        w_kv = torch.cat([a.key_w.reshape(template.shape[-1], -1), a.value_w.reshape(template.shape[-1], -1)], dim=1)
+        kv = (template.reshape(-1, template.shape[-1]) @ w_kv.to(dtype)).float()
+        k = kv[:, :heads * ck].view(num_rows, num_res, heads, ck)
+        v = kv[:, heads * ck:].view(num_rows, num_res, heads, cv)
+        logits = (q.view(num_rows, num_res, heads, ck) * k).sum(-1).mul_(ck**-0.5).add_(bias)
+        m, d, w = self.max[rows], self.denominator[rows], self.weighted[rows]
+        if first:
+            m.copy_(logits)
+            d.fill_(1.0)
+            w.copy_(v)
+            return
+        new_max = torch.maximum(m, logits)
+        scale = (m - new_max).exp_()
+        p = (logits - new_max).exp_()
+        d.mul_(scale).add_(p)
+        w.mul_(scale[..., None]).add_(v.mul_(p[..., None]))
+        m.copy_(new_max)
+
+    def update(self, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+        """The attention's output for a block of pair rows: (rows, L, c_z) in ``dtype``."""
+        a = self.attention
+        w = self.weighted[rows]
+        values = (w / self.denominator[rows][..., None]).to(dtype).reshape(-1, a.num_head * a.value_dim)
+        out = torch.addmm(a.output_b.to(dtype), values, a.output_w.reshape(-1, a.output_w.shape[-1]).to(dtype))
+        return out.view(*w.shape[:2], -1)
 
 
 class TemplateTorsionEmbedder(nn.Module):
@@ -269,8 +354,13 @@ class MultimerTemplateEmbedding(nn.Module):
         self.single_template_embedding = MultimerSingleTemplateEmbedding(cfg, c_z)
         self.output_linear = Linear(cfg.num_channel, c_z)
 
-    def forward(self, pair: torch.Tensor, batch: dict, mask_2d: torch.Tensor) -> torch.Tensor:
-        """The update of the pair representation (L, L, c_z) from the templates in ``batch``."""
+    def forward(self, pair: torch.Tensor, batch: dict, mask_2d: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """The update of the pair representation (L, L, c_z) from the templates in ``batch``, added
+        into ``out`` and returned (``out=pair``: in place, once every template has read the pair);
+        by default the update alone, in a new tensor."""
+        if out is None:
+            out = torch.zeros_like(pair)
         asym = batch["asym_id"]
         multichain = (asym[:, None] == asym[None, :]).float()
         num_templates = batch["template_aatype"].shape[0]
@@ -279,8 +369,12 @@ class MultimerTemplateEmbedding(nn.Module):
             one = self.single_template_embedding(pair, batch["template_aatype"][t],
                                                  batch["template_all_atom_positions"][t],
                                                  batch["template_all_atom_masks"][t], mask_2d, multichain)
-            total = one if total is None else total + one
-        return self.output_linear(torch.relu(total / num_templates))
+            total = one if total is None else total.add_(one)
+            del one
+        # The output layer a block of rows at a time, each block added into ``out``.
+        for s in chunk_slices(total.shape[0], embedding_step_rows(total.shape[1] * pair.shape[-1] * 4)):
+            _add_into(out[s], self.output_linear(torch.relu(total[s] / num_templates)))
+        return out
 
 
 class TemplateChiEmbedder(nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from af2cpu.bench import MULTIMER_TEMPLATES, PRESET
 from af2cpu.io import atomic_write_text
-from af2cpu.model.memory import TargetShape, choose_chunks
+from af2cpu.model.memory import TargetShape, choose_chunks, phase_estimates
 from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.presets import get_preset
 from af2cpu.runtime.allocator import tune_allocator
@@ -47,12 +47,13 @@ def run_memory(args: argparse.Namespace) -> int:
     rows = []
     for length in sorted(args.memory):
         for precision in args.precisions:
-            shape = TargetShape(length * chains, args.msa_rows, args.extra_rows, MULTIMER_TEMPLATES if multimer else 0)
+            templates = MULTIMER_TEMPLATES if multimer else getattr(args, "templates", 0)
+            shape = TargetShape(length * chains, args.msa_rows, args.extra_rows, templates)
             chunks, estimate = choose_chunks(limit, shape, precision, architecture=architecture)
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_memory_child, args=(
                 send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads,
-                name, chains))
+                name, chains, templates))
             child.start()
             send.close()
             try:
@@ -65,12 +66,15 @@ def run_memory(args: argparse.Namespace) -> int:
             row = {"length": length, "precision": precision, "blocks": blocks, "memory_limit": limit,
                    "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
                    "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
+            if "templates_peak_rss_bytes" in row:  # the planner's figure for the same stages
+                phases = phase_estimates(shape, precision, chunks, architecture=architecture)
+                row["templates_estimate_bytes"] = max(phases["embeddings"], phases["templates"])
             if "peak_rss_bytes" in row:
                 row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
             rows.append(row)
             print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})
     results = {"machine": machine_info(threads), "preset": name, "chains": chains if multimer else None,
-               "msa_rows": args.msa_rows,
+               "msa_rows": args.msa_rows, "templates": MULTIMER_TEMPLATES if multimer else getattr(args, "templates", 0),
                "extra_rows": args.extra_rows, "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "memory.json", json.dumps(results, indent=2) + "\n")
@@ -80,7 +84,7 @@ def run_memory(args: argparse.Namespace) -> int:
 
 
 def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads, preset=PRESET,
-                  chains=1) -> None:
+                  chains=1, templates=0) -> None:
     """One pass in this (fresh) process; sends its peak RSS and time through ``conn``."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch  # deferred: torch reads OMP_NUM_THREADS once, when first imported in this process
@@ -92,15 +96,21 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
     if get_preset(preset).multimer:
         model, flat, features = make_multimer_inputs(length, chains, msa_rows, extra_rows, blocks, preset=preset)
     else:
-        model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks)
+        model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks, templates=templates)
     del flat  # a real run keeps one copy of the weights, the model's
     model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision))
+    # The peak up to the end of the template stage (embeddings and templates), where there is one.
+    through_templates = {}
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "template_embedding":
+            module.register_forward_hook(
+                lambda *_: through_templates.setdefault("templates_peak_rss_bytes", _rss("VmHWM")))
     baseline = _rss("VmRSS")
     reset = _reset_peak_rss()
     start = time.perf_counter()
     model.predict(features, num_recycle=0)
     seconds = time.perf_counter() - start
-    conn.send({"peak_rss_bytes": _rss("VmHWM"), "rss_before_pass_bytes": baseline,
+    conn.send({"peak_rss_bytes": _rss("VmHWM"), **through_templates, "rss_before_pass_bytes": baseline,
                "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
                "peak_counter_reset": reset, "pass_s": round(seconds, 1)})
     conn.close()
@@ -129,7 +139,7 @@ def memory_markdown(results: dict) -> str:
     chains = results.get("chains")
     complex_ = f"{results['preset']}, complexes of {chains} chains × L residues, " if chains else ""
     lines = [(f"Peak RSS of one recycling pass, {complex_}{results['msa_rows']} MSA + {results['extra_rows']} extra "
-              f"rows, {results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
+              f"rows, {results.get('templates', 0)} templates, {results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
              ("| L | precision | blocks | chunks | planner estimate (GiB) | measured peak RSS (GiB) | estimate error "
               "| pass (s) |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:
@@ -140,4 +150,13 @@ def memory_markdown(results: dict) -> str:
             continue
         lines.append(f"| {r['length']} | {r['precision']} | {r['blocks']} | {chunks} | {r['estimate_bytes'] / gib:.2f} "
                      f"| {r['peak_rss_bytes'] / gib:.2f} | {100 * r['estimate_error']:+.0f} % | {r['pass_s']} |")
+    stages = [r for r in results["runs"] if "templates_estimate_bytes" in r]
+    if stages:
+        lines += ["", "Up to the end of the template stage (embeddings and templates):", "",
+                  "| L | precision | planner estimate (GiB) | measured peak RSS (GiB) | estimate error |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['length']} | {r['precision']} | {r['templates_estimate_bytes'] / gib:.2f} | "
+                  f"{r['templates_peak_rss_bytes'] / gib:.2f} | "
+                  f"{100 * (r['templates_estimate_bytes'] / r['templates_peak_rss_bytes'] - 1):+.0f} % |"
+                  for r in stages]
     return "\n".join(lines) + "\n"

@@ -97,11 +97,12 @@ def bench_inputs(length: int, args, blocks: int | None = None):
 
 
 def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, seed: int = 0,
-                default_sizes: bool = False):
+                default_sizes: bool = False, templates: int = 0):
     """(model with random official-format parameters, the flat parameters, processed features).
 
-    The features are AlphaFold2's processed features for one pass, with four fully masked template
-    slots as AlphaFold2's input pipeline gives a target without template hits. With
+    The features are AlphaFold2's processed features for one pass, with four template slots: the
+    first ``templates`` hold structures (:func:`_template_hits`), the others are fully masked, as
+    AlphaFold2's input pipeline gives a target without template hits. With
     ``default_sizes`` the ``msa_rows + extra_rows`` sequences go through AlphaFold2's default
     settings (up to 508 clusters, 5120 extra rows) and every axis is padded to those sizes."""
     rng = np.random.default_rng(seed)
@@ -117,11 +118,7 @@ def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, s
               descriptions=[f"seq{i}" for i in range(len(rows))])
     raw = {**sequence_features(query, "bench"), **msa_features([msa])}
     t = 4
-    raw.update({"template_aatype": np.zeros((0, length, 22), np.float32),
-                "template_all_atom_masks": np.zeros((0, length, 37), np.float32),
-                "template_all_atom_positions": np.zeros((0, length, 37, 3), np.float32),
-                "template_domain_names": np.zeros((0,), object), "template_sequence": np.zeros((0,), object),
-                "template_sum_probs": np.zeros((0, 1), np.float32)})
+    raw.update(_template_hits(query, min(templates, t), rng))
     model = AlphaFold(get_preset(PRESET).with_blocks(evoformer=blocks))
     flat = random_params(model, seed=seed)
     load_params(model, flat)
@@ -137,6 +134,27 @@ def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, s
         pad[1] = (0, max(0, t - value.shape[1]))
         features[name] = np.pad(value, pad)
     return model.eval(), flat, features
+
+
+def _template_hits(query: str, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Raw template features of ``count`` hits covering the whole ``query``: its residue types on a
+    random walk of 3.8 Å steps, with N, Cα, C, O and Cβ atoms (every atom the template stage reads)."""
+    num_res = len(query)
+    positions = np.zeros((count, num_res, rc.atom_type_num, 3), np.float32)
+    masks = np.zeros((count, num_res, rc.atom_type_num), np.float32)
+    for i in range(count):
+        steps = rng.standard_normal((num_res, 3))
+        ca = np.cumsum(3.8 * steps / np.linalg.norm(steps, axis=1, keepdims=True), axis=0)
+        for atom in ("N", "CA", "C", "O", "CB"):
+            index = rc.atom_order[atom]
+            positions[i, :, index] = ca + (0 if atom == "CA" else 1.5 * rng.standard_normal((num_res, 3)))
+            masks[i, :, index] = 1.0
+    return {"template_aatype": np.stack([rc.sequence_to_onehot(query, rc.HHBLITS_AA_TO_ID)] * count).astype(np.float32)
+            if count else np.zeros((0, num_res, 22), np.float32),
+            "template_all_atom_masks": masks, "template_all_atom_positions": positions,
+            "template_domain_names": np.array([f"hit{i}_A".encode() for i in range(count)], dtype=object),
+            "template_sequence": np.array([query.encode()] * count, dtype=object),
+            "template_sum_probs": np.ones((count, 1), np.float32)}
 
 
 def multimer_bench_preset(name: str, msa_rows: int, extra_rows: int, blocks: int = 48) -> Preset:

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of timing, measure the peak RSS of one pass at each length L (a fresh "
                              "process each), next to the memory planner's estimate for the chunks it picks "
                              "under --memory-limit")
+    parser.add_argument("--templates", type=int, default=0, choices=range(5), metavar="N",
+                        help="with --memory (monomer): N of the 4 template slots hold a structure (synthetic "
+                             "coordinates), so the template stage runs and is measured (default 0: none)")
     parser.add_argument("--memory-limit", default="6G", help="the memory limit the planner plans for (default 6G)")
     parser.add_argument("--memory-blocks", type=int, default=None,
                         help="block-subset mode for lengths too long to run whole: only this many Evoformer "
