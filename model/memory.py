@@ -349,15 +349,18 @@ def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, b
     c_z, t = a.pair_channel, a.template
     c_t = t.num_channel
     output_rows = min(L, embedding_step_rows(L * c_z * FP32))
+    # MultimerSingleTemplateEmbedding: the rows of a block of its features.
+    features_rows = min(L, embedding_step_rows(
+        L * FP32 * (t.dgram_features.num_bins + 2 * len(rc.restypes_with_x_and_gap) + 2 * c_z)))
     return (
         L * L * c_z * b + msa + 2 * L * L * c_t * b,
         _pair_stack_terms("template ", L, c_t, t.triangle_num_head, t.num_intermediate_channel,
                           t.pair_transition_factor, b, ch, block) + [
-            # fp32: the query pair's copy and layer norm, the distogram, unit vectors and masks, the
-            # input layers' outputs and their running sum; then the cast into the trunk's dtype.
+            # A block of rows, fp32: the query pair's copy and layer norm, the distogram, unit vectors
+            # and masks, the input layers' outputs and their running sum (cast into the template's
+            # activation, resident).
             _Term("template features", None,
-                  L * L * (2 * c_z + t.dgram_features.num_bins + _MULTIMER_PAIR_SCALARS + 3 * c_t) * FP32
-                  + L * L * c_t * b),
+                  features_rows * L * (2 * c_z + t.dgram_features.num_bins + _MULTIMER_PAIR_SCALARS + 3 * c_t) * FP32),
             # A block of rows: the mean, its ReLU and the output layer's update.
             _Term("template output layer", None, output_rows * L * (2 * c_t + c_z) * b),
         ],

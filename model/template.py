@@ -314,28 +314,35 @@ class MultimerSingleTemplateEmbedding(nn.Module):
 
     def forward(self, query: torch.Tensor, template_aatype, template_all_atom_positions, template_all_atom_mask,
                 padding_mask_2d: torch.Tensor, multichain_mask_2d: torch.Tensor) -> torch.Tensor:
-        """query (L, L, c_z), one template's features (L, ...), masks (L, L) -> (L, L, c_t)."""
+        """query (L, L, c_z), one template's features (L, ...), masks (L, L) -> (L, L, c_t).
+
+        The fp32 features (with the query's layer norm) and the input layers' sum are made a block
+        of rows at a time, each block cast into the template's activation in the query's dtype."""
         positions = template_all_atom_positions.float()
         atom_mask = template_all_atom_mask.float()
         bins = self.dgram_features
         beta, beta_mask = pseudo_beta(template_aatype, positions, atom_mask)
-        beta_mask_2d = beta_mask[:, None] * beta_mask[None, :] * multichain_mask_2d
-        dgram = dgram_from_positions(beta, bins.num_bins, bins.min_bin, bins.max_bin) * beta_mask_2d[..., None]
         aatype = F.one_hot(template_aatype.long(), _NUM_RESIDUE_CLASSES).float()
         frames, backbone_mask = _backbone_frames(positions, atom_mask)
-        # Each residue j's Cα seen from residue i's frame, as a unit vector.
-        # DISCREPANCY: for j = i this is 0 here (R^T (x_i - t_i), exactly); DeepMind's jit-compiled code
-        # computes R^T x_i - R^T t_i, whose rounding noise its 1e-6 norm floor can turn into a random
-        # direction. The self-pair's direction is undefined either way.
-        local = frames.unsqueeze(1).invert_apply(frames.trans[None, :, :])
-        backbone_mask_2d = backbone_mask[:, None] * backbone_mask[None, :] * multichain_mask_2d
-        unit = _normalized(local) * backbone_mask_2d[..., None]
         num_res = aatype.shape[0]
-        inputs = (dgram, beta_mask_2d, aatype[None].expand(num_res, -1, -1), aatype[:, None].expand(-1, num_res, -1),
-                  unit[..., 0], unit[..., 1], unit[..., 2], backbone_mask_2d,
-                  self.query_embedding_norm(query.float()))
-        act = sum(getattr(self, f"template_pair_embedding_{i}")(x) for i, x in enumerate(inputs))
-        act = act.to(query.dtype)
+        layers = [getattr(self, f"template_pair_embedding_{i}") for i in range(9)]
+        act = query.new_empty((num_res, num_res, layers[0].weights.shape[-1]))
+        row_bytes = num_res * 4 * (bins.num_bins + 2 * _NUM_RESIDUE_CLASSES + 2 * query.shape[-1])
+        for s in chunk_slices(num_res, embedding_step_rows(row_bytes)):
+            rows = s.stop - s.start
+            beta_mask_2d = beta_mask[s, None] * beta_mask[None, :] * multichain_mask_2d[s]
+            dgram = dgram_from_positions(beta, bins.num_bins, bins.min_bin, bins.max_bin, rows=s) * beta_mask_2d[..., None]
+            # Each residue j's Cα seen from residue i's frame, as a unit vector.
+            # DISCREPANCY: for j = i this is 0 here (R^T (x_i - t_i), exactly); DeepMind's jit-compiled
+            # code computes R^T x_i - R^T t_i, whose rounding noise its 1e-6 norm floor can turn into a
+            # random direction. The self-pair's direction is undefined either way.
+            local = frames[s].unsqueeze(1).invert_apply(frames.trans[None, :, :])
+            backbone_mask_2d = backbone_mask[s, None] * backbone_mask[None, :] * multichain_mask_2d[s]
+            unit = _normalized(local) * backbone_mask_2d[..., None]
+            inputs = (dgram, beta_mask_2d, aatype[None].expand(rows, -1, -1), aatype[s, None].expand(-1, num_res, -1),
+                      unit[..., 0], unit[..., 1], unit[..., 2], backbone_mask_2d,
+                      self.query_embedding_norm(query[s].float()))
+            act[s] = sum(layer(x) for layer, x in zip(layers, inputs))
         for block in self.template_embedding_iteration:
             act = block(act, padding_mask_2d.to(act.dtype))
         return self.output_layer_norm(act)

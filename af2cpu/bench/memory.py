@@ -68,7 +68,7 @@ def run_memory(args: argparse.Namespace) -> int:
                    "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
             if "templates_peak_rss_bytes" in row:  # the planner's figure for the same stages
                 phases = phase_estimates(shape, precision, chunks, architecture=architecture)
-                row["templates_estimate_bytes"] = max(phases["embeddings"], phases["templates"])
+                row["templates_estimate_bytes"] = max(phases["embeddings"], phases.get("templates", 0))
             if "peak_rss_bytes" in row:
                 row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
             rows.append(row)
@@ -101,10 +101,13 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
     model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision))
     # The peak up to the end of the template stage (embeddings and templates), where there is one.
     through_templates = {}
+
+    def record(*_) -> None:  # a forward hook returning None leaves the module's output alone
+        through_templates.setdefault("templates_peak_rss_bytes", _rss("VmHWM"))
+
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] == "template_embedding":
-            module.register_forward_hook(
-                lambda *_: through_templates.setdefault("templates_peak_rss_bytes", _rss("VmHWM")))
+            module.register_forward_hook(record)
     baseline = _rss("VmRSS")
     reset = _reset_peak_rss()
     start = time.perf_counter()
