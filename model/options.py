@@ -88,6 +88,11 @@ class Options:
     # memory. Independent of `chunks` (which bound peak memory); None processes whole tensors,
     # and so do compiled blocks (see step_rows).
     block_bytes: int | None = 4 << 20
+    # Outputs for very long sequences (the memory planner sets it when the full outputs do not fit the
+    # limit, af2cpu.model.memory.choose_chunks): AlphaFold.predict then keeps no (L, L, bins) arrays (the
+    # distogram and PAE logits, the aligned-confidence probabilities) and no pair or MSA representation;
+    # PAE, pTM and ipTM are computed from the PAE logits a block of rows at a time.
+    compact_outputs: bool = False
 
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):
