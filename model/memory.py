@@ -397,11 +397,8 @@ def choose_chunks(
     if compact_outputs is None:
         try:
             return choose_chunks(limit, shape, precision, block_bytes, architecture, False)
-        except MemoryPlanError as full:
-            try:
-                return choose_chunks(limit, shape, precision, block_bytes, architecture, True)
-            except MemoryPlanError:
-                raise full from None
+        except MemoryPlanError:  # the compact outputs' error, if any, names what still does not fit
+            return choose_chunks(limit, shape, precision, block_bytes, architecture, True)
     b = as_precision(precision).nbytes
     chunks = ChunkSizes()
 
