@@ -27,13 +27,13 @@ def _as_float_array(x) -> np.ndarray:
 # The (N, N, bins) metrics run a block of rows at a time, so their float64 temporaries stay near this
 # size instead of several times the logits (gigabytes at N = 1000); rows are independent, so the
 # numbers are the same.
-_BLOCK_BYTES = 16 << 20
+METRICS_BLOCK_BYTES = 16 << 20
 
 
 def _row_blocks(logits) -> list[slice]:
-    """Slices of the first axis whose float64 copies stay near ``_BLOCK_BYTES``."""
+    """Slices of the first axis whose float64 copies stay near ``METRICS_BLOCK_BYTES``."""
     row_bytes = 8 * int(np.prod(logits.shape[1:], dtype=np.int64))
-    return list(chunk_slices(logits.shape[0], max(1, _BLOCK_BYTES // max(1, row_bytes))))
+    return list(chunk_slices(logits.shape[0], max(1, METRICS_BLOCK_BYTES // max(1, row_bytes))))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -145,7 +145,7 @@ def aligned_error_from_blocks(blocks, breaks, num_res: int, residue_weights=None
     pae = np.empty((num_res, num_res), np.float32)
     tm_term = np.empty((num_res, num_res), np.float64)
     for rows, logits in blocks:
-        for sub in _row_blocks(logits):  # the float64 temporaries stay near _BLOCK_BYTES
+        for sub in _row_blocks(logits):  # the float64 temporaries stay near METRICS_BLOCK_BYTES
             block = _softmax(_as_float_array(logits[sub]))
             at = slice(rows.start + sub.start, rows.start + sub.stop)
             pae[at] = (block * centers).sum(-1)

@@ -19,6 +19,7 @@ resident     embeddings: L²·c_z·b (recycled) + L²·c_z·b + S·L·c_m·b + S
              templates: 2·L²·c_z·b + S·L·c_m·b + T·L²·c_t·b
              extra_msa: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b    (the blocks add their updates in place)
              evoformer: L²·c_z·b + S·L·c_m·b
+               compiled blocks (block_bytes None) add out of place: twice the pair and the stack's MSA
              heads:     L²·c_z·b + S·L·c_m·b    (the trunk's pair, the next pass's recycled pair as it is)
 intermediates (each counted with the module's own input copies and output; st = rows per step,
 the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
@@ -51,8 +52,9 @@ and
                            block of rows at a time)
   outputs                  L²·(D + 2·E)·4 (distogram, PAE logits, aligned-confidence probabilities)
                            + S·L·M·4 (masked MSA) + L²·4 + 5·L²·8 (PAE, pTM's float64 terms)
+                           + 5·B (the metrics' float64 row blocks, B = confidence.METRICS_BLOCK_BYTES)
                            + (L²·c_z + S·L·c_m)·4 in bf16 runs (the representations' fp32 copies)
-     compact               S·L·M·4 + L²·4 + 5·L²·8: no (L, L, bins) array and no pair or MSA
+     compact               S·L·M·4 + L²·4 + 5·L²·8 + 5·B: no (L, L, bins) array and no pair or MSA
                            representation is kept (Options.compact_outputs, chosen when the full
                            outputs do not fit the limit)
                            D, E, M: heads.distogram_num_bins, pae_num_bins, masked_msa_num_output;
@@ -76,6 +78,7 @@ from dataclasses import dataclass, replace
 from af2cpu.common import residue_constants as rc
 from af2cpu.config import Precision
 from af2cpu.errors import Af2CpuError, ConfigError
+from af2cpu.model.confidence import METRICS_BLOCK_BYTES
 from af2cpu.model.options import ChunkSizes, Options, as_precision, embedding_step_rows, triangle_product_rows
 from af2cpu.model.presets import Architecture, EvoformerStackConfig, Preset, get_preset
 from af2cpu.runtime.memory import GIB, parse_memory_limit
@@ -238,11 +241,11 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
 
 
 def _evoformer_stack_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, c_z: int, b: int,
-                           ch: ChunkSizes, block: int | None) -> list[_Term]:
+                           ch: ChunkSizes, block: int | None, inplace: bool) -> list[_Term]:
     """Every module of a block of an Evoformer-like ``stack`` on R MSA rows."""
     return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b)
             + _pair_stack_terms("", L, c_z, stack.triangle_num_head, stack.num_intermediate_channel,
-                                stack.pair_transition_factor, b, ch, block, inplace=True))
+                                stack.pair_transition_factor, b, ch, block, inplace))
 
 
 def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
@@ -276,12 +279,15 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
                       pa * T * t.num_channel * 4 * b + (3 if pa == L * L else 2) * L * L * c_z * b),
             ],
         )
+    # Eager blocks add their updates into the pair and the MSA (EvoformerIteration, inplace); compiled
+    # blocks (no cache blocks) add them out of place: the input and the sum.
+    inplace = block is not None
+    copies = 1 if inplace else 2
     if Se:
-        # The blocks add their updates into the pair and the extra MSA (EvoformerIteration, inplace).
-        phases["extra_msa"] = (pair + msa + extra,
-                               _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block))
-    phases["evoformer"] = (pair + msa,
-                           _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block))
+        phases["extra_msa"] = (copies * (pair + extra) + msa,
+                               _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block, inplace))
+    phases["evoformer"] = (copies * (pair + msa),
+                           _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block, inplace))
     if t.multimer:
         phases["msa_sampling"] = (0, [_Term("MSA sampling and cluster profiles", None,
                                             (Se + 3 * S) * L * _MSA_CLASSES * FP32 + S * Se * FP32)])
@@ -289,7 +295,10 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     # The PAE head is counted whether the preset has it or not: an upper bound, as the parameters are.
     # The heads and the structure module read the trunk's pair and MSA (its dtype; the pair is the next
     # pass's recycled pair) a block of rows at a time, upcast per block.
-    kept = S * L * h.masked_msa_num_output * FP32 + L * L * FP32 + 5 * L * L * 8  # masked MSA, PAE, pTM terms
+    # Masked MSA logits, PAE, pTM's float64 (L, L) terms, and the metrics' float64 row blocks (the
+    # block, its shifted and exponentiated copies, the softmax and a weighted sum).
+    kept = (S * L * h.masked_msa_num_output * FP32 + L * L * FP32 + 5 * L * L * 8
+            + 5 * min(METRICS_BLOCK_BYTES, L * L * h.pae_num_bins * 8))
     if not compact:  # the (L, L, bins) arrays and the representations' fp32 copies (bf16 runs)
         kept += ((h.distogram_num_bins + 2 * h.pae_num_bins) * L * L * FP32
                  + ((pair + msa) // b * FP32 if b != FP32 else 0))

@@ -162,7 +162,7 @@ def test_a_smaller_architecture_needs_less_memory():
 
 
 def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
-    L, b = 256, 4
+    L, b = 384, 4
     shape = TargetShape(L, 16, 0, 0)  # a shallow MSA: the pair sets the peak, in the Evoformer stack
     wide = dataclasses.replace(A, pair_channel=2 * A.pair_channel)
     before = estimate_peak_memory(shape, "fp32")
