@@ -152,8 +152,13 @@ class OuterProductMean(_Chunked):
         # as the released weights expect; the paper's pseudocode adds it after the mean.
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
-        norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None]
-        return out.div_(1e-3 + norm).to(msa.dtype)
+        norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None].add_(1e-3)
+        # A block of rows at a time: a bf16 output divided in place by fp32 counts goes through fp32
+        # temporaries of the output's size (two fp32 pair-sized copies at once if whole).
+        n_res = out.shape[0]
+        for s in chunk_slices(n_res, self.options.step_rows(None, n_res, n_res * c_z * 4)):
+            out[s].div_(norm[s])
+        return out.to(msa.dtype)
 
     def _masked_projections(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The masked left and right projections of the normalised MSA, (S, L, c) each, one GEMM a

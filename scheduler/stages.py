@@ -431,6 +431,10 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
                             int(features["extra_msa"].shape[1]),
                             int(features["template_aatype"].shape[1]) if "template_aatype" in features else 0)
     options, _ = plan_options(cfg.runtime, preset, shape)
+    if options.compact_outputs:
+        log.info("%s: %d residues: compact outputs within runtime.memory_limit=%s (no distogram logits, "
+                 "aligned-confidence probabilities or pair/MSA representations in result_%s.npz)",
+                 run.name, shape.residues, cfg.runtime.memory_limit, run.name)
     threads = threads_for(int(cfg.runtime.threads))
     torch.set_num_threads(threads)
     model = weights.load_model(cfg, run.preset, options)
