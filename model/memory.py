@@ -73,7 +73,11 @@ peak RSS (`af2cpu bench`), which is why they live in named constants.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
 
 from af2cpu.common import residue_constants as rc
 from af2cpu.config import Precision
@@ -122,6 +126,44 @@ class TargetShape:
                 f"memory estimate needs length ≥ 1, MSA rows ≥ 1, extra rows ≥ 0 and templates ≥ 0; got "
                 f"L={self.residues}, S={self.msa_rows}, Se={self.extra_rows}, T={self.templates}"
             )
+
+    @classmethod
+    def largest(cls, preset: Preset, residues: int) -> TargetShape:
+        """The largest pass ``preset`` runs on ``residues`` residues (all chains together): its full MSA
+        sample sizes and every template slot, whatever a target's MSA turns out to hold."""
+        return cls(residues, preset.num_msa_clusters, preset.max_extra_msa,
+                   preset.max_templates if preset.use_templates else 0)
+
+    @classmethod
+    def of_features(cls, preset: Preset, features: Mapping[str, Any]) -> TargetShape:
+        """The pass the network runs on ``features``.
+
+        A monomer's processed features (a leading recycling axis): the MSA, extra-MSA and template rows
+        that are not masked out entirely, the ones the network computes on (padding rows are dropped
+        before the stacks, ``model.alphafold._without_masked_rows``), the most of any recycling pass.
+        A multimer example (DeepMind's ``pipeline_multimer``): the network samples up to the preset's
+        cluster rows from the example's real MSA rows and takes up to its extra rows from the rest;
+        every template slot is run.
+        """
+        if preset.multimer:
+            alignments = (int(features["num_alignments"]) if "num_alignments" in features
+                          else int(np.shape(features["msa"])[0]))
+            clusters = max(1, min(alignments, preset.num_msa_clusters))
+            return cls(int(np.shape(features["aatype"])[0]), clusters, min(max(alignments - clusters, 0),
+                       preset.max_extra_msa), int(np.shape(features["template_aatype"])[0]))
+
+        def rows(mask) -> int:  # (passes, rows, ...) -> the most rows with any unmasked cell in a pass
+            mask = np.asarray(mask)
+            return int((mask.reshape(*mask.shape[:2], -1) != 0).any(axis=2).sum(axis=1).max())
+
+        templates = 0
+        if preset.use_templates and "template_mask" in features:
+            # A template slot runs unless both its mask and its atom masks are zero.
+            mask = np.asarray(features["template_mask"]) != 0  # (passes, T)
+            atoms = np.asarray(features["template_all_atom_masks"]).reshape(*mask.shape, -1) != 0
+            templates = int((mask | atoms.any(axis=-1)).sum(axis=1).max())
+        return cls(int(np.shape(features["aatype"])[1]), max(1, rows(features["msa_mask"])),
+                   rows(features["extra_msa_mask"]), templates)
 
 
 @dataclass(frozen=True)

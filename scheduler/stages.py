@@ -371,19 +371,9 @@ def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
     """The planner's peak for one pass of ``model_name`` at its preset's largest inputs (a multimer's
     in-network sample sizes) for a target of ``residues`` residues, all chains together."""
     preset = get_preset(model_name)
-    shape = TargetShape(residues, preset.num_msa_clusters, preset.max_extra_msa,
-                        preset.max_templates if preset.use_templates else 0)
+    shape = TargetShape.largest(preset, residues)
     # Unchunked: the largest the pass can need.
     return estimate_peak_memory(shape, runtime.precision, architecture=preset.architecture).total
-
-
-def _multimer_shape(preset: Any, example: Mapping[str, np.ndarray]) -> TargetShape:
-    """The pass shape of a multimer example: the network samples up to the preset's cluster rows from the
-    example's real MSA rows and takes up to its extra rows from the rest; every template slot is run."""
-    rows = int(example["num_alignments"]) if "num_alignments" in example else int(np.shape(example["msa"])[0])
-    clusters = max(1, min(rows, preset.num_msa_clusters))
-    return TargetShape(int(np.shape(example["aatype"])[0]), clusters,
-                       min(max(rows - clusters, 0), preset.max_extra_msa), int(np.shape(example["template_aatype"])[0]))
 
 
 def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
@@ -422,14 +412,11 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
     preset = get_preset(run.preset)
     num_recycle, early_stop = weights.recycling(cfg, run.preset)
     raw = load_features_npz(folder.features)
-    if preset.multimer:
-        features, shape = raw, _multimer_shape(preset, raw)
-    else:
+    features = raw
+    if not preset.multimer:
         settings = PipelineSettings.from_preset(preset, num_recycle=num_recycle)
         features = process_features(raw, settings, seed=run.seed)
-        shape = TargetShape(int(features["aatype"].shape[1]), int(features["msa_feat"].shape[1]),
-                            int(features["extra_msa"].shape[1]),
-                            int(features["template_aatype"].shape[1]) if "template_aatype" in features else 0)
+    shape = TargetShape.of_features(preset, features)
     options, _ = plan_options(cfg.runtime, preset, shape)
     if options.compact_outputs:
         log.info("%s: %d residues: compact outputs within runtime.memory_limit=%s (no distogram logits, "

@@ -62,3 +62,18 @@ def test_pbs_worker_jobs_advertise_their_share_of_cores():
                  f"export OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}"):
         assert line in script.splitlines(), script
     assert "--nworkers 2" in script and "--resources cpus=4" in script
+
+
+def test_slurm_memory_for_auto_precision_covers_a_compute_node_without_native_bf16(tmp_path):
+    from af2cpu.scheduler.slurm import plan_job
+
+    # 900 residues: fp32 activations need gigabytes more than bf16, so the two plans differ in whole GiB.
+    fasta = tmp_path / "long.fasta"
+    fasta.write_text(">long\n" + (CRAMBIN * 20)[:900] + "\n")
+
+    def mem(precision):
+        return int(plan_job(str(fasta), str(tmp_path / "out"), [*OVERRIDES, f"runtime.precision={precision}"]).mem[:-1])
+
+    # auto resolves on the compute node: the request must cover fp32 whatever CPU plans the job.
+    assert mem("fp32") > mem("bf16")
+    assert mem("auto") == mem("fp32")

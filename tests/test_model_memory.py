@@ -240,3 +240,33 @@ def test_4700_residues_in_bf16_fit_22_gib_outside_the_template_stage():
     # bins) and the representations' fp32 copies are what compact outputs leave out.
     full = estimate_peak_memory(shape, "bf16", chunks)
     assert full.phase == "heads" and full.total - estimate.total >= 3 * 4700**2 * 64 * 4
+
+
+def test_pass_shape_of_features_counts_the_rows_the_network_computes_on():
+    import numpy as np
+
+    passes, length = 3, 10
+    msa_mask = np.zeros((passes, 508, length), np.float32)
+    msa_mask[:, :5] = 1
+    msa_mask[1, 5:7, 3] = 1  # the second pass samples two more rows
+    extra_mask = np.zeros((passes, 5120, length), np.float32)
+    extra_mask[:, :11, :4] = 1
+    template_mask = np.zeros((passes, 4), np.float32)
+    template_mask[:, 0] = 1
+    atoms = np.zeros((passes, 4, length, 37), np.float32)
+    atoms[:, 2, 1, :3] = 1  # an unmasked template's atoms: its torsion rows read them, so it runs
+    features = {"aatype": np.zeros((passes, length), np.int64), "msa_mask": msa_mask,
+                "extra_msa_mask": extra_mask, "template_mask": template_mask, "template_all_atom_masks": atoms}
+    monomer = get_preset("model_1_ptm")
+    assert TargetShape.of_features(monomer, features) == TargetShape(length, 7, 11, 2)
+    # Presets without templates do not run them; the largest pass is the preset's padded sizes.
+    assert TargetShape.of_features(get_preset("model_3_ptm"), features).templates == 0
+    assert TargetShape.largest(monomer, length) == TargetShape(length, 508, 5120, 4)
+
+    # A multimer example: the network samples its clusters from the real alignments, the rest are extra rows.
+    multimer = get_preset("model_1_multimer_v3")
+    example = {"aatype": np.zeros(length, np.int32), "msa": np.zeros((700, length), np.int32),
+               "num_alignments": np.asarray(600), "template_aatype": np.zeros((4, length), np.int32)}
+    assert TargetShape.of_features(multimer, example) == TargetShape(length, 508, 92, 4)
+    example["num_alignments"] = np.asarray(3000)
+    assert TargetShape.of_features(multimer, example) == TargetShape(length, 508, 2048, 4)

@@ -162,11 +162,12 @@ def test_prepare_process_sets_threads_and_wait_policy_before_torch(threads, user
 
 
 def test_contention_variants_and_their_ratios(monkeypatch):
-    from af2cpu.bench.contention import _child_env, summarise, variants
+    from af2cpu.bench.contention import VARIANT_NAMES, _child_env, summarise, variants
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting reaches no variant but "chosen"
     chosen = variants(2, reference=True)
-    assert set(chosen) == {"chosen", "spin", "passive", "spin10k", "fewer", "reference"}
+    assert set(chosen) == {"chosen", "spin", "passive", "spin10k", "spin1k", "spin100", "fewer", "reference"}
+    assert set(chosen) == set(VARIANT_NAMES)
     assert "OMP_WAIT_POLICY" not in _child_env(*chosen["spin"]) and _child_env(*chosen["fewer"])["OMP_NUM_THREADS"] == "1"
     assert _child_env(*chosen["passive"])["OMP_WAIT_POLICY"] == "PASSIVE"
     assert _child_env(*chosen["chosen"])["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -12,7 +12,7 @@ Variants (docs/benchmarks.md has the measurements that chose the default, ``af2c
 - ``chosen``: af2cpu's own thread environment (:func:`af2cpu.runtime.threads.openmp_environment`);
 - ``spin``: OpenMP's default (threads spin ~300k iterations before they sleep);
 - ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once);
-- ``spin10k``: ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep);
+- ``spin10k``, ``spin1k``, ``spin100``: ``GOMP_SPINCOUNT`` 10000, 1000, 100 (a short spin, then sleep);
 - ``fewer``: passive, one thread fewer (the busy core left to the other process);
 - ``reference``: DeepMind's JAX pass (XLA's own thread pool), when the ``reference`` extra is installed.
 """
@@ -54,6 +54,9 @@ print(json.dumps({"pass_s": (time.perf_counter() - start) / passes}))
 _BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
 
 
+VARIANT_NAMES = ("chosen", "spin", "passive", "spin10k", "spin1k", "spin100", "fewer", "reference")
+
+
 def variants(threads: int, reference: bool) -> dict[str, tuple[dict[str, str], int]]:
     """name -> (environment changes, threads) of each variant measured."""
     clear = {name: "" for name in WAIT_VARIABLES}  # "" = unset in the child
@@ -62,6 +65,8 @@ def variants(threads: int, reference: bool) -> dict[str, tuple[dict[str, str], i
         "spin": (clear, threads),
         "passive": ({**clear, "OMP_WAIT_POLICY": "PASSIVE"}, threads),
         "spin10k": ({**clear, "GOMP_SPINCOUNT": "10000"}, threads),
+        "spin1k": ({**clear, "GOMP_SPINCOUNT": "1000"}, threads),
+        "spin100": ({**clear, "GOMP_SPINCOUNT": "100"}, threads),
     }
     if threads > 1:
         out["fewer"] = ({**clear, "OMP_WAIT_POLICY": "PASSIVE"}, threads - 1)

@@ -90,12 +90,10 @@ def bench_inputs(length: int, args, blocks: int | None = None):
     if get_preset(name).multimer:
         model, flat, example = make_multimer_inputs(length, args.chains, args.msa_rows, args.extra_rows, blocks,
                                                     preset=name)
-        shape = TargetShape(length * args.chains, args.msa_rows, args.extra_rows,
-                            example["template_aatype"].shape[0])
-        return model, flat, example, shape
+        return model, flat, example, TargetShape.of_features(model.preset, example)
     model, flat, features = make_inputs(length, args.msa_rows, args.extra_rows, blocks,
                                         default_sizes=args.default_msa_sizes)
-    return model, flat, features, TargetShape(length, args.msa_rows, args.extra_rows, 0)
+    return model, flat, features, TargetShape.of_features(model.preset, features)
 
 
 def make_inputs(length: int, msa_rows: int, extra_rows: int, blocks: int = 48, seed: int = 0,

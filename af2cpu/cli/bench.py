@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from af2cpu.bench import PRESET
+from af2cpu.bench.contention import VARIANT_NAMES
 from af2cpu.errors import ConfigError
 from af2cpu.model.presets import PRESETS, get_preset
 from af2cpu.runtime.precision import resolve_precision
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contention-length", type=int, default=64, help="length of the --contention pass (64)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --contention (default 2)")
     parser.add_argument("--variants", nargs="+", default=None,
-                        choices=["chosen", "spin", "passive", "spin10k", "fewer", "reference"],
+                        choices=VARIANT_NAMES,
                         help="the --contention variants to run (default: all; reference where installed)")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
     _add_batch_arguments(parser)
