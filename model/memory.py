@@ -152,15 +152,19 @@ class TargetShape:
             return cls(int(np.shape(features["aatype"])[0]), clusters, min(max(alignments - clusters, 0),
                        preset.max_extra_msa), int(np.shape(features["template_aatype"])[0]))
 
+        def cells(mask: np.ndarray, lead: int) -> np.ndarray:  # the axes after the first `lead` as one
+            # (not -1: a single-sequence MSA has no extra rows, no template hits no templates)
+            return mask.reshape(*mask.shape[:lead], int(np.prod(mask.shape[lead:], dtype=np.int64)))
+
         def rows(mask) -> int:  # (passes, rows, ...) -> the most rows with any unmasked cell in a pass
             mask = np.asarray(mask)
-            return int((mask.reshape(*mask.shape[:2], -1) != 0).any(axis=2).sum(axis=1).max())
+            return int((cells(mask, 2) != 0).any(axis=2).sum(axis=1).max())
 
         templates = 0
         if preset.use_templates and "template_mask" in features:
             # A template slot runs unless both its mask and its atom masks are zero.
             mask = np.asarray(features["template_mask"]) != 0  # (passes, T)
-            atoms = np.asarray(features["template_all_atom_masks"]).reshape(*mask.shape, -1) != 0
+            atoms = cells(np.asarray(features["template_all_atom_masks"]), 2) != 0
             templates = int((mask | atoms.any(axis=-1)).sum(axis=1).max())
         return cls(int(np.shape(features["aatype"])[1]), max(1, rows(features["msa_mask"])),
                    rows(features["extra_msa_mask"]), templates)

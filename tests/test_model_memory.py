@@ -262,6 +262,10 @@ def test_pass_shape_of_features_counts_the_rows_the_network_computes_on():
     # Presets without templates do not run them; the largest pass is the preset's padded sizes.
     assert TargetShape.of_features(get_preset("model_3_ptm"), features).templates == 0
     assert TargetShape.largest(monomer, length) == TargetShape(length, 508, 5120, 4)
+    # A single-sequence MSA without template hits: no extra rows, no template slots.
+    empty = dict(features, extra_msa_mask=extra_mask[:, :0], template_mask=template_mask[:, :0],
+                 template_all_atom_masks=atoms[:, :0])
+    assert TargetShape.of_features(monomer, empty) == TargetShape(length, 7, 0, 0)
 
     # A multimer example: the network samples its clusters from the real alignments, the rest are extra rows.
     multimer = get_preset("model_1_multimer_v3")
