@@ -48,8 +48,9 @@ and
                            extra MSA and pair resident
   template features        L²·F_t·4 + 2·L²·c_t·b                            one template at a time
   template point attention c·T·c_t·4·b + 3·L²·c_z·b (2·L²·c_z·b chunked)   c ≤ L² pairs
-  structure module         5·H_s·L²·4 (its pair bias and the IPA's logits; the layer-normed pair a
-                           block of rows at a time)
+  structure module         5·H_s·L²·4 (its pair bias and the IPA's logits) + L²·c_z·4 (its layer-normed
+                           pair, while that is at most STRUCTURE_WHOLE_PAIR_BYTES; above, a block of
+                           rows at a time)
   outputs                  L²·(D + 2·E)·4 (distogram, PAE logits, aligned-confidence probabilities)
                            + S·L·M·4 (masked MSA) + L²·4 + 5·L²·8 (PAE, pTM's float64 terms)
                            + 5·B (the metrics' float64 row blocks, B = confidence.METRICS_BLOCK_BYTES)
@@ -83,7 +84,14 @@ from af2cpu.common import residue_constants as rc
 from af2cpu.config import Precision
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.model.confidence import METRICS_BLOCK_BYTES
-from af2cpu.model.options import ChunkSizes, Options, as_precision, embedding_step_rows, triangle_product_rows
+from af2cpu.model.options import (
+    STRUCTURE_WHOLE_PAIR_BYTES,
+    ChunkSizes,
+    Options,
+    as_precision,
+    embedding_step_rows,
+    triangle_product_rows,
+)
 from af2cpu.model.presets import Architecture, EvoformerStackConfig, Preset, get_preset
 from af2cpu.runtime.memory import GIB, parse_memory_limit
 
@@ -349,7 +357,8 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
         kept += ((h.distogram_num_bins + 2 * h.pae_num_bins) * L * L * FP32
                  + ((pair + msa) // b * FP32 if b != FP32 else 0))
     phases["heads"] = (pair + msa, [
-        _Term("structure module", None, 5 * a.structure_module.num_head * L * L * FP32),
+        _Term("structure module", None, 5 * a.structure_module.num_head * L * L * FP32
+              + (L * L * c_z * FP32 if L * L * c_z * FP32 <= STRUCTURE_WHOLE_PAIR_BYTES else 0)),
         _Term("compact outputs" if compact else "outputs", None, kept)])
     return phases
 

@@ -33,6 +33,11 @@ def embedding_step_rows(row_bytes: int) -> int:
     return max(1, EMBEDDING_BLOCK_BYTES // max(1, row_bytes))
 
 
+# The structure module keeps its layer-normed fp32 pair whole for its eight iterations up to this size
+# (one layer norm); above it, it normalises a block of rows at a time where the pair is read (no fp32
+# pair-sized copy at long lengths, at the cost of a layer norm per iteration).
+STRUCTURE_WHOLE_PAIR_BYTES = 256 << 20
+
 # The triangle multiplication's triangle sums are c batched GEMMs whose M is the rows of a step; with
 # fewer rows they are too flat to run fast (one module's sums at L=320, bf16, on AVX512-BF16: 70 ms with
 # 12 rows a step, 31 ms with 64), so they take at least this many rows even when the cache step is smaller.

@@ -18,6 +18,7 @@ from torch import nn
 from af2cpu.model import all_atom
 from af2cpu.model.geometry import QuatRigid, Rigid
 from af2cpu.model.heads import by_rows, row_blocks
+from af2cpu.model.options import STRUCTURE_WHOLE_PAIR_BYTES
 from af2cpu.model.presets import StructureModuleConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -310,7 +311,8 @@ class StructureModule(nn.Module):
 
     def forward(self, representations: dict, batch: dict) -> dict:
         single = torch.as_tensor(representations["single"]).float()
-        # The trunk's pair (its own dtype): layer-normed in fp32 a block of rows at a time, where read.
+        # The trunk's pair (its own dtype): layer-normed in fp32, whole when small, else a block of rows
+        # at a time where it is read.
         pair = torch.as_tensor(representations["pair"])
         device = single.device
 
@@ -327,12 +329,15 @@ class StructureModule(nn.Module):
         act = self.initial_projection(act)
         frames = QuatRigid.identity((single.shape[0],), device=device)
 
+        pair_norm = self.pair_layer_norm
+        if pair.numel() * 4 <= STRUCTURE_WHOLE_PAIR_BYTES:  # small: normalised once, whole
+            pair, pair_norm = pair_norm(pair.float()), None
         attention_2d = self.fold_iteration.invariant_point_attention.attention_2d
-        pair_bias = by_rows(lambda rows: attention_2d(self.pair_layer_norm(rows)), pair)
+        pair_bias = by_rows(lambda rows: attention_2d(rows if pair_norm is None else pair_norm(rows)), pair)
         per_iteration = []
         for _ in range(self.cfg.num_layer):
             act, frames, out = self.fold_iteration(
-                act, initial_act, pair, seq_mask, frames, aatype, pair_bias, self.pair_layer_norm
+                act, initial_act, pair, seq_mask, frames, aatype, pair_bias, pair_norm
             )
             per_iteration.append(out)
         stacked = {k: torch.stack([o[k] for o in per_iteration]) for k in per_iteration[0]}
