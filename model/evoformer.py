@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from af2cpu.model.attention import Attention, GlobalAttention
-from af2cpu.model.options import Options, chunk_slices, triangle_product_rows
+from af2cpu.model.options import WHOLE_NORM_BYTES, Options, chunk_slices, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -374,11 +374,15 @@ class _TriangleAttention(_Chunked):
         # The ending node attends along the columns of the pair: the same computation on the
         # transposed pair, done through strided views instead of transposed copies. The normalised
         # pair exists a block of rows (or columns) at a time, for the bias and for the attention.
-        tri_bias = _normed_pair_bias(pair, self.query_norm, self.feat_2d_weights, self.options,
-                                     transposed=not self.starting)
-        return self.attention.self_attention(pair, pair_mask, tri_bias, self.options.chunks.triangle_attention,
-                                             transposed=not self.starting, options=self.options,
-                                             norm=self.query_norm)
+        if pair.numel() * pair.element_size() <= WHOLE_NORM_BYTES:  # small: normalised once, whole
+            act, norm = self.query_norm(pair), None
+            tri_bias = _pair_bias(act, self.feat_2d_weights, transposed=not self.starting)
+        else:
+            act, norm = pair, self.query_norm
+            tri_bias = _normed_pair_bias(pair, self.query_norm, self.feat_2d_weights, self.options,
+                                         transposed=not self.starting)
+        return self.attention.self_attention(act, pair_mask, tri_bias, self.options.chunks.triangle_attention,
+                                             transposed=not self.starting, options=self.options, norm=norm)
 
 
 class TriangleAttentionStartingNode(_TriangleAttention):

@@ -35,7 +35,8 @@ f = msa_transition_factor:
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
 template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
 f = pair_transition_factor:
-  triangle attention       L²·C·b + 2·H·L²·b + st·(8·L·C + H·L²)·b   (the normalised pair a block at a time)
+  triangle attention       L²·C·b + 2·H·L²·b + st·(8·L·C + H·L²)·b   (the normalised pair a block at a time;
+                           + L²·C·b, normalised whole, while that is at most WHOLE_NORM_BYTES)
   triangle multiplication  (C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
      in channel slabs      (c + 2·k)·L²·b + st·(6·c + C)·L·b               k: channels per slab
                            (ChunkSizes.triangle_channels): the sums whole, neither the normalised
@@ -86,6 +87,7 @@ from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.model.confidence import METRICS_BLOCK_BYTES
 from af2cpu.model.options import (
     STRUCTURE_WHOLE_PAIR_BYTES,
+    WHOLE_NORM_BYTES,
     ChunkSizes,
     Options,
     as_precision,
@@ -240,7 +242,8 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
     return [
         # The output whole; the normalised pair a block of rows at a time (for the bias and the attention).
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              L * L * C * b + 2 * heads * L * L * b + ta * (L * 8 * C + heads * L * L) * b),
+              (2 if L * L * C * b <= WHOLE_NORM_BYTES else 1) * L * L * C * b + 2 * heads * L * L * b
+              + ta * (L * 8 * C + heads * L * L) * b),
         _triangle_multiplication_term(prefix, L, C, c, b, ch, tm, inplace),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
