@@ -83,16 +83,23 @@ class EmbeddingsAndEvoformer(nn.Module):
             EvoformerIteration(a.evoformer, a.pair_channel) for _ in range(a.evoformer.num_block))
         self.single_activations = Linear(a.msa_channel, a.seq_channel)
 
-    def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
+                consume_prev: bool = False) -> dict[str, torch.Tensor]:
         """One pass's features (no recycle axis) and the previous pass's state -> representations.
 
         The stacks run in the dtype of ``self.options`` (fp32 or bf16); the features, the
-        recycled state and the returned representations are fp32.
+        recycled state and the single representation are fp32; the pair and MSA representations are
+        returned in the trunk's dtype (the heads read them a block of rows at a time, and the pair is
+        the next pass's recycled pair as it is). With ``consume_prev`` the recycled
+        pair is taken out of ``prev`` once embedded, so that it is freed while the stacks run
+        (AlphaFold.predict, which holds no other reference to it).
         """
         dtype = self.options.dtype
         seq_mask = batch["seq_mask"]
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
         msa, pair, extra = self._embed(batch, prev, dtype)
+        if consume_prev:
+            del prev["prev_pair"]
         if self.preset.use_templates:
             # The update is added into the pair in place (the embedded pair is read by no one else).
             pair = self.template_embedding(pair, batch, mask_2d, out=pair)
@@ -109,10 +116,11 @@ class EmbeddingsAndEvoformer(nn.Module):
         for block in self.evoformer_iteration:
             msa, pair = run(block, msa, pair, msa_mask, mask_2d)
 
-        # The structure module and the heads run in fp32, as in AlphaFold2.
+        # The structure module and the heads run in fp32, as in AlphaFold2, reading the pair and the
+        # MSA in blocks of rows (upcast per block).
         num_seq = batch["msa_feat"].shape[0]
-        return {"single": self.single_activations(msa[0]).float(), "pair": pair.float(),
-                "msa": msa[:num_seq].float(), "msa_first_row": msa[0].float()}
+        return {"single": self.single_activations(msa[0]).float(), "pair": pair,
+                "msa": msa[:num_seq], "msa_first_row": msa[0].float()}
 
     def _embed(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor], dtype: torch.dtype):
         """The embedded MSA, pair and extra MSA (Alg. 2 lines 5-15), in the trunk's ``dtype``.
@@ -162,6 +170,13 @@ def _call_block(block: nn.Module, *args):
     return block(*args)
 
 
+def _call_block_in_place(block: nn.Module, *args):
+    # The stacks own their representations: each block adds its updates into them (one pair tensor,
+    # not the input and its sum). Compiled blocks stay out of place: a graph that mutates its inputs
+    # makes inductor compute the result and copy it back.
+    return block(*args, inplace=True)
+
+
 @functools.cache
 def _compiled_block_call():
     # One compiled function for every block: the blocks' parameters are graph inputs (dynamo
@@ -173,7 +188,7 @@ def _compiled_block_call():
 def _block_runner(options: Options):
     """How the trunk calls its repeated blocks: eagerly, or through ``torch.compile``."""
     if not options.compile:
-        return _call_block
+        return _call_block_in_place
     if options.compile_cache_dir is not None:
         # Inductor reads its cache location from the environment only.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options.compile_cache_dir)
@@ -186,6 +201,7 @@ class AlphaFoldIteration(nn.Module):
     def __init__(self, preset: Preset):
         super().__init__()
         a = preset.architecture
+        self.options = Options()
         self.evoformer = EmbeddingsAndEvoformer(preset)
         self.structure_module = StructureModule(a.structure_module, a.seq_channel, a.pair_channel)
         self.distogram_head = DistogramHead(a.heads, a.pair_channel)
@@ -195,20 +211,29 @@ class AlphaFoldIteration(nn.Module):
         if preset.predicted_aligned_error:
             self.predicted_aligned_error_head = PredictedAlignedErrorHead(a.heads, a.pair_channel)
 
-    def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor]) -> dict:
-        representations = self.evoformer(batch, prev)
-        representations["msa"] = _restore_msa_rows(representations["msa"], batch)
-        ret = {"representations": representations,
-               "distogram": self.distogram_head(representations, batch),
-               "experimentally_resolved": self.experimentally_resolved_head(representations, batch),
-               "masked_msa": self.masked_msa_head(representations, batch)}
+    def forward(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor], consume_prev: bool = False) -> dict:
+        """One pass; with ``consume_prev`` the trunk takes the recycled pair out of ``prev`` once it is
+        embedded (see EmbeddingsAndEvoformer.forward)."""
+        representations = self.evoformer(batch, prev, consume_prev)
+        # The structure module first: its attention logits (H·L² fp32) and the (L, L, bins) logits of
+        # the heads are not alive together.
         structure = self.structure_module(representations, batch)
+        ret = {"representations": representations,
+               "experimentally_resolved": self.experimentally_resolved_head(representations, batch)}
+        compact = self.options.compact_outputs
+        if not compact:
+            ret["distogram"] = self.distogram_head(representations, batch)
+        representations["msa"] = _restore_msa_rows(representations["msa"], batch)
+        ret["masked_msa"] = self.masked_msa_head(representations, batch)
         representations.update(structure.pop("representations"))
         ret["structure_module"] = structure
         # The confidence heads read the structure module's single representation.
         ret["predicted_lddt"] = self.predicted_lddt_head(representations, batch)
         if hasattr(self, "predicted_aligned_error_head"):
-            ret["predicted_aligned_error"] = self.predicted_aligned_error_head(representations, batch)
+            head = self.predicted_aligned_error_head
+            # Compact: only the breaks; AlphaFold.predict computes PAE and pTM from head.logit_blocks.
+            ret["predicted_aligned_error"] = ({"breaks": head.breaks()} if compact
+                                              else head(representations, batch))
         return ret
 
 
@@ -369,12 +394,24 @@ class AlphaFold(nn.Module):
             # The previous pass's outputs (its fp32 pair, distogram and PAE logits: each L²-sized)
             # are not needed while this pass runs; only `prev` is.
             ret = out = None
-            ret = self.alphafold_iteration(batch, prev)
+            # The recycled pair is freed once embedded: the stacks run without it (L² · c_z).
+            ret = self.alphafold_iteration(batch, prev, consume_prev=True)
+            # The trunk's pair is the next pass's recycled pair as it is (no copy).
             new_prev = {"prev_msa_first_row": ret["representations"]["msa_first_row"],
                         "prev_pair": ret["representations"]["pair"].to(pair_dtype),
                         "prev_pos": ret["structure_module"]["final_atom_positions"]}
+            blocks = None
+            if self.options.compact_outputs:
+                # Long sequences: no pair or MSA representation in the output (their fp32 copies), and
+                # PAE and pTM from the PAE logits a block of rows at a time (see Options.compact_outputs).
+                representations = {k: v for k, v in ret["representations"].items() if k not in ("pair", "msa")}
+                if "predicted_aligned_error" in ret:
+                    blocks = ((rows, logits.numpy()) for rows, logits in
+                              self.alphafold_iteration.predicted_aligned_error_head.logit_blocks(ret["representations"]))
+                ret["representations"] = representations
             out = _to_numpy(ret)
-            out.update(confidence.confidence_metrics(out, residue_weights=seq_mask, asym_id=asym_id))
+            out.update(confidence.confidence_metrics(out, residue_weights=seq_mask, asym_id=asym_id,
+                                                     aligned_error_blocks=blocks))
             out["tol"] = _ca_distance_change(prev["prev_pos"].numpy(), new_prev["prev_pos"].numpy(), seq_mask)
             out["num_recycles"] = np.asarray(i)
             prev = new_prev
@@ -479,9 +516,11 @@ def _at_least_one_row(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def _to_numpy(tree):
+    """Numpy arrays of a tree of tensors; bf16 ones (the trunk's pair and MSA) as fp32 copies."""
     if isinstance(tree, dict):
         return {k: _to_numpy(v) for k, v in tree.items()}
-    return tree.detach().cpu().numpy()
+    tree = tree.detach().cpu()
+    return (tree.float() if tree.dtype == torch.bfloat16 else tree).numpy()
 
 
 def _ca_distance_change(prev_pos: np.ndarray, pos: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ class Attention(nn.Module):
 
     def self_attention(self, x: torch.Tensor, mask: torch.Tensor, nonbatched_bias: torch.Tensor | None = None,
                        chunk_size: int | None = None, transposed: bool = False,
-                       options: Options | None = None) -> torch.Tensor:
+                       options: Options | None = None, norm: nn.Module | None = None) -> torch.Tensor:
         """Gated self-attention along one axis of ``x`` (R, C, c), in ``x``'s own layout.
 
         Without ``transposed`` each row attends along the columns (batch R, sequence C); with it,
@@ -86,7 +86,9 @@ class Attention(nn.Module):
         Query, key, value and gate come from one GEMM (their weights side by side). The key mask is
         never expanded to (batch, heads, Q, K) for batch elements whose keys are all valid, so the
         pair bias is read through a broadcast view; only runs of batch elements with masked keys
-        get a materialised bias, one chunk at a time.
+        get a materialised bias, one chunk at a time. With ``norm`` (a layer norm), ``x`` is the
+        unnormalised input and each block is normalised as it is projected: the normalised input
+        exists one block at a time (the same numbers: the norm is per position).
         """
         heads, ck, cv = self.num_head, self.key_dim, self.value_dim
         c_in = x.shape[-1]
@@ -105,6 +107,8 @@ class Attention(nn.Module):
         out_full = x.new_empty((*x.shape[:2], w_out.shape[1]))
         for s in chunk_slices(x.shape[batch_dim], step):
             xs = x[:, s] if transposed else x[s]
+            if norm is not None:
+                xs = norm(xs)
             rows, cols = xs.shape[:2]
             proj = (xs.reshape(-1, c_in) @ w).view(rows, cols, -1)
             q, k, v, g = torch.split(proj, sizes, dim=-1)

@@ -27,13 +27,13 @@ def _as_float_array(x) -> np.ndarray:
 # The (N, N, bins) metrics run a block of rows at a time, so their float64 temporaries stay near this
 # size instead of several times the logits (gigabytes at N = 1000); rows are independent, so the
 # numbers are the same.
-_BLOCK_BYTES = 16 << 20
+METRICS_BLOCK_BYTES = 16 << 20
 
 
 def _row_blocks(logits) -> list[slice]:
-    """Slices of the first axis whose float64 copies stay near ``_BLOCK_BYTES``."""
+    """Slices of the first axis whose float64 copies stay near ``METRICS_BLOCK_BYTES``."""
     row_bytes = 8 * int(np.prod(logits.shape[1:], dtype=np.int64))
-    return list(chunk_slices(logits.shape[0], max(1, _BLOCK_BYTES // max(1, row_bytes))))
+    return list(chunk_slices(logits.shape[0], max(1, METRICS_BLOCK_BYTES // max(1, row_bytes))))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -93,22 +93,32 @@ def predicted_tm_score(
     19 so that it stays positive. For ipTM only pairs of residues in different chains count.
     """
     logits = _as_array(logits)
-    breaks = _as_float_array(breaks)
-    num_res = logits.shape[-2]
-    weights = np.ones(num_res, np.float64) if residue_weights is None else _as_float_array(residue_weights)
+    weights = _weights(residue_weights, logits.shape[-2])
+    tm_per_bin = _tm_per_bin(breaks, weights)
+    tm_term = np.empty(logits.shape[:-1], np.float64)  # (N, N)
+    for rows in _row_blocks(logits):
+        tm_term[rows] = (_softmax(_as_float_array(logits[rows])) * tm_per_bin).sum(-1)
+    return _tm_score(tm_term, weights, asym_id, interface)
 
+
+def _weights(residue_weights, num_res: int) -> np.ndarray:
+    return np.ones(num_res, np.float64) if residue_weights is None else _as_float_array(residue_weights)
+
+
+def _tm_per_bin(breaks, weights: np.ndarray) -> np.ndarray:
+    """The TM-score term of each PAE bin's center."""
     # As in DeepMind's AlphaFold 2.3, N is the integer part of the summed weights and the score is
     # the unweighted term of the best alignment residue (ColabFold's copy differs from this only
     # for fractional weights).
     clipped_num_res = max(int(weights.sum()), 19)
     d0 = 1.24 * (clipped_num_res - 15) ** (1.0 / 3) - 1.8
+    centers = _bin_centers(_as_float_array(breaks))
+    return 1.0 / (1 + np.square(centers) / np.square(d0))
 
-    centers = _bin_centers(breaks)
-    tm_per_bin = 1.0 / (1 + np.square(centers) / np.square(d0))
-    tm_term = np.empty(logits.shape[:-1], np.float64)  # (N, N)
-    for rows in _row_blocks(logits):
-        tm_term[rows] = (_softmax(_as_float_array(logits[rows])) * tm_per_bin).sum(-1)
 
+def _tm_score(tm_term: np.ndarray, weights: np.ndarray, asym_id, interface: bool) -> np.ndarray:
+    """pTM (ipTM with ``interface``) from the expected TM-score terms (N, N) of every residue pair."""
+    num_res = tm_term.shape[0]
     if interface:
         if asym_id is None:
             raise ValueError("ipTM (interface=True) needs asym_id, the chain index of every residue")
@@ -123,15 +133,45 @@ def predicted_tm_score(
     return np.asarray(per_alignment[(per_alignment * weights).argmax()], np.float32)
 
 
-def confidence_metrics(result: dict, residue_weights=None, asym_id=None) -> dict[str, np.ndarray]:
+def aligned_error_from_blocks(blocks, breaks, num_res: int, residue_weights=None,
+                              asym_id=None) -> dict[str, np.ndarray]:
+    """PAE, its maximum, pTM (and ipTM with `asym_id`) from PAE logits given a block of rows at a
+    time: ``blocks`` yields (rows slice, logits of those rows (rows, N, num_bins)). The numbers of
+    compute_predicted_aligned_error and predicted_tm_score, without the logits or the
+    aligned-confidence probabilities (N, N, num_bins) ever whole (very long sequences)."""
+    weights = _weights(residue_weights, num_res)
+    centers = _bin_centers(_as_float_array(breaks))
+    tm_per_bin = _tm_per_bin(breaks, weights)
+    pae = np.empty((num_res, num_res), np.float32)
+    tm_term = np.empty((num_res, num_res), np.float64)
+    for rows, logits in blocks:
+        for sub in _row_blocks(logits):  # the float64 temporaries stay near METRICS_BLOCK_BYTES
+            block = _softmax(_as_float_array(logits[sub]))
+            at = slice(rows.start + sub.start, rows.start + sub.stop)
+            pae[at] = (block * centers).sum(-1)
+            tm_term[at] = (block * tm_per_bin).sum(-1)
+    out = {"predicted_aligned_error": pae, "max_predicted_aligned_error": np.asarray(centers[-1], np.float32),
+           "ptm": _tm_score(tm_term, weights, None, False)}
+    if asym_id is not None:
+        out["iptm"] = _tm_score(tm_term, weights, asym_id, True)
+    return out
+
+
+def confidence_metrics(result: dict, residue_weights=None, asym_id=None,
+                       aligned_error_blocks=None) -> dict[str, np.ndarray]:
     """pLDDT, and with a 'predicted_aligned_error' head also PAE, pTM (and ipTM with `asym_id`),
-    plus 'ranking_confidence', from the heads' outputs ``result[head_name]['logits']``.
+    plus 'ranking_confidence', from the heads' outputs ``result[head_name]['logits']``. With
+    ``aligned_error_blocks`` (see aligned_error_from_blocks) the PAE head's logits come a block of
+    rows at a time instead, and the aligned-confidence probabilities are not kept.
 
     Ranking follows AlphaFold 2.3: 80 ipTM + 20 pTM with chains, else mean pLDDT.
     """
     out = {"plddt": compute_plddt(result["predicted_lddt"]["logits"])}
     pae = result.get("predicted_aligned_error")
-    if pae is not None:
+    if aligned_error_blocks is not None:
+        out.update(aligned_error_from_blocks(aligned_error_blocks, pae["breaks"], out["plddt"].shape[0],
+                                             residue_weights, asym_id))
+    elif pae is not None:
         out.update(compute_predicted_aligned_error(pae["logits"], pae["breaks"]))
         out["ptm"] = predicted_tm_score(pae["logits"], pae["breaks"], residue_weights)
         if asym_id is not None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from af2cpu.model.attention import Attention, GlobalAttention
-from af2cpu.model.options import Options, chunk_slices, triangle_product_rows
+from af2cpu.model.options import WHOLE_NORM_BYTES, Options, chunk_slices, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -23,6 +23,20 @@ class _Chunked(nn.Module):
     def __init__(self):
         super().__init__()
         self.options = Options()
+
+
+def _normed_pair_bias(pair: torch.Tensor, norm: nn.Module, weights: torch.Tensor, options: Options,
+                      transposed: bool = False) -> torch.Tensor:
+    """``_pair_bias(norm(pair), weights, transposed)``, a block of pair rows at a time: the normalised
+    pair (L² · c_z, several GiB at long lengths) exists one block at a time, the bias (H, L, L) whole."""
+    n_res, _, c_z = pair.shape
+    bias = pair.new_empty((weights.shape[1], n_res, n_res))
+    for s in chunk_slices(n_res, options.step_rows(None, n_res, n_res * c_z * pair.element_size())):
+        if transposed:
+            bias[:, :, s] = _pair_bias(norm(pair[s]), weights, transposed=True)
+        else:
+            bias[:, s] = _pair_bias(norm(pair[s]), weights)
+    return bias
 
 
 def _pair_bias(pair: torch.Tensor, weights: torch.Tensor, transposed: bool = False) -> torch.Tensor:
@@ -46,7 +60,7 @@ class MSARowAttentionWithPairBias(_Chunked):
 
     def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
         msa = self.query_norm(msa)
-        pair_bias = _pair_bias(self.feat_2d_norm(pair), self.feat_2d_weights)
+        pair_bias = _normed_pair_bias(pair, self.feat_2d_norm, self.feat_2d_weights, self.options)
         return self.attention.self_attention(msa, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
                                              options=self.options)
 
@@ -138,8 +152,13 @@ class OuterProductMean(_Chunked):
         # as the released weights expect; the paper's pseudocode adds it after the mean.
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
-        norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None]
-        return out.div_(1e-3 + norm).to(msa.dtype)
+        norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None].add_(1e-3)
+        # A block of rows at a time: a bf16 output divided in place by fp32 counts goes through fp32
+        # temporaries of the output's size (two fp32 pair-sized copies at once if whole).
+        n_res = out.shape[0]
+        for s in chunk_slices(n_res, self.options.step_rows(None, n_res, n_res * c_z * 4)):
+            out[s].div_(norm[s])
+        return out.to(msa.dtype)
 
     def _masked_projections(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The masked left and right projections of the normalised MSA, (S, L, c) each, one GEMM a
@@ -228,9 +247,11 @@ class _TriangleMultiplication(_Chunked):
         return (self.layer_norm_input, [self.left_projection, self.right_projection, self.left_gate,
                                          self.right_gate], self.center_layer_norm)
 
-    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``pair``; with ``inplace``, ``pair`` plus its update, added into ``pair`` a block
+        of rows at a time (the update never exists whole; the sums are done before any row changes)."""
         if self.options.chunks.triangle_channels is not None:
-            return self._forward_in_channel_slabs(pair, pair_mask, self.options.chunks.triangle_channels)
+            return self._forward_in_channel_slabs(pair, pair_mask, self.options.chunks.triangle_channels, inplace)
         layer_norm_input, layers, center_layer_norm = self._input_layers()
         act = layer_norm_input(pair)
         n_rows, n_res, c_z = act.shape
@@ -266,18 +287,21 @@ class _TriangleMultiplication(_Chunked):
         # The triangle sums, c batched GEMMs, take at least TRIANGLE_PRODUCT_ROWS output rows at once
         # (fewer make the GEMMs too flat to run fast); the centre layer norm, output projection and
         # gate then take the cache-sized step within that block.
-        out = torch.empty_like(act)
+        out = None if inplace else torch.empty_like(act)
         for ps in chunk_slices(n_rows, triangle_product_rows(step, n_rows,
                                                              self.options.chunks.triangle_multiplication)):
             tri_block = torch.bmm(a[:, ps], b_)  # (c, rows, L)
             for s in chunk_slices(ps.stop - ps.start, step):
                 rows = slice(ps.start + s.start, ps.start + s.stop)
                 tri = center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
-                out_s = self.output_projection(tri, out=out[rows].view(-1, c_z))
+                out_s = self.output_projection(tri, out=None if inplace else out[rows].view(-1, c_z))
                 out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
-        return out
+                if inplace:
+                    _add_in_place(pair[rows], out_s.view(pair[rows].shape))
+        return pair if inplace else out
 
-    def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int) -> torch.Tensor:
+    def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int,
+                                  inplace: bool = False) -> torch.Tensor:
         """``forward`` for long sequences: the projections and triangle sums a slab of ``slab``
         intermediate channels at a time, the input layer norm recomputed for each block of rows that
         needs it. Whole tensors: the triangle sums (c, L, L) and the output, in the pair's dtype;
@@ -311,13 +335,16 @@ class _TriangleMultiplication(_Chunked):
             else:
                 torch.bmm(right.transpose(1, 2), left, out=tri[cs])
             del proj, left, right
-        out = torch.empty_like(pair)
+        # With inplace each block of rows is updated after its gate has read it; no later block reads it.
+        out = None if inplace else torch.empty_like(pair)
         for s in chunk_slices(n_rows, self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                                              n_res * 4 * c * pair.element_size())):
             normed = center_layer_norm(tri[:, s].permute(1, 2, 0)).reshape(-1, c)
-            out_s = self.output_projection(normed, out=out[s].view(-1, c_z))
+            out_s = self.output_projection(normed, out=None if inplace else out[s].view(-1, c_z))
             out_s.mul_(torch.sigmoid_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z))))
-        return out
+            if inplace:
+                _add_in_place(pair[s], out_s.view(pair[s].shape))
+        return pair if inplace else out
 
 
 class TriangleMultiplicationOutgoing(_TriangleMultiplication):
@@ -345,11 +372,17 @@ class _TriangleAttention(_Chunked):
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         # The ending node attends along the columns of the pair: the same computation on the
-        # transposed pair, done through strided views instead of transposed copies.
-        act = self.query_norm(pair)
-        tri_bias = _pair_bias(act, self.feat_2d_weights, transposed=not self.starting)
+        # transposed pair, done through strided views instead of transposed copies. The normalised
+        # pair exists a block of rows (or columns) at a time, for the bias and for the attention.
+        if pair.numel() * pair.element_size() <= WHOLE_NORM_BYTES:  # small: normalised once, whole
+            act, norm = self.query_norm(pair), None
+            tri_bias = _pair_bias(act, self.feat_2d_weights, transposed=not self.starting)
+        else:
+            act, norm = pair, self.query_norm
+            tri_bias = _normed_pair_bias(pair, self.query_norm, self.feat_2d_weights, self.options,
+                                         transposed=not self.starting)
         return self.attention.self_attention(act, pair_mask, tri_bias, self.options.chunks.triangle_attention,
-                                             transposed=not self.starting, options=self.options)
+                                             transposed=not self.starting, options=self.options, norm=norm)
 
 
 class TriangleAttentionStartingNode(_TriangleAttention):
@@ -391,20 +424,39 @@ class EvoformerIteration(nn.Module):
         self.triangle_attention_ending_node = TriangleAttentionEndingNode(c_z, stack.triangle_num_head)
         self.pair_transition = Transition(c_z, stack.pair_transition_factor)
 
-    def forward(self, msa, pair, msa_mask, pair_mask):
-        """Returns the updated (msa, pair)."""
+    def forward(self, msa, pair, msa_mask, pair_mask, inplace: bool = False):
+        """Returns the updated (msa, pair).
+
+        With ``inplace`` each module's update is added into ``msa`` and ``pair`` themselves (the
+        caller's tensors change and are returned): one pair and one MSA tensor exist instead of the
+        input and its sum. The trunk's eager stacks pass it for the representations they own; every
+        update has the representation's dtype, so the sums are the same numbers as out of place.
+        """
+        def add(act, update):
+            return _add_in_place(act, update) if inplace else act + update
+
         if self.outer_product_mean_first:  # AlphaFold-Multimer (Evans et al. 2022, Suppl. 2.2)
-            pair = pair + self.outer_product_mean(msa, msa_mask)
-        msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
+            pair = add(pair, self.outer_product_mean(msa, msa_mask))
+        msa = add(msa, self.msa_row_attention_with_pair_bias(msa, msa_mask, pair))
         column = (self.msa_column_global_attention if self.global_column_attention
                   else self.msa_column_attention)
-        msa = msa + column(msa, msa_mask)
-        msa = msa + self.msa_transition(msa, msa_mask)
+        msa = add(msa, column(msa, msa_mask))
+        msa = add(msa, self.msa_transition(msa, msa_mask))
         if not self.outer_product_mean_first:
-            pair = pair + self.outer_product_mean(msa, msa_mask)
-        pair = pair + self.triangle_multiplication_outgoing(pair, pair_mask)
-        pair = pair + self.triangle_multiplication_incoming(pair, pair_mask)
-        pair = pair + self.triangle_attention_starting_node(pair, pair_mask)
-        pair = pair + self.triangle_attention_ending_node(pair, pair_mask)
-        pair = pair + self.pair_transition(pair, pair_mask)
+            pair = add(pair, self.outer_product_mean(msa, msa_mask))
+        for triangle_multiplication in (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming):
+            # In place, the triangle multiplication adds its update a block of rows at a time.
+            pair = (triangle_multiplication(pair, pair_mask, inplace=True) if inplace
+                    else pair + triangle_multiplication(pair, pair_mask))
+        pair = add(pair, self.triangle_attention_starting_node(pair, pair_mask))
+        pair = add(pair, self.triangle_attention_ending_node(pair, pair_mask))
+        pair = add(pair, self.pair_transition(pair, pair_mask))
         return msa, pair
+
+
+def _add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``act += update``, where ``update`` has ``act``'s dtype: an in-place sum of another dtype would
+    round where the out-of-place sum promotes."""
+    if update.dtype != act.dtype:
+        raise TypeError(f"a residual update of dtype {update.dtype} for a representation of dtype {act.dtype}")
+    return act.add_(update)

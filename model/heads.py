@@ -2,7 +2,9 @@
 
 Each head is ``forward(representations, batch) -> dict`` with the reference's output keys; the
 attribute paths mirror the haiku scopes (``alphafold/alphafold_iteration/<head>/<layer>``) when a
-head is the attribute of the same name of the iteration module. Heads run in fp32.
+head is the attribute of the same name of the iteration module. Heads run in fp32. The pair and MSA
+representations come in the trunk's dtype (bf16 or fp32); the heads that read them upcast a block of
+rows at a time (``HEAD_BLOCK_BYTES`` of fp32 input per block), so no fp32 copy of them exists whole.
 """
 
 from __future__ import annotations
@@ -12,12 +14,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.common import residue_constants as rc
+from af2cpu.model.options import chunk_slices
 from af2cpu.model.presets import HeadsConfig
 from af2cpu.model.primitives import LayerNorm, Linear
+
+# fp32 bytes of a head's input per block of rows (the pair heads and the structure module's pair input).
+HEAD_BLOCK_BYTES = 16 << 20
 
 
 def _fp32(x) -> torch.Tensor:
     return torch.as_tensor(x).float()
+
+
+def row_blocks(act: torch.Tensor):
+    """Slices of the first axis of ``act`` whose fp32 copies take about ``HEAD_BLOCK_BYTES``."""
+    row_bytes = 4 * act[0].numel()
+    return chunk_slices(act.shape[0], max(1, HEAD_BLOCK_BYTES // max(1, row_bytes)))
+
+
+def by_rows(fn, act: torch.Tensor) -> torch.Tensor:
+    """``fn(act.float())`` (a row-wise function, fp32) computed a block of rows of ``act`` at a time."""
+    act = torch.as_tensor(act)
+    out = None
+    for s in row_blocks(act):
+        block = fn(act[s].float())
+        if out is None:
+            out = block.new_empty((act.shape[0], *block.shape[1:]))
+        out[s] = block
+    return out
 
 
 class PredictedLDDTHead(nn.Module):
@@ -54,15 +78,21 @@ class DistogramHead(nn.Module):
         self.half_logits = Linear(c_z, cfg.distogram_num_bins)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
-        half = self.half_logits(_fp32(representations["pair"]))
+        pair = torch.as_tensor(representations["pair"])
+        # Logits [i, j] = half[i, j] + half[j, i], a block of rows i at a time: the rows and the
+        # columns of the block project separately (each projection is computed twice, no half whole).
+        logits = pair.new_empty((*pair.shape[:2], self.cfg.distogram_num_bins), dtype=torch.float32)
+        for s in row_blocks(pair):
+            torch.add(self.half_logits(pair[s].float()), self.half_logits(pair[:, s].float()).transpose(0, 1),
+                      out=logits[s])
         cfg = self.cfg
         edges = torch.linspace(
             cfg.distogram_first_break,
             cfg.distogram_last_break,
             cfg.distogram_num_bins - 1,
-            device=half.device,
+            device=logits.device,
         )
-        return {"logits": half + half.transpose(-2, -3), "bin_edges": edges}
+        return {"logits": logits, "bin_edges": edges}
 
 
 class MaskedMsaHead(nn.Module):
@@ -78,7 +108,7 @@ class MaskedMsaHead(nn.Module):
         self.logits = Linear(c_m, num_output)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
-        return {"logits": self.logits(_fp32(representations["msa"]))}
+        return {"logits": by_rows(self.logits, representations["msa"])}
 
 
 class ExperimentallyResolvedHead(nn.Module):
@@ -110,8 +140,15 @@ class PredictedAlignedErrorHead(nn.Module):
         self.logits = Linear(c_z, cfg.pae_num_bins)
 
     def forward(self, representations: dict, batch: dict | None = None) -> dict:
-        logits = self.logits(_fp32(representations["pair"]))
-        breaks = torch.linspace(
-            0.0, self.cfg.pae_max_error_bin, self.cfg.pae_num_bins - 1, device=logits.device
-        )
-        return {"logits": logits, "breaks": breaks}
+        return {"logits": by_rows(self.logits, representations["pair"]), "breaks": self.breaks()}
+
+    def breaks(self) -> torch.Tensor:
+        """The bin breaks (num_bins - 1)."""
+        return torch.linspace(0.0, self.cfg.pae_max_error_bin, self.cfg.pae_num_bins - 1)
+
+    def logit_blocks(self, representations: dict):
+        """The logits a block of rows at a time: (rows slice, fp32 logits of those rows), for outputs
+        that keep only what is computed from them (AlphaFold.predict with compact outputs)."""
+        pair = torch.as_tensor(representations["pair"])
+        for s in row_blocks(pair):
+            yield s, self.logits(pair[s].float())

@@ -13,20 +13,23 @@ F_e = extra_msa_feat_dim, F_t = template.num_pair_features, A = 37 atom types.
 fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
              + parameters (P · 4: fp32 master weights, also in bf16 runs)
              + input features (S·L·F_m·4 + Se·L·F_e·4)
-             + recycled state (L²·c_z·b + L·c_m·4 + L·A·3·4: the pair in the trunk's dtype)
-resident     templates: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + L²·c_t·b + L²·(V + 2·H_t)·4
+             + recycled state (L·c_m·4 + L·A·3·4; the recycled pair, L²·c_z·b in the trunk's dtype, is
+               freed once embedded: resident in the embeddings phase only)
+resident     embeddings: L²·c_z·b (recycled) + L²·c_z·b + S·L·c_m·b + Se·L·c_e·b
+             templates: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + L²·c_t·b + L²·(V + 2·H_t)·4
                         (one template at a time and the online softmax's fp32 state over templates:
                         V = template.attention_value_dim, H_t = template.attention_num_head;
                         the multimer: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + 2·L²·c_t·b)
-             extra_msa: 2·L²·c_z·b + S·L·c_m·b + 2·Se·L·c_e·b
-             evoformer: 2·L²·c_z·b + 2·S·L·c_m·b
-             heads:     L²·c_z·4 + S·L·c_m·4                (fp32 copies)
+             extra_msa: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b    (the blocks add their updates in place)
+             evoformer: L²·c_z·b + S·L·c_m·b
+               compiled blocks (block_bytes None) add out of place: twice the pair and the stack's MSA
+             heads:     L²·c_z·b + S·L·c_m·b    (the trunk's pair, the next pass's recycled pair as it is)
 intermediates (each counted with the module's own input copies and output; st = rows per step,
 the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
 The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Evoformer and
 (Se, c_e) for the extra-MSA stack, with the stack's H = msa_num_head, o = num_outer_channel and
 f = msa_transition_factor:
-  MSA row attention        2·R·L·C·b + L²·c_z·b + 2·H·L²·b + st·(6·L·C + H·L²)·b
+  MSA row attention        2·R·L·C·b + 2·H·L²·b + st·(6·L·C + H·L²)·b   (its pair bias a block of rows at a time)
   MSA column attention     2·R·L·C·b + st·7·R·C·b
   column global attention  st·R·C·4·b + 3·R·L·C·b               (a stack with global_column_attention)
   outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
@@ -35,11 +38,14 @@ f = msa_transition_factor:
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
 template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
 f = pair_transition_factor:
-  triangle attention       2·L²·C·b + 2·H·L²·b + st·(7·L·C + H·L²)·b
-  triangle multiplication  (3·C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
-     in channel slabs      max(C + c + 2·k, 2·C)·L²·b + st·(6·c + C)·L·b     k: channels per slab
+  triangle attention       L²·C·b + 2·H·L²·b + st·(8·L·C + H·L²)·b   (the normalised pair a block at a time;
+                           + L²·C·b, normalised whole, while that is at most WHOLE_NORM_BYTES)
+  triangle multiplication  (C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
+     in channel slabs      (c + 2·k)·L²·b + st·(6·c + C)·L·b               k: channels per slab
                            (ChunkSizes.triangle_channels): the sums whole, neither the normalised
-                           pair nor the whole projections
+                           pair nor the whole projections. In the trunk's stacks the update is added
+                           into the pair a block of rows at a time (no whole output); the template
+                           pair stack adds it out of place: + 2·C·L²·b (+ C·L²·b, at least 2·C·L²·b, in slabs)
   pair transition          L²·C·b + st·(1 + f)·L·C·b
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
@@ -48,7 +54,16 @@ and
   template point attention sa·L·(c_z + c_t + 3·(K + V))·4    a block of pair rows (K =
                            template.attention_key_dim), sa = embedding_step_rows of that, ≤ c/L for
                            a chunk of c residue pairs
-  heads                    2·L²·D·4 (distogram) + L²·E·4 (PAE) + S·L·M·4 (masked MSA) + 3·H_s·L²·4 (IPA)
+  structure module         5·H_s·L²·4 (its pair bias and the IPA's logits) + L²·c_z·4 (its layer-normed
+                           pair, while that is at most STRUCTURE_WHOLE_PAIR_BYTES; above, a block of
+                           rows at a time)
+  outputs                  L²·(D + 2·E)·4 (distogram, PAE logits, aligned-confidence probabilities)
+                           + S·L·M·4 (masked MSA) + L²·4 + 5·L²·8 (PAE, pTM's float64 terms)
+                           + 5·B (the metrics' float64 row blocks, B = confidence.METRICS_BLOCK_BYTES)
+                           + (L²·c_z + S·L·c_m)·4 in bf16 runs (the representations' fp32 copies)
+     compact               S·L·M·4 + L²·4 + 5·L²·8 + 5·B: no (L, L, bins) array and no pair or MSA
+                           representation is kept (Options.compact_outputs, chosen when the full
+                           outputs do not fit the limit)
                            D, E, M: heads.distogram_num_bins, pae_num_bins, masked_msa_num_output;
                            H_s: structure_module.num_head
 
@@ -74,7 +89,16 @@ import numpy as np
 from af2cpu.common import residue_constants as rc
 from af2cpu.config import Precision
 from af2cpu.errors import Af2CpuError, ConfigError
-from af2cpu.model.options import ChunkSizes, Options, as_precision, embedding_step_rows, triangle_product_rows
+from af2cpu.model.confidence import METRICS_BLOCK_BYTES
+from af2cpu.model.options import (
+    STRUCTURE_WHOLE_PAIR_BYTES,
+    WHOLE_NORM_BYTES,
+    ChunkSizes,
+    Options,
+    as_precision,
+    embedding_step_rows,
+    triangle_product_rows,
+)
 from af2cpu.model.presets import Architecture, EvoformerStackConfig, Preset, get_preset
 from af2cpu.runtime.memory import GIB, parse_memory_limit
 
@@ -143,15 +167,19 @@ class TargetShape:
             return cls(int(np.shape(features["aatype"])[0]), clusters, min(max(alignments - clusters, 0),
                        preset.max_extra_msa), int(np.shape(features["template_aatype"])[0]))
 
+        def cells(mask: np.ndarray, lead: int) -> np.ndarray:  # the axes after the first `lead` as one
+            # (not -1: a single-sequence MSA has no extra rows, no template hits no templates)
+            return mask.reshape(*mask.shape[:lead], int(np.prod(mask.shape[lead:], dtype=np.int64)))
+
         def rows(mask) -> int:  # (passes, rows, ...) -> the most rows with any unmasked cell in a pass
             mask = np.asarray(mask)
-            return int((mask.reshape(*mask.shape[:2], -1) != 0).any(axis=2).sum(axis=1).max())
+            return int((cells(mask, 2) != 0).any(axis=2).sum(axis=1).max())
 
         templates = 0
         if preset.use_templates and "template_mask" in features:
             # A template slot runs unless both its mask and its atom masks are zero.
             mask = np.asarray(features["template_mask"]) != 0  # (passes, T)
-            atoms = np.asarray(features["template_all_atom_masks"]).reshape(*mask.shape, -1) != 0
+            atoms = cells(np.asarray(features["template_all_atom_masks"]), 2) != 0
             templates = int((mask | atoms.any(axis=-1)).sum(axis=1).max())
         return cls(int(np.shape(features["aatype"])[1]), max(1, rows(features["msa_mask"])),
                    rows(features["extra_msa_mask"]), templates)
@@ -166,6 +194,7 @@ class MemoryEstimate:
     phase: str  # the phase whose peak is the overall peak
     resident: int  # representations alive during that phase
     largest: tuple[str, int]  # the phase's largest intermediate
+    compact_outputs: bool = False  # sized for Options.compact_outputs (no (L, L, bins) outputs kept)
 
     def describe(self) -> str:
         """One line for logs and errors: the total, its phase and its parts, in GiB."""
@@ -173,6 +202,7 @@ class MemoryEstimate:
         return (
             f"{self.total / GIB:.2f} GiB at the {self.phase} stage: fixed {fixed}; representations "
             f"{self.resident / GIB:.2f}; largest intermediate {self.largest[0]} {self.largest[1] / GIB:.2f} GiB"
+            + ("; compact outputs" if self.compact_outputs else "")
         )
 
 
@@ -208,29 +238,36 @@ def _step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> in
 
 
 def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transition_factor: int, b: int,
-                      ch: ChunkSizes, block: int | None) -> list[_Term]:
-    """The pair modules of a block on C channels (triangle multiplications of c channels)."""
+                      ch: ChunkSizes, block: int | None, inplace: bool = False) -> list[_Term]:
+    """The pair modules of a block on C channels (triangle multiplications of c channels); ``inplace``:
+    the block adds the updates into its pair (the trunk's stacks, EvoformerIteration)."""
     ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
     tm = _step(ch.triangle_multiplication, L, L * 4 * c * b, block)
     tr = _step(ch.transition, L, L * transition_factor * C * b, block)
     return [
+        # The output whole; the normalised pair a block of rows at a time (for the bias and the attention).
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              2 * L * L * C * b + 2 * heads * L * L * b + ta * (L * 7 * C + heads * L * L) * b),
-        _triangle_multiplication_term(prefix, L, C, c, b, ch, tm),
+              (2 if L * L * C * b <= WHOLE_NORM_BYTES else 1) * L * L * C * b + 2 * heads * L * L * b
+              + ta * (L * 8 * C + heads * L * L) * b),
+        _triangle_multiplication_term(prefix, L, C, c, b, ch, tm, inplace),
         _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
     ]
 
 
-def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, ch: ChunkSizes, tm: int) -> _Term:
+def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, ch: ChunkSizes, tm: int,
+                                  inplace: bool) -> _Term:
     """The triangle multiplication: whole (the normalised pair and the gated projections whole), or in
-    slabs of ``ch.triangle_channels`` channels (the sums whole, a slab's projections)."""
+    slabs of ``ch.triangle_channels`` channels (the sums whole, a slab's projections). In place its
+    update is added into the pair a block of rows at a time: no whole output."""
     if ch.triangle_channels is None:
         tp = triangle_product_rows(tm, L, ch.triangle_multiplication)
-        nbytes = (3 * C + 2 * c) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b
+        # The normalised pair, the gated projections; out of place the output and the residual sum.
+        nbytes = (C + 2 * c + (0 if inplace else 2 * C)) * L * L * b + tm * (6 * c + C) * L * b + tp * L * c * b
     else:
-        # Inside: the output, the sums and a slab's projections (the input pair is resident); after,
-        # the output and the residual sum.
-        nbytes = max(C + c + 2 * _eff(ch.triangle_channels, c), 2 * C) * L * L * b + tm * (6 * c + C) * L * b
+        # The sums and a slab's projections (the input pair is resident); out of place the output too,
+        # and after, the output and the residual sum.
+        k = _eff(ch.triangle_channels, c)
+        nbytes = (c + 2 * k if inplace else max(C + c + 2 * k, 2 * C)) * L * L * b + tm * (6 * c + C) * L * b
     return _Term(f"{prefix}triangle multiplication", "triangle_channels", nbytes, ("triangle_multiplication",))
 
 
@@ -256,7 +293,7 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
         column = _Term(f"{prefix}MSA column attention", "msa_column_attention", 2 * act + cols * R * 7 * C * b)
     return [
         _Term(f"{prefix}MSA row attention", "msa_row_attention",
-              2 * act + pair + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
+              2 * act + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
         column,
         _Term(f"{prefix}outer product mean", "outer_product_mean",
               (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + pair + L * L * FP32
@@ -266,15 +303,15 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
 
 
 def _evoformer_stack_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, c_z: int, b: int,
-                           ch: ChunkSizes, block: int | None) -> list[_Term]:
+                           ch: ChunkSizes, block: int | None, inplace: bool) -> list[_Term]:
     """Every module of a block of an Evoformer-like ``stack`` on R MSA rows."""
     return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b)
             + _pair_stack_terms("", L, c_z, stack.triangle_num_head, stack.num_intermediate_channel,
-                                stack.pair_transition_factor, b, ch, block))
+                                stack.pair_transition_factor, b, ch, block, inplace))
 
 
 def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
-            a: Architecture) -> dict[str, tuple[int, list[_Term]]]:
+            a: Architecture, compact: bool = False) -> dict[str, tuple[int, list[_Term]]]:
     L, S, Se, T = shape.residues, shape.msa_rows, shape.extra_rows, shape.templates
     c_z, t = a.pair_channel, a.template
     pair = L * L * c_z * b
@@ -284,7 +321,8 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
         # The embedders work in fp32 whatever the trunk's precision, a block of rows at a time: the
         # input embedding's pair, the relative positions, the recycled pair's layer norm and
         # distogram projection, and their sums, cast into the trunk's dtype block by block.
-        "embeddings": (msa + extra + pair,
+        # The recycled pair is read here and freed before the stacks run.
+        "embeddings": (msa + extra + 2 * pair,
                        [_Term("embeddings and recycling", None,
                               6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]),
     }
@@ -292,24 +330,33 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
         phases["templates"] = _multimer_template_phase(L, T, msa + extra, b, ch, block, a)
     elif T:
         phases["templates"] = _template_phase(L, msa + extra, b, ch, block, a)
+    # Eager blocks add their updates into the pair and the MSA (EvoformerIteration, inplace); compiled
+    # blocks (no cache blocks) add them out of place: the input and the sum.
+    inplace = block is not None
+    copies = 1 if inplace else 2
     if Se:
-        phases["extra_msa"] = (2 * pair + msa + 2 * extra,
-                               _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block))
-    phases["evoformer"] = (2 * pair + 2 * msa,
-                           _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block))
+        phases["extra_msa"] = (copies * (pair + extra) + msa,
+                               _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block, inplace))
+    phases["evoformer"] = (copies * (pair + msa),
+                           _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block, inplace))
     if t.multimer:
         phases["msa_sampling"] = (0, [_Term("MSA sampling and cluster profiles", None,
                                             (Se + 3 * S) * L * _MSA_CLASSES * FP32 + S * Se * FP32)])
     h = a.heads
     # The PAE head is counted whether the preset has it or not: an upper bound, as the parameters are.
-    # The heads and the structure module read the trunk's representations as fp32 copies (the
-    # trunk's own are gone by then), whatever the trunk's precision.
-    phases["heads"] = (
-        (pair + msa) // b * FP32,
-        [_Term("heads and structure module", None,
-               (2 * h.distogram_num_bins + h.pae_num_bins) * L * L * FP32
-               + S * L * h.masked_msa_num_output * FP32 + 3 * a.structure_module.num_head * L * L * FP32)],
-    )
+    # The heads and the structure module read the trunk's pair and MSA (its dtype; the pair is the next
+    # pass's recycled pair) a block of rows at a time, upcast per block.
+    # Masked MSA logits, PAE, pTM's float64 (L, L) terms, and the metrics' float64 row blocks (the
+    # block, its shifted and exponentiated copies, the softmax and a weighted sum).
+    kept = (S * L * h.masked_msa_num_output * FP32 + L * L * FP32 + 5 * L * L * 8
+            + 5 * min(METRICS_BLOCK_BYTES, L * L * h.pae_num_bins * 8))
+    if not compact:  # the (L, L, bins) arrays and the representations' fp32 copies (bf16 runs)
+        kept += ((h.distogram_num_bins + 2 * h.pae_num_bins) * L * L * FP32
+                 + ((pair + msa) // b * FP32 if b != FP32 else 0))
+    phases["heads"] = (pair + msa, [
+        _Term("structure module", None, 5 * a.structure_module.num_head * L * L * FP32
+              + (L * L * c_z * FP32 if L * L * c_z * FP32 <= STRUCTURE_WHOLE_PAIR_BYTES else 0)),
+        _Term("compact outputs" if compact else "outputs", None, kept)])
     return phases
 
 
@@ -381,21 +428,21 @@ def _fixed(shape: TargetShape, a: Architecture, b: int) -> dict[str, int]:
         # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
         "parameters": parameter_count(a) * FP32,
         "features": features,
-        # The recycled pair is kept in the trunk's dtype (AlphaFold.predict), the rest in fp32.
-        "recycling": (L * L * a.pair_channel * b + L * a.msa_channel * FP32
-                      + L * rc.atom_type_num * 3 * FP32),
+        # The recycled pair (the trunk's dtype) is counted where it lives: the embeddings read it and
+        # free it (AlphaFold.predict), the heads phase makes the next one; the rest stays, in fp32.
+        "recycling": L * a.msa_channel * FP32 + L * rc.atom_type_num * 3 * FP32,
     }
 
 
 def _estimate(shape: TargetShape, b: int, chunks: ChunkSizes, block: int | None,
-              a: Architecture) -> tuple[MemoryEstimate, _Term]:
+              a: Architecture, compact: bool = False) -> tuple[MemoryEstimate, _Term]:
     fixed = _fixed(shape, a, b)
     best: tuple[MemoryEstimate, _Term] | None = None
-    for phase, (resident, terms) in _phases(shape, b, chunks, block, a).items():
+    for phase, (resident, terms) in _phases(shape, b, chunks, block, a, compact).items():
         top = max(terms, key=lambda t: t.nbytes)
         total = sum(fixed.values()) + resident + top.nbytes
         if best is None or total > best[0].total:
-            best = (MemoryEstimate(total, fixed, phase, resident, (top.name, top.nbytes)), top)
+            best = (MemoryEstimate(total, fixed, phase, resident, (top.name, top.nbytes), compact), top)
     return best
 
 
@@ -405,12 +452,13 @@ def estimate_peak_memory(
     chunks: ChunkSizes | None = None,
     block_bytes: int | None = DEFAULT_BLOCK_BYTES,
     architecture: Architecture = AF2_ARCHITECTURE,
+    compact_outputs: bool = False,
 ) -> MemoryEstimate:
     """Predicted peak bytes of one forward pass (one recycle) of ``architecture`` on inputs of
-    ``shape``, with the given chunk sizes and cache blocks (``Options.block_bytes``); see the module
-    docstring for the formula."""
+    ``shape``, with the given chunk sizes and cache blocks (``Options.block_bytes``) and outputs
+    (``Options.compact_outputs``); see the module docstring for the formula."""
     b = as_precision(precision).nbytes
-    return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture)[0]
+    return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture, compact_outputs)[0]
 
 
 def phase_estimates(shape: TargetShape, precision: Precision | str, chunks: ChunkSizes | None = None,
@@ -443,17 +491,28 @@ def _axis(field: str, shape: TargetShape, a: Architecture) -> int:
 
 def choose_chunks(
     limit: int, shape: TargetShape, precision: Precision | str, block_bytes: int | None = DEFAULT_BLOCK_BYTES,
-    architecture: Architecture = AF2_ARCHITECTURE,
+    architecture: Architecture = AF2_ARCHITECTURE, compact_outputs: bool | None = None,
 ) -> tuple[ChunkSizes, MemoryEstimate]:
     """The largest chunk sizes (powers of two, or unchunked) whose estimated peak fits `limit`.
 
     Starting unchunked, the chunk size of the largest intermediate at the peak is halved until the
     estimate fits. Raises MemoryPlanError with the numbers when the smallest chunks do not fit.
+    ``compact_outputs`` None keeps the full outputs when some chunks fit them, else plans for
+    compact outputs (``Options.compact_outputs``; the estimate says which it chose).
     """
+    if compact_outputs is None:
+        try:
+            return choose_chunks(limit, shape, precision, block_bytes, architecture, False)
+        except MemoryPlanError:  # the compact outputs' error, if any, names what still does not fit
+            return choose_chunks(limit, shape, precision, block_bytes, architecture, True)
     b = as_precision(precision).nbytes
     chunks = ChunkSizes()
+
+    def estimate_for(candidate: ChunkSizes) -> tuple[MemoryEstimate, _Term]:
+        return _estimate(shape, b, candidate, block_bytes, architecture, compact_outputs)
+
     while True:
-        estimate, top = _estimate(shape, b, chunks, block_bytes, architecture)
+        estimate, top = estimate_for(chunks)
         if estimate.total <= limit:
             return chunks, estimate
         fields = [f for f in (top.chunk_field, *top.other_fields)
@@ -461,13 +520,11 @@ def choose_chunks(
         field = None
         if fields:
             # Chunks help only if the smallest chunks bring this intermediate under the limit.
-            floor, floor_top = _estimate(shape, b, replace(chunks, **dict.fromkeys(fields, 1)), block_bytes,
-                                         architecture)
+            floor, floor_top = estimate_for(replace(chunks, **dict.fromkeys(fields, 1)))
             if floor.total > limit and floor_top.name == top.name:
                 estimate = floor
             else:  # halve the field that lowers the estimate most
-                field = min(fields, key=lambda f: _estimate(shape, b, _halved(chunks, f, shape, architecture),
-                                                            block_bytes, architecture)[0].total)
+                field = min(fields, key=lambda f: estimate_for(_halved(chunks, f, shape, architecture))[0].total)
         if field is None:
             raise MemoryPlanError(
                 f"a target of {shape.residues} residues with {shape.msa_rows} MSA rows, {shape.extra_rows} "
@@ -502,4 +559,4 @@ def plan_options(runtime, preset: Preset, shape: TargetShape,
                       compile_cache_dir=str(runtime.compile_cache_dir) if compiled else None)
     chunks, estimate = choose_chunks(limit, shape, options.precision, options.cache_block_bytes,
                                      preset.architecture)
-    return replace(options, chunks=chunks), estimate
+    return replace(options, chunks=chunks, compact_outputs=estimate.compact_outputs), estimate

@@ -33,6 +33,15 @@ def embedding_step_rows(row_bytes: int) -> int:
     return max(1, EMBEDDING_BLOCK_BYTES // max(1, row_bytes))
 
 
+# Triangle attention normalises its pair whole up to this size (one layer norm, faster at normal lengths:
+# 6 % of a bf16 pass at L=128), above it a block of rows at a time as the attention reads it.
+WHOLE_NORM_BYTES = 64 << 20
+
+# The structure module keeps its layer-normed fp32 pair whole for its eight iterations up to this size
+# (one layer norm); above it, it normalises a block of rows at a time where the pair is read (no fp32
+# pair-sized copy at long lengths, at the cost of a layer norm per iteration).
+STRUCTURE_WHOLE_PAIR_BYTES = 256 << 20
+
 # The triangle multiplication's triangle sums are c batched GEMMs whose M is the rows of a step; with
 # fewer rows they are too flat to run fast (one module's sums at L=320, bf16, on AVX512-BF16: 70 ms with
 # 12 rows a step, 31 ms with 64), so they take at least this many rows even when the cache step is smaller.
@@ -88,6 +97,11 @@ class Options:
     # memory. Independent of `chunks` (which bound peak memory); None processes whole tensors,
     # and so do compiled blocks (see step_rows).
     block_bytes: int | None = 4 << 20
+    # Outputs for very long sequences (the memory planner sets it when the full outputs do not fit the
+    # limit, af2cpu.model.memory.choose_chunks): AlphaFold.predict then keeps no (L, L, bins) arrays (the
+    # distogram and PAE logits, the aligned-confidence probabilities) and no pair or MSA representation;
+    # PAE, pTM and ipTM are computed from the PAE logits a block of rows at a time.
+    compact_outputs: bool = False
 
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):

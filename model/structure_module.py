@@ -17,6 +17,8 @@ from torch import nn
 
 from af2cpu.model import all_atom
 from af2cpu.model.geometry import QuatRigid, Rigid
+from af2cpu.model.heads import by_rows, row_blocks
+from af2cpu.model.options import STRUCTURE_WHOLE_PAIR_BYTES
 from af2cpu.model.presets import StructureModuleConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -69,11 +71,15 @@ class InvariantPointAttention(nn.Module):
         mask: torch.Tensor,
         frames: Rigid,
         pair_bias: torch.Tensor | None = None,
+        pair_norm: nn.Module | None = None,
     ) -> torch.Tensor:
         """act (N, c_s), pair (N, N, c_z), mask (N,), frames with batch shape (N,) -> (N, c_s).
 
         `pair_bias` is ``self.attention_2d(pair)`` when the caller already has it: the structure
         module computes it once for its eight iterations, which share weights and pair input.
+        With `pair_norm` (a layer norm), the attention reads ``pair_norm(pair)``, normalised a block
+        of rows at a time in fp32 as it is read: the pair may be the trunk's (bf16 or fp32), and no
+        normalised fp32 copy of it exists whole.
         """
         cfg = self.cfg
         n, h = act.shape[0], cfg.num_head
@@ -112,7 +118,7 @@ class InvariantPointAttention(nn.Module):
             weighted_dist2 += point_weight * dist2
         logits = logits + -0.5 * weighted_dist2
         if pair_bias is None:
-            pair_bias = self.attention_2d(pair)
+            pair_bias = by_rows(lambda rows: self.attention_2d(rows if pair_norm is None else pair_norm(rows)), pair)
         logits = logits + pair_weight * pair_bias.permute(2, 0, 1)
         # DISCREPANCY: the paper has no mask; AlphaFold2 keeps padded residues out of every
         # attention with a -1e5 logit penalty.
@@ -130,7 +136,11 @@ class InvariantPointAttention(nn.Module):
         norm2 = (out_pts * out_pts).sum(-1)
         out_norm = (torch.sqrt(torch.clamp(norm2, min=self.dist_epsilon**2)) if cfg.multimer
                     else torch.sqrt(self.dist_epsilon + norm2))
-        out_pair = torch.einsum("hij,ijc->ihc", attn, pair).reshape(n, -1)
+        out_pair = attn.new_empty((n, h, pair.shape[-1]))
+        for s in row_blocks(pair):
+            rows = pair[s].float()
+            out_pair[s] = torch.einsum("hij,ijc->ihc", attn[:, s], rows if pair_norm is None else pair_norm(rows))
+        out_pair = out_pair.reshape(n, -1)
         features = torch.cat(
             [out_scalar, out_pts[..., 0], out_pts[..., 1], out_pts[..., 2], out_norm, out_pair], dim=-1
         )
@@ -247,8 +257,8 @@ class FoldIteration(nn.Module):
             getattr(self, f"transition_{i}") for i in range(1, self.cfg.num_layer_in_transition)
         ]
 
-    def forward(self, act, initial_act, pair, mask, frames: QuatRigid, aatype, pair_bias=None):
-        act = act + self.invariant_point_attention(act, pair, mask, frames.to_rigid(), pair_bias)
+    def forward(self, act, initial_act, pair, mask, frames: QuatRigid, aatype, pair_bias=None, pair_norm=None):
+        act = act + self.invariant_point_attention(act, pair, mask, frames.to_rigid(), pair_bias, pair_norm)
         act = self.attention_layer_norm(act)
         x = act
         layers = self._transition_layers()
@@ -301,7 +311,9 @@ class StructureModule(nn.Module):
 
     def forward(self, representations: dict, batch: dict) -> dict:
         single = torch.as_tensor(representations["single"]).float()
-        pair = torch.as_tensor(representations["pair"]).float()
+        # The trunk's pair (its own dtype): layer-normed in fp32, whole when small, else a block of rows
+        # at a time where it is read.
+        pair = torch.as_tensor(representations["pair"])
         device = single.device
 
         def feature(name: str, dtype=torch.float32) -> torch.Tensor:
@@ -315,14 +327,17 @@ class StructureModule(nn.Module):
         act = self.single_layer_norm(single)
         initial_act = act
         act = self.initial_projection(act)
-        pair = self.pair_layer_norm(pair)
         frames = QuatRigid.identity((single.shape[0],), device=device)
 
-        pair_bias = self.fold_iteration.invariant_point_attention.attention_2d(pair)
+        pair_norm = self.pair_layer_norm
+        if pair.numel() * 4 <= STRUCTURE_WHOLE_PAIR_BYTES:  # small: normalised once, whole
+            pair, pair_norm = pair_norm(pair.float()), None
+        attention_2d = self.fold_iteration.invariant_point_attention.attention_2d
+        pair_bias = by_rows(lambda rows: attention_2d(rows if pair_norm is None else pair_norm(rows)), pair)
         per_iteration = []
         for _ in range(self.cfg.num_layer):
             act, frames, out = self.fold_iteration(
-                act, initial_act, pair, seq_mask, frames, aatype, pair_bias
+                act, initial_act, pair, seq_mask, frames, aatype, pair_bias, pair_norm
             )
             per_iteration.append(out)
         stacked = {k: torch.stack([o[k] for o in per_iteration]) for k in per_iteration[0]}

@@ -418,6 +418,10 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
         features = process_features(raw, settings, seed=run.seed)
     shape = TargetShape.of_features(preset, features)
     options, _ = plan_options(cfg.runtime, preset, shape)
+    if options.compact_outputs:
+        log.info("%s: %d residues: compact outputs within runtime.memory_limit=%s (no distogram logits, "
+                 "aligned-confidence probabilities or pair/MSA representations in result_%s.npz)",
+                 run.name, shape.residues, cfg.runtime.memory_limit, run.name)
     threads = threads_for(int(cfg.runtime.threads))
     torch.set_num_threads(threads)
     model = weights.load_model(cfg, run.preset, options)

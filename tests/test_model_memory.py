@@ -88,32 +88,37 @@ def test_chosen_chunks_fit_and_are_the_largest_that_do(limit_gib, length, precis
 
 def test_target_that_cannot_fit_fails_with_the_numbers():
     with pytest.raises(MemoryPlanError) as failure:
-        choose_chunks(2 * GIB, TargetShape(3000, 512, 5120, 4), "fp32")
+        choose_chunks(2 * GIB, TargetShape(3000, 512, 5120, 0), "fp32")
     message = str(failure.value)
-    assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 4 templates" in message
+    assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 0 templates" in message
     assert "the memory limit is 2.00 GiB" in message
-    # The triangle multiplications shrink in channel slabs; the extra MSA row attention's whole
-    # tensors (its input, output and the pair) cannot.
-    assert "chunking cannot make extra MSA row attention small enough" in message
+    # The triangle multiplications shrink in channel slabs, the pair biases are computed a block of
+    # rows at a time; the extra MSA column global attention's whole tensors (its normalised,
+    # transposed input and output) cannot shrink, even with compact outputs.
+    assert "chunking cannot make extra MSA column global attention small enough" in message
+    assert "compact outputs" in message
     assert "runtime.precision=bf16" in message
 
 
 def test_triangle_multiplication_shrinks_in_channel_slabs_down_to_its_sums():
     shape = TargetShape(2000, 16, 0, 0)  # a shallow MSA: the Evoformer's triangle multiplication tops
     whole = estimate_peak_memory(shape, "fp32")
-    assert whole.largest[0] == "triangle multiplication"
-    chunks, estimate = choose_chunks(12 * GIB, shape, "fp32")
-    assert chunks == ChunkSizes(triangle_channels=32) and estimate.total <= 12 * GIB < whole.total
-    assert estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=64)).total > 12 * GIB
-    # Neither the normalised pair (c_z) nor half the projections (c) exist, a slab of 2·32 does.
+    assert whole.phase == "evoformer" and whole.largest[0] == "triangle multiplication"
+    chunks, estimate = choose_chunks(7 * GIB, shape, "fp32")
+    assert chunks == ChunkSizes(triangle_channels=64) and estimate.total <= 7 * GIB < whole.total
+    assert not estimate.compact_outputs
+    # Neither the normalised pair (c_z) nor half the projections (c) exist, a slab of 2·64 does.
     L, c = 2000, A.evoformer.num_intermediate_channel
-    assert whole.largest[1] - estimate.largest[1] >= (A.pair_channel + c - 2 * 32) * L * L * 4
-    # Slabs of one channel leave the sums and the output, as large as the triangle attention's whole
-    # tensors: a tighter limit is refused up front.
-    floor = estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=1))
-    assert floor.largest[1] >= 2 * A.pair_channel * L * L * 4
+    assert whole.largest[1] - estimate.largest[1] >= (A.pair_channel + c - 2 * 64) * L * L * 4
+    # In place the update is added into the pair a block of rows at a time: slabs of one channel leave
+    # only the sums (c channels), smaller than the triangle attention's output.
+    floor = estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=1), compact_outputs=True)
+    assert floor.largest[0] != "triangle multiplication"
+    # Below the full outputs' floor (the (L, L, bins) arrays) the planner keeps compact outputs.
+    chunks, estimate = choose_chunks(5 * GIB, shape, "fp32")
+    assert estimate.compact_outputs and estimate.total <= 5 * GIB and chunks.triangle_channels is not None
     with pytest.raises(MemoryPlanError, match="cannot make triangle attention small enough"):
-        choose_chunks(10 * GIB, shape, "fp32")
+        choose_chunks(3 * GIB, shape, "fp32")
 
 
 def test_bad_shape_or_precision_is_a_config_error():
@@ -158,19 +163,17 @@ def test_a_smaller_architecture_needs_less_memory():
 
 
 def test_doubling_the_pair_channel_raises_the_pair_sized_terms():
-    L, b = 256, 4
+    L, b = 384, 4
     shape = TargetShape(L, 16, 0, 0)  # a shallow MSA: the pair sets the peak, in the Evoformer stack
     wide = dataclasses.replace(A, pair_channel=2 * A.pair_channel)
     before = estimate_peak_memory(shape, "fp32")
     after = estimate_peak_memory(shape, "fp32", architecture=wide)
     assert before.phase == after.phase == "evoformer"
-    # The recycled pair (fp32) and the two pair tensors alive in a block grow by one pair each.
+    # The pair tensor a block holds (its updates are added in place) grows by one pair; the recycled
+    # pair is counted where it lives (the embeddings phase: it is freed once embedded).
     pair = L * L * A.pair_channel
-    assert after.fixed["recycling"] - before.fixed["recycling"] == pair * 4
-    # In bf16 the recycled pair is kept in bf16 (AlphaFold.predict).
-    bf16 = estimate_peak_memory(shape, "bf16", architecture=wide).fixed["recycling"]
-    assert after.fixed["recycling"] - bf16 == L * L * wide.pair_channel * (4 - 2)
-    assert after.resident - before.resident == 2 * pair * b
+    assert after.fixed["recycling"] == before.fixed["recycling"]
+    assert after.resident - before.resident == pair * b
     assert after.fixed["parameters"] > before.fixed["parameters"]
     assert after.largest[0] == before.largest[0] and after.largest[1] > before.largest[1]
 
@@ -216,12 +219,28 @@ def test_multimer_templates_are_embedded_one_at_a_time():
 
 @pytest.mark.parametrize("length, precision", [(2000, "fp32"), (3200, "bf16")])
 def test_long_targets_with_alphafold2s_default_msa_sizes_fit_22_gib(length, precision):
-    # The outer product mean keeps only its masked projections whole (not the normalised extra MSA
-    # and unmasked copies), the triangle multiplications go in channel slabs, the recycled pair is
-    # kept in the trunk's dtype and the templates are combined one at a time (online softmax);
-    # before, 2000 residues in fp32 needed 22.98 GiB, 3200 in bf16 29.21 GiB.
-    chunks, estimate = choose_chunks(22 * GIB, TargetShape(length, 508, 5120, 4), precision)
-    assert estimate.total <= 22 * GIB and chunks.triangle_channels is not None
+    # The outer product mean keeps only its masked projections whole, the triangle multiplications
+    # add their updates a block of rows at a time, the stacks update their pair in place, the
+    # recycled pair is freed once embedded, the heads read the trunk's pair in blocks of rows, and
+    # the templates are combined one at a time (online softmax); before, 2000 residues in fp32
+    # needed 22.98 GiB, 3200 in bf16 29.21 GiB. Both keep the full outputs.
+    _, estimate = choose_chunks(22 * GIB, TargetShape(length, 508, 5120, 4), precision)
+    assert estimate.total <= 22 * GIB and not estimate.compact_outputs
+
+
+def test_4700_residues_in_bf16_fit_22_gib_outside_the_template_stage():
+    # Without templates (the template stage has its own terms), one pass of 4700 residues at
+    # AlphaFold2's default MSA sizes fits 22 GiB in bf16 with compact outputs (43.4 GiB before); the
+    # extra-MSA stack's whole tensors set the peak.
+    shape = TargetShape(4700, 508, 5120, 0)
+    with pytest.raises(MemoryPlanError):
+        choose_chunks(22 * GIB, shape, "bf16", compact_outputs=False)
+    chunks, estimate = choose_chunks(22 * GIB, shape, "bf16")
+    assert estimate.total <= 22 * GIB and estimate.compact_outputs and estimate.phase == "extra_msa"
+    # The full outputs set the peak at the heads: the (L, L, bins) arrays (three fp32 arrays of 64
+    # bins) and the representations' fp32 copies are what compact outputs leave out.
+    full = estimate_peak_memory(shape, "bf16", chunks)
+    assert full.phase == "heads" and full.total - estimate.total >= 3 * 4700**2 * 64 * 4
 
 
 def test_pass_shape_of_features_counts_the_rows_the_network_computes_on():
@@ -244,6 +263,10 @@ def test_pass_shape_of_features_counts_the_rows_the_network_computes_on():
     # Presets without templates do not run them; the largest pass is the preset's padded sizes.
     assert TargetShape.of_features(get_preset("model_3_ptm"), features).templates == 0
     assert TargetShape.largest(monomer, length) == TargetShape(length, 508, 5120, 4)
+    # A single-sequence MSA without template hits: no extra rows, no template slots.
+    empty = dict(features, extra_msa_mask=extra_mask[:, :0], template_mask=template_mask[:, :0],
+                 template_all_atom_masks=atoms[:, :0])
+    assert TargetShape.of_features(monomer, empty) == TargetShape(length, 7, 0, 0)
 
     # A multimer example: the network samples its clusters from the real alignments, the rest are extra rows.
     multimer = get_preset("model_1_multimer_v3")

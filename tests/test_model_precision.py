@@ -180,12 +180,16 @@ def test_whole_model_runs_in_bf16_end_to_end():
     fp32 = model.predict(features, num_recycle=1)
     model.set_options(Options(precision="bf16"))
     passes = []  # (the recycled pair a pass reads, the fp32 pair it returns)
-    hook = model.alphafold_iteration.register_forward_hook(
-        lambda module, args, ret: passes.append((args[1]["prev_pair"], ret["representations"]["pair"])))
+    # A pre-hook: the pass takes the recycled pair out of its `prev` once embedded.
+    hooks = [model.alphafold_iteration.register_forward_pre_hook(
+                 lambda module, args: passes.append([args[1]["prev_pair"]])),
+             model.alphafold_iteration.register_forward_hook(
+                 lambda module, args, ret: passes[-1].append(ret["representations"]["pair"]))]
     try:
         bf16 = model.predict(features, num_recycle=1)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         model.set_options(Options())
     # The recycled pair is kept in bf16, the same numbers as the first pass's fp32 representation.
     assert [prev.dtype for prev, _ in passes] == [torch.bfloat16, torch.bfloat16]

@@ -526,7 +526,7 @@ def test_confidence_metrics_in_row_blocks_equal_whole_tensor_metrics(monkeypatch
     whole = confidence.confidence_metrics(result)
     assert len(confidence._row_blocks(result["predicted_aligned_error"]["logits"])) == 1
     for block_bytes in (1, 3 * NUM_RES * 64 * 8):
-        monkeypatch.setattr(confidence, "_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(confidence, "METRICS_BLOCK_BYTES", block_bytes)
         assert len(confidence._row_blocks(result["predicted_aligned_error"]["logits"])) > 1
         blocked = confidence.confidence_metrics(result)
         for key in ("aligned_confidence_probs", "predicted_aligned_error", "ptm", "ranking_confidence"):

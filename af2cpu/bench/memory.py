@@ -53,7 +53,7 @@ def run_memory(args: argparse.Namespace) -> int:
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_memory_child, args=(
                 send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads,
-                name, chains, templates))
+                name, chains, estimate.compact_outputs, templates))
             child.start()
             send.close()
             try:
@@ -84,7 +84,7 @@ def run_memory(args: argparse.Namespace) -> int:
 
 
 def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads, preset=PRESET,
-                  chains=1, templates=0) -> None:
+                  chains=1, compact_outputs=False, templates=0) -> None:
     """One pass in this (fresh) process; sends its peak RSS and time through ``conn``."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch  # deferred: torch reads OMP_NUM_THREADS once, when first imported in this process
@@ -98,7 +98,7 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
     else:
         model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks, templates=templates)
     del flat  # a real run keeps one copy of the weights, the model's
-    model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision))
+    model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision, compact_outputs=compact_outputs))
     # The peak up to the end of the template stage (embeddings and templates), where there is one.
     through_templates = {}
 
