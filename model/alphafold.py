@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +98,15 @@ class EmbeddingsAndEvoformer(nn.Module):
         dtype = self.options.dtype
         seq_mask = batch["seq_mask"]
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
-        msa, pair, extra = self._embed(batch, prev, dtype)
+        pair = self._embed_pair(batch, prev, dtype)
         if consume_prev:
             del prev["prev_pair"]
         if self.preset.use_templates:
             # The update is added into the pair in place (the embedded pair is read by no one else).
             pair = self.template_embedding(pair, batch, mask_2d, out=pair)
+        # The MSAs after the templates, which do not read them: they are not alive while the
+        # templates are embedded (the same numbers in AlphaFold2's order).
+        msa, extra = self._embed_msas(batch, prev, dtype)
 
         run = _block_runner(self.options)
         for block in self.extra_msa_stack:
@@ -122,14 +126,17 @@ class EmbeddingsAndEvoformer(nn.Module):
         return {"single": self.single_activations(msa[0]).float(), "pair": pair,
                 "msa": msa[:num_seq], "msa_first_row": msa[0].float()}
 
-    def _embed(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor], dtype: torch.dtype):
-        """The embedded MSA, pair and extra MSA (Alg. 2 lines 5-15), in the trunk's ``dtype``.
+    def _embed_pair(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
+                    dtype: torch.dtype) -> torch.Tensor:
+        """The embedded pair (Alg. 2 lines 5-13: input embedding, relative positions, the recycled
+        pair and positions), in the trunk's ``dtype``.
 
-        The embedders compute in fp32, as in AlphaFold2. Each representation is written a block of
-        rows at a time into its ``dtype`` tensor, every sum of a block done in fp32 before the one
-        cast, so the fp32 intermediates (the input embedding, the recycled pair's layer norm and
-        distogram projection, the relative positions, the extra MSA's one-hot features) exist one
-        block at a time instead of whole (several (L, L, 128) fp32 tensors at long lengths).
+        The embedders compute in fp32, as in AlphaFold2. Each representation (this pair, the MSAs of
+        :meth:`_embed_msas`) is written a block of rows at a time into its ``dtype`` tensor, every sum
+        of a block done in fp32 before the one cast, so the fp32 intermediates (the input embedding,
+        the recycled pair's layer norm and distogram projection, the relative positions, the extra
+        MSA's one-hot features) exist one block at a time instead of whole (several (L, L, 128) fp32
+        tensors at long lengths).
         """
         embed, recycle = self.input_embedder, self.recycling_embedder
         if hasattr(self, "relative_position"):
@@ -139,31 +146,40 @@ class EmbeddingsAndEvoformer(nn.Module):
             def relpos(rows):
                 return self.get_submodule(_CHAIN_RELPOS)(batch["residue_index"], batch["asym_id"], batch["entity_id"],
                                                          batch["sym_id"], rows)
+        target_feat = batch["target_feat"]
+        n_res = target_feat.shape[0]
+        pair = target_feat.new_empty((n_res, n_res, recycle.prev_pair_norm.scale.shape[0]), dtype=dtype)
+        for s in _embedding_steps(n_res, n_res * pair.shape[-1] * 4):
+            update = recycle.pair_rows(batch["aatype"], prev["prev_pos"], prev["prev_pair"], s)
+            pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(s))
+        return pair
+
+    def _embed_msas(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedded MSA (with the recycled first row) and extra MSA (Alg. 2 lines 5, 14-15), in
+        the trunk's ``dtype``, a block of rows at a time (see :meth:`_embed_pair`)."""
+        embed, recycle = self.input_embedder, self.recycling_embedder
         target_feat, msa_feat = batch["target_feat"], batch["msa_feat"]
         n_res = target_feat.shape[0]
-
-        def steps(total: int, row_bytes: int):
-            return chunk_slices(total, embedding_step_rows(row_bytes))
-
         first_row = recycle.prev_msa_first_row_norm(prev["prev_msa_first_row"])
         msa = msa_feat.new_empty((msa_feat.shape[0], n_res, first_row.shape[-1]), dtype=dtype)
-        for s in steps(msa.shape[0], n_res * msa.shape[-1] * 4):
+        for s in _embedding_steps(msa.shape[0], n_res * msa.shape[-1] * 4):
             rows = embed.msa_rows(target_feat, msa_feat[s])
             if s.start == 0:
                 rows[0] += first_row
             msa[s] = rows
 
-        pair = target_feat.new_empty((n_res, n_res, recycle.prev_pair_norm.scale.shape[0]), dtype=dtype)
-        for s in steps(n_res, n_res * pair.shape[-1] * 4):
-            update = recycle.pair_rows(batch["aatype"], prev["prev_pos"], prev["prev_pair"], s)
-            pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(s))
-
         extra_features = (batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
         channels = self.extra_msa_embedder.extra_msa_activations.weights.shape[1]
         extra = target_feat.new_empty((extra_features[0].shape[0], n_res, channels), dtype=dtype)
-        for s in steps(extra.shape[0], n_res * channels * 4):
+        for s in _embedding_steps(extra.shape[0], n_res * channels * 4):
             extra[s] = self.extra_msa_embedder(*(f[s] for f in extra_features))
-        return msa, pair, extra
+        return msa, extra
+
+
+def _embedding_steps(total: int, row_bytes: int) -> Iterator[slice]:
+    """Blocks of rows of an embedding: a few MiB of fp32 intermediates each."""
+    return chunk_slices(total, embedding_step_rows(row_bytes))
 
 
 def _call_block(block: nn.Module, *args):

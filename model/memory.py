@@ -15,11 +15,12 @@ fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
              + input features (S·L·F_m·4 + Se·L·F_e·4)
              + recycled state (L·c_m·4 + L·A·3·4; the recycled pair, L²·c_z·b in the trunk's dtype, is
                freed once embedded: resident in the embeddings phase only)
-resident     embeddings: L²·c_z·b (recycled) + L²·c_z·b + S·L·c_m·b + Se·L·c_e·b
-             templates: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + L²·c_t·b + L²·(V + 2·H_t)·4
+resident     embeddings: L²·c_z·b (recycled) + L²·c_z·b    (the pair; the MSAs come after the templates)
+             templates: L²·c_z·b + L²·c_t·b + L²·(V + 2·H_t)·4
                         (one template at a time and the online softmax's fp32 state over templates:
                         V = template.attention_value_dim, H_t = template.attention_num_head;
-                        the multimer: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b + 2·L²·c_t·b)
+                        the multimer: L²·c_z·b + 2·L²·c_t·b)
+             msa_embeddings: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b
              extra_msa: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b    (the blocks add their updates in place)
              evoformer: L²·c_z·b + S·L·c_m·b
                compiled blocks (block_bytes None) add out of place: twice the pair and the stack's MSA
@@ -43,9 +44,10 @@ f = pair_transition_factor:
   triangle multiplication  (C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
      in channel slabs      (c + 2·k)·L²·b + st·(6·c + C)·L·b               k: channels per slab
                            (ChunkSizes.triangle_channels): the sums whole, neither the normalised
-                           pair nor the whole projections. In the trunk's stacks the update is added
-                           into the pair a block of rows at a time (no whole output); the template
-                           pair stack adds it out of place: + 2·C·L²·b (+ C·L²·b, at least 2·C·L²·b, in slabs)
+                           pair nor the whole projections. The eager stacks (the trunk's and the
+                           template pair stack) add the update into the pair a block of rows at a
+                           time (no whole output); compiled blocks add it out of place: + 2·C·L²·b
+                           (+ C·L²·b, at least 2·C·L²·b, in slabs)
   pair transition          L²·C·b + st·(1 + f)·L·C·b
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
@@ -317,19 +319,19 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     pair = L * L * c_z * b
     msa = S * L * a.msa_channel * b
     extra = Se * L * a.extra_msa.msa_channel * b
-    phases: dict[str, tuple[int, list[_Term]]] = {
-        # The embedders work in fp32 whatever the trunk's precision, a block of rows at a time: the
-        # input embedding's pair, the relative positions, the recycled pair's layer norm and
-        # distogram projection, and their sums, cast into the trunk's dtype block by block.
-        # The recycled pair is read here and freed before the stacks run.
-        "embeddings": (msa + extra + 2 * pair,
-                       [_Term("embeddings and recycling", None,
-                              6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]),
-    }
+    # The embedders work in fp32 whatever the trunk's precision, a block of rows at a time: the
+    # input embedding's pair, the relative positions, the recycled pair's layer norm and distogram
+    # projection, and their sums, cast into the trunk's dtype block by block.
+    embedding = [_Term("embeddings and recycling", None,
+                       6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]
+    # The recycled pair is read while the pair is embedded and freed before the templates; the MSA and
+    # extra MSA are embedded after the templates (EmbeddingsAndEvoformer.forward).
+    phases: dict[str, tuple[int, list[_Term]]] = {"embeddings": (2 * pair, embedding)}
     if T and t.multimer:
-        phases["templates"] = _multimer_template_phase(L, T, msa + extra, b, ch, block, a)
+        phases["templates"] = _multimer_template_phase(L, T, b, ch, block, a)
     elif T:
-        phases["templates"] = _template_phase(L, msa + extra, b, ch, block, a)
+        phases["templates"] = _template_phase(L, b, ch, block, a)
+    phases["msa_embeddings"] = (pair + msa + extra, embedding)
     # Eager blocks add their updates into the pair and the MSA (EvoformerIteration, inplace); compiled
     # blocks (no cache blocks) add them out of place: the input and the sum.
     inplace = block is not None
@@ -360,13 +362,13 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     return phases
 
 
-def _template_phase(L: int, msas: int, b: int, ch: ChunkSizes, block: int | None,
+def _template_phase(L: int, b: int, ch: ChunkSizes, block: int | None,
                     a: Architecture) -> tuple[int, list[_Term]]:
     """The monomer's template embedding (af2cpu.model.template.TemplateEmbedding): one template at a
     time, its features embedded a block of rows at a time into its activation, its pair stack
     updating that in place, then folded into the online softmax's fp32 running maximum, denominator
     (L, L, H) and weighted values (L, L, H·c_v) a block of pair rows at a time; the update added
-    into the pair in place. Resident: the pair, the MSAs, one template and the softmax's state,
+    into the pair in place. Resident: the pair, one template and the softmax's state,
     whatever the number of templates."""
     c_z, t = a.pair_channel, a.template
     c_t = t.num_channel
@@ -377,9 +379,9 @@ def _template_phase(L: int, msas: int, b: int, ch: ChunkSizes, block: int | None
     if ch.template_attention is not None:
         attention_rows = min(attention_rows, max(1, ch.template_attention // L))
     return (
-        L * L * c_z * b + msas + L * L * c_t * b + L * L * (t.attention_value_dim + 2 * t.attention_num_head) * FP32,
+        L * L * c_z * b + L * L * c_t * b + L * L * (t.attention_value_dim + 2 * t.attention_num_head) * FP32,
         _pair_stack_terms("template ", L, c_t, t.triangle_num_head, t.num_intermediate_channel,
-                          t.pair_transition_factor, b, ch, block) + [
+                          t.pair_transition_factor, b, ch, block, inplace=True) + [
             # A block of rows: the fp32 features (and the distogram's comparisons), their projection.
             _Term("template features", None, features_rows * L * (2 * t.num_pair_features + c_t) * FP32),
             _Term("template point attention", "template_attention", attention_rows * L * pair_bytes),
@@ -387,11 +389,11 @@ def _template_phase(L: int, msas: int, b: int, ch: ChunkSizes, block: int | None
     )
 
 
-def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, block: int | None,
+def _multimer_template_phase(L: int, T: int, b: int, ch: ChunkSizes, block: int | None,
                              a: Architecture) -> tuple[int, list[_Term]]:
     """The multimer's template embedding (af2cpu.model.template.MultimerTemplateEmbedding): one template
     at a time through its pair stack, summed in place; resident the pair (the update is added into it
-    a block of rows at a time), the MSAs and two template-sized pairs (the sum and the current
+    a block of rows at a time) and two template-sized pairs (the sum and the current
     template)."""
     c_z, t = a.pair_channel, a.template
     c_t = t.num_channel
@@ -400,9 +402,9 @@ def _multimer_template_phase(L: int, T: int, msa: int, b: int, ch: ChunkSizes, b
     features_rows = min(L, embedding_step_rows(
         L * FP32 * (t.dgram_features.num_bins + 2 * len(rc.restypes_with_x_and_gap) + 2 * c_z)))
     return (
-        L * L * c_z * b + msa + 2 * L * L * c_t * b,
+        L * L * c_z * b + 2 * L * L * c_t * b,
         _pair_stack_terms("template ", L, c_t, t.triangle_num_head, t.num_intermediate_channel,
-                          t.pair_transition_factor, b, ch, block) + [
+                          t.pair_transition_factor, b, ch, block, inplace=True) + [
             # A block of rows, fp32: the query pair's copy and layer norm, the distogram, unit vectors
             # and masks, the input layers' outputs and their running sum (cast into the template's
             # activation, resident).
@@ -463,14 +465,14 @@ def estimate_peak_memory(
 
 def phase_estimates(shape: TargetShape, precision: Precision | str, chunks: ChunkSizes | None = None,
                     block_bytes: int | None = DEFAULT_BLOCK_BYTES,
-                    architecture: Architecture = AF2_ARCHITECTURE) -> dict[str, int]:
+                    architecture: Architecture = AF2_ARCHITECTURE, compact_outputs: bool = False) -> dict[str, int]:
     """The predicted peak bytes of each phase (fixed + its resident + its largest intermediate), as
     :func:`estimate_peak_memory` takes the maximum of; for measuring one stage against the planner."""
     b = as_precision(precision).nbytes
     fixed = sum(_fixed(shape, architecture, b).values())
     return {phase: fixed + resident + max(t.nbytes for t in terms)
             for phase, (resident, terms) in _phases(shape, b, chunks or ChunkSizes(), block_bytes,
-                                                    architecture).items()}
+                                                    architecture, compact_outputs).items()}
 
 
 def _axis(field: str, shape: TargetShape, a: Architecture) -> int:

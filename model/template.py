@@ -63,7 +63,10 @@ class TemplatePairBlock(nn.Module):
         attention = (self.triangle_attention_starting_node, self.triangle_attention_ending_node)
         multiplication = (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming)
         for module in (multiplication + attention if self.multiplication_first else attention + multiplication):
-            pair = _add_into(pair, module(pair, pair_mask))
+            if module in multiplication:  # its update added a block of rows at a time, never whole
+                pair = module(pair, pair_mask, inplace=True)
+            else:
+                pair = _add_into(pair, module(pair, pair_mask))
         return _add_into(pair, self.pair_transition(pair, pair_mask))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.layout import BatchDir
 from af2cpu.preprocessing.inputs import read_fasta_batch
 from af2cpu.runtime.memory import GIB
+from af2cpu.runtime.threads import without_chosen_wait
 from af2cpu.scheduler.cluster import job_script_value
 from af2cpu.scheduler.stages import Stage, target_stages
 
@@ -159,7 +161,9 @@ def require_sbatch() -> None:
 def sbatch(args: Sequence[str]) -> str:
     """Run sbatch --parsable with `args`; returns the job id."""
     require_sbatch()
-    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=False)
+    # The job runs elsewhere and chooses its own OpenMP wait (sbatch exports this environment).
+    proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, check=False,
+                          env=without_chosen_wait(dict(os.environ)))
     if proc.returncode != 0:
         raise Af2CpuError(f"sbatch {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]

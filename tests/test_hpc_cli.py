@@ -47,6 +47,7 @@ def test_pbs_worker_jobs_advertise_their_share_of_cores():
     from dask_jobqueue import PBSCluster
 
     from af2cpu.config import compose_config
+    from af2cpu.runtime.threads import user_wait_variables
     from af2cpu.scheduler.cluster import jobqueue_options
 
     cfg = compose_config(["scheduler=pbs", "scheduler.cores=8", "scheduler.processes=2", "scheduler.queue=workq",
@@ -58,8 +59,9 @@ def test_pbs_worker_jobs_advertise_their_share_of_cores():
         cluster.close()
     for line in ("#PBS -q workq", "#PBS -A bio", "#PBS -l select=1:ncpus=8:mem=16GB", "#PBS -l place=scatter",
                  "export OMP_NUM_THREADS=4",
-                 # OpenMP's wait policy reaches the worker before it loads torch (unless the user set one).
-                 f"export OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}"):
+                 # OpenMP's wait policy reaches the worker before it loads torch: passive on CPUs af2cpu
+                 # cannot look at from here (unless the user chose one).
+                 *(f"export {k}={v}" for k, v in (user_wait_variables() or {"OMP_WAIT_POLICY": "PASSIVE"}).items())):
         assert line in script.splitlines(), script
     assert "--nworkers 2" in script and "--resources cpus=4" in script
 

@@ -63,7 +63,9 @@ def test_blocked_embeddings_equal_whole_tensor_embeddings(trunk_and_inputs, monk
     dtype = Options(precision=precision).dtype
     with torch.no_grad():
         want = _whole(trunk, batch, prev)
-        got = trunk._embed(batch, prev, dtype)
+        pair = trunk._embed_pair(batch, prev, dtype)
+        msa, extra = trunk._embed_msas(batch, prev, dtype)
+        got = msa, pair, extra
     for name, w, g in zip(("msa", "pair", "extra"), want, got):
         assert g.dtype == dtype and g.shape == w.shape, name
         # fp32: the same operations row by row, so the same numbers; bf16: one rounding of them.

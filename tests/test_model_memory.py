@@ -228,15 +228,18 @@ def test_long_targets_with_alphafold2s_default_msa_sizes_fit_22_gib(length, prec
     assert estimate.total <= 22 * GIB and not estimate.compact_outputs
 
 
-def test_4700_residues_in_bf16_fit_22_gib_outside_the_template_stage():
-    # Without templates (the template stage has its own terms), one pass of 4700 residues at
-    # AlphaFold2's default MSA sizes fits 22 GiB in bf16 with compact outputs (43.4 GiB before); the
-    # extra-MSA stack's whole tensors set the peak.
-    shape = TargetShape(4700, 508, 5120, 0)
+def test_4700_residues_in_bf16_fit_22_gib():
+    # One pass of 4700 residues (LRP2's length) at AlphaFold2's default MSA sizes with 4 templates fits
+    # 22 GiB in bf16 with compact outputs (43.4 GiB before): the stacks update their pair and MSAs in
+    # place, the templates are combined one at a time, the MSAs are embedded after the templates. The
+    # extra-MSA stack's whole tensors set the peak, the template stage just below.
+    shape = TargetShape(4700, 508, 5120, 4)
     with pytest.raises(MemoryPlanError):
         choose_chunks(22 * GIB, shape, "bf16", compact_outputs=False)
     chunks, estimate = choose_chunks(22 * GIB, shape, "bf16")
     assert estimate.total <= 22 * GIB and estimate.compact_outputs and estimate.phase == "extra_msa"
+    phases = phase_estimates(shape, "bf16", chunks, compact_outputs=True)
+    assert phases["templates"] <= 22 * GIB and phases["msa_embeddings"] < phases["extra_msa"]
     # The full outputs set the peak at the heads: the (L, L, bins) arrays (three fp32 arrays of 64
     # bins) and the representations' fp32 copies are what compact outputs leave out.
     full = estimate_peak_memory(shape, "bf16", chunks)

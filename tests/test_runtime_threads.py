@@ -4,12 +4,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from af2cpu.runtime.placement import Allotment
 from af2cpu.runtime.threads import (
+    IDLE_SPIN_COUNT,
+    THREAD_VARIABLES,
     WAIT_VARIABLES,
     bind_memory,
     openmp_environment,
@@ -17,6 +20,7 @@ from af2cpu.runtime.threads import (
     threads_for,
     tool_threads,
     usable_cpu_count,
+    user_wait_variables,
 )
 from af2cpu.runtime.topology import cgroup_cpu_limit
 
@@ -24,12 +28,15 @@ from af2cpu.runtime.topology import cgroup_cpu_limit
 def test_thread_environment_and_tool_threads_match_the_allotment():
     allotment = Allotment(cpus=(8, 9, 10, 12), memory_node=1)
     env = thread_environment(allotment)
-    assert {k: v for k, v in env.items() if k != "OMP_WAIT_POLICY"} == {
+    assert {k: v for k, v in env.items() if k in THREAD_VARIABLES} == {
         "OMP_NUM_THREADS": "4",
         "MKL_NUM_THREADS": "4",
         "OPENBLAS_NUM_THREADS": "4",
     }
-    assert env["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    # One of af2cpu's two waits for the allotment's CPUs (or the user's choice).
+    assert {k: v for k, v in env.items() if k in WAIT_VARIABLES} in (
+        [user_wait_variables()] if user_wait_variables() else
+        [{"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": IDLE_SPIN_COUNT}])
     assert tool_threads(allotment).hmmer == 4
 
 
@@ -126,14 +133,71 @@ def test_cgroup_v1_cpu_quota_and_no_quota(tmp_path):
     assert usable_cpu_count(unlimited, affinity=range(6)) == 6
 
 
-def test_wait_policy_is_passive_unless_the_user_chose_one(monkeypatch):
+def test_wait_policy_spins_briefly_on_idle_cpus_and_sleeps_on_shared_ones(monkeypatch):
+    from af2cpu.runtime import threads
+
     for name in WAIT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert openmp_environment(3) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3",
-                                     "OMP_WAIT_POLICY": "PASSIVE"}
-    monkeypatch.setenv("GOMP_SPINCOUNT", "5000")
-    env = openmp_environment(3)
-    assert env["GOMP_SPINCOUNT"] == "5000" and "OMP_WAIT_POLICY" not in env
+    monkeypatch.delenv(threads.CHOSEN_WAIT_MARK, raising=False)
+    counts = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3",
+              threads.CHOSEN_WAIT_MARK: "1"}  # af2cpu's choice, marked as not the user's
+    # CPUs not given (a process on another machine, a batch job's script): passive, the safe choice.
+    assert openmp_environment(3) == {**counts, "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setattr(threads, "cpus_shared", lambda cpus: False)
+    assert openmp_environment(3, [0, 1, 2]) == {**counts, "GOMP_SPINCOUNT": threads.IDLE_SPIN_COUNT}
+    monkeypatch.setattr(threads, "cpus_shared", lambda cpus: True)
+    assert openmp_environment(3, [0, 1, 2]) == {**counts, "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5000")  # the user's choice is kept, whatever the CPUs
+    env = openmp_environment(3, [0, 1, 2])
+    assert env["GOMP_SPINCOUNT"] == "5000" and "OMP_WAIT_POLICY" not in env and threads.CHOSEN_WAIT_MARK not in env
+    # af2cpu's own earlier choice (marked) is not the user's: chosen again for these CPUs; and it is
+    # left out of the environment of a batch job that will run elsewhere.
+    monkeypatch.setenv(threads.CHOSEN_WAIT_MARK, "1")
+    assert openmp_environment(3, [0, 1, 2])["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert threads.without_chosen_wait({"GOMP_SPINCOUNT": "5000", threads.CHOSEN_WAIT_MARK: "1", "PATH": "/bin"}) == {
+        "PATH": "/bin"}
+    assert threads.without_chosen_wait({"GOMP_SPINCOUNT": "5000", "PATH": "/bin"}) == {
+        "GOMP_SPINCOUNT": "5000", "PATH": "/bin"}
+
+
+def _stat(ticks: dict[int, tuple[int, int]]) -> str:
+    """/proc/stat with the given (busy user ticks, idle ticks) per CPU."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0" for n, (busy, idle) in ticks.items()]
+    return "\n".join(lines + ["intr 0", "ctxt 0"]) + "\n"
+
+
+def test_cpus_shared_reads_each_cpus_busy_share(tmp_path, monkeypatch):
+    from af2cpu.runtime import threads
+
+    stat = tmp_path / "stat"
+    snapshots = iter([{0: (110, 200), 1: (500, 390), 2: (100, 300)},
+                      {0: (110, 200), 1: (530, 390), 2: (100, 300)}])
+
+    def look(seconds):  # the second snapshot appears while the probe waits
+        stat.write_text(_stat(next(snapshots)))
+
+    stat.write_text(_stat({0: (100, 190), 1: (499, 380), 2: (100, 290)}))
+    monkeypatch.setattr(threads.time, "sleep", look)
+    # CPU 0: 10 of 20 ticks busy (not above half); CPU 2: idle; CPU 1: 31 of 41 busy.
+    assert not threads.cpus_shared([0, 2], stat=stat)
+    stat.write_text(_stat({0: (100, 190), 1: (499, 380), 2: (100, 290)}))
+    assert threads.cpus_shared([1, 2], stat=stat)
+    # Without /proc/stat nothing is known: shared, so threads wait passively.
+    assert threads.cpus_shared([0], stat=tmp_path / "absent")
+
+
+def test_a_cpu_kept_busy_by_another_process_counts_as_shared():
+    from af2cpu.runtime.threads import cpus_shared
+
+    cpu = max(os.sched_getaffinity(0))
+    busy = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"])
+    try:
+        time.sleep(1.0)
+        assert cpus_shared([cpu], seconds=0.5)
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 PREPARE = """
@@ -151,8 +215,17 @@ print(json.dumps({"n": n, "torch": torch.get_num_threads(), "usable": usable_cpu
                                                             (1, {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
 def test_prepare_process_sets_threads_and_wait_policy_before_torch(threads, user, expected_policy):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", *WAIT_VARIABLES)}
-    out = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(threads)], env={**env, **user},
-                         capture_output=True, text=True, check=True)
+    # The process runs on one CPU that another process keeps busy: its threads must wait passively.
+    cpu = max(os.sched_getaffinity(0))
+    busy = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"])
+    try:
+        time.sleep(1.0)
+        out = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(threads)], env={**env, **user},
+                             capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    finally:
+        busy.kill()
+        busy.wait()
     result = json.loads(out.stdout)
     expected = threads or result["usable"]
     assert not result["before"], "importing the threads module must not import torch"

@@ -9,7 +9,8 @@ change of the machine's own load hits every variant alike; the figures to read a
 each measurement next to it.
 
 Variants (docs/benchmarks.md has the measurements that chose the default, ``af2cpu.runtime.threads``):
-- ``chosen``: af2cpu's own thread environment (:func:`af2cpu.runtime.threads.openmp_environment`);
+- ``chosen``: af2cpu's own thread environment, chosen by the pass's process as the CLI chooses it
+  (:func:`af2cpu.runtime.threads.prepare_process`: a short spin on idle CPUs, passive on shared ones);
 - ``spin``: OpenMP's default (threads spin ~300k iterations before they sleep);
 - ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once);
 - ``spin10k``, ``spin1k``, ``spin100``: ``GOMP_SPINCOUNT`` 10000, 1000, 100 (a short spin, then sleep);
@@ -28,12 +29,16 @@ from pathlib import Path
 
 from af2cpu.bench.reference import available as reference_available
 from af2cpu.io import atomic_write_text
-from af2cpu.runtime.threads import WAIT_VARIABLES, openmp_environment, usable_cpu_count
+from af2cpu.runtime.threads import CHOSEN_WAIT_MARK, WAIT_VARIABLES, usable_cpu_count, user_wait_variables
 
 # Child process: build the inputs, one warm-up pass, then `passes` timed passes; print the mean seconds.
 _CHILD = """
-import json, sys, time
-length, msa, extra, blocks, passes, threads, which = json.loads(sys.argv[1])
+import json, os, sys, time
+length, msa, extra, blocks, passes, threads, which, prepare = json.loads(sys.argv[1])
+if prepare:  # af2cpu's own choice, made in this process before OpenMP starts, as the CLI makes it
+    from af2cpu.runtime.threads import prepare_process
+    prepare_process(threads)
+    print(json.dumps({k: v for k, v in os.environ.items() if k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}))
 import torch
 torch.set_num_threads(threads)
 from af2cpu.bench.model import ReferenceModel, make_inputs, options
@@ -59,9 +64,10 @@ VARIANT_NAMES = ("chosen", "spin", "passive", "spin10k", "spin1k", "spin100", "f
 
 def variants(threads: int, reference: bool) -> dict[str, tuple[dict[str, str], int]]:
     """name -> (environment changes, threads) of each variant measured."""
-    clear = {name: "" for name in WAIT_VARIABLES}  # "" = unset in the child
+    clear = {name: "" for name in (*WAIT_VARIABLES, CHOSEN_WAIT_MARK)}  # "" = unset in the child
     out = {
-        "chosen": ({**clear, **openmp_environment(threads)}, threads),
+        # Decided by the pass's own process (prepare_process), keeping a wait variable the user set.
+        "chosen": ({**clear, **user_wait_variables()}, threads),
         "spin": (clear, threads),
         "passive": ({**clear, "OMP_WAIT_POLICY": "PASSIVE"}, threads),
         "spin10k": ({**clear, "GOMP_SPINCOUNT": "10000"}, threads),
@@ -87,15 +93,17 @@ def _child_env(changes: dict[str, str], threads: int) -> dict[str, str]:
     return env
 
 
-def _one_pass(args, name: str, changes: dict[str, str], threads: int) -> float:
+def _one_pass(args, name: str, changes: dict[str, str], threads: int) -> tuple[float, dict[str, str]]:
+    """Seconds a pass, and the wait variables the process chose (``chosen``; else {})."""
     which = "reference" if name == "reference" else "af2cpu"
     spec = json.dumps([args.contention_length, args.msa_rows, args.extra_rows, args.blocks, args.passes,
-                       threads, which])
+                       threads, which, name == "chosen"])
     out = subprocess.run([sys.executable, "-c", _CHILD, spec], env=_child_env(changes, threads),
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"contention pass {name} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["pass_s"]
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
+    return lines[-1]["pass_s"], (lines[0] if name == "chosen" else {})
 
 
 def run_contention(args) -> int:
@@ -114,9 +122,11 @@ def run_contention(args) -> int:
                 time.sleep(1.0)
             try:
                 for name, (changes, n) in chosen.items():
-                    seconds = _one_pass(args, name, changes, n)
+                    seconds, wait = _one_pass(args, name, changes, n)
                     row = {"round": round_, "condition": condition, "variant": name, "threads": n,
                            "pass_s": round(seconds, 3), "load_average": round(os.getloadavg()[0], 2)}
+                    if wait:
+                        row["wait"] = wait
                     rows.append(row)
                     print(row, flush=True)
             finally:
@@ -125,7 +135,7 @@ def run_contention(args) -> int:
                     busy.wait()
     results = {"threads": threads, "busy_cpu": busy_cpu, "length": args.contention_length,
                "msa_rows": args.msa_rows, "extra_rows": args.extra_rows, "blocks": args.blocks,
-               "passes": args.passes, "environment": {k: v for k, v in openmp_environment(threads).items()},
+               "passes": args.passes,
                "rows": rows, "summary": summarise(rows)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

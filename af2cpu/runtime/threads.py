@@ -17,6 +17,7 @@ import ctypes
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -52,26 +53,89 @@ def tool_threads(allotment: Allotment) -> ToolThreads:
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def openmp_environment(threads: int) -> dict[str, str]:
+# How OpenMP threads wait between parallel regions (docs/benchmarks.md, "Threads on a busy machine"):
+# on CPUs nobody else uses, a short spin (GOMP_SPINCOUNT) runs a pass as fast as OpenMP's default
+# spinning (passive waiting measured 28-37 % slower there); on CPUs other work already uses,
+# threads sleep at once (OMP_WAIT_POLICY=PASSIVE), where spinning measured 3-6x slower and the short
+# spin 30-40 %. A usable CPU counts as shared when something kept it busy for more than
+# SHARED_CPU_BUSY of a short look at /proc/stat (PROBE_SECONDS) before OpenMP starts.
+IDLE_SPIN_COUNT = "10000"
+CHOSEN_WAIT_MARK = "AF2CPU_CHOSE_OPENMP_WAIT"  # set with the wait variables af2cpu chose
+SHARED_CPU_BUSY = 0.5
+PROBE_SECONDS = 0.05
+
+
+def openmp_environment(threads: int, cpus: Iterable[int] | None = None) -> dict[str, str]:
     """Environment variables that make OpenMP/MKL/OpenBLAS in a new process use ``threads`` threads
     and wait the way af2cpu chose; a wait variable the user set is kept as set.
 
-    OpenMP threads sleep instead of spinning between parallel regions (OMP_WAIT_POLICY=PASSIVE):
-    measured with `af2cpu bench --contention` on a shared 2-core machine (docs/benchmarks.md), spinning
-    threads made a pass several times slower beside one busy process, while passive waiting costs
-    little on an idle machine.
+    The wait policy depends on whether ``cpus``, the CPUs the process will run on, are shared at
+    start (:func:`cpus_shared`): a short spin where they are not, passive waiting where they are or
+    where they are not given (a process on another machine: a batch job's script).
     """
     env = {name: str(threads) for name in THREAD_VARIABLES}
-    if not any(os.environ.get(name) for name in WAIT_VARIABLES):
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    user = user_wait_variables()
+    if user:
+        return {**env, **user}
+    if cpus is not None and not cpus_shared(cpus):
+        env["GOMP_SPINCOUNT"] = IDLE_SPIN_COUNT
     else:
-        env.update({name: os.environ[name] for name in WAIT_VARIABLES if os.environ.get(name)})
-    return env
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return {**env, CHOSEN_WAIT_MARK: "1"}
+
+
+def without_chosen_wait(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` without the wait variables af2cpu chose for this machine's CPUs, for a process that
+    will run elsewhere (a batch job submitted from here) and choose for its own."""
+    if not environ.get(CHOSEN_WAIT_MARK):
+        return dict(environ)
+    return {k: v for k, v in environ.items() if k not in (*WAIT_VARIABLES, CHOSEN_WAIT_MARK)}
+
+
+def user_wait_variables() -> dict[str, str]:
+    """The OpenMP wait variables the user set; {} where af2cpu set them (CHOSEN_WAIT_MARK: a choice made
+    for one process's CPUs, inherited by the processes it starts, is not the user's for other CPUs)."""
+    if os.environ.get(CHOSEN_WAIT_MARK):
+        return {}
+    return {name: os.environ[name] for name in WAIT_VARIABLES if os.environ.get(name)}
+
+
+def cpus_shared(cpus: Iterable[int], seconds: float = PROBE_SECONDS, stat: str | os.PathLike = "/proc/stat") -> bool:
+    """Whether other work keeps any of ``cpus`` busy: its busy share (not idle, not waiting for I/O;
+    time stolen by other virtual machines counts as busy) over ``seconds`` above SHARED_CPU_BUSY.
+    Unknown (no /proc/stat) counts as shared: passive waiting is the safe choice."""
+    wanted = set(cpus)
+
+    def read() -> dict[int, tuple[int, int]] | None:
+        times = {}
+        try:
+            with open(stat) as lines:
+                for line in lines:
+                    name, *fields = line.split()
+                    if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in wanted:
+                        ticks = [int(f) for f in fields[:8]]  # user .. steal (guest time is in user's)
+                        times[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])  # total, idle + iowait
+        except (OSError, ValueError, IndexError):
+            return None
+        return times or None
+
+    before = read()
+    if before is None:
+        return True
+    time.sleep(seconds)
+    after = read()
+    if after is None:
+        return True
+    for cpu, (total, idle) in after.items():
+        elapsed = total - before.get(cpu, (total, idle))[0]
+        if elapsed > 0 and (elapsed - (idle - before[cpu][1])) / elapsed > SHARED_CPU_BUSY:
+            return True
+    return False
 
 
 def thread_environment(allotment: Allotment) -> dict[str, str]:
-    """:func:`openmp_environment` for an allotment's threads."""
-    return openmp_environment(allotment.threads)
+    """:func:`openmp_environment` for an allotment's threads and CPUs."""
+    return openmp_environment(allotment.threads, allotment.cpus)
 
 
 def _pin_all_threads(cpus: Sequence[int]) -> None:
@@ -128,17 +192,20 @@ def current_allotment() -> Allotment | None:
     return _applied
 
 
+def _affinity() -> set[int]:
+    """The CPUs this process may run on (its affinity mask)."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # platforms without affinity masks
+        return set(range(os.cpu_count() or 1))
+
+
 def usable_cpu_count(root: str | os.PathLike = "/", affinity: Iterable[int] | None = None) -> int:
     """The CPUs this process may really use: a pinned worker's allotment, else its affinity mask
     (``affinity`` in tests), bounded by its cgroup's CPU quota rounded up (at least 1)."""
     if _applied is not None:
         return _applied.threads
-    if affinity is None:
-        try:
-            affinity = os.sched_getaffinity(0)
-        except AttributeError:  # platforms without affinity masks
-            affinity = range(os.cpu_count() or 1)
-    count = len(set(affinity)) or 1
+    count = len(set(_affinity() if affinity is None else affinity)) or 1
     quota = cgroup_cpu_limit(root)
     return count if quota is None else min(count, cpus_paid(quota))
 
@@ -156,7 +223,11 @@ def prepare_process(threads: int | None = None) -> int:
     """
     explicit = threads is not None
     threads = threads if explicit else usable_cpu_count()
-    for name, value in openmp_environment(threads).items():
+    if os.environ.get(CHOSEN_WAIT_MARK):  # af2cpu chose the wait for this process before it started
+        env = {name: str(threads) for name in THREAD_VARIABLES}
+    else:
+        env = openmp_environment(threads, _affinity())
+    for name, value in env.items():
         if explicit and name in THREAD_VARIABLES:
             os.environ[name] = value
         else:
