@@ -11,7 +11,8 @@ import pytest
 
 from af2cpu.runtime.placement import Allotment
 from af2cpu.runtime.threads import (
-    IDLE_SPIN_COUNT,
+    AF2CPU_WAITS,
+    CHOSEN_WAIT_MARK,
     THREAD_VARIABLES,
     WAIT_VARIABLES,
     bind_memory,
@@ -35,8 +36,7 @@ def test_thread_environment_and_tool_threads_match_the_allotment():
     }
     # One of af2cpu's two waits for the allotment's CPUs (or the user's choice).
     assert {k: v for k, v in env.items() if k in WAIT_VARIABLES} in (
-        [user_wait_variables()] if user_wait_variables() else
-        [{"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": IDLE_SPIN_COUNT}])
+        [user_wait_variables()] if user_wait_variables() else AF2CPU_WAITS)
     assert tool_threads(allotment).hmmer == 4
 
 
@@ -142,11 +142,13 @@ def test_wait_policy_spins_briefly_on_idle_cpus_and_sleeps_on_shared_ones(monkey
     counts = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3",
               threads.CHOSEN_WAIT_MARK: "1"}  # af2cpu's choice, marked as not the user's
     # CPUs not given (a process on another machine, a batch job's script): passive, the safe choice.
-    assert openmp_environment(3) == {**counts, "OMP_WAIT_POLICY": "PASSIVE"}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    assert openmp_environment(3) == {**counts, **passive}
     monkeypatch.setattr(threads, "cpus_shared", lambda cpus: False)
-    assert openmp_environment(3, [0, 1, 2]) == {**counts, "GOMP_SPINCOUNT": threads.IDLE_SPIN_COUNT}
+    assert openmp_environment(3, [0, 1, 2]) == {**counts, "OMP_WAIT_POLICY": "ACTIVE",
+                                                "GOMP_SPINCOUNT": threads.IDLE_SPIN_COUNT}
     monkeypatch.setattr(threads, "cpus_shared", lambda cpus: True)
-    assert openmp_environment(3, [0, 1, 2]) == {**counts, "OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_environment(3, [0, 1, 2]) == {**counts, **passive}
     monkeypatch.setenv("GOMP_SPINCOUNT", "5000")  # the user's choice is kept, whatever the CPUs
     env = openmp_environment(3, [0, 1, 2])
     assert env["GOMP_SPINCOUNT"] == "5000" and "OMP_WAIT_POLICY" not in env and threads.CHOSEN_WAIT_MARK not in env
@@ -214,7 +216,8 @@ print(json.dumps({"n": n, "torch": torch.get_num_threads(), "usable": usable_cpu
 @pytest.mark.parametrize("threads, user, expected_policy", [(None, {}, "PASSIVE"),
                                                             (1, {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
 def test_prepare_process_sets_threads_and_wait_policy_before_torch(threads, user, expected_policy):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", *WAIT_VARIABLES)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", CHOSEN_WAIT_MARK, *WAIT_VARIABLES)}
     # The process runs on one CPU that another process keeps busy: its threads must wait passively.
     cpu = max(os.sched_getaffinity(0))
     busy = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"])
@@ -237,6 +240,7 @@ def test_prepare_process_sets_threads_and_wait_policy_before_torch(threads, user
 def test_contention_variants_and_their_ratios(monkeypatch):
     from af2cpu.bench.contention import VARIANT_NAMES, _child_env, summarise, variants
 
+    monkeypatch.delenv(CHOSEN_WAIT_MARK, raising=False)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting reaches no variant but "chosen"
     chosen = variants(2, reference=True)
     assert set(chosen) == {"chosen", "spin", "passive", "spin10k", "spin1k", "spin100", "fewer", "reference"}
