@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from af2cpu.model.heads import (
     PredictedLDDTHead,
 )
 from af2cpu.model.multimer_sampling import sampling_generator, validate_multimer_example
-from af2cpu.model.options import Options, chunk_slices, embedding_step_rows
+from af2cpu.model.options import Options, embedding_steps
 from af2cpu.model.params import load_params, preset_from_filename, read_params, write_safetensors
 from af2cpu.model.presets import Preset, get_preset
 from af2cpu.model.primitives import Linear
@@ -149,7 +148,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         target_feat = batch["target_feat"]
         n_res = target_feat.shape[0]
         pair = target_feat.new_empty((n_res, n_res, recycle.prev_pair_norm.scale.shape[0]), dtype=dtype)
-        for s in _embedding_steps(n_res, n_res * pair.shape[-1] * 4):
+        for s in embedding_steps(n_res, n_res * pair.shape[-1] * 4):
             update = recycle.pair_rows(batch["aatype"], prev["prev_pos"], prev["prev_pair"], s)
             pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(s))
         return pair
@@ -163,7 +162,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         n_res = target_feat.shape[0]
         first_row = recycle.prev_msa_first_row_norm(prev["prev_msa_first_row"])
         msa = msa_feat.new_empty((msa_feat.shape[0], n_res, first_row.shape[-1]), dtype=dtype)
-        for s in _embedding_steps(msa.shape[0], n_res * msa.shape[-1] * 4):
+        for s in embedding_steps(msa.shape[0], n_res * msa.shape[-1] * 4):
             rows = embed.msa_rows(target_feat, msa_feat[s])
             if s.start == 0:
                 rows[0] += first_row
@@ -172,14 +171,9 @@ class EmbeddingsAndEvoformer(nn.Module):
         extra_features = (batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
         channels = self.extra_msa_embedder.extra_msa_activations.weights.shape[1]
         extra = target_feat.new_empty((extra_features[0].shape[0], n_res, channels), dtype=dtype)
-        for s in _embedding_steps(extra.shape[0], n_res * channels * 4):
+        for s in embedding_steps(extra.shape[0], n_res * channels * 4):
             extra[s] = self.extra_msa_embedder(*(f[s] for f in extra_features))
         return msa, extra
-
-
-def _embedding_steps(total: int, row_bytes: int) -> Iterator[slice]:
-    """Blocks of rows of an embedding: a few MiB of fp32 intermediates each."""
-    return chunk_slices(total, embedding_step_rows(row_bytes))
 
 
 def _call_block(block: nn.Module, *args):

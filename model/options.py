@@ -23,7 +23,8 @@ def as_precision(value: Precision | str) -> Precision:
     return resolve_precision(value)
 
 
-# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed): this many bytes
+# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed_pair/_embed_msas,
+# the template features): this many bytes
 # per fp32 intermediate, whatever the trunk's cache blocking or compilation.
 EMBEDDING_BLOCK_BYTES = 4 << 20
 
@@ -145,3 +146,9 @@ def chunk_slices(total: int, size: int | None):
         return
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
+
+
+def embedding_steps(total: int, row_bytes: int):
+    """Blocks of ``total`` rows of an embedding with ``row_bytes`` fp32 bytes per row: a few MiB of
+    fp32 intermediates each (:func:`embedding_step_rows`)."""
+    return chunk_slices(total, embedding_step_rows(row_bytes))

@@ -25,7 +25,7 @@ from af2cpu.model.evoformer import (
     _Chunked,
 )
 from af2cpu.model.geometry import Rigid
-from af2cpu.model.options import chunk_slices, embedding_step_rows
+from af2cpu.model.options import chunk_slices, embedding_step_rows, embedding_steps
 from af2cpu.model.presets import TemplateConfig
 from af2cpu.model.primitives import LayerNorm, Linear
 
@@ -120,7 +120,7 @@ class SingleTemplateEmbedding(nn.Module):
                     * template_all_atom_masks[..., c]).float()
         linear = self.embedding2d
         act = pb.new_empty((num_res, num_res, linear.weights.shape[1]), dtype=dtype)
-        for s in chunk_slices(num_res, embedding_step_rows(num_res * linear.weights.shape[0] * 4)):
+        for s in embedding_steps(num_res, num_res * linear.weights.shape[0] * 4):
             rows = s.stop - s.start
             backbone_2d = backbone[s, None] * backbone[None, :]
             # DISCREPANCY: the released monomer models were trained with the inter-residue unit
@@ -331,7 +331,7 @@ class MultimerSingleTemplateEmbedding(nn.Module):
         layers = [getattr(self, f"template_pair_embedding_{i}") for i in range(9)]
         act = query.new_empty((num_res, num_res, layers[0].weights.shape[-1]))
         row_bytes = num_res * 4 * (bins.num_bins + 2 * _NUM_RESIDUE_CLASSES + 2 * query.shape[-1])
-        for s in chunk_slices(num_res, embedding_step_rows(row_bytes)):
+        for s in embedding_steps(num_res, row_bytes):
             rows = s.stop - s.start
             beta_mask_2d = beta_mask[s, None] * beta_mask[None, :] * multichain_mask_2d[s]
             dgram = dgram_from_positions(beta, bins.num_bins, bins.min_bin, bins.max_bin, rows=s) * beta_mask_2d[..., None]
@@ -382,7 +382,7 @@ class MultimerTemplateEmbedding(nn.Module):
             total = one if total is None else total.add_(one)
             del one
         # The output layer a block of rows at a time, each block added into ``out``.
-        for s in chunk_slices(total.shape[0], embedding_step_rows(total.shape[1] * pair.shape[-1] * 4)):
+        for s in embedding_steps(total.shape[0], total.shape[1] * pair.shape[-1] * 4):
             _add_into(out[s], self.output_linear(torch.relu(total[s] / num_templates)))
         return out
 
