@@ -10,6 +10,7 @@ models. Exits non-zero when something `predict` needs is missing, with what to d
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 
 from af2cpu import __version__
@@ -31,7 +32,7 @@ def _report_kernels(cfg) -> None:
     """What runtime.precision resolves to here, the matrix kernels in use and short GEMM peaks."""
     from af2cpu.bench.machine import gemm_peak, kernel_info  # deferred: torch
     from af2cpu.runtime.precision import bf16_units, resolve_precision
-    from af2cpu.runtime.threads import openmp_environment, threads_for
+    from af2cpu.runtime.threads import THREAD_VARIABLES, WAIT_VARIABLES, threads_for
 
     resolved = resolve_precision(cfg.runtime.precision)
     units = bf16_units()
@@ -42,7 +43,9 @@ def _report_kernels(cfg) -> None:
           f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}"
           + (f"; bf16 products: oneDNN {k['bf16_matmul']}" if k["bf16_matmul"] else ""))
     threads = threads_for(int(cfg.runtime.threads))
-    env = " ".join(f"{name}={value}" for name, value in openmp_environment(threads).items())
+    # What this process runs with: the CLI chose the wait for its CPUs at start (prepare_process).
+    running = {name: os.environ[name] for name in (*THREAD_VARIABLES, *WAIT_VARIABLES) if os.environ.get(name)}
+    env = " ".join(f"{name}={value}" for name, value in running.items())
     print(f"  threads: {threads} ({env})")
     peak = gemm_peak(size=1024, repeats=3)
     bf16 = f"{peak['bf16']} GFLOP/s bf16" if peak["bf16"] else "bf16 not native (not measured)"
