@@ -163,11 +163,9 @@ class TargetShape:
         every template slot is run.
         """
         if preset.multimer:
-            alignments = (int(features["num_alignments"]) if "num_alignments" in features
-                          else int(np.shape(features["msa"])[0]))
-            clusters = max(1, min(alignments, preset.num_msa_clusters))
-            return cls(int(np.shape(features["aatype"])[0]), clusters, min(max(alignments - clusters, 0),
-                       preset.max_extra_msa), int(np.shape(features["template_aatype"])[0]))
+            shapes = {name: np.shape(features[name]) for name in ("aatype", "msa", "template_aatype")}
+            alignments = features.get("num_alignments")
+            return cls.of_raw_features(preset, shapes, None if alignments is None else int(alignments))
 
         def cells(mask: np.ndarray, lead: int) -> np.ndarray:  # the axes after the first `lead` as one
             # (not -1: a single-sequence MSA has no extra rows, no template hits no templates)
@@ -185,6 +183,31 @@ class TargetShape:
             templates = int((mask | atoms.any(axis=-1)).sum(axis=1).max())
         return cls(int(np.shape(features["aatype"])[1]), max(1, rows(features["msa_mask"])),
                    rows(features["extra_msa_mask"]), templates)
+
+    @classmethod
+    def of_raw_features(cls, preset: Preset, shapes: Mapping[str, tuple[int, ...]],
+                        num_alignments: int | None = None) -> TargetShape:
+        """The pass the network runs on the raw features of ``features.npz``, from its arrays' ``shapes``
+        (``af2cpu.io.npz_shapes``) and a multimer example's ``num_alignments``: known without reading or
+        processing the features, as a cache key needs it. A monomer's input pipeline keeps every MSA row
+        of the raw features (all unmasked) as a cluster centre, up to the preset's clusters, the next ones
+        as extra rows, up to its extra rows, and the first templates, up to its template slots
+        (``preprocessing.input_pipeline.process_sample``): the :meth:`of_features` of the processed
+        features. A multimer example is the network's input itself.
+        """
+        if preset.multimer:
+            # The network samples up to the preset's cluster rows from the example's real MSA rows and
+            # takes up to its extra rows from the rest; every template slot is run.
+            alignments = shapes["msa"][0] if num_alignments is None else num_alignments
+            clusters = max(1, min(alignments, preset.num_msa_clusters))
+            return cls(shapes["aatype"][0], clusters, min(max(alignments - clusters, 0), preset.max_extra_msa),
+                       shapes["template_aatype"][0])
+        rows = shapes["msa"][0]
+        clusters = max(1, min(rows, preset.num_msa_clusters))
+        # No template hits: AlphaFold2 stores shapeless empty template arrays.
+        positions = shapes.get("template_all_atom_positions", (0,))
+        templates = min(positions[0] if np.prod(positions) else 0, preset.max_templates) if preset.use_templates else 0
+        return cls(shapes["aatype"][0], clusters, min(max(rows - clusters, 0), preset.max_extra_msa), templates)
 
 
 @dataclass(frozen=True)

@@ -39,14 +39,15 @@ from af2cpu.io import (
     file_hash,
     load_features_npz,
     load_result_npz,
+    npz_shapes,
     save_features_npz,
     save_features_pkl,
 )
 from af2cpu.layout import TargetDir
 from af2cpu.model import weights
 from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
-from af2cpu.model.options import as_precision
-from af2cpu.model.presets import get_preset
+from af2cpu.model.options import Options, as_precision
+from af2cpu.model.presets import Preset, get_preset
 from af2cpu.preprocessing import features as raw_features
 from af2cpu.preprocessing import multimer, searches
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
@@ -376,11 +377,24 @@ def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
     return estimate_peak_memory(shape, runtime.precision, architecture=preset.architecture).total
 
 
+def _infer_options(cfg: DictConfig, preset: Preset, features: Path) -> tuple[Options, TargetShape]:
+    """The network's run options for a pass on the features file ``features`` (a monomer's raw features, a
+    complex's multimer example), planned from its arrays' shapes alone: the key of an inference and its
+    run take the same decisions (chunks, compact outputs) without processing the features."""
+    shapes = npz_shapes(features)
+    alignments = None
+    if preset.multimer and "num_alignments" in shapes:
+        alignments = int(load_features_npz(features, ["num_alignments"])["num_alignments"])
+    shape = TargetShape.of_raw_features(preset, shapes, alignments)
+    return plan_options(cfg.runtime, preset, shape)[0], shape
+
+
 def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
     import torch  # deferred: torch is imported only in processes that run (or key) a model
 
     cfg = ctx.cfg
     stage = f"infer_{run.name}"
+    options, _ = _infer_options(cfg, get_preset(run.preset), ctx.folder.features)
     num_recycle, early_stop = weights.recycling(cfg, run.preset)
     config = {
         "params": weights.params_identity(cfg, run.preset),
@@ -391,6 +405,10 @@ def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
         # without native bf16 never hands one's results to the other.
         "precision": str(as_precision(cfg.runtime.precision)),
         "output": _plain(cfg.output),
+        # Whether the result holds the (L, L, bins) arrays and the representations: the planner leaves them
+        # out of a target that does not fit runtime.memory_limit with them, so a changed limit reruns only
+        # the inferences whose outputs it changes.
+        "compact_outputs": options.compact_outputs,
     }
     if run.multimer:
         config["prediction"] = run.prediction
@@ -416,8 +434,7 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
     if not preset.multimer:
         settings = PipelineSettings.from_preset(preset, num_recycle=num_recycle)
         features = process_features(raw, settings, seed=run.seed)
-    shape = TargetShape.of_features(preset, features)
-    options, _ = plan_options(cfg.runtime, preset, shape)
+    options, shape = _infer_options(cfg, preset, folder.features)
     if options.compact_outputs:
         log.info("%s: %d residues: compact outputs within runtime.memory_limit=%s (no distogram logits, "
                  "aligned-confidence probabilities or pair/MSA representations in result_%s.npz)",

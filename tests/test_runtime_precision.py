@@ -7,6 +7,7 @@ import logging
 import os
 
 import pytest
+from test_scheduler_cache import write_single_sequence_features
 
 from af2cpu.cli.bench import bench_precisions
 from af2cpu.config import Precision, RuntimeConfig, compose_config
@@ -93,7 +94,7 @@ def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch,
     monkeypatch.setenv(precision_module.WARNED_VARIABLE, "1")
     folder = TargetDir(tmp_path / "T1")
     folder.path.mkdir()
-    folder.features.write_bytes(b"features")
+    write_single_sequence_features(folder.features, "MKV")
 
     def key(precision: str) -> str:
         cfg = compose_config(["params=random", f"runtime.precision={precision}", "model.names=[model_1_ptm]"])
