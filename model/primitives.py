@@ -1,4 +1,4 @@
-"""Parameter-holding primitives in the official (haiku) layout.
+"""Parameter-holding primitives in the official (haiku) layout, and the residual sum the blocks share.
 
 Convention of the whole `af2cpu.model` package: a module's attribute path mirrors the haiku scope of
 its parameters, and each parameter keeps the official name and shape. So
@@ -26,6 +26,20 @@ def normal_parameter(*shape: int, std: float) -> nn.Parameter:
     if torch.get_default_device().type == "meta":
         return nn.Parameter(torch.empty(*shape))
     return nn.Parameter(torch.randn(*shape) * std)
+
+
+def add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``act += update``; returns ``act``. Where the blocks add a residual update into a representation
+    they own (the trunk's pair and MSA, the template pair stack, a block of rows of the pair), so one
+    tensor exists instead of the input and its sum: the same numbers as ``act + update``.
+
+    TypeError unless ``update`` has ``act``'s dtype: an in-place sum of another dtype rounds where the
+    out-of-place sum promotes, and an out-of-place fallback would be lost where ``act`` is a block of
+    rows of a larger tensor (``add_in_place(out[rows], ...)``).
+    """
+    if update.dtype != act.dtype:
+        raise TypeError(f"a residual update of dtype {update.dtype} for a representation of dtype {act.dtype}")
+    return act.add_(update)
 
 
 class Linear(nn.Module):

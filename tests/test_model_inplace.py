@@ -19,6 +19,7 @@ from af2cpu.model import confidence, heads, structure_module
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.presets import Architecture
+from af2cpu.model.primitives import add_in_place
 from af2cpu.model.structure_module import StructureModule
 
 A = Architecture()
@@ -40,6 +41,17 @@ def _set_options(module: torch.nn.Module, options: Options) -> None:
     for m in module.modules():
         if hasattr(m, "options"):
             m.options = options
+
+
+def test_an_update_of_another_dtype_is_refused_not_rounded_or_lost():
+    # The trunk, the template pair stack and the template embeddings add into a block of rows of the
+    # pair: an out-of-place sum there would be dropped, an in-place one of fp32 into bf16 would round.
+    pair = torch.zeros(4, 3, 2, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="float32 for a representation of dtype torch.bfloat16"):
+        add_in_place(pair[1:3], torch.ones(2, 3, 2))
+    assert not pair.any()
+    assert add_in_place(pair[1:3], torch.ones(2, 3, 2, dtype=torch.bfloat16)).data_ptr() == pair[1].data_ptr()
+    assert pair.sum(dim=(1, 2)).tolist() == [0, 6, 6, 0]
 
 
 @pytest.mark.parametrize("options", [Options(), Options(chunks=ChunkSizes(triangle_channels=48), block_bytes=1)],
