@@ -386,7 +386,7 @@ def _infer_options(cfg: DictConfig, preset: Preset, features: Path) -> tuple[Opt
     if preset.multimer and "num_alignments" in shapes:
         alignments = int(load_features_npz(features, ["num_alignments"])["num_alignments"])
     shape = TargetShape.of_raw_features(preset, shapes, alignments)
-    return plan_options(cfg.runtime, preset, shape)[0], shape
+    return plan_options(cfg.runtime, preset, shape, representations=bool(cfg.output.save_representations))[0], shape
 
 
 def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
@@ -447,10 +447,9 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
         num_recycle=num_recycle,
         early_stop_tolerance=early_stop,
         return_recycles=bool(cfg.output.save_recycles),
+        return_representations=bool(cfg.output.save_representations),
         **({"random_seed": run.seed, "prediction_index": run.prediction} if preset.multimer else {}),
     )
-    if not cfg.output.save_representations:
-        out.pop("representations", None)
     if cfg.output.save_recycles:
         out["recycles"] = [
             {"final_atom_positions": r["structure_module"]["final_atom_positions"], "plddt": r["plddt"]}

@@ -164,14 +164,27 @@ def test_aligned_error_from_blocks_equals_the_whole_metrics():
     assert "aligned_confidence_probs" not in got
 
 
+def _leaf(value):
+    return value["logits"] if isinstance(value, dict) else value
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compact_outputs_keep_the_same_numbers_without_the_pair_sized_arrays(precision):
+def test_compact_outputs_and_outputs_without_representations_keep_the_same_numbers(precision):
     # A small whole model (1 Evoformer block, 4 extra-MSA blocks, random weights), two passes.
     from af2cpu.bench.model import make_inputs
 
     model, _, features = make_inputs(20, 4, 4, blocks=1, seed=14)
     model.set_options(Options(precision=precision))
     full = model.predict(features, num_recycle=1)
+    # For a caller that drops the representations (af2cpu predict without output.save_representations)
+    # none are converted, in any pass; everything else is the same.
+    bare = model.predict(features, num_recycle=1, return_recycles=True, return_representations=False)
+    assert set(full) - set(bare) == {"representations"} and set(bare) - set(full) == {"recycles"}
+    assert not any("representations" in r for r in bare["recycles"])
+    for name in ("distogram", "predicted_aligned_error", "plddt", "ptm", "aligned_confidence_probs"):
+        assert np.array_equal(_leaf(bare[name]), _leaf(full[name])), name
+    assert np.array_equal(bare["structure_module"]["final_atom_positions"],
+                          full["structure_module"]["final_atom_positions"])
     model.set_options(Options(precision=precision, compact_outputs=True))
     compact = model.predict(features, num_recycle=1)
     left_out = {"distogram", "aligned_confidence_probs"}

@@ -280,6 +280,19 @@ def test_pass_shape_of_features_counts_the_rows_the_network_computes_on():
     assert TargetShape.of_features(multimer, example) == TargetShape(length, 508, 2048, 4)
 
 
+def test_outputs_without_representations_leave_out_their_fp32_copies():
+    # AlphaFold.predict(return_representations=False), af2cpu predict's default: a bf16 run converts no
+    # pair or MSA representation to fp32; an fp32 run's are views of the trunk's tensors either way.
+    shape = TargetShape(1500, 32, 0, 0)
+    for precision, copies in (("bf16", (1500 * 1500 * A.pair_channel + 32 * 1500 * A.msa_channel) * 4), ("fp32", 0)):
+        with_them = phase_estimates(shape, precision)["heads"]
+        assert with_them - phase_estimates(shape, precision, representations=False)["heads"] == copies
+    bf16 = RuntimeConfig(precision="bf16")
+    assert (plan_options(bf16, get_preset("model_1_ptm"), shape, limit=64 * GIB)[1].total
+            - plan_options(bf16, get_preset("model_1_ptm"), shape, limit=64 * GIB, representations=False)[1].total
+            == (1500 * 1500 * A.pair_channel + 32 * 1500 * A.msa_channel) * 4)
+
+
 @pytest.mark.parametrize("rows, hits", [(1, 0), (600, 6)], ids=["single_sequence", "deep_msa_six_hits"])
 def test_pass_shape_of_the_raw_features_file_is_that_of_its_processed_features(tmp_path, rows, hits):
     import numpy as np
