@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from af2cpu import formats, plots
 from af2cpu.common import protein
-from af2cpu.config import Params
+from af2cpu.config import ClusterKind, Params
 from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.io import (
     atomic_write_text,
@@ -53,6 +53,7 @@ from af2cpu.preprocessing import multimer, searches
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.relax import relax
+from af2cpu.runtime.precision import planning_precisions
 from af2cpu.runtime.threads import threads_for
 from af2cpu.scheduler.cache import StageCache, StageRecord, stage_key
 
@@ -368,13 +369,16 @@ def _existing_features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path
 # Inference
 
 
-def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
+def _infer_memory(cfg: DictConfig, elsewhere: bool, model_name: str, residues: int) -> int:
     """The planner's peak for one pass of ``model_name`` at its preset's largest inputs (a multimer's
-    in-network sample sizes) for a target of ``residues`` residues, all chains together."""
+    in-network sample sizes) for a target of ``residues`` residues, all chains together; the larger of
+    fp32 and bf16 where ``runtime.precision=auto`` resolves on the CPUs of other machines (``elsewhere``)."""
     preset = get_preset(model_name)
     shape = TargetShape.largest(preset, residues)
     # Unchunked: the largest the pass can need.
-    return estimate_peak_memory(shape, runtime.precision, architecture=preset.architecture).total
+    return max(estimate_peak_memory(shape, precision, architecture=preset.architecture,
+                                    representations=bool(cfg.output.save_representations)).total
+               for precision in planning_precisions(cfg.runtime.precision, elsewhere))
 
 
 def _infer_options(cfg: DictConfig, preset: Preset, features: Path) -> tuple[Options, TargetShape]:
@@ -599,7 +603,8 @@ def folding_target(cfg: DictConfig, target: Target) -> Target:
     return target
 
 
-def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None = None) -> list[Stage]:
+def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None = None,
+                  elsewhere: bool | None = None) -> list[Stage]:
     """The stages of a target in dependency order.
 
     ``mode``: "predict" (everything), "features" (searches and raw features: `af2cpu features`) or
@@ -607,6 +612,9 @@ def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None 
     several chains, or one chain with ``model.kind=multimer``) has each distinct chain's searches, the
     multimer example, and one inference per multimer preset and prediction (``model.multimer_names``,
     ``model.num_predictions_per_model``); a monomer (or ``target`` None) one per ``model.names``.
+    ``elsewhere``: whether the stages run on other machines than this process (a SLURM array task);
+    None: where the Dask workers of ``cfg.scheduler`` do (a dask-jobqueue cluster or an attached
+    scheduler's workers) — what the inferences' memory estimates plan for under ``runtime.precision=auto``.
     """
     if mode not in ("predict", "features", "infer"):
         raise ValueError(f"mode must be predict, features or infer, not {mode!r}")
@@ -628,9 +636,11 @@ def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None 
             raise
         raise InputError(f"{target.id} ({len(target.chains)} chain(s)): {exc}") from None
     threads = int(cfg.runtime.threads) or None
+    if elsewhere is None:
+        elsewhere = bool(cfg.scheduler.address) or ClusterKind(cfg.scheduler.kind) != ClusterKind.local
     infers = [
         Stage(f"infer_{run.name}", functools.partial(_infer_run, run), functools.partial(_infer_key, run),
-              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg.runtime, run.preset))
+              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg, elsewhere, run.preset))
         for run in runs
     ]
     stages += infers
