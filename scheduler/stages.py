@@ -433,12 +433,14 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
     cfg, folder = ctx.cfg, ctx.folder
     preset = get_preset(run.preset)
     num_recycle, early_stop = weights.recycling(cfg, run.preset)
+    # Planned first, right after the key was: runtime.memory_limit=auto reads the available memory, which
+    # loading the features lowers.
+    options, shape = _infer_options(cfg, preset, folder.features)
     raw = load_features_npz(folder.features)
     features = raw
     if not preset.multimer:
         settings = PipelineSettings.from_preset(preset, num_recycle=num_recycle)
         features = process_features(raw, settings, seed=run.seed)
-    options, shape = _infer_options(cfg, preset, folder.features)
     if options.compact_outputs:
         log.info("%s: %d residues: compact outputs within runtime.memory_limit=%s (no distogram logits, "
                  "aligned-confidence probabilities or pair/MSA representations in result_%s.npz)",
