@@ -205,6 +205,26 @@ def npz_members(path: str | os.PathLike) -> list[str]:
         raise npz_error(path, exc) from None
 
 
+def npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The shape of every array of an npz file, from the arrays' headers: no array is read (a compressed
+    member is inflated only as far as its header). InputError naming a damaged file."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in readers:
+                        raise ValueError(f"npy format version {version} of {info.filename}")
+                    shapes[info.filename.removesuffix(".npy")] = tuple(readers[version](member)[0])
+    except _NPZ_ERRORS as exc:
+        raise npz_error(path, exc) from None
+    return shapes
+
+
 def load_result_npz(path: str | os.PathLike, prefixes: Iterable[str] | None = None) -> dict[str, Any]:
     """Load a ``result_<model>.npz`` back into the nested dict; without pickle.
 
@@ -267,16 +287,17 @@ def save_features_npz(path: str | os.PathLike, features: Mapping[str, Any]) -> N
         np.savez_compressed(f, **arrays)
 
 
-def load_features_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load a ``features.npz`` written by :func:`save_features_npz`, without pickle; a damaged file is an
-    InputError naming it."""
+def load_features_npz(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Load a ``features.npz`` written by :func:`save_features_npz` (only the features ``names`` that it
+    holds, if given), without pickle; a damaged file is an InputError naming it."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            features = {name: npz[name] for name in npz.files}
+            wanted = set(npz.files if names is None else names) | {_OBJECT_FEATURES_KEY}
+            features = {name: npz[name] for name in npz.files if name in wanted}
     except _NPZ_ERRORS as exc:
         raise npz_error(path, exc, "a features file") from None
     object_names = features.pop(_OBJECT_FEATURES_KEY, np.array([], dtype=np.str_))
-    for name in object_names.tolist():
+    for name in [n for n in object_names.tolist() if n in features]:
         stored = features[name]
         restored = np.empty(stored.shape, dtype=object)
         restored.ravel()[:] = stored.ravel().tolist()

@@ -351,7 +351,7 @@ class AlphaFold(nn.Module):
     @torch.inference_mode()
     def predict(self, features: dict[str, np.ndarray], num_recycle: int | None = None,
                 early_stop_tolerance: float | None = None, return_recycles: bool = False,
-                random_seed: int = 0, prediction_index: int = 0) -> dict:
+                random_seed: int = 0, prediction_index: int = 0, return_representations: bool = True) -> dict:
         """Run the model with recycling on processed features (numpy in, numpy out).
 
         Monomer presets take AlphaFold2's processed features: pass ``i`` reads slice ``i`` of the
@@ -360,7 +360,9 @@ class AlphaFold(nn.Module):
         MSA in every pass from a generator seeded by ``random_seed`` and ``prediction_index``; their
         output has ``iptm`` next to ``ptm``. Recycling stops early once the RMS change of the Cα
         distance matrix falls below ``early_stop_tolerance`` Å (default: the preset's; 0 disables).
-        With ``return_recycles`` the output holds ``recycles``: the outputs of every pass.
+        With ``return_recycles`` the output holds ``recycles``: the outputs of every pass. Without
+        ``return_representations`` it holds no ``representations`` (nor do the recycles): no fp32 copy
+        of a bf16 pair and MSA (L²·c_z·4 bytes, 1 GiB at L=1500) is made for a caller that drops them.
         """
         num_recycle = self.preset.num_recycle if num_recycle is None else num_recycle
         if early_stop_tolerance is None:
@@ -419,6 +421,8 @@ class AlphaFold(nn.Module):
                     blocks = ((rows, logits.numpy()) for rows, logits in
                               self.alphafold_iteration.predicted_aligned_error_head.logit_blocks(ret["representations"]))
                 ret["representations"] = representations
+            if not return_representations:  # (the PAE blocks above hold the trunk's pair they read)
+                ret = {k: v for k, v in ret.items() if k != "representations"}
             out = _to_numpy(ret)
             out.update(confidence.confidence_metrics(out, residue_weights=seq_mask, asym_id=asym_id,
                                                      aligned_error_blocks=blocks))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.model.options import Options, chunk_slices
+from af2cpu.model.primitives import normal_parameter
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9
@@ -24,7 +25,7 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _fan_in_normal(*shape: int) -> nn.Parameter:
-    return nn.Parameter(torch.randn(*shape) * shape[0] ** -0.5)
+    return normal_parameter(*shape, std=shape[0] ** -0.5)
 
 
 class Attention(nn.Module):

@@ -15,6 +15,7 @@ from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import WHOLE_NORM_BYTES, Options, chunk_slices, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
 from af2cpu.model.primitives import LayerNorm, Linear
+from af2cpu.model.primitives import add_in_place as _add_in_place
 
 
 class _Chunked(nn.Module):
@@ -452,11 +453,3 @@ class EvoformerIteration(nn.Module):
         pair = add(pair, self.triangle_attention_ending_node(pair, pair_mask))
         pair = add(pair, self.pair_transition(pair, pair_mask))
         return msa, pair
-
-
-def _add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """``act += update``, where ``update`` has ``act``'s dtype: an in-place sum of another dtype would
-    round where the out-of-place sum promotes."""
-    if update.dtype != act.dtype:
-        raise TypeError(f"a residual update of dtype {update.dtype} for a representation of dtype {act.dtype}")
-    return act.add_(update)

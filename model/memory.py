@@ -62,7 +62,8 @@ and
   outputs                  L²·(D + 2·E)·4 (distogram, PAE logits, aligned-confidence probabilities)
                            + S·L·M·4 (masked MSA) + L²·4 + 5·L²·8 (PAE, pTM's float64 terms)
                            + 5·B (the metrics' float64 row blocks, B = confidence.METRICS_BLOCK_BYTES)
-                           + (L²·c_z + S·L·c_m)·4 in bf16 runs (the representations' fp32 copies)
+                           + (L²·c_z + S·L·c_m)·4 in bf16 runs that return the representations
+                           (their fp32 copies; ``AlphaFold.predict(return_representations=...)``)
      compact               S·L·M·4 + L²·4 + 5·L²·8 + 5·B: no (L, L, bins) array and no pair or MSA
                            representation is kept (Options.compact_outputs, chosen when the full
                            outputs do not fit the limit)
@@ -163,11 +164,9 @@ class TargetShape:
         every template slot is run.
         """
         if preset.multimer:
-            alignments = (int(features["num_alignments"]) if "num_alignments" in features
-                          else int(np.shape(features["msa"])[0]))
-            clusters = max(1, min(alignments, preset.num_msa_clusters))
-            return cls(int(np.shape(features["aatype"])[0]), clusters, min(max(alignments - clusters, 0),
-                       preset.max_extra_msa), int(np.shape(features["template_aatype"])[0]))
+            shapes = {name: np.shape(features[name]) for name in ("aatype", "msa", "template_aatype")}
+            alignments = features.get("num_alignments")
+            return cls.of_raw_features(preset, shapes, None if alignments is None else int(alignments))
 
         def cells(mask: np.ndarray, lead: int) -> np.ndarray:  # the axes after the first `lead` as one
             # (not -1: a single-sequence MSA has no extra rows, no template hits no templates)
@@ -185,6 +184,31 @@ class TargetShape:
             templates = int((mask | atoms.any(axis=-1)).sum(axis=1).max())
         return cls(int(np.shape(features["aatype"])[1]), max(1, rows(features["msa_mask"])),
                    rows(features["extra_msa_mask"]), templates)
+
+    @classmethod
+    def of_raw_features(cls, preset: Preset, shapes: Mapping[str, tuple[int, ...]],
+                        num_alignments: int | None = None) -> TargetShape:
+        """The pass the network runs on the raw features of ``features.npz``, from its arrays' ``shapes``
+        (``af2cpu.io.npz_shapes``) and a multimer example's ``num_alignments``: known without reading or
+        processing the features, as a cache key needs it. A monomer's input pipeline keeps every MSA row
+        of the raw features (all unmasked) as a cluster centre, up to the preset's clusters, the next ones
+        as extra rows, up to its extra rows, and the first templates, up to its template slots
+        (``preprocessing.input_pipeline.process_sample``): the :meth:`of_features` of the processed
+        features. A multimer example is the network's input itself.
+        """
+        if preset.multimer:
+            # The network samples up to the preset's cluster rows from the example's real MSA rows and
+            # takes up to its extra rows from the rest; every template slot is run.
+            alignments = shapes["msa"][0] if num_alignments is None else num_alignments
+            clusters = max(1, min(alignments, preset.num_msa_clusters))
+            return cls(shapes["aatype"][0], clusters, min(max(alignments - clusters, 0), preset.max_extra_msa),
+                       shapes["template_aatype"][0])
+        rows = shapes["msa"][0]
+        clusters = max(1, min(rows, preset.num_msa_clusters))
+        # No template hits: AlphaFold2 stores shapeless empty template arrays.
+        positions = shapes.get("template_all_atom_positions", (0,))
+        templates = min(positions[0] if np.prod(positions) else 0, preset.max_templates) if preset.use_templates else 0
+        return cls(shapes["aatype"][0], clusters, min(max(rows - clusters, 0), preset.max_extra_msa), templates)
 
 
 @dataclass(frozen=True)
@@ -312,8 +336,8 @@ def _evoformer_stack_terms(prefix: str, L: int, R: int, stack: EvoformerStackCon
                                 stack.pair_transition_factor, b, ch, block, inplace))
 
 
-def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
-            a: Architecture, compact: bool = False) -> dict[str, tuple[int, list[_Term]]]:
+def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None, a: Architecture,
+            compact: bool = False, representations: bool = True) -> dict[str, tuple[int, list[_Term]]]:
     L, S, Se, T = shape.residues, shape.msa_rows, shape.extra_rows, shape.templates
     c_z, t = a.pair_channel, a.template
     pair = L * L * c_z * b
@@ -354,7 +378,7 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
             + 5 * min(METRICS_BLOCK_BYTES, L * L * h.pae_num_bins * 8))
     if not compact:  # the (L, L, bins) arrays and the representations' fp32 copies (bf16 runs)
         kept += ((h.distogram_num_bins + 2 * h.pae_num_bins) * L * L * FP32
-                 + ((pair + msa) // b * FP32 if b != FP32 else 0))
+                 + ((pair + msa) // b * FP32 if b != FP32 and representations else 0))
     phases["heads"] = (pair + msa, [
         _Term("structure module", None, 5 * a.structure_module.num_head * L * L * FP32
               + (L * L * c_z * FP32 if L * L * c_z * FP32 <= STRUCTURE_WHOLE_PAIR_BYTES else 0)),
@@ -436,11 +460,11 @@ def _fixed(shape: TargetShape, a: Architecture, b: int) -> dict[str, int]:
     }
 
 
-def _estimate(shape: TargetShape, b: int, chunks: ChunkSizes, block: int | None,
-              a: Architecture, compact: bool = False) -> tuple[MemoryEstimate, _Term]:
+def _estimate(shape: TargetShape, b: int, chunks: ChunkSizes, block: int | None, a: Architecture,
+              compact: bool = False, representations: bool = True) -> tuple[MemoryEstimate, _Term]:
     fixed = _fixed(shape, a, b)
     best: tuple[MemoryEstimate, _Term] | None = None
-    for phase, (resident, terms) in _phases(shape, b, chunks, block, a, compact).items():
+    for phase, (resident, terms) in _phases(shape, b, chunks, block, a, compact, representations).items():
         top = max(terms, key=lambda t: t.nbytes)
         total = sum(fixed.values()) + resident + top.nbytes
         if best is None or total > best[0].total:
@@ -455,24 +479,28 @@ def estimate_peak_memory(
     block_bytes: int | None = DEFAULT_BLOCK_BYTES,
     architecture: Architecture = AF2_ARCHITECTURE,
     compact_outputs: bool = False,
+    representations: bool = True,
 ) -> MemoryEstimate:
     """Predicted peak bytes of one forward pass (one recycle) of ``architecture`` on inputs of
     ``shape``, with the given chunk sizes and cache blocks (``Options.block_bytes``) and outputs
-    (``Options.compact_outputs``); see the module docstring for the formula."""
+    (``Options.compact_outputs``; ``representations``: whether predict returns them); see the module
+    docstring for the formula."""
     b = as_precision(precision).nbytes
-    return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture, compact_outputs)[0]
+    return _estimate(shape, b, chunks or ChunkSizes(), block_bytes, architecture, compact_outputs,
+                     representations)[0]
 
 
 def phase_estimates(shape: TargetShape, precision: Precision | str, chunks: ChunkSizes | None = None,
                     block_bytes: int | None = DEFAULT_BLOCK_BYTES,
-                    architecture: Architecture = AF2_ARCHITECTURE, compact_outputs: bool = False) -> dict[str, int]:
+                    architecture: Architecture = AF2_ARCHITECTURE, compact_outputs: bool = False,
+                    representations: bool = True) -> dict[str, int]:
     """The predicted peak bytes of each phase (fixed + its resident + its largest intermediate), as
     :func:`estimate_peak_memory` takes the maximum of; for measuring one stage against the planner."""
     b = as_precision(precision).nbytes
     fixed = sum(_fixed(shape, architecture, b).values())
     return {phase: fixed + resident + max(t.nbytes for t in terms)
             for phase, (resident, terms) in _phases(shape, b, chunks or ChunkSizes(), block_bytes,
-                                                    architecture, compact_outputs).items()}
+                                                    architecture, compact_outputs, representations).items()}
 
 
 def _axis(field: str, shape: TargetShape, a: Architecture) -> int:
@@ -494,6 +522,7 @@ def _axis(field: str, shape: TargetShape, a: Architecture) -> int:
 def choose_chunks(
     limit: int, shape: TargetShape, precision: Precision | str, block_bytes: int | None = DEFAULT_BLOCK_BYTES,
     architecture: Architecture = AF2_ARCHITECTURE, compact_outputs: bool | None = None,
+    representations: bool = True,
 ) -> tuple[ChunkSizes, MemoryEstimate]:
     """The largest chunk sizes (powers of two, or unchunked) whose estimated peak fits `limit`.
 
@@ -501,17 +530,18 @@ def choose_chunks(
     estimate fits. Raises MemoryPlanError with the numbers when the smallest chunks do not fit.
     ``compact_outputs`` None keeps the full outputs when some chunks fit them, else plans for
     compact outputs (``Options.compact_outputs``; the estimate says which it chose).
+    ``representations``: whether the caller has predict return them (their fp32 copies in bf16 runs).
     """
     if compact_outputs is None:
         try:
-            return choose_chunks(limit, shape, precision, block_bytes, architecture, False)
+            return choose_chunks(limit, shape, precision, block_bytes, architecture, False, representations)
         except MemoryPlanError:  # the compact outputs' error, if any, names what still does not fit
-            return choose_chunks(limit, shape, precision, block_bytes, architecture, True)
+            return choose_chunks(limit, shape, precision, block_bytes, architecture, True, representations)
     b = as_precision(precision).nbytes
     chunks = ChunkSizes()
 
     def estimate_for(candidate: ChunkSizes) -> tuple[MemoryEstimate, _Term]:
-        return _estimate(shape, b, candidate, block_bytes, architecture, compact_outputs)
+        return _estimate(shape, b, candidate, block_bytes, architecture, compact_outputs, representations)
 
     while True:
         estimate, top = estimate_for(chunks)
@@ -544,14 +574,15 @@ def _halved(chunks: ChunkSizes, field: str, shape: TargetShape, a: Architecture)
     return replace(chunks, **{field: 1 << ((current - 1).bit_length() - 1)})
 
 
-def plan_options(runtime, preset: Preset, shape: TargetShape,
-                 limit: int | None = None) -> tuple[Options, MemoryEstimate]:
+def plan_options(runtime, preset: Preset, shape: TargetShape, limit: int | None = None,
+                 representations: bool = True) -> tuple[Options, MemoryEstimate]:
     """The network's run options for one target, and the planner's estimate of its peak memory.
 
     ``runtime`` is the ``runtime`` config section (its precision, memory_limit, compile and
     compile_cache_dir: a DictConfig or an :class:`af2cpu.config.RuntimeConfig`), ``preset`` the model
     (its architecture sizes the estimate), ``shape`` the target's input sizes and ``limit`` the memory
-    limit in bytes (default: ``runtime.memory_limit``). The chunk sizes are the largest that fit;
+    limit in bytes (default: ``runtime.memory_limit``); ``representations`` whether the run returns the
+    representations (``output.save_representations``). The chunk sizes are the largest that fit;
     raises MemoryPlanError when none do.
     """
     if limit is None:
@@ -560,5 +591,5 @@ def plan_options(runtime, preset: Preset, shape: TargetShape,
     options = Options(precision=runtime.precision, compile=compiled,
                       compile_cache_dir=str(runtime.compile_cache_dir) if compiled else None)
     chunks, estimate = choose_chunks(limit, shape, options.precision, options.cache_block_bytes,
-                                     preset.architecture)
+                                     preset.architecture, representations=representations)
     return replace(options, chunks=chunks, compact_outputs=estimate.compact_outputs), estimate

@@ -111,7 +111,9 @@ def load_params(module: nn.Module, flat: dict[str, np.ndarray], root: str = "alp
     for key, entries in scopes.items():
         value = torch.from_numpy(np.ascontiguousarray(flat[key], dtype=np.float32))
         for name, layer in entries:
-            state[name] = value if layer is None else value[layer].clone()
+            # A stacked tensor's layers are contiguous views of it (no copy: a copy of every stacked
+            # parameter held twice the weights while loading).
+            state[name] = value if layer is None else value[layer]
     module.load_state_dict(state, strict=True, assign=True)
 
 

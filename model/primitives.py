@@ -1,4 +1,4 @@
-"""Parameter-holding primitives in the official (haiku) layout.
+"""Parameter-holding primitives in the official (haiku) layout, and the residual sum the blocks share.
 
 Convention of the whole `af2cpu.model` package: a module's attribute path mirrors the haiku scope of
 its parameters, and each parameter keeps the official name and shape. So
@@ -16,6 +16,32 @@ import torch
 from torch import nn
 
 
+def normal_parameter(*shape: int, std: float) -> nn.Parameter:
+    """An N(0, std²) parameter of ``shape`` (``torch.randn · std``), left unfilled on the meta device.
+
+    A network built on the meta device is a skeleton whose parameters are loaded later (official or
+    random ones, ``af2cpu.model.params``): a fill would change nothing there, and torch computes meta
+    arithmetic in Python, importing torch._dynamo on the first product (1 s).
+    """
+    if torch.get_default_device().type == "meta":
+        return nn.Parameter(torch.empty(*shape))
+    return nn.Parameter(torch.randn(*shape) * std)
+
+
+def add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``act += update``; returns ``act``. Where the blocks add a residual update into a representation
+    they own (the trunk's pair and MSA, the template pair stack, a block of rows of the pair), so one
+    tensor exists instead of the input and its sum: the same numbers as ``act + update``.
+
+    TypeError unless ``update`` has ``act``'s dtype: an in-place sum of another dtype rounds where the
+    out-of-place sum promotes, and an out-of-place fallback would be lost where ``act`` is a block of
+    rows of a larger tensor (``add_in_place(out[rows], ...)``).
+    """
+    if update.dtype != act.dtype:
+        raise TypeError(f"a residual update of dtype {update.dtype} for a representation of dtype {act.dtype}")
+    return act.add_(update)
+
+
 class Linear(nn.Module):
     """haiku.Linear: ``weights`` (in, out) and optional ``bias`` (out,); y = x @ W + b.
 
@@ -31,7 +57,10 @@ class Linear(nn.Module):
         self.in_shape, self.out_shape = in_shape, out_shape
         self.weights = nn.Parameter(torch.empty(*in_shape, *out_shape))
         self.bias = nn.Parameter(torch.zeros(out_shape)) if use_bias else None
-        nn.init.normal_(self.weights, std=max(1, math.prod(in_shape))**-0.5)
+        # Not on the meta device (see normal_parameter): torch's meta normal_ is a Python
+        # decomposition: the first call imports torch._dynamo (1.4 s), each call takes 0.4 ms.
+        if not self.weights.is_meta:
+            nn.init.normal_(self.weights, std=max(1, math.prod(in_shape))**-0.5)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias."""

@@ -27,16 +27,10 @@ from af2cpu.model.evoformer import (
 from af2cpu.model.geometry import Rigid
 from af2cpu.model.options import chunk_slices, embedding_step_rows, embedding_steps
 from af2cpu.model.presets import TemplateConfig
-from af2cpu.model.primitives import LayerNorm, Linear
+from af2cpu.model.primitives import LayerNorm, Linear, add_in_place
 
 # Residue types of the template features: the 20 amino acids, X and the gap.
 _NUM_RESIDUE_CLASSES = len(rc.restypes_with_x_and_gap)
-
-
-def _add_into(pair: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """``pair + update``, written into ``pair`` when the dtypes match (the same numbers, without a
-    second pair-sized tensor); ``pair`` must be a tensor nothing else still reads."""
-    return pair.add_(update) if update.dtype == pair.dtype else pair + update
 
 
 class TemplatePairBlock(nn.Module):
@@ -66,8 +60,8 @@ class TemplatePairBlock(nn.Module):
             if module in multiplication:  # its update added a block of rows at a time, never whole
                 pair = module(pair, pair_mask, inplace=True)
             else:
-                pair = _add_into(pair, module(pair, pair_mask))
-        return _add_into(pair, self.pair_transition(pair, pair_mask))
+                pair = add_in_place(pair, module(pair, pair_mask))
+        return add_in_place(pair, self.pair_transition(pair, pair_mask))
 
 
 class TemplatePairStack(nn.Module):
@@ -183,7 +177,7 @@ class TemplateEmbedding(_Chunked):
                              float(bias[t]), first=t == real[0])
             del template
         for s in self._row_blocks(pair.shape[0]):
-            _add_into(out[s], softmax.update(s, pair.dtype))
+            add_in_place(out[s], softmax.update(s, pair.dtype))
         return out
 
     def _row_blocks(self, num_res: int):
@@ -383,7 +377,7 @@ class MultimerTemplateEmbedding(nn.Module):
             del one
         # The output layer a block of rows at a time, each block added into ``out``.
         for s in embedding_steps(total.shape[0], total.shape[1] * pair.shape[-1] * 4):
-            _add_into(out[s], self.output_linear(torch.relu(total[s] / num_templates)))
+            add_in_place(out[s], self.output_linear(torch.relu(total[s] / num_templates)))
         return out
 
 

@@ -187,19 +187,15 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     if cpus < 1:
         raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
     longest = max(t.num_residues for t in targets)
-    # A complex's inference runs the multimer presets on all its chains together. runtime.precision=auto
-    # resolves on the compute node, whose CPU this host may not share: plan for either outcome (fp32 on a
-    # node without native bf16 needs about twice the activations).
-    plans = [cfg]
-    if cfg.runtime.precision is Precision.auto:
-        plans = [compose_config([*overrides, f"runtime.precision={p.value}"]) for p in (Precision.fp32, Precision.bf16)]
-    memory_gib = math.ceil(max(estimated_memory(target_stages(plan, "predict", t), t.num_residues)
-                               for plan in plans for t in targets) / GIB)
+    # A complex's inference runs the multimer presets on all its chains together. The stages run on the
+    # compute nodes, whose CPUs decide runtime.precision=auto (planning_precisions).
+    memory_gib = math.ceil(max(estimated_memory(target_stages(cfg, "predict", t, elsewhere=True), t.num_residues)
+                               for t in targets) / GIB)
     if mem is None:
         mem = f"{memory_gib}G"
         log.info("memory per task: %s (planner estimate for the longest target, %d residues, plus headroom%s)",
                  mem, longest, "; runtime.precision=auto: the larger of fp32 and bf16, as the compute "
-                 "nodes' CPUs decide" if len(plans) > 1 else "")
+                 "nodes' CPUs decide" if cfg.runtime.precision is Precision.auto else "")
     extra = list(overrides)
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     # Inside the job, "auto" would see the whole node; the allocation is what this task may use.

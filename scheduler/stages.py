@@ -32,26 +32,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from af2cpu import formats, plots
 from af2cpu.common import protein
-from af2cpu.config import Params
+from af2cpu.config import ClusterKind, Params
 from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.io import (
     atomic_write_text,
     file_hash,
     load_features_npz,
     load_result_npz,
+    npz_shapes,
     save_features_npz,
     save_features_pkl,
 )
 from af2cpu.layout import TargetDir
 from af2cpu.model import weights
 from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
-from af2cpu.model.options import as_precision
-from af2cpu.model.presets import get_preset
+from af2cpu.model.options import Options, as_precision
+from af2cpu.model.presets import Preset, get_preset
 from af2cpu.preprocessing import features as raw_features
 from af2cpu.preprocessing import multimer, searches
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.relax import relax
+from af2cpu.runtime.precision import planning_precisions
 from af2cpu.runtime.threads import threads_for
 from af2cpu.scheduler.cache import StageCache, StageRecord, stage_key
 
@@ -367,13 +369,28 @@ def _existing_features_run(ctx: StageContext, inputs: Inputs) -> tuple[list[Path
 # Inference
 
 
-def _infer_memory(runtime: Any, model_name: str, residues: int) -> int:
+def _infer_memory(cfg: DictConfig, elsewhere: bool, model_name: str, residues: int) -> int:
     """The planner's peak for one pass of ``model_name`` at its preset's largest inputs (a multimer's
-    in-network sample sizes) for a target of ``residues`` residues, all chains together."""
+    in-network sample sizes) for a target of ``residues`` residues, all chains together; the larger of
+    fp32 and bf16 where ``runtime.precision=auto`` resolves on the CPUs of other machines (``elsewhere``)."""
     preset = get_preset(model_name)
     shape = TargetShape.largest(preset, residues)
     # Unchunked: the largest the pass can need.
-    return estimate_peak_memory(shape, runtime.precision, architecture=preset.architecture).total
+    return max(estimate_peak_memory(shape, precision, architecture=preset.architecture,
+                                    representations=bool(cfg.output.save_representations)).total
+               for precision in planning_precisions(cfg.runtime.precision, elsewhere))
+
+
+def _infer_options(cfg: DictConfig, preset: Preset, features: Path) -> tuple[Options, TargetShape]:
+    """The network's run options for a pass on the features file ``features`` (a monomer's raw features, a
+    complex's multimer example), planned from its arrays' shapes alone: the key of an inference and its
+    run take the same decisions (chunks, compact outputs) without processing the features."""
+    shapes = npz_shapes(features)
+    alignments = None
+    if preset.multimer and "num_alignments" in shapes:
+        alignments = int(load_features_npz(features, ["num_alignments"])["num_alignments"])
+    shape = TargetShape.of_raw_features(preset, shapes, alignments)
+    return plan_options(cfg.runtime, preset, shape, representations=bool(cfg.output.save_representations))[0], shape
 
 
 def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
@@ -381,6 +398,7 @@ def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
 
     cfg = ctx.cfg
     stage = f"infer_{run.name}"
+    options, _ = _infer_options(cfg, get_preset(run.preset), ctx.folder.features)
     num_recycle, early_stop = weights.recycling(cfg, run.preset)
     config = {
         "params": weights.params_identity(cfg, run.preset),
@@ -391,6 +409,10 @@ def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:
         # without native bf16 never hands one's results to the other.
         "precision": str(as_precision(cfg.runtime.precision)),
         "output": _plain(cfg.output),
+        # Whether the result holds the (L, L, bins) arrays and the representations: the planner leaves them
+        # out of a target that does not fit runtime.memory_limit with them, so a changed limit reruns only
+        # the inferences whose outputs it changes.
+        "compact_outputs": options.compact_outputs,
     }
     if run.multimer:
         config["prediction"] = run.prediction
@@ -411,13 +433,14 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
     cfg, folder = ctx.cfg, ctx.folder
     preset = get_preset(run.preset)
     num_recycle, early_stop = weights.recycling(cfg, run.preset)
+    # Planned first, right after the key was: runtime.memory_limit=auto reads the available memory, which
+    # loading the features lowers.
+    options, shape = _infer_options(cfg, preset, folder.features)
     raw = load_features_npz(folder.features)
     features = raw
     if not preset.multimer:
         settings = PipelineSettings.from_preset(preset, num_recycle=num_recycle)
         features = process_features(raw, settings, seed=run.seed)
-    shape = TargetShape.of_features(preset, features)
-    options, _ = plan_options(cfg.runtime, preset, shape)
     if options.compact_outputs:
         log.info("%s: %d residues: compact outputs within runtime.memory_limit=%s (no distogram logits, "
                  "aligned-confidence probabilities or pair/MSA representations in result_%s.npz)",
@@ -430,10 +453,9 @@ def _infer_run(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> tupl
         num_recycle=num_recycle,
         early_stop_tolerance=early_stop,
         return_recycles=bool(cfg.output.save_recycles),
+        return_representations=bool(cfg.output.save_representations),
         **({"random_seed": run.seed, "prediction_index": run.prediction} if preset.multimer else {}),
     )
-    if not cfg.output.save_representations:
-        out.pop("representations", None)
     if cfg.output.save_recycles:
         out["recycles"] = [
             {"final_atom_positions": r["structure_module"]["final_atom_positions"], "plddt": r["plddt"]}
@@ -583,7 +605,8 @@ def folding_target(cfg: DictConfig, target: Target) -> Target:
     return target
 
 
-def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None = None) -> list[Stage]:
+def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None = None,
+                  elsewhere: bool | None = None) -> list[Stage]:
     """The stages of a target in dependency order.
 
     ``mode``: "predict" (everything), "features" (searches and raw features: `af2cpu features`) or
@@ -591,6 +614,9 @@ def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None 
     several chains, or one chain with ``model.kind=multimer``) has each distinct chain's searches, the
     multimer example, and one inference per multimer preset and prediction (``model.multimer_names``,
     ``model.num_predictions_per_model``); a monomer (or ``target`` None) one per ``model.names``.
+    ``elsewhere``: whether the stages run on other machines than this process (a SLURM array task);
+    None: where the Dask workers of ``cfg.scheduler`` do (a dask-jobqueue cluster or an attached
+    scheduler's workers) — what the inferences' memory estimates plan for under ``runtime.precision=auto``.
     """
     if mode not in ("predict", "features", "infer"):
         raise ValueError(f"mode must be predict, features or infer, not {mode!r}")
@@ -612,9 +638,11 @@ def target_stages(cfg: DictConfig, mode: str = "predict", target: Target | None 
             raise
         raise InputError(f"{target.id} ({len(target.chains)} chain(s)): {exc}") from None
     threads = int(cfg.runtime.threads) or None
+    if elsewhere is None:
+        elsewhere = bool(cfg.scheduler.address) or ClusterKind(cfg.scheduler.kind) != ClusterKind.local
     infers = [
         Stage(f"infer_{run.name}", functools.partial(_infer_run, run), functools.partial(_infer_key, run),
-              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg.runtime, run.preset))
+              needs=("features",), cpus=threads, memory=functools.partial(_infer_memory, cfg, elsewhere, run.preset))
         for run in runs
     ]
     stages += infers

@@ -19,6 +19,7 @@ from af2cpu.model import confidence, heads, structure_module
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.presets import Architecture
+from af2cpu.model.primitives import add_in_place
 from af2cpu.model.structure_module import StructureModule
 
 A = Architecture()
@@ -40,6 +41,17 @@ def _set_options(module: torch.nn.Module, options: Options) -> None:
     for m in module.modules():
         if hasattr(m, "options"):
             m.options = options
+
+
+def test_an_update_of_another_dtype_is_refused_not_rounded_or_lost():
+    # The trunk, the template pair stack and the template embeddings add into a block of rows of the
+    # pair: an out-of-place sum there would be dropped, an in-place one of fp32 into bf16 would round.
+    pair = torch.zeros(4, 3, 2, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="float32 for a representation of dtype torch.bfloat16"):
+        add_in_place(pair[1:3], torch.ones(2, 3, 2))
+    assert not pair.any()
+    assert add_in_place(pair[1:3], torch.ones(2, 3, 2, dtype=torch.bfloat16)).data_ptr() == pair[1].data_ptr()
+    assert pair.sum(dim=(1, 2)).tolist() == [0, 6, 6, 0]
 
 
 @pytest.mark.parametrize("options", [Options(), Options(chunks=ChunkSizes(triangle_channels=48), block_bytes=1)],
@@ -152,14 +164,27 @@ def test_aligned_error_from_blocks_equals_the_whole_metrics():
     assert "aligned_confidence_probs" not in got
 
 
+def _leaf(value):
+    return value["logits"] if isinstance(value, dict) else value
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compact_outputs_keep_the_same_numbers_without_the_pair_sized_arrays(precision):
+def test_compact_outputs_and_outputs_without_representations_keep_the_same_numbers(precision):
     # A small whole model (1 Evoformer block, 4 extra-MSA blocks, random weights), two passes.
     from af2cpu.bench.model import make_inputs
 
     model, _, features = make_inputs(20, 4, 4, blocks=1, seed=14)
     model.set_options(Options(precision=precision))
     full = model.predict(features, num_recycle=1)
+    # For a caller that drops the representations (af2cpu predict without output.save_representations)
+    # none are converted, in any pass; everything else is the same.
+    bare = model.predict(features, num_recycle=1, return_recycles=True, return_representations=False)
+    assert set(full) - set(bare) == {"representations"} and set(bare) - set(full) == {"recycles"}
+    assert not any("representations" in r for r in bare["recycles"])
+    for name in ("distogram", "predicted_aligned_error", "plddt", "ptm", "aligned_confidence_probs"):
+        assert np.array_equal(_leaf(bare[name]), _leaf(full[name])), name
+    assert np.array_equal(bare["structure_module"]["final_atom_positions"],
+                          full["structure_module"]["final_atom_positions"])
     model.set_options(Options(precision=precision, compact_outputs=True))
     compact = model.predict(features, num_recycle=1)
     left_out = {"distogram", "aligned_confidence_probs"}

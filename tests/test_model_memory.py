@@ -280,6 +280,59 @@ def test_pass_shape_of_features_counts_the_rows_the_network_computes_on():
     assert TargetShape.of_features(multimer, example) == TargetShape(length, 508, 2048, 4)
 
 
+def test_outputs_without_representations_leave_out_their_fp32_copies():
+    # AlphaFold.predict(return_representations=False), af2cpu predict's default: a bf16 run converts no
+    # pair or MSA representation to fp32; an fp32 run's are views of the trunk's tensors either way.
+    shape = TargetShape(1500, 32, 0, 0)
+    for precision, copies in (("bf16", (1500 * 1500 * A.pair_channel + 32 * 1500 * A.msa_channel) * 4), ("fp32", 0)):
+        with_them = phase_estimates(shape, precision)["heads"]
+        assert with_them - phase_estimates(shape, precision, representations=False)["heads"] == copies
+    bf16 = RuntimeConfig(precision="bf16")
+    assert (plan_options(bf16, get_preset("model_1_ptm"), shape, limit=64 * GIB)[1].total
+            - plan_options(bf16, get_preset("model_1_ptm"), shape, limit=64 * GIB, representations=False)[1].total
+            == (1500 * 1500 * A.pair_channel + 32 * 1500 * A.msa_channel) * 4)
+
+
+@pytest.mark.parametrize("rows, hits", [(1, 0), (600, 6)], ids=["single_sequence", "deep_msa_six_hits"])
+def test_pass_shape_of_the_raw_features_file_is_that_of_its_processed_features(tmp_path, rows, hits):
+    import numpy as np
+
+    from af2cpu.io import load_features_npz, npz_shapes, save_features_npz
+    from af2cpu.preprocessing.features import msa_features, sequence_features
+    from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
+    from af2cpu.preprocessing.parsers import Msa
+    from af2cpu.preprocessing.templates import no_template_features
+
+    rng = np.random.default_rng(0)
+    query = "MKVLAAGIVGLPNVGKST"
+    sequences = list(dict.fromkeys([query, *("".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY-"), len(query)))
+                                             for _ in range(rows - 1))]))
+    raw = {**sequence_features(query, "T1"), **msa_features([Msa(sequences, [[0] * len(query)] * len(sequences),
+                                                                 [f"s{i}" for i in range(len(sequences))])])}
+    if hits:
+        raw.update({"template_aatype": np.zeros((hits, len(query), 22), np.float32),
+                    "template_all_atom_masks": np.ones((hits, len(query), 37), np.float32),
+                    "template_all_atom_positions": np.zeros((hits, len(query), 37, 3), np.float32),
+                    "template_domain_names": np.array([b"1abc_A"] * hits, dtype=object),
+                    "template_sequence": np.array([query.encode()] * hits, dtype=object),
+                    "template_sum_probs": np.ones((hits, 1), np.float32)})
+    else:
+        raw.update(no_template_features())
+    path = tmp_path / "features.npz"
+    save_features_npz(path, raw)
+    shapes = npz_shapes(path)  # the headers alone
+    loaded = load_features_npz(path)
+    assert all(shapes[name] == value.shape for name, value in loaded.items())
+    # model_1_ptm: 508 clusters, 5120 extra rows, 4 templates; model_2: 1024 extra rows; model_3_ptm: 512
+    # clusters, no templates. Two recycling passes: each samples its own rows.
+    for name in ("model_1_ptm", "model_2", "model_3_ptm"):
+        preset = get_preset(name)
+        processed = process_features(loaded, PipelineSettings.from_preset(preset, num_recycle=1), seed=3)
+        assert TargetShape.of_raw_features(preset, shapes) == TargetShape.of_features(preset, processed), name
+    assert TargetShape.of_raw_features(get_preset("model_1_ptm"), shapes) == (
+        TargetShape(18, 508, 92, 4) if rows == 600 else TargetShape(18, 1, 0, 0))
+
+
 def test_templates_one_at_a_time_are_not_the_peak_of_a_long_target():
     # 4700 residues, bf16, AlphaFold2's default MSA sizes: the template stage held every template's
     # embedding and one template's fp32 features (43.39 GiB, the peak); one template at a time with

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from af2cpu.cli import params as params_cli
+from af2cpu.config import compose_config
 from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.params import (
@@ -28,6 +29,8 @@ from af2cpu.model.params import (
     write_safetensors,
 )
 from af2cpu.model.presets import PRESETS
+from af2cpu.model.primitives import Linear, normal_parameter
+from af2cpu.model.weights import load_model, model_seed
 
 TREE = Path(__file__).parent / "data" / "model" / "params_model_1_ptm.tree.tsv"
 
@@ -84,6 +87,33 @@ def test_random_params_are_fan_in_scaled():
     assert w.shape == (48, 256, 1024) and w.dtype == np.float32
     assert abs(w.std() - 256**-0.5) < 1e-3
     assert np.all(flat["alphafold/alphafold_iteration/evoformer/prev_pair_norm//scale"] != 1.0)  # not the init
+
+
+def test_a_meta_skeleton_is_not_filled_and_a_network_for_use_is(monkeypatch):
+    torch.manual_seed(0)
+    linear, weight = Linear(256, 64), normal_parameter(256, 4, 8, std=256**-0.5)
+    assert abs(float(linear.weights.detach().std()) - 256**-0.5) < 0.002  # 16384 draws: standard error 0.0004
+    torch.manual_seed(0)
+    torch.randn(256, 64)  # Linear's draw
+    assert torch.equal(weight, torch.randn(256, 4, 8) * 256**-0.5)  # the numbers it always had
+
+    def no_fill(*args, **kwargs):
+        raise AssertionError("a meta skeleton was filled")
+
+    monkeypatch.setattr(torch.Tensor, "normal_", no_fill)
+    monkeypatch.setattr(torch, "randn", no_fill)
+    with torch.device("meta"):
+        assert Linear(256, 64).weights.is_meta and normal_parameter(256, 4, std=1.0).is_meta
+
+
+def test_params_random_loads_exactly_the_random_parameters_into_the_network():
+    cfg = compose_config(["params=random", "model.names=[model_5]"])
+    model = load_model(cfg, "model_5")  # built on the meta device, then loaded
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    expected = random_params(_skeleton("model_5"), seed=model_seed(cfg, "model_5"))
+    exported = export_params(model)
+    assert exported.keys() == expected.keys()
+    assert all(np.array_equal(exported[k], expected[k]) for k in expected)
 
 
 def test_load_export_round_trip_is_identical(model_3_ptm_file, tmp_path):

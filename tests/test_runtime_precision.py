@@ -7,6 +7,7 @@ import logging
 import os
 
 import pytest
+from test_scheduler_cache import write_single_sequence_features
 
 from af2cpu.cli.bench import bench_precisions
 from af2cpu.config import Precision, RuntimeConfig, compose_config
@@ -17,8 +18,8 @@ from af2cpu.model.presets import get_preset
 from af2cpu.model.weights import model_runs
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.runtime import precision as precision_module
-from af2cpu.runtime.precision import bf16_units, native_bf16, resolve_precision
-from af2cpu.scheduler.stages import StageContext, _infer_key
+from af2cpu.runtime.precision import bf16_units, native_bf16, planning_precisions, resolve_precision
+from af2cpu.scheduler.stages import StageContext, _infer_key, target_stages
 
 AVX2 = {"avx2", "fma", "sse4_2"}
 AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}
@@ -93,7 +94,7 @@ def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch,
     monkeypatch.setenv(precision_module.WARNED_VARIABLE, "1")
     folder = TargetDir(tmp_path / "T1")
     folder.path.mkdir()
-    folder.features.write_bytes(b"features")
+    write_single_sequence_features(folder.features, "MKV")
 
     def key(precision: str) -> str:
         cfg = compose_config(["params=random", f"runtime.precision={precision}", "model.names=[model_1_ptm]"])
@@ -104,3 +105,29 @@ def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch,
     # auto is keyed as what it resolves to on the CPU that runs it.
     other = "bf16" if same_as == "fp32" else "fp32"
     assert key("auto") == key(same_as) != key(other)
+
+
+def test_planning_precisions_cover_fp32_and_bf16_where_auto_resolves_on_other_cpus(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(AMX))
+    assert planning_precisions("auto", elsewhere=True) == (Precision.fp32, Precision.bf16)
+    assert planning_precisions("auto", elsewhere=False) == (Precision.bf16,)
+    assert planning_precisions(Precision.fp32, elsewhere=True) == (Precision.fp32,)
+
+
+@pytest.mark.parametrize("flags", [AVX2, AMX], ids=["avx2", "amx"])
+def test_inference_memory_under_auto_covers_fp32_on_other_machines_and_resolves_here_locally(monkeypatch, flags):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setenv(precision_module.WARNED_VARIABLE, "1")
+
+    def memory(*overrides: str) -> int:  # the inference stage's request for 900 residues
+        cfg = compose_config(["params=random", "model.names=[model_1_ptm]", *overrides])
+        (infer,) = [s for s in target_stages(cfg, "infer") if s.name == "infer_model_1_ptm"]
+        return infer.memory(900)
+
+    fp32, bf16 = memory("runtime.precision=fp32"), memory("runtime.precision=bf16")
+    assert fp32 > bf16
+    # dask-jobqueue workers and an attached scheduler's workers may lack native bf16, whatever CPU plans.
+    for elsewhere in ("scheduler=slurm", "scheduler=pbs", "scheduler.address='tcp://10.0.0.1:8786'"):
+        assert memory(elsewhere) == fp32, elsewhere
+    # Local workers run on this CPU: auto is what it resolves to here.
+    assert memory() == (bf16 if flags is AMX else fp32)

@@ -233,3 +233,50 @@ def test_file_hash_is_sha256_of_content(tmp_path):
     path = tmp_path / "q.fasta"
     path.write_bytes(b">q\nMKV\n")
     assert file_hash(path) == hashlib.sha256(b">q\nMKV\n").hexdigest()
+
+
+def write_single_sequence_features(path, sequence: str) -> None:
+    """A real ``features.npz`` of ``sequence`` without homologues or templates (the raw features
+    `af2cpu features` writes)."""
+    from af2cpu.io import save_features_npz
+    from af2cpu.preprocessing.features import msa_features, sequence_features, single_sequence_msa
+    from af2cpu.preprocessing.templates import no_template_features
+
+    save_features_npz(path, {**sequence_features(sequence, "T1"), **msa_features([single_sequence_msa(sequence)]),
+                             **no_template_features()})
+
+
+def test_inference_key_holds_the_compact_outputs_decision(tmp_path):
+    from af2cpu.config import compose_config
+    from af2cpu.io import npz_shapes
+    from af2cpu.layout import TargetDir
+    from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
+    from af2cpu.model.presets import get_preset
+    from af2cpu.preprocessing.inputs import Target
+    from af2cpu.runtime.memory import GIB
+    from af2cpu.scheduler.stages import StageContext, target_stages
+
+    target = Target("T1", "", "MKVLAAGIVG" * 20)
+    folder = TargetDir(tmp_path / "T1")
+    folder.path.mkdir()
+    write_single_sequence_features(folder.features, target.sequence)
+
+    def configured(limit: int):
+        return compose_config(["params=random", "model.names=[model_1_ptm]", "runtime.precision=fp32",
+                               f"runtime.memory_limit={limit}"])
+
+    def key(limit: int) -> str:
+        cfg = configured(limit)
+        (infer,) = [s for s in target_stages(cfg, "infer", target) if s.name == "infer_model_1_ptm"]
+        return infer.key(StageContext(target, cfg, folder), {})
+
+    preset = get_preset("model_1_ptm")
+    shape = TargetShape.of_raw_features(preset, npz_shapes(folder.features))
+    # A limit that the compact outputs fit and the full ones do not (the (L, L, bins) arrays: chunks do
+    # not make them smaller).
+    tight = estimate_peak_memory(shape, "fp32", compact_outputs=True).total
+    assert plan_options(configured(tight).runtime, preset, shape)[0].compact_outputs
+    assert not plan_options(configured(64 * GIB).runtime, preset, shape)[0].compact_outputs
+    # A result made within the tight limit is not the result of a run with room for the full outputs
+    # (and the reverse); a larger limit that changes nothing keeps the cached result.
+    assert key(tight) != key(64 * GIB) == key(128 * GIB)

@@ -48,7 +48,7 @@ if which == "reference":
     step, _ = ReferenceModel().step_fn(flat, features, blocks)
 else:
     model.set_options(options("fp32", TargetShape(length, msa, extra, 0)))
-    step = lambda: model.predict(features, num_recycle=0)
+    step = lambda: model.predict(features, num_recycle=0, return_representations=False)
 step()
 start = time.perf_counter()
 for _ in range(passes):

@@ -49,7 +49,8 @@ def run_memory(args: argparse.Namespace) -> int:
         for precision in args.precisions:
             templates = MULTIMER_TEMPLATES if multimer else getattr(args, "templates", 0)
             shape = TargetShape(length * chains, args.msa_rows, args.extra_rows, templates)
-            chunks, estimate = choose_chunks(limit, shape, precision, architecture=architecture)
+            # Outputs as `af2cpu predict` keeps them by default (output.save_representations=false).
+            chunks, estimate = choose_chunks(limit, shape, precision, architecture=architecture, representations=False)
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_memory_child, args=(
                 send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads,
@@ -111,7 +112,7 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
     baseline = _rss("VmRSS")
     reset = _reset_peak_rss()
     start = time.perf_counter()
-    model.predict(features, num_recycle=0)
+    model.predict(features, num_recycle=0, return_representations=False)
     seconds = time.perf_counter() - start
     conn.send({"peak_rss_bytes": _rss("VmHWM"), **through_templates, "rss_before_pass_bytes": baseline,
                "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -254,6 +255,8 @@ def multimer_example(chain_length: int, chains: int = 2, msa_rows: int = 64, ext
 def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     """Time af2cpu (each precision, eager and optionally compiled) and the reference at one length."""
     model, flat, features, shape = bench_inputs(length, args)
+    # One pass, as `af2cpu predict` runs it by default (output.save_representations=false).
+    one_pass = functools.partial(model.predict, features, num_recycle=0, return_representations=False)
     runs = []
     gflop = None
     backends = getattr(args, "backends", ["native"])
@@ -265,17 +268,17 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
             apply_backend(model, backend)  # in place, back and forth on the same weights
             if gflop is None:
                 with flop_counter() as counter:
-                    first[backend], _, _ = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+                    first[backend], _, _ = _time_passes(one_pass, 0)
                 gflop = counter.get_total_flops() / 1e9
             else:
-                first[backend], _, _ = _time_passes(lambda: model.predict(features, num_recycle=0), 0)
+                first[backend], _, _ = _time_passes(one_pass, 0)
         # Several back ends take turns pass by pass, so that a busy machine slows each alike.
         total, cpu = dict.fromkeys(backends, 0.0), dict.fromkeys(backends, 0.0)
         for _ in range(args.passes):
             for backend in backends:
                 apply_backend(model, backend)
                 start, cpu_start = time.perf_counter(), time.process_time()
-                model.predict(features, num_recycle=0)
+                one_pass()
                 total[backend] += time.perf_counter() - start
                 cpu[backend] += time.process_time() - cpu_start
         for backend in backends:
@@ -395,7 +398,7 @@ def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
     """Seconds per module kind for one af2cpu pass at ``length`` (after a warm-up pass)."""
     model, _, features, shape = bench_inputs(length, args)
     model.set_options(options(precision, shape, preset=model.preset))
-    model.predict(features, num_recycle=0)
+    model.predict(features, num_recycle=0, return_representations=False)
     totals: dict[str, float] = {}
     handles = []
 
@@ -419,7 +422,7 @@ def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
         elif leaf in _BREAKDOWN_TOP:
             timed(leaf, module)
     start = time.perf_counter()
-    model.predict(features, num_recycle=0)
+    model.predict(features, num_recycle=0, return_representations=False)
     total = time.perf_counter() - start
     for handle in handles:
         handle.remove()

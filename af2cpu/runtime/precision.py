@@ -72,3 +72,13 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
         os.environ[WARNED_VARIABLE] = "1"
         log.warning("runtime.precision=bf16: %s.", EMULATED_BF16_COST)
     return precision
+
+
+def planning_precisions(requested: Precision | str, elsewhere: bool) -> tuple[Precision, ...]:
+    """The precisions a run of ``requested`` may take, for planning its memory. ``auto`` on other machines
+    than this one (a SLURM array task, a dask-jobqueue worker, an attached scheduler's workers) resolves
+    on their CPUs, which may lack native bf16: both fp32 and bf16 (fp32 needs about twice the
+    activations); otherwise the one precision it resolves to here."""
+    if elsewhere and Precision(str(requested)) is Precision.auto:
+        return (Precision.fp32, Precision.bf16)
+    return (resolve_precision(requested),)
