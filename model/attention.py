@@ -231,13 +231,15 @@ class GlobalAttention(nn.Module):
         logits = torch.einsum("bhc,bkc->bhk", q, k).float() + mask_to_bias(q_mask[:, None, :, 0])
         weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1).to(dtype), v)
         w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
-        gate = torch.sigmoid((q_data @ self.gating_w.reshape(c_q, -1).to(dtype)).view(b, n, self.num_head, -1)
-                             + self.gating_b.to(dtype))
-        out = weighted[:, None] * gate  # (B, Q, H, c)
+        # The gate, then the gated values, in one (B, Q, H, c) tensor: with the input and the output,
+        # three tensors of the input's size at most.
+        gate = torch.sigmoid_((q_data @ self.gating_w.reshape(c_q, -1).to(dtype)).view(b, n, self.num_head, -1)
+                              + self.gating_b.to(dtype))
+        out = gate.mul_(weighted[:, None])  # (B, Q, H, c)
         return torch.addmm(self.output_b.to(dtype), out.reshape(b * n, -1), w_out).view(b, n, -1)
 
-    def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor,
-                chunk_size: int | None = None) -> torch.Tensor:
-        """q_data, m_data (B, N, c), q_mask (B, N, 1) -> (B, N, c_out)."""
-        return torch.cat([self._attend(q_data[s], m_data[s], q_mask[s])
-                          for s in chunk_slices(q_data.shape[0], chunk_size)])
+    def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+        """q_data, m_data (B, N, c), q_mask (B, N, 1) -> (B, N, c_out). Each batch element is
+        independent of the others: a caller may run any block of them (MSAColumnGlobalAttention
+        runs a block of columns at a time)."""
+        return self._attend(q_data, m_data, q_mask)

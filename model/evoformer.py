@@ -89,11 +89,32 @@ class MSAColumnGlobalAttention(_Chunked):
         self.query_norm = LayerNorm(c_m)
         self.attention = GlobalAttention(c_m, c_m, c_m, num_head)
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
-        msa = self.query_norm(msa.transpose(0, 1))
-        mask = msa_mask.transpose(0, 1)[..., None]
-        out = self.attention(msa, msa, mask, self.options.chunks.msa_column_attention)
-        return out.transpose(0, 1)
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``msa``; with ``inplace``, ``msa`` plus its update, added into ``msa`` a block
+        of columns at a time.
+
+        Every column's global attention reads that column alone (its query is the masked mean of
+        the column's normalised rows, its keys and values the rows), so a block of columns (its
+        transposed slice's layer norm, the attention, the output) is exact, and adding a block's
+        update in place changes nothing a later block reads. Columns per block:
+        ``Options.norm_block_rows`` (whole at normal sizes; the extra MSA's 5120 rows at long lengths
+        would otherwise take several GiB per whole tensor), within ``chunks.msa_column_attention``.
+        """
+        n_seq, n_res, c = msa.shape
+        step = self.options.norm_block_rows(self.options.chunks.msa_column_attention, n_res,
+                                            n_seq * c * msa.element_size())
+        out = None if inplace or step >= n_res else torch.empty_like(msa)
+        for s in chunk_slices(n_res, step):
+            normed = self.query_norm(msa[:, s].transpose(0, 1))  # (columns, rows, c), contiguous
+            update = self.attention(normed, normed, msa_mask[:, s].t()[..., None]).transpose(0, 1)
+            del normed
+            if inplace:
+                _add_in_place(msa[:, s], update)
+            elif out is None:  # one block: the update as the attention wrote it (a transposed view)
+                return update
+            else:
+                out[:, s] = update
+        return msa if inplace else out
 
 
 class Transition(_Chunked):
@@ -438,9 +459,11 @@ class EvoformerIteration(nn.Module):
         if self.outer_product_mean_first:  # AlphaFold-Multimer (Evans et al. 2022, Suppl. 2.2)
             pair = add(pair, self.outer_product_mean(msa, msa_mask))
         msa = add(msa, self.msa_row_attention_with_pair_bias(msa, msa_mask, pair))
-        column = (self.msa_column_global_attention if self.global_column_attention
-                  else self.msa_column_attention)
-        msa = add(msa, column(msa, msa_mask))
+        if self.global_column_attention:  # in place, it adds its update a block of columns at a time
+            msa = (self.msa_column_global_attention(msa, msa_mask, inplace=True) if inplace
+                   else msa + self.msa_column_global_attention(msa, msa_mask))
+        else:
+            msa = add(msa, self.msa_column_attention(msa, msa_mask))
         msa = add(msa, self.msa_transition(msa, msa_mask))
         if not self.outer_product_mean_first:
             pair = add(pair, self.outer_product_mean(msa, msa_mask))

@@ -32,7 +32,9 @@ The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Ev
 f = msa_transition_factor:
   MSA row attention        2·R·L·C·b + 2·H·L²·b + st·(6·L·C + H·L²)·b   (its pair bias a block of rows at a time)
   MSA column attention     2·R·L·C·b + st·7·R·C·b
-  column global attention  st·R·C·4·b + 3·R·L·C·b               (a stack with global_column_attention)
+  column global attention  3·gc·R·C·b (+ R·L·C·b out of place, in gc < L columns)   (a stack with
+                           global_column_attention: a block of gc columns at a time, gc =
+                           Options.norm_block_rows: all L up to WHOLE_NORM_BYTES of R·L·C·b)
   outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
                            sp: MSA rows per step of the projections; r = 1 with few rows (a copy)
   MSA transition           R·L·C·b + st·(1 + f)·L·C·b
@@ -239,6 +241,11 @@ def _step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> in
     return Options(block_bytes=block).step_rows(chunk, axis, row_bytes)
 
 
+def _norm_step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> int:
+    """Rows per step of a layer-normalising loop: the model's own rule, Options.norm_block_rows."""
+    return Options(block_bytes=block).norm_block_rows(chunk, axis, row_bytes)
+
+
 def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transition_factor: int, b: int,
                       ch: ChunkSizes, block: int | None, inplace: bool = False) -> list[_Term]:
     """The pair modules of a block on C channels (triangle multiplications of c channels); ``inplace``:
@@ -274,13 +281,13 @@ def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, c
 
 
 def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int, ch: ChunkSizes,
-               block: int | None, pair: int) -> list[_Term]:
-    """The MSA modules of a block of ``stack`` on R rows (the Evoformer's or the extra stack's)."""
+               block: int | None, pair: int, inplace: bool) -> list[_Term]:
+    """The MSA modules of a block of ``stack`` on R rows (the Evoformer's or the extra stack's);
+    ``inplace``: the block adds the updates into its MSA (EvoformerIteration)."""
     C, heads = stack.msa_channel, stack.msa_num_head
     o, f = stack.num_outer_channel, stack.msa_transition_factor
     act = R * L * C * b
     rows = _step(ch.msa_row_attention, R, L * 4 * C * b, block)
-    cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
     opm = _step(ch.outer_product_mean, L, L * o * o * b, block)
     tr = _step(ch.transition, R, L * f * C * b, block)
     # The outer product mean's projections, a block of `proj` rows at a time; with few rows its sums
@@ -289,9 +296,14 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     c_z = pair // (L * L * b)
     few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
     if stack.global_column_attention:
+        # A block of gc columns at a time (MSAColumnGlobalAttention): its normalised slice, the gate
+        # (then the gated values) and the output, or the fp32 masked rows for the query's mean; in place
+        # each block's update is added into the MSA, out of place the output is whole.
+        gc = _norm_step(ch.msa_column_attention, L, R * C * b, block)
         column = _Term(f"{prefix}MSA column global attention", "msa_column_attention",
-                       cols * R * C * 4 * b + 3 * act)
+                       3 * gc * R * C * b + (0 if inplace or gc >= L else act))
     else:
+        cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
         column = _Term(f"{prefix}MSA column attention", "msa_column_attention", 2 * act + cols * R * 7 * C * b)
     return [
         _Term(f"{prefix}MSA row attention", "msa_row_attention",
@@ -307,7 +319,7 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
 def _evoformer_stack_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, c_z: int, b: int,
                            ch: ChunkSizes, block: int | None, inplace: bool) -> list[_Term]:
     """Every module of a block of an Evoformer-like ``stack`` on R MSA rows."""
-    return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b)
+    return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b, inplace)
             + _pair_stack_terms("", L, c_z, stack.triangle_num_head, stack.num_intermediate_channel,
                                 stack.pair_transition_factor, b, ch, block, inplace))
 
