@@ -156,7 +156,10 @@ class OuterProductMean(_Chunked):
             torch.randn(num_outer_channel, num_outer_channel, c_z) * num_outer_channel**-1.0)
         self.output_b = nn.Parameter(torch.zeros(c_z))
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """The pair update; with ``add_to`` (the pair, which this module does not read), the pair plus
+        its update, added into it a block of rows at a time as they are computed (the update never
+        exists whole; each block is divided and rounded as the whole update would be)."""
         left, right = self._masked_projections(msa, msa_mask)  # (S, L, c) each
         n_seq, _, c = left.shape
         c_z = self.output_w.shape[-1]
@@ -167,16 +170,22 @@ class OuterProductMean(_Chunked):
         # (inner size S*c) run slower than the outer-first GEMMs, so it is taken below half that (21
         # rows; measured faster in fp32 and bf16 up to 24 rows at L=256, 10-16x for one row at L=320):
         # single sequences, orphan targets, and the extra-MSA stack of most targets (one masked row).
-        out = (self._few_rows(left, right, b) if 2 * n_seq * (c * c_z - c * c) < c * c * c_z
-               else self._outer_first(left, right, b))
+        blocks = (self._few_rows if 2 * n_seq * (c * c_z - c * c) < c * c * c_z else self._outer_first)
         # DISCREPANCY: the bias is added before dividing by the number of sequence pairs (+1e-3),
         # as the released weights expect; the paper's pseudocode adds it after the mean.
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None].add_(1e-3)
+        if add_to is not None:
+            for s, block in blocks(left, right, b):
+                _add_in_place(add_to[s], block.div_(norm[s]))
+            return add_to
+        n_res = left.shape[1]
+        out = left.new_empty((n_res, n_res, c_z))
+        for _ in blocks(left, right, b, out):
+            pass
         # A block of rows at a time: a bf16 output divided in place by fp32 counts goes through fp32
         # temporaries of the output's size (two fp32 pair-sized copies at once if whole).
-        n_res = out.shape[0]
         for s in chunk_slices(n_res, self.options.step_rows(None, n_res, n_res * c_z * 4)):
             out[s].div_(norm[s])
         return out.to(msa.dtype)
@@ -197,37 +206,38 @@ class OuterProductMean(_Chunked):
             left[s], right[s] = both[..., :c], both[..., c:]
         return left, right
 
-    def _outer_first(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """out[i, j] = flatten(sum_s left[s, i] (x) right[s, j]) @ W + b, a block of rows i at a time."""
+    def _outer_first(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor,
+                     out: torch.Tensor | None = None):
+        """out[i, j] = flatten(sum_s left[s, i] (x) right[s, j]) @ W + b, a block of rows i at a time:
+        yields (rows, block), the block written into ``out[rows]`` when given."""
         n_seq, n_res, c = left.shape
         w = self.output_w.reshape(c * c, -1).to(left.dtype)
         right_flat = right.reshape(n_seq, -1)  # (S, L*c)
         left_t = left.permute(1, 2, 0)  # (L, c, S): the left operand of each step, a view
-        out = left.new_empty((n_res, n_res, w.shape[1]))
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
                                       n_res * c * c * left.element_size())
         for s in chunk_slices(n_res, step):
             outer = (left_t[s].reshape(-1, n_seq) @ right_flat).view(-1, c, n_res, c)  # (l, c, L, c)
-            torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w, out=out[s].view(-1, w.shape[1]))
-        return out
+            block = torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w,
+                                out=None if out is None else out[s].view(-1, w.shape[1]))
+            yield s, block.view(-1, n_res, w.shape[1])
 
-    def _few_rows(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _few_rows(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None):
         """The same sums, W folded into the left side first: out[i, j] = sum_{s,b} T[i, s, b] right[s, j, b]
-        + bias, with T[i, s, b] = sum_a left[s, i, a] W[a, b] (c_z-vectors); a block of rows i at a time."""
+        + bias, with T[i, s, b] = sum_a left[s, i, a] W[a, b] (c_z-vectors); a block of rows i at a time,
+        yielded as in :meth:`_outer_first`."""
         n_seq, n_res, c = left.shape
         c_z = self.output_w.shape[-1]
         w = self.output_w.reshape(c, c * c_z).to(left.dtype)  # (a, b*c_z)
         right_t = right.permute(1, 0, 2).reshape(n_res, n_seq * c)  # (j, s*b): a copy of S*L*c
         left_t = left.transpose(0, 1)  # (L, S, c), a view
-        out = left.new_empty((n_res, n_res, c_z))
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
                                       (n_seq * c + n_res) * c_z * left.element_size())
         for s in chunk_slices(n_res, step):
             t = (left_t[s].reshape(-1, c) @ w).view(-1, n_seq * c, c_z)  # (l, S*c, c_z)
             # Not matmul(..., out=out[s]): with Intel Extension for PyTorch loaded (runtime.backend=ipex),
             # a 2-D @ 3-D matmul into a view of a larger tensor writes to a resized copy instead.
-            torch.add(right_t @ t, b, out=out[s])  # (l, L, c_z)
-        return out
+            yield s, torch.add(right_t @ t, b, out=None if out is None else out[s])  # (l, L, c_z)
 
 
 class _TriangleMultiplication(_Chunked):
@@ -456,8 +466,12 @@ class EvoformerIteration(nn.Module):
         def add(act, update):
             return _add_in_place(act, update) if inplace else act + update
 
+        def add_outer_product_mean(pair, msa):  # in place, a block of rows at a time
+            return (self.outer_product_mean(msa, msa_mask, add_to=pair) if inplace
+                    else pair + self.outer_product_mean(msa, msa_mask))
+
         if self.outer_product_mean_first:  # AlphaFold-Multimer (Evans et al. 2022, Suppl. 2.2)
-            pair = add(pair, self.outer_product_mean(msa, msa_mask))
+            pair = add_outer_product_mean(pair, msa)
         msa = add(msa, self.msa_row_attention_with_pair_bias(msa, msa_mask, pair))
         if self.global_column_attention:  # in place, it adds its update a block of columns at a time
             msa = (self.msa_column_global_attention(msa, msa_mask, inplace=True) if inplace
@@ -466,7 +480,7 @@ class EvoformerIteration(nn.Module):
             msa = add(msa, self.msa_column_attention(msa, msa_mask))
         msa = add(msa, self.msa_transition(msa, msa_mask))
         if not self.outer_product_mean_first:
-            pair = add(pair, self.outer_product_mean(msa, msa_mask))
+            pair = add_outer_product_mean(pair, msa)
         for triangle_multiplication in (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming):
             # In place, the triangle multiplication adds its update a block of rows at a time.
             pair = (triangle_multiplication(pair, pair_mask, inplace=True) if inplace

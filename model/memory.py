@@ -20,8 +20,9 @@ resident     embeddings: L²·c_z·b (recycled) + L²·c_z·b    (the pair; the 
                         (one template at a time and the online softmax's fp32 state over templates:
                         V = template.attention_value_dim, H_t = template.attention_num_head;
                         the multimer: L²·c_z·b + 2·L²·c_t·b)
-             msa_embeddings: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b
-             extra_msa: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b    (the blocks add their updates in place)
+             msa_embeddings: L²·c_z·b + max(S·L·c_m·b, Se·L·c_e·b)    (the extra MSA, then the MSA
+                        after the extra-MSA stack)
+             extra_msa: L²·c_z·b + Se·L·c_e·b    (the blocks add their updates in place)
              evoformer: L²·c_z·b + S·L·c_m·b
                compiled blocks (block_bytes None) add out of place: twice the pair and the stack's MSA
              heads:     L²·c_z·b + S·L·c_m·b    (the trunk's pair, the next pass's recycled pair as it is)
@@ -36,6 +37,8 @@ f = msa_transition_factor:
                            global_column_attention: a block of gc columns at a time, gc =
                            Options.norm_block_rows: all L up to WHOLE_NORM_BYTES of R·L·C·b)
   outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+                           in place (eager stacks): no whole output (L²·c_z·b), each block added
+                           into the pair as computed: + st·L·c_z·(b + 4) (the block, its fp32 division)
                            sp: MSA rows per step of the projections; r = 1 with few rows (a copy)
   MSA transition           R·L·C·b + st·(1 + f)·L·C·b
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
@@ -310,8 +313,8 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
               2 * act + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
         column,
         _Term(f"{prefix}outer product mean", "outer_product_mean",
-              (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + pair + L * L * FP32
-              + 2 * opm * L * o * o * b),
+              (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + L * L * FP32
+              + 2 * opm * L * o * o * b + (opm * L * c_z * (b + FP32) if inplace else pair)),
         _Term(f"{prefix}MSA transition", "transition", act + tr * L * (1 + f) * C * b),
     ]
 
@@ -336,20 +339,21 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None,
     # projection, and their sums, cast into the trunk's dtype block by block.
     embedding = [_Term("embeddings and recycling", None,
                        6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]
-    # The recycled pair is read while the pair is embedded and freed before the templates; the MSA and
-    # extra MSA are embedded after the templates (EmbeddingsAndEvoformer.forward).
+    # The recycled pair is read while the pair is embedded and freed before the templates; the extra MSA
+    # is embedded after the templates, the MSA after the extra-MSA stack, once the extra MSA is freed
+    # (EmbeddingsAndEvoformer.forward).
     phases: dict[str, tuple[int, list[_Term]]] = {"embeddings": (2 * pair, embedding)}
     if T and t.multimer:
         phases["templates"] = _multimer_template_phase(L, T, b, ch, block, a)
     elif T:
         phases["templates"] = _template_phase(L, b, ch, block, a)
-    phases["msa_embeddings"] = (pair + msa + extra, embedding)
+    phases["msa_embeddings"] = (pair + max(msa, extra), embedding)
     # Eager blocks add their updates into the pair and the MSA (EvoformerIteration, inplace); compiled
     # blocks (no cache blocks) add them out of place: the input and the sum.
     inplace = block is not None
     copies = 1 if inplace else 2
     if Se:
-        phases["extra_msa"] = (copies * (pair + extra) + msa,
+        phases["extra_msa"] = (copies * (pair + extra),
                                _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block, inplace))
     phases["evoformer"] = (copies * (pair + msa),
                            _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block, inplace))

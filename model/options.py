@@ -23,9 +23,9 @@ def as_precision(value: Precision | str) -> Precision:
     return resolve_precision(value)
 
 
-# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed_pair/_embed_msas,
-# the template features): this many bytes
-# per fp32 intermediate, whatever the trunk's cache blocking or compilation.
+# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed_pair, _embed_msa,
+# _embed_extra_msa, the template features): this many bytes per fp32 intermediate, whatever the trunk's
+# cache blocking or compilation.
 EMBEDDING_BLOCK_BYTES = 4 << 20
 
 

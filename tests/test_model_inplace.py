@@ -225,3 +225,23 @@ def test_column_global_attention_runs_whole_at_normal_sizes_and_in_blocks_when_l
     # Compiled blocks (no cache blocks): the chunk, or whole.
     assert Options(compile=True).norm_block_rows(None, 3200, column) == 3200
     assert Options(compile=True).norm_block_rows(16, 3200, column) == 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows", [5, 30], ids=["few_rows", "outer_first"])  # both orders of the sums
+def test_outer_product_mean_added_into_the_pair_a_block_at_a_time(dtype, rows):
+    # Bit for bit: each block is divided and rounded as the whole update, then added in the pair's dtype.
+    from af2cpu.model.evoformer import OuterProductMean
+
+    stack = A.extra_msa
+    module = _randomized(OuterProductMean(stack.msa_channel, A.pair_channel, stack.num_outer_channel), seed=19)
+    module.options = Options(block_bytes=1)  # one row a step
+    gen = torch.Generator().manual_seed(20)
+    msa = torch.randn(rows, 11, stack.msa_channel, generator=gen).to(dtype)
+    mask = (torch.rand(rows, 11, generator=gen) > 0.2).to(dtype)
+    pair = _pair(21, dtype, n=11)
+    with torch.inference_mode():
+        want = pair + module(msa, mask)
+        own = pair.clone()
+        got = module(msa, mask, add_to=own)
+    assert got is own and got.dtype == dtype and torch.equal(got, want)
