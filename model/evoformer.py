@@ -39,6 +39,15 @@ def _normed_pair_bias(pair: torch.Tensor, norm: nn.Module, weights: torch.Tensor
     return bias
 
 
+def _normed_or_blocks(act: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, nn.Module | None]:
+    """The attention's input and the norm it still applies (Attention.self_attention's ``norm``):
+    small inputs normalised once, whole (up to WHOLE_NORM_BYTES: one layer norm, faster at normal
+    sizes); larger ones a block at a time as the attention reads them (no whole normalised copy)."""
+    if act.numel() * act.element_size() <= WHOLE_NORM_BYTES:
+        return norm(act), None
+    return act, norm
+
+
 def _pair_bias(pair: torch.Tensor, weights: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     """The per-head attention bias from the pair representation: (H, Q, K), contiguous.
 
@@ -58,11 +67,14 @@ class MSARowAttentionWithPairBias(_Chunked):
         self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
         self.attention = Attention(c_m, c_m, c_m, num_head)
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
-        msa = self.query_norm(msa)
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor,
+                inplace: bool = False) -> torch.Tensor:
+        """The update of ``msa``; with ``inplace``, ``msa`` plus its update, added into ``msa`` a block of
+        rows at a time (each row attends along its own columns)."""
         pair_bias = _normed_pair_bias(pair, self.feat_2d_norm, self.feat_2d_weights, self.options)
-        return self.attention.self_attention(msa, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
-                                             options=self.options)
+        act, norm = _normed_or_blocks(msa, self.query_norm)
+        return self.attention.self_attention(act, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
+                                             options=self.options, norm=norm, add_to=msa if inplace else None)
 
 
 class MSAColumnAttention(_Chunked):
@@ -73,12 +85,15 @@ class MSAColumnAttention(_Chunked):
         self.query_norm = LayerNorm(c_m)
         self.attention = Attention(c_m, c_m, c_m, num_head)
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``msa``; with ``inplace``, ``msa`` plus its update, added into ``msa`` a block of
+        columns at a time (each column attends along its own rows)."""
         # Each column attends along the rows: the MSA is not transposed in memory (see
         # Attention.self_attention).
-        return self.attention.self_attention(self.query_norm(msa), msa_mask, None,
-                                             self.options.chunks.msa_column_attention, transposed=True,
-                                             options=self.options)
+        act, norm = _normed_or_blocks(msa, self.query_norm)
+        return self.attention.self_attention(act, msa_mask, None, self.options.chunks.msa_column_attention,
+                                             transposed=True, options=self.options, norm=norm,
+                                             add_to=msa if inplace else None)
 
 
 class MSAColumnGlobalAttention(_Chunked):
@@ -130,18 +145,22 @@ class Transition(_Chunked):
         self.transition1 = Linear(c, c * factor)
         self.transition2 = Linear(c * factor, c)
 
-    def forward(self, act: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, act: torch.Tensor, mask: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
+        """The update of ``act``; with ``inplace``, ``act`` plus its update, added into ``act`` a block of
+        rows at a time (the transition is per position)."""
         # DISCREPANCY: the mask is accepted for a uniform block interface but, as in the released
         # model, not applied; masked positions are never read by unmasked ones downstream.
         del mask
         c = act.shape[-1]
-        out = torch.empty_like(act)
+        out = None if inplace else torch.empty_like(act)
         row_bytes = act[0].numel() // c * self.transition1.weights.shape[1] * act.element_size()
         for s in chunk_slices(act.shape[0], self.options.step_rows(self.options.chunks.transition, act.shape[0],
                                                                    row_bytes)):
             x = self.input_layer_norm(act[s]).reshape(-1, c)
-            self.transition2(torch.relu_(self.transition1(x)), out=out[s].view(-1, c))
-        return out
+            update = self.transition2(torch.relu_(self.transition1(x)), out=None if inplace else out[s].view(-1, c))
+            if inplace:
+                _add_in_place(act[s], update.view(act[s].shape))
+        return act if inplace else out
 
 
 class OuterProductMean(_Chunked):
@@ -401,19 +420,22 @@ class _TriangleAttention(_Chunked):
         self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
         self.attention = Attention(c_z, c_z, c_z, num_head, key_dim, value_dim)
 
-    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``pair``; with ``inplace``, ``pair`` plus its update, added into ``pair`` a block
+        of rows (columns, for the ending node) at a time, after the bias is computed from the whole
+        pair: each block attends along its own row (column) with that bias."""
         # The ending node attends along the columns of the pair: the same computation on the
         # transposed pair, done through strided views instead of transposed copies. The normalised
         # pair exists a block of rows (or columns) at a time, for the bias and for the attention.
-        if pair.numel() * pair.element_size() <= WHOLE_NORM_BYTES:  # small: normalised once, whole
-            act, norm = self.query_norm(pair), None
+        act, norm = _normed_or_blocks(pair, self.query_norm)
+        if norm is None:  # small: normalised once, whole
             tri_bias = _pair_bias(act, self.feat_2d_weights, transposed=not self.starting)
         else:
-            act, norm = pair, self.query_norm
             tri_bias = _normed_pair_bias(pair, self.query_norm, self.feat_2d_weights, self.options,
                                          transposed=not self.starting)
         return self.attention.self_attention(act, pair_mask, tri_bias, self.options.chunks.triangle_attention,
-                                             transposed=not self.starting, options=self.options, norm=norm)
+                                             transposed=not self.starting, options=self.options, norm=norm,
+                                             add_to=pair if inplace else None)
 
 
 class TriangleAttentionStartingNode(_TriangleAttention):
@@ -463,8 +485,9 @@ class EvoformerIteration(nn.Module):
         input and its sum. The trunk's eager stacks pass it for the representations they own; every
         update has the representation's dtype, so the sums are the same numbers as out of place.
         """
-        def add(act, update):
-            return _add_in_place(act, update) if inplace else act + update
+        def update(module, act, *args):
+            # In place, each module adds its update into `act` a block of rows (columns) at a time.
+            return module(act, *args, inplace=True) if inplace else act + module(act, *args)
 
         def add_outer_product_mean(pair, msa):  # in place, a block of rows at a time
             return (self.outer_product_mean(msa, msa_mask, add_to=pair) if inplace
@@ -472,22 +495,16 @@ class EvoformerIteration(nn.Module):
 
         if self.outer_product_mean_first:  # AlphaFold-Multimer (Evans et al. 2022, Suppl. 2.2)
             pair = add_outer_product_mean(pair, msa)
-        msa = add(msa, self.msa_row_attention_with_pair_bias(msa, msa_mask, pair))
-        if self.global_column_attention:  # in place, it adds its update a block of columns at a time
-            msa = (self.msa_column_global_attention(msa, msa_mask, inplace=True) if inplace
-                   else msa + self.msa_column_global_attention(msa, msa_mask))
-        else:
-            msa = add(msa, self.msa_column_attention(msa, msa_mask))
-        msa = add(msa, self.msa_transition(msa, msa_mask))
+        msa = update(self.msa_row_attention_with_pair_bias, msa, msa_mask, pair)
+        msa = update(self.msa_column_global_attention if self.global_column_attention else self.msa_column_attention,
+                     msa, msa_mask)
+        msa = update(self.msa_transition, msa, msa_mask)
         if not self.outer_product_mean_first:
             pair = add_outer_product_mean(pair, msa)
-        for triangle_multiplication in (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming):
-            # In place, the triangle multiplication adds its update a block of rows at a time.
-            pair = (triangle_multiplication(pair, pair_mask, inplace=True) if inplace
-                    else pair + triangle_multiplication(pair, pair_mask))
-        pair = add(pair, self.triangle_attention_starting_node(pair, pair_mask))
-        pair = add(pair, self.triangle_attention_ending_node(pair, pair_mask))
-        pair = add(pair, self.pair_transition(pair, pair_mask))
+        for module in (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming,
+                       self.triangle_attention_starting_node, self.triangle_attention_ending_node,
+                       self.pair_transition):
+            pair = update(module, pair, pair_mask)
         return msa, pair
 
 

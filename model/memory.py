@@ -256,13 +256,16 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
     ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
     tm = _step(ch.triangle_multiplication, L, L * 4 * c * b, block)
     tr = _step(ch.transition, L, L * transition_factor * C * b, block)
+    pair = L * L * C * b
     return [
-        # The output whole; the normalised pair a block of rows at a time (for the bias and the attention).
+        # The normalised pair whole while small, else a block of rows at a time (for the bias and the
+        # attention); the output whole, or in place each block's update added into the pair.
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              (2 if L * L * C * b <= WHOLE_NORM_BYTES else 1) * L * L * C * b + 2 * heads * L * L * b
-              + ta * (L * 8 * C + heads * L * L) * b),
+              (pair if pair <= WHOLE_NORM_BYTES else 0) + (ta * L * C * b if inplace else pair)
+              + 2 * heads * L * L * b + ta * (L * 8 * C + heads * L * L) * b),
         _triangle_multiplication_term(prefix, L, C, c, b, ch, tm, inplace),
-        _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
+        _Term(f"{prefix}pair transition", "transition",
+              (tr * L * C * b if inplace else pair) + tr * L * (1 + transition_factor) * C * b),
     ]
 
 
@@ -298,6 +301,13 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     proj = _step(None, R, L * (C + 2 * o) * b, block)
     c_z = pair // (L * L * b)
     few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
+
+    def normed(step_bytes: int) -> int:  # the attentions' normalised MSA: whole while small, else a block
+        return act if act <= WHOLE_NORM_BYTES else step_bytes
+
+    def output(step_bytes: int) -> int:  # their output: a block's update added in place, or whole
+        return step_bytes if inplace else act
+
     if stack.global_column_attention:
         # A block of gc columns at a time (MSAColumnGlobalAttention): its normalised slice, the gate
         # (then the gated values) and the output, or the fp32 masked rows for the query's mean; in place
@@ -307,15 +317,17 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
                        3 * gc * R * C * b + (0 if inplace or gc >= L else act))
     else:
         cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
-        column = _Term(f"{prefix}MSA column attention", "msa_column_attention", 2 * act + cols * R * 7 * C * b)
+        column = _Term(f"{prefix}MSA column attention", "msa_column_attention",
+                       normed(cols * R * C * b) + output(cols * R * C * b) + cols * R * 7 * C * b)
     return [
         _Term(f"{prefix}MSA row attention", "msa_row_attention",
-              2 * act + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
+              normed(rows * L * C * b) + output(rows * L * C * b) + 2 * heads * L * L * b
+              + rows * (L * 6 * C + heads * L * L) * b),
         column,
         _Term(f"{prefix}outer product mean", "outer_product_mean",
               (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + L * L * FP32
               + 2 * opm * L * o * o * b + (opm * L * c_z * (b + FP32) if inplace else pair)),
-        _Term(f"{prefix}MSA transition", "transition", act + tr * L * (1 + f) * C * b),
+        _Term(f"{prefix}MSA transition", "transition", output(tr * L * C * b) + tr * L * (1 + f) * C * b),
     ]
 
 

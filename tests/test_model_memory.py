@@ -92,11 +92,11 @@ def test_target_that_cannot_fit_fails_with_the_numbers():
     message = str(failure.value)
     assert "3000 residues with 512 MSA rows, 5120 extra MSA rows and 0 templates" in message
     assert "the memory limit is 2.00 GiB" in message
-    # The triangle multiplications shrink in channel slabs, the pair biases are computed a block of
-    # rows at a time, the extra MSA's column global attention a block of columns at a time; the extra
-    # MSA row attention's whole tensors (its normalised input and output) cannot shrink, even with
-    # compact outputs.
-    assert "chunking cannot make extra MSA row attention small enough" in message
+    # The pair biases are computed a block of rows at a time, the attentions, transitions and the
+    # outer product mean add their updates a block at a time, the extra MSA's column global attention
+    # runs a block of columns at a time; the triangle multiplication's sums (c, L, L) cannot shrink,
+    # even in the smallest channel slabs with compact outputs.
+    assert "chunking cannot make triangle multiplication small enough" in message
     assert "compact outputs" in message
     assert "runtime.precision=bf16" in message
 
@@ -112,13 +112,15 @@ def test_triangle_multiplication_shrinks_in_channel_slabs_down_to_its_sums():
     L, c = 2000, A.evoformer.num_intermediate_channel
     assert whole.largest[1] - estimate.largest[1] >= (A.pair_channel + c - 2 * 64) * L * L * 4
     # In place the update is added into the pair a block of rows at a time: slabs of one channel leave
-    # only the sums (c channels), smaller than the triangle attention's output.
+    # the sums (c channels) and a slab's projections, still the largest term (the attentions and
+    # transitions add their updates a block at a time too, with no pair-sized output).
     floor = estimate_peak_memory(shape, "fp32", ChunkSizes(triangle_channels=1), compact_outputs=True)
-    assert floor.largest[0] != "triangle multiplication"
+    assert floor.largest[0] == "triangle multiplication"
+    assert c * L * L * 4 <= floor.largest[1] < (c + 3) * L * L * 4
     # Below the full outputs' floor (the (L, L, bins) arrays) the planner keeps compact outputs.
     chunks, estimate = choose_chunks(5 * GIB, shape, "fp32")
     assert estimate.compact_outputs and estimate.total <= 5 * GIB and chunks.triangle_channels is not None
-    with pytest.raises(MemoryPlanError, match="cannot make triangle attention small enough"):
+    with pytest.raises(MemoryPlanError, match="cannot make triangle multiplication small enough"):
         choose_chunks(3 * GIB, shape, "fp32")
 
 
