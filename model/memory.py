@@ -30,22 +30,24 @@ intermediates (each counted with the module's own input copies and output; st = 
 the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
 The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Evoformer and
 (Se, c_e) for the extra-MSA stack, with the stack's H = msa_num_head, o = num_outer_channel and
-f = msa_transition_factor:
-  MSA row attention        2·R·L·C·b + 2·H·L²·b + st·(6·L·C + H·L²)·b   (its pair bias a block of rows at a time)
-  MSA column attention     2·R·L·C·b + st·7·R·C·b
+f = msa_transition_factor. The eager stacks add every module's update into the representation a
+block at a time (EvoformerIteration, inplace): no whole output, a block's (st·...) instead; the
+attentions normalise their input whole while R·L·C·b is at most WHOLE_NORM_BYTES, else a block at a
+time. Written for in place; out of place (compiled blocks) each output is whole (+ R·L·C·b, L²·C·b):
+  MSA row attention        [R·L·C·b] + 2·H·L²·b + st·(8·L·C + H·L²)·b   (its pair bias a block of rows at a time)
+  MSA column attention     [R·L·C·b] + st·9·R·C·b                       [ ]: the normalised input, while whole
   column global attention  3·gc·R·C·b (+ R·L·C·b out of place, in gc < L columns)   (a stack with
                            global_column_attention: a block of gc columns at a time, gc =
                            Options.norm_block_rows: all L up to WHOLE_NORM_BYTES of R·L·C·b)
-  outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
-                           in place (eager stacks): no whole output (L²·c_z·b), each block added
-                           into the pair as computed: + st·L·c_z·(b + 4) (the block, its fp32 division)
+  outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·4 + 2·st·L·o²·b + st·L·c_z·(b + 4)
+                           (each block and its fp32 division, added into the pair as computed)
                            sp: MSA rows per step of the projections; r = 1 with few rows (a copy)
-  MSA transition           R·L·C·b + st·(1 + f)·L·C·b
+  MSA transition           st·(2 + f)·L·C·b
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
 template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
 f = pair_transition_factor:
-  triangle attention       L²·C·b + 2·H·L²·b + st·(8·L·C + H·L²)·b   (the normalised pair a block at a time;
-                           + L²·C·b, normalised whole, while that is at most WHOLE_NORM_BYTES)
+  triangle attention       [L²·C·b] + 2·H·L²·b + st·(9·L·C + H·L²)·b   (the normalised pair a block at a
+                           time; [ ] normalised whole, while that is at most WHOLE_NORM_BYTES)
   triangle multiplication  (C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
      in channel slabs      (c + 2·k)·L²·b + st·(6·c + C)·L·b               k: channels per slab
                            (ChunkSizes.triangle_channels): the sums whole, neither the normalised
@@ -53,7 +55,7 @@ f = pair_transition_factor:
                            template pair stack) add the update into the pair a block of rows at a
                            time (no whole output); compiled blocks add it out of place: + 2·C·L²·b
                            (+ C·L²·b, at least 2·C·L²·b, in slabs)
-  pair transition          L²·C·b + st·(1 + f)·L·C·b
+  pair transition          st·(2 + f)·L·C·b
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
                            extra MSA and pair resident
