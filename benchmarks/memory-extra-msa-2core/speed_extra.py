@@ -1,9 +1,9 @@
-"""The extra-MSA stack (4 blocks, eager, in place as the trunk runs it): main's modules against this
-tree's, with the same parameters, timed alternately in one process (min and median of the calls,
-fp32 and bf16), and whether both give the same numbers.
+"""The extra-MSA stack (4 blocks, eager, in place as the trunk runs it), or 4 Evoformer blocks, main's
+modules against this tree's, with the same parameters, timed alternately in one process (min and
+median of the calls, fp32 and bf16), and whether both give the same numbers.
 
 Usage (from the repository root):
-    python benchmarks/memory-extra-msa-2core/speed_extra.py L EXTRA_ROWS REPEATS DIR
+    python benchmarks/memory-extra-msa-2core/speed_extra.py L ROWS REPEATS DIR [evoformer]
 DIR holding main's modules before this round (commit 83538b5) under other names:
     git show 83538b5:model/attention.py > DIR/attention_old.py
     git show 83538b5:model/evoformer.py | sed 's/from af2cpu.model.attention import/from attention_old import/' \
@@ -28,7 +28,8 @@ def main() -> None:
     sys.path.insert(0, old_dir)
     evoformer_old = importlib.import_module("evoformer_old")
     a = Architecture()
-    stack = dataclasses.replace(a.extra_msa, num_block=1)
+    kind = sys.argv[5] if len(sys.argv) > 5 else "extra_msa"
+    stack = dataclasses.replace(getattr(a, kind), num_block=1)
     torch.manual_seed(0)
     new = [evoformer.EvoformerIteration(stack, a.pair_channel).eval() for _ in range(4)]
     old = [evoformer_old.EvoformerIteration(stack, a.pair_channel).eval() for _ in range(4)]
@@ -62,7 +63,7 @@ def main() -> None:
                     else:
                         results[name] = msa, pair
         same = all(torch.equal(x, y) for x, y in zip(results["main"], results["now"]))
-        print(f"{precision} L={length} extra rows={rows}, 4 blocks: " + "; ".join(
+        print(f"{precision} L={length} {kind} rows={rows}, 4 blocks: " + "; ".join(
             f"{k} min {min(v):.2f} s, median {statistics.median(v):.2f} s" for k, v in times.items())
             + f"; same numbers: {same}", flush=True)
 
