@@ -236,16 +236,17 @@ def test_long_targets_with_alphafold2s_default_msa_sizes_fit_22_gib(length, prec
 def test_4700_residues_in_bf16_fit_22_gib():
     # One pass of 4700 residues (LRP2's length) at AlphaFold2's default MSA sizes with 4 templates fits
     # 22 GiB in bf16 with compact outputs (43.4 GiB before): the stacks update their pair and MSAs in
-    # place, the templates are combined one at a time, the MSAs are embedded after the templates, the
-    # extra MSA's column global attention runs a block of columns at a time. The template stage sets
-    # the peak, the extra-MSA stack's whole tensors just below.
+    # place a block at a time, the templates are combined one at a time, the MSAs are embedded after
+    # the templates (the MSA after the extra-MSA stack), the extra MSA's column global attention runs a
+    # block of columns at a time. The template stage sets the peak (21.18 GiB), the extra-MSA stack is
+    # below it (18.13; 21.29 when its column global attention was whole).
     shape = TargetShape(4700, 508, 5120, 4)
     with pytest.raises(MemoryPlanError):
         choose_chunks(22 * GIB, shape, "bf16", compact_outputs=False)
     chunks, estimate = choose_chunks(22 * GIB, shape, "bf16")
     assert estimate.total <= 22 * GIB and estimate.compact_outputs and estimate.phase == "templates"
     phases = phase_estimates(shape, "bf16", chunks, compact_outputs=True)
-    assert phases["extra_msa"] <= 22 * GIB and phases["msa_embeddings"] < phases["extra_msa"]
+    assert phases["msa_embeddings"] < phases["extra_msa"] < phases["templates"]
     # The full outputs set the peak at the heads: the (L, L, bins) arrays (three fp32 arrays of 64
     # bins) and the representations' fp32 copies are what compact outputs leave out.
     full = estimate_peak_memory(shape, "bf16", chunks)
