@@ -103,13 +103,15 @@ class EmbeddingsAndEvoformer(nn.Module):
         if self.preset.use_templates:
             # The update is added into the pair in place (the embedded pair is read by no one else).
             pair = self.template_embedding(pair, batch, mask_2d, out=pair)
-        # The MSAs after the templates, which do not read them: they are not alive while the
-        # templates are embedded (the same numbers in AlphaFold2's order).
-        msa, extra = self._embed_msas(batch, prev, dtype)
-
+        # The MSAs after the templates, which do not read them, and the MSA after the extra-MSA stack,
+        # which does not read it either: neither is alive while the templates are embedded, nor the MSA
+        # through the extra-MSA stack (the same numbers in AlphaFold2's order).
+        extra = self._embed_extra_msa(batch, dtype)
         run = _block_runner(self.options)
         for block in self.extra_msa_stack:
             extra, pair = run(block, extra, pair, batch["extra_msa_mask"], mask_2d)
+        del extra
+        msa = self._embed_msa(batch, prev, dtype)
 
         msa_mask = batch["msa_mask"]
         if self.preset.embed_torsion_angles:
@@ -130,9 +132,9 @@ class EmbeddingsAndEvoformer(nn.Module):
         """The embedded pair (Alg. 2 lines 5-13: input embedding, relative positions, the recycled
         pair and positions), in the trunk's ``dtype``.
 
-        The embedders compute in fp32, as in AlphaFold2. Each representation (this pair, the MSAs of
-        :meth:`_embed_msas`) is written a block of rows at a time into its ``dtype`` tensor, every sum
-        of a block done in fp32 before the one cast, so the fp32 intermediates (the input embedding,
+        The embedders compute in fp32, as in AlphaFold2. Each representation (this pair, the MSA of
+        :meth:`_embed_msa` and the extra MSA of :meth:`_embed_extra_msa`) is written a block of rows
+        at a time into its ``dtype`` tensor, every sum of a block done in fp32 before the one cast, so the fp32 intermediates (the input embedding,
         the recycled pair's layer norm and distogram projection, the relative positions, the extra
         MSA's one-hot features) exist one block at a time instead of whole (several (L, L, 128) fp32
         tensors at long lengths).
@@ -153,10 +155,10 @@ class EmbeddingsAndEvoformer(nn.Module):
             pair[s] = (embed.pair_rows(target_feat, s) + update).add_(relpos(s))
         return pair
 
-    def _embed_msas(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
-                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embedded MSA (with the recycled first row) and extra MSA (Alg. 2 lines 5, 14-15), in
-        the trunk's ``dtype``, a block of rows at a time (see :meth:`_embed_pair`)."""
+    def _embed_msa(self, batch: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
+                   dtype: torch.dtype) -> torch.Tensor:
+        """The embedded MSA with the recycled first row (Alg. 2 lines 5, 15), in the trunk's ``dtype``,
+        a block of rows at a time (see :meth:`_embed_pair`)."""
         embed, recycle = self.input_embedder, self.recycling_embedder
         target_feat, msa_feat = batch["target_feat"], batch["msa_feat"]
         n_res = target_feat.shape[0]
@@ -167,13 +169,18 @@ class EmbeddingsAndEvoformer(nn.Module):
             if s.start == 0:
                 rows[0] += first_row
             msa[s] = rows
+        return msa
 
+    def _embed_extra_msa(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The embedded extra MSA (Alg. 2 line 14), in the trunk's ``dtype``, a block of rows at a time
+        (see :meth:`_embed_pair`)."""
         extra_features = (batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
+        n_res = batch["target_feat"].shape[0]
         channels = self.extra_msa_embedder.extra_msa_activations.weights.shape[1]
-        extra = target_feat.new_empty((extra_features[0].shape[0], n_res, channels), dtype=dtype)
+        extra = batch["target_feat"].new_empty((extra_features[0].shape[0], n_res, channels), dtype=dtype)
         for s in embedding_steps(extra.shape[0], n_res * channels * 4):
             extra[s] = self.extra_msa_embedder(*(f[s] for f in extra_features))
-        return msa, extra
+        return extra
 
 
 def _call_block(block: nn.Module, *args):

@@ -72,7 +72,8 @@ class Attention(nn.Module):
 
     def self_attention(self, x: torch.Tensor, mask: torch.Tensor, nonbatched_bias: torch.Tensor | None = None,
                        chunk_size: int | None = None, transposed: bool = False,
-                       options: Options | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+                       options: Options | None = None, norm: nn.Module | None = None,
+                       add_to: torch.Tensor | None = None) -> torch.Tensor:
         """Gated self-attention along one axis of ``x`` (R, C, c), in ``x``'s own layout.
 
         Without ``transposed`` each row attends along the columns (batch R, sequence C); with it,
@@ -89,7 +90,11 @@ class Attention(nn.Module):
         pair bias is read through a broadcast view; only runs of batch elements with masked keys
         get a materialised bias, one chunk at a time. With ``norm`` (a layer norm), ``x`` is the
         unnormalised input and each block is normalised as it is projected: the normalised input
-        exists one block at a time (the same numbers: the norm is per position).
+        exists one block at a time (the same numbers: the norm is per position). With ``add_to`` (a
+        tensor of the output's shape and dtype, ``x`` itself where ``norm`` is given), each block's
+        update is added into it as it is computed and ``add_to`` is returned: no whole output. A
+        block of batch elements reads only its own rows (columns) of ``x``, and the key mask and the
+        shared bias are separate tensors, so adding into ``x`` changes nothing a later block reads.
         """
         heads, ck, cv = self.num_head, self.key_dim, self.value_dim
         c_in = x.shape[-1]
@@ -105,7 +110,10 @@ class Attention(nn.Module):
         seq_len = x.shape[1 - batch_dim]
         step = (options or Options()).step_rows(chunk_size, x.shape[batch_dim],
                                                 seq_len * sum(sizes) * x.element_size())
-        out_full = x.new_empty((*x.shape[:2], w_out.shape[1]))
+        if add_to is not None and (add_to.dtype != dtype or add_to.shape != (*x.shape[:2], w_out.shape[1])):
+            raise TypeError(f"an attention update of {dtype} {tuple(x.shape[:2]) + (w_out.shape[1],)} for a "
+                            f"tensor of {add_to.dtype} {tuple(add_to.shape)}")
+        out_full = None if add_to is not None else x.new_empty((*x.shape[:2], w_out.shape[1]))
         for s in chunk_slices(x.shape[batch_dim], step):
             xs = x[:, s] if transposed else x[s]
             if norm is not None:
@@ -125,12 +133,15 @@ class Attention(nn.Module):
                 out = gate.mul_(out)
             else:
                 out = out.contiguous()
-            if transposed and step < x.shape[1]:  # a column block: not contiguous in the result
+            if add_to is not None:  # the block's update, added in place
+                (add_to[:, s] if transposed else add_to[s]).add_(
+                    torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1))
+            elif transposed and step < x.shape[1]:  # a column block: not contiguous in the result
                 out_full[:, s] = torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1)
             else:  # a block of rows, or every column at once: contiguous in the result
                 target = out_full if transposed else out_full[s]
                 torch.addmm(b_out, out.view(rows * cols, -1), w_out, out=target.view(rows * cols, -1))
-        return out_full
+        return add_to if add_to is not None else out_full
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, bias: torch.Tensor,
                 nonbatched_bias: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
@@ -232,13 +243,15 @@ class GlobalAttention(nn.Module):
         logits = torch.einsum("bhc,bkc->bhk", q, k).float() + mask_to_bias(q_mask[:, None, :, 0])
         weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1).to(dtype), v)
         w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
-        gate = torch.sigmoid((q_data @ self.gating_w.reshape(c_q, -1).to(dtype)).view(b, n, self.num_head, -1)
-                             + self.gating_b.to(dtype))
-        out = weighted[:, None] * gate  # (B, Q, H, c)
+        # The gate, then the gated values, in one (B, Q, H, c) tensor: with the input and the output,
+        # three tensors of the input's size at most.
+        gate = torch.sigmoid_((q_data @ self.gating_w.reshape(c_q, -1).to(dtype)).view(b, n, self.num_head, -1)
+                              + self.gating_b.to(dtype))
+        out = gate.mul_(weighted[:, None])  # (B, Q, H, c)
         return torch.addmm(self.output_b.to(dtype), out.reshape(b * n, -1), w_out).view(b, n, -1)
 
-    def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor,
-                chunk_size: int | None = None) -> torch.Tensor:
-        """q_data, m_data (B, N, c), q_mask (B, N, 1) -> (B, N, c_out)."""
-        return torch.cat([self._attend(q_data[s], m_data[s], q_mask[s])
-                          for s in chunk_slices(q_data.shape[0], chunk_size)])
+    def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+        """q_data, m_data (B, N, c), q_mask (B, N, 1) -> (B, N, c_out). Each batch element is
+        independent of the others: a caller may run any block of them (MSAColumnGlobalAttention
+        runs a block of columns at a time)."""
+        return self._attend(q_data, m_data, q_mask)

@@ -14,8 +14,7 @@ from torch import nn
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import WHOLE_NORM_BYTES, Options, chunk_slices, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
-from af2cpu.model.primitives import LayerNorm, Linear
-from af2cpu.model.primitives import add_in_place as _add_in_place
+from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, normal_parameter
 
 
 class _Chunked(nn.Module):
@@ -40,6 +39,15 @@ def _normed_pair_bias(pair: torch.Tensor, norm: nn.Module, weights: torch.Tensor
     return bias
 
 
+def _normed_or_blocks(act: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, nn.Module | None]:
+    """The attention's input and the norm it still applies (Attention.self_attention's ``norm``):
+    small inputs normalised once, whole (up to WHOLE_NORM_BYTES: one layer norm, faster at normal
+    sizes); larger ones a block at a time as the attention reads them (no whole normalised copy)."""
+    if act.numel() * act.element_size() <= WHOLE_NORM_BYTES:
+        return norm(act), None
+    return act, norm
+
+
 def _pair_bias(pair: torch.Tensor, weights: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     """The per-head attention bias from the pair representation: (H, Q, K), contiguous.
 
@@ -56,14 +64,17 @@ class MSARowAttentionWithPairBias(_Chunked):
         super().__init__()
         self.query_norm = LayerNorm(c_m)
         self.feat_2d_norm = LayerNorm(c_z)
-        self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
+        self.feat_2d_weights = normal_parameter(c_z, num_head, std=c_z**-0.5)
         self.attention = Attention(c_m, c_m, c_m, num_head)
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
-        msa = self.query_norm(msa)
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, pair: torch.Tensor,
+                inplace: bool = False) -> torch.Tensor:
+        """The update of ``msa``; with ``inplace``, ``msa`` plus its update, added into ``msa`` a block of
+        rows at a time (each row attends along its own columns)."""
         pair_bias = _normed_pair_bias(pair, self.feat_2d_norm, self.feat_2d_weights, self.options)
-        return self.attention.self_attention(msa, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
-                                             options=self.options)
+        act, norm = _normed_or_blocks(msa, self.query_norm)
+        return self.attention.self_attention(act, msa_mask, pair_bias, self.options.chunks.msa_row_attention,
+                                             options=self.options, norm=norm, add_to=msa if inplace else None)
 
 
 class MSAColumnAttention(_Chunked):
@@ -74,12 +85,15 @@ class MSAColumnAttention(_Chunked):
         self.query_norm = LayerNorm(c_m)
         self.attention = Attention(c_m, c_m, c_m, num_head)
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``msa``; with ``inplace``, ``msa`` plus its update, added into ``msa`` a block of
+        columns at a time (each column attends along its own rows)."""
         # Each column attends along the rows: the MSA is not transposed in memory (see
         # Attention.self_attention).
-        return self.attention.self_attention(self.query_norm(msa), msa_mask, None,
-                                             self.options.chunks.msa_column_attention, transposed=True,
-                                             options=self.options)
+        act, norm = _normed_or_blocks(msa, self.query_norm)
+        return self.attention.self_attention(act, msa_mask, None, self.options.chunks.msa_column_attention,
+                                             transposed=True, options=self.options, norm=norm,
+                                             add_to=msa if inplace else None)
 
 
 class MSAColumnGlobalAttention(_Chunked):
@@ -90,11 +104,32 @@ class MSAColumnGlobalAttention(_Chunked):
         self.query_norm = LayerNorm(c_m)
         self.attention = GlobalAttention(c_m, c_m, c_m, num_head)
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
-        msa = self.query_norm(msa.transpose(0, 1))
-        mask = msa_mask.transpose(0, 1)[..., None]
-        out = self.attention(msa, msa, mask, self.options.chunks.msa_column_attention)
-        return out.transpose(0, 1)
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``msa``; with ``inplace``, ``msa`` plus its update, added into ``msa`` a block
+        of columns at a time.
+
+        Every column's global attention reads that column alone (its query is the masked mean of
+        the column's normalised rows, its keys and values the rows), so a block of columns (its
+        transposed slice's layer norm, the attention, the output) is exact, and adding a block's
+        update in place changes nothing a later block reads. Columns per block:
+        ``Options.norm_block_rows`` (whole at normal sizes; the extra MSA's 5120 rows at long lengths
+        would otherwise take several GiB per whole tensor), within ``chunks.msa_column_attention``.
+        """
+        n_seq, n_res, c = msa.shape
+        step = self.options.norm_block_rows(self.options.chunks.msa_column_attention, n_res,
+                                            n_seq * c * msa.element_size())
+        out = None if inplace or step >= n_res else torch.empty_like(msa)
+        for s in chunk_slices(n_res, step):
+            normed = self.query_norm(msa[:, s].transpose(0, 1))  # (columns, rows, c), contiguous
+            update = self.attention(normed, normed, msa_mask[:, s].t()[..., None]).transpose(0, 1)
+            del normed
+            if inplace:
+                add_in_place(msa[:, s], update)
+            elif out is None:  # one block: the update as the attention wrote it (a transposed view)
+                return update
+            else:
+                out[:, s] = update
+        return msa if inplace else out
 
 
 class Transition(_Chunked):
@@ -110,18 +145,22 @@ class Transition(_Chunked):
         self.transition1 = Linear(c, c * factor)
         self.transition2 = Linear(c * factor, c)
 
-    def forward(self, act: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, act: torch.Tensor, mask: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
+        """The update of ``act``; with ``inplace``, ``act`` plus its update, added into ``act`` a block of
+        rows at a time (the transition is per position)."""
         # DISCREPANCY: the mask is accepted for a uniform block interface but, as in the released
         # model, not applied; masked positions are never read by unmasked ones downstream.
         del mask
         c = act.shape[-1]
-        out = torch.empty_like(act)
+        out = None if inplace else torch.empty_like(act)
         row_bytes = act[0].numel() // c * self.transition1.weights.shape[1] * act.element_size()
         for s in chunk_slices(act.shape[0], self.options.step_rows(self.options.chunks.transition, act.shape[0],
                                                                    row_bytes)):
             x = self.input_layer_norm(act[s]).reshape(-1, c)
-            self.transition2(torch.relu_(self.transition1(x)), out=out[s].view(-1, c))
-        return out
+            update = self.transition2(torch.relu_(self.transition1(x)), out=None if inplace else out[s].view(-1, c))
+            if inplace:
+                add_in_place(act[s], update.view(act[s].shape))
+        return act if inplace else out
 
 
 class OuterProductMean(_Chunked):
@@ -132,11 +171,13 @@ class OuterProductMean(_Chunked):
         self.layer_norm_input = LayerNorm(c_m)
         self.left_projection = Linear(c_m, num_outer_channel)
         self.right_projection = Linear(c_m, num_outer_channel)
-        self.output_w = nn.Parameter(
-            torch.randn(num_outer_channel, num_outer_channel, c_z) * num_outer_channel**-1.0)
+        self.output_w = normal_parameter(num_outer_channel, num_outer_channel, c_z, std=num_outer_channel**-1.0)
         self.output_b = nn.Parameter(torch.zeros(c_z))
 
-    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, msa: torch.Tensor, msa_mask: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """The pair update; with ``add_to`` (the pair, which this module does not read), the pair plus
+        its update, added into it a block of rows at a time as they are computed (the update never
+        exists whole; each block is divided and rounded as the whole update would be)."""
         left, right = self._masked_projections(msa, msa_mask)  # (S, L, c) each
         n_seq, _, c = left.shape
         c_z = self.output_w.shape[-1]
@@ -147,16 +188,22 @@ class OuterProductMean(_Chunked):
         # (inner size S*c) run slower than the outer-first GEMMs, so it is taken below half that (21
         # rows; measured faster in fp32 and bf16 up to 24 rows at L=256, 10-16x for one row at L=320):
         # single sequences, orphan targets, and the extra-MSA stack of most targets (one masked row).
-        out = (self._few_rows(left, right, b) if 2 * n_seq * (c * c_z - c * c) < c * c * c_z
-               else self._outer_first(left, right, b))
+        blocks = (self._few_rows if 2 * n_seq * (c * c_z - c * c) < c * c * c_z else self._outer_first)
         # DISCREPANCY: the bias is added before dividing by the number of sequence pairs (+1e-3),
         # as the released weights expect; the paper's pseudocode adds it after the mean.
         # The count of sequence pairs stays fp32 (bf16 holds integers exactly only up to 256).
         mask32 = msa_mask.float()
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None].add_(1e-3)
+        if add_to is not None:
+            for s, block in blocks(left, right, b):
+                add_in_place(add_to[s], block.div_(norm[s]))
+            return add_to
+        n_res = left.shape[1]
+        out = left.new_empty((n_res, n_res, c_z))
+        for _ in blocks(left, right, b, out):
+            pass
         # A block of rows at a time: a bf16 output divided in place by fp32 counts goes through fp32
         # temporaries of the output's size (two fp32 pair-sized copies at once if whole).
-        n_res = out.shape[0]
         for s in chunk_slices(n_res, self.options.step_rows(None, n_res, n_res * c_z * 4)):
             out[s].div_(norm[s])
         return out.to(msa.dtype)
@@ -177,37 +224,38 @@ class OuterProductMean(_Chunked):
             left[s], right[s] = both[..., :c], both[..., c:]
         return left, right
 
-    def _outer_first(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """out[i, j] = flatten(sum_s left[s, i] (x) right[s, j]) @ W + b, a block of rows i at a time."""
+    def _outer_first(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor,
+                     out: torch.Tensor | None = None):
+        """out[i, j] = flatten(sum_s left[s, i] (x) right[s, j]) @ W + b, a block of rows i at a time:
+        yields (rows, block), the block written into ``out[rows]`` when given."""
         n_seq, n_res, c = left.shape
         w = self.output_w.reshape(c * c, -1).to(left.dtype)
         right_flat = right.reshape(n_seq, -1)  # (S, L*c)
         left_t = left.permute(1, 2, 0)  # (L, c, S): the left operand of each step, a view
-        out = left.new_empty((n_res, n_res, w.shape[1]))
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
                                       n_res * c * c * left.element_size())
         for s in chunk_slices(n_res, step):
             outer = (left_t[s].reshape(-1, n_seq) @ right_flat).view(-1, c, n_res, c)  # (l, c, L, c)
-            torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w, out=out[s].view(-1, w.shape[1]))
-        return out
+            block = torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w,
+                                out=None if out is None else out[s].view(-1, w.shape[1]))
+            yield s, block.view(-1, n_res, w.shape[1])
 
-    def _few_rows(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _few_rows(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None):
         """The same sums, W folded into the left side first: out[i, j] = sum_{s,b} T[i, s, b] right[s, j, b]
-        + bias, with T[i, s, b] = sum_a left[s, i, a] W[a, b] (c_z-vectors); a block of rows i at a time."""
+        + bias, with T[i, s, b] = sum_a left[s, i, a] W[a, b] (c_z-vectors); a block of rows i at a time,
+        yielded as in :meth:`_outer_first`."""
         n_seq, n_res, c = left.shape
         c_z = self.output_w.shape[-1]
         w = self.output_w.reshape(c, c * c_z).to(left.dtype)  # (a, b*c_z)
         right_t = right.permute(1, 0, 2).reshape(n_res, n_seq * c)  # (j, s*b): a copy of S*L*c
         left_t = left.transpose(0, 1)  # (L, S, c), a view
-        out = left.new_empty((n_res, n_res, c_z))
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
                                       (n_seq * c + n_res) * c_z * left.element_size())
         for s in chunk_slices(n_res, step):
             t = (left_t[s].reshape(-1, c) @ w).view(-1, n_seq * c, c_z)  # (l, S*c, c_z)
             # Not matmul(..., out=out[s]): with Intel Extension for PyTorch loaded (runtime.backend=ipex),
             # a 2-D @ 3-D matmul into a view of a larger tensor writes to a resized copy instead.
-            torch.add(right_t @ t, b, out=out[s])  # (l, L, c_z)
-        return out
+            yield s, torch.add(right_t @ t, b, out=None if out is None else out[s])  # (l, L, c_z)
 
 
 class _TriangleMultiplication(_Chunked):
@@ -298,7 +346,7 @@ class _TriangleMultiplication(_Chunked):
                 out_s = self.output_projection(tri, out=None if inplace else out[rows].view(-1, c_z))
                 out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
                 if inplace:
-                    _add_in_place(pair[rows], out_s.view(pair[rows].shape))
+                    add_in_place(pair[rows], out_s.view(pair[rows].shape))
         return pair if inplace else out
 
     def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int,
@@ -344,7 +392,7 @@ class _TriangleMultiplication(_Chunked):
             out_s = self.output_projection(normed, out=None if inplace else out[s].view(-1, c_z))
             out_s.mul_(torch.sigmoid_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z))))
             if inplace:
-                _add_in_place(pair[s], out_s.view(pair[s].shape))
+                add_in_place(pair[s], out_s.view(pair[s].shape))
         return pair if inplace else out
 
 
@@ -368,22 +416,25 @@ class _TriangleAttention(_Chunked):
     def __init__(self, c_z: int, num_head: int, key_dim: int | None = None, value_dim: int | None = None):
         super().__init__()
         self.query_norm = LayerNorm(c_z)
-        self.feat_2d_weights = nn.Parameter(torch.randn(c_z, num_head) * c_z**-0.5)
+        self.feat_2d_weights = normal_parameter(c_z, num_head, std=c_z**-0.5)
         self.attention = Attention(c_z, c_z, c_z, num_head, key_dim, value_dim)
 
-    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The update of ``pair``; with ``inplace``, ``pair`` plus its update, added into ``pair`` a block
+        of rows (columns, for the ending node) at a time, after the bias is computed from the whole
+        pair: each block attends along its own row (column) with that bias."""
         # The ending node attends along the columns of the pair: the same computation on the
         # transposed pair, done through strided views instead of transposed copies. The normalised
         # pair exists a block of rows (or columns) at a time, for the bias and for the attention.
-        if pair.numel() * pair.element_size() <= WHOLE_NORM_BYTES:  # small: normalised once, whole
-            act, norm = self.query_norm(pair), None
+        act, norm = _normed_or_blocks(pair, self.query_norm)
+        if norm is None:  # small: normalised once, whole
             tri_bias = _pair_bias(act, self.feat_2d_weights, transposed=not self.starting)
         else:
-            act, norm = pair, self.query_norm
             tri_bias = _normed_pair_bias(pair, self.query_norm, self.feat_2d_weights, self.options,
                                          transposed=not self.starting)
         return self.attention.self_attention(act, pair_mask, tri_bias, self.options.chunks.triangle_attention,
-                                             transposed=not self.starting, options=self.options, norm=norm)
+                                             transposed=not self.starting, options=self.options, norm=norm,
+                                             add_to=pair if inplace else None)
 
 
 class TriangleAttentionStartingNode(_TriangleAttention):
@@ -433,23 +484,24 @@ class EvoformerIteration(nn.Module):
         input and its sum. The trunk's eager stacks pass it for the representations they own; every
         update has the representation's dtype, so the sums are the same numbers as out of place.
         """
-        def add(act, update):
-            return _add_in_place(act, update) if inplace else act + update
+        def update(module, act, *args):
+            # In place, each module adds its update into `act` a block of rows (columns) at a time.
+            return module(act, *args, inplace=True) if inplace else act + module(act, *args)
+
+        def add_outer_product_mean(pair, msa):  # in place, a block of rows at a time
+            return (self.outer_product_mean(msa, msa_mask, add_to=pair) if inplace
+                    else pair + self.outer_product_mean(msa, msa_mask))
 
         if self.outer_product_mean_first:  # AlphaFold-Multimer (Evans et al. 2022, Suppl. 2.2)
-            pair = add(pair, self.outer_product_mean(msa, msa_mask))
-        msa = add(msa, self.msa_row_attention_with_pair_bias(msa, msa_mask, pair))
-        column = (self.msa_column_global_attention if self.global_column_attention
-                  else self.msa_column_attention)
-        msa = add(msa, column(msa, msa_mask))
-        msa = add(msa, self.msa_transition(msa, msa_mask))
+            pair = add_outer_product_mean(pair, msa)
+        msa = update(self.msa_row_attention_with_pair_bias, msa, msa_mask, pair)
+        msa = update(self.msa_column_global_attention if self.global_column_attention else self.msa_column_attention,
+                     msa, msa_mask)
+        msa = update(self.msa_transition, msa, msa_mask)
         if not self.outer_product_mean_first:
-            pair = add(pair, self.outer_product_mean(msa, msa_mask))
-        for triangle_multiplication in (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming):
-            # In place, the triangle multiplication adds its update a block of rows at a time.
-            pair = (triangle_multiplication(pair, pair_mask, inplace=True) if inplace
-                    else pair + triangle_multiplication(pair, pair_mask))
-        pair = add(pair, self.triangle_attention_starting_node(pair, pair_mask))
-        pair = add(pair, self.triangle_attention_ending_node(pair, pair_mask))
-        pair = add(pair, self.pair_transition(pair, pair_mask))
+            pair = add_outer_product_mean(pair, msa)
+        for module in (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming,
+                       self.triangle_attention_starting_node, self.triangle_attention_ending_node,
+                       self.pair_transition):
+            pair = update(module, pair, pair_mask)
         return msa, pair

@@ -20,8 +20,9 @@ resident     embeddings: L²·c_z·b (recycled) + L²·c_z·b    (the pair; the 
                         (one template at a time and the online softmax's fp32 state over templates:
                         V = template.attention_value_dim, H_t = template.attention_num_head;
                         the multimer: L²·c_z·b + 2·L²·c_t·b)
-             msa_embeddings: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b
-             extra_msa: L²·c_z·b + S·L·c_m·b + Se·L·c_e·b    (the blocks add their updates in place)
+             msa_embeddings: L²·c_z·b + max(S·L·c_m·b, Se·L·c_e·b)    (the extra MSA, then the MSA
+                        after the extra-MSA stack)
+             extra_msa: L²·c_z·b + Se·L·c_e·b    (the blocks add their updates in place)
              evoformer: L²·c_z·b + S·L·c_m·b
                compiled blocks (block_bytes None) add out of place: twice the pair and the stack's MSA
              heads:     L²·c_z·b + S·L·c_m·b    (the trunk's pair, the next pass's recycled pair as it is)
@@ -29,18 +30,24 @@ intermediates (each counted with the module's own input copies and output; st = 
 the chunk size cut to the cache block, see af2cpu.model.options.Options.step_rows).
 The MSA modules of a stack on R rows of C channels, (R, C) = (S, c_m) for the Evoformer and
 (Se, c_e) for the extra-MSA stack, with the stack's H = msa_num_head, o = num_outer_channel and
-f = msa_transition_factor:
-  MSA row attention        2·R·L·C·b + 2·H·L²·b + st·(6·L·C + H·L²)·b   (its pair bias a block of rows at a time)
-  MSA column attention     2·R·L·C·b + st·7·R·C·b
-  column global attention  st·R·C·4·b + 3·R·L·C·b               (a stack with global_column_attention)
-  outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·c_z·b + L²·4 + 2·st·L·o²·b
+f = msa_transition_factor. The eager stacks add every module's update into the representation a
+block at a time (EvoformerIteration, inplace): no whole output, a block's (st·...) instead; the
+attentions normalise their input whole while R·L·C·b is at most WHOLE_NORM_BYTES, else a block at a
+time. Written for in place; out of place (compiled blocks) each output is whole (+ R·L·C·b, L²·C·b):
+  MSA row attention        [R·L·C·b] + 2·H·L²·b + st·(8·L·C + H·L²)·b   (its pair bias a block of rows at a time)
+  MSA column attention     [R·L·C·b] + st·9·R·C·b                       [ ]: the normalised input, while whole
+  column global attention  3·gc·R·C·b (+ R·L·C·b out of place, in gc < L columns)   (a stack with
+                           global_column_attention: a block of gc columns at a time, gc =
+                           Options.norm_block_rows: all L up to WHOLE_NORM_BYTES of R·L·C·b)
+  outer product mean       (2 + r)·R·L·o·b + sp·L·(C + 2·o)·b + L²·4 + 2·st·L·o²·b + st·L·c_z·(b + 4)
+                           (each block and its fp32 division, added into the pair as computed)
                            sp: MSA rows per step of the projections; r = 1 with few rows (a copy)
-  MSA transition           R·L·C·b + st·(1 + f)·L·C·b
+  MSA transition           st·(2 + f)·L·C·b
 The pair modules of a stack on C channels, C = c_z for the Evoformer-like stacks and c_t for the
 template pair stack, with its H = triangle_num_head, c = num_intermediate_channel and
 f = pair_transition_factor:
-  triangle attention       L²·C·b + 2·H·L²·b + st·(8·L·C + H·L²)·b   (the normalised pair a block at a time;
-                           + L²·C·b, normalised whole, while that is at most WHOLE_NORM_BYTES)
+  triangle attention       [L²·C·b] + 2·H·L²·b + st·(9·L·C + H·L²)·b   (the normalised pair a block at a
+                           time; [ ] normalised whole, while that is at most WHOLE_NORM_BYTES)
   triangle multiplication  (C + 2·c)·L²·b + st·(6·c + C)·L·b + pt·L·c·b   pt: the triangle sums' rows (≥ 64)
      in channel slabs      (c + 2·k)·L²·b + st·(6·c + C)·L·b               k: channels per slab
                            (ChunkSizes.triangle_channels): the sums whole, neither the normalised
@@ -48,7 +55,7 @@ f = pair_transition_factor:
                            template pair stack) add the update into the pair a block of rows at a
                            time (no whole output); compiled blocks add it out of place: + 2·C·L²·b
                            (+ C·L²·b, at least 2·C·L²·b, in slabs)
-  pair transition          L²·C·b + st·(1 + f)·L·C·b
+  pair transition          st·(2 + f)·L·C·b
 and
   embeddings               6·st·L·c_z·4 (fp32, a block of rows at a time) with the embedded MSA,
                            extra MSA and pair resident
@@ -263,6 +270,11 @@ def _step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> in
     return Options(block_bytes=block).step_rows(chunk, axis, row_bytes)
 
 
+def _norm_step(chunk: int | None, axis: int, row_bytes: int, block: int | None) -> int:
+    """Rows per step of a layer-normalising loop: the model's own rule, Options.norm_block_rows."""
+    return Options(block_bytes=block).norm_block_rows(chunk, axis, row_bytes)
+
+
 def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transition_factor: int, b: int,
                       ch: ChunkSizes, block: int | None, inplace: bool = False) -> list[_Term]:
     """The pair modules of a block on C channels (triangle multiplications of c channels); ``inplace``:
@@ -270,13 +282,16 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
     ta = _step(ch.triangle_attention, L, L * 4 * C * b, block)
     tm = _step(ch.triangle_multiplication, L, L * 4 * c * b, block)
     tr = _step(ch.transition, L, L * transition_factor * C * b, block)
+    pair = L * L * C * b
     return [
-        # The output whole; the normalised pair a block of rows at a time (for the bias and the attention).
+        # The normalised pair whole while small, else a block of rows at a time (for the bias and the
+        # attention); the output whole, or in place each block's update added into the pair.
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              (2 if L * L * C * b <= WHOLE_NORM_BYTES else 1) * L * L * C * b + 2 * heads * L * L * b
-              + ta * (L * 8 * C + heads * L * L) * b),
+              (pair if pair <= WHOLE_NORM_BYTES else 0) + (ta * L * C * b if inplace else pair)
+              + 2 * heads * L * L * b + ta * (L * 8 * C + heads * L * L) * b),
         _triangle_multiplication_term(prefix, L, C, c, b, ch, tm, inplace),
-        _Term(f"{prefix}pair transition", "transition", L * L * C * b + tr * L * (1 + transition_factor) * C * b),
+        _Term(f"{prefix}pair transition", "transition",
+              (tr * L * C * b if inplace else pair) + tr * L * (1 + transition_factor) * C * b),
     ]
 
 
@@ -298,13 +313,13 @@ def _triangle_multiplication_term(prefix: str, L: int, C: int, c: int, b: int, c
 
 
 def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int, ch: ChunkSizes,
-               block: int | None, pair: int) -> list[_Term]:
-    """The MSA modules of a block of ``stack`` on R rows (the Evoformer's or the extra stack's)."""
+               block: int | None, pair: int, inplace: bool) -> list[_Term]:
+    """The MSA modules of a block of ``stack`` on R rows (the Evoformer's or the extra stack's);
+    ``inplace``: the block adds the updates into its MSA (EvoformerIteration)."""
     C, heads = stack.msa_channel, stack.msa_num_head
     o, f = stack.num_outer_channel, stack.msa_transition_factor
     act = R * L * C * b
     rows = _step(ch.msa_row_attention, R, L * 4 * C * b, block)
-    cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
     opm = _step(ch.outer_product_mean, L, L * o * o * b, block)
     tr = _step(ch.transition, R, L * f * C * b, block)
     # The outer product mean's projections, a block of `proj` rows at a time; with few rows its sums
@@ -312,26 +327,40 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     proj = _step(None, R, L * (C + 2 * o) * b, block)
     c_z = pair // (L * L * b)
     few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
+
+    def normed(step_bytes: int) -> int:  # the attentions' normalised MSA: whole while small, else a block
+        return act if act <= WHOLE_NORM_BYTES else step_bytes
+
+    def output(step_bytes: int) -> int:  # their output: a block's update added in place, or whole
+        return step_bytes if inplace else act
+
     if stack.global_column_attention:
+        # A block of gc columns at a time (MSAColumnGlobalAttention): its normalised slice, the gate
+        # (then the gated values) and the output, or the fp32 masked rows for the query's mean; in place
+        # each block's update is added into the MSA, out of place the output is whole.
+        gc = _norm_step(ch.msa_column_attention, L, R * C * b, block)
         column = _Term(f"{prefix}MSA column global attention", "msa_column_attention",
-                       cols * R * C * 4 * b + 3 * act)
+                       3 * gc * R * C * b + (0 if inplace or gc >= L else act))
     else:
-        column = _Term(f"{prefix}MSA column attention", "msa_column_attention", 2 * act + cols * R * 7 * C * b)
+        cols = _step(ch.msa_column_attention, L, R * 4 * C * b, block)
+        column = _Term(f"{prefix}MSA column attention", "msa_column_attention",
+                       normed(cols * R * C * b) + output(cols * R * C * b) + cols * R * 7 * C * b)
     return [
         _Term(f"{prefix}MSA row attention", "msa_row_attention",
-              2 * act + 2 * heads * L * L * b + rows * (L * 6 * C + heads * L * L) * b),
+              normed(rows * L * C * b) + output(rows * L * C * b) + 2 * heads * L * L * b
+              + rows * (L * 6 * C + heads * L * L) * b),
         column,
         _Term(f"{prefix}outer product mean", "outer_product_mean",
-              (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + pair + L * L * FP32
-              + 2 * opm * L * o * o * b),
-        _Term(f"{prefix}MSA transition", "transition", act + tr * L * (1 + f) * C * b),
+              (2 + few_rows) * R * L * o * b + proj * L * (C + 2 * o) * b + L * L * FP32
+              + 2 * opm * L * o * o * b + (opm * L * c_z * (b + FP32) if inplace else pair)),
+        _Term(f"{prefix}MSA transition", "transition", output(tr * L * C * b) + tr * L * (1 + f) * C * b),
     ]
 
 
 def _evoformer_stack_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, c_z: int, b: int,
                            ch: ChunkSizes, block: int | None, inplace: bool) -> list[_Term]:
     """Every module of a block of an Evoformer-like ``stack`` on R MSA rows."""
-    return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b)
+    return (_msa_terms(prefix, L, R, stack, b, ch, block, L * L * c_z * b, inplace)
             + _pair_stack_terms("", L, c_z, stack.triangle_num_head, stack.num_intermediate_channel,
                                 stack.pair_transition_factor, b, ch, block, inplace))
 
@@ -348,20 +377,21 @@ def _phases(shape: TargetShape, b: int, ch: ChunkSizes, block: int | None, a: Ar
     # projection, and their sums, cast into the trunk's dtype block by block.
     embedding = [_Term("embeddings and recycling", None,
                        6 * min(L, embedding_step_rows(L * c_z * FP32)) * L * c_z * FP32)]
-    # The recycled pair is read while the pair is embedded and freed before the templates; the MSA and
-    # extra MSA are embedded after the templates (EmbeddingsAndEvoformer.forward).
+    # The recycled pair is read while the pair is embedded and freed before the templates; the extra MSA
+    # is embedded after the templates, the MSA after the extra-MSA stack, once the extra MSA is freed
+    # (EmbeddingsAndEvoformer.forward).
     phases: dict[str, tuple[int, list[_Term]]] = {"embeddings": (2 * pair, embedding)}
     if T and t.multimer:
         phases["templates"] = _multimer_template_phase(L, T, b, ch, block, a)
     elif T:
         phases["templates"] = _template_phase(L, b, ch, block, a)
-    phases["msa_embeddings"] = (pair + msa + extra, embedding)
+    phases["msa_embeddings"] = (pair + max(msa, extra), embedding)
     # Eager blocks add their updates into the pair and the MSA (EvoformerIteration, inplace); compiled
     # blocks (no cache blocks) add them out of place: the input and the sum.
     inplace = block is not None
     copies = 1 if inplace else 2
     if Se:
-        phases["extra_msa"] = (copies * (pair + extra) + msa,
+        phases["extra_msa"] = (copies * (pair + extra),
                                _evoformer_stack_terms("extra ", L, Se, a.extra_msa, c_z, b, ch, block, inplace))
     phases["evoformer"] = (copies * (pair + msa),
                            _evoformer_stack_terms("", L, S, a.evoformer, c_z, b, ch, block, inplace))

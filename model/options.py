@@ -23,9 +23,9 @@ def as_precision(value: Precision | str) -> Precision:
     return resolve_precision(value)
 
 
-# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed_pair/_embed_msas,
-# the template features): this many bytes
-# per fp32 intermediate, whatever the trunk's cache blocking or compilation.
+# The embedders compute in fp32 a block of rows at a time (EmbeddingsAndEvoformer._embed_pair, _embed_msa,
+# _embed_extra_msa, the template features): this many bytes per fp32 intermediate, whatever the trunk's
+# cache blocking or compilation.
 EMBEDDING_BLOCK_BYTES = 4 << 20
 
 
@@ -35,7 +35,9 @@ def embedding_step_rows(row_bytes: int) -> int:
 
 
 # Triangle attention normalises its pair whole up to this size (one layer norm, faster at normal lengths:
-# 6 % of a bf16 pass at L=128), above it a block of rows at a time as the attention reads it.
+# 6 % of a bf16 pass at L=128), above it a block of rows at a time as the attention reads it. The extra
+# MSA's column global attention runs whole up to this size, above it blocks of columns of about this
+# size (Options.norm_block_rows).
 WHOLE_NORM_BYTES = 64 << 20
 
 # The structure module keeps its layer-normed fp32 pair whole for its eight iterations up to this size
@@ -117,6 +119,17 @@ class Options:
         block = self.cache_block_bytes
         if block is not None:
             rows = min(rows, max(1, block // max(1, row_bytes)))
+        return max(1, rows)
+
+    def norm_block_rows(self, chunk: int | None, total: int, row_bytes: int) -> int:
+        """Rows per step of a loop whose step layer-normalises its rows and works on them (the extra
+        MSA's column global attention, ``row_bytes`` bytes of normalised input per row): every row
+        while the whole is at most ``WHOLE_NORM_BYTES`` (one step, as fast at normal sizes), else
+        blocks of about that many bytes (the normalised input and the step's intermediates never
+        whole); within the memory ``chunk``. Compiled blocks (no cache blocks): the chunk, or whole."""
+        rows = total if chunk is None else min(chunk, total)
+        if self.cache_block_bytes is not None and total * row_bytes > WHOLE_NORM_BYTES:
+            rows = min(rows, max(1, WHOLE_NORM_BYTES // max(1, row_bytes)))
         return max(1, rows)
 
     @property

@@ -56,12 +56,10 @@ class TemplatePairBlock(nn.Module):
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         attention = (self.triangle_attention_starting_node, self.triangle_attention_ending_node)
         multiplication = (self.triangle_multiplication_outgoing, self.triangle_multiplication_incoming)
+        # Each module adds its update into the pair a block of rows (columns) at a time: never whole.
         for module in (multiplication + attention if self.multiplication_first else attention + multiplication):
-            if module in multiplication:  # its update added a block of rows at a time, never whole
-                pair = module(pair, pair_mask, inplace=True)
-            else:
-                pair = add_in_place(pair, module(pair, pair_mask))
-        return add_in_place(pair, self.pair_transition(pair, pair_mask))
+            pair = module(pair, pair_mask, inplace=True)
+        return self.pair_transition(pair, pair_mask, inplace=True)
 
 
 class TemplatePairStack(nn.Module):

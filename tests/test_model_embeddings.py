@@ -64,7 +64,7 @@ def test_blocked_embeddings_equal_whole_tensor_embeddings(trunk_and_inputs, monk
     with torch.no_grad():
         want = _whole(trunk, batch, prev)
         pair = trunk._embed_pair(batch, prev, dtype)
-        msa, extra = trunk._embed_msas(batch, prev, dtype)
+        msa, extra = trunk._embed_msa(batch, prev, dtype), trunk._embed_extra_msa(batch, dtype)
         got = msa, pair, extra
     for name, w, g in zip(("msa", "pair", "extra"), want, got):
         assert g.dtype == dtype and g.shape == w.shape, name

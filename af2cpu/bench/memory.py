@@ -23,6 +23,12 @@ from af2cpu.runtime.allocator import tune_allocator
 from af2cpu.runtime.memory import GIB, parse_memory_limit
 from af2cpu.runtime.threads import threads_for
 
+# Stages whose peak a run also reports (VmHWM when the stage's last module returns), with the planner's
+# phases up to the stage's end: the module whose forward ends the stage (its name's last part, or its
+# parent's for a stack's last block).
+_STAGES = {"templates": ("template_embedding", ("embeddings", "templates")),
+           "extra_msa": ("extra_msa_stack", ("embeddings", "templates", "msa_embeddings", "extra_msa"))}
+
 
 def run_memory(args: argparse.Namespace) -> int:
     """Peak RSS of one af2cpu pass at each length, each in a fresh process, against the planner.
@@ -67,9 +73,11 @@ def run_memory(args: argparse.Namespace) -> int:
             row = {"length": length, "precision": precision, "blocks": blocks, "memory_limit": limit,
                    "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
                    "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
-            if "templates_peak_rss_bytes" in row:  # the planner's figure for the same stages
-                phases = phase_estimates(shape, precision, chunks, architecture=architecture)
-                row["templates_estimate_bytes"] = max(phases["embeddings"], phases.get("templates", 0))
+            phases = phase_estimates(shape, precision, chunks, architecture=architecture,
+                                     compact_outputs=estimate.compact_outputs)
+            for stage, (_, stage_phases) in _STAGES.items():
+                if f"{stage}_peak_rss_bytes" in row:  # the planner's figure for the same stages
+                    row[f"{stage}_estimate_bytes"] = max(phases.get(p, 0) for p in stage_phases)
             if "peak_rss_bytes" in row:
                 row["estimate_error"] = round(row["estimate_bytes"] / row["peak_rss_bytes"] - 1, 3)
             rows.append(row)
@@ -100,21 +108,25 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
         model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks, templates=templates)
     del flat  # a real run keeps one copy of the weights, the model's
     model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision, compact_outputs=compact_outputs))
-    # The peak up to the end of the template stage (embeddings and templates), where there is one.
-    through_templates = {}
+    # The peak up to the end of the template stage and of the extra-MSA stack, where there are ones.
+    through_stages = {}
 
-    def record(*_) -> None:  # a forward hook returning None leaves the module's output alone
-        through_templates.setdefault("templates_peak_rss_bytes", _rss("VmHWM"))
+    def recorder(stage: str):
+        def record(*_) -> None:  # a forward hook returning None leaves the module's output alone
+            through_stages.setdefault(f"{stage}_peak_rss_bytes", _rss("VmHWM"))
+        return record
 
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "template_embedding":
-            module.register_forward_hook(record)
+    for stage, (last, _) in _STAGES.items():
+        parts = [(name.split("."), module) for name, module in model.named_modules()]
+        ends = [module for p, module in parts if p[-1] == last or (len(p) > 1 and p[-2] == last and p[-1].isdigit())]
+        if ends:  # the module itself, or a stack's last block
+            ends[-1].register_forward_hook(recorder(stage))
     baseline = _rss("VmRSS")
     reset = _reset_peak_rss()
     start = time.perf_counter()
     model.predict(features, num_recycle=0, return_representations=False)
     seconds = time.perf_counter() - start
-    conn.send({"peak_rss_bytes": _rss("VmHWM"), **through_templates, "rss_before_pass_bytes": baseline,
+    conn.send({"peak_rss_bytes": _rss("VmHWM"), **through_stages, "rss_before_pass_bytes": baseline,
                "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
                "peak_counter_reset": reset, "pass_s": round(seconds, 1)})
     conn.close()
@@ -154,13 +166,15 @@ def memory_markdown(results: dict) -> str:
             continue
         lines.append(f"| {r['length']} | {r['precision']} | {r['blocks']} | {chunks} | {r['estimate_bytes'] / gib:.2f} "
                      f"| {r['peak_rss_bytes'] / gib:.2f} | {100 * r['estimate_error']:+.0f} % | {r['pass_s']} |")
-    stages = [r for r in results["runs"] if "templates_estimate_bytes" in r]
-    if stages:
-        lines += ["", "Up to the end of the template stage (embeddings and templates):", "",
-                  "| L | precision | planner estimate (GiB) | measured peak RSS (GiB) | estimate error |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['length']} | {r['precision']} | {r['templates_estimate_bytes'] / gib:.2f} | "
-                  f"{r['templates_peak_rss_bytes'] / gib:.2f} | "
-                  f"{100 * (r['templates_estimate_bytes'] / r['templates_peak_rss_bytes'] - 1):+.0f} % |"
-                  for r in stages]
+    for stage, title in (("templates", "the template stage (embeddings and templates)"),
+                         ("extra_msa", "the extra-MSA stack (embeddings, templates, extra-MSA stack)")):
+        stages = [r for r in results["runs"] if f"{stage}_estimate_bytes" in r]
+        if stages:
+            lines += ["", f"Up to the end of {title}:", "",
+                      "| L | precision | planner estimate (GiB) | measured peak RSS (GiB) | estimate error |",
+                      "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['length']} | {r['precision']} | {r[f'{stage}_estimate_bytes'] / gib:.2f} | "
+                      f"{r[f'{stage}_peak_rss_bytes'] / gib:.2f} | "
+                      f"{100 * (r[f'{stage}_estimate_bytes'] / r[f'{stage}_peak_rss_bytes'] - 1):+.0f} % |"
+                      for r in stages]
     return "\n".join(lines) + "\n"
