@@ -17,24 +17,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-ROUNDS = 9
-
-
-def interleaved(candidates: dict, rounds: int = ROUNDS) -> dict[str, list[float]]:
-    for fn in candidates.values():
-        fn()
-    times = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+from af2cpu.bench.machine import interleaved_times
 
 
 def attention_at(kernel: str, b: int, h: int, nq: int, nk: int, with_bias: bool, d: int = 32) -> None:
@@ -66,7 +53,7 @@ def attention_at(kernel: str, b: int, h: int, nq: int, nk: int, with_bias: bool,
                   "products + softmax, cache-blocked": products_softmax_blocked}
     errors = {name: float((fn().double() - want).abs().max() / want.abs().max()) for name, fn in candidates.items()}
     flop = 4 * b * h * nq * nk * d
-    for name, seconds in interleaved(candidates).items():
+    for name, seconds in interleaved_times(candidates).items():
         print(json.dumps({"kernel": kernel, "variant": name, "best_ms": round(1e3 * min(seconds), 2),
                           "median_ms": round(1e3 * statistics.median(seconds), 2),
                           "gflops": round(flop / min(seconds) / 1e9, 1), "error": errors[name]}), flush=True)

@@ -21,25 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from af2cpu.bench.machine import interleaved_times
 from af2cpu.model.alphafold import _call_block
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import Options
 from af2cpu.model.presets import get_preset
-
-ROUNDS = 9
-
-
-def interleaved(candidates: dict, rounds: int = ROUNDS) -> dict[str, list[float]]:
-    """Seconds of each candidate per round, the candidates alternated within every round."""
-    for fn in candidates.values():
-        fn()
-    times = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def report(kernel: str, times: dict, errors: dict, flop: float | None) -> list[dict]:
@@ -88,7 +74,7 @@ def attention_at(kernel: str, b: int, h: int, nq: int, nk: int, with_bias: bool)
         "bf16 products + fp32 softmax": products_softmax,
     }
     errors = {name: relative(fn(), want) for name, fn in candidates.items()}
-    return report(kernel, interleaved(candidates), errors, 4 * b * h * nq * nk * 32)
+    return report(kernel, interleaved_times(candidates), errors, 4 * b * h * nq * nk * 32)
 
 
 def outer_product_mean() -> list[dict]:
@@ -123,7 +109,7 @@ def outer_product_mean_in(dtype: torch.dtype) -> list[dict]:
     candidates = {"transposed copy, then GEMM (chosen)": copy_then_gemm,
                   "GEMM on the transposed outer products": transposed_operand}
     errors = {name: relative(fn(), want) for name, fn in candidates.items()}
-    return report(f"outer product mean {dtype}", interleaved(candidates), errors, None)
+    return report(f"outer product mean {dtype}", interleaved_times(candidates), errors, None)
 
 
 def evoformer_block() -> list[dict]:
@@ -147,7 +133,7 @@ def evoformer_block() -> list[dict]:
     run(fused, compiled)
     print(f"compilation and first call: {time.perf_counter() - start:.1f} s", flush=True)
     candidates = {"eager (chosen)": lambda: run(eager, _call_block), "torch.compile": lambda: run(fused, compiled)}
-    return report("Evoformer block bf16, L=128, 64 rows", interleaved(candidates, rounds=5), {}, None)
+    return report("Evoformer block bf16, L=128, 64 rows", interleaved_times(candidates, rounds=5), {}, None)
 
 
 if __name__ == "__main__":
