@@ -18,7 +18,14 @@ from af2cpu.model.presets import get_preset
 from af2cpu.model.weights import model_runs
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.runtime import precision as precision_module
-from af2cpu.runtime.precision import bf16_units, native_bf16, planning_precisions, resolve_precision
+from af2cpu.runtime.precision import (
+    bf16_units,
+    native_bf16,
+    onednn_cap,
+    onednn_capped,
+    planning_precisions,
+    resolve_precision,
+)
 from af2cpu.scheduler.stages import StageContext, _infer_key, target_stages
 
 AVX2 = {"avx2", "fma", "sse4_2"}
@@ -131,3 +138,33 @@ def test_inference_memory_under_auto_covers_fp32_on_other_machines_and_resolves_
         assert memory(elsewhere) == fp32, elsewhere
     # Local workers run on this CPU: auto is what it resolves to here.
     assert memory() == (bf16 if flags is AMX else fp32)
+
+
+@pytest.mark.parametrize("cap, left", [
+    ("AVX2", set()), ("avx512_core_vnni", set()),  # oneDNN emulates bf16 below AVX512_CORE_BF16
+    ("AVX512_CORE_BF16", {"avx512_bf16"}), ("AVX10_1_512", {"avx512_bf16"}),  # no tiles below AMX
+    ("AVX512_CORE_AMX", {"avx512_bf16", "amx_bf16"}), ("ALL", {"avx512_bf16", "amx_bf16"}),
+    ("no_such_isa", {"avx512_bf16", "amx_bf16"}), ("", {"avx512_bf16", "amx_bf16"}),
+])
+def test_onednn_isa_cap_takes_the_bf16_units_it_forbids(cap, left):
+    flags = frozenset(AMX | {"avx512_bf16"})
+    capped = onednn_capped(flags, {"ONEDNN_MAX_CPU_ISA": cap})
+    assert capped & precision_module.NATIVE_BF16_FLAGS == left
+    assert flags - capped <= precision_module.NATIVE_BF16_FLAGS  # nothing else is touched
+    # The older variable counts too; where both are set, oneDNN's current name wins.
+    assert onednn_capped(flags, {"DNNL_MAX_CPU_ISA": cap}) == capped
+    assert onednn_capped(flags, {"ONEDNN_MAX_CPU_ISA": "ALL", "DNNL_MAX_CPU_ISA": "AVX2"}) == flags
+    assert onednn_cap({"ONEDNN_MAX_CPU_ISA": cap}) == (f"ONEDNN_MAX_CPU_ISA={cap}" if cap else None)
+
+
+def test_a_process_with_onednn_capped_below_bf16_resolves_auto_to_fp32():
+    # A fresh process, as a job with the cap in its environment starts: whatever this CPU has, oneDNN
+    # would emulate bf16 there, so auto must not choose it (and bench must not time it).
+    import subprocess
+    import sys
+
+    code = ("from af2cpu.runtime.precision import native_bf16, resolve_precision; "
+            "print(native_bf16(), resolve_precision('auto').value)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "fp32"]

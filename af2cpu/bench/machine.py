@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from af2cpu.config import Precision
-from af2cpu.runtime.precision import resolve_precision
+from af2cpu.runtime.precision import native_bf16, resolve_precision
 from af2cpu.runtime.threads import WAIT_VARIABLES
 from af2cpu.runtime.topology import cpu_info
 
@@ -22,7 +22,7 @@ def machine_info(threads: int) -> dict:
     the OpenMP wait variables, torch version and load average."""
     info = cpu_info()
     return {"threads": threads, "cpus": list(info.usable_cpus), "cpu": info.model_name,
-            "isa": sorted(info.isa_flags), "native_bf16": info.has_bf16,
+            "isa": sorted(info.isa_flags), "native_bf16": native_bf16(),
             "precision_auto": str(resolve_precision(Precision.auto)), "kernels": kernel_info(),
             "openmp": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", *WAIT_VARIABLES)},
             "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}
@@ -42,7 +42,7 @@ def kernel_info() -> dict[str, str | bool | None]:
     return {"torch_blas": blas.group(1) if blas else None, "mkl": torch.backends.mkl.is_available(),
             "onednn": onednn.group(1) if onednn and torch.backends.mkldnn.is_available() else None,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "numpy_blas": numpy_blas,
-            "bf16_matmul": onednn_bf16_matmul() if cpu_info().has_bf16 else None}
+            "bf16_matmul": onednn_bf16_matmul() if native_bf16() else None}
 
 
 def onednn_bf16_matmul() -> str | None:
@@ -73,7 +73,7 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> dict[str, float | None]:
     the CPU multiplies bf16 natively (AVX512-BF16, AMX). Elsewhere bf16 is emulated (about 100x slower
     than fp32: minutes for this measurement) and its peak is None."""
     peak: dict[str, float | None] = {"fp32": None, "bf16": None}
-    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if cpu_info().has_bf16 else [])
+    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if native_bf16() else [])
     for name, dtype in dtypes:
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         a @ b

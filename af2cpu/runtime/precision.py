@@ -36,10 +36,38 @@ EMULATED_BF16_COST = (
 WARNED_VARIABLE = "AF2CPU_BF16_EMULATION_WARNED"
 
 
+# oneDNN runs no kernel above the ISA named in ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA, its older name), a
+# cap that HPC sites and benchmarks set: below AVX512_CORE_BF16 its bf16 products are emulated whatever
+# the CPU has (0.3 GFLOP/s measured on an AMX Xeon capped to AVX2), below AVX512_CORE_AMX it uses no
+# tiles. The caps' names (oneDNN's dnnl_cpu_isa_t), from the lowest, grouped by the bf16 units they allow.
+ONEDNN_CAPS_WITHOUT_BF16 = frozenset({"sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core",
+                                      "avx512_core_vnni"})
+ONEDNN_CAPS_WITHOUT_AMX = frozenset({"avx512_core_bf16", "avx10_1_512", "avx512_core_fp16"})
+ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def onednn_cap(environ=os.environ) -> str | None:
+    """oneDNN's ISA cap as set in ``environ`` ("ONEDNN_MAX_CPU_ISA=AVX2"), None without one."""
+    name = next((name for name in ONEDNN_CAP_VARIABLES if environ.get(name, "").strip()), None)
+    return f"{name}={environ[name].strip()}" if name else None
+
+
+def onednn_capped(flags: frozenset[str], environ=os.environ) -> frozenset[str]:
+    """``flags`` less the bf16 units that oneDNN's ISA cap in ``environ`` forbids it to use (unchanged
+    without a cap, or with ALL, DEFAULT or a name oneDNN does not know, which it ignores)."""
+    cap = (onednn_cap(environ) or "=").split("=", 1)[1].lower()
+    if cap in ONEDNN_CAPS_WITHOUT_BF16:
+        return flags - NATIVE_BF16_FLAGS
+    if cap in ONEDNN_CAPS_WITHOUT_AMX:
+        return flags - {"amx_bf16"}
+    return flags
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (/proc/cpuinfo), read once per process."""
-    return read_cpuinfo()[1]
+    """This CPU's feature flags (/proc/cpuinfo) as this process's oneDNN may use them (its ISA cap
+    applied: :func:`onednn_capped`), read once per process."""
+    return onednn_capped(read_cpuinfo()[1])
 
 
 def native_bf16(flags: Iterable[str] | None = None) -> bool:

@@ -306,11 +306,6 @@ class CpuInfo:
     isa_flags: frozenset[str]  # the subset of ISA_FLAGS this CPU has
     memory_available: int  # bytes
 
-    @property
-    def has_bf16(self) -> bool:
-        """Whether oneDNN has native bf16 arithmetic here (AVX512-BF16 or AMX)."""
-        return bool(self.isa_flags & {"avx512_bf16", "amx_bf16"})
-
 
 def cpu_info(root: str | os.PathLike = "/", affinity: Iterable[int] | None = None) -> CpuInfo:
     """Read the topology, ISA features and available memory in one call."""
