@@ -198,15 +198,13 @@ class OuterProductMean(_Chunked):
             for s, block in blocks(left, right, b):
                 add_in_place(add_to[s], block.div_(norm[s]))
             return add_to
+        # Each block divided as it is written: a bf16 output divided in place by fp32 counts goes through
+        # fp32 temporaries of the block's size (two fp32 pair-sized copies at once if whole).
         n_res = left.shape[1]
         out = left.new_empty((n_res, n_res, c_z))
-        for _ in blocks(left, right, b, out):
-            pass
-        # A block of rows at a time: a bf16 output divided in place by fp32 counts goes through fp32
-        # temporaries of the output's size (two fp32 pair-sized copies at once if whole).
-        for s in chunk_slices(n_res, self.options.step_rows(None, n_res, n_res * c_z * 4)):
-            out[s].div_(norm[s])
-        return out.to(msa.dtype)
+        for s, block in blocks(left, right, b, out):
+            block.div_(norm[s])
+        return out
 
     def _masked_projections(self, msa: torch.Tensor, msa_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The masked left and right projections of the normalised MSA, (S, L, c) each, one GEMM a
