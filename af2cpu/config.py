@@ -57,7 +57,8 @@ hhblits/hhsearch take them.
 
 class Precision(ConfigEnum):
     """Numeric precision of the network's trunk. ``auto`` is bf16 where the CPU has native bf16
-    matrix instructions, fp32 elsewhere: ``af2cpu.runtime.precision.resolve_precision`` decides."""
+    matrix instructions that are clearly faster than fp32's (measured), fp32 elsewhere:
+    ``af2cpu.runtime.precision.resolve_precision`` decides."""
 
     auto = "auto"
     fp32 = "fp32"
@@ -81,7 +82,7 @@ class RuntimeConfig:
     """One place for runtime options: threads, precision, memory, compilation."""
 
     threads: int = 0  # threads of one model instance; 0 = every CPU of the worker (or process) running it
-    precision: Precision = Precision.auto  # bf16 where the CPU has native bf16, else fp32
+    precision: Precision = Precision.auto  # bf16 where the CPU's native bf16 is clearly faster, else fp32
     memory_limit: str = "auto"  # "auto" (available RAM), bytes, or e.g. "16G"
     compile: bool = False  # torch.compile of the repeated blocks (inductor), cached across runs
     compile_cache_dir: str = "${af2cpu_cache:inductor}"

@@ -3,6 +3,7 @@ no test depends on the ISA of the machine running it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -33,11 +34,72 @@ AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}
 AMX = AVX2 | {"avx512f", "amx_tile", "amx_bf16"}
 
 
+def on_cpu(monkeypatch, flags, speedup: float | None = 3.0) -> None:
+    """Make this process see a CPU with ``flags`` whose bf16 products are ``speedup`` times fp32's."""
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(precision_module, "bf16_speedup", lambda: speedup if native_bf16(flags) else None)
+
+
 @pytest.mark.parametrize("flags, expected", [(AVX2, "fp32"), (AVX2 | {"avx512f", "avx512_vnni"}, "fp32"),
                                              (AVX512_BF16, "bf16"), (AMX, "bf16")])
 def test_auto_is_bf16_only_where_bf16_is_native(flags, expected):
     assert resolve_precision("auto", flags) == expected
     assert resolve_precision(Precision.fp32, flags) is Precision.fp32
+
+
+# The speed-ups measured (docs/benchmarks.md): an Intel Xeon with oneDNN kept to AVX512-BF16 0.53-0.64x,
+# AMD Zen 4 2.6x, AMX 3-9x; an AVX2 CPU's emulated bf16 is never measured.
+@pytest.mark.parametrize("flags, speedup, expected", [
+    (AVX512_BF16, 0.62, "fp32"), (AVX512_BF16, 1.1, "fp32"), (AVX512_BF16, 2.6, "bf16"),
+    (AMX, 3.1, "bf16"), (AMX, 0.9, "fp32"), (AVX2, 10.0, "fp32"),
+])
+def test_auto_takes_bf16_only_where_its_products_are_clearly_faster(flags, speedup, expected):
+    assert resolve_precision("auto", flags, speedup=speedup) == expected
+    # An explicit precision is what was asked, however fast.
+    assert resolve_precision("bf16", AMX, speedup=speedup) is Precision.bf16
+    assert resolve_precision("fp32", flags, speedup=speedup) is Precision.fp32
+
+
+@pytest.mark.parametrize("speedup, expected", [(0.6, "fp32"), (2.6, "bf16")])
+def test_this_cpus_auto_reads_its_measured_speedup(monkeypatch, speedup, expected):
+    on_cpu(monkeypatch, AVX512_BF16, speedup)
+    assert resolve_precision("auto") == expected
+    assert planning_precisions("auto", elsewhere=False) == (Precision(expected),)
+
+
+def test_the_bf16_speedup_is_measured_once_per_cpu_kept_and_measured_again_when_unreadable(tmp_path, monkeypatch,
+                                                                                          caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = tmp_path / "af2cpu" / "cpu"
+    precision_module.bf16_speedup.cache_clear()
+    try:
+        if not native_bf16():
+            # Emulated bf16 is not worth measuring (minutes): nothing is measured or kept, auto is fp32.
+            assert precision_module.bf16_speedup() is None
+            assert resolve_precision("auto") is Precision.fp32
+            assert not folder.exists()
+            with pytest.raises(ValueError, match="emulated"):
+                precision_module.measure_bf16_speedup(size=16, rounds=1)
+            return
+        speedup = precision_module.bf16_speedup()
+        (kept,) = folder.glob("bf16-speedup-*.json")
+        record = json.loads(kept.read_text())
+        assert speedup == record["speedup"] > 0 and record["bf16_gflops"] > 0 and record["fp32_gflops"] > 0
+        # Every later process reads the kept figure instead of measuring: one decision per CPU kind.
+        kept.write_text(json.dumps({**record, "speedup": 0.5}))
+        precision_module.bf16_speedup.cache_clear()
+        assert precision_module.bf16_speedup() == 0.5 and resolve_precision("auto") is Precision.fp32
+        # A damaged file is measured again, with a warning naming it, and replaced.
+        for damaged in ("{not json", json.dumps({"speedup": "nan"}), json.dumps({"speedup": -1})):
+            kept.write_text(damaged)
+            precision_module.bf16_speedup.cache_clear()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="af2cpu.runtime.precision"):
+                assert precision_module.bf16_speedup() > 0
+            assert str(kept) in caplog.text
+            assert json.loads(kept.read_text())["speedup"] > 0
+    finally:
+        precision_module.bf16_speedup.cache_clear()
 
 
 def test_the_bf16_units_are_named_amx_first():
@@ -80,7 +142,8 @@ def test_unknown_precision_is_refused_with_the_choices():
 def test_auto_is_the_default_and_every_consumer_reads_the_one_resolution():
     assert compose_config([]).runtime.precision == "auto"
     here = resolve_precision("auto")
-    assert here is (Precision.bf16 if native_bf16() else Precision.fp32)
+    faster = native_bf16() and precision_module.bf16_speedup() >= precision_module.BF16_SPEEDUP_NEEDED
+    assert here is (Precision.bf16 if faster else Precision.fp32)
     shape = TargetShape(32, 8, 16, 0)
     # The memory planner and the model's options use the resolved precision, never "auto".
     options, estimate = plan_options(RuntimeConfig(), get_preset("model_1_ptm"), shape, limit=1 << 40)
@@ -91,13 +154,15 @@ def test_auto_is_the_default_and_every_consumer_reads_the_one_resolution():
 def test_bench_times_bf16_by_default_only_where_it_is_native():
     assert bench_precisions(None, AVX2) == ["fp32"]
     assert bench_precisions(None, AMX) == ["fp32", "bf16"]
+    # Also where auto keeps fp32 because bf16 gains too little: the bench shows what auto weighed.
+    assert bench_precisions(None, AVX512_BF16) == ["fp32", "bf16"]
     assert bench_precisions(["auto"], AVX512_BF16) == ["bf16"]
     assert bench_precisions(["fp32", "auto"], AVX2) == ["fp32"]
 
 
 @pytest.mark.parametrize("flags, same_as", [(AVX2, "fp32"), (AVX512_BF16, "bf16")])
 def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch, flags, same_as):
-    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    on_cpu(monkeypatch, flags)
     monkeypatch.setenv(precision_module.WARNED_VARIABLE, "1")
     folder = TargetDir(tmp_path / "T1")
     folder.path.mkdir()
@@ -115,7 +180,7 @@ def test_inference_cache_key_holds_the_resolved_precision(tmp_path, monkeypatch,
 
 
 def test_planning_precisions_cover_fp32_and_bf16_where_auto_resolves_on_other_cpus(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(AMX))
+    on_cpu(monkeypatch, AMX)
     assert planning_precisions("auto", elsewhere=True) == (Precision.fp32, Precision.bf16)
     assert planning_precisions("auto", elsewhere=False) == (Precision.bf16,)
     assert planning_precisions(Precision.fp32, elsewhere=True) == (Precision.fp32,)
@@ -123,7 +188,7 @@ def test_planning_precisions_cover_fp32_and_bf16_where_auto_resolves_on_other_cp
 
 @pytest.mark.parametrize("flags", [AVX2, AMX], ids=["avx2", "amx"])
 def test_inference_memory_under_auto_covers_fp32_on_other_machines_and_resolves_here_locally(monkeypatch, flags):
-    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    on_cpu(monkeypatch, flags)
     monkeypatch.setenv(precision_module.WARNED_VARIABLE, "1")
 
     def memory(*overrides: str) -> int:  # the inference stage's request for 900 residues

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from af2cpu.config import Precision
-from af2cpu.runtime.precision import native_bf16, resolve_precision
+from af2cpu.runtime.precision import bf16_speedup, native_bf16, resolve_precision
 from af2cpu.runtime.threads import WAIT_VARIABLES
 from af2cpu.runtime.topology import cpu_info
 
@@ -22,7 +22,7 @@ def machine_info(threads: int) -> dict:
     the OpenMP wait variables, torch version and load average."""
     info = cpu_info()
     return {"threads": threads, "cpus": list(info.usable_cpus), "cpu": info.model_name,
-            "isa": sorted(info.isa_flags), "native_bf16": native_bf16(),
+            "isa": sorted(info.isa_flags), "native_bf16": native_bf16(), "bf16_speedup": bf16_speedup(),
             "precision_auto": str(resolve_precision(Precision.auto)), "kernels": kernel_info(),
             "openmp": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", *WAIT_VARIABLES)},
             "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}

@@ -20,7 +20,7 @@ from af2cpu.bench import PRESET
 from af2cpu.bench.contention import VARIANT_NAMES
 from af2cpu.errors import ConfigError
 from af2cpu.model.presets import PRESETS, get_preset
-from af2cpu.runtime.precision import resolve_precision
+from af2cpu.runtime.precision import native_bf16, resolve_precision
 from af2cpu.runtime.threads import prepare_process, usable_cpu_count
 
 
@@ -109,9 +109,10 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_precisions(requested: list[str] | None, flags=None) -> list[str]:
     """The precisions to time, resolved for this CPU (or one with ``flags``), each once: by default fp32,
-    and bf16 where it is native (emulated bf16 is ~450x slower: minutes for one pass)."""
+    and bf16 where it is native (emulated bf16 is ~450x slower: minutes for one pass), also where
+    ``auto`` keeps fp32 because bf16 would gain too little: the bench shows what that choice weighed."""
     if requested is None:
-        requested = ["fp32", "auto"]
+        requested = ["fp32", "bf16"] if native_bf16(flags) else ["fp32"]
     return list(dict.fromkeys(str(resolve_precision(p, flags)) for p in requested))
 
 

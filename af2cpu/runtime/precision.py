@@ -1,9 +1,17 @@
 """The one decision of the network's numeric precision for this CPU (``runtime.precision``).
 
 ``auto`` (the default) is bf16 where the CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX:
-oneDNN's bf16 kernels), fp32 elsewhere. An explicit ``bf16`` on a CPU without them runs as asked,
-with one warning per run: there every bf16 matrix product is emulated, measured ~450x slower
-than fp32 on an AVX2-only AMD EPYC (a 1024² product: 0.2 against 92 GFLOP/s, docs/benchmarks.md).
+oneDNN's bf16 kernels) *and* does so clearly faster than fp32, fp32 elsewhere. Native units are not
+enough: on an Intel Xeon whose oneDNN is kept to AVX512-BF16 (no tiles, as on Intel's CPUs with
+AVX512-BF16 and no AMX) a bf16 product runs at 0.62x fp32's speed and the bf16 pass is 9 % slower
+than fp32, while AMD's Zen 4 runs bf16 products 2.6x faster and AMX 4-9x (docs/benchmarks.md,
+"Precision by CPU"). So where the units exist, the two products' speeds are measured once per CPU
+(:func:`bf16_speedup`, a fraction of a second, kept in the user's cache) and bf16 is chosen from
+``BF16_SPEEDUP_NEEDED`` up.
+
+An explicit ``bf16`` on a CPU without native units runs as asked, with one warning per run: there
+every bf16 matrix product is emulated, measured ~450x slower than fp32 on an AVX2-only AMD EPYC (a
+1024² product: 0.2 against 92 GFLOP/s, docs/benchmarks.md).
 
 Everything that needs the precision (the model's Options, the memory and SLURM planners, the ipex
 back end, the benchmarks) reads it through :func:`resolve_precision`, by way of
@@ -13,11 +21,17 @@ back end, the benchmarks) reads it through :func:`resolve_precision`, by way of
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
+import json
 import logging
+import math
 import os
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
-from af2cpu.config import Precision
+from af2cpu.config import Precision, cache_dir
 from af2cpu.errors import ConfigError
 from af2cpu.runtime.topology import read_cpuinfo
 
@@ -30,6 +44,16 @@ EMULATED_BF16_COST = (
     "bf16 matrix products are emulated on this CPU (no AVX512-BF16 or AMX): measured ~450x slower than "
     "fp32 on an AVX2-only CPU (1024x1024: 0.2 against 92 GFLOP/s). Use runtime.precision=auto (fp32 here)"
 )
+
+# auto takes bf16 where its matrix products are at least this many times as fast as fp32's. Measured
+# (docs/benchmarks.md): 0.62x on an Intel Xeon with oneDNN kept to AVX512-BF16 (the bf16 pass 0.92x
+# the fp32 one), 2.6x on AMD Zen 4 (pass 1.7x), 4-9x on AMX (pass 2.5x). The margin keeps fp32, the
+# more exact of the two, where bf16 would gain little beyond the noise of a busy machine.
+BF16_SPEEDUP_NEEDED = 1.25
+
+# The measurement: square products of this size, fp32 and bf16 taking turns, the best of each kept.
+SPEEDUP_SIZE = 512
+SPEEDUP_ROUNDS = 7
 
 # Set once the warning was given: processes started later (Dask workers) inherit it and stay quiet, so a
 # run warns once, in the process the user watches.
@@ -82,11 +106,81 @@ def bf16_units(flags: Iterable[str] | None = None) -> str | None:
     return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
 
 
-def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = None) -> Precision:
+def _speedup_file() -> Path:
+    """This CPU's measurement in the user's cache: one file per CPU model, feature flags (oneDNN's cap
+    applied), cap and torch version, so nodes of other kinds sharing a home folder keep their own."""
+    model, _ = read_cpuinfo()
+    # The installed torch's version from its metadata: importing torch takes a second, which a process
+    # that finds the file (the CLI's planning) does not need to spend.
+    identity = json.dumps([model, sorted(cpu_flags()), onednn_cap(), importlib.metadata.version("torch")])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return Path(cache_dir("cpu")) / f"bf16-speedup-{digest}.json"
+
+
+def measure_bf16_speedup(size: int = SPEEDUP_SIZE, rounds: int = SPEEDUP_ROUNDS) -> dict[str, float]:
+    """GFLOP/s of a ``size``² matrix product in fp32 and in bf16 with this process's threads, the two
+    taking turns (a busy machine's load hits both alike), the best of ``rounds`` each; and their ratio.
+    Only where bf16 is native: emulated, this takes minutes (ValueError)."""
+    if not native_bf16():
+        raise ValueError("bf16 is not native on this CPU: its products are emulated, not worth measuring")
+    import torch  # deferred: only where bf16 is native and the measurement is due
+
+    operands = {name: (torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype))
+                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    best = dict.fromkeys(operands, math.inf)
+    for a, b in operands.values():
+        a @ b  # warm-up: oneDNN builds its kernel at the first call
+    for _ in range(rounds):
+        for name, (a, b) in operands.items():
+            start = time.perf_counter()
+            a @ b
+            best[name] = min(best[name], time.perf_counter() - start)
+    flop = 2 * size**3
+    return {"fp32_gflops": round(flop / best["fp32"] / 1e9, 1), "bf16_gflops": round(flop / best["bf16"] / 1e9, 1),
+            "speedup": round(best["fp32"] / best["bf16"], 3)}
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_speedup() -> float | None:
+    """How many times faster this CPU multiplies bf16 matrices than fp32 ones (None where bf16 is not
+    native). Measured once per CPU kind and kept in the user's cache (``bf16-speedup-*.json`` under
+    af2cpu's cache folder), so that every process of a run, and every later run, takes the same
+    decision; a file that cannot be read is measured again, one that cannot be written is only logged."""
+    if not native_bf16():
+        return None
+    path = _speedup_file()
+    try:
+        speedup = float(json.loads(path.read_text())["speedup"])
+        if math.isfinite(speedup) and speedup > 0:
+            return speedup
+        log.warning("%s holds no valid bf16 speed-up (%r): measuring again", path, speedup)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("%s cannot be read (%s): measuring the bf16 speed-up again", path, error)
+    measured = measure_bf16_speedup()
+    log.info("bf16 matrix products here: %.2fx fp32 (%s GFLOP/s against %s)", measured["speedup"],
+             measured["bf16_gflops"], measured["fp32_gflops"])
+    try:
+        from af2cpu.io import atomic_write_text  # deferred: numpy, not needed by the flags alone
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**measured, "cpu": read_cpuinfo()[0], "onednn_cap": onednn_cap(),
+                                            "size": SPEEDUP_SIZE}, indent=1) + "\n")
+    except OSError as error:
+        log.info("the bf16 speed-up is not kept in %s (%s): this process measured it for itself", path, error)
+    return measured["speedup"]
+
+
+def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = None,
+                      speedup: float | None = None) -> Precision:
     """The precision ``requested`` means on a CPU with ``flags`` (default: this CPU): fp32 or bf16.
 
-    ``auto`` is bf16 where bf16 is native, else fp32; ``bf16`` where it is not is kept, with one
-    warning per process giving the cost. ConfigError for a name that is no precision.
+    ``auto`` is bf16 where bf16 is native and its products are at least ``BF16_SPEEDUP_NEEDED`` times
+    as fast as fp32's (``speedup``; for this CPU by default :func:`bf16_speedup`, measured; for given
+    ``flags`` without a ``speedup``, the units alone decide), else fp32; ``bf16`` where it is not
+    native is kept, with one warning per process giving the cost. ConfigError for a name that is no
+    precision.
     """
     try:
         precision = Precision(str(requested))
@@ -95,7 +189,11 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
                           f"{', '.join(p.value for p in Precision)}") from None
     native = native_bf16(flags)
     if precision is Precision.auto:
-        return Precision.bf16 if native else Precision.fp32
+        if not native:
+            return Precision.fp32
+        if speedup is None and flags is None:
+            speedup = bf16_speedup()
+        return Precision.bf16 if speedup is None or speedup >= BF16_SPEEDUP_NEEDED else Precision.fp32
     if precision is Precision.bf16 and not native and not os.environ.get(WARNED_VARIABLE):
         os.environ[WARNED_VARIABLE] = "1"
         log.warning("runtime.precision=bf16: %s.", EMULATED_BF16_COST)
