@@ -132,6 +132,19 @@ def test_explicit_bf16_without_native_bf16_runs_with_one_warning_naming_the_cost
     assert os.environ[precision_module.WARNED_VARIABLE] == "1"
 
 
+def test_explicit_bf16_where_native_bf16_is_measured_slower_runs_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setenv(precision_module.WARNED_VARIABLE, "")
+    with caplog.at_level(logging.WARNING, logger="af2cpu.runtime.precision"):
+        assert resolve_precision("bf16", AMX, speedup=3.1) is Precision.bf16  # faster: nothing to say
+        assert resolve_precision("bf16", AVX512_BF16, speedup=1.1) is Precision.bf16  # a little faster: as asked
+        assert not caplog.records
+        assert resolve_precision("bf16", AVX512_BF16, speedup=0.62) is Precision.bf16
+        assert resolve_precision("bf16", AVX512_BF16, speedup=0.62) is Precision.bf16
+    (record,) = caplog.records
+    assert "0.62x" in record.message and "slower than fp32" in record.message
+    assert "runtime.precision=auto" in record.message
+
+
 def test_unknown_precision_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="fp16.*auto, fp32, bf16"):
         resolve_precision("fp16", AVX2)

@@ -178,9 +178,9 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
 
     ``auto`` is bf16 where bf16 is native and its products are at least ``BF16_SPEEDUP_NEEDED`` times
     as fast as fp32's (``speedup``; for this CPU by default :func:`bf16_speedup`, measured; for given
-    ``flags`` without a ``speedup``, the units alone decide), else fp32; ``bf16`` where it is not
-    native is kept, with one warning per process giving the cost. ConfigError for a name that is no
-    precision.
+    ``flags`` without a ``speedup``, the units alone decide), else fp32. ``bf16`` is kept as asked,
+    with one warning per run where it is not native (the cost) or measured slower than fp32.
+    ConfigError for a name that is no precision.
     """
     try:
         precision = Precision(str(requested))
@@ -194,9 +194,18 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
         if speedup is None and flags is None:
             speedup = bf16_speedup()
         return Precision.bf16 if speedup is None or speedup >= BF16_SPEEDUP_NEEDED else Precision.fp32
-    if precision is Precision.bf16 and not native and not os.environ.get(WARNED_VARIABLE):
-        os.environ[WARNED_VARIABLE] = "1"
-        log.warning("runtime.precision=bf16: %s.", EMULATED_BF16_COST)
+    if precision is Precision.bf16 and not os.environ.get(WARNED_VARIABLE):
+        if not native:
+            os.environ[WARNED_VARIABLE] = "1"
+            log.warning("runtime.precision=bf16: %s.", EMULATED_BF16_COST)
+        else:
+            if speedup is None and flags is None:
+                speedup = bf16_speedup()
+            if speedup is not None and speedup < 1:
+                os.environ[WARNED_VARIABLE] = "1"
+                log.warning("runtime.precision=bf16: this CPU's native bf16 matrix products were measured at %.2fx "
+                            "the speed of fp32's, so bf16 runs slower than fp32 here and less exactly. Use "
+                            "runtime.precision=auto (fp32 here)", speedup)
     return precision
 
 

@@ -37,9 +37,9 @@ def isolated() -> list[dict]:
         packed = torch.ops.mkldnn._reorder_linear_weight(w_t, m)
         want = torch.addmm(b.double(), x.double(), w.double())
         # Fresh outputs for all (the model's allocator reuses freed blocks: tune_allocator).
-        candidates = {"mkl": lambda: torch.addmm(b, x, w),
-                      "onednn": lambda: onednn_linear(x, w_t, b, "none", [], ""),
-                      "onednn_packed": lambda: onednn_linear(x, packed, b, "none", [], "")}
+        candidates = {"mkl": lambda x=x, w=w, b=b: torch.addmm(b, x, w),
+                      "onednn": lambda x=x, w_t=w_t, b=b: onednn_linear(x, w_t, b, "none", [], ""),
+                      "onednn_packed": lambda x=x, p=packed, b=b: onednn_linear(x, p, b, "none", [], "")}
         errors = {name: float((fn() - want).abs().max() / want.abs().max()) for name, fn in candidates.items()}
         times = interleaved_times(candidates, rounds=9)
         row = {"shape": f"{m}x{k}x{n}"}
