@@ -24,10 +24,6 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
     return MASK_BIAS * (1.0 - mask)
 
 
-def _fan_in_normal(*shape: int) -> nn.Parameter:
-    return normal_parameter(*shape, std=shape[0] ** -0.5)
-
-
 class Attention(nn.Module):
     """Gated multi-head attention with an additive bias.
 
@@ -41,13 +37,13 @@ class Attention(nn.Module):
         key_dim = (key_dim or c_q) // num_head
         value_dim = (value_dim or c_m) // num_head
         self.num_head, self.key_dim, self.value_dim, self.gating = num_head, key_dim, value_dim, gating
-        self.query_w = _fan_in_normal(c_q, num_head, key_dim)
-        self.key_w = _fan_in_normal(c_m, num_head, key_dim)
-        self.value_w = _fan_in_normal(c_m, num_head, value_dim)
+        self.query_w = normal_parameter(c_q, num_head, key_dim, std=c_q**-0.5)
+        self.key_w = normal_parameter(c_m, num_head, key_dim, std=c_m**-0.5)
+        self.value_w = normal_parameter(c_m, num_head, value_dim, std=c_m**-0.5)
         if gating:
             self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
             self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
-        self.output_w = _fan_in_normal(num_head, value_dim, c_out)
+        self.output_w = normal_parameter(num_head, value_dim, c_out, std=num_head**-0.5)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
     def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -221,12 +217,12 @@ class GlobalAttention(nn.Module):
         key_dim = c_q // num_head
         value_dim = c_m // num_head
         self.num_head, self.key_dim, self.value_dim = num_head, key_dim, value_dim
-        self.query_w = _fan_in_normal(c_q, num_head, key_dim)
-        self.key_w = _fan_in_normal(c_m, key_dim)
-        self.value_w = _fan_in_normal(c_m, value_dim)
+        self.query_w = normal_parameter(c_q, num_head, key_dim, std=c_q**-0.5)
+        self.key_w = normal_parameter(c_m, key_dim, std=c_m**-0.5)
+        self.value_w = normal_parameter(c_m, value_dim, std=c_m**-0.5)
         self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
         self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
-        self.output_w = _fan_in_normal(num_head, value_dim, c_out)
+        self.output_w = normal_parameter(num_head, value_dim, c_out, std=num_head**-0.5)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
     def _attend(self, q_data, m_data, q_mask):

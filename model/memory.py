@@ -102,11 +102,11 @@ from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.model.confidence import METRICS_BLOCK_BYTES
 from af2cpu.model.options import (
     STRUCTURE_WHOLE_PAIR_BYTES,
-    WHOLE_NORM_BYTES,
     ChunkSizes,
     Options,
     as_precision,
     embedding_step_rows,
+    normalised_whole,
     triangle_product_rows,
 )
 from af2cpu.model.presets import Architecture, EvoformerStackConfig, Preset, get_preset
@@ -287,7 +287,7 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
         # The normalised pair whole while small, else a block of rows at a time (for the bias and the
         # attention); the output whole, or in place each block's update added into the pair.
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              (pair if pair <= WHOLE_NORM_BYTES else 0) + (ta * L * C * b if inplace else pair)
+              (pair if normalised_whole(pair) else 0) + (ta * L * C * b if inplace else pair)
               + 2 * heads * L * L * b + ta * (L * 8 * C + heads * L * L) * b),
         _triangle_multiplication_term(prefix, L, C, c, b, ch, tm, inplace),
         _Term(f"{prefix}pair transition", "transition",
@@ -329,7 +329,7 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
 
     def normed(step_bytes: int) -> int:  # the attentions' normalised MSA: whole while small, else a block
-        return act if act <= WHOLE_NORM_BYTES else step_bytes
+        return act if normalised_whole(act) else step_bytes
 
     def output(step_bytes: int) -> int:  # their output: a block's update added in place, or whole
         return step_bytes if inplace else act
