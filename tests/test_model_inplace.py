@@ -55,6 +55,24 @@ def test_an_update_of_another_dtype_is_refused_not_rounded_or_lost():
     assert pair.sum(dim=(1, 2)).tolist() == [0, 6, 6, 0]
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
+def test_attention_adds_into_a_tensor_of_its_output_shape_and_dtype_only(transposed):
+    from af2cpu.model.attention import Attention
+
+    attention = Attention(8, 8, 8, 2)
+    x, mask = torch.randn(5, 3, 8), torch.ones(5, 3)
+    options = Options(block_bytes=1)  # a block a row (column): the shape is checked before the first
+    with torch.inference_mode():
+        for add_to, match in [(torch.zeros(5, 3, 8, dtype=torch.bfloat16), "float32 for a representation of dtype"),
+                              (torch.zeros(6, 3, 8), r"shape \(5, 3, 8\) for a tensor of shape \(6, 3, 8\)")]:
+            with pytest.raises(TypeError, match=match):
+                attention.self_attention(x, mask, transposed=transposed, options=options, add_to=add_to)
+            assert not add_to.any()  # nothing was added before the error
+        own = torch.zeros(5, 3, 8)
+        assert attention.self_attention(x, mask, transposed=transposed, options=options, add_to=own) is own
+        assert torch.equal(own, attention.self_attention(x, mask, transposed=transposed, options=options))
+
+
 @pytest.mark.parametrize("options", [Options(), Options(chunks=ChunkSizes(triangle_channels=48, msa_column_attention=4),
                                                          block_bytes=1)],
                          ids=["default", "channel_slabs_one_row_steps_column_blocks"])
