@@ -89,16 +89,22 @@ peak RSS (`af2cpu bench`), which is why they live in named constants.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from af2cpu.common import residue_constants as rc
-from af2cpu.config import Precision
+from af2cpu.config import Precision, cache_dir
 from af2cpu.errors import Af2CpuError, ConfigError
+from af2cpu.io import atomic_write_text, file_hash
 from af2cpu.model.confidence import METRICS_BLOCK_BYTES
 from af2cpu.model.options import (
     STRUCTURE_WHOLE_PAIR_BYTES,
@@ -239,10 +245,10 @@ class MemoryEstimate:
         )
 
 
-@functools.cache
-def parameter_count(architecture: Architecture) -> int:
-    """Parameters of the network of ``architecture`` with every module (templates and the PAE head),
-    counted on the modules themselves, built on torch's meta device (no memory); memoised."""
+def _count_modules(architecture: Architecture) -> tuple[int, dict[str, str]]:
+    """The parameters of the network of ``architecture``, counted on its modules built on torch's meta
+    device (no memory), and the sha256 of every af2cpu source file loaded once they are built (the code
+    the count read, and more)."""
     # deferred: torch, not with this module: the CLI imports the planner and starts without torch.
     import torch
 
@@ -250,7 +256,46 @@ def parameter_count(architecture: Architecture) -> int:
 
     with torch.device("meta"):
         model = AlphaFold(replace(get_preset(_FULLEST_PRESET), architecture=architecture))
-    return sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters())
+    files = {module.__file__ for name, module in list(sys.modules.items())
+             if name.split(".")[0] == "af2cpu" and getattr(module, "__file__", None)}
+    return count, {path: file_hash(path) for path in sorted(files)}
+
+
+def _counts_path() -> Path:
+    return Path(cache_dir("planner")) / "parameter_counts.json"
+
+
+def _still_valid(entry: Any) -> bool:
+    """Whether a memoised count is one and every source file it was counted with is unchanged."""
+    try:
+        return isinstance(entry["count"], int) and all(file_hash(source) == digest
+                                                        for source, digest in entry["sources"].items())
+    except (OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
+@functools.cache
+def parameter_count(architecture: Architecture) -> int:
+    """Parameters of the network of ``architecture`` with every module (templates and the PAE head),
+    counted on the modules themselves (_count_modules); memoised in the process and in af2cpu's user
+    cache, keyed by the architecture and valid while every af2cpu source file the count loaded is
+    unchanged. A fresh process that plans (the CLI, `af2cpu slurm script`, an inference's cache key)
+    then reads a number instead of importing torch and building the network (1.1 s)."""
+    key = hashlib.sha256(repr(architecture).encode()).hexdigest()
+    path = _counts_path()
+    counts = {}
+    with contextlib.suppress(OSError, ValueError):  # none yet, or damaged: counted again and rewritten
+        loaded = json.loads(path.read_text())
+        counts = loaded if isinstance(loaded, dict) else {}
+    if _still_valid(counts.get(key)):
+        return counts[key]["count"]
+    count, sources = _count_modules(architecture)
+    counts[key] = {"count": count, "sources": sources}
+    with contextlib.suppress(OSError):  # a read-only cache: counted again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(counts, indent=1, sort_keys=True))
+    return count
 
 
 @dataclass(frozen=True)
