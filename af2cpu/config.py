@@ -198,7 +198,9 @@ class SchedulerConfig:
     account: str | None = None
     walltime: str = "04:00:00"
     cores: int = 4
-    memory: str = "16GiB"
+    # "auto": the batch's largest stage estimate plus headroom for each of the job's `processes` workers
+    # (as `af2cpu slurm script` sizes array tasks); a size (e.g. "16GiB") wins, with a warning if smaller.
+    memory: str = "auto"
     processes: int = 1
     job_directives: list[str] = field(default_factory=list)  # extra #SBATCH / #PBS lines, e.g. "--qos=long"
     log_directory: str | None = None  # the jobs' stdout/stderr; None = the submission folder

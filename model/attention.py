@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.model.options import Options, chunk_slices
-from af2cpu.model.primitives import normal_parameter
+from af2cpu.model.primitives import add_in_place, normal_parameter
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9
@@ -22,10 +22,6 @@ MASK_BIAS = -1e9
 def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
     """0 where ``mask`` is 1, ``MASK_BIAS`` where it is 0 (AlphaFold2's ``1e9 * (mask - 1)``)."""
     return MASK_BIAS * (1.0 - mask)
-
-
-def _fan_in_normal(*shape: int) -> nn.Parameter:
-    return normal_parameter(*shape, std=shape[0] ** -0.5)
 
 
 class Attention(nn.Module):
@@ -41,13 +37,13 @@ class Attention(nn.Module):
         key_dim = (key_dim or c_q) // num_head
         value_dim = (value_dim or c_m) // num_head
         self.num_head, self.key_dim, self.value_dim, self.gating = num_head, key_dim, value_dim, gating
-        self.query_w = _fan_in_normal(c_q, num_head, key_dim)
-        self.key_w = _fan_in_normal(c_m, num_head, key_dim)
-        self.value_w = _fan_in_normal(c_m, num_head, value_dim)
+        self.query_w = normal_parameter(c_q, num_head, key_dim, std=c_q**-0.5)
+        self.key_w = normal_parameter(c_m, num_head, key_dim, std=c_m**-0.5)
+        self.value_w = normal_parameter(c_m, num_head, value_dim, std=c_m**-0.5)
         if gating:
             self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
             self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
-        self.output_w = _fan_in_normal(num_head, value_dim, c_out)
+        self.output_w = normal_parameter(num_head, value_dim, c_out, std=num_head**-0.5)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
     def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -110,9 +106,11 @@ class Attention(nn.Module):
         seq_len = x.shape[1 - batch_dim]
         step = (options or Options()).step_rows(chunk_size, x.shape[batch_dim],
                                                 seq_len * sum(sizes) * x.element_size())
-        if add_to is not None and (add_to.dtype != dtype or add_to.shape != (*x.shape[:2], w_out.shape[1])):
-            raise TypeError(f"an attention update of {dtype} {tuple(x.shape[:2]) + (w_out.shape[1],)} for a "
-                            f"tensor of {add_to.dtype} {tuple(add_to.shape)}")
+        # add_to's dtype is add_in_place's check (raised at the first block, before anything is added); its
+        # shape is checked here, as a block of it would take a shorter update's rows without a word.
+        if add_to is not None and add_to.shape != (*x.shape[:2], w_out.shape[1]):
+            raise TypeError(f"an attention update of shape {tuple(x.shape[:2]) + (w_out.shape[1],)} for a tensor "
+                            f"of shape {tuple(add_to.shape)}")
         out_full = None if add_to is not None else x.new_empty((*x.shape[:2], w_out.shape[1]))
         for s in chunk_slices(x.shape[batch_dim], step):
             xs = x[:, s] if transposed else x[s]
@@ -134,8 +132,8 @@ class Attention(nn.Module):
             else:
                 out = out.contiguous()
             if add_to is not None:  # the block's update, added in place
-                (add_to[:, s] if transposed else add_to[s]).add_(
-                    torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1))
+                add_in_place(add_to[:, s] if transposed else add_to[s],
+                             torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1))
             elif transposed and step < x.shape[1]:  # a column block: not contiguous in the result
                 out_full[:, s] = torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1)
             else:  # a block of rows, or every column at once: contiguous in the result
@@ -221,12 +219,12 @@ class GlobalAttention(nn.Module):
         key_dim = c_q // num_head
         value_dim = c_m // num_head
         self.num_head, self.key_dim, self.value_dim = num_head, key_dim, value_dim
-        self.query_w = _fan_in_normal(c_q, num_head, key_dim)
-        self.key_w = _fan_in_normal(c_m, key_dim)
-        self.value_w = _fan_in_normal(c_m, value_dim)
+        self.query_w = normal_parameter(c_q, num_head, key_dim, std=c_q**-0.5)
+        self.key_w = normal_parameter(c_m, key_dim, std=c_m**-0.5)
+        self.value_w = normal_parameter(c_m, value_dim, std=c_m**-0.5)
         self.gating_w = nn.Parameter(torch.zeros(c_q, num_head, value_dim))
         self.gating_b = nn.Parameter(torch.ones(num_head, value_dim))
-        self.output_w = _fan_in_normal(num_head, value_dim, c_out)
+        self.output_w = normal_parameter(num_head, value_dim, c_out, std=num_head**-0.5)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
     def _attend(self, q_data, m_data, q_mask):

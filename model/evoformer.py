@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from af2cpu.model.attention import Attention, GlobalAttention
-from af2cpu.model.options import WHOLE_NORM_BYTES, Options, chunk_slices, triangle_product_rows
+from af2cpu.model.options import Options, chunk_slices, normalised_whole, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
 from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, normal_parameter
 
@@ -41,9 +41,9 @@ def _normed_pair_bias(pair: torch.Tensor, norm: nn.Module, weights: torch.Tensor
 
 def _normed_or_blocks(act: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, nn.Module | None]:
     """The attention's input and the norm it still applies (Attention.self_attention's ``norm``):
-    small inputs normalised once, whole (up to WHOLE_NORM_BYTES: one layer norm, faster at normal
+    small inputs normalised once, whole (options.normalised_whole: one layer norm, faster at normal
     sizes); larger ones a block at a time as the attention reads them (no whole normalised copy)."""
-    if act.numel() * act.element_size() <= WHOLE_NORM_BYTES:
+    if normalised_whole(act.numel() * act.element_size()):
         return norm(act), None
     return act, norm
 

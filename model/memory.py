@@ -89,24 +89,30 @@ peak RSS (`af2cpu bench`), which is why they live in named constants.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from af2cpu.common import residue_constants as rc
-from af2cpu.config import Precision
+from af2cpu.config import Precision, cache_dir
 from af2cpu.errors import Af2CpuError, ConfigError
+from af2cpu.io import atomic_write_text, file_hash
 from af2cpu.model.confidence import METRICS_BLOCK_BYTES
 from af2cpu.model.options import (
     STRUCTURE_WHOLE_PAIR_BYTES,
-    WHOLE_NORM_BYTES,
     ChunkSizes,
     Options,
     as_precision,
     embedding_step_rows,
+    normalised_whole,
     triangle_product_rows,
 )
 from af2cpu.model.presets import Architecture, EvoformerStackConfig, Preset, get_preset
@@ -239,10 +245,10 @@ class MemoryEstimate:
         )
 
 
-@functools.cache
-def parameter_count(architecture: Architecture) -> int:
-    """Parameters of the network of ``architecture`` with every module (templates and the PAE head),
-    counted on the modules themselves, built on torch's meta device (no memory); memoised."""
+def _count_modules(architecture: Architecture) -> tuple[int, dict[str, str]]:
+    """The parameters of the network of ``architecture``, counted on its modules built on torch's meta
+    device (no memory), and the sha256 of every af2cpu source file loaded once they are built (the code
+    the count read, and more)."""
     # deferred: torch, not with this module: the CLI imports the planner and starts without torch.
     import torch
 
@@ -250,7 +256,46 @@ def parameter_count(architecture: Architecture) -> int:
 
     with torch.device("meta"):
         model = AlphaFold(replace(get_preset(_FULLEST_PRESET), architecture=architecture))
-    return sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters())
+    files = {module.__file__ for name, module in list(sys.modules.items())
+             if name.split(".")[0] == "af2cpu" and getattr(module, "__file__", None)}
+    return count, {path: file_hash(path) for path in sorted(files)}
+
+
+def _counts_path() -> Path:
+    return Path(cache_dir("planner")) / "parameter_counts.json"
+
+
+def _still_valid(entry: Any) -> bool:
+    """Whether a memoised count is one and every source file it was counted with is unchanged."""
+    try:
+        return isinstance(entry["count"], int) and all(file_hash(source) == digest
+                                                        for source, digest in entry["sources"].items())
+    except (OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
+@functools.cache
+def parameter_count(architecture: Architecture) -> int:
+    """Parameters of the network of ``architecture`` with every module (templates and the PAE head),
+    counted on the modules themselves (_count_modules); memoised in the process and in af2cpu's user
+    cache, keyed by the architecture and valid while every af2cpu source file the count loaded is
+    unchanged. A fresh process that plans (the CLI, `af2cpu slurm script`, an inference's cache key)
+    then reads a number instead of importing torch and building the network (1.1 s)."""
+    key = hashlib.sha256(repr(architecture).encode()).hexdigest()
+    path = _counts_path()
+    counts = {}
+    with contextlib.suppress(OSError, ValueError):  # none yet, or damaged: counted again and rewritten
+        loaded = json.loads(path.read_text())
+        counts = loaded if isinstance(loaded, dict) else {}
+    if _still_valid(counts.get(key)):
+        return counts[key]["count"]
+    count, sources = _count_modules(architecture)
+    counts[key] = {"count": count, "sources": sources}
+    with contextlib.suppress(OSError):  # a read-only cache: counted again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(counts, indent=1, sort_keys=True))
+    return count
 
 
 @dataclass(frozen=True)
@@ -287,7 +332,7 @@ def _pair_stack_terms(prefix: str, L: int, C: int, heads: int, c: int, transitio
         # The normalised pair whole while small, else a block of rows at a time (for the bias and the
         # attention); the output whole, or in place each block's update added into the pair.
         _Term(f"{prefix}triangle attention", "triangle_attention",
-              (pair if pair <= WHOLE_NORM_BYTES else 0) + (ta * L * C * b if inplace else pair)
+              (pair if normalised_whole(pair) else 0) + (ta * L * C * b if inplace else pair)
               + 2 * heads * L * L * b + ta * (L * 8 * C + heads * L * L) * b),
         _triangle_multiplication_term(prefix, L, C, c, b, ch, tm, inplace),
         _Term(f"{prefix}pair transition", "transition",
@@ -329,7 +374,7 @@ def _msa_terms(prefix: str, L: int, R: int, stack: EvoformerStackConfig, b: int,
     few_rows = int(2 * R * (o * c_z - o * o) < o * o * c_z)
 
     def normed(step_bytes: int) -> int:  # the attentions' normalised MSA: whole while small, else a block
-        return act if act <= WHOLE_NORM_BYTES else step_bytes
+        return act if normalised_whole(act) else step_bytes
 
     def output(step_bytes: int) -> int:  # their output: a block's update added in place, or whole
         return step_bytes if inplace else act

@@ -40,6 +40,13 @@ def embedding_step_rows(row_bytes: int) -> int:
 # size (Options.norm_block_rows).
 WHOLE_NORM_BYTES = 64 << 20
 
+
+def normalised_whole(nbytes: int) -> bool:
+    """Whether an input of ``nbytes`` bytes is layer-normalised whole (one step) rather than a block at a
+    time: at most ``WHOLE_NORM_BYTES``. The one rule of the attentions (evoformer._normed_or_blocks), the
+    column global attention (Options.norm_block_rows) and the memory planner."""
+    return nbytes <= WHOLE_NORM_BYTES
+
 # The structure module keeps its layer-normed fp32 pair whole for its eight iterations up to this size
 # (one layer norm); above it, it normalises a block of rows at a time where the pair is read (no fp32
 # pair-sized copy at long lengths, at the cost of a layer norm per iteration).
@@ -128,7 +135,7 @@ class Options:
         blocks of about that many bytes (the normalised input and the step's intermediates never
         whole); within the memory ``chunk``. Compiled blocks (no cache blocks): the chunk, or whole."""
         rows = total if chunk is None else min(chunk, total)
-        if self.cache_block_bytes is not None and total * row_bytes > WHOLE_NORM_BYTES:
+        if self.cache_block_bytes is not None and not normalised_whole(total * row_bytes):
             rows = min(rows, max(1, WHOLE_NORM_BYTES // max(1, row_bytes)))
         return max(1, rows)
 

@@ -28,11 +28,12 @@ from af2cpu.preprocessing.inputs import Target, read_fasta_batch
 from af2cpu.preprocessing.searches import required_databases, required_tools
 from af2cpu.runtime.memory import parse_memory_limit
 from af2cpu.scheduler.cache import LockTimeout, StageCache
-from af2cpu.scheduler.cluster import start_cluster
+from af2cpu.scheduler.cluster import start_cluster, starts_worker_jobs
 from af2cpu.scheduler.graph import BatchGraph, TargetOutcome
 from af2cpu.scheduler.progress import Progress
 from af2cpu.scheduler.report import collect
 from af2cpu.scheduler.sharding import resolve_array_task, select_shard
+from af2cpu.scheduler.slurm import largest_memory_need
 from af2cpu.scheduler.stages import target_stages
 from af2cpu.summary import TargetSummary, merge_batch_summary
 
@@ -156,7 +157,10 @@ def run_batch(
     try:
         if runnable:
             memory = parse_memory_limit(str(cfg.runtime.memory_limit))
-            with start_cluster(cfg.scheduler, memory_limit=memory, model_threads=int(cfg.runtime.threads)) as handle:
+            # Worker jobs are sized for the batch's largest stage (scheduler.memory=auto), as array tasks are.
+            need = largest_memory_need(runnable, lambda t: stages[t.id]) if starts_worker_jobs(cfg.scheduler) else None
+            with start_cluster(cfg.scheduler, memory_limit=memory, model_threads=int(cfg.runtime.threads),
+                               need=need) as handle:
                 if handle.dashboard_link and not quiet:
                     log.info("Dask dashboard: %s", handle.dashboard_link)
                 progress = Progress({t.id: len(stages[t.id]) for t in runnable}, quiet=quiet)

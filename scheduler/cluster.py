@@ -2,8 +2,9 @@
 
 `start_cluster` attaches to a running scheduler (`scheduler.address`), starts a dask-jobqueue
 cluster whose workers are SLURM or PBS jobs (`scheduler=slurm|pbs`, adaptive between
-`adapt_minimum` and `adapt_maximum` jobs), or starts a local scheduler and one `distributed.Nanny`
-worker process per planned instance. Each local worker:
+`adapt_minimum` and `adapt_maximum` jobs; each job's memory the batch's largest stage estimate unless
+`scheduler.memory` sets it), or starts a local scheduler and one `distributed.Nanny` worker process per
+planned instance. Each local worker:
 
 - starts with OMP/MKL/OpenBLAS thread variables matching its allotment (set by its nanny, before
   PyTorch or any BLAS is imported);
@@ -17,18 +18,21 @@ worker process per planned instance. Each local worker:
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 
+from dask.utils import parse_bytes
 from distributed import Client, Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 from typing_extensions import Self
 
 from af2cpu.config import ClusterKind, SchedulerConfig
 from af2cpu.errors import Af2CpuError, ConfigError
+from af2cpu.runtime.memory import GIB
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
 from af2cpu.runtime.threads import apply_allotment, openmp_environment, thread_environment
 from af2cpu.runtime.topology import available_memory, cgroup_cpu_limit, read_topology
@@ -157,16 +161,66 @@ def job_script_value(what: str, value: object) -> str:
     return text
 
 
-def jobqueue_options(config: SchedulerConfig) -> dict:
-    """dask-jobqueue keyword arguments for `config`: job size, and worker resources and threads that
-    match the job's share of cores so the graph's `cpus` requests hold on batch nodes too."""
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What one worker process (a SLURM array task, a dask-jobqueue worker) needs to run any stage of a
+    batch: the largest stage estimate plus headroom (af2cpu.scheduler.slurm.estimated_memory), and the
+    target that needs it."""
+
+    nbytes: int
+    target: str
+    residues: int
+
+
+def warn_if_short(request: str, per_worker: int, need: MemoryNeed) -> None:
+    """A warning when a memory ``request`` the user set gives each worker process less than ``need``.
+
+    A warning, not an error: the estimate is the unchunked pass at its preset's largest inputs plus
+    headroom, and the planner on the worker chunks the network within what the job has (slower), so a
+    smaller request (a partition's cap, a user who knows the MSAs are shallow) can run; a target that does
+    not fit even in the smallest chunks fails there with the planner's error, naming it."""
+    if per_worker < need.nbytes:
+        log.warning("%s gives each worker process %.1f GiB, less than the %.1f GiB planned for %s (%d residues: "
+                    "its largest stage estimate plus headroom); its inferences will run in smaller chunks, or fail "
+                    "if even the smallest do not fit. Leave the memory to the planner to request the estimate",
+                    request, per_worker / GIB, need.nbytes / GIB, need.target, need.residues)
+
+
+def job_memory(config: SchedulerConfig, need: MemoryNeed | None) -> str:
+    """The memory each worker job asks for: ``scheduler.memory``, or with ``auto`` the batch's ``need``
+    for each of the job's ``scheduler.processes`` workers (whole GiB). A set value below that need is
+    warned about (warn_if_short), never raised: it wins."""
+    processes = max(1, int(config.processes))
+    text = job_script_value("scheduler.memory", config.memory)
+    if text.strip().lower() == "auto":
+        if need is None:
+            raise ConfigError("scheduler.memory=auto sizes the worker jobs from a batch's stage estimates, and "
+                              "there is no batch here: set scheduler.memory (e.g. 16GiB)")
+        return f"{math.ceil(need.nbytes * processes / GIB)}GiB"
+    try:
+        requested = parse_bytes(text)
+    except ValueError:
+        raise ConfigError(f"scheduler.memory={text!r} is not a size: write auto, or e.g. 16GiB") from None
+    if need is not None:
+        warn_if_short(f"scheduler.memory={text} ({processes} worker process(es) a job)", requested // processes, need)
+    return text
+
+
+def starts_worker_jobs(config: SchedulerConfig) -> bool:
+    """Whether ``config`` starts dask-jobqueue worker jobs (SLURM or PBS), rather than attaching or local."""
+    return not config.address and ClusterKind(config.kind) != ClusterKind.local
+
+
+def jobqueue_options(config: SchedulerConfig, need: MemoryNeed | None = None) -> dict:
+    """dask-jobqueue keyword arguments for `config`: job size (its memory: job_memory, from the batch's
+    ``need``), and worker resources and threads that match the job's share of cores so the graph's `cpus`
+    requests hold on batch nodes too."""
     processes = max(1, int(config.processes))
     if int(config.cores) < processes:
         raise ConfigError(f"scheduler.cores ({config.cores}) must be at least scheduler.processes ({processes})")
     threads = int(config.cores) // processes
     options = {
         "cores": int(config.cores),
-        "memory": job_script_value("scheduler.memory", config.memory),
         "processes": processes,
         "walltime": job_script_value("scheduler.walltime", config.walltime),
         "job_name": "af2cpu-worker",
@@ -184,6 +238,7 @@ def jobqueue_options(config: SchedulerConfig) -> dict:
         options["log_directory"] = job_script_value("scheduler.log_directory", config.log_directory)
     if config.host:
         options["scheduler_options"] = {"host": job_script_value("scheduler.host", config.host)}
+    options["memory"] = job_memory(config, need)  # last: the values above are checked whatever it raises
     return options
 
 
@@ -202,8 +257,9 @@ def check_job_script(script: str) -> None:
         )
 
 
-def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
-    """A dask-jobqueue SLURMCluster or PBSCluster scaled adaptively, and a client with a first worker."""
+def start_jobqueue(config: SchedulerConfig, need: MemoryNeed | None = None) -> ClusterHandle:
+    """A dask-jobqueue SLURMCluster or PBSCluster scaled adaptively, and a client with a first worker;
+    ``need``: what a worker needs for the batch (job_memory)."""
     kind = ClusterKind(config.kind)
     try:
         import dask_jobqueue  # deferred: an optional dependency (the hpc extra)
@@ -217,7 +273,10 @@ def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
     if shutil.which(submit) is None:
         raise ConfigError(f"scheduler={kind.value} submits worker jobs with {submit}, which is not on PATH; "
                           "run on a login node of the cluster, or use scheduler=local")
-    cluster = cls(**jobqueue_options(config))
+    options = jobqueue_options(config, need)
+    log.info("each %s worker job asks for %d core(s) and %s of memory (scheduler.memory=%s)", kind.value,
+             options["cores"], options["memory"], config.memory)
+    cluster = cls(**options)
     try:
         if kind == ClusterKind.slurm:
             check_job_script(cluster.job_script())
@@ -238,19 +297,20 @@ def start_jobqueue(config: SchedulerConfig) -> ClusterHandle:
 
 
 def start_cluster(
-    config: SchedulerConfig, memory_limit: int | None = None, plan: Plan | None = None, model_threads: int = 0
+    config: SchedulerConfig, memory_limit: int | None = None, plan: Plan | None = None, model_threads: int = 0,
+    need: MemoryNeed | None = None,
 ) -> ClusterHandle:
     """The cluster `config` asks for: attach to `config.address`, or start pinned local workers.
 
     Without `plan`, one is made from this process's CPU topology with `config.n_workers` instances of
     `config.threads_per_worker` threads, or else of `model_threads` (``runtime.threads``: one model
     instance per worker); 0 leaves it to the planner. `memory_limit` (bytes; by default the available
-    memory) is shared equally between the workers.
+    memory) is shared equally between the workers. `need` sizes dask-jobqueue worker jobs (job_memory).
     """
     if config.address:
         return attach(config.address, config.connect_timeout)
-    if ClusterKind(config.kind) != ClusterKind.local:
-        return start_jobqueue(config)
+    if starts_worker_jobs(config):
+        return start_jobqueue(config, need)
     if plan is None:
         plan = plan_instances(
             read_topology(),

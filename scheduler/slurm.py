@@ -22,17 +22,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from af2cpu.config import Precision, compose_config
 from af2cpu.errors import Af2CpuError, ConfigError
 from af2cpu.layout import BatchDir
-from af2cpu.preprocessing.inputs import read_fasta_batch
-from af2cpu.runtime.memory import GIB
+from af2cpu.preprocessing.inputs import Target, read_fasta_batch
+from af2cpu.runtime.memory import GIB, parse_memory_limit
 from af2cpu.runtime.threads import without_chosen_wait
-from af2cpu.scheduler.cluster import job_script_value
+from af2cpu.scheduler.cluster import MemoryNeed, job_script_value, warn_if_short
 from af2cpu.scheduler.stages import Stage, target_stages
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ def estimated_memory(stages: Sequence[Stage], length: int) -> int:
     declared stages, plus headroom."""
     peak = max((stage.memory(length) for stage in stages if stage.memory is not None), default=0)
     return int(peak * HEADROOM_FACTOR) + HEADROOM_BYTES
+
+
+def largest_memory_need(targets: Sequence[Target], stages: Callable[[Target], Sequence[Stage]]) -> MemoryNeed:
+    """What one worker process needs to run any stage of ``targets`` (a SLURM array task, a dask-jobqueue
+    worker): the largest estimated_memory of a target's ``stages`` (declared to run on the compute nodes,
+    whose CPUs decide runtime.precision=auto), and the target that needs it."""
+    return max((MemoryNeed(estimated_memory(stages(t), t.num_residues), t.id, t.num_residues) for t in targets),
+               key=lambda need: need.nbytes)
 
 
 def shell_words(command: Sequence[str]) -> str:
@@ -186,16 +194,20 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
     cpus = cpus_per_task or 4
     if cpus < 1:
         raise ConfigError(f"--cpus-per-task must be at least 1, not {cpus}")
-    longest = max(t.num_residues for t in targets)
     # A complex's inference runs the multimer presets on all its chains together. The stages run on the
     # compute nodes, whose CPUs decide runtime.precision=auto (planning_precisions).
-    memory_gib = math.ceil(max(estimated_memory(target_stages(cfg, "predict", t, elsewhere=True), t.num_residues)
-                               for t in targets) / GIB)
+    need = largest_memory_need(targets, lambda t: target_stages(cfg, "predict", t, elsewhere=True))
     if mem is None:
-        mem = f"{memory_gib}G"
-        log.info("memory per task: %s (planner estimate for the longest target, %d residues, plus headroom%s)",
-                 mem, longest, "; runtime.precision=auto: the larger of fp32 and bf16, as the compute "
-                 "nodes' CPUs decide" if cfg.runtime.precision is Precision.auto else "")
+        mem = f"{math.ceil(need.nbytes / GIB)}G"
+        log.info("memory per task: %s (planner estimate for %s, %d residues, plus headroom%s)",
+                 mem, need.target, need.residues, "; runtime.precision=auto: the larger of fp32 and bf16, as "
+                 "the compute nodes' CPUs decide" if cfg.runtime.precision is Precision.auto else "")
+    else:
+        try:  # sbatch reads a bare number as megabytes
+            requested = parse_memory_limit(f"{mem}M" if mem.strip().isdigit() else mem)
+        except ConfigError:
+            raise ConfigError(f"--mem {mem!r} is not a size: write e.g. 16G") from None
+        warn_if_short(f"--mem {mem}", requested, need)
     extra = list(overrides)
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     # Inside the job, "auto" would see the whole node; the allocation is what this task may use.

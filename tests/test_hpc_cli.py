@@ -50,7 +50,8 @@ def test_pbs_worker_jobs_advertise_their_share_of_cores():
     from af2cpu.runtime.threads import user_wait_variables
     from af2cpu.scheduler.cluster import jobqueue_options
 
-    cfg = compose_config(["scheduler=pbs", "scheduler.cores=8", "scheduler.processes=2", "scheduler.queue=workq",
+    cfg = compose_config(["scheduler=pbs", "scheduler.cores=8", "scheduler.processes=2", "scheduler.memory=16GiB",
+                          "scheduler.queue=workq",
                           "scheduler.account=bio", 'scheduler.job_directives=["-l place=scatter"]'])
     cluster = PBSCluster(**jobqueue_options(cfg.scheduler))
     try:
@@ -79,3 +80,53 @@ def test_slurm_memory_for_auto_precision_covers_a_compute_node_without_native_bf
     # auto resolves on the compute node: the request must cover fp32 whatever CPU plans the job.
     assert mem("fp32") > mem("bf16")
     assert mem("auto") == mem("fp32")
+
+
+def _worker_job_script(cfg, need) -> str:
+    from dask_jobqueue import SLURMCluster
+
+    from af2cpu.scheduler.cluster import jobqueue_options
+
+    cluster = SLURMCluster(**jobqueue_options(cfg.scheduler, need))
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+def test_jobqueue_worker_memory_follows_the_batchs_largest_stage_estimate(tmp_path, caplog):
+    from af2cpu.config import compose_config
+    from af2cpu.errors import ConfigError
+    from af2cpu.preprocessing.inputs import Target
+    from af2cpu.runtime.memory import GIB
+    from af2cpu.scheduler.cluster import jobqueue_options
+    from af2cpu.scheduler.slurm import estimated_memory, largest_memory_need, plan_job
+    from af2cpu.scheduler.stages import target_stages
+
+    # scheduler.memory is auto unless set: each job asks for its two workers' share of the largest estimate.
+    cfg = compose_config([*OVERRIDES, "scheduler=slurm", "scheduler.cores=4", "scheduler.processes=2"])
+    targets = [Target("short", "", VILLIN), Target("long", "", (CRAMBIN * 20)[:900]), Target("mid", "", CRAMBIN * 4)]
+    need = largest_memory_need(targets, lambda t: target_stages(cfg, "predict", t))
+    assert need.target == "long" and need.residues == 900
+    assert need.nbytes == estimated_memory(target_stages(cfg, "predict", targets[1]), 900)
+    # The same figure as an array task of `af2cpu slurm script` (its stages planned for the compute nodes).
+    fasta = tmp_path / "long.fasta"
+    fasta.write_text(f">long\n{targets[1].sequence}\n")
+    per_task = int(plan_job(str(fasta), str(tmp_path / "out"), OVERRIDES).mem[:-1])
+    assert per_task == -(-need.nbytes // GIB)
+    assert f"#SBATCH --mem={-(-2 * need.nbytes // GIB)}G" in _worker_job_script(cfg, need).splitlines()
+    with pytest.raises(ConfigError, match="scheduler.memory=auto .* set scheduler.memory"):
+        jobqueue_options(cfg.scheduler)
+
+    # A set value wins; below the estimate it is warned about, naming the target and the figures.
+    small = compose_config([*OVERRIDES, "scheduler=slurm", "scheduler.processes=2", "scheduler.memory=8GiB"])
+    with caplog.at_level("WARNING", logger="af2cpu.scheduler.cluster"):
+        assert "#SBATCH --mem=8G" in _worker_job_script(small, need).splitlines()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "scheduler.memory=8GiB" in warning and "4.0 GiB" in warning and "long (900 residues" in warning
+    assert f"{need.nbytes / GIB:.1f} GiB" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="af2cpu.scheduler.cluster"):
+        big = compose_config([*OVERRIDES, "scheduler=slurm", f"scheduler.memory={-(-need.nbytes // GIB)}GiB"])
+        _worker_job_script(big, need)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

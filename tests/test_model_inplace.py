@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from af2cpu.model import confidence, heads, structure_module
+from af2cpu.model import confidence, evoformer, heads, structure_module
+from af2cpu.model import options as model_options
 from af2cpu.model.evoformer import EvoformerIteration, MSAColumnGlobalAttention
 from af2cpu.model.options import WHOLE_NORM_BYTES, ChunkSizes, Options
 from af2cpu.model.presets import Architecture
-from af2cpu.model.primitives import add_in_place
+from af2cpu.model.primitives import LayerNorm, add_in_place
 from af2cpu.model.structure_module import StructureModule
 
 A = Architecture()
@@ -54,6 +55,24 @@ def test_an_update_of_another_dtype_is_refused_not_rounded_or_lost():
     assert pair.sum(dim=(1, 2)).tolist() == [0, 6, 6, 0]
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "columns"])
+def test_attention_adds_into_a_tensor_of_its_output_shape_and_dtype_only(transposed):
+    from af2cpu.model.attention import Attention
+
+    attention = Attention(8, 8, 8, 2)
+    x, mask = torch.randn(5, 3, 8), torch.ones(5, 3)
+    options = Options(block_bytes=1)  # a block a row (column): the shape is checked before the first
+    with torch.inference_mode():
+        for add_to, match in [(torch.zeros(5, 3, 8, dtype=torch.bfloat16), "float32 for a representation of dtype"),
+                              (torch.zeros(6, 3, 8), r"shape \(5, 3, 8\) for a tensor of shape \(6, 3, 8\)")]:
+            with pytest.raises(TypeError, match=match):
+                attention.self_attention(x, mask, transposed=transposed, options=options, add_to=add_to)
+            assert not add_to.any()  # nothing was added before the error
+        own = torch.zeros(5, 3, 8)
+        assert attention.self_attention(x, mask, transposed=transposed, options=options, add_to=own) is own
+        assert torch.equal(own, attention.self_attention(x, mask, transposed=transposed, options=options))
+
+
 @pytest.mark.parametrize("options", [Options(), Options(chunks=ChunkSizes(triangle_channels=48, msa_column_attention=4),
                                                          block_bytes=1)],
                          ids=["default", "channel_slabs_one_row_steps_column_blocks"])
@@ -64,9 +83,7 @@ def test_block_in_place_equals_out_of_place(monkeypatch, extra, dtype, options):
     # rows (columns) at a time, rounds exactly as the out-of-place sum. With one-row steps the
     # attentions also normalise their input a block at a time (as above WHOLE_NORM_BYTES).
     if options.block_bytes == 1:
-        from af2cpu.model import evoformer
-
-        monkeypatch.setattr(evoformer, "WHOLE_NORM_BYTES", 0)
+        monkeypatch.setattr(model_options, "WHOLE_NORM_BYTES", 0)
     stack = dataclasses.replace(A.extra_msa if extra else A.evoformer, num_block=1)
     block = _randomized(EvoformerIteration(stack, A.pair_channel), seed=3)
     _set_options(block, options)
@@ -207,8 +224,6 @@ def test_compact_outputs_and_outputs_without_representations_keep_the_same_numbe
 def test_triangle_attention_normalising_a_block_at_a_time_equals_whole(monkeypatch, starting):
     # Long pairs are normalised a block of rows (columns, for the ending node) at a time as the
     # attention reads them; small ones whole. One-row steps against the whole normalised pair.
-    from af2cpu.model import evoformer
-
     cls = evoformer.TriangleAttentionStartingNode if starting else evoformer.TriangleAttentionEndingNode
     module = _randomized(cls(A.pair_channel, A.evoformer.triangle_num_head), seed=15)
     pair = _pair(16)
@@ -217,7 +232,7 @@ def test_triangle_attention_normalising_a_block_at_a_time_equals_whole(monkeypat
     with torch.inference_mode():
         whole = module(pair, mask)
         module.options = Options(block_bytes=1)
-        monkeypatch.setattr(evoformer, "WHOLE_NORM_BYTES", 0)
+        monkeypatch.setattr(model_options, "WHOLE_NORM_BYTES", 0)
         blocked = module(pair, mask)
     # measured 0 (bit for bit) on AVX512/AMX
     assert float((blocked - whole).abs().max() / whole.abs().max()) <= 1e-6
@@ -255,6 +270,16 @@ def test_column_global_attention_runs_whole_at_normal_sizes_and_in_blocks_when_l
     # Compiled blocks (no cache blocks): the chunk, or whole.
     assert Options(compile=True).norm_block_rows(None, 3200, column) == 3200
     assert Options(compile=True).norm_block_rows(16, 3200, column) == 16
+
+
+def test_attentions_and_column_global_attention_switch_to_blocks_at_the_same_size(monkeypatch):
+    msa = torch.zeros(7, 11, 8)
+    norm = LayerNorm(8)
+    nbytes, column = msa.numel() * 4, 7 * 8 * 4
+    for limit, whole in [(nbytes, True), (nbytes - 1, False)]:
+        monkeypatch.setattr(model_options, "WHOLE_NORM_BYTES", limit)
+        assert (evoformer._normed_or_blocks(msa, norm)[1] is None) is whole
+        assert (Options().norm_block_rows(None, 11, column) == 11) is whole
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

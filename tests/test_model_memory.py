@@ -2,6 +2,7 @@
 and the sizes it reads from the preset's architecture."""
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -154,6 +155,40 @@ def test_parameter_count_is_what_random_params_fill():
     with torch.device("meta"):
         model = AlphaFold(VARIANT)
     assert parameter_count(VARIANT.architecture) == sum(v.size for v in random_params(model).values())
+
+
+def test_parameter_count_read_from_disk_is_the_count_of_the_modules_for_every_preset(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    from af2cpu.model import memory
+    from af2cpu.model.presets import PRESETS
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    architectures = {preset.architecture for preset in PRESETS.values()}  # monomer and multimer
+    counted = {a: memory._count_modules(a)[0] for a in architectures}
+    memory.parameter_count.cache_clear()
+    assert [memory.parameter_count(a) for a in architectures] == [counted[a] for a in architectures]
+    # A fresh process reads the counts from the disk: no module built, torch not even imported.
+    preset = next(name for name, p in PRESETS.items() if p.multimer)
+    code = ("import sys; from af2cpu.model.memory import parameter_count; from af2cpu.model.presets import "
+            f"get_preset; print(parameter_count(get_preset({preset!r}).architecture), 'torch' in sys.modules)")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)}).stdout.split()
+    assert fresh == [str(counted[get_preset(preset).architecture]), "False"]
+    # A changed source file (its recorded digest no longer matches) is counted on the modules again.
+    path = memory._counts_path()
+    entries = json.loads(path.read_text())
+    for entry in entries.values():
+        entry["count"] += 1
+        entry["sources"][next(iter(entry["sources"]))] = "0" * 64
+    path.write_text(json.dumps(entries))
+    memory.parameter_count.cache_clear()
+    try:
+        assert {a: memory.parameter_count(a) for a in architectures} == counted
+    finally:
+        memory.parameter_count.cache_clear()  # later tests count under the user's cache again
 
 
 def test_a_smaller_architecture_needs_less_memory():
