@@ -203,8 +203,11 @@ def plan_job(fasta: str, out: str, overrides: Sequence[str], array_count: int | 
                  mem, need.target, need.residues, "; runtime.precision=auto: the larger of fp32 and bf16, as "
                  "the compute nodes' CPUs decide" if cfg.runtime.precision is Precision.auto else "")
     else:
-        try:  # sbatch reads a bare number as megabytes
-            requested = parse_memory_limit(f"{mem}M" if mem.strip().isdigit() else mem)
+        # sbatch reads a bare number as megabytes (runtime.memory_limit as bytes): given the unit, both read
+        # the same size.
+        mem = f"{mem.strip()}M" if mem.strip().isdigit() else mem.strip()
+        try:
+            requested = parse_memory_limit(mem)
         except ConfigError:
             raise ConfigError(f"--mem {mem!r} is not a size: write e.g. 16G") from None
         warn_if_short(f"--mem {mem}", requested, need)

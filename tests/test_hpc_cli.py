@@ -130,3 +130,14 @@ def test_jobqueue_worker_memory_follows_the_batchs_largest_stage_estimate(tmp_pa
         big = compose_config([*OVERRIDES, "scheduler=slurm", f"scheduler.memory={-(-need.nbytes // GIB)}GiB"])
         _worker_job_script(big, need)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_slurm_mem_as_a_bare_number_is_megabytes_for_sbatch_and_the_job_alike(fasta, tmp_path):
+    from af2cpu.runtime.memory import parse_memory_limit
+    from af2cpu.scheduler.slurm import plan_job
+
+    job = plan_job(str(fasta), str(tmp_path / "out"), OVERRIDES, mem="16000")
+    # sbatch reads --mem=16000 as 16000 MB; the job's planner must not read the same figure as bytes.
+    assert job.mem == "16000M"
+    (limit,) = [o.split("=", 1)[1] for o in job.overrides if o.startswith("runtime.memory_limit=")]
+    assert parse_memory_limit(limit) == 16000 << 20
