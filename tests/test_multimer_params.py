@@ -67,12 +67,17 @@ def test_multimer_presets_carry_deepminds_settings():
     assert a.heads.masked_msa_num_output == 22
 
 
-@pytest.fixture(scope="module")
-def multimer_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("params") / "params_model_2_multimer_v3.npz"
-    flat = random_params(_skeleton(SMALL), seed=5)
+def _random_file(tmp_path_factory, preset, seed: int):
+    """(``params_<preset>.npz`` of random official-format weights, its flat params)."""
+    path = tmp_path_factory.mktemp("params") / f"params_{preset.name}.npz"
+    flat = random_params(_skeleton(preset), seed=seed)
     write_npz(path, flat)
     return path, flat
+
+
+@pytest.fixture(scope="module")
+def multimer_file(tmp_path_factory):
+    return _random_file(tmp_path_factory, SMALL, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +206,7 @@ def test_v2_preset_holds_exactly_the_unfused_official_tensors():
 
 @pytest.fixture(scope="module")
 def v2_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("params") / "params_model_2_multimer_v2.npz"
-    flat = random_params(_skeleton(SMALL_V2), seed=6)
-    write_npz(path, flat)
-    return path, flat
+    return _random_file(tmp_path_factory, SMALL_V2, seed=6)
 
 
 def test_unfused_file_loads_into_the_v2_model_every_tensor_used(v2_file):
