@@ -4,7 +4,8 @@ The reference package (the `reference` extra: alphafold-colabfold, jax, haiku) d
 ColabFold's settings: a bf16 trunk, fused triangle-multiplication weights, zero-initialised final
 layers, the pallas kernels. DeepMind's released monomer is fp32 with unfused weights, as are
 AlphaFold-Multimer v1 and v2; only v3 is fused. The model tests (tests/reference.py), `af2cpu bench`
-and `af2cpu bench --batch` all build the reference's config here. Importing this module does not need the extra; calling reference_config does.
+and `af2cpu bench --batch` all build the reference's config here. Importing this module does not
+need the extra; calling reference_config does.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@
 official-format weights and features (af2cpu.bench.model); ``--preset model_1_multimer_v3`` (or v2's
 ``model_1_multimer_v2``, v1's ``model_1_multimer``) does so for AlphaFold-Multimer on a complex of
 ``--chains`` chains of each length, against DeepMind's multimer model; ``--memory L ...`` measures
-peak RSS of one pass per length against the memory planner (af2cpu.bench.memory); ``--contention`` times a small pass idle
-and beside a busy process for each OpenMP wait policy (af2cpu.bench.contention); ``--batch FASTA`` times a whole
-batch, `af2cpu predict` against an AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch).
-Results (JSON and markdown) go to ``--out``; docs/benchmarks.md has the measurements.
+peak RSS of one pass per length against the memory planner (af2cpu.bench.memory); ``--contention``
+times a small pass idle and beside a busy process for each OpenMP wait policy
+(af2cpu.bench.contention); ``--batch FASTA`` times a whole batch, `af2cpu predict` against an
+AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch). Results (JSON and markdown) go to
+``--out``; docs/benchmarks.md has the measurements.
 """
 
 from __future__ import annotations
