@@ -136,15 +136,17 @@ class ModelConfig:
 
     kind: ModelKind = ModelKind.auto
     names: list[str] = field(default_factory=lambda: list(MONOMER_PTM_PRESETS))  # monomer presets
-    multimer_names: list[str] = field(default_factory=lambda: list(MULTIMER_PRESETS))  # multimer presets
+    # Multimer presets: v3 by default; model_1_multimer_v2 ... (v2) or model_1_multimer ... (v1) re-run
+    # complexes with AlphaFold 2.2's or 2.1's weights.
+    multimer_names: list[str] = field(default_factory=lambda: list(MULTIMER_PRESETS))
     # Predictions of each multimer preset, each with its own seed (AlphaFold2's
     # num_multimer_predictions_per_model); a monomer preset runs once, as in AlphaFold2.
     num_predictions_per_model: int = 5
     # Recycling passes after the first; unset: each preset's own, as AlphaFold2 (3 for the monomer
-    # presets, up to 20 for AlphaFold-Multimer v3).
+    # presets and AlphaFold-Multimer v1/v2, up to 20 for v3).
     num_recycle: int | None = None
     # Stop recycling early when the mean change of Cα distances (Å) falls below this; 0 disables.
-    # Unset: each preset's own (0 for the monomer presets, 0.5 Å for AlphaFold-Multimer v3).
+    # Unset: each preset's own (0 for the monomer presets and AlphaFold-Multimer v1/v2, 0.5 Å for v3).
     recycle_early_stop_tolerance: float | None = None
 
 

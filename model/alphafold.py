@@ -36,8 +36,14 @@ from af2cpu.model.heads import (
 )
 from af2cpu.model.multimer_sampling import sampling_generator, validate_multimer_example
 from af2cpu.model.options import Options, embedding_steps
-from af2cpu.model.params import load_params, preset_from_filename, read_params, write_safetensors
-from af2cpu.model.presets import Preset, get_preset
+from af2cpu.model.params import (
+    load_params,
+    preset_from_filename,
+    read_params,
+    triangle_layout_error,
+    write_safetensors,
+)
+from af2cpu.model.presets import Preset, get_preset, preset_families
 from af2cpu.model.primitives import Linear
 from af2cpu.model.structure_module import StructureModule
 from af2cpu.model.template import (
@@ -305,8 +311,8 @@ class AlphaFold(nn.Module):
             preset = preset_from_filename(path)
             if preset is None:
                 raise InputError(f"cannot tell the model preset from the file name {os.fspath(path)!r}; "
-                                 "pass preset='model_1_ptm' (or another of model_1..5[_ptm], "
-                                 "model_1..5_multimer_v3)")
+                                 f"pass preset='model_1_ptm' (or another of {preset_families(False)}, "
+                                 f"{preset_families(True)})")
         with torch.device("meta"):
             model = cls(preset, options)
         flat = _read_with_cache(path, cache_dir)
@@ -316,8 +322,10 @@ class AlphaFold(nn.Module):
             raise InputError(
                 f"parameter file {os.fspath(path)} holds {kind} model's parameters, but preset {model.preset.name} "
                 f"is {'a multimer' if model.preset.multimer else 'a monomer'} model; pass the matching preset "
-                f"({'model_1_multimer_v3 ... model_5_multimer_v3' if file_is_multimer else 'model_1 ... model_5_ptm'}) "
-                "or the matching file")
+                f"({preset_families(file_is_multimer)}) or the matching file")
+        layout = triangle_layout_error(path, flat, model.preset)
+        if layout:
+            raise InputError(layout)
         try:
             load_params(model, flat, source=f"parameter file {os.fspath(path)}")
         except InputError as exc:

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from safetensors.numpy import load_file, save
 
 from af2cpu.errors import Af2CpuError, InputError
 from af2cpu.io import atomic_open, atomic_write_bytes
+from af2cpu.model.presets import PRESETS, Preset, families
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the CLI starts fast
     from torch import nn
@@ -188,9 +190,33 @@ def random_params(module: nn.Module, seed: int = 0, root: str = "alphafold") -> 
 
 def preset_from_filename(path: str | os.PathLike) -> str | None:
     """``params_model_3_ptm.npz`` -> ``model_3_ptm``, ``params_model_1_multimer_v3.npz`` ->
-    ``model_1_multimer_v3``; None when the name does not tell."""
-    match = re.search(r"(model_[1-5](?:_ptm|_multimer_v3)?)(?![_\w])", Path(path).stem)
+    ``model_1_multimer_v3``, ``params_model_2_multimer.npz`` -> ``model_2_multimer`` (v1); None when
+    the name does not tell."""
+    names = "|".join(sorted(PRESETS, key=len, reverse=True))  # the longest first: _multimer_v2 before _multimer
+    match = re.search(rf"({names})(?!\w)", Path(path).stem)
     return match.group(1) if match else None
+
+
+# A tensor that only files with fused triangle-multiplication projections hold (AlphaFold-Multimer
+# v3's); the monomer's and multimer v1's and v2's hold left_projection and right_projection instead.
+_FUSED_TRIANGLE_KEY = "/triangle_multiplication_outgoing/projection//"
+
+
+def triangle_layout_error(path: str | os.PathLike, names: Iterable[str], preset: Preset) -> str | None:
+    """Why the parameter file ``path`` (its tensor ``names``) cannot be ``preset``'s: its triangle
+    multiplications are fused and the preset's not, or the reverse; None when they agree."""
+    fused = any(_FUSED_TRIANGLE_KEY in n for n in names)
+    if fused == preset.architecture.evoformer.fuse_projection_weights:
+        return None
+    readers = [p.name for p in PRESETS.values()
+               if p.multimer == preset.multimer and p.architecture.evoformer.fuse_projection_weights == fused]
+
+    def layout(is_fused: bool, of: list[str]) -> str:
+        return f"{'fused' if is_fused else 'unfused'} triangle-multiplication weights" + (
+            f" (the layout of {families(of)})" if of else "")
+    return (f"parameter file {os.fspath(path)} holds {layout(fused, readers)}, but preset {preset.name} reads "
+            f"{'fused' if not fused else 'unfused'} ones; use the file with its own preset, or give {preset.name} "
+            f"its own file (params_{preset.name}.npz)")
 
 
 def download_params(dest: str | os.PathLike, url: str = PARAMS_URL, *, expected_size: int | None = None,

@@ -1,21 +1,25 @@
-"""The ten monomer presets of AlphaFold2 2.3 (Jumper et al. 2021, Suppl. Table 5) and the five
-AlphaFold-Multimer v3 presets (Evans et al. 2022; DeepMind's 2.3 weights) as typed configs.
+"""The ten monomer presets of AlphaFold2 2.3 (Jumper et al. 2021, Suppl. Table 5) and the fifteen
+AlphaFold-Multimer presets (Evans et al. 2022): five each of v3 (DeepMind's 2.3 weights), v2 (2.2) and
+v1 (2.1), as typed configs.
 
 A preset's :class:`Architecture` is the whole tree of the network's sizes: every module (and so the
 parameter files, whose tensors are the modules') and the memory planner (:mod:`af2cpu.model.memory`)
-read their sizes from it, and nothing else states them. The presets share one architecture; they differ in whether templates are
-embedded (with their torsion-angle MSA rows), how many extra-MSA rows and MSA clusters the input
-pipeline keeps, and whether the predicted-aligned-error (pTM) head exists. The values are those of
-DeepMind's ``alphafold/model/config.py`` (``CONFIG`` and ``CONFIG_DIFFS``); a field has DeepMind's
-name where DeepMind names it (the comment gives its path under ``model.embeddings_and_evoformer``
-or ``model.heads``). The multimer's architecture differs in fields of the same tree (``MULTIMER_V3``:
-chain-relative positions, fused triangle multiplications, the outer product mean first, the
-multimer template embedding and structure module); its values are DeepMind's ``CONFIG_MULTIMER``.
+read their sizes from it, and nothing else states them. The monomer presets share one architecture;
+they differ in whether templates are embedded (with their torsion-angle MSA rows), how many extra-MSA
+rows and MSA clusters the input pipeline keeps, and whether the predicted-aligned-error (pTM) head
+exists. The values are those of DeepMind's ``alphafold/model/config.py`` (``CONFIG`` and
+``CONFIG_DIFFS``); a field has DeepMind's name where DeepMind names it (the comment gives its path
+under ``model.embeddings_and_evoformer`` or ``model.heads``). The multimer's architecture differs in
+fields of the same tree (:func:`_multimer_architecture`: chain-relative positions, the outer product
+mean first, the multimer template embedding and structure module); its values are DeepMind's
+``CONFIG_MULTIMER``. Its versions differ only as :func:`_multimer` says (DeepMind's ``common_updates``:
+v3's triangle multiplications fused, v1's and v2's not, and the sample sizes and recycling).
 Kept free of torch: the CLI and the memory planner read it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from af2cpu.common import residue_constants as rc
@@ -147,17 +151,19 @@ class Architecture:
         return self.evoformer.msa_channel
 
 
-MULTIMER_V3 = Architecture(
-    max_relative_chain=2,
-    target_feat_dim=21,
-    evoformer=EvoformerStackConfig(num_block=48, msa_channel=256, outer_product_mean_first=True,
-                                   fuse_projection_weights=True),
-    extra_msa=EvoformerStackConfig(num_block=4, msa_channel=64, global_column_attention=True,
-                                   outer_product_mean_first=True, fuse_projection_weights=True),
-    template=TemplateConfig(fuse_projection_weights=True, multimer=True),
-    structure_module=StructureModuleConfig(position_scale=20.0, multimer=True),
-    heads=HeadsConfig(masked_msa_num_output=22),
-)
+def _multimer_architecture(fused: bool) -> Architecture:
+    """AlphaFold-Multimer's architecture, its triangle multiplications ``fused`` (v3) or not (v1, v2)."""
+    return Architecture(
+        max_relative_chain=2,
+        target_feat_dim=21,
+        evoformer=EvoformerStackConfig(num_block=48, msa_channel=256, outer_product_mean_first=True,
+                                       fuse_projection_weights=fused),
+        extra_msa=EvoformerStackConfig(num_block=4, msa_channel=64, global_column_attention=True,
+                                       outer_product_mean_first=True, fuse_projection_weights=fused),
+        template=TemplateConfig(fuse_projection_weights=fused, multimer=True),
+        structure_module=StructureModuleConfig(position_scale=20.0, multimer=True),
+        heads=HeadsConfig(masked_msa_num_output=22),
+    )
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,9 @@ class Preset:
     # model.recycle_early_stop_tolerance (Å): stop recycling once the Cα distances change less
     # (0: always run num_recycle passes).
     recycle_early_stop_tolerance: float = 0.0
+    # DeepMind's parameter tarball that holds this preset's file where it is not the one `af2cpu params
+    # download` fetches (the multimer v1 and v2 files are only in older releases); None: in that one.
+    params_release: str | None = None
 
     def with_blocks(self, evoformer: int | None = None, extra_msa: int | None = None) -> Preset:
         """This preset with ``evoformer`` Evoformer blocks and ``extra_msa`` extra-MSA blocks where
@@ -225,29 +234,59 @@ def _monomer(i: int, ptm: bool) -> Preset:
     )
 
 
-def _multimer_v3(i: int) -> Preset:
+# AlphaFold-Multimer's releases of weights: version -> (preset-name suffix, DeepMind's tarball that
+# holds the files, None for the one `af2cpu params download` fetches).
+_MULTIMER_RELEASES = {
+    1: ("", "alphafold_params_2021-10-27.tar (AlphaFold 2.1)"),
+    2: ("_v2", "alphafold_params_2022-03-02.tar (AlphaFold 2.2)"),
+    3: ("_v3", None),
+}
+
+
+def _multimer(i: int, version: int) -> Preset:
+    """AlphaFold-Multimer model ``i`` of ``version`` 1, 2 or 3. v1 and v2 share one architecture and
+    differ from v3 as DeepMind's ``config.py`` says (``common_updates``): unfused triangle
+    multiplications (their files hold the monomer's four projection layers and its layer-norm names),
+    ``num_msa`` 252 (v3 508), ``num_extra_msa`` 1152 for every model (v3 2048 for models 1-3), and 3
+    recycles without early stop (AlphaFold 2.2's schedule; v3 up to 20, stopping at 0.5 Å)."""
+    suffix, release = _MULTIMER_RELEASES[version]
+    v3 = version == 3
     return Preset(
-        name=f"model_{i}_multimer_v3",
+        name=f"model_{i}_multimer{suffix}",
         use_templates=True,
-        max_extra_msa=2048 if i in (1, 2, 3) else 1152,
+        max_msa_clusters=512 if v3 else 256,  # num_msa 508 or 252, with the 4 template rows
+        max_extra_msa=2048 if v3 and i in (1, 2, 3) else 1152,
         reduce_msa_clusters_by_max_templates=True,
         predicted_aligned_error=True,
-        num_recycle=20,
-        architecture=MULTIMER_V3,
+        num_recycle=20 if v3 else 3,
+        architecture=_multimer_architecture(fused=v3),
         multimer=True,
         masked_msa_replace_fraction=0.15,
-        recycle_early_stop_tolerance=0.5,
+        recycle_early_stop_tolerance=0.5 if v3 else 0.0,
+        params_release=release,
     )
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     *(_monomer(i, ptm) for ptm in (False, True) for i in range(1, 6)),
-    *(_multimer_v3(i) for i in range(1, 6)))}
+    *(_multimer(i, version) for version in (3, 2, 1) for i in range(1, 6)))}
+
+
+def families(names) -> str:
+    """Preset names shortened for a message: ``model_1_multimer_v2`` ... ``model_5_multimer_v2`` ->
+    ``model_1..5_multimer_v2`` (in order of first appearance)."""
+    return ", ".join(dict.fromkeys(re.sub(r"^model_[1-5]", "model_1..5", n) for n in names))
+
+
+def preset_families(multimer: bool) -> str:
+    """The presets of one kind, for messages: ``model_1..5, model_1..5_ptm`` or the multimer ones."""
+    return families(n for n, p in PRESETS.items() if p.multimer == multimer)
 
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name`` (``model_1`` ... ``model_5_ptm``, ``model_1_multimer_v3`` ...
-    ``model_5_multimer_v3``); ConfigError otherwise."""
+    ``model_5_multimer_v3``, ``model_1_multimer_v2`` ..., ``model_1_multimer`` ... for v1); ConfigError
+    otherwise."""
     try:
         return PRESETS[name]
     except KeyError:

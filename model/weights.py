@@ -15,8 +15,8 @@ from typing import Any
 
 from af2cpu.config import Backend, ModelKind, Params
 from af2cpu.errors import ConfigError, InputError
-from af2cpu.model.params import load_params, random_params
-from af2cpu.model.presets import get_preset
+from af2cpu.model.params import load_params, random_params, triangle_layout_error
+from af2cpu.model.presets import get_preset, preset_families
 from af2cpu.runtime.allocator import tune_allocator
 
 
@@ -58,7 +58,7 @@ def preset_names(cfg: Any, multimer: bool) -> list[str]:
             what = "a multimer" if multimer else "a monomer"
             raise ConfigError(
                 f"model.{key} lists {name}, which is not {what} preset; model.names holds the monomer presets "
-                "(model_1..5[_ptm]) and model.multimer_names the multimer ones (model_1..5_multimer_v3)")
+                f"({preset_families(False)}) and model.multimer_names the multimer ones ({preset_families(True)})")
     return names
 
 
@@ -77,7 +77,7 @@ def model_runs(cfg: Any, multimer: bool) -> list[ModelRun]:
 def recycling(cfg: Any, preset_name: str) -> tuple[int, float]:
     """(recycles, early-stop tolerance in Å) of one preset: ``model.num_recycle`` and
     ``model.recycle_early_stop_tolerance`` where set, else the preset's own (AlphaFold2's: 3 and 0 for
-    the monomer presets, 20 and 0.5 Å for AlphaFold-Multimer v3)."""
+    the monomer presets and AlphaFold-Multimer v1/v2, 20 and 0.5 Å for v3)."""
     preset = get_preset(preset_name)
     num_recycle, tolerance = cfg.model.num_recycle, cfg.model.recycle_early_stop_tolerance
     return (int(preset.num_recycle if num_recycle is None else num_recycle),
@@ -105,12 +105,19 @@ def missing_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> list[Path]:
     return [path for path in (params_file(cfg.params_dir, name) for name in names) if not path.is_file()]
 
 
-def download_hint(params_dir: str | Path) -> str:
-    """What to do when official parameter files are missing."""
-    return (
+def download_hint(params_dir: str | Path, names: Iterable[str] = ()) -> str:
+    """What to do when official parameter files are missing; for the presets ``names`` whose files
+    `af2cpu params download` does not fetch (AlphaFold-Multimer v1, v2), which file to put where."""
+    hint = (
         f"get them with `af2cpu params download --dest {params_dir}` (about 5 GB), point params_dir= (or "
         "AF2CPU_PARAMS_DIR) at a folder that has them, or run params=random for an untrained smoke test"
     )
+    for name in dict.fromkeys(names):
+        release = get_preset(name).params_release
+        if release:
+            path = params_file(params_dir, name)
+            hint += f"; {path.name} ({name}) is not in that download but in DeepMind's {release}: put it at {path}"
+    return hint
 
 
 # An array only the pTM presets' parameter files hold (the predicted aligned error head).
@@ -124,7 +131,7 @@ def check_params_file(path: Path, model_name: str) -> None:
     (its directory, at the end of the file, is there and every array lies inside the file) of
     AlphaFold2 arrays, with the pTM head exactly when ``model_name`` is a pTM (or multimer) preset, and
     the multimer's arrays exactly when it is a multimer preset."""
-    fix = download_hint(path.parent)
+    fix = download_hint(path.parent, [model_name])
     try:
         size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
@@ -146,6 +153,9 @@ def check_params_file(path: Path, model_name: str) -> None:
     if has_ptm != preset.predicted_aligned_error:
         raise InputError(f"parameter file {path} holds {'a pTM' if has_ptm else 'a non-pTM'} model's parameters, "
                          f"not those of {model_name}; {fix}")
+    layout = triangle_layout_error(path, names, preset)
+    if layout:
+        raise InputError(f"{layout}; {fix}")
 
 
 def check_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> None:
@@ -156,9 +166,9 @@ def check_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> None:
         preset_names(cfg, kind)
     missing = missing_params(cfg, kinds)
     if missing:
-        raise InputError(
-            f"model parameters not found: {', '.join(str(p) for p in missing)}. {download_hint(cfg.params_dir)}"
-        )
+        names = [n for kind in kinds for n in preset_names(cfg, kind) if params_file(cfg.params_dir, n) in missing]
+        raise InputError(f"model parameters not found: {', '.join(str(p) for p in missing)}. "
+                         f"{download_hint(cfg.params_dir, names)}")
     if cfg.params != Params.random:
         for name in (n for kind in kinds for n in preset_names(cfg, kind)):
             check_params_file(params_file(cfg.params_dir, name), name)

@@ -1,6 +1,8 @@
-"""AlphaFold-Multimer v3 against DeepMind's ``modules_multimer`` (the `reference` extra).
+"""AlphaFold-Multimer v3, and v2 (v1's architecture too) where a test is parametrized over versions, against
+DeepMind's ``modules_multimer`` (the `reference` extra), configured as DeepMind configures each version
+(v3's triangle multiplications fused, v2's not).
 
-Random official-format v3 parameters (af2cpu's ``random_params``: fan-in scaled, every constant
+Random official-format parameters of the version (af2cpu's ``random_params``: fan-in scaled, every constant
 tensor given noise, the backbone update scaled x0.15), identical inputs, fp32 on both sides. The
 reference samples and masks its MSA with JAX's PRNG inside the network; the comparison is made
 RNG-free as DeepMind's code allows (docs/reference.md): BERT masking off (``replace_fraction`` 0),
@@ -26,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from af2cpu.bench.reference import reference_params
 from af2cpu.common import protein as af2cpu_protein
 from af2cpu.common import residue_constants as rc
 from af2cpu.errors import InputError
@@ -51,8 +54,19 @@ DATA = Path(__file__).parent / "data"
 NUM_MSA = 12  # sampled rows (cluster_bias_mask on these); the real rows after them go to the extra MSA
 NUM_ROWS = 24  # MSA rows with padding
 NUM_TEMPLATES = 4
-PRESET = dataclasses.replace(get_preset("model_1_multimer_v3"), max_msa_clusters=NUM_MSA + NUM_TEMPLATES,
-                             masked_msa_replace_fraction=0.0)  # BERT masking off: RNG-free comparison
+V3, V2 = "model_1_multimer_v3", "model_1_multimer_v2"
+
+
+def _rng_free(name: str):
+    """The preset ``name`` sampling the NUM_MSA biased rows, BERT masking off: an RNG-free comparison."""
+    return dataclasses.replace(get_preset(name), max_msa_clusters=NUM_MSA + NUM_TEMPLATES,
+                               masked_msa_replace_fraction=0.0)
+
+
+PRESET = _rng_free(V3)
+# v2 (unfused triangle multiplications; v1 has the same architecture) on 4 Evoformer blocks: every kind
+# of layer, a twelfth of the work.
+V2_PRESET = _rng_free(V2).with_blocks(evoformer=4)
 ROOT = "alphafold/alphafold_iteration/evoformer/"
 
 
@@ -143,11 +157,20 @@ def homomer():
     return _example([(1, 20, 22), (1, 20, 22)], paired=0, unpaired=8, template_chain=None)
 
 
+def _random_params(preset) -> dict[str, np.ndarray]:
+    with torch.device("meta"):
+        skeleton = AlphaFold(preset)
+    return random_params(skeleton, seed=11)
+
+
 @pytest.fixture(scope="module")
 def params():
-    with torch.device("meta"):
-        skeleton = AlphaFold(PRESET)
-    return random_params(skeleton, seed=11)
+    return _random_params(PRESET)
+
+
+@pytest.fixture(scope="module")
+def params_v2():
+    return _random_params(V2_PRESET)
 
 
 def _small(flat, blocks: int = 1) -> AlphaFold:
@@ -168,8 +191,8 @@ def _apply(fn, params, *args, jit: bool = True):
     return jax.tree_util.tree_map(np.asarray, out)
 
 
-def _config():
-    return reference.reference_config("model_1_multimer_v3", 0).model
+def _config(name: str = V3):
+    return reference.reference_config(name, 0).model
 
 
 def _relative(ours, ref) -> float:
@@ -267,14 +290,25 @@ def test_template_embedding_and_template_rows_match_reference(params, heteromer,
     assert _relative(rows, ref_rows) <= 1e-5  # measured 3e-7
 
 
+@pytest.fixture(params=[V3, V2], ids=["v3", "v2"])
+def version(request, params, params_v2):
+    """(preset name, a small model of that multimer version, its official flat params): v3 fused, v2
+    unfused, each compared with the reference configured as DeepMind configures that version."""
+    if request.param == V3:
+        return V3, _small(params), params
+    model = AlphaFold(V2_PRESET)
+    load_params(model, params_v2)
+    return V2, model.eval(), params_v2
+
+
 @pytest.mark.parametrize("extra", [False, True], ids=["evoformer", "extra-msa"])
-def test_one_evoformer_block_matches_reference(params, extra):
-    model = _small(params)
+def test_one_evoformer_block_matches_reference(version, extra):
+    name, model, flat_all = version
     evo = model.alphafold_iteration.evoformer
     block = evo.extra_msa_stack[0] if extra else evo.evoformer_iteration[0]
     scope = "extra_msa_stack" if extra else "evoformer_iteration"
-    flat = {k.replace(ROOT + scope + "/", scope + "/"): v[0] for k, v in params.items() if k.startswith(ROOT + scope + "/")}
-    cfg = _config()
+    flat = {k.replace(ROOT + scope + "/", scope + "/"): v[0] for k, v in flat_all.items() if k.startswith(ROOT + scope + "/")}
+    cfg = _config(name)
     rng = np.random.default_rng(2)
     rows, num_res, channels = (9, 21, 64 if extra else 256)
     msa = rng.standard_normal((rows, num_res, channels)).astype(np.float32)
@@ -290,8 +324,8 @@ def test_one_evoformer_block_matches_reference(params, extra):
     ref = _apply(fn, af_utils.flat_params_to_haiku(flat), msa, pair, msa_mask, pair_mask)
     with torch.no_grad():
         out_msa, out_pair = block(*(torch.from_numpy(x) for x in (msa, pair, msa_mask, pair_mask)))
-    assert _relative(out_msa, ref["msa"]) <= 1e-5  # measured 4e-7 (evoformer), 3e-7 (extra)
-    assert _relative(out_pair, ref["pair"]) <= 1e-5  # measured 5e-7, 4e-7
+    assert _relative(out_msa, ref["msa"]) <= 1e-5  # measured 4e-7 (v3 evoformer), 3e-7 (v3 extra), 1.6e-7, 1.2e-7 (v2)
+    assert _relative(out_pair, ref["pair"]) <= 1e-5  # measured 5e-7, 4e-7 (v3), 1.9e-7, 2.1e-7 (v2)
 
 
 def test_structure_module_matches_reference(params, heteromer):
@@ -316,7 +350,7 @@ def test_structure_module_matches_reference(params, heteromer):
     assert _relative(ours["representations"]["structure_module"], ref["act"]) <= 1e-5  # measured 3e-7
 
 
-# ---------------------------------------------------------------- the whole model, 48 blocks
+# ---------------------------------------------------------------- the whole model: v3's 48 blocks, v2's 4
 
 
 @pytest.fixture(scope="module")
@@ -329,16 +363,23 @@ def heteromer_no_template(heteromer):
     return example
 
 
+@pytest.fixture(scope="module", params=[V3, V2], ids=["v3", "v2"])
+def whole(request, params, params_v2):
+    """(preset name, the preset compared whole, its official flat params)."""
+    return (V3, PRESET, params) if request.param == V3 else (V2, V2_PRESET, params_v2)
+
+
 @pytest.fixture(scope="module")
-def reference_runs(params, heteromer_no_template, homomer):
+def reference_runs(whole, heteromer_no_template, homomer):
     """The reference's passes: heteromer with 1 recycle, homodimer at 0 recycles (one jit for both)."""
-    cfg = reference.reference_config("model_1_multimer_v3", 1).model
+    name, preset, params = whole
+    cfg = reference.reference_config(name, 1, evoformer_blocks=preset.architecture.evoformer.num_block).model
     cfg.embeddings_and_evoformer.num_msa = NUM_MSA
 
     def forward(batch, prev):
         return af_multimer.AlphaFold(cfg)({**batch, "prev": prev}, is_training=False, return_representations=True)
     step = jax.jit(hk.transform(forward).apply)
-    hk_params = af_utils.flat_params_to_haiku(params)
+    hk_params = reference_params(params, name)
     runs = {}
     for name, example, passes in (("heteromer", heteromer_no_template, 2), ("homomer", homomer, 1)):
         num_res = example["aatype"].shape[0]
@@ -355,8 +396,9 @@ def reference_runs(params, heteromer_no_template, homomer):
 
 
 @pytest.fixture(scope="module")
-def ours_runs(params, heteromer_no_template, homomer):
-    model = AlphaFold(PRESET)
+def ours_runs(whole, heteromer_no_template, homomer):
+    _, preset, params = whole
+    model = AlphaFold(preset)
     load_params(model, params)
     model.eval()
     return {"heteromer": model.predict(heteromer_no_template, num_recycle=1, early_stop_tolerance=0,
@@ -364,11 +406,11 @@ def ours_runs(params, heteromer_no_template, homomer):
             "homomer": model.predict(homomer, num_recycle=0, return_recycles=True)["recycles"]}
 
 
-# The whole 48-block network, every pass, one reference run per example shared by the asserts. The gap
+# The whole network, every pass, one reference run per example shared by the asserts. The gap
 # once measured here (atoms 6-14 Å) was the test's own input: cluster_bias_mask built as bool + bool gave
 # the query 1, not 2, so the reference's draw moved another row to MSA row 0 (what `single` reads).
 @pytest.mark.parametrize("name", ["heteromer", "homomer"])
-def test_whole_model_matches_reference_every_pass(reference_runs, ours_runs, name):
+def test_whole_model_matches_reference_every_pass(whole, reference_runs, ours_runs, name):
     worst = {}
     for ours, ref in zip(ours_runs[name], reference_runs[name], strict=True):
         mask = ref["structure_module"]["final_atom_mask"][..., None]
@@ -382,9 +424,11 @@ def test_whole_model_matches_reference_every_pass(reference_runs, ours_runs, nam
             worst[key] = max(worst.get(key, 0.0), float(np.abs(np.asarray(a) - np.asarray(b)).max()))
         for key in ("single", "pair"):
             worst[key] = max(worst.get(key, 0.0), _relative(ours["representations"][key], ref["representations"][key]))
-    print(name, worst)
-    # measured (heteromer 2 passes / homodimer 1 pass, AVX2): atoms 5.9e-5 / 5.5e-5 Å, pLDDT 1.1e-5 / 1.1e-5,
-    # PAE 3.6e-5 / 3.0e-5, pTM 4.5e-8 / 1.6e-7, ipTM 4.5e-8 / 3.0e-8, single 7.8e-7 / 7.8e-7, pair 1.2e-6 / 1.2e-6
+    print(whole[0], name, worst)
+    # measured, v3 48 blocks (heteromer 2 passes / homodimer 1 pass, AVX2): atoms 5.9e-5 / 5.5e-5 Å, pLDDT
+    # 1.1e-5 / 1.1e-5, PAE 3.6e-5 / 3.0e-5, pTM 4.5e-8 / 1.6e-7, ipTM 4.5e-8 / 3.0e-8, single 7.8e-7 / 7.8e-7,
+    # pair 1.2e-6 / 1.2e-6; v2 4 blocks (AVX512): atoms 8.4e-5 / 4.9e-5 Å, pLDDT 1.5e-5 / 1.1e-5, PAE 2.1e-5 /
+    # 1.2e-5, pTM 3.0e-8 / 6.0e-8, ipTM 0 / 6.0e-8, single 8.0e-7 / 5.7e-7, pair 5.7e-7 / 5.2e-7
     assert worst["atoms"] <= 1e-3  # Å
     assert worst["plddt"] <= 1e-2 and worst["pae"] <= 1e-2
     assert worst["ptm"] <= 1e-4 and worst["iptm"] <= 1e-4

@@ -181,7 +181,7 @@ def test_truncated_or_unnamed_file_is_a_clear_error(model_3_ptm_file, tmp_path):
     assert preset_from_filename("params_model_2_ptm.npz") == "model_2_ptm"
     assert preset_from_filename("/x/params_model_4.npz") == "model_4"
     assert preset_from_filename("params_model_1_multimer_v3.npz") == "model_1_multimer_v3"
-    assert preset_from_filename("params_model_1_multimer_v2.npz") is None
+    assert preset_from_filename("params_model_1_multimer_v4.npz") is None
 
 
 def test_params_random_cli_writes_an_official_file(tmp_path, capsys):

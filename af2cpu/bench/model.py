@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from af2cpu.bench import MULTIMER_TEMPLATES, PRESET
 from af2cpu.bench.machine import gemm_peak, machine_info
 from af2cpu.bench.reference import available as reference_available
-from af2cpu.bench.reference import reference_config
+from af2cpu.bench.reference import reference_config, reference_params
 from af2cpu.common import residue_constants as rc
 from af2cpu.config import RuntimeConfig, cache_dir
 from af2cpu.io import atomic_write_text
@@ -359,7 +359,6 @@ class ReferenceModel:
         import jax
         from alphafold.model import modules as af_modules
         from alphafold.model import modules_multimer as af_multimer
-        from alphafold.model import utils as af_utils
 
         preset = preset or get_preset(PRESET)
         multimer = preset.multimer
@@ -373,8 +372,7 @@ class ReferenceModel:
             network = af_multimer.AlphaFold(cfg.model) if multimer else af_modules.AlphaFold_noE(cfg.model)
             return network({**batch, "prev": prev}, is_training=False, return_representations=True)
 
-        # The v3 files' fused triangle projections stay fused; the monomer's reference reads them unfused.
-        params = af_utils.flat_params_to_haiku(dict(flat), fuse=multimer)
+        params = reference_params(flat, preset.name)
         # The multimer example has no recycle axis; the monomer's processed features have one.
         batch = dict(features) if multimer else {k: v[0] for k, v in features.items()}
         length = batch["aatype"].shape[0]

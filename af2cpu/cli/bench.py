@@ -1,13 +1,14 @@
 """`af2cpu bench`: the model's speed against DeepMind's JAX AlphaFold, side by side in one run.
 
 ``af2cpu bench [--lengths 64 128]`` times one recycling pass of both models on the same random
-official-format weights and features (af2cpu.bench.model); ``--preset model_1_multimer_v3`` does so for
-AlphaFold-Multimer on a complex of ``--chains`` chains of each length, against DeepMind's multimer
-model; ``--memory L ...`` measures peak RSS of one
-pass per length against the memory planner (af2cpu.bench.memory); ``--contention`` times a small pass idle
-and beside a busy process for each OpenMP wait policy (af2cpu.bench.contention); ``--batch FASTA`` times a whole
-batch, `af2cpu predict` against an AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch).
-Results (JSON and markdown) go to ``--out``; docs/benchmarks.md has the measurements.
+official-format weights and features (af2cpu.bench.model); ``--preset model_1_multimer_v3`` (or v2's
+``model_1_multimer_v2``, v1's ``model_1_multimer``) does so for AlphaFold-Multimer on a complex of
+``--chains`` chains of each length, against DeepMind's multimer model; ``--memory L ...`` measures
+peak RSS of one pass per length against the memory planner (af2cpu.bench.memory); ``--contention``
+times a small pass idle and beside a busy process for each OpenMP wait policy
+(af2cpu.bench.contention); ``--batch FASTA`` times a whole batch, `af2cpu predict` against an
+AlphaFold2-style run of DeepMind's code (af2cpu.bench.batch). Results (JSON and markdown) go to
+``--out``; docs/benchmarks.md has the measurements.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from af2cpu.runtime.threads import prepare_process, usable_cpu_count
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=PRESET, choices=sorted(PRESETS), metavar="PRESET",
-                        help=f"the model to time (default {PRESET}); a multimer preset (model_1_multimer_v3 ...) "
-                        "times a complex of --chains chains of each length, as DeepMind's multimer example")
+                        help=f"the model to time (default {PRESET}); a multimer preset (model_1_multimer_v3 ..., "
+                        "v2's model_1_multimer_v2 ..., v1's model_1_multimer ...) times a complex of --chains chains "
+                        "of each length, as DeepMind's multimer example")
     parser.add_argument("--chains", type=int, default=2,
                         help="chains of the complex for a multimer --preset (default 2: --lengths 128 is 2 x 128)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128],
