@@ -65,10 +65,14 @@ def test_doctor_says_how_to_install_missing_tools(tmp_path):
 
 
 def test_doctor_reports_missing_params_with_the_fix(tmp_path):
-    proc = af2cpu("doctor", f"params_dir={tmp_path}", "model.names=[model_1_ptm]")
+    proc = af2cpu("doctor", f"params_dir={tmp_path}", "model.names=[model_1_ptm]",
+                  "model.multimer_names=[model_1_multimer_v2]")
     assert proc.returncode == 1
     assert str(tmp_path / "params_model_1_ptm.npz") in proc.stdout
     assert "af2cpu params download" in proc.stdout
+    # A multimer v2 file is not in that download: the fix names DeepMind's tarball and where to put it.
+    assert "alphafold_params_2022-03-02.tar" in proc.stdout
+    assert f"put it at {tmp_path / 'params_model_1_multimer_v2.npz'}" in proc.stdout
 
 
 def test_unknown_config_key_on_the_command_line_is_a_clear_error():
