@@ -31,22 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _report_kernels(cfg) -> None:
     """What runtime.precision resolves to here, the matrix kernels in use and short GEMM peaks."""
     from af2cpu.bench.machine import gemm_peak, kernel_info  # deferred: torch
-    from af2cpu.runtime.precision import (
-        BF16_SPEEDUP_NEEDED,
-        bf16_speedup,
-        bf16_units,
-        onednn_cap,
-        resolve_precision,
-    )
+    from af2cpu.runtime import precision
     from af2cpu.runtime.threads import THREAD_VARIABLES, WAIT_VARIABLES, threads_for
 
-    resolved = resolve_precision(cfg.runtime.precision)
-    units = bf16_units()
-    cap = onednn_cap()
-    speedup = bf16_speedup()
+    resolved = precision.resolve_precision(cfg.runtime.precision)
+    units = precision.bf16_units()
+    cap = precision.onednn_cap()
+    speedup = precision.bf16_speedup()
     measured = "" if speedup is None else (
-        f", its products {speedup:.2f}x fp32's here" + ("" if speedup >= BF16_SPEEDUP_NEEDED else
-                                                         f", under the {BF16_SPEEDUP_NEEDED}x auto needs"))
+        f", its products {speedup:.2f}x fp32's here" + ("" if speedup >= precision.BF16_SPEEDUP_NEEDED else
+                                                         f", under the {precision.BF16_SPEEDUP_NEEDED}x auto needs"))
     why = (f"native bf16: {units}{measured}" if units else "no native bf16: bf16 would be emulated") + (
         f"; oneDNN capped by {cap}" if cap else "")
     print(f"  precision: runtime.precision={cfg.runtime.precision} -> {resolved} ({why})")
