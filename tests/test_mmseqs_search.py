@@ -2,7 +2,9 @@
 mini databases (af2cpu/data/mini/colabfold, built by scripts/build_mini_db.py).
 
 One `af2cpu predict` of the three bundled examples (one MMseqs2 run for the batch, a 1-block network with
-random params) is shared by the assertions, its A3M files included. The oracle
+random params) is shared by the assertions, its A3M files included; one `af2cpu features` of the
+haemoglobin complex (and its rerun) by those of complexes: each chain's MSA and templates as a monomer's,
+and its rows to pair from MMseqs2 on the mini UniProt (an MMseqs2 copy of uniprot/uniprot.fasta). The oracle
 is ColabFold's own search code (`colabfold.mmseqs.search`, colabfold 1.6.3, installed without its
 dependencies: see docs/reference.md) run on the same queries, databases and binary: its A3M files must
 equal ours byte for byte. The one change made to ColabFold's run: its searches pass `--prefilter-mode 0`,
@@ -18,6 +20,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from distributed import LocalCluster
 
@@ -26,10 +29,11 @@ from af2cpu.common.residue_constants import HHBLITS_AA_TO_ID
 from af2cpu.config import compose_config
 from af2cpu.data import DATA_DIR, EXAMPLES_DIR
 from af2cpu.errors import DatabaseError, ToolError
+from af2cpu.io import load_features_npz
 from af2cpu.layout import TargetDir
 from af2cpu.model.presets import PRESETS
-from af2cpu.preprocessing import features, mmseqs, parsers, searches
-from af2cpu.preprocessing.inputs import read_fasta_targets
+from af2cpu.preprocessing import features, mmseqs, multimer, parsers, searches
+from af2cpu.preprocessing.inputs import Target, read_fasta_targets
 from af2cpu.scheduler.batch import run_batch
 from af2cpu.scheduler.cache import StageCache
 
@@ -182,3 +186,97 @@ def test_a_batch_of_the_three_examples_predicts_end_to_end(batch, targets):
         assert folder.ranked(0)[0].is_file() and StageCache(folder).lookup("search_mmseqs2") is not None
     assert json.loads(TargetDir(out / "HBB_HUMAN").features_report.read_text())["templates"][0].startswith("2gtl")
     assert again.exit_status == 0 and all(o.summary == r.summary for o, r in zip(again.outcomes, first.outcomes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Complexes
+
+
+@pytest.fixture(scope="module")
+def complex_run(tmp_path_factory):
+    """`af2cpu features` with search=mmseqs2 on the haemoglobin complex (its two chains in one MMseqs2 run
+    per database), then the same command again: the target folder, and the first run's provenance files."""
+    out = tmp_path_factory.mktemp("mmseqs_complex") / "out"
+    argv = ["features", str(EXAMPLES_DIR / "hemoglobin_ab.fasta"), "--out", str(out), "--cpus", "2",
+            "search=mmseqs2"]
+    assert main(argv) == 0
+    folder = TargetDir(out / "hemoglobin_ab")
+    first = {str(p.relative_to(folder.path)): p.read_bytes() for p in folder.path.rglob("*.json")}
+    assert main(argv) == 0
+    (target,) = read_fasta_targets(EXAMPLES_DIR / "hemoglobin_ab.fasta")
+    return folder, first, target
+
+
+def test_a_complex_under_mmseqs2_searches_each_chain_as_a_monomer_and_uniprot_for_pairing(cfg):
+    from af2cpu.scheduler.stages import target_stages
+
+    plan = searches.plan_searches("mini", pipeline=searches.MULTIMER, protocol="mmseqs2")
+    assert [s.name for s in plan] == ["mmseqs2", "mmseqs2_pdb70", "mmseqs2_uniprot"]
+    assert [s.name for s in plan if s.pairing] == ["mmseqs2_uniprot"]
+    needed = searches.required_databases("mini", searches.MULTIMER, "mmseqs2")
+    assert "uniprot_mmseqs" in needed and "uniprot" not in needed and "pdb_seqres" not in needed
+    assert "uniprot_mmseqs" not in searches.required_databases("mini", protocol="mmseqs2")  # a monomer's
+    (target,) = read_fasta_targets(EXAMPLES_DIR / "hemoglobin_ab.fasta")
+    assert [s.name for s in target_stages(cfg, "features", target)] == [
+        "search_mmseqs2_A", "search_mmseqs2_pdb70_A", "search_mmseqs2_uniprot_A",
+        "search_mmseqs2_B", "search_mmseqs2_pdb70_B", "search_mmseqs2_uniprot_B", "features"]
+
+
+def test_each_chain_gets_its_msa_and_its_uniprot_hits_named_by_uniprot(complex_run):
+    folder, _, target = complex_run
+    species = []
+    for chain, own in zip(target.chains, ("HBA_HUMAN", "HBB_HUMAN")):
+        msas = folder.msas / chain.id
+        unpaired = parsers.read_a3m(msas / "colabfold_mmseqs2.a3m")
+        assert unpaired.sequences[0] == chain.sequence and len(unpaired) > 400  # measured 485 (A), 488 (B)
+        hits = features.read_msa(msas / "mmseqs2_uniprot_hits.a3m", chain.sequence)
+        # Every hit named by its whole UniProt header; the best one the chain's own entry.
+        assert hits.descriptions[1].split()[0].endswith(f"|{own}")
+        assert all(d.startswith(("sp|", "tr|")) for d in hits.descriptions[1:])
+        species.append({parsers.species_id(d) for d in hits.descriptions[1:]})
+        for name in ("colabfold_mmseqs2.a3m", "mmseqs2_uniprot_hits.a3m"):  # both chains in one run each
+            assert json.loads(searches.sidecar(msas / name).read_text())["batch_size"] == 2
+    assert len(species[0] & species[1]) > 100  # species with rows in both chains: pairs to find
+
+
+def test_the_complex_pairs_rows_by_species_from_the_uniprot_hits(complex_run):
+    folder, _, target = complex_run
+    example = load_features_npz(folder.features)
+    assert sorted(example) == sorted(multimer.EXAMPLE_KEYS) and example["aatype"].shape == (287,)
+    report = json.loads(folder.features_report.read_text())
+    assert report["msa_sizes"] == {"A": {"colabfold": 485}, "B": {"colabfold": 488}}  # measured
+    assert report["pairing_msa_sizes"] == {"A": 542, "B": 531}  # the hits and the query, measured
+    # Paired rows: both chains' halves filled (the unpaired rows below are block-diagonal).
+    rows = example["msa"][: int(example["num_alignments"])]
+    gap = multimer.GAP
+    paired = int(np.sum(np.any(rows[:, :141] != gap, axis=1) & np.any(rows[:, 141:] != gap, axis=1)))
+    # As many as AlphaFold-Multimer's species pairing finds in the two chains' UniProt hits.
+    hits = [multimer.pairing_msa_features(features.read_msa(folder.msas / c.id / "mmseqs2_uniprot_hits.a3m",
+                                                              c.sequence)) for c in target.chains]
+    expected = multimer.SpeciesPairing([h["msa_all_seq"] for h in hits],
+                                       [h["msa_species_identifiers_all_seq"] for h in hits]).rows()
+    assert paired == len(expected) > 100  # measured 516, the queries' row included
+    # Templates: hhsearch on PDB70 with each chain's A3M, as for a monomer; the multimer keeps 4.
+    assert all(names[0].startswith("2gtl") for names in report["templates"].values())
+    assert int(example["num_templates"]) == 4 and example["template_aatype"].shape == (4, 287)
+
+
+def test_a_rerun_of_the_complex_reuses_every_search(complex_run, cfg):
+    folder, first, target = complex_run
+    again = {str(p.relative_to(folder.path)): p.read_bytes() for p in folder.path.rglob("*.json")}
+    assert again == first  # provenance and stage records untouched: nothing searched or made again
+    for chain in target.chains:
+        assert StageCache(folder).lookup(f"search_mmseqs2_uniprot_{chain.id}") is not None
+    search = searches.SEARCHES["mmseqs2_uniprot"]
+    chains = [(Target(f"chain_{c.id}", c.description, c.sequence), folder.msas / c.id) for c in target.chains]
+    assert searches.run_batch_search(search, chains, cfg.db, cpus=2) == []
+
+
+def test_a_missing_uniprot_mmseqs2_database_is_named_with_its_command(tmp_path, capsys):
+    missing = tmp_path / "uniprot_db"
+    assert main(["db", "check", "search=mmseqs2", f"db.uniprot_mmseqs={missing}"]) == 0  # complexes only
+    line = next(line for line in capsys.readouterr().out.splitlines() if "uniprot_mmseqs" in line)
+    assert line.split()[0] == "absent" and f"mmseqs createdb <FASTA> {missing}" in line
+    assert "(multimer only)" in line
+    with pytest.raises(DatabaseError, match=r"UniProt MMseqs2 database: file .*uniprot_db.dbtype is missing"):
+        mmseqs.search_pairing_msas(["MKTAYIAKQR"], str(missing), [tmp_path / "x.a3m"], 1, 60)
