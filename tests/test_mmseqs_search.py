@@ -52,20 +52,23 @@ def targets():
     return [read_fasta_targets(EXAMPLES_DIR / f"{name}.fasta")[0] for name in EXAMPLES]
 
 
-OVERRIDES = ["search=mmseqs2", "params=random", "model.names=[model_1_ptm]", "model.num_recycle=0", "relax=none"]
+OVERRIDES = ["search=mmseqs2", "params=random", "model.names=[model_1_ptm]", "model.num_recycle=0", "relax=none",
+             "model.multimer_names=[model_1_multimer_v3]", "model.num_predictions_per_model=1"]
 
 
 @pytest.fixture(scope="module")
 def batch(targets, tmp_path_factory):
-    """`predict` with search=mmseqs2 on the three examples (one MMseqs2 run for the batch, 2 threads), and
-    the same command again. The network has 1 Evoformer and 1 extra-MSA block (random params): the Dask
-    workers are threads of this process, so they see the smaller preset."""
+    """`predict` with search=mmseqs2 on the three examples and the haemoglobin complex (one MMseqs2 run for
+    the batch's targets and chains, one on UniProt for the complex's chains, 2 threads), and the same
+    command again. The networks have 1 Evoformer and 1 extra-MSA block (random params): the Dask workers
+    are threads of this process, so they see the smaller presets."""
     root = tmp_path_factory.mktemp("mmseqs")
-    fasta = root / "three.fasta"
-    fasta.write_text("".join((EXAMPLES_DIR / f"{name}.fasta").read_text() for name in EXAMPLES))
+    fasta = root / "four.fasta"
+    fasta.write_text("".join((EXAMPLES_DIR / f"{name}.fasta").read_text() for name in [*EXAMPLES, "hemoglobin_ab"]))
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(PRESETS, "model_1_ptm", PRESETS["model_1_ptm"].with_blocks(evoformer=1, extra_msa=1))
+        for preset in ("model_1_ptm", "model_1_multimer_v3"):
+            patch.setitem(PRESETS, preset, PRESETS[preset].with_blocks(evoformer=1, extra_msa=1))
         with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
             overrides = [*OVERRIDES, f"scheduler.address={cluster.scheduler_address}"]
             first = run_batch(fasta, out, overrides, quiet=True)
@@ -94,7 +97,8 @@ def test_one_run_makes_each_target_its_a3m_with_provenance(batch, targets):
         assert msa.sequences[0] == target.sequence
         sizes[target.id] = len(msa)
         recorded = json.loads(searches.sidecar(result).read_text())
-        assert recorded["tool"] == "mmseqs" and recorded["batch_size"] == 3  # the batch's one run
+        # The batch's one run: the three targets and haemoglobin alpha (beta is HBB_HUMAN: searched once).
+        assert recorded["tool"] == "mmseqs" and recorded["batch_size"] == 4
         assert searches.reusable(search, target.sequence, msa_dir, compose_config(["search=mmseqs2"]).db)
     # Measured: HBB 488 rows (UniRef30 + environmental, each with the query), the others the query twice.
     assert sizes["HBB_HUMAN"] > 400 and sizes["MPA51_PHAAQ"] == 2 and sizes["1UBI_A"] == 2
@@ -177,7 +181,8 @@ def test_a_failing_step_is_named_with_its_output(tmp_path):
 
 
 def test_a_batch_of_the_three_examples_predicts_end_to_end(batch, targets):
-    """Every target predicted, each with its own stage records; the rerun finds everything cached."""
+    """Every target predicted, each with its own stage records; the rerun finds everything cached (the
+    complex's outcome too)."""
     _, out, _, (first, again) = batch
     assert first.exit_status == 0, [o.failure for o in first.outcomes]
     for target in targets:
@@ -280,3 +285,32 @@ def test_a_missing_uniprot_mmseqs2_database_is_named_with_its_command(tmp_path, 
     assert "(multimer only)" in line
     with pytest.raises(DatabaseError, match=r"UniProt MMseqs2 database: file .*uniprot_db.dbtype is missing"):
         mmseqs.search_pairing_msas(["MKTAYIAKQR"], str(missing), [tmp_path / "x.a3m"], 1, 60)
+
+
+def test_a_complex_in_a_predict_batch_takes_its_chains_results_from_the_batch_runs(batch):
+    """The Dask path: the complex's chain stages wait for the batch runs and reuse their results."""
+    _, out, pairs, (first, _) = batch
+    outcome = next(o for o in first.outcomes if o.target.id == "hemoglobin_ab")
+    assert outcome.status == "done" and 0 <= outcome.summary["iptm"] <= 1
+    folder = TargetDir(out / "hemoglobin_ab")
+    # Written by the batch runs (a chain's own stage would record no batch size): the four distinct
+    # sequences of the batch in one, the complex's two chains on UniProt in the other.
+    for chain in "AB":
+        for name, size in (("colabfold_mmseqs2.a3m", 4), ("mmseqs2_uniprot_hits.a3m", 2)):
+            assert json.loads(searches.sidecar(folder.msas / chain / name).read_text())["batch_size"] == size
+    hbb = {t.id: d for t, d in pairs}["HBB_HUMAN"]  # the same sequence as chain B: the same A3M
+    assert (folder.msas / "B" / "colabfold_mmseqs2.a3m").read_bytes() == (hbb / "colabfold_mmseqs2.a3m").read_bytes()
+    assert folder.ranked(0)[0].is_file()
+
+
+def test_the_check_before_work_reads_the_mmseqs2_plan_of_monomers_and_complexes(tmp_path):
+    from af2cpu.scheduler.batch import check_before_work
+
+    cfg = compose_config(["params=random", "search=mmseqs2", f"db.uniprot_mmseqs={tmp_path / 'uniprot_db'}"])
+    check_before_work(cfg, models=False)  # monomers do not read UniProt
+    with pytest.raises(DatabaseError, match=r"uniprot_mmseqs: file .*uniprot_db.dbtype is missing"):
+        check_before_work(cfg, models=False, multimer=[False, True])
+    # db=colabfold is checked as search=mmseqs2's databases, each missing one named.
+    colabfold = compose_config(["params=random", "search=mmseqs2", "db=colabfold", f"db.root={tmp_path}"])
+    with pytest.raises(DatabaseError, match="colabfold_uniref30: file .*uniref30_2302_db.dbtype is missing"):
+        check_before_work(colabfold, models=False)
