@@ -203,13 +203,13 @@ class BatchGraph:
                 continue
             contexts.append(ctx)
         for search in searches:
-            stage_names = {name for ctx in contexts for name, _, _ in batch_queries(search, ctx)}
-            if sum(len(batch_queries(search, ctx)) for ctx in contexts) < 2:
-                continue  # one query: its own stage searches it
+            queries = [query for ctx in contexts for query in batch_queries(search, ctx)]
+            if len(queries) < 2:
+                continue  # one query (or none): its own stage searches it
             future = self.client.submit(
                 run_batch_search, search, contexts, key=f"batch_search_{search.name}-{uuid.uuid4().hex[:8]}",
                 pure=False, priority=max(t.num_residues for t in targets) + 1, resources=self._resources(None))
-            for name in stage_names:  # search_<name>, or search_<name>_<chain id> for a complex's chains
+            for name in {name for name, _, _ in queries}:  # search_<name>, search_<name>_<chain id>
                 self._batch[name] = future
 
     def submit_target(self, target: Target) -> Future:
