@@ -27,7 +27,12 @@ class Database:
     hh_parts: tuple[str, ...] = ()  # the ffindex parts an "hh" database must have
     may_be_empty: bool = False  # e.g. obsolete.dat of a fresh PDB mirror
     about: str = ""
+    # The parts of an "mmseqs" database (suffixes of its prefix): ColabFold's expandable profile databases
+    # by default; a sequence database made by `mmseqs createdb` has its sequences and headers ("_h").
+    mmseqs_parts: tuple[str, ...] = ("", "_seq", "_aln")
 
+
+SEQUENCE_DB_PARTS = ("", "_h")  # an MMseqs2 sequence database: sequences and headers
 
 DATABASES: tuple[Database, ...] = (
     Database("uniref90", "uniref90/uniref90.fasta", about="UniRef90 (jackhmmer)"),
@@ -47,10 +52,14 @@ DATABASES: tuple[Database, ...] = (
     Database("colabfold_uniref30", "colabfold/uniref30_2302_db", "mmseqs", about="UniRef30 (MMseqs2, search=mmseqs2)"),
     Database("colabfold_envdb", "colabfold/colabfold_envdb_202108_db", "mmseqs",
              about="ColabFold environmental database (MMseqs2, search=mmseqs2)"),
+    # The UniProt FASTA above as an MMseqs2 sequence database (`mmseqs createdb`): a complex's rows to
+    # pair under search=mmseqs2.
+    Database("uniprot_mmseqs", "uniprot/uniprot_db", "mmseqs", mmseqs_parts=SEQUENCE_DB_PARTS,
+             about="UniProt (MMseqs2, MSA pairing, multimer, search=mmseqs2)"),
 )
 # The parts of an MMseqs2 database ColabFold's search reads: the searched sequences or profiles, the
 # member sequences of each cluster and the alignments of the clusters to their members.
-MMSEQS_PARTS = ("", "_seq", "_aln")
+MMSEQS_PARTS = Database.mmseqs_parts
 CATALOGUE: dict[str, Database] = {db.name: db for db in DATABASES}
 
 
@@ -71,7 +80,7 @@ def database_files(name: str, path: str) -> list[Path]:
     if db.kind == "hh":
         return [Path(f"{path}_{part}.{ext}") for part in db.hh_parts for ext in ("ffdata", "ffindex")]
     if db.kind == "mmseqs":
-        files = [Path(f"{path}{part}{ext}") for part in MMSEQS_PARTS for ext in (".dbtype", "", ".index")]
+        files = [Path(f"{path}{part}{ext}") for part in db.mmseqs_parts for ext in (".dbtype", "", ".index")]
         return files + [Path(f"{path}.idx{ext}") for ext in ("", ".index") if os.path.isfile(f"{path}.idx{ext}")]
     return [Path(path)]
 
@@ -86,13 +95,18 @@ def mmseqs_index_command(path: str) -> str:
     return f"mmseqs createindex {path} {Path(path).parent / 'tmp'} --remove-tmp-files 1"
 
 
-def mmseqs_database_problem(path: str, require_index: bool) -> str:
-    for part in MMSEQS_PARTS:
+def mmseqs_database_problem(path: str, require_index: bool, parts: tuple[str, ...] = MMSEQS_PARTS) -> str:
+    """What is wrong with the MMseqs2 database at prefix ``path`` made of ``parts`` ("" when usable): a
+    ColabFold profile database (the default parts) or a sequence database (:data:`SEQUENCE_DB_PARTS`)."""
+    for part in parts:
         for ext in (".dbtype", "", ".index"):
             file = Path(f"{path}{part}{ext}")
             if not file.is_file():
+                index = mmseqs_index_command(path)
+                if parts == SEQUENCE_DB_PARTS:
+                    return f"file {file} is missing: build the database with `mmseqs createdb <FASTA> {path}`, then `{index}`"
                 return (f"file {file} is missing: build the database as ColabFold's setup_databases.sh does "
-                        f"(`mmseqs tsv2exprofiledb <downloaded name> {path}`, then `{mmseqs_index_command(path)}`)")
+                        f"(`mmseqs tsv2exprofiledb <downloaded name> {path}`, then `{index}`)")
     if require_index and not mmseqs_indexed(path):
         return f"{path} is not indexed (no {path}.idx): run `{mmseqs_index_command(path)}`"
     return ""
@@ -103,7 +117,7 @@ def database_problem(name: str, path: str, require_index: bool = True) -> str:
     indexed when `require_index` (the full-size ones: searching an unindexed one is far slower)."""
     db = CATALOGUE[name]
     if db.kind == "mmseqs":
-        return mmseqs_database_problem(path, require_index)
+        return mmseqs_database_problem(path, require_index, db.mmseqs_parts)
     if db.kind == "mmcif_dir":
         folder = Path(path)
         if not folder.is_dir():

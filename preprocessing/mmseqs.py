@@ -8,6 +8,12 @@ filtered, and turned into an MSA; the UniRef30 and environmental MSAs are then c
 All queries of a batch go through one run (the tool is much faster per query on many), and each query's
 A3M is split out of the merged result afterwards.
 
+For a complex, :func:`search_pairing_msas` also searches each distinct chain against UniProt (an MMseqs2
+sequence database made from AlphaFold-Multimer's ``uniprot.fasta``) for the rows to pair: every hit, named
+by its UniProt header, which ``af2cpu.preprocessing.multimer`` pairs by species as AlphaFold-Multimer
+pairs its jackhmmer hits. This is af2cpu's protocol, not ColabFold's: ColabFold pairs through the UniRef100
+taxonomy of its UniRef30 hits (``mmseqs pairaln``).
+
 Two deliberate differences from ColabFold's script, neither of which changes a result:
 
 - ColabFold 1.6 adds ``--prefilter-mode 0`` to the searches; MMseqs2 14 (Debian's) has no such option,
@@ -24,10 +30,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from af2cpu.databases import mmseqs_database_problem, mmseqs_indexed
+from af2cpu.databases import MMSEQS_PARTS, SEQUENCE_DB_PARTS, mmseqs_database_problem, mmseqs_indexed
 from af2cpu.errors import DatabaseError, ToolError
 from af2cpu.io import atomic_write_text
 from af2cpu.preprocessing.tools import run_tool
@@ -53,6 +59,14 @@ FILTER_FLAGS = ["--filter-msa", "1", "--filter-min-enable", "1000", "--diff", st
 EXPAND_FLAGS = ["--expansion-mode", "0", "-e", str(EXPAND_EVAL), "--expand-filter-clusters", "1",
                 "--max-seq-id", "0.95"]
 
+# The UniProt search of a complex's chains (the rows to pair): AlphaFold-Multimer's jackhmmer on UniProt
+# runs one iteration with E-values up to 1e-4 and pairs from its first 50,000 hits.
+PAIRING_EVAL = 0.0001
+PAIRING_MAX_SEQS = 50_000
+PAIRING_SEARCH_FLAGS = ["-a", "-e", str(PAIRING_EVAL), "--max-seqs", str(PAIRING_MAX_SEQS), "-s", f"{SENSITIVITY:.1f}"]
+PAIRING_MSA_FLAGS = ["--msa-format-mode", "5", "--filter-msa", "0"]  # every hit, as jackhmmer's MSA holds
+PAIRING_FLAGS = ("search", *PAIRING_SEARCH_FLAGS, "result2msa", *PAIRING_MSA_FLAGS, "convertalis target,theader")
+
 # What a result depends on (the search registry records it in each result's provenance).
 FLAGS = ("search", *search_flags(0)[2:], "expandaln", *EXPAND_FLAGS, "align", "-e", str(ALIGN_EVAL),
          "--max-accept", str(MAX_ACCEPT), "--alt-ali", "10", "-a", "filterresult", "--qid", "0",
@@ -60,9 +74,9 @@ FLAGS = ("search", *search_flags(0)[2:], "expandaln", *EXPAND_FLAGS, "align", "-
          "result2msa", "--msa-format-mode", "6", *FILTER_FLAGS, "mergedbs uniref env")
 
 
-def check_database(db: str, what: str) -> None:
+def check_database(db: str, what: str, parts: tuple[str, ...] = MMSEQS_PARTS) -> None:
     """DatabaseError naming the missing part of the MMseqs2 database at prefix ``db`` and how to build it."""
-    problem = mmseqs_database_problem(db, require_index=False)
+    problem = mmseqs_database_problem(db, require_index=False, parts=parts)
     if problem:
         raise DatabaseError(f"{what} MMseqs2 database: {problem}; or point db.<name> at it")
 
@@ -124,6 +138,30 @@ def read_db_entries(prefix: Path) -> dict[int, str]:
     return entries
 
 
+def _batch_run(sequences: Sequence[str], outs: Sequence[Path], threads: int, timeout: float,
+               search: Callable[[_Steps, Path], dict[int, str]]) -> float:
+    """Runs ``search`` (steps, work folder -> A3M text by query number) on the query database of all
+    ``sequences`` (``work/qdb``, each named :data:`QUERY_NAME`) and writes the A3M of ``sequences[i]``
+    to ``outs[i]``. Returns the seconds it took."""
+    if len(sequences) != len(outs) or not sequences:
+        raise ValueError("one output path per query sequence is needed")
+    started = time.perf_counter()
+    outs = [Path(out) for out in outs]
+    outs[0].parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mmseqs2.", dir=outs[0].parent) as scratch:
+        work = Path(scratch)
+        fasta = work / "query.fas"
+        fasta.write_text("".join(f">{QUERY_NAME}\n{seq}\n" for seq in sequences))
+        run = _Steps(threads, timeout)
+        run("createdb", fasta, work / "qdb", "--shuffle", "0", "--dbtype", "1")
+        entries = search(run, work)
+        for key, out in enumerate(outs):
+            if key not in entries:
+                raise ToolError(f"MMseqs2 wrote no MSA for query {key} ({out.name})")
+            atomic_write_text(out, entries[key])
+    return time.perf_counter() - started
+
+
 def search_msas(
     sequences: Sequence[str],
     uniref_db: str,
@@ -137,26 +175,58 @@ def search_msas(
     Returns the seconds it took. Each A3M is UniRef30's MSA followed by the environmental database's,
     both starting with the query (as ColabFold's ``final.a3m``).
     """
-    if len(sequences) != len(outs) or not sequences:
-        raise ValueError("one output path per query sequence is needed")
     check_database(uniref_db, "UniRef30")
     check_database(env_db, "ColabFold environmental")
-    started = time.perf_counter()
-    outs = [Path(out) for out in outs]
-    outs[0].parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".mmseqs2.", dir=outs[0].parent) as scratch:
-        work = Path(scratch)
-        fasta = work / "query.fas"
-        fasta.write_text("".join(f">{QUERY_NAME}\n{seq}\n" for seq in sequences))
-        run = _Steps(threads, timeout)
-        run("createdb", fasta, work / "qdb", "--shuffle", "0", "--dbtype", "1")
+
+    def search(run: _Steps, work: Path) -> dict[int, str]:
         profile = work / "prof_res"
         _database_msa(run, work, profile, uniref_db, work / UNIREF_MSA, first=True)
         _database_msa(run, work, profile, env_db, work / ENV_MSA, first=False)
         run("mergedbs", work / "qdb", work / "final.a3m", work / UNIREF_MSA, work / ENV_MSA)
-        entries = read_db_entries(work / "final.a3m")
-        for key, out in enumerate(outs):
-            if key not in entries:
-                raise ToolError(f"MMseqs2 wrote no MSA for query {key} ({out.name})")
-            atomic_write_text(out, entries[key])
-    return time.perf_counter() - started
+        return read_db_entries(work / "final.a3m")
+    return _batch_run(sequences, outs, threads, timeout, search)
+
+
+def _named_rows(a3m: str, headers: dict[str, str]) -> str:
+    """The A3M with each row's name (MMseqs2 writes the accession it parsed from the header) replaced by
+    its whole header line in the database, ``sp|P69905|HBA_HUMAN ...``, whose species pairing reads."""
+    lines = []
+    for line in a3m.splitlines():
+        if line.startswith(">"):
+            name = line[1:].split("\t")[0].strip()
+            line = f">{headers.get(name, name)}"
+        lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def search_pairing_msas(
+    sequences: Sequence[str],
+    uniprot_db: str,
+    outs: Sequence[Path],
+    threads: int,
+    timeout: float,
+) -> float:
+    """One MMseqs2 run for all ``sequences`` against UniProt (an MMseqs2 sequence database made by
+    ``mmseqs createdb`` from AlphaFold-Multimer's ``uniprot.fasta``): writes the A3M of every hit of
+    ``sequences[i]`` to ``outs[i]``, the query first, each hit named by its UniProt header. These are
+    the rows a complex pairs by species (``af2cpu.preprocessing.multimer``), as AlphaFold-Multimer pairs
+    its jackhmmer hits against the same database: one search (jackhmmer's one iteration) with jackhmmer's
+    E-value cut-off, at most :data:`PAIRING_MAX_SEQS` hits, unfiltered. Returns the seconds it took."""
+    check_database(uniprot_db, "UniProt", SEQUENCE_DB_PARTS)
+    load = "2" if mmseqs_indexed(uniprot_db) else "0"
+
+    def search(run: _Steps, work: Path) -> dict[int, str]:
+        qdb, res = work / "qdb", work / "res_uniprot"
+        run("search", qdb, uniprot_db, res, work / "tmp", "--threads", run.threads, "--db-load-mode", load,
+            *PAIRING_SEARCH_FLAGS)
+        run("result2msa", qdb, uniprot_db, res, work / "uniprot.a3m", "--db-load-mode", load,
+            "--threads", run.threads, *PAIRING_MSA_FLAGS)
+        run("convertalis", qdb, uniprot_db, res, work / "headers", "--format-output", "target,theader",
+            "--db-output", "1", "--db-load-mode", load, "--threads", run.threads)
+        msas = read_db_entries(work / "uniprot.a3m")
+        named = {}
+        for key, table in read_db_entries(work / "headers").items():
+            headers = dict(line.split("\t", 1) for line in table.splitlines() if "\t" in line)
+            named[key] = _named_rows(msas.get(key, ""), headers)
+        return {key: named.get(key, msa) for key, msa in msas.items()}
+    return _batch_run(sequences, outs, threads, timeout, search)

@@ -13,9 +13,10 @@ The entries are AlphaFold2's monomer data pipeline: jackhmmer on UniRef90 and MG
 UniRef30 (or jackhmmer on small BFD for the reduced preset), and the template search on PDB70 that
 reads the UniRef90 result; the multimer template search (hmmsearch on pdb_seqres) is registered for
 the multimer pipeline, with jackhmmer on UniProt for the pairing of a complex's MSAs (AlphaFold-Multimer
-searches each distinct chain of a complex with the multimer plan). ``search=mmseqs2`` (protocol MMSEQS2) replaces them with ColabFold's MMseqs2
-search (``af2cpu.preprocessing.mmseqs``: one A3M from UniRef30 and the environmental database) and
-hhsearch on PDB70 with that A3M, as ColabFold finds templates. A search with a ``run_batch`` makes the
+searches each distinct chain of a complex with the multimer plan). ``search=mmseqs2`` (protocol MMSEQS2)
+replaces them with ColabFold's MMseqs2 search (``af2cpu.preprocessing.mmseqs``: one A3M from UniRef30 and
+the environmental database) and hhsearch on PDB70 with that A3M, as ColabFold finds templates; a
+complex's chains get the same two searches and MMseqs2 on UniProt for the rows to pair. A search with a ``run_batch`` makes the
 results of many targets in one tool run (:func:`run_batch_search`); each target's result is then
 reused by its own search task, which finds it valid by its provenance.
 
@@ -133,10 +134,18 @@ def _mmseqs2_batch(search: Search, sequences: list[str], databases: list[str], o
     return mmseqs.search_msas(sequences, databases[0], databases[1], outs, cpus, timeout)
 
 
-def _mmseqs2(search: Search, job: SearchJob) -> tools.ToolRun:
-    seconds = _mmseqs2_batch(search, [read_query_sequence(job.query)], job.databases, [job.out], job.cpus,
-                             job.timeout)
-    return tools.ToolRun(job.out, "mmseqs", binary_version("mmseqs"), seconds)
+def _mmseqs2_uniprot_batch(search: Search, sequences: list[str], databases: list[str], outs: list[Path], cpus: int,
+                           timeout: float) -> float:
+    return mmseqs.search_pairing_msas(sequences, databases[0], outs, cpus, timeout)
+
+
+def _batch_of_one(search: Search, job: SearchJob) -> tools.ToolRun:
+    """A batch search (``search.run_batch``) run for one target."""
+    if search.run_batch is None:
+        raise ValueError(f"search {search.name!r} has no batch mode")
+    seconds = search.run_batch(search, [read_query_sequence(job.query)], job.databases, [job.out], job.cpus,
+                               job.timeout)
+    return tools.ToolRun(job.out, search.tools[0], binary_version(search.tools[0]), seconds)
 
 
 def _hhsearch_a3m(search: Search, job: SearchJob) -> tools.ToolRun:
@@ -181,12 +190,16 @@ for _search in (
     # AlphaFold-Multimer's UniProt MSA, from which a complex's chains pair rows by species.
     Search("uniprot", "uniprot_hits.sto", ("jackhmmer",), ("uniprot",), _jackhmmer, tuple(tools.JACKHMMER_FLAGS),
            pipelines=(MULTIMER,), pairing=True),
-    # ColabFold's protocol. Complexes (paired MSAs) wait for the multimer pipeline.
-    Search("mmseqs2", "colabfold_mmseqs2.a3m", ("mmseqs",), ("colabfold_uniref30", "colabfold_envdb"), _mmseqs2,
-           mmseqs.FLAGS, protocol=MMSEQS2, msa=MsaUse(0, "colabfold"), run_batch=_mmseqs2_batch),
+    # ColabFold's protocol; a complex's chains get the same MSA and templates as a monomer, and their
+    # rows to pair from MMseqs2 on UniProt (paired by species as AlphaFold-Multimer pairs).
+    Search("mmseqs2", "colabfold_mmseqs2.a3m", ("mmseqs",), ("colabfold_uniref30", "colabfold_envdb"), _batch_of_one,
+           mmseqs.FLAGS, protocol=MMSEQS2, msa=MsaUse(0, "colabfold"), run_batch=_mmseqs2_batch, pipelines=BOTH),
     Search("mmseqs2_pdb70", "colabfold_pdb_hits.hhr", ("hhsearch",), ("pdb70",), _hhsearch_a3m,
-           tuple(tools.HHSEARCH_FLAGS), needs=("mmseqs2",), protocol=MMSEQS2, template_hits="hhr",
+           tuple(tools.HHSEARCH_FLAGS), needs=("mmseqs2",), protocol=MMSEQS2, template_hits="hhr", pipelines=BOTH,
            **_TEMPLATE_FEATURES),
+    Search("mmseqs2_uniprot", "mmseqs2_uniprot_hits.a3m", ("mmseqs",), ("uniprot_mmseqs",), _batch_of_one,
+           mmseqs.PAIRING_FLAGS, protocol=MMSEQS2, pipelines=(MULTIMER,), pairing=True,
+           run_batch=_mmseqs2_uniprot_batch),
 ):
     register_search(_search)
 

@@ -25,7 +25,7 @@ from af2cpu.model.memory import MemoryPlanError, TargetShape, plan_options
 from af2cpu.model.presets import get_preset
 from af2cpu.preprocessing.binaries import find_binary
 from af2cpu.preprocessing.inputs import Target, read_fasta_batch
-from af2cpu.preprocessing.searches import required_databases, required_tools
+from af2cpu.preprocessing.searches import MONOMER, MULTIMER, required_databases, required_tools
 from af2cpu.runtime.memory import parse_memory_limit
 from af2cpu.scheduler.cache import LockTimeout, StageCache
 from af2cpu.scheduler.cluster import start_cluster, starts_worker_jobs
@@ -70,9 +70,13 @@ def check_before_work(cfg, models: bool = True, searches: bool = True, multimer:
     if models:
         weights.check_params(cfg, multimer)
     if searches:
-        for tool in sorted(required_tools(cfg.db.preset)):
+        # The searches of the configured protocol, for monomers and/or complexes' chains.
+        pipelines = {MULTIMER if kind else MONOMER for kind in multimer}
+        protocol = str(cfg.search.protocol)
+        for tool in sorted(set().union(*(required_tools(cfg.db.preset, p, protocol) for p in pipelines))):
             find_binary(tool)
-        missing = [s for s in check_databases(cfg.db, required_databases(cfg.db.preset)) if s.required and not s.ok]
+        needed = set().union(*(required_databases(cfg.db.preset, p, protocol) for p in pipelines))
+        missing = [s for s in check_databases(cfg.db, needed) if s.required and not s.ok]
         if missing:
             problems = "; ".join(f"{s.name}: {s.problem}" for s in missing)
             raise DatabaseError(f"database(s) for db={cfg.db.preset} not usable: {problems}. {fix_hint(cfg.db.preset)}")

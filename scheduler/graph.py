@@ -33,6 +33,7 @@ from af2cpu.scheduler.stages import (
     StageContext,
     StageTiming,
     batch_msa_folders,
+    batch_queries,
     batch_searches,
     folding_target,
     run_batch_search,
@@ -196,17 +197,20 @@ class BatchGraph:
                 continue
             ctx = self._context(target)
             try:
-                ctx.folder.claim(target.id, target.description, target.sequence)
+                ctx.folder.claim(target.id, target.description, target.sequence, chains_json(ctx.target))
             except Exception as exc:  # noqa: BLE001 - submit_target reports it as this target's failure
                 log.warning("%s: not in the batch searches: %s", target.id, exc)
                 continue
             contexts.append(ctx)
-        if len(contexts) < 2:
-            return
         for search in searches:
-            self._batch[f"search_{search.name}"] = self.client.submit(
+            queries = [query for ctx in contexts for query in batch_queries(search, ctx)]
+            if len(queries) < 2:
+                continue  # one query (or none): its own stage searches it
+            future = self.client.submit(
                 run_batch_search, search, contexts, key=f"batch_search_{search.name}-{uuid.uuid4().hex[:8]}",
                 pure=False, priority=max(t.num_residues for t in targets) + 1, resources=self._resources(None))
+            for name in {name for name, _, _ in queries}:  # search_<name>, search_<name>_<chain id>
+                self._batch[name] = future
 
     def submit_target(self, target: Target) -> Future:
         """Submit every stage of `target`; returns the future of its last stage (the final files)."""

@@ -193,12 +193,32 @@ def _search_run(search: searches.Search, chain_id: str | None, ctx: StageContext
 
 
 def batch_searches(cfg: DictConfig) -> list[searches.Search]:
-    """The searches of the plan that run once for a whole batch (``search.batch``, e.g. MMseqs2)."""
-    return [s for s in search_plan(cfg) if s.run_batch is not None and cfg.search.batch]
+    """The searches of the plans (a monomer's, a complex chain's) that run once for a whole batch
+    (``search.batch``, e.g. MMseqs2)."""
+    if not cfg.search.batch:
+        return []
+    plans = {s.name: s for s in (*search_plan(cfg), *search_plan(cfg, multimer=True))}
+    return [s for s in plans.values() if s.run_batch is not None]
+
+
+def batch_queries(search: searches.Search, ctx: StageContext) -> list[tuple[str, Target, Path]]:
+    """What a batch run of `search` searches for the target of `ctx`: (its stage's name, the query, its
+    msas folder) for the target itself or each distinct chain of a complex; none when the target's plan
+    does not make `search` (the UniProt search of a complex's chains, for a monomer)."""
+    complex_target = ctx.target.is_complex
+    if search.name not in {s.name for s in search_plan(ctx.cfg, multimer=complex_target)}:
+        return []
+    chain_ids = [c.id for c in ctx.target.unique_chains()] if complex_target else [None]
+    queries = []
+    for chain_id in chain_ids:
+        query, msa_dir, _ = _search_query(ctx, chain_id)
+        queries.append((f"search_{search.name}" + (f"_{chain_id}" if chain_id is not None else ""), query, msa_dir))
+    return queries
 
 
 def run_batch_search(search: searches.Search, contexts: Sequence[StageContext]) -> dict:
-    """One run of a batch search for the targets of ``contexts`` whose result is not valid yet.
+    """One run of a batch search for the targets (and complexes' distinct chains) of ``contexts`` whose
+    result is not valid yet.
 
     It only fills each target's msas folder with a result and its provenance: each target's own
     ``search_<name>`` stage then finds that result valid, reuses it and records the stage, so the stage
@@ -207,7 +227,9 @@ def run_batch_search(search: searches.Search, contexts: Sequence[StageContext]) 
     """
     cfg = contexts[0].cfg
     cpus = threads_for(int(cfg.search.cpus))
-    pairs = [(ctx.target, ctx.folder.msas) for ctx in contexts]
+    pairs = [(query, msa_dir) for ctx in contexts for _, query, msa_dir in batch_queries(search, ctx)]
+    if not pairs:
+        return {"searched": []}
     try:
         searched = searches.run_batch_search(search, pairs, cfg.db, cpus, float(cfg.search.timeout_s))
     except Exception as exc:  # noqa: BLE001 - reported; each target's own search stage runs instead
@@ -241,10 +263,11 @@ def run_features_in_process(contexts: Sequence[StageContext]) -> dict[str, dict[
     already made for the same sequence (a chain shared by complexes, or a complex's chain folded alone
     too) copies it instead of searching again."""
     contexts = [dataclasses.replace(ctx, target=folding_target(ctx.cfg, ctx.target)) for ctx in contexts]
-    if len(contexts) > 1 and not any(ctx.force for ctx in contexts):
+    if contexts and not any(ctx.force for ctx in contexts):
         fresh = [ctx for ctx in contexts if ctx.precomputed is None]
-        for search in batch_searches(contexts[0].cfg) if len(fresh) > 1 else []:
-            run_batch_search(search, fresh)
+        for search in batch_searches(contexts[0].cfg):
+            if sum(len(batch_queries(search, ctx)) for ctx in fresh) > 1:
+                run_batch_search(search, fresh)
     by_sequence = batch_msa_folders((ctx.target, ctx.folder) for ctx in contexts)
     contexts = [dataclasses.replace(ctx, batch_msas=by_sequence) for ctx in contexts]
     done: dict[str, dict[str, StageTiming] | Exception] = {}
@@ -572,9 +595,6 @@ def search_plan(cfg: DictConfig, multimer: bool = False) -> list[searches.Search
     """The searches of the configured database preset and search protocol (``multimer``: those of each
     distinct chain of a complex)."""
     pipeline = searches.MULTIMER if multimer else searches.MONOMER
-    if multimer and str(cfg.search.protocol) != searches.ALPHAFOLD2:
-        raise InputError(f"complexes are searched with AlphaFold-Multimer's searches: use search=alphafold2, "
-                         f"not search={cfg.search.protocol}")
     return searches.plan_searches(cfg.db.preset, pipeline=pipeline, protocol=cfg.search.protocol)
 
 

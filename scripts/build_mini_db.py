@@ -340,6 +340,34 @@ def build_uniprot(src: Path, out: Path, exclude: set[str]) -> None:
     write_fasta(out / "uniprot" / "uniprot.fasta", recs)
 
 
+UNIPROT_MMSEQS_DB = "uniprot_db"  # af2cpu's catalogue name (db.uniprot_mmseqs), next to uniprot.fasta
+
+
+def build_uniprot_mmseqs(out: Path) -> int:
+    """mini/uniprot/uniprot_db*: uniprot.fasta as an MMseqs2 sequence database (`mmseqs createdb
+    --shuffle 0`), the rows a complex pairs under search=mmseqs2 (what a user makes from their UniProt
+    FASTA with the same command). Returns its number of sequences."""
+    folder = out / "uniprot"
+    for old in folder.glob(f"{UNIPROT_MMSEQS_DB}*"):
+        old.unlink()
+    prefix = folder / UNIPROT_MMSEQS_DB
+    # Run inside the folder so that the .source file names the FASTA by its file name alone.
+    run(["mmseqs", "createdb", "uniprot.fasta", UNIPROT_MMSEQS_DB, "--shuffle", "0", "-v", "1"], cwd=folder)
+    return len(Path(f"{prefix}.index").read_text().splitlines())
+
+
+def rebuild_uniprot_mmseqs(mini: Path, out: Path) -> int:
+    """mini/uniprot/uniprot_db* alone, from the existing uniprot.fasta; BUILD_INFO.json gets its checksums
+    and count (the sources are unchanged: it is made from uniprot.fasta only)."""
+    count = build_uniprot_mmseqs(mini)
+    info_path = mini / "BUILD_INFO.json"
+    info = json.loads(info_path.read_text())
+    info["files"] = {**info["files"], **file_entries(mini / "uniprot", out)}
+    info["counts"] = {**info["counts"], "uniprot_mmseqs_sequences": count}
+    info_path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
 def build_small_bfd(src: Path, out: Path, exclude: set[str]) -> None:
     recs = [(name, seq) for name, seq in globins(src)[::2]]
     start = N_UNIREF90_BACKGROUND + N_UNIPROT_BACKGROUND
@@ -915,7 +943,14 @@ def main(argv=None) -> int:
         action="store_true",
         help="rewrite only mini/colabfold/ (the MMseqs2 databases) from the sources",
     )
+    ap.add_argument(
+        "--uniprot-mmseqs-only",
+        action="store_true",
+        help="rewrite only mini/uniprot/uniprot_db* (MMseqs2 copy of uniprot.fasta) from the existing FASTA",
+    )
     args = ap.parse_args(argv)
+    if args.uniprot_mmseqs_only:  # made from mini/uniprot/uniprot.fasta alone: no sources needed
+        return rebuild_uniprot_mmseqs(args.out / "mini", args.out)
     src = args.sources.resolve()
     provenance = fetch_sources(src)
     mini = args.out / "mini"
@@ -936,9 +971,11 @@ def main(argv=None) -> int:
         build_uniref90(src, mini, exclude)
         build_mgnify(src, mini)
         build_uniprot(src, mini, exclude)
+        uniprot_mmseqs = build_uniprot_mmseqs(mini)
         build_small_bfd(src, mini, exclude)
         counts = build_bfd_uniref30(src, mini, work, exclude)
         counts.update(build_colabfold(src, mini, work, exclude))
+        counts["uniprot_mmseqs_sequences"] = uniprot_mmseqs
         chains = build_structures(src, mini)
         build_pdb70(src, mini, work, chains)
         build_examples(src, examples, chains, mini, work)

@@ -19,6 +19,7 @@ import pytest
 
 from af2cpu.config import compose_config
 from af2cpu.data import EXAMPLES_DIR, MINI_DB_ROOT
+from af2cpu.databases import database_problem
 
 CPUS = "2"
 # AlphaFold2's flags (alphafold/data/tools/{jackhmmer,hhblits,hhsearch}.py), with explicit CPU counts.
@@ -140,6 +141,8 @@ def test_every_configured_path_exists(db):
             for ext in ("ffdata", "ffindex"):
                 assert Path(f"{db[key]}_{suffix}.{ext}").is_file(), (key, suffix, ext)
     assert sorted(Path(db.template_mmcif_dir).glob("*.cif"))
+    for key in ("colabfold_uniref30", "colabfold_envdb", "uniprot_mmseqs"):  # MMseqs2 databases, unindexed
+        assert database_problem(key, str(db[key]), require_index=False) == "", key
     for example in (HBB, EXAMPLES_DIR / "ubiquitin.fasta", NO_HOMOLOGS):
         assert example.read_text().startswith(">")
 

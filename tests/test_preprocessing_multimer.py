@@ -232,7 +232,6 @@ def test_complex_flag_on_a_two_record_file_gives_the_features_of_the_colon_recor
 
 
 def test_a_complex_has_per_chain_search_stages_then_the_multimer_models(haemoglobin):
-    from af2cpu.errors import InputError
     from af2cpu.scheduler.stages import target_stages
 
     cfg = compose_config([])
@@ -241,8 +240,9 @@ def test_a_complex_has_per_chain_search_stages_then_the_multimer_models(haemoglo
                          "search_uniprot_A"] and names[-1] == "features" and len(names) == 11
     predict = [s.name for s in target_stages(cfg, "predict", haemoglobin)]
     assert predict[:11] == names and predict[11] == "infer_model_1_multimer_v3_pred_0"
-    with pytest.raises(InputError, match="search=alphafold2"):
-        target_stages(compose_config(["search=mmseqs2"]), "features", haemoglobin)
+    # search=mmseqs2 (test_mmseqs_search): each chain's MMseqs2 searches, UniProt's for pairing.
+    mmseqs2 = [s.name for s in target_stages(compose_config(["search=mmseqs2"]), "features", haemoglobin)]
+    assert mmseqs2[:3] == ["search_mmseqs2_A", "search_mmseqs2_pdb70_A", "search_mmseqs2_uniprot_A"]
 
 
 def test_report_counts_a_complexs_residues(batch):
