@@ -45,7 +45,7 @@ from af2cpu.io import (
 )
 from af2cpu.layout import TargetDir
 from af2cpu.model import weights
-from af2cpu.model.memory import TargetShape, estimate_peak_memory, plan_options
+from af2cpu.model.memory import MemoryPlanError, TargetShape, estimate_peak_memory, plan_options
 from af2cpu.model.options import Options, as_precision
 from af2cpu.model.presets import Preset, get_preset
 from af2cpu.preprocessing import features as raw_features
@@ -53,6 +53,7 @@ from af2cpu.preprocessing import multimer, searches
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.relax import relax
+from af2cpu.runtime.memory import GIB, parse_memory_limit
 from af2cpu.runtime.precision import planning_precisions
 from af2cpu.runtime.threads import threads_for
 from af2cpu.scheduler.cache import StageCache, StageRecord, stage_key
@@ -413,7 +414,41 @@ def _infer_options(cfg: DictConfig, preset: Preset, features: Path) -> tuple[Opt
     if preset.multimer and "num_alignments" in shapes:
         alignments = int(load_features_npz(features, ["num_alignments"])["num_alignments"])
     shape = TargetShape.of_raw_features(preset, shapes, alignments)
-    return plan_options(cfg.runtime, preset, shape, representations=bool(cfg.output.save_representations))[0], shape
+    limit = memory_limit(cfg)
+    try:
+        options, _ = plan_options(cfg.runtime, preset, shape, limit=limit,
+                                  representations=bool(cfg.output.save_representations))
+    except MemoryPlanError as exc:
+        if limit == _worker_memory_limit() and str(cfg.runtime.memory_limit).strip().lower() == "auto":
+            raise MemoryPlanError(f"{exc}. This Dask worker may use {limit / GIB:.2f} GiB, its share of the memory: "
+                                  "fewer workers (scheduler.n_workers) give each more") from None
+        raise
+    return options, shape
+
+
+def memory_limit(cfg: DictConfig) -> int:
+    """The bytes an inference may plan with: ``runtime.memory_limit``; with ``auto``, inside a Dask worker,
+    the smaller of the available memory and the worker's own limit. The available memory is the whole
+    machine's (or job's): a local cluster's workers each have their share of it (the memory divided
+    between them), a dask-jobqueue job's workers the job's memory divided between its processes, and
+    concurrent inferences that each planned for all of it could together exceed it."""
+    limit = parse_memory_limit(str(cfg.runtime.memory_limit))
+    if str(cfg.runtime.memory_limit).strip().lower() == "auto":
+        share = _worker_memory_limit()
+        if share:
+            limit = min(limit, share)
+    return limit
+
+
+def _worker_memory_limit() -> int | None:
+    """This Dask worker's memory limit in bytes; None outside a worker or where it has none."""
+    from distributed import get_worker  # deferred: Dask is loaded where stages run, not by the planner
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not inside a Dask task
+        return None
+    return getattr(getattr(worker, "memory_manager", None), "memory_limit", None) or None
 
 
 def _infer_key(run: weights.ModelRun, ctx: StageContext, inputs: Inputs) -> str:

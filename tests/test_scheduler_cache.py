@@ -280,3 +280,43 @@ def test_inference_key_holds_the_compact_outputs_decision(tmp_path):
     # A result made within the tight limit is not the result of a run with room for the full outputs
     # (and the reverse); a larger limit that changes nothing keeps the cached result.
     assert key(tight) != key(64 * GIB) == key(128 * GIB)
+
+
+def test_inference_plans_within_its_dask_workers_share_of_the_memory(tmp_path):
+    """runtime.memory_limit=auto is the whole machine's available memory; a local cluster gives each worker
+    its share, and two inferences planned for all of it at once could exceed it together."""
+    from distributed import Client, LocalCluster
+
+    from af2cpu.config import compose_config
+    from af2cpu.io import npz_shapes
+    from af2cpu.model.memory import MemoryPlanError, TargetShape, estimate_peak_memory
+    from af2cpu.model.presets import get_preset
+    from af2cpu.runtime.memory import GIB, available_memory
+    from af2cpu.scheduler.stages import _infer_options, memory_limit
+
+    features = tmp_path / "features.npz"
+    write_single_sequence_features(features, "MKVLAAGIVG" * 20)
+    preset = get_preset("model_1_ptm")
+    cfg = compose_config(["params=random", "model.names=[model_1_ptm]", "runtime.precision=fp32"])
+    shape = TargetShape.of_raw_features(preset, npz_shapes(features))
+    # A share the compact outputs fit and the full ones do not; then one nothing fits.
+    share = estimate_peak_memory(shape, "fp32", compact_outputs=True).total
+    assert share < available_memory()
+    outside = _infer_options(cfg, preset, features)[0]
+    assert memory_limit(cfg) > share and not outside.compact_outputs  # outside a worker: the machine's memory
+
+    def in_worker(cfg, limit: int):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit=limit,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            return client.submit(lambda: (memory_limit(cfg), _infer_options(cfg, preset, features)[0]),
+                                 pure=False).result()
+
+    planned, options = in_worker(cfg, share)
+    assert planned == share and options.compact_outputs
+    # An explicit limit is what was asked, in a worker too.
+    explicit = compose_config(["params=random", "model.names=[model_1_ptm]", "runtime.precision=fp32",
+                               f"runtime.memory_limit={64 * GIB}"])
+    assert in_worker(explicit, share)[0] == 64 * GIB
+    # A share nothing fits says so, and what gives each worker more.
+    with pytest.raises(MemoryPlanError, match=r"share of the memory: fewer workers \(scheduler.n_workers\)"):
+        in_worker(cfg, 64 << 20)
