@@ -96,13 +96,13 @@ def params_file(params_dir: str | Path, model_name: str) -> Path:
     return Path(str(params_dir)) / f"params_{model_name}.npz"
 
 
-def missing_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> list[Path]:
-    """The official parameter files that the presets of ``multimer`` kinds need and ``params_dir`` lacks
-    (default: the monomer presets)."""
+def missing_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> dict[str, Path]:
+    """The presets of ``multimer`` kinds (default: the monomer presets) whose official parameter file
+    ``params_dir`` lacks, each with that file."""
     if cfg.params == Params.random:
-        return []
+        return {}
     names = [name for kind in dict.fromkeys(multimer) for name in preset_names(cfg, kind)]
-    return [path for path in (params_file(cfg.params_dir, name) for name in names) if not path.is_file()]
+    return {name: path for name in names if not (path := params_file(cfg.params_dir, name)).is_file()}
 
 
 def download_hint(params_dir: str | Path, names: Iterable[str] = ()) -> str:
@@ -166,9 +166,8 @@ def check_params(cfg: Any, multimer: Iterable[bool] = (False,)) -> None:
         preset_names(cfg, kind)
     missing = missing_params(cfg, kinds)
     if missing:
-        names = [n for kind in kinds for n in preset_names(cfg, kind) if params_file(cfg.params_dir, n) in missing]
-        raise InputError(f"model parameters not found: {', '.join(str(p) for p in missing)}. "
-                         f"{download_hint(cfg.params_dir, names)}")
+        raise InputError(f"model parameters not found: {', '.join(str(p) for p in missing.values())}. "
+                         f"{download_hint(cfg.params_dir, missing)}")
     if cfg.params != Params.random:
         for name in (n for kind in kinds for n in preset_names(cfg, kind)):
             check_params_file(params_file(cfg.params_dir, name), name)

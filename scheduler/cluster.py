@@ -32,7 +32,7 @@ from typing_extensions import Self
 
 from af2cpu.config import ClusterKind, SchedulerConfig
 from af2cpu.errors import Af2CpuError, ConfigError
-from af2cpu.runtime.memory import GIB
+from af2cpu.runtime.memory import GIB, is_auto
 from af2cpu.runtime.placement import Allotment, Plan, plan_instances
 from af2cpu.runtime.threads import apply_allotment, openmp_environment, thread_environment
 from af2cpu.runtime.topology import available_memory, cgroup_cpu_limit, read_topology
@@ -192,7 +192,7 @@ def job_memory(config: SchedulerConfig, need: MemoryNeed | None) -> str:
     warned about (warn_if_short), never raised: it wins."""
     processes = max(1, int(config.processes))
     text = job_script_value("scheduler.memory", config.memory)
-    if text.strip().lower() == "auto":
+    if is_auto(text):
         if need is None:
             raise ConfigError("scheduler.memory=auto sizes the worker jobs from a batch's stage estimates, and "
                               "there is no batch here: set scheduler.memory (e.g. 16GiB)")

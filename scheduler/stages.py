@@ -53,7 +53,7 @@ from af2cpu.preprocessing import multimer, searches
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.inputs import Target
 from af2cpu.relax import relax
-from af2cpu.runtime.memory import GIB, parse_memory_limit
+from af2cpu.runtime.memory import GIB, is_auto, parse_memory_limit
 from af2cpu.runtime.precision import planning_precisions
 from af2cpu.runtime.threads import threads_for
 from af2cpu.scheduler.cache import StageCache, StageRecord, stage_key
@@ -419,7 +419,7 @@ def _infer_options(cfg: DictConfig, preset: Preset, features: Path) -> tuple[Opt
         options, _ = plan_options(cfg.runtime, preset, shape, limit=limit,
                                   representations=bool(cfg.output.save_representations))
     except MemoryPlanError as exc:
-        if limit == _worker_memory_limit() and str(cfg.runtime.memory_limit).strip().lower() == "auto":
+        if limit == _worker_share(cfg):
             raise MemoryPlanError(f"{exc}. This Dask worker may use {limit / GIB:.2f} GiB, its share of the memory: "
                                   "fewer workers (scheduler.n_workers) give each more") from None
         raise
@@ -433,15 +433,15 @@ def memory_limit(cfg: DictConfig) -> int:
     between them), a dask-jobqueue job's workers the job's memory divided between its processes, and
     concurrent inferences that each planned for all of it could together exceed it."""
     limit = parse_memory_limit(str(cfg.runtime.memory_limit))
-    if str(cfg.runtime.memory_limit).strip().lower() == "auto":
-        share = _worker_memory_limit()
-        if share:
-            limit = min(limit, share)
-    return limit
+    share = _worker_share(cfg)
+    return limit if share is None else min(limit, share)
 
 
-def _worker_memory_limit() -> int | None:
-    """This Dask worker's memory limit in bytes; None outside a worker or where it has none."""
+def _worker_share(cfg: DictConfig) -> int | None:
+    """With ``runtime.memory_limit=auto``, this Dask worker's memory limit in bytes; None for a set limit,
+    outside a worker, or where the worker has none."""
+    if not is_auto(cfg.runtime.memory_limit):
+        return None
     from distributed import get_worker  # deferred: Dask is loaded where stages run, not by the planner
 
     try:

@@ -107,16 +107,14 @@ def run(args: argparse.Namespace) -> int:
         kinds = {ModelKind.monomer: [False], ModelKind.multimer: [True]}.get(cfg.model.kind, [False, True])
         for multimer in kinds:
             absent = missing_params(cfg, [multimer])
-            names = preset_names(cfg, multimer)
-            for name in names:
-                path = params_file(cfg.params_dir, name)
-                print(f"  {'MISSING' if path in absent else 'ok':8s} {path}")
+            for name in preset_names(cfg, multimer):
+                print(f"  {'MISSING' if name in absent else 'ok':8s} {params_file(cfg.params_dir, name)}")
             # The hint names where each missing file not in `af2cpu params download` comes from (multimer v1, v2).
-            hint = download_hint(cfg.params_dir, [n for n in names if params_file(cfg.params_dir, n) in absent])
+            hint = download_hint(cfg.params_dir, absent)
             if absent and multimer and cfg.model.kind == ModelKind.auto:
                 print(f"  note: without the multimer parameters only single chains can be folded; {hint}")
             elif absent:
-                fixes.append(f"params {', '.join(p.name for p in absent)} not in {cfg.params_dir}: {hint}")
+                fixes.append(f"params {', '.join(p.name for p in absent.values())} not in {cfg.params_dir}: {hint}")
 
     if fixes:
         print(f"\nNOT READY for `af2cpu predict`: {len(fixes)} problem(s)")

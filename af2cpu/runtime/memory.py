@@ -15,6 +15,11 @@ GIB = 1 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def is_auto(value: object) -> bool:
+    """Whether a memory setting (`runtime.memory_limit`, `scheduler.memory`) says "auto": left to af2cpu."""
+    return str(value).strip().lower() == "auto"
+
+
 def parse_memory_limit(value: str | int, available: Callable[[], int] | None = None) -> int:
     """Bytes from `runtime.memory_limit`: "auto" (available memory), a byte count, or "16G" / "512MiB"
     / "1.5T" (binary units, as SLURM and Docker read them)."""
@@ -22,7 +27,7 @@ def parse_memory_limit(value: str | int, available: Callable[[], int] | None = N
         amount = value
     else:
         text = str(value).strip()
-        if text.lower() == "auto":
+        if is_auto(text):
             return (available or available_memory)()
         match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", text.upper())
         if not match:
