@@ -13,7 +13,7 @@ COLABFOLD_VERSION ?= 1.6.3
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
-.PHONY: setup tools venv demo demo-complex test test-ipex lint clean-venv
+.PHONY: setup tools venv demo demo-complex test test-avx2 test-ipex lint clean-venv
 
 setup: tools venv
 
@@ -41,6 +41,12 @@ demo-complex: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -rs tests
+
+# The same tests as on an AVX2-only CPU, run on a CPU with AVX512: scripts/avx2only/run masks AVX512,
+# AVX512-BF16 and AMX from every library (CPUID faulting; needs gcc and the CPU's cpuid_fault flag).
+# Not part of `make test` (it runs the whole suite again).
+test-avx2: setup
+	scripts/avx2only/run $(BIN)/python -m pytest -q -rs tests
 
 # The optional ipex back end (runtime.backend=ipex), verified in its own venv: intel-extension-for-pytorch
 # was archived upstream, and its last release needs torch 2.8 exactly. torch 2.8.0 from PyPI is the CUDA
