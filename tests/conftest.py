@@ -10,10 +10,20 @@ model's fidelity tests that way, in a venv with the torch IPEX needs. Without IP
 """
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# af2cpu's caches (the bf16 speed-up per CPU, the planner's parameter counts, compiled kernels) go to a folder of
+# this session, subprocesses included, not into the user's: tests damage and remove them. Official parameters are
+# still looked for where the user keeps them.
+_user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+os.environ.setdefault("AF2CPU_PARAMS_DIR", os.path.join(_user_cache, "af2cpu", "params"))
+_session_cache = tempfile.mkdtemp(prefix="af2cpu-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _session_cache
 
 _skipped_reference: list[str] = []
 # --backend=ipex: layers converted, and GEMMs run prepacked per dtype (none at all: the option proved nothing).
@@ -73,6 +83,7 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_session_cache, ignore_errors=True)
     if session.config.getoption("--backend") != "native" and session.testscollected:
         print(f"\n--backend={session.config.getoption('--backend')}: {_backend_counts or 'no layer converted'}")
         if not any(key.endswith("GEMMs") for key in _backend_counts):

@@ -35,6 +35,7 @@
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 
+static int as_amd;                     /* AF2CPU_CPUID_VENDOR=amd: an AMD EPYC 7003 (Zen 3, family 19h) */
 static struct sigaction chained;       /* the SIGSEGV handler the program asked for */
 static atomic_long answered;
 
@@ -47,7 +48,13 @@ static sigaction_fn real_sigaction(void) {
 }
 
 static void mask(unsigned leaf, unsigned sub, unsigned *a, unsigned *b, unsigned *c, unsigned *d) {
-    if (leaf == 7 && sub == 0) {
+    if (as_amd && leaf == 0) {
+        *b = 0x68747541u; /* "AuthenticAMD" */
+        *d = 0x69746e65u;
+        *c = 0x444d4163u;
+    } else if (as_amd && leaf == 1) {
+        *a = 0x00a00f11u; /* family 19h, model 01h, stepping 1 */
+    } else if (leaf == 7 && sub == 0) {
         /* EBX: AVX512 F, DQ, IFMA, PF, ER, CD, BW, VL */
         *b &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) |
                 (1u << 30) | (1u << 31));
@@ -134,17 +141,23 @@ static const char *cpuinfo(const char *path) {
     return (copy && path && strcmp(path, "/proc/cpuinfo") == 0) ? copy : path;
 }
 
-#define OPEN_WRAPPER(name)                                                                         \
-    int name(const char *path, int flags, ...) {                                                   \
-        static int (*real)(const char *, int, ...);                                                \
-        if (!real) real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, #name);                \
-        mode_t mode = 0;                                                                           \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                                       \
+/* open's third argument, which only O_CREAT and O_TMPFILE pass */
+#define MODE_ARGUMENT(flags, mode)                                                                 \
+    do {                                                                                           \
+        if ((flags) & (O_CREAT | O_TMPFILE)) {                                                     \
             va_list args;                                                                          \
             va_start(args, flags);                                                                 \
             mode = va_arg(args, mode_t);                                                           \
             va_end(args);                                                                          \
         }                                                                                          \
+    } while (0)
+
+#define OPEN_WRAPPER(name)                                                                         \
+    int name(const char *path, int flags, ...) {                                                   \
+        static int (*real)(const char *, int, ...);                                                \
+        if (!real) real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, #name);                \
+        mode_t mode = 0;                                                                           \
+        MODE_ARGUMENT(flags, mode);                                                                \
         return real(cpuinfo(path), flags, mode);                                                   \
     }
 OPEN_WRAPPER(open)
@@ -155,12 +168,7 @@ OPEN_WRAPPER(open64)
         static int (*real)(int, const char *, int, ...);                                           \
         if (!real) real = (int (*)(int, const char *, int, ...))dlsym(RTLD_NEXT, #name);           \
         mode_t mode = 0;                                                                           \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                                       \
-            va_list args;                                                                          \
-            va_start(args, flags);                                                                 \
-            mode = va_arg(args, mode_t);                                                           \
-            va_end(args);                                                                          \
-        }                                                                                          \
+        MODE_ARGUMENT(flags, mode);                                                                \
         return real(dir, cpuinfo(path), flags, mode);                                              \
     }
 OPENAT_WRAPPER(openat)
@@ -192,6 +200,8 @@ __attribute__((constructor)) static void start(void) {
                         "flag): the process would see every instruction set; stopping\n");
         _exit(3);
     }
+    const char *vendor = getenv("AF2CPU_CPUID_VENDOR");
+    as_amd = vendor && strcmp(vendor, "amd") == 0;
     const char *trace = getenv("AF2CPU_CPUID_TRACE");
     if (trace && trace[0] == '1') atexit(report);
 }
