@@ -72,6 +72,16 @@ class Precision(ConfigEnum):
         return 2 if self is Precision.bf16 else 4
 
 
+class Fp32Products(ConfigEnum):
+    """The library of the network's fp32 matrix products. ``auto`` is oneDNN where it multiplies clearly
+    faster than MKL (PyTorch's own choice) on this CPU, measured: MKL takes slower paths on AMD CPUs;
+    ``af2cpu.runtime.products.resolve_products`` decides."""
+
+    auto = "auto"
+    mkl = "mkl"
+    onednn = "onednn"
+
+
 class Backend(ConfigEnum):
     native = "native"
     ipex = "ipex"
@@ -87,6 +97,7 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile of the repeated blocks (inductor), cached across runs
     compile_cache_dir: str = "${af2cpu_cache:inductor}"
     backend: Backend = Backend.native
+    fp32_products: Fp32Products = Fp32Products.auto  # oneDNN where it beats MKL here (AMD CPUs), else MKL
 
 
 class SearchProtocol(ConfigEnum):

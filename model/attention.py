@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from af2cpu.model.options import Options, chunk_slices
-from af2cpu.model.primitives import add_in_place, normal_parameter
+from af2cpu.model.primitives import add_in_place, matmul, normal_parameter
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9
@@ -30,6 +30,8 @@ class Attention(nn.Module):
     Jumper et al. (2021) Suppl. Alg. 7 'MSARowAttentionWithPairBias' lines 2-7 (the kernel shared by
     Algs. 7, 8, 13, 14 and 17): softmax(q·k / sqrt(c) + bias) · v, gated by sigmoid(linear(q_data)).
     """
+
+    options = Options()  # which library runs its fp32 products (set_options replaces it)
 
     def __init__(self, c_q: int, c_m: int, c_out: int, num_head: int, key_dim: int | None = None,
                  value_dim: int | None = None, gating: bool = True):
@@ -48,8 +50,9 @@ class Attention(nn.Module):
 
     def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """(B, N, c_in) @ (c_in, H, c) -> (B, H, N, c)."""
-        b, n, _ = x.shape
-        return (x @ w.reshape(w.shape[0], -1).to(x.dtype)).view(b, n, w.shape[1], w.shape[2]).transpose(1, 2)
+        b, n, c = x.shape
+        product = matmul(x.reshape(b * n, c), w.reshape(w.shape[0], -1).to(x.dtype), onednn=self.options.onednn_products)
+        return product.view(b, n, w.shape[1], w.shape[2]).transpose(1, 2)
 
     def _attend(self, q_data, m_data, bias, nonbatched_bias):
         q = self._project(q_data, self.query_w)
@@ -63,8 +66,8 @@ class Attention(nn.Module):
             gate = self._project(q_data, self.gating_w).transpose(1, 2) + self.gating_b.to(out.dtype)
             out = out * torch.sigmoid(gate)
         b, nq = out.shape[:2]
-        return torch.addmm(self.output_b.to(out.dtype), out.reshape(b * nq, -1),
-                           self.output_w.reshape(-1, self.output_w.shape[-1]).to(out.dtype)).view(b, nq, -1)
+        return matmul(out.reshape(b * nq, -1), self.output_w.reshape(-1, self.output_w.shape[-1]).to(out.dtype),
+                      self.output_b.to(out.dtype), onednn=self.options.onednn_products).view(b, nq, -1)
 
     def self_attention(self, x: torch.Tensor, mask: torch.Tensor, nonbatched_bias: torch.Tensor | None = None,
                        chunk_size: int | None = None, transposed: bool = False,
@@ -104,8 +107,9 @@ class Attention(nn.Module):
         bias2 = None if nonbatched_bias is None else nonbatched_bias.to(dtype).unsqueeze(0)  # (1, H, Q, K)
         batch_dim = 1 if transposed else 0
         seq_len = x.shape[1 - batch_dim]
-        step = (options or Options()).step_rows(chunk_size, x.shape[batch_dim],
-                                                seq_len * sum(sizes) * x.element_size())
+        options = options or self.options
+        onednn = options.onednn_products
+        step = options.step_rows(chunk_size, x.shape[batch_dim], seq_len * sum(sizes) * x.element_size())
         # add_to's dtype is add_in_place's check (raised at the first block, before anything is added); its
         # shape is checked here, as a block of it would take a shorter update's rows without a word.
         if add_to is not None and add_to.shape != (*x.shape[:2], w_out.shape[1]):
@@ -117,7 +121,7 @@ class Attention(nn.Module):
             if norm is not None:
                 xs = norm(xs)
             rows, cols = xs.shape[:2]
-            proj = (xs.reshape(-1, c_in) @ w).view(rows, cols, -1)
+            proj = matmul(xs.reshape(-1, c_in), w, onednn=onednn).view(rows, cols, -1)
             q, k, v, g = torch.split(proj, sizes, dim=-1)
 
             q, k, v = (_heads_first(t.view(rows, cols, heads, c), transposed)
@@ -133,9 +137,9 @@ class Attention(nn.Module):
                 out = out.contiguous()
             if add_to is not None:  # the block's update, added in place
                 add_in_place(add_to[:, s] if transposed else add_to[s],
-                             torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1))
+                             matmul(out.view(rows * cols, -1), w_out, b_out, onednn=onednn).view(rows, cols, -1))
             elif transposed and step < x.shape[1]:  # a column block: not contiguous in the result
-                out_full[:, s] = torch.addmm(b_out, out.view(rows * cols, -1), w_out).view(rows, cols, -1)
+                out_full[:, s] = matmul(out.view(rows * cols, -1), w_out, b_out, onednn=onednn).view(rows, cols, -1)
             else:  # a block of rows, or every column at once: contiguous in the result
                 target = out_full if transposed else out_full[s]
                 torch.addmm(b_out, out.view(rows * cols, -1), w_out, out=target.view(rows * cols, -1))
@@ -214,6 +218,8 @@ class GlobalAttention(nn.Module):
     is gated per query row, as in every AlphaFold2 model.
     """
 
+    options = Options()  # which library runs its fp32 products (set_options replaces it)
+
     def __init__(self, c_q: int, c_m: int, c_out: int, num_head: int):
         super().__init__()
         key_dim = c_q // num_head
@@ -236,17 +242,19 @@ class GlobalAttention(nn.Module):
         q_avg = ((q_mask * q_data).sum(1) / (q_mask.sum(1) + 1e-10)).to(dtype)  # (B, c_q)
         q = (q_avg @ self.query_w.reshape(c_q, -1).to(dtype)).view(b, self.num_head, self.key_dim)
         q = q * self.key_dim**-0.5
-        k = m_data @ self.key_w.to(dtype)  # (B, K, c)
-        v = m_data @ self.value_w.to(dtype)
+        onednn = self.options.onednn_products
+        m_flat = m_data.reshape(-1, m_data.shape[-1])
+        k = matmul(m_flat, self.key_w.to(dtype), onednn=onednn).view(b, -1, self.key_dim)  # (B, K, c)
+        v = matmul(m_flat, self.value_w.to(dtype), onednn=onednn).view(b, -1, self.value_dim)
         logits = torch.einsum("bhc,bkc->bhk", q, k).float() + mask_to_bias(q_mask[:, None, :, 0])
         weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1).to(dtype), v)
         w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
         # The gate, then the gated values, in one (B, Q, H, c) tensor: with the input and the output,
         # three tensors of the input's size at most.
-        gate = torch.sigmoid_((q_data @ self.gating_w.reshape(c_q, -1).to(dtype)).view(b, n, self.num_head, -1)
-                              + self.gating_b.to(dtype))
+        gate = matmul(q_data.reshape(b * n, c_q), self.gating_w.reshape(c_q, -1).to(dtype), onednn=onednn)
+        gate = torch.sigmoid_(gate.view(b, n, self.num_head, -1) + self.gating_b.to(dtype))
         out = gate.mul_(weighted[:, None])  # (B, Q, H, c)
-        return torch.addmm(self.output_b.to(dtype), out.reshape(b * n, -1), w_out).view(b, n, -1)
+        return matmul(out.reshape(b * n, -1), w_out, self.output_b.to(dtype), onednn=onednn).view(b, n, -1)
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
         """q_data, m_data (B, N, c), q_mask (B, N, 1) -> (B, N, c_out). Each batch element is

@@ -14,7 +14,7 @@ from torch import nn
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices, normalised_whole, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
-from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, normal_parameter
+from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, matmul, normal_parameter
 
 
 class _Chunked(nn.Module):
@@ -217,7 +217,8 @@ class OuterProductMean(_Chunked):
         mask = msa_mask[..., None].to(msa.dtype)
         left, right = msa.new_empty((n_seq, n_res, c)), msa.new_empty((n_seq, n_res, c))
         for s in chunk_slices(n_seq, self.options.step_rows(None, n_seq, n_res * (c_m + 2 * c) * msa.element_size())):
-            both = torch.addmm(bias, self.layer_norm_input(msa[s]).reshape(-1, c_m), w).view(-1, n_res, 2 * c)
+            both = matmul(self.layer_norm_input(msa[s]).reshape(-1, c_m), w, bias,
+                          onednn=self.options.onednn_products).view(-1, n_res, 2 * c)
             both.mul_(mask[s])
             left[s], right[s] = both[..., :c], both[..., c:]
         return left, right
@@ -234,8 +235,8 @@ class OuterProductMean(_Chunked):
                                       n_res * c * c * left.element_size())
         for s in chunk_slices(n_res, step):
             outer = (left_t[s].reshape(-1, n_seq) @ right_flat).view(-1, c, n_res, c)  # (l, c, L, c)
-            block = torch.addmm(b, outer.transpose(1, 2).reshape(-1, c * c), w,
-                                out=None if out is None else out[s].view(-1, w.shape[1]))
+            block = matmul(outer.transpose(1, 2).reshape(-1, c * c), w, b, onednn=self.options.onednn_products,
+                           out=None if out is None else out[s].view(-1, w.shape[1]))
             yield s, block.view(-1, n_res, w.shape[1])
 
     def _few_rows(self, left: torch.Tensor, right: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None):
@@ -250,7 +251,7 @@ class OuterProductMean(_Chunked):
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
                                       (n_seq * c + n_res) * c_z * left.element_size())
         for s in chunk_slices(n_res, step):
-            t = (left_t[s].reshape(-1, c) @ w).view(-1, n_seq * c, c_z)  # (l, S*c, c_z)
+            t = matmul(left_t[s].reshape(-1, c), w, onednn=self.options.onednn_products).view(-1, n_seq * c, c_z)
             # Not matmul(..., out=out[s]): with Intel Extension for PyTorch loaded (runtime.backend=ipex),
             # a 2-D @ 3-D matmul into a view of a larger tensor writes to a resized copy instead.
             yield s, torch.add(right_t @ t, b, out=None if out is None else out[s])  # (l, L, c_z)

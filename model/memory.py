@@ -653,8 +653,8 @@ def plan_options(runtime, preset: Preset, shape: TargetShape, limit: int | None 
                  representations: bool = True) -> tuple[Options, MemoryEstimate]:
     """The network's run options for one target, and the planner's estimate of its peak memory.
 
-    ``runtime`` is the ``runtime`` config section (its precision, memory_limit, compile and
-    compile_cache_dir: a DictConfig or an :class:`af2cpu.config.RuntimeConfig`), ``preset`` the model
+    ``runtime`` is the ``runtime`` config section (its precision, memory_limit, compile,
+    compile_cache_dir and fp32_products: a DictConfig or an :class:`af2cpu.config.RuntimeConfig`), ``preset`` the model
     (its architecture sizes the estimate), ``shape`` the target's input sizes and ``limit`` the memory
     limit in bytes (default: ``runtime.memory_limit``); ``representations`` whether the run returns the
     representations (``output.save_representations``). The chunk sizes are the largest that fit;
@@ -663,7 +663,7 @@ def plan_options(runtime, preset: Preset, shape: TargetShape, limit: int | None 
     if limit is None:
         limit = parse_memory_limit(str(runtime.memory_limit))
     compiled = bool(runtime.compile)
-    options = Options(precision=runtime.precision, compile=compiled,
+    options = Options(precision=runtime.precision, compile=compiled, fp32_products=runtime.fp32_products,
                       compile_cache_dir=str(runtime.compile_cache_dir) if compiled else None)
     chunks, estimate = choose_chunks(limit, shape, options.precision, options.cache_block_bytes,
                                      preset.architecture, representations=representations)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from af2cpu.config import Precision
+from af2cpu.config import Fp32Products, Precision
 from af2cpu.errors import ConfigError
 from af2cpu.runtime.precision import resolve_precision
+from af2cpu.runtime.products import as_products, resolve_products
 
 
 def as_precision(value: Precision | str) -> Precision:
@@ -112,12 +113,17 @@ class Options:
     # distogram and PAE logits, the aligned-confidence probabilities) and no pair or MSA representation;
     # PAE, pTM and ipTM are computed from the PAE logits a block of rows at a time.
     compact_outputs: bool = False
+    # The library of the fp32 matrix products (af2cpu.runtime.products): PyTorch's MKL, oneDNN, or auto (oneDNN
+    # where this CPU runs it measurably faster: MKL's paths on AMD CPUs), decided where the network runs
+    # (onednn_products), not where it is planned.
+    fp32_products: Fp32Products = Fp32Products.mkl
 
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):
             raise ConfigError(f"block_bytes={self.block_bytes!r} must be a positive number of bytes or None")
         # frozen: the coerced value is set the way dataclasses set fields.
         object.__setattr__(self, "precision", as_precision(self.precision))
+        object.__setattr__(self, "fp32_products", as_products(self.fp32_products))
 
     def step_rows(self, chunk: int | None, total: int, row_bytes: int) -> int:
         """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:
@@ -145,6 +151,12 @@ class Options:
         count that depends on the length would specialise the graph to each length; inductor
         fuses the elementwise work itself)."""
         return None if self.compile else self.block_bytes
+
+    @property
+    def onednn_products(self) -> bool:
+        """Whether the fp32 matrix products run through oneDNN (primitives.matmul): ``fp32_products`` as
+        this CPU resolves it (auto measured once per CPU kind and process)."""
+        return self.fp32_products is not Fp32Products.mkl and resolve_products(self.fp32_products) is Fp32Products.onednn
 
     @property
     def dtype(self):

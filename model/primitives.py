@@ -15,6 +15,9 @@ import math
 import torch
 from torch import nn
 
+from af2cpu.model.options import Options
+from af2cpu.runtime.products import onednn_linear
+
 
 def normal_parameter(*shape: int, std: float) -> nn.Parameter:
     """An N(0, std²) parameter of ``shape`` (``torch.randn · std``), left unfilled on the meta device.
@@ -42,13 +45,36 @@ def add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     return act.add_(update)
 
 
+# oneDNN's fp32 linear kernel pays a per-call cost that MKL does not: products of fewer rows stay MKL's.
+ONEDNN_MIN_ROWS = 64
+
+
+def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, onednn: bool = False,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (N, k) @ ``w`` (k, n) ``+ b``: the products of the network's layers. With ``onednn``
+    (Options.onednn_products: this CPU multiplies fp32 faster with oneDNN than with MKL,
+    af2cpu.runtime.products), an fp32 product into a new tensor runs through oneDNN's linear kernel instead
+    of PyTorch's MKL: the same sums, in another order (float noise). bf16 products are oneDNN's anyway;
+    a product written into ``out``, one of few rows, and any product while torch.compile traces (inductor
+    picks its own kernels) stay as PyTorch runs them."""
+    if (onednn and out is None and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS
+            and x.is_contiguous() and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+        return onednn_linear(x, w, b)
+    if b is None:
+        return x @ w if out is None else torch.mm(x, w, out=out)
+    return torch.addmm(b, x, w, out=out)
+
+
 class Linear(nn.Module):
     """haiku.Linear: ``weights`` (in, out) and optional ``bias`` (out,); y = x @ W + b.
 
     ``num_input``/``num_output`` may be shapes (tuples), as haiku's ``num_input_dims`` and
     multi-axis outputs give (``q_scalar_projection`` (c, heads, c_qk)); ``()`` as ``num_input`` is a
     scalar input (weights (out,)). The trailing input axes are flattened, the output unflattened.
+    ``options`` (set_options replaces it) says which library runs its fp32 products.
     """
+
+    options = Options()
 
     def __init__(self, num_input: int | tuple[int, ...], num_output: int | tuple[int, ...], use_bias: bool = True):
         super().__init__()
@@ -67,17 +93,16 @@ class Linear(nn.Module):
         if len(self.in_shape) != 1 or len(self.out_shape) != 1:
             return self._shaped(x)
         w = self.weights.to(x.dtype)
-        if self.bias is None:
-            return x @ w
-        b = self.bias.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        onednn = self.options.onednn_products
         if x.dim() == 2:
-            return torch.addmm(b, x, w, out=out)
-        return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+            return matmul(x, w, b, onednn=onednn, out=out)
+        return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn).reshape(*x.shape[:-1], w.shape[-1])
 
     def _shaped(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:x.dim() - len(self.in_shape)]
         k, n = math.prod(self.in_shape), math.prod(self.out_shape)
-        y = x.reshape(-1, k) @ self.weights.reshape(k, n).to(x.dtype)
+        y = matmul(x.reshape(-1, k), self.weights.reshape(k, n).to(x.dtype), onednn=self.options.onednn_products)
         if self.bias is not None:
             y = y + self.bias.reshape(n).to(x.dtype)
         return y.reshape(*lead, *self.out_shape)

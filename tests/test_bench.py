@@ -47,6 +47,18 @@ def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
     assert "| 16 | reference | fp32 | XLA |" in table and "evoformer/outer_product_mean" in table
 
 
+def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):
+    status = main(["bench", "--lengths", "16", "--msa-rows", "4", "--extra-rows", "8", "--blocks", "1", "--threads",
+                   "1", "--precisions", "fp32", "--fp32-products", "mkl", "onednn", "--no-reference", "--no-breakdown",
+                   "--out", str(tmp_path)])
+    assert status == 0
+    runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert [(r["fp32_products"], r["fp32_products_used"]) for r in runs] == [("mkl", "mkl"), ("onednn", "onednn")]
+    assert all(r["pass_s"] > 0 and r["gflop"] == runs[0]["gflop"] for r in runs)
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 16 | af2cpu [mkl products] | fp32 |" in table and "| 16 | af2cpu [onednn products] | fp32 |" in table
+
+
 def test_bench_inputs_are_official_format_with_masked_template_slots():
     model, flat, features = make_inputs(40, msa_rows=4, extra_rows=6, blocks=1)
     assert "alphafold/alphafold_iteration/evoformer/preprocess_1d//weights" in flat

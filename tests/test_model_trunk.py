@@ -14,6 +14,7 @@ import torch
 
 from af2cpu.model import evoformer as evo
 from af2cpu.model import options as model_options
+from af2cpu.model import primitives
 from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.params import export_params, load_params, random_params
 from af2cpu.model.presets import Architecture
@@ -176,12 +177,20 @@ def test_transition_matches_reference(kind, channels, factor):
     assert _rel_err(got, ref) < RTOL  # measured 4.8e-7
 
 
+@pytest.mark.parametrize("products", ["mkl", "onednn"])
 @pytest.mark.parametrize("is_extra_msa", [False, True])
-def test_evoformer_block_matches_reference(is_extra_msa):
+def test_evoformer_block_matches_reference(is_extra_msa, products, monkeypatch):
+    """In both libraries of the fp32 products (runtime.fp32_products: oneDNN where this CPU runs it faster)."""
     stack = A.extra_msa if is_extra_msa else A.evoformer
     c_m = stack.msa_channel
     name = "extra_msa_stack" if is_extra_msa else "evoformer_iteration"
     ours = evo.EvoformerIteration(stack, A.pair_channel)
+    for module in ours.modules():
+        if hasattr(module, "options"):
+            module.options = Options(fp32_products=products)
+    calls = []
+    onednn_linear = primitives.onednn_linear
+    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     flat = _fill(ours, name)
     msa, pair = _acts(15, (9, 16, c_m), (16, 16, 128))
     msa_mask = _mask(16, (9, 16))
@@ -197,6 +206,8 @@ def test_evoformer_block_matches_reference(is_extra_msa):
         got_msa, got_pair = ours(*_torch(msa, pair, msa_mask, pair_mask))
     assert _rel_err(got_msa, ref["msa"]) < RTOL  # measured 1.5e-7 (Evoformer), 9.9e-8 (extra MSA)
     assert _rel_err(got_pair, ref["pair"]) < RTOL  # measured 1.7e-7 (Evoformer), 1.6e-7 (extra MSA)
+    # oneDNN ran the attentions', transitions' and outer product mean's products, or none of them
+    assert (len(calls) >= 8) == (products == "onednn") and (products == "onednn" or not calls)
 
 
 @pytest.mark.parametrize("options", [Options.chunked(4), Options(block_bytes=1)], ids=["chunks", "one_row_blocks"])

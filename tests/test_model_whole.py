@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from af2cpu.errors import InputError
+from af2cpu.model import primitives
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
@@ -196,6 +197,30 @@ def test_chunked_model_equals_unchunked(small_model, small_features):
         got = chunked["representations"][name]
         assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()  # measured <= 3.6e-7
     assert np.abs(plain["plddt"] - chunked["plddt"]).max() < 1e-3  # measured 3.8e-6
+
+
+def test_onednn_fp32_products_give_the_result_of_mkl_ones(small_model, small_features, monkeypatch):
+    """runtime.fp32_products=onednn (auto's choice where MKL is slower: its AMD paths) changes the order of the
+    sums only: the whole model as with PyTorch's MKL products, which the reference tests above compare."""
+    calls = []
+    onednn_linear = primitives.onednn_linear
+    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
+    small_model.set_options(Options(fp32_products="mkl"))
+    plain = small_model.predict(small_features, num_recycle=1)
+    assert not calls
+    small_model.set_options(Options(fp32_products="onednn"))
+    try:
+        onednn = small_model.predict(small_features, num_recycle=1)
+    finally:
+        small_model.set_options(Options())
+    assert len(calls) > 20  # the trunk's attentions, transitions and outer product means, at every recycle
+    for name in ("single", "pair", "msa_first_row"):
+        want = plain["representations"][name]
+        got = onednn["representations"][name]
+        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()  # measured <= 4.9e-7
+    atoms = (plain["structure_module"]["final_atom_positions"], onednn["structure_module"]["final_atom_positions"])
+    assert np.abs(atoms[0] - atoms[1]).max() < 1e-3  # Å; measured 7.6e-5
+    assert np.abs(plain["plddt"] - onednn["plddt"]).max() < 1e-3  # measured 3.8e-6
 
 
 def test_early_stop_ends_recycling_when_ca_distances_settle(small_model, small_features):

@@ -46,6 +46,7 @@ from af2cpu.model.weights import apply_backend
 from af2cpu.preprocessing.features import msa_features, sequence_features
 from af2cpu.preprocessing.input_pipeline import PipelineSettings, process_features
 from af2cpu.preprocessing.parsers import Msa
+from af2cpu.runtime.products import resolve_products
 
 
 def run(args: argparse.Namespace, threads: int) -> int:
@@ -259,36 +260,45 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     one_pass = functools.partial(model.predict, features, num_recycle=0, return_representations=False)
     runs = []
     gflop = None
-    backends = getattr(args, "backends", ["native"])
+    # Back ends and fp32 product libraries take turns on the same model (runtime.backend, runtime.fp32_products).
+    variants = [(backend, products) for backend in getattr(args, "backends", ["native"])
+                for products in getattr(args, "fp32_products", ["auto"])]
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
     for precision, compiled in modes:
-        model.set_options(options(precision, shape, compiled, model.preset))
-        first = {}
-        for backend in backends:  # a warm-up pass each (the first also counts the work, a little slower)
+        planned = options(precision, shape, compiled, model.preset)
+
+        def use(variant, planned=planned):
+            backend, products = variant
+            model.set_options(dataclasses.replace(planned, fp32_products=products))
             apply_backend(model, backend)  # in place, back and forth on the same weights
+
+        first = {}
+        for variant in variants:  # a warm-up pass each (the first also counts the work, a little slower)
+            use(variant)
             if gflop is None:
                 with flop_counter() as counter:
-                    first[backend], _, _ = _time_passes(one_pass, 0)
+                    first[variant], _, _ = _time_passes(one_pass, 0)
                 gflop = counter.get_total_flops() / 1e9
             else:
-                first[backend], _, _ = _time_passes(one_pass, 0)
-        # Several back ends take turns pass by pass, so that a busy machine slows each alike.
-        total, cpu = dict.fromkeys(backends, 0.0), dict.fromkeys(backends, 0.0)
+                first[variant], _, _ = _time_passes(one_pass, 0)
+        # Several variants take turns pass by pass, so that a busy machine slows each alike.
+        total, cpu = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0.0)
         for _ in range(args.passes):
-            for backend in backends:
-                apply_backend(model, backend)
+            for variant in variants:
+                use(variant)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 one_pass()
-                total[backend] += time.perf_counter() - start
-                cpu[backend] += time.process_time() - cpu_start
-        for backend in backends:
-            seconds = round(total[backend] / args.passes, 3)
-            runs.append({"model": "af2cpu", "backend": backend, "length": length, "precision": precision,
-                         "compile": compiled,
+                total[variant] += time.perf_counter() - start
+                cpu[variant] += time.process_time() - cpu_start
+        for variant in variants:
+            backend, products = variant
+            seconds = round(total[variant] / args.passes, 3)
+            runs.append({"model": "af2cpu", "backend": backend, "fp32_products": products,
+                         "fp32_products_used": resolve_products(products).value, "length": length, "precision": precision, "compile": compiled,
                          # torch.compile compiles during the first pass: what it adds to a pass.
-                         "compile_s": round(max(0.0, first[backend] - seconds), 2) if compiled else None,
-                         "first_pass_s": first[backend], "pass_s": seconds,
-                         "pass_cpu_s": round(cpu[backend] / args.passes, 3), "gflop": round(gflop, 1),
+                         "compile_s": round(max(0.0, first[variant] - seconds), 2) if compiled else None,
+                         "first_pass_s": first[variant], "pass_s": seconds,
+                         "pass_cpu_s": round(cpu[variant] / args.passes, 3), "gflop": round(gflop, 1),
                          "gflops": round(gflop / seconds, 1),
                          "peak_fraction": _peak_fraction(gflop / seconds, peak[precision])})
             print(runs[-1])
@@ -461,6 +471,8 @@ def markdown(results: dict) -> str:
         first = "—" if r["first_pass_s"] is None else r["first_pass_s"]
         share = "—" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f} %"
         model = r["model"] if r.get("backend", "native") == "native" else f"{r['model']} ({r['backend']})"
+        if r.get("fp32_products", "auto") != "auto":
+            model += f" [{r['fp32_products']} products]"
         lines.append(f"| {size(r['length'])} | {model} | {r['precision']} | {compiled} | {compile_s} | {first} "
                      f"| {r['pass_s']} | {speedup} | {r.get('pass_cpu_s', '—')} | {cpu_speedup} | {r['gflop']} "
                      f"| {r['gflops']} | {share} |")

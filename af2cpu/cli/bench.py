@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", nargs="+", default=["native"], choices=["native", "ipex"],
                         help="af2cpu's back ends to time, in this order on the same model (runtime.backend; "
                              "ipex needs intel-extension-for-pytorch and its torch, see `make test-ipex`)")
+    parser.add_argument("--fp32-products", nargs="+", default=["auto"], choices=["auto", "mkl", "onednn"],
+                        help="libraries of af2cpu's fp32 matrix products to time, taking turns on the same model "
+                             "(runtime.fp32_products; default auto: oneDNN where measured faster than MKL here)")
     parser.add_argument("--no-reference", action="store_true", help="time af2cpu only")
     parser.add_argument("--default-msa-sizes", action="store_true",
                         help="give both models AlphaFold2's default input sizes: the MSA (--msa-rows + "

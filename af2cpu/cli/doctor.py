@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _report_kernels(cfg) -> None:
     """What runtime.precision resolves to here, the matrix kernels in use and short GEMM peaks."""
     from af2cpu.bench.machine import gemm_peak, kernel_info  # deferred: torch
-    from af2cpu.runtime import precision
+    from af2cpu.runtime import precision, products
     from af2cpu.runtime.threads import THREAD_VARIABLES, WAIT_VARIABLES, threads_for
 
     resolved = precision.resolve_precision(cfg.runtime.precision)
@@ -44,6 +44,11 @@ def _report_kernels(cfg) -> None:
     why = (f"native bf16: {units}{measured}" if units else "no native bf16: bf16 would be emulated") + (
         f"; oneDNN capped by {cap}" if cap else "")
     print(f"  precision: runtime.precision={cfg.runtime.precision} -> {resolved} ({why})")
+    library = products.resolve_products(cfg.runtime.fp32_products)
+    onednn = products.onednn_speedup()
+    print(f"  fp32 products: runtime.fp32_products={cfg.runtime.fp32_products} -> {library} ("
+          + ("no oneDNN linear kernel in this PyTorch" if onednn is None else
+             f"oneDNN {onednn:.2f}x MKL's speed here; auto takes oneDNN from {products.ONEDNN_SPEEDUP_NEEDED}x") + ")")
     k = kernel_info()
     print(f"  kernels: torch BLAS {k['torch_blas']}, oneDNN {k['onednn'] or 'absent'}, CPU capability "
           f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}"

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from af2cpu.config import Precision, cache_dir
@@ -68,6 +68,8 @@ ONEDNN_CAPS_WITHOUT_BF16 = frozenset({"sse41", "avx", "avx2", "avx2_vnni", "avx2
                                       "avx512_core_vnni"})
 ONEDNN_CAPS_WITHOUT_AMX = frozenset({"avx512_core_bf16", "avx10_1_512", "avx512_core_fp16"})
 ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# MKL's own cap (its fp32 products: af2cpu.runtime.products weighs them against oneDNN's).
+MKL_CAP_VARIABLE = "MKL_ENABLE_INSTRUCTIONS"
 
 
 def onednn_cap(environ=os.environ) -> str | None:
@@ -106,15 +108,46 @@ def bf16_units(flags: Iterable[str] | None = None) -> str | None:
     return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
 
 
-def _speedup_file() -> Path:
-    """This CPU's measurement in the user's cache: one file per CPU model, feature flags (oneDNN's cap
-    applied), cap and torch version, so nodes of other kinds sharing a home folder keep their own."""
+def kept_file(stem: str) -> Path:
+    """Where a measurement of this CPU named ``stem`` is kept in the user's cache: one file per CPU model,
+    feature flags (oneDNN's cap applied), the oneDNN and MKL caps and torch version, so nodes of other kinds
+    sharing a home folder keep their own."""
     model, _ = read_cpuinfo()
     # The installed torch's version from its metadata: importing torch takes a second, which a process
     # that finds the file (the CLI's planning) does not need to spend.
-    identity = json.dumps([model, sorted(cpu_flags()), onednn_cap(), importlib.metadata.version("torch")])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return Path(cache_dir("cpu")) / f"bf16-speedup-{digest}.json"
+    identity = [model, sorted(cpu_flags()), onednn_cap(), importlib.metadata.version("torch")]
+    if os.environ.get(MKL_CAP_VARIABLE, "").strip():  # a separate key only where MKL is capped
+        identity.append(f"{MKL_CAP_VARIABLE}={os.environ[MKL_CAP_VARIABLE].strip()}")
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return Path(cache_dir("cpu")) / f"{stem}-{digest}.json"
+
+
+def measured_once(stem: str, what: str, measure: Callable[[], dict]) -> float:
+    """A speed-up of this CPU, ``measure()['speedup']``, measured once per CPU kind and kept in the user's
+    cache (:func:`kept_file`), so that every process of a run, and every later run, takes the same decision;
+    a file that cannot be read is measured again, with a warning naming it, one that cannot be written is
+    only logged. ``what`` names the figure in the messages ("the bf16 speed-up")."""
+    path = kept_file(stem)
+    try:
+        speedup = float(json.loads(path.read_text())["speedup"])
+        if math.isfinite(speedup) and speedup > 0:
+            return speedup
+        log.warning("%s holds no valid figure for %s (%r): measuring again", path, what, speedup)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("%s cannot be read (%s): measuring %s again", path, error, what)
+    measured = measure()
+    log.info("%s here: %s", what, measured)
+    try:
+        from af2cpu.io import atomic_write_text  # deferred: numpy, not needed by the flags alone
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**measured, "cpu": read_cpuinfo()[0], "onednn_cap": onednn_cap()},
+                                           indent=1) + "\n")
+    except OSError as error:
+        log.info("%s is not kept in %s (%s): this process measured it for itself", what, path, error)
+    return measured["speedup"]
 
 
 def measure_bf16_speedup(size: int = SPEEDUP_SIZE, rounds: int = SPEEDUP_ROUNDS) -> dict[str, float]:
@@ -143,33 +176,11 @@ def measure_bf16_speedup(size: int = SPEEDUP_SIZE, rounds: int = SPEEDUP_ROUNDS)
 @functools.lru_cache(maxsize=1)
 def bf16_speedup() -> float | None:
     """How many times faster this CPU multiplies bf16 matrices than fp32 ones (None where bf16 is not
-    native). Measured once per CPU kind and kept in the user's cache (``bf16-speedup-*.json`` under
-    af2cpu's cache folder), so that every process of a run, and every later run, takes the same
-    decision; a file that cannot be read is measured again, one that cannot be written is only logged."""
+    native), measured once per CPU kind and kept (:func:`measured_once`, ``bf16-speedup-*.json`` under
+    af2cpu's cache folder)."""
     if not native_bf16():
         return None
-    path = _speedup_file()
-    try:
-        speedup = float(json.loads(path.read_text())["speedup"])
-        if math.isfinite(speedup) and speedup > 0:
-            return speedup
-        log.warning("%s holds no valid bf16 speed-up (%r): measuring again", path, speedup)
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        log.warning("%s cannot be read (%s): measuring the bf16 speed-up again", path, error)
-    measured = measure_bf16_speedup()
-    log.info("bf16 matrix products here: %.2fx fp32 (%s GFLOP/s against %s)", measured["speedup"],
-             measured["bf16_gflops"], measured["fp32_gflops"])
-    try:
-        from af2cpu.io import atomic_write_text  # deferred: numpy, not needed by the flags alone
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({**measured, "cpu": read_cpuinfo()[0], "onednn_cap": onednn_cap(),
-                                            "size": SPEEDUP_SIZE}, indent=1) + "\n")
-    except OSError as error:
-        log.info("the bf16 speed-up is not kept in %s (%s): this process measured it for itself", path, error)
-    return measured["speedup"]
+    return measured_once("bf16-speedup", "the bf16 speed-up", lambda: {**measure_bf16_speedup(), "size": SPEEDUP_SIZE})
 
 
 def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = None,
