@@ -52,6 +52,7 @@ from af2cpu.model.template import (
     TemplateEmbedding,
     TemplateTorsionEmbedder,
 )
+from af2cpu.runtime.precision import cpu_kind
 
 # The scope of the multimer's relative position encoding (DeepMind's method name under `evoformer`).
 _CHAIN_RELPOS = "~_relative_encoding"
@@ -214,8 +215,17 @@ def _block_runner(options: Options):
         return _call_block_in_place
     if options.compile_cache_dir is not None:
         # Inductor reads its cache location from the environment only.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options.compile_cache_dir)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache_for_this_cpu(options.compile_cache_dir))
     return _compiled_block_call()
+
+
+def compile_cache_for_this_cpu(folder: str) -> str:
+    """Inductor's persistent cache for this kind of CPU: a folder of ``folder`` per
+    af2cpu.runtime.precision.cpu_kind. Inductor's graph cache does not tell CPUs apart, yet its code depends on
+    them (the vector width, -march=native): a cache filled on a CPU with AVX512 and read on one with AVX2 only
+    gave NaN everywhere, and the reverse crashed (double free), measured with torch 2.13. A home folder shared
+    by nodes of several kinds is the usual case on clusters."""
+    return os.path.join(folder, f"cpu-{cpu_kind()}")
 
 
 class AlphaFoldIteration(nn.Module):

@@ -63,3 +63,16 @@ def test_options_decide_where_the_network_runs_not_where_it_is_planned():
             "print(o.fp32_products.value, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["auto", "False"]
+
+
+def test_inductors_cache_is_kept_per_kind_of_cpu(monkeypatch):
+    """Inductor's graph cache does not tell CPUs apart: one filled with AVX512 code and read with AVX2 gave NaN
+    (tests/test_model_precision.py's compiled block, torch 2.13), so af2cpu keeps one folder per CPU kind."""
+    from af2cpu.model.alphafold import compile_cache_for_this_cpu
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    native = compile_cache_for_this_cpu("/cache/inductor")
+    assert native == compile_cache_for_this_cpu("/cache/inductor")  # the same CPU: the same folder
+    assert native.startswith("/cache/inductor/cpu-")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # PyTorch's kernels and inductor's vectors kept to AVX2
+    assert compile_cache_for_this_cpu("/cache/inductor") != native

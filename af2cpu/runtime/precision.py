@@ -68,8 +68,10 @@ ONEDNN_CAPS_WITHOUT_BF16 = frozenset({"sse41", "avx", "avx2", "avx2_vnni", "avx2
                                       "avx512_core_vnni"})
 ONEDNN_CAPS_WITHOUT_AMX = frozenset({"avx512_core_bf16", "avx10_1_512", "avx512_core_fp16"})
 ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-# MKL's own cap (its fp32 products: af2cpu.runtime.products weighs them against oneDNN's).
+# MKL's own cap (its fp32 products: af2cpu.runtime.products weighs them against oneDNN's), and PyTorch's (its
+# kernels, and the vector width of the code inductor generates).
 MKL_CAP_VARIABLE = "MKL_ENABLE_INSTRUCTIONS"
+ATEN_CAP_VARIABLE = "ATEN_CPU_CAPABILITY"
 
 
 def onednn_cap(environ=os.environ) -> str | None:
@@ -108,18 +110,25 @@ def bf16_units(flags: Iterable[str] | None = None) -> str | None:
     return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
 
 
-def kept_file(stem: str) -> Path:
-    """Where a measurement of this CPU named ``stem`` is kept in the user's cache: one file per CPU model,
-    feature flags (oneDNN's cap applied), the oneDNN and MKL caps and torch version, so nodes of other kinds
+def cpu_kind() -> str:
+    """A short digest of what this process's kernels depend on: the CPU model, its feature flags (oneDNN's cap
+    applied), the oneDNN, MKL and PyTorch ISA caps and the torch version. Figures measured here and code
+    compiled here (inductor's cache: af2cpu.model.alphafold) are kept per kind, so nodes of other kinds
     sharing a home folder keep their own."""
     model, _ = read_cpuinfo()
     # The installed torch's version from its metadata: importing torch takes a second, which a process
-    # that finds the file (the CLI's planning) does not need to spend.
+    # that finds a kept figure (the CLI's planning) does not need to spend.
     identity = [model, sorted(cpu_flags()), onednn_cap(), importlib.metadata.version("torch")]
-    if os.environ.get(MKL_CAP_VARIABLE, "").strip():  # a separate key only where MKL is capped
-        identity.append(f"{MKL_CAP_VARIABLE}={os.environ[MKL_CAP_VARIABLE].strip()}")
-    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    return Path(cache_dir("cpu")) / f"{stem}-{digest}.json"
+    for variable in (MKL_CAP_VARIABLE, ATEN_CAP_VARIABLE):  # a separate kind only where one is capped
+        if os.environ.get(variable, "").strip():
+            identity.append(f"{variable}={os.environ[variable].strip()}")
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+def kept_file(stem: str) -> Path:
+    """Where a measurement of this CPU named ``stem`` is kept in the user's cache, one file per
+    :func:`cpu_kind`."""
+    return Path(cache_dir("cpu")) / f"{stem}-{cpu_kind()}.json"
 
 
 def measured_once(stem: str, what: str, measure: Callable[[], dict]) -> float:
