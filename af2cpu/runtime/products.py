@@ -26,9 +26,9 @@ from af2cpu.errors import ConfigError
 from af2cpu.runtime.precision import measured_once
 
 # auto takes oneDNN where its products are at least this many times as fast as MKL's at the measured shapes.
-# Measured (docs/benchmarks.md): 1.3-1.4x where MKL sees an AMD CPU (a block 13 % faster through oneDNN);
-# 1.0-1.3x on Intel CPUs, where a block ran the same through either. The margin keeps PyTorch's own choice
-# where oneDNN would gain nothing a block shows.
+# Measured (docs/benchmarks.md): 1.25-1.26x where MKL sees an AMD CPU (a block 13 % faster, a pass 8 %, through
+# oneDNN); 0.98-1.01x on an Intel Xeon and 1.05x on it kept to AVX2, where a block ran the same through either.
+# The margin keeps PyTorch's own choice where oneDNN would gain nothing a block shows.
 ONEDNN_SPEEDUP_NEEDED = 1.15
 
 # The measurement: (rows, in, out) products as the Evoformer's cache-blocked loops run them (a transition's
