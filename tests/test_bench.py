@@ -93,13 +93,15 @@ def test_bench_counts_the_cpu_attention_kernels_products():
     import torch
 
     from af2cpu.bench.model import flop_counter
+    from af2cpu.runtime.products import onednn_linear
 
     # Batch 3, 2 heads, 5 queries, 7 keys, key size 4, value size 6: q·kᵀ and the weighted values.
     q, k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 6)
     with flop_counter() as counter:
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
         torch.randn(8, 9) @ torch.randn(9, 10)
-    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (4 + 6) + 2 * 8 * 9 * 10
+        onednn_linear(torch.randn(8, 9), torch.randn(9, 10), torch.randn(10))  # runtime.fp32_products=onednn
+    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (4 + 6) + 2 * 2 * 8 * 9 * 10
 
 
 # --- a multimer preset: DeepMind's multimer example of a synthetic complex ----------------------------

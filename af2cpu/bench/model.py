@@ -327,11 +327,18 @@ def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=No
     return 2 * math.prod(batch) * q_len * k_len * (c_qk + c_v)
 
 
+def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """Products of oneDNN's linear kernel (runtime.fp32_products=onednn): x (..., k) @ weightᵀ (k, n)."""
+    return 2 * math.prod(x_shape) * weight_shape[0]
+
+
 def flop_counter() -> FlopCounterMode:
-    """torch's flop counter, also counting the CPU flash-attention kernel, which it does not know (torch
-    2.13): without it the attention's products (about 8 % of a pass at L=128) went uncounted."""
+    """torch's flop counter, also counting the kernels it does not know (torch 2.13): CPU flash attention
+    (without it the attention's products, about 8 % of a pass at L=128, went uncounted) and oneDNN's fp32
+    linear kernel (the layers' products where runtime.fp32_products resolves to oneDNN)."""
     return FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop})
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop,
+        torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop})
 
 
 def _time_passes(step, passes: int, timed=None) -> tuple[float | None, float | None, float | None]:
