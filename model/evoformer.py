@@ -14,7 +14,7 @@ from torch import nn
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices, normalised_whole, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
-from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, matmul, normal_parameter
+from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, matmul, matmul_row_bias, normal_parameter
 
 
 class _Chunked(nn.Module):
@@ -309,8 +309,9 @@ class _TriangleMultiplication(_Chunked):
         # below are batched GEMMs over contiguous (L, L) planes with no copy. The GEMM runs a block
         # of pair rows at a time; the block's gates are applied while it is in cache, so only the
         # gated left and right projections, (2c, L, L), exist whole.
-        w_t = torch.cat([layer.weights for layer in layers], dim=1).to(dtype).t()
+        w_t = torch.cat([layer.weights for layer in layers], dim=1).to(dtype).t().contiguous()
         b = torch.cat([layer.bias for layer in layers]).to(dtype)[:, None]
+        onednn = self.options.onednn_products
         c = w_t.shape[0] // 4
         act_t = act.reshape(-1, c_z).t()  # (c_z, L*L), a view
         # Eager runs skip the mask when it is all ones; a compiled block always applies it (reading the
@@ -322,7 +323,8 @@ class _TriangleMultiplication(_Chunked):
                                       n_res * 4 * c * act.element_size())
         for s in chunk_slices(n_rows, step):
             rows = s.stop - s.start
-            block = torch.addmm(b, w_t, act_t[:, s.start * n_res:s.stop * n_res]).view(4 * c, rows, n_res)
+            block = matmul_row_bias(w_t, act_t[:, s.start * n_res:s.stop * n_res], b,
+                                    onednn=onednn).view(4 * c, rows, n_res)
             gate = block[2 * c:].sigmoid_()
             if mask is not None:
                 gate.mul_(mask[s])
@@ -367,12 +369,12 @@ class _TriangleMultiplication(_Chunked):
         for cs in chunk_slices(c, slab):
             width = cs.stop - cs.start
             index = torch.cat([torch.arange(cs.start, cs.stop) + k * c for k in range(4)])
-            w_t, b = w[:, index].to(dtype).t(), bias[index].to(dtype)[:, None]
+            w_t, b = w[:, index].to(dtype).t().contiguous(), bias[index].to(dtype)[:, None]
             proj = pair.new_empty((2 * width, n_rows, n_res))  # the slab's gated left and right
             for s in chunk_slices(n_rows, step):
                 rows = s.stop - s.start
                 act_t = layer_norm_input(pair[s]).reshape(-1, c_z).t()
-                block = torch.addmm(b, w_t, act_t).view(4 * width, rows, n_res)
+                block = matmul_row_bias(w_t, act_t, b, onednn=self.options.onednn_products).view(4 * width, rows, n_res)
                 gate = block[2 * width:].sigmoid_()
                 if mask is not None:
                     gate.mul_(mask[s])

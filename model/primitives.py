@@ -49,20 +49,36 @@ def add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
 ONEDNN_MIN_ROWS = 64
 
 
+def _through_onednn(x: torch.Tensor, onednn: bool, out: torch.Tensor | None = None) -> bool:
+    """Whether a product of ``x`` (the left operand) runs through oneDNN: asked for (``onednn``), fp32, 2-D,
+    contiguous, at least ``ONEDNN_MIN_ROWS`` rows, into a new tensor, without autograd, and not traced by
+    torch.compile (inductor picks its own kernels)."""
+    return (onednn and out is None and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS
+            and x.is_contiguous() and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+
+
 def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, onednn: bool = False,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` (N, k) @ ``w`` (k, n) ``+ b``: the products of the network's layers. With ``onednn``
     (Options.onednn_products: this CPU multiplies fp32 faster with oneDNN than with MKL,
     af2cpu.runtime.products), an fp32 product into a new tensor runs through oneDNN's linear kernel instead
     of PyTorch's MKL: the same sums, in another order (float noise). bf16 products are oneDNN's anyway;
-    a product written into ``out``, one of few rows, and any product while torch.compile traces (inductor
-    picks its own kernels) stay as PyTorch runs them."""
-    if (onednn and out is None and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS
-            and x.is_contiguous() and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+    a product written into ``out``, one of few rows, and any product while torch.compile traces stay as
+    PyTorch runs them."""
+    if _through_onednn(x, onednn, out):
         return onednn_linear(x, w, b)
     if b is None:
         return x @ w if out is None else torch.mm(x, w, out=out)
     return torch.addmm(b, x, w, out=out)
+
+
+def matmul_row_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, onednn: bool = False) -> torch.Tensor:
+    """``x`` (m, k) @ ``w`` (k, n) ``+ b`` (m, 1), a bias per output row: the triangle multiplication's
+    channel-first projections (the weight on the left). Through oneDNN as :func:`matmul` decides, its
+    bias added after the product (oneDNN's linear kernel adds one per column)."""
+    if _through_onednn(x, onednn):
+        return onednn_linear(x, w, None).add_(b)
+    return torch.addmm(b, x, w)
 
 
 class Linear(nn.Module):

@@ -235,8 +235,11 @@ def test_evoformer_block_chunked_equals_unchunked(options, num_seq):
 
 @pytest.mark.parametrize("options", [
     Options(block_bytes=1), Options(chunks=ChunkSizes(triangle_multiplication=4)), Options.chunked(4),
-    Options(chunks=ChunkSizes(triangle_channels=5), block_bytes=1)],
-    ids=["one_row_steps", "row_chunks", "chunks", "channel_slabs_one_row_steps"])
+    Options(chunks=ChunkSizes(triangle_channels=5), block_bytes=1),
+    # The projections through oneDNN (runtime.fp32_products): whole, and a slab of 32 channels (128 rows) at a time
+    Options(block_bytes=None, fp32_products="onednn"), Options(chunks=ChunkSizes(triangle_channels=32),
+                                                               fp32_products="onednn")],
+    ids=["one_row_steps", "row_chunks", "chunks", "channel_slabs_one_row_steps", "onednn", "channel_slabs_onednn"])
 @pytest.mark.parametrize("kind", ["triangle_multiplication_outgoing", "triangle_multiplication_incoming"])
 def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind):
     # The triangle sums take TRIANGLE_PRODUCT_ROWS rows a GEMM (5 here: blocks 0-5, 5-10, 10-13), the
@@ -249,12 +252,16 @@ def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind)
     _fill(module, kind, seed=5)
     (pair,) = _torch(*_acts(19, (13, 13, 128)))
     pair_mask = torch.as_tensor(_mask(20, (13, 13)))
+    calls = []
+    onednn_linear = primitives.onednn_linear
+    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     with torch.no_grad():
         module.options = Options(block_bytes=None)
         whole = module(pair, pair_mask)
         module.options = options
         blocked = module(pair, pair_mask)
     assert float((whole - blocked).abs().max() / whole.abs().max()) < 1e-6  # measured <= 2.5e-7 (summation order)
+    assert bool(calls) == (options.fp32_products.value == "onednn")
 
 
 def test_export_after_load_gives_back_the_same_arrays():
