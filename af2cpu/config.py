@@ -34,6 +34,15 @@ class ConfigEnum(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @classmethod
+    def parse(cls, value, what: str):
+        """The member ``value`` (a member or its name) names; ConfigError otherwise, beginning with ``what``
+        (e.g. "precision 'fp16'") and listing the choices."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise ConfigError(f"{what} is not available; choose one of {', '.join(m.value for m in cls)}") from None
+
 
 class DbPreset(ConfigEnum):
     full = "full"

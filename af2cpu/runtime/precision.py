@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from af2cpu.config import Precision, cache_dir
-from af2cpu.errors import ConfigError
 from af2cpu.runtime.topology import read_cpuinfo
 
 log = logging.getLogger(__name__)
@@ -202,11 +201,7 @@ def resolve_precision(requested: Precision | str, flags: Iterable[str] | None = 
     with one warning per run where it is not native (the cost) or measured slower than fp32.
     ConfigError for a name that is no precision.
     """
-    try:
-        precision = Precision(str(requested))
-    except ValueError:
-        raise ConfigError(f"precision {requested!r} is not available; choose one of "
-                          f"{', '.join(p.value for p in Precision)}") from None
+    precision = Precision.parse(requested, f"precision {requested!r}")
     native = native_bf16(flags)
     if precision is Precision.auto:
         if not native:

@@ -88,11 +88,7 @@ def onednn_speedup() -> float | None:
 
 def as_products(value: Fp32Products | str) -> Fp32Products:
     """``value`` as the library it names (auto unresolved); ConfigError for a name that is no library."""
-    try:
-        return Fp32Products(str(value))
-    except ValueError:
-        raise ConfigError(f"runtime.fp32_products={value!r} is not available; choose one of "
-                          f"{', '.join(p.value for p in Fp32Products)}") from None
+    return Fp32Products.parse(value, f"runtime.fp32_products={value!r}")
 
 
 def resolve_products(requested: Fp32Products | str, speedup: float | None = None) -> Fp32Products:
