@@ -148,10 +148,17 @@ def test_triangle_multiplication_matches_reference(kind, cls, mask_kind):
     assert _rel_err(got, ref) < RTOL  # measured 5.0e-7 (outgoing), 4.3e-7 (incoming)
 
 
-# 6 rows take the order with the output weights folded in first, 48 the outer products first.
-@pytest.mark.parametrize("rows", [6, 48])
-def test_outer_product_mean_matches_reference(rows):
+# 6 rows take the order with the output weights folded in first, 48 the outer products first; with
+# oneDNN's products (runtime.fp32_products), the outer products' GEMMs go there too.
+@pytest.mark.parametrize("rows,products", [(6, "mkl"), (48, "mkl"), (48, "onednn")])
+def test_outer_product_mean_matches_reference(rows, products, monkeypatch):
     ours = evo.OuterProductMean(A.msa_channel, A.pair_channel, STACK.num_outer_channel)
+    for module in ours.modules():
+        if hasattr(module, "options"):
+            module.options = Options(fp32_products=products)
+    shapes = []
+    onednn_linear = primitives.onednn_linear
+    monkeypatch.setattr(primitives, "onednn_linear", lambda x, w, *args: shapes.append(w.shape) or onednn_linear(x, w, *args))
     flat = _fill(ours, "outer_product_mean")
     (msa,) = _acts(11, (rows, 12, 256))
     mask = _mask(12, (rows, 12))
@@ -159,7 +166,10 @@ def test_outer_product_mean_matches_reference(rows):
         EVO.evoformer.outer_product_mean, GC, 128)(m, k, is_training=False), flat, msa, mask)
     with torch.no_grad():
         got = ours(*_torch(msa, mask))
-    assert _rel_err(got, ref) < RTOL  # measured 1.1e-6 (6 rows), 7.1e-7 (48 rows)
+    assert _rel_err(got, ref) < RTOL  # measured 1.1e-6 (6 rows), 7.1e-7 (48 rows, either library)
+    # the projections and the outer products (S, L*c) through oneDNN, or nothing (the output layer writes
+    # into the whole output here: PyTorch's)
+    assert shapes == ([] if products == "mkl" else [(256, 64), (48, 12 * 32)])
 
 
 @pytest.mark.parametrize("kind,channels,factor",
