@@ -157,7 +157,7 @@ class Transition(_Chunked):
         for s in chunk_slices(act.shape[0], self.options.step_rows(self.options.chunks.transition, act.shape[0],
                                                                    row_bytes)):
             x = self.input_layer_norm(act[s]).reshape(-1, c)
-            update = self.transition2(self.transition1(x, relu=True), out=None if inplace else out[s].view(-1, c))
+            update = self.transition2(torch.relu_(self.transition1(x)), out=None if inplace else out[s].view(-1, c))
             if inplace:
                 add_in_place(act[s], update.view(act[s].shape))
         return act if inplace else out

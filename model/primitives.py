@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from af2cpu.model.options import Options
-from af2cpu.runtime.products import onednn_bf16_linear, onednn_linear
+from af2cpu.runtime.products import onednn_linear
 
 
 def normal_parameter(*shape: int, std: float) -> nn.Parameter:
@@ -50,43 +50,33 @@ ONEDNN_MIN_ROWS = 64
 
 
 def _through_onednn(x: torch.Tensor, onednn: bool, out: torch.Tensor | None = None) -> bool:
-    """Whether a product of ``x`` (the left operand) runs through oneDNN's linear kernel: 2-D, contiguous,
-    into a new tensor, without autograd, not traced by torch.compile (inductor picks its own kernels), and
-    either bf16 or fp32 asked for (``onednn``) with at least ``ONEDNN_MIN_ROWS`` rows."""
-    if out is not None or x.dim() != 2 or not x.is_contiguous() or torch.is_grad_enabled():
-        return False
-    if x.dtype == torch.bfloat16:
-        return not torch.compiler.is_compiling() and onednn_bf16_linear()
-    return (onednn and x.dtype == torch.float32 and x.shape[0] >= ONEDNN_MIN_ROWS
-            and not torch.compiler.is_compiling())
+    """Whether a product of ``x`` (the left operand) runs through oneDNN: asked for (``onednn``), fp32, 2-D,
+    contiguous, at least ``ONEDNN_MIN_ROWS`` rows, into a new tensor, without autograd, and not traced by
+    torch.compile (inductor picks its own kernels)."""
+    return (onednn and out is None and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS
+            and x.is_contiguous() and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, onednn: bool = False,
-           out: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """``x`` (N, k) @ ``w`` (k, n) ``+ b``, its ReLU with ``relu``: the products of the network's layers.
-
-    bf16 products are oneDNN's in PyTorch where the CPU has AVX512 (or AVX-NE-CONVERT) either way; there,
-    into a new tensor, they are made by oneDNN's linear kernel, which adds the bias (and takes the ReLU) as it writes each tile: PyTorch's addmm first fills
-    the output with the broadcast bias, a pass over it, and the ReLU would be another (bf16 on AMX, the
-    Evoformer's shapes: 10-43 % faster, docs/benchmarks.md). With ``onednn`` (Options.onednn_products:
-    this CPU multiplies fp32 faster with oneDNN than with MKL, af2cpu.runtime.products), fp32 products into
-    a new tensor go the same way instead of PyTorch's MKL: the same sums, in another order (float noise).
-    A product written into ``out``, an fp32 one of few rows, and any product while torch.compile traces
-    stay as PyTorch runs them."""
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (N, k) @ ``w`` (k, n) ``+ b``: the products of the network's layers. With ``onednn``
+    (Options.onednn_products: this CPU multiplies fp32 faster with oneDNN than with MKL,
+    af2cpu.runtime.products), an fp32 product into a new tensor runs through oneDNN's linear kernel instead
+    of PyTorch's MKL: the same sums, in another order (float noise). bf16 products are oneDNN's anyway;
+    a product written into ``out``, one of few rows, and any product while torch.compile traces stay as
+    PyTorch runs them."""
     if _through_onednn(x, onednn, out):
-        return onednn_linear(x, w, b, relu)
+        return onednn_linear(x, w, b)
     if b is None:
-        y = x @ w if out is None else torch.mm(x, w, out=out)
-    else:
-        y = torch.addmm(b, x, w, out=out)
-    return y.relu_() if relu else y
+        return x @ w if out is None else torch.mm(x, w, out=out)
+    return torch.addmm(b, x, w, out=out)
 
 
 def matmul_row_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, onednn: bool = False) -> torch.Tensor:
     """``x`` (m, k) @ ``w`` (k, n) ``+ b`` (m, 1), a bias per output row: the triangle multiplication's
     channel-first projections (the weight on the left). Through oneDNN as :func:`matmul` decides, its
     bias added after the product (oneDNN's linear kernel adds one per column)."""
-    if x.dtype == torch.float32 and _through_onednn(x, onednn):
+    if _through_onednn(x, onednn):
         return onednn_linear(x, w, None).add_(b)
     return torch.addmm(b, x, w)
 
@@ -114,18 +104,16 @@ class Linear(nn.Module):
         if not self.weights.is_meta:
             nn.init.normal_(self.weights, std=max(1, math.prod(in_shape))**-0.5)
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-        """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias; ``relu``: the
-        ReLU of the output instead (the transitions' first layer)."""
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias."""
         if len(self.in_shape) != 1 or len(self.out_shape) != 1:
-            y = self._shaped(x)
-            return torch.relu(y) if relu else y
+            return self._shaped(x)
         w = self.weights.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         onednn = self.options.onednn_products
         if x.dim() == 2:
-            return matmul(x, w, b, onednn=onednn, out=out, relu=relu)
-        return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn, relu=relu).reshape(*x.shape[:-1], w.shape[-1])
+            return matmul(x, w, b, onednn=onednn, out=out)
+        return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn).reshape(*x.shape[:-1], w.shape[-1])
 
     def _shaped(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:x.dim() - len(self.in_shape)]

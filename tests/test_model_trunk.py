@@ -220,28 +220,6 @@ def test_evoformer_block_matches_reference(is_extra_msa, products, monkeypatch):
     assert (len(calls) >= 8) == (products == "onednn") and (products == "onednn" or not calls)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_a_layer_with_its_relu_equals_the_product_bias_and_relu_apart(dtype, monkeypatch):
-    """oneDNN's linear kernel adds the bias and takes the transitions' ReLU as it writes the product: bf16
-    products always where the CPU takes bf16 there, fp32 ones where runtime.fp32_products is oneDNN;
-    elsewhere (bf16 on an AVX2-only CPU) PyTorch's product, then the ReLU."""
-    layer = primitives.Linear(64, 96)
-    layer.options = Options(fp32_products="onednn")
-    torch.nn.init.normal_(layer.bias)
-    calls = []
-    onednn_linear = primitives.onednn_linear
-    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(args[3]) or onednn_linear(*args))
-    x = torch.randn(80, 64, generator=torch.Generator().manual_seed(3)).to(dtype)
-    with torch.no_grad():
-        got = layer(x, relu=True)
-        want = torch.relu(torch.addmm(layer.bias.to(dtype), x, layer.weights.to(dtype)))
-    through_onednn = dtype == torch.float32 or primitives.onednn_bf16_linear()
-    assert calls == ([True] if through_onednn else [])
-    assert got.dtype == dtype and bool((got >= 0).all()) and bool((got == 0).any())
-    # the same sums either way here (measured 0 in fp32 and bf16); the bound allows float noise
-    assert float((got.float() - want.float()).abs().max() / want.float().abs().max()) < 1e-6
-
-
 @pytest.mark.parametrize("options", [Options.chunked(4), Options(block_bytes=1)], ids=["chunks", "one_row_blocks"])
 @pytest.mark.parametrize("num_seq", [9, 17], ids=["fewer_rows_than_columns", "more_rows_than_columns"])
 def test_evoformer_block_chunked_equals_unchunked(options, num_seq):

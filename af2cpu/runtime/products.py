@@ -44,22 +44,12 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-@functools.cache
-def onednn_bf16_linear() -> bool:
-    """Whether oneDNN's linear kernel takes bf16 on this CPU: it needs AVX512 (BW, VL, DQ) or AVX-NE-CONVERT
-    and refuses bf16 elsewhere (an AVX2-only CPU), where PyTorch's own bf16 products run instead."""
-    import torch  # deferred: torch only where products are decided
-
-    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def onednn_linear(x, w, b=None, relu: bool = False):
-    """``x @ w + b`` for ``x`` (N, k), ``w`` (k, n), ``b`` (n,) or None, by oneDNN's linear kernel, which
-    PyTorch reaches through its mkldnn ops (the network's products: af2cpu.model.primitives.matmul); with
-    ``relu``, the ReLU of it, applied by the kernel as it writes the product (no pass of its own)."""
+def onednn_linear(x, w, b=None):
+    """``x @ w + b`` for fp32 ``x`` (N, k), ``w`` (k, n), ``b`` (n,) or None, by oneDNN's linear kernel, which
+    PyTorch reaches through its mkldnn ops (the network's products: af2cpu.model.primitives.matmul)."""
     import torch  # deferred: this module decides without torch; the call is made where the network runs
 
-    return torch.ops.mkldnn._linear_pointwise(x, w.t(), b, "relu" if relu else "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, w.t(), b, "none", [], "")
 
 
 def measure_onednn_speedup(shapes=SHAPES, rounds: int = ROUNDS) -> dict[str, float]:
