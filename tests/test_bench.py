@@ -79,14 +79,17 @@ def test_bench_default_msa_sizes_pads_the_inputs_as_alphafold2_does():
 
 def test_bench_memory_reports_peak_rss_next_to_the_planner(tmp_path):
     status = main(["bench", "--memory", "24", "--precisions", "bf16", "--msa-rows", "4", "--extra-rows", "8",
-                   "--memory-blocks", "1", "--threads", "1", "--out", str(tmp_path)])
+                   "--memory-blocks", "1", "--threads", "1", "--fp32-products", "onednn", "--out", str(tmp_path)])
     assert status == 0
     (run,) = json.loads((tmp_path / "memory.json").read_text())["runs"]
     assert run["length"] == 24 and run["precision"] == "bf16" and run["blocks"] == 1
+    # the pass measured runs the products asked for, as `af2cpu predict` would with runtime.fp32_products
+    assert run["fp32_products"] == "onednn" and run["fp32_products_used"] == "onednn"
     # A real measurement of a process that holds the (one-block) model's fp32 weights.
     assert run["peak_rss_bytes"] > run["parameter_bytes"] > 10_000_000 and run["peak_counter_reset"]
     assert run["estimate_error"] == pytest.approx(run["estimate_bytes"] / run["peak_rss_bytes"] - 1, abs=1e-3)
     assert "| 24 | bf16 | 1 |" in (tmp_path / "memory.md").read_text()
+    assert "fp32 products onednn" in (tmp_path / "memory.md").read_text()
 
 
 def test_bench_counts_the_cpu_attention_kernels_products():

@@ -36,7 +36,8 @@ def run_memory(args: argparse.Namespace) -> int:
     For each length and precision the memory planner picks the chunk sizes for ``--memory-limit``
     (as ``af2cpu predict`` does with ``runtime.memory_limit``); a child process builds the inputs,
     resets its peak-RSS counter, runs one recycling pass with those chunks and reports the pass's
-    peak RSS (VmHWM). Results: ``memory.json`` and ``memory.md`` in ``--out``.
+    peak RSS (VmHWM). Its fp32 products go through the first of ``--fp32-products`` (default auto: the
+    library `af2cpu predict` would pick here). Results: ``memory.json`` and ``memory.md`` in ``--out``.
     """
     from af2cpu.bench.machine import machine_info  # deferred: torch (see _memory_child)
 
@@ -50,6 +51,7 @@ def run_memory(args: argparse.Namespace) -> int:
     # weights; a complex's residues are those of all its chains, with its 4 template slots.
     architecture = get_preset(name).with_blocks(evoformer=blocks).architecture
     context = multiprocessing.get_context("spawn")
+    products = getattr(args, "fp32_products", ["auto"])[0]
     rows = []
     for length in sorted(args.memory):
         for precision in args.precisions:
@@ -60,7 +62,7 @@ def run_memory(args: argparse.Namespace) -> int:
             receive, send = context.Pipe(duplex=False)
             child = context.Process(target=_memory_child, args=(
                 send, length, precision, dataclasses.asdict(chunks), args.msa_rows, args.extra_rows, blocks, threads,
-                name, chains, estimate.compact_outputs, templates))
+                name, chains, estimate.compact_outputs, templates, products))
             child.start()
             send.close()
             try:
@@ -70,7 +72,8 @@ def run_memory(args: argparse.Namespace) -> int:
             child.join()
             if measured is None:
                 measured = {"error": f"the child process died (exit code {child.exitcode}); out of memory?"}
-            row = {"length": length, "precision": precision, "blocks": blocks, "memory_limit": limit,
+            row = {"length": length, "precision": precision, "fp32_products": products, "blocks": blocks,
+                   "memory_limit": limit,
                    "chunks": {k: v for k, v in dataclasses.asdict(chunks).items() if v is not None},
                    "estimate_bytes": estimate.total, "estimate": estimate.describe(), **measured}
             phases = phase_estimates(shape, precision, chunks, architecture=architecture,
@@ -84,6 +87,7 @@ def run_memory(args: argparse.Namespace) -> int:
             print({k: (round(v / GIB, 3) if k.endswith("_bytes") else v) for k, v in row.items()})
     results = {"machine": machine_info(threads), "preset": name, "chains": chains if multimer else None,
                "msa_rows": args.msa_rows, "templates": MULTIMER_TEMPLATES if multimer else getattr(args, "templates", 0),
+               "fp32_products": products,
                "extra_rows": args.extra_rows, "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "memory.json", json.dumps(results, indent=2) + "\n")
@@ -93,8 +97,9 @@ def run_memory(args: argparse.Namespace) -> int:
 
 
 def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks, threads, preset=PRESET,
-                  chains=1, compact_outputs=False, templates=0) -> None:
-    """One pass in this (fresh) process; sends its peak RSS and time through ``conn``."""
+                  chains=1, compact_outputs=False, templates=0, fp32_products="auto") -> None:
+    """One pass in this (fresh) process; sends its peak RSS, time and the library of its fp32 products
+    through ``conn``."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch  # deferred: torch reads OMP_NUM_THREADS once, when first imported in this process
 
@@ -107,7 +112,9 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
     else:
         model, flat, features = make_inputs(length, msa_rows, extra_rows, blocks, templates=templates)
     del flat  # a real run keeps one copy of the weights, the model's
-    model.set_options(Options(chunks=ChunkSizes(**chunks), precision=precision, compact_outputs=compact_outputs))
+    options = Options(chunks=ChunkSizes(**chunks), precision=precision, compact_outputs=compact_outputs,
+                      fp32_products=fp32_products)
+    model.set_options(options)
     # The peak up to the end of the template stage and of the extra-MSA stack, where there are ones.
     through_stages = {}
 
@@ -128,7 +135,8 @@ def _memory_child(conn, length, precision, chunks, msa_rows, extra_rows, blocks,
     seconds = time.perf_counter() - start
     conn.send({"peak_rss_bytes": _rss("VmHWM"), **through_stages, "rss_before_pass_bytes": baseline,
                "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-               "peak_counter_reset": reset, "pass_s": round(seconds, 1)})
+               "peak_counter_reset": reset, "pass_s": round(seconds, 1),
+               "fp32_products_used": "onednn" if options.onednn_products else "mkl"})
     conn.close()
 
 
@@ -155,7 +163,8 @@ def memory_markdown(results: dict) -> str:
     chains = results.get("chains")
     complex_ = f"{results['preset']}, complexes of {chains} chains × L residues, " if chains else ""
     lines = [(f"Peak RSS of one recycling pass, {complex_}{results['msa_rows']} MSA + {results['extra_rows']} extra "
-              f"rows, {results.get('templates', 0)} templates, {results['machine']['threads']} threads; the planner's chunks for the memory limit."), "",
+              f"rows, {results.get('templates', 0)} templates, {results['machine']['threads']} threads, fp32 products "
+              f"{results.get('fp32_products', 'mkl')}; the planner's chunks for the memory limit."), "",
              ("| L | precision | blocks | chunks | planner estimate (GiB) | measured peak RSS (GiB) | estimate error "
               "| pass (s) |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:
