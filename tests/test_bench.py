@@ -43,8 +43,18 @@ def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
         runs["reference", "fp32"]["pass_s"] / runs["af2cpu", "fp32"]["pass_s"], abs=0.006)
     breakdown = results["breakdown"]["bf16"]
     assert breakdown["evoformer/triangle_multiplication_outgoing"] > 0 and breakdown["structure_module"] > 0
+    # The same pass by kind of work: its products and attention, counted from their shapes as they are
+    # called, are the work torch's flop counter counted for a pass; the kinds and the rest make up the pass.
+    for precision in ("fp32", "bf16"):
+        work = results["work_breakdown"][precision]
+        counted = work["matrix products"]["gflop"] + work["attention kernel"]["gflop"]
+        assert counted == pytest.approx(runs["af2cpu", precision]["gflop"], rel=0.05)
+        assert work["layer norms"]["calls"] > 0 and work["the rest"]["s"] >= 0
+        parts = sum(w["s"] for kind, w in work.items() if kind != "total")
+        assert parts == pytest.approx(work["total"]["s"], abs=0.005)
     table = (tmp_path / "bench.md").read_text()
     assert "| 16 | reference | fp32 | XLA |" in table and "evoformer/outer_product_mean" in table
+    assert "Time by kind of work, af2cpu bf16" in table and "| matrix products |" in table
 
 
 def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):

@@ -20,6 +20,7 @@ Results: ``bench.json`` and ``bench.md`` (a markdown table) in ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -37,6 +38,7 @@ from af2cpu.bench.reference import reference_config, reference_params
 from af2cpu.common import residue_constants as rc
 from af2cpu.config import RuntimeConfig, cache_dir
 from af2cpu.io import atomic_write_text
+from af2cpu.model import primitives
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.memory import TargetShape, plan_options
 from af2cpu.model.options import Options
@@ -64,8 +66,10 @@ def run(args: argparse.Namespace, threads: int) -> int:
     for length in args.lengths:
         results["runs"].extend(bench_length(length, args, reference, results["gemm_peak_gflops"]))
     breakdown_length = args.breakdown_length or max(args.lengths)
-    results["breakdown"] = {} if getattr(args, "no_breakdown", False) else {
-        p: module_breakdown(breakdown_length, args, p) for p in args.precisions}
+    results["breakdown"], results["work_breakdown"] = {}, {}
+    if not getattr(args, "no_breakdown", False):
+        for p in args.precisions:
+            results["breakdown"][p], results["work_breakdown"][p] = module_breakdown(breakdown_length, args, p)
     results["breakdown_length"] = breakdown_length
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "bench.json", json.dumps(results, indent=2) + "\n")
@@ -264,6 +268,10 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     variants = [(backend, products) for backend in getattr(args, "backends", ["native"])
                 for products in getattr(args, "fp32_products", ["auto"])]
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
+    for _, products in variants:
+        # runtime.fp32_products=auto measures oneDNN against MKL the first time a product asks (once per kind
+        # of CPU): here, before any pass, so that no pass is timed or counted with that measurement in it.
+        resolve_products(products)
     for precision, compiled in modes:
         planned = options(precision, shape, compiled, model.preset)
 
@@ -409,8 +417,9 @@ _BREAKDOWN_TOP = ("template_embedding", "structure_module", "distogram_head", "m
                   "experimentally_resolved_head", "predicted_lddt_head", "predicted_aligned_error_head")
 
 
-def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
-    """Seconds per module kind for one af2cpu pass at ``length`` (after a warm-up pass)."""
+def module_breakdown(length: int, args, precision: str) -> tuple[dict[str, float], dict[str, dict]]:
+    """Seconds per module kind for one af2cpu pass at ``length`` (after a warm-up pass), and the same
+    pass's time by kind of work (:func:`timed_work`)."""
     model, _, features, shape = bench_inputs(length, args)
     model.set_options(options(precision, shape, preset=model.preset))
     model.predict(features, num_recycle=0, return_representations=False)
@@ -436,14 +445,92 @@ def module_breakdown(length: int, args, precision: str) -> dict[str, float]:
                 timed(f"{stack}/{child_name}", child)
         elif leaf in _BREAKDOWN_TOP:
             timed(leaf, module)
-    start = time.perf_counter()
-    model.predict(features, num_recycle=0, return_representations=False)
-    total = time.perf_counter() - start
+    with timed_work() as work:
+        start = time.perf_counter()
+        model.predict(features, num_recycle=0, return_representations=False)
+        total = time.perf_counter() - start
     for handle in handles:
         handle.remove()
     totals = {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     totals["total"] = round(total, 3)
-    return totals
+    return totals, work.summary(total)
+
+
+def _einsum_flop(args, out) -> int:
+    """2 flops per multiply-add of a two-operand einsum: the product of every index's size."""
+    equation, operands = args[0], args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    sizes = {}
+    for letters, operand in zip(equation.split("->")[0].split(","), operands):
+        sizes.update(zip(letters.strip(), operand.shape))
+    return 2 * math.prod(sizes.values()) if len(operands) == 2 else 0
+
+
+# What timed_work times: (module, function name, kind of work, flops of a call from its arguments and output).
+_TIMED_WORK = (
+    (torch, "addmm", "matrix products", lambda a, y: 2 * a[1].shape[0] * a[1].shape[1] * a[2].shape[-1]),
+    (torch, "mm", "matrix products", lambda a, y: 2 * a[0].shape[0] * a[0].shape[1] * a[1].shape[1]),
+    (torch, "bmm", "matrix products", lambda a, y: 2 * math.prod(a[0].shape) * a[1].shape[-1]),
+    (torch, "matmul", "matrix products", lambda a, y: 2 * y.numel() * a[0].shape[-1]),
+    (torch.Tensor, "__matmul__", "matrix products", lambda a, y: 2 * y.numel() * a[0].shape[-1]),
+    (torch, "einsum", "matrix products", _einsum_flop),
+    (primitives, "onednn_linear", "matrix products", lambda a, y: 2 * y.numel() * a[0].shape[-1]),
+    (torch.nn.functional, "scaled_dot_product_attention", "attention kernel",
+     lambda a, y: 2 * math.prod(a[0].shape[:-1]) * a[1].shape[-2] * (a[0].shape[-1] + a[2].shape[-1])),
+    (torch.nn.functional, "layer_norm", "layer norms", None),
+)
+
+
+class _WorkTimes:
+    def __init__(self):
+        self.seconds, self.calls, self.flop = {}, {}, {}
+
+    def add(self, kind: str, seconds: float, flop: int) -> None:
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.flop[kind] = self.flop.get(kind, 0) + flop
+
+    def summary(self, total: float) -> dict[str, dict]:
+        """Seconds, calls, GFLOP and GFLOP/s per kind, and ``the rest`` of ``total`` seconds."""
+        out = {kind: {"s": round(seconds, 3), "calls": self.calls[kind],
+                      "gflop": round(self.flop[kind] / 1e9, 2) if self.flop[kind] else None,
+                      "gflops": round(self.flop[kind] / 1e9 / seconds, 1) if self.flop[kind] and seconds else None}
+               for kind, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
+        out["the rest"] = {"s": round(total - sum(self.seconds.values()), 3), "calls": None, "gflop": None,
+                           "gflops": None}
+        out["total"] = {"s": round(total, 3), "calls": None, "gflop": None, "gflops": None}
+        return out
+
+
+@contextlib.contextmanager
+def timed_work():
+    """Time the passes run inside by kind of work: the matrix products (PyTorch's products and einsums,
+    oneDNN's linear kernel), PyTorch's attention kernel and the layer norms, each call timed around
+    itself with its flops counted from its shapes; the rest (element-wise work, copies, Python) is what
+    the pass took beyond them. torch.profiler's per-op times overstated the products 3-4x on a 2-core
+    Xeon (docs/benchmarks.md), which is why the calls are timed directly. Calls are not nested: the
+    network calls each of these functions itself, never one inside another."""
+    times = _WorkTimes()
+    originals = []
+
+    def timed(original, kind, count):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            times.add(kind, time.perf_counter() - start, count(args, out) if count else 0)
+            return out
+        return call
+
+    try:
+        for owner, name, kind, count in _TIMED_WORK:
+            original = getattr(owner, name)
+            originals.append((owner, name, original))
+            setattr(owner, name, timed(original, kind, count))
+        yield times
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
 
 
 def markdown(results: dict) -> str:
@@ -490,6 +577,19 @@ def markdown(results: dict) -> str:
         for name, seconds in totals.items():
             if name != "total":
                 lines.append(f"| {name} | {seconds} | {100 * seconds / totals['total']:.1f} % |")
+    peaks = results["gemm_peak_gflops"]
+    for precision, work in results.get("work_breakdown", {}).items():
+        total = work["total"]["s"]
+        lines += ["", (f"Time by kind of work, af2cpu {precision}, the same pass (total {total} s; each call timed "
+                       "around itself, the rest is element-wise work, copies and Python):"), "",
+                  "| work | s | share | calls | GFLOP | GFLOP/s | of GEMM peak |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for kind, w in work.items():
+            if kind == "total":
+                continue
+            peak = peaks.get(precision)
+            share = f"{100 * w['gflops'] / peak:.0f} %" if w["gflops"] and peak else "—"
+            lines.append(f"| {kind} | {w['s']} | {100 * w['s'] / total:.1f} % | {w['calls'] or '—'} "
+                         f"| {w['gflop'] or '—'} | {w['gflops'] or '—'} | {share} |")
     return "\n".join(lines) + "\n"
 
 
