@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--breakdown-length", type=int, default=None,
                         help="length of the per-module time breakdown (default: the largest length)")
     parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip the per-module breakdown (two more passes per precision)")
+                        help="skip the per-module and per-kind-of-work breakdown (two more passes per precision)")
     parser.add_argument("--compile", action="store_true",
                         help="also time af2cpu with torch.compile (compile time reported separately)")
     parser.add_argument("--backends", nargs="+", default=["native"], choices=["native", "ipex"],
