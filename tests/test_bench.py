@@ -28,6 +28,9 @@ def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
     # The bf16 GEMM peak is measured only where the CPU multiplies bf16 natively (emulated elsewhere).
     native_bf16 = results["machine"]["native_bf16"]
     assert results["gemm_peak_gflops"]["fp32"] > 0
+    # fp32's peak is the better of the two libraries runtime.fp32_products picks between
+    libraries = results["gemm_peak_gflops"]["fp32_libraries"]
+    assert set(libraries) == {"mkl", "onednn"} and results["gemm_peak_gflops"]["fp32"] == max(libraries.values())
     if native_bf16:
         assert results["gemm_peak_gflops"]["bf16"] > 0
     else:

@@ -537,10 +537,12 @@ def markdown(results: dict) -> str:
     """The results as markdown tables: timings per length and the per-module breakdown."""
     m = results["machine"]
     bf16_kernel = m["kernels"].get("bf16_matmul")
+    libraries = results["gemm_peak_gflops"].get("fp32_libraries") or {}
+    fp32_libraries = f" ({', '.join(f'{name} {rate}' for name, rate in libraries.items())})" if libraries else ""
     lines = [(f"Machine: {m['cpu']}, {m['threads']} threads, {' '.join(m['isa'])}, torch {m['torch']}"
              + (f", bf16 products oneDNN {bf16_kernel}" if bf16_kernel else "")
              + f", load average {' '.join(map(str, m['load_average']))}; "
-             f"GEMM peak {results['gemm_peak_gflops']['fp32']} GFLOP/s fp32, "
+             f"GEMM peak {results['gemm_peak_gflops']['fp32']} GFLOP/s fp32{fp32_libraries}, "
              + (f"{results['gemm_peak_gflops']['bf16']} GFLOP/s bf16" if results['gemm_peak_gflops']['bf16']
                 else "bf16 not native (emulated, not measured)") + f". Preset {results['preset']} "
              f"({results['blocks']} Evoformer blocks), "

@@ -60,7 +60,8 @@ def _report_kernels(cfg) -> None:
     print(f"  threads: {threads} ({env})")
     peak = gemm_peak(size=1024, repeats=3)
     bf16 = f"{peak['bf16']} GFLOP/s bf16" if peak["bf16"] else "bf16 not native (not measured)"
-    print(f"  GEMM peak (1024², {threads} threads): {peak['fp32']} GFLOP/s fp32, {bf16}")
+    libraries = ", ".join(f"{name} {rate}" for name, rate in peak["fp32_libraries"].items())
+    print(f"  GEMM peak (1024², {threads} threads): {peak['fp32']} GFLOP/s fp32 ({libraries}), {bf16}")
 
 
 def run(args: argparse.Namespace) -> int:
