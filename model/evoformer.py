@@ -370,6 +370,7 @@ class _TriangleMultiplication(_Chunked):
         bias = torch.cat([layer.bias for layer in layers])
         c = w.shape[1] // 4
         mask = None if bool(pair_mask.bool().all()) else pair_mask.to(dtype)
+        onednn = self.options.onednn_products
         step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                       n_res * 4 * min(slab, c) * pair.element_size())
         tri = pair.new_empty((c, n_rows, n_res))
@@ -381,7 +382,7 @@ class _TriangleMultiplication(_Chunked):
             for s in chunk_slices(n_rows, step):
                 rows = s.stop - s.start
                 act_t = layer_norm_input(pair[s]).reshape(-1, c_z).t()
-                block = matmul_row_bias(w_t, act_t, b, onednn=self.options.onednn_products).view(4 * width, rows, n_res)
+                block = matmul_row_bias(w_t, act_t, b, onednn=onednn).view(4 * width, rows, n_res)
                 gate = block[2 * width:].sigmoid_()
                 if mask is not None:
                     gate.mul_(mask[s])

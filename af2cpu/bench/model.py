@@ -467,17 +467,23 @@ def _einsum_flop(args, out) -> int:
     return 2 * math.prod(sizes.values()) if len(operands) == 2 else 0
 
 
+def _product_flop(args, out) -> int:
+    """2 flops per multiply-add of a product whose left operand is ``args[0]``: each output element sums
+    as many products as the left operand's last axis is long (matmul, @, oneDNN's linear kernel)."""
+    return 2 * out.numel() * args[0].shape[-1]
+
+
 # What timed_work times: (module, function name, kind of work, flops of a call from its arguments and output).
 _TIMED_WORK = (
-    (torch, "addmm", "matrix products", lambda a, y: 2 * a[1].shape[0] * a[1].shape[1] * a[2].shape[-1]),
-    (torch, "mm", "matrix products", lambda a, y: 2 * a[0].shape[0] * a[0].shape[1] * a[1].shape[1]),
-    (torch, "bmm", "matrix products", lambda a, y: 2 * math.prod(a[0].shape) * a[1].shape[-1]),
-    (torch, "matmul", "matrix products", lambda a, y: 2 * y.numel() * a[0].shape[-1]),
-    (torch.Tensor, "__matmul__", "matrix products", lambda a, y: 2 * y.numel() * a[0].shape[-1]),
+    (torch, "addmm", "matrix products", lambda a, y: _product_flop(a[1:], y)),
+    (torch, "mm", "matrix products", _product_flop),
+    (torch, "bmm", "matrix products", _product_flop),
+    (torch, "matmul", "matrix products", _product_flop),
+    (torch.Tensor, "__matmul__", "matrix products", _product_flop),
     (torch, "einsum", "matrix products", _einsum_flop),
-    (primitives, "onednn_linear", "matrix products", lambda a, y: 2 * y.numel() * a[0].shape[-1]),
+    (primitives, "onednn_linear", "matrix products", _product_flop),
     (torch.nn.functional, "scaled_dot_product_attention", "attention kernel",
-     lambda a, y: 2 * math.prod(a[0].shape[:-1]) * a[1].shape[-2] * (a[0].shape[-1] + a[2].shape[-1])),
+     lambda a, y: _cpu_attention_flop(a[0].shape, a[1].shape, a[2].shape)),
     (torch.nn.functional, "layer_norm", "layer norms", None),
 )
 
