@@ -514,8 +514,8 @@ def timed_work():
     """Time the passes run inside by kind of work: the matrix products (PyTorch's products and einsums,
     oneDNN's linear kernel), PyTorch's attention kernel and the layer norms, each call timed around
     itself with its flops counted from its shapes; the rest (element-wise work, copies, Python) is what
-    the pass took beyond them. torch.profiler's per-op times overstated the products 3-4x on a 2-core
-    Xeon (docs/benchmarks.md), which is why the calls are timed directly. Calls are not nested: the
+    the pass took beyond them. The calls are timed directly because torch.profiler's per-op times
+    overstate the products (docs/benchmarks.md, "Quiet, and timed directly"). Calls are not nested: the
     network calls each of these functions itself, never one inside another."""
     times = _WorkTimes()
     originals = []
