@@ -91,6 +91,16 @@ class Fp32Products(ConfigEnum):
     onednn = "onednn"
 
 
+class AttentionKernel(ConfigEnum):
+    """The kernel of the network's attention (softmax(q·kᵀ + bias)·v). ``auto`` is af2cpu's own
+    (model/csrc/attention.cpp, compiled on first use) where it was measured clearly faster than PyTorch's
+    on this CPU, per precision and head size, PyTorch's elsewhere; ``af2cpu.model.kernels`` decides."""
+
+    auto = "auto"
+    pytorch = "pytorch"
+    af2cpu = "af2cpu"
+
+
 class Backend(ConfigEnum):
     native = "native"
     ipex = "ipex"
@@ -107,6 +117,7 @@ class RuntimeConfig:
     compile_cache_dir: str = "${af2cpu_cache:inductor}"
     backend: Backend = Backend.native
     fp32_products: Fp32Products = Fp32Products.auto  # oneDNN where it beats MKL here (AMD CPUs), else MKL
+    attention: AttentionKernel = AttentionKernel.auto  # af2cpu's kernels where measured faster here, else PyTorch's
 
 
 class SearchProtocol(ConfigEnum):

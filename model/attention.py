@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from af2cpu.model import kernels
 from af2cpu.model.options import Options, chunk_slices
 from af2cpu.model.primitives import add_in_place, matmul, normal_parameter
 
@@ -58,9 +59,12 @@ class Attention(nn.Module):
         q = self._project(q_data, self.query_w)
         k = self._project(m_data, self.key_w)
         v = self._project(m_data, self.value_w)
-        logits_bias = bias if nonbatched_bias is None else bias + nonbatched_bias.unsqueeze(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias.to(q.dtype),
-                                             scale=self.key_dim**-0.5)  # (B, H, Q, c_v)
+        logits_bias = (bias if nonbatched_bias is None else bias + nonbatched_bias.unsqueeze(0)).to(q.dtype)
+        scale = self.key_dim**-0.5
+        if _af2cpu_kernel(q, k, v, logits_bias, self.options):
+            out = kernels.attention(q, k, v, logits_bias, None, scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias, scale=scale)  # (B, H, Q, c_v)
         out = out.transpose(1, 2)  # (B, Q, H, c_v)
         if self.gating:
             gate = self._project(q_data, self.gating_w).transpose(1, 2) + self.gating_b.to(out.dtype)
@@ -127,8 +131,8 @@ class Attention(nn.Module):
             q, k, v = (_heads_first(t.view(rows, cols, heads, c), transposed)
                        for t, c in ((q, ck), (k, ck), (v, cv)))
             key_mask = (mask[:, s].t() if transposed else mask[s])  # (batch, seq)
-            out = _attend_runs(q, k, v, key_mask, bias2, ck**-0.5)  # (batch, H, seq, cv)
-            # SDPA returns (batch, seq, H, cv) in memory; bring it to x's layout as a view.
+            out = _attend_runs(q, k, v, key_mask, bias2, ck**-0.5, options)  # (batch, H, seq, cv)
+            # The kernels return (batch, seq, H, cv) in memory; bring it to x's layout as a view.
             out = out.permute(2, 0, 1, 3) if transposed else out.transpose(1, 2)
             if self.gating:
                 gate = torch.sigmoid(g.view(rows, cols, heads, cv) + self.gating_b.to(dtype))
@@ -163,16 +167,29 @@ def _heads_first(t: torch.Tensor, transposed: bool) -> torch.Tensor:
     return t.permute(1, 2, 0, 3) if transposed else t.transpose(1, 2)
 
 
-def _attend_runs(q, k, v, key_mask, bias2, scale):
-    """SDPA over a batch whose key mask is ``key_mask`` (B, K) and shared bias ``bias2`` (1, H, Q, K).
+def _af2cpu_kernel(q, k, v, bias, options: Options) -> bool:
+    """Whether this attention runs af2cpu's kernel (af2cpu.model.kernels): as ``options.attention`` decides
+    for its dtype and head sizes, where the kernel takes its operands; never inside a compiled block
+    (inductor knows PyTorch's kernel, not af2cpu's)."""
+    return (not torch.compiler.is_compiling()
+            and kernels.uses_kernel(options.attention, q.dtype, q.shape[-1], v.shape[-1])
+            and kernels.applies(q, k, v, bias))
 
-    Batch elements whose keys are all valid need no mask term: they run with ``bias2`` alone (a
+
+def _attend_runs(q, k, v, key_mask, bias2, scale, options: Options):
+    """The attention of a batch whose key mask is ``key_mask`` (B, K) and shared bias ``bias2`` (1, H, Q, K).
+
+    af2cpu's kernel (where ``options`` choose it) takes the mask as a key bias beside the shared bias: one
+    call, nothing materialised. With PyTorch's kernel (SDPA): batch elements whose keys are all valid need no mask term: they run with ``bias2`` alone (a
     broadcast view). The others get the mask bias; with a shared bias that sum is materialised, so
     it is done per run of consecutive masked elements. A compiled block always applies the mask, the
     sum materialised for the whole step (within the memory planner's bound): looking at the mask on
     the host would split its graph, and ``torch.cond`` around the attention kernel does not compile
     with dynamic shapes (torch 2.13).
     """
+    if _af2cpu_kernel(q, k, v, bias2, options):
+        key_bias = None if bool(key_mask.bool().all()) else mask_to_bias(key_mask.float()).contiguous()
+        return kernels.attention(q, k, v, bias2, key_bias, scale)
     if torch.compiler.is_compiling():
         return _attend_masked(q, k, v, key_mask, bias2, scale)
     valid = key_mask.bool().all(dim=1)

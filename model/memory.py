@@ -654,7 +654,7 @@ def plan_options(runtime, preset: Preset, shape: TargetShape, limit: int | None 
     """The network's run options for one target, and the planner's estimate of its peak memory.
 
     ``runtime`` is the ``runtime`` config section (its precision, memory_limit, compile,
-    compile_cache_dir and fp32_products: a DictConfig or an :class:`af2cpu.config.RuntimeConfig`), ``preset`` the model
+    compile_cache_dir, fp32_products and attention: a DictConfig or an :class:`af2cpu.config.RuntimeConfig`), ``preset`` the model
     (its architecture sizes the estimate), ``shape`` the target's input sizes and ``limit`` the memory
     limit in bytes (default: ``runtime.memory_limit``); ``representations`` whether the run returns the
     representations (``output.save_representations``). The chunk sizes are the largest that fit;
@@ -664,6 +664,7 @@ def plan_options(runtime, preset: Preset, shape: TargetShape, limit: int | None 
         limit = parse_memory_limit(str(runtime.memory_limit))
     compiled = bool(runtime.compile)
     options = Options(precision=runtime.precision, compile=compiled, fp32_products=runtime.fp32_products,
+                      attention=runtime.attention,
                       compile_cache_dir=str(runtime.compile_cache_dir) if compiled else None)
     chunks, estimate = choose_chunks(limit, shape, options.precision, options.cache_block_bytes,
                                      preset.architecture, representations=representations)

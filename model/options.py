@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from af2cpu.config import Fp32Products, Precision
+from af2cpu.config import AttentionKernel, Fp32Products, Precision
 from af2cpu.errors import ConfigError
 from af2cpu.runtime.precision import resolve_precision
 from af2cpu.runtime.products import as_products, resolve_products
@@ -117,6 +117,9 @@ class Options:
     # where this CPU runs it measurably faster: MKL's paths on AMD CPUs), decided where the network runs
     # (onednn_products), not where it is planned.
     fp32_products: Fp32Products = Fp32Products.mkl
+    # The attention kernel (af2cpu.model.kernels): PyTorch's, af2cpu's own, or auto (af2cpu's where this CPU
+    # runs it measurably faster, per precision and head size), decided where the network runs.
+    attention: AttentionKernel = AttentionKernel.pytorch
 
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):
@@ -124,6 +127,7 @@ class Options:
         # frozen: the coerced value is set the way dataclasses set fields.
         object.__setattr__(self, "precision", as_precision(self.precision))
         object.__setattr__(self, "fp32_products", as_products(self.fp32_products))
+        object.__setattr__(self, "attention", AttentionKernel.parse(self.attention, f"runtime.attention={self.attention!r}"))
 
     def step_rows(self, chunk: int | None, total: int, row_bytes: int) -> int:
         """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:

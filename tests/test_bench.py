@@ -72,6 +72,21 @@ def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):
     assert "| 16 | af2cpu [mkl products] | fp32 |" in table and "| 16 | af2cpu [onednn products] | fp32 |" in table
 
 
+def test_bench_times_the_attention_kernels_in_turn_on_one_model(tmp_path):
+    status = main(["bench", "--lengths", "16", "--msa-rows", "4", "--extra-rows", "8", "--blocks", "1", "--threads",
+                   "1", "--precisions", "fp32", "--attention", "pytorch", "af2cpu", "--no-reference", "--no-breakdown",
+                   "--out", str(tmp_path)])
+    assert status == 0
+    runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert [r["attention"] for r in runs] == ["pytorch", "af2cpu"]
+    assert runs[0]["attention_used"] == {"8": "pytorch", "16": "pytorch", "32": "pytorch"}
+    assert runs[1]["attention_used"] == {"8": "af2cpu", "16": "af2cpu", "32": "af2cpu"}
+    # af2cpu's kernel does the same work, and the flop counter counts it as PyTorch's.
+    assert all(r["pass_s"] > 0 and r["gflop"] == runs[0]["gflop"] for r in runs)
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 16 | af2cpu [pytorch attention] | fp32 |" in table and "| 16 | af2cpu [af2cpu attention] | fp32 |" in table
+
+
 def test_bench_inputs_are_official_format_with_masked_template_slots():
     model, flat, features = make_inputs(40, msa_rows=4, extra_rows=6, blocks=1)
     assert "alphafold/alphafold_iteration/evoformer/preprocess_1d//weights" in flat
@@ -118,6 +133,21 @@ def test_bench_counts_the_cpu_attention_kernels_products():
         torch.randn(8, 9) @ torch.randn(9, 10)
         onednn_linear(torch.randn(8, 9), torch.randn(9, 10), torch.randn(10))  # runtime.fp32_products=onednn
     assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (4 + 6) + 2 * 2 * 8 * 9 * 10
+
+
+def test_bench_counts_af2cpus_attention_kernels_as_pytorchs():
+    import torch
+
+    from af2cpu.bench.model import flop_counter
+    from af2cpu.model import kernels
+
+    if kernels.load() is None:
+        pytest.skip("af2cpu's attention kernels need AVX2 and a C++ compiler")
+    for dtype in (torch.float32, torch.bfloat16):  # bf16 goes to the tile kernel on AMX CPUs
+        q, k, v, bias = kernels.sample_operands(3, 2, 20, 16, dtype)
+        with flop_counter() as counter:
+            kernels.attention(q, k, v, bias, None, 0.25)
+        assert counter.get_total_flops() == 2 * 3 * 2 * 20 * 20 * (16 + 16)
 
 
 # --- a multimer preset: DeepMind's multimer example of a synthetic complex ----------------------------

@@ -34,6 +34,7 @@ def test_doctor_finds_tools_and_mini_databases():
         assert f"ok       {db}" in out
     assert f"usable cores: {len(os.sched_getaffinity(0))}" in out
     assert "avx512_bf16" in out and "amx_bf16" in out
+    assert "attention: runtime.attention=auto" in out and "head size 32" in out
     assert "ready for `af2cpu predict`" in out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from af2cpu.errors import InputError
-from af2cpu.model import primitives
+from af2cpu.model import kernels, primitives
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
@@ -199,28 +199,51 @@ def test_chunked_model_equals_unchunked(small_model, small_features):
     assert np.abs(plain["plddt"] - chunked["plddt"]).max() < 1e-3  # measured 3.8e-6
 
 
+def _calls_and_runs(model, features, monkeypatch, owner, function: str, option: str, values: tuple[str, str]):
+    """The small model's outputs with ``Options(option=value)`` for each of ``values``, and how many times the
+    second ran ``owner.function`` (the first, never)."""
+    calls = []
+    original = getattr(owner, function)
+    monkeypatch.setattr(owner, function, lambda *args: calls.append(1) or original(*args))
+    outs = []
+    try:
+        for value in values:
+            model.set_options(Options(**{option: value}))
+            outs.append(model.predict(features, num_recycle=1))
+            if not outs[1:]:
+                assert not calls
+    finally:
+        model.set_options(Options())
+    return (*outs, len(calls))
+
+
+def _assert_float_noise(plain: dict, other: dict) -> None:
+    """Two runs of the small model that differ in the order of sums only: equal to float noise."""
+    for name in ("single", "pair", "msa_first_row"):
+        want = plain["representations"][name]
+        got = other["representations"][name]
+        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()
+    atoms = (plain["structure_module"]["final_atom_positions"], other["structure_module"]["final_atom_positions"])
+    assert np.abs(atoms[0] - atoms[1]).max() < 1e-3  # Å
+    assert np.abs(plain["plddt"] - other["plddt"]).max() < 1e-3
+
+
 def test_onednn_fp32_products_give_the_result_of_mkl_ones(small_model, small_features, monkeypatch):
     """runtime.fp32_products=onednn (auto's choice where MKL is slower: its AMD paths) changes the order of the
     sums only: the whole model as with PyTorch's MKL products, which the reference tests above compare."""
-    calls = []
-    onednn_linear = primitives.onednn_linear
-    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
-    small_model.set_options(Options(fp32_products="mkl"))
-    plain = small_model.predict(small_features, num_recycle=1)
-    assert not calls
-    small_model.set_options(Options(fp32_products="onednn"))
-    try:
-        onednn = small_model.predict(small_features, num_recycle=1)
-    finally:
-        small_model.set_options(Options())
-    assert len(calls) > 20  # the trunk's attentions, transitions and outer product means, at every recycle
-    for name in ("single", "pair", "msa_first_row"):
-        want = plain["representations"][name]
-        got = onednn["representations"][name]
-        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()  # measured <= 4.9e-7
-    atoms = (plain["structure_module"]["final_atom_positions"], onednn["structure_module"]["final_atom_positions"])
-    assert np.abs(atoms[0] - atoms[1]).max() < 1e-3  # Å; measured 7.6e-5
-    assert np.abs(plain["plddt"] - onednn["plddt"]).max() < 1e-3  # measured 3.8e-6
+    plain, onednn, calls = _calls_and_runs(small_model, small_features, monkeypatch, primitives, "onednn_linear",
+                                           "fp32_products", ("mkl", "onednn"))
+    assert calls > 20  # the trunk's attentions, transitions and outer product means, at every recycle
+    _assert_float_noise(plain, onednn)  # measured: representations <= 4.9e-7, atoms 7.6e-5 Å, pLDDT 3.8e-6
+
+
+def test_af2cpus_attention_kernel_gives_the_result_of_pytorchs(small_model, small_features, monkeypatch):
+    """runtime.attention=af2cpu (auto's choice where it was measured faster) changes the order of the sums only:
+    the whole model as with PyTorch's attention kernel, which the reference tests above compare."""
+    plain, ours, calls = _calls_and_runs(small_model, small_features, monkeypatch, kernels, "attention",
+                                         "attention", ("pytorch", "af2cpu"))
+    assert calls > 20  # the trunk's attentions, at every recycle
+    _assert_float_noise(plain, ours)
 
 
 def test_early_stop_ends_recycling_when_ca_distances_settle(small_model, small_features):

@@ -38,7 +38,7 @@ from af2cpu.bench.reference import reference_config, reference_params
 from af2cpu.common import residue_constants as rc
 from af2cpu.config import RuntimeConfig, cache_dir
 from af2cpu.io import atomic_write_text
-from af2cpu.model import primitives
+from af2cpu.model import kernels, primitives
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.memory import TargetShape, plan_options
 from af2cpu.model.options import Options
@@ -264,20 +264,24 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     one_pass = functools.partial(model.predict, features, num_recycle=0, return_representations=False)
     runs = []
     gflop = None
-    # Back ends and fp32 product libraries take turns on the same model (runtime.backend, runtime.fp32_products).
-    variants = [(backend, products) for backend in getattr(args, "backends", ["native"])
-                for products in getattr(args, "fp32_products", ["auto"])]
+    # Back ends, fp32 product libraries and attention kernels take turns on the same model (runtime.backend,
+    # runtime.fp32_products, runtime.attention).
+    variants = [(backend, products, attention) for backend in getattr(args, "backends", ["native"])
+                for products in getattr(args, "fp32_products", ["auto"])
+                for attention in getattr(args, "attention", ["auto"])]
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
-    for _, products in variants:
-        # runtime.fp32_products=auto measures oneDNN against MKL the first time a product asks (once per kind
-        # of CPU): here, before any pass, so that no pass is timed or counted with that measurement in it.
-        resolve_products(products)
     for precision, compiled in modes:
         planned = options(precision, shape, compiled, model.preset)
+        for _, products, attention in variants:
+            # runtime.fp32_products=auto and runtime.attention=auto measure the alternatives the first time they
+            # are asked (once per kind of CPU; the attention kernels are built then too): here, before any pass,
+            # so that no pass is timed or counted with a measurement in it.
+            resolve_products(products)
+            attention_kernels(attention, planned.dtype)
 
         def use(variant, planned=planned):
-            backend, products = variant
-            model.set_options(dataclasses.replace(planned, fp32_products=products))
+            backend, products, attention = variant
+            model.set_options(dataclasses.replace(planned, fp32_products=products, attention=attention))
             apply_backend(model, backend)  # in place, back and forth on the same weights
 
         first = {}
@@ -299,10 +303,13 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
                 total[variant] += time.perf_counter() - start
                 cpu[variant] += time.process_time() - cpu_start
         for variant in variants:
-            backend, products = variant
+            backend, products, attention = variant
             seconds = round(total[variant] / args.passes, 3)
             runs.append({"model": "af2cpu", "backend": backend, "fp32_products": products,
-                         "fp32_products_used": resolve_products(products).value, "length": length, "precision": precision, "compile": compiled,
+                         "fp32_products_used": resolve_products(products).value, "attention": attention,
+                         # compiled blocks run PyTorch's attention kernel whatever runtime.attention says
+                         "attention_used": attention_kernels("pytorch" if compiled else attention, planned.dtype),
+                         "length": length, "precision": precision, "compile": compiled,
                          # torch.compile compiles during the first pass: what it adds to a pass.
                          "compile_s": round(max(0.0, first[variant] - seconds), 2) if compiled else None,
                          "first_pass_s": first[variant], "pass_s": seconds,
@@ -340,13 +347,24 @@ def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) 
     return 2 * math.prod(x_shape) * weight_shape[0]
 
 
+def attention_kernels(requested: str, dtype: torch.dtype) -> dict[str, str]:
+    """The attention kernel ``runtime.attention=requested`` runs in ``dtype`` at AlphaFold2's head sizes
+    ("8", "16", "32" -> "af2cpu" or "pytorch"), decided (and built, and measured) now."""
+    return {str(size): "af2cpu" if kernels.uses_kernel(requested, dtype, size, size) else "pytorch" for size in (8, 16, 32)}
+
+
 def flop_counter() -> FlopCounterMode:
     """torch's flop counter, also counting the kernels it does not know (torch 2.13): CPU flash attention
-    (without it the attention's products, about 8 % of a pass at L=128, went uncounted) and oneDNN's fp32
-    linear kernel (the layers' products where runtime.fp32_products resolves to oneDNN)."""
-    return FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop,
-        torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop})
+    (without it the attention's products, about 8 % of a pass at L=128, went uncounted), af2cpu's attention
+    kernels where this process has loaded them, and oneDNN's fp32 linear kernel (the layers' products where
+    runtime.fp32_products resolves to oneDNN)."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop,
+               torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop}
+    if kernels.loaded():
+        mapping[torch.ops.af2cpu.attention] = _cpu_attention_flop
+        if kernels.loaded() == "amx":
+            mapping[torch.ops.af2cpu.attention_amx] = _cpu_attention_flop
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def _time_passes(step, passes: int, timed=None) -> tuple[float | None, float | None, float | None]:
@@ -484,6 +502,7 @@ _TIMED_WORK = (
     (primitives, "onednn_linear", "matrix products", _product_flop),
     (torch.nn.functional, "scaled_dot_product_attention", "attention kernel",
      lambda a, y: _cpu_attention_flop(a[0].shape, a[1].shape, a[2].shape)),
+    (kernels, "attention", "attention kernel", lambda a, y: _cpu_attention_flop(a[0].shape, a[1].shape, a[2].shape)),
     (torch.nn.functional, "layer_norm", "layer norms", None),
 )
 
@@ -575,6 +594,8 @@ def markdown(results: dict) -> str:
         model = r["model"] if r.get("backend", "native") == "native" else f"{r['model']} ({r['backend']})"
         if r.get("fp32_products", "auto") != "auto":
             model += f" [{r['fp32_products']} products]"
+        if r.get("attention", "auto") != "auto":
+            model += f" [{r['attention']} attention]"
         lines.append(f"| {size(r['length'])} | {model} | {r['precision']} | {compiled} | {compile_s} | {first} "
                      f"| {r['pass_s']} | {speedup} | {r.get('pass_cpu_s', '—')} | {cpu_speedup} | {r['gflop']} "
                      f"| {r['gflops']} | {share} |")

@@ -17,7 +17,7 @@ from af2cpu import __version__
 from af2cpu.cli.db import database_report
 from af2cpu.config import ModelKind, Params, compose_config
 from af2cpu.databases import fix_hint
-from af2cpu.errors import ToolError
+from af2cpu.errors import ConfigError, ToolError
 from af2cpu.model.weights import download_hint, missing_params, params_file, preset_names
 from af2cpu.preprocessing.binaries import TOOLS, binary_version, find_binary
 from af2cpu.preprocessing.searches import required_tools
@@ -26,6 +26,29 @@ from af2cpu.runtime.topology import ISA_FLAGS, cpu_info, format_cpulist
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. db=full db.root=/data/af2")
+
+
+def _report_attention(requested, resolved) -> None:
+    """runtime.attention's kernel at each head size, in the precision ``resolved``, and why."""
+    import torch  # deferred: torch
+
+    from af2cpu.model import kernels  # deferred: builds the kernels (once per kind of CPU)
+
+    build = kernels.load()
+    if build is None:
+        print(f"  attention: runtime.attention={requested} -> pytorch (af2cpu's kernels: {kernels.unbuilt_reason()})")
+        return
+    dtype = torch.bfloat16 if str(resolved) == "bf16" else torch.float32
+    choices = []
+    for head_size in (8, 16, 32):
+        try:
+            chosen = "af2cpu" if kernels.uses_kernel(requested, dtype, head_size, head_size) else "pytorch"
+        except ConfigError as error:
+            chosen = f"error: {error}"
+        measured = kernels.speedup(str(resolved), head_size)
+        choices.append(f"head size {head_size} {chosen}" + ("" if measured is None else f" ({measured:.2f}x PyTorch's here)"))
+    print(f"  attention: runtime.attention={requested}, {resolved}: {', '.join(choices)}; af2cpu's build {build}, "
+          f"auto takes it from {kernels.SPEEDUP_NEEDED}x")
 
 
 def _report_kernels(cfg) -> None:
@@ -49,6 +72,7 @@ def _report_kernels(cfg) -> None:
     print(f"  fp32 products: runtime.fp32_products={cfg.runtime.fp32_products} -> {library} ("
           + ("no oneDNN linear kernel in this PyTorch" if onednn is None else
              f"oneDNN {onednn:.2f}x MKL's speed here; auto takes oneDNN from {products.ONEDNN_SPEEDUP_NEEDED}x") + ")")
+    _report_attention(cfg.runtime.attention, resolved)
     k = kernel_info()
     print(f"  kernels: torch BLAS {k['torch_blas']}, oneDNN {k['onednn'] or 'absent'}, CPU capability "
           f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}"

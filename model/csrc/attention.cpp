@@ -1,0 +1,632 @@
+// af2cpu's CPU attention kernels: softmax(q k^T * scale + bias + key_bias) v, the core of every attention
+// module of AlphaFold2, for its head sizes. af2cpu.model.kernels compiles this file for the CPU it runs on
+// and decides, measured once per kind of CPU, where it replaces PyTorch's scaled_dot_product_attention
+// (runtime.attention; docs/benchmarks.md, "af2cpu's attention kernels").
+//
+// attention (fp32 or bf16; head sizes 8, 16, 24, 32, 48, 64; AVX2 or AVX512): one work item is (batch
+// element, head, block of queries). Keys are transposed once per (batch, head) into an fp32 buffer, so the
+// logits come from an outer-product micro-kernel vectorised along the keys, which starts from the bias
+// and keeps each row's running maximum; the softmax is one pass of exp and sum along a row of logits held
+// in cache; the values are multiplied in a micro-kernel vectorised along the head size. Everything is
+// computed in fp32 whatever the inputs' dtype.
+//
+// attention_amx (bf16; head sizes 8, 16, 32; CPUs with AMX): the two products on the matrix unit's tiles,
+// the softmax in AVX512 on fp32 logits; the probabilities are rounded to bf16 for the second product.
+//
+// With -DAF2CPU_PROFILE each thread prints its cycles per phase (rdtsc) when the environment has
+// AF2CPU_PROFILE set (benchmarks/attention-kernel/compare.py --split); AF2CPU_OPS names the operators'
+// namespace (default af2cpu).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#ifdef AF2CPU_PROFILE
+#include <x86intrin.h>
+#include <cstdio>
+#include <cstdlib>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+#ifdef AF2CPU_PROFILE
+thread_local uint64_t phase_cycles[6];
+#define PHASES_START uint64_t last = __rdtsc();
+#define PHASE(i) { const uint64_t now = __rdtsc(); phase_cycles[i] += now - last; last = now; }
+// This thread's cycles per phase since the last report, as a line of JSON on stderr (with AF2CPU_PROFILE set).
+void report_phases() {
+  if (std::getenv("AF2CPU_PROFILE"))
+    std::fprintf(stderr, "{\"keys and values\": %.2f, \"queries\": %.2f, \"logits\": %.2f, \"softmax\": %.2f, "
+                 "\"values\": %.2f, \"output\": %.2f}\n", phase_cycles[0] / 1e6, phase_cycles[1] / 1e6,
+                 phase_cycles[2] / 1e6, phase_cycles[3] / 1e6, phase_cycles[4] / 1e6, phase_cycles[5] / 1e6);
+  for (auto& c : phase_cycles) c = 0;
+}
+#else
+#define PHASES_START
+#define PHASE(i)
+inline void report_phases() {}
+#endif
+
+#if defined(__AVX512F__)
+constexpr int W = 16;  // floats in a vector
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+inline vf splat(float x) { return _mm512_set1_ps(x); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+constexpr int QK_ROWS = 12, QK_VECS = 2;  // 24 accumulators of 32 registers
+#elif defined(__AVX2__)
+constexpr int W = 8;
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+inline vf splat(float x) { return _mm256_set1_ps(x); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+constexpr int QK_ROWS = 6, QK_VECS = 2;  // 12 accumulators of 16 registers
+#else
+#error "af2cpu's attention kernel needs AVX2 or AVX512"
+#endif
+typedef float v8 __attribute__((vector_size(32)));
+inline v8 splat8(float x) { return _mm256_set1_ps(x); }
+
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// exp(x) for x <= 0 (a logit minus its row's maximum), to about 2 ulp; at least exp(-87.3) ~ 1e-38 below
+// that, which weighs nothing beside the row's maximum's 1. Cody-Waite reduction by ln 2 and Cephes'
+// polynomial.
+inline vf vexp(vf x) {
+  x = vmax(x, splat(-87.3f));
+  vf n = x * splat(1.44269504088896341f) + splat(12582912.0f);  // round to nearest
+  n = n - splat(12582912.0f);
+  vf r = x - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * (r * r) + r + splat(1.0f);
+#if defined(__AVX512F__)
+  return _mm512_scalef_ps(p, n);
+#else
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+#endif
+}
+
+inline float load_f(float x) { return x; }
+inline float load_f(at::BFloat16 x) { uint32_t u = uint32_t(x.x) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+template <typename T> inline T store_f(float x);
+template <> inline float store_f<float>(float x) { return x; }
+template <> inline at::BFloat16 store_f<at::BFloat16>(float x) { return at::BFloat16(x); }  // round to nearest even
+
+// W consecutive floats of a row of n (fp32 or bf16) from j, as fp32; -inf past n.
+inline vf load_row(const float* p, int64_t j, int64_t n) {
+  if (j + W <= n) return load(p + j);
+  vf v = splat(-INFINITY);
+  for (int64_t t = j; t < n; ++t) v[t - j] = p[t];
+  return v;
+}
+inline vf load_row(const at::BFloat16* p, int64_t j, int64_t n) {
+  if (j + W <= n) {
+    typedef uint16_t vh __attribute__((vector_size(W * 2)));
+    vh h;
+    std::memcpy(&h, p + j, sizeof(h));
+    vi u = __builtin_convertvector(h, vi) << 16;
+    vf v;
+    std::memcpy(&v, &u, sizeof(v));
+    return v;
+  }
+  vf v = splat(-INFINITY);
+  for (int64_t t = j; t < n; ++t) v[t - j] = load_f(p[t]);
+  return v;
+}
+
+// What is added to a row's logits before the softmax: its bias row and the key bias (either may be
+// absent), -inf past the last key.
+template <typename T>
+struct RowBias {
+  const T* bias;          // this row's bias, or null
+  const float* key_bias;  // the batch element's key bias, or null
+  int64_t n;              // keys
+  inline vf at(int64_t j) const {
+    if (bias) {
+      vf v = load_row(bias, j, n);
+      return key_bias ? v + load_row(key_bias, j, n) : v;
+    }
+    if (key_bias) return load_row(key_bias, j, n);
+    if (j + W <= n) return splat(0.f);
+    vf v = splat(-INFINITY);
+    for (int64_t t = j; t < n; ++t) v[t - j] = 0.f;
+    return v;
+  }
+};
+
+// s[r][j0 : j0 + NV*W] = bias[r] + sum_c qs[r][c] * kt[c][j0 : ...] for R rows, and each row's running
+// maximum: the logits' micro-kernel.
+template <int R, int NV, typename T>
+inline void qk_tile(const float* qs, int d, const float* kt, int64_t kp, float* s, int64_t lds, int64_t j0,
+                    const RowBias<T>* rb, vf* mx) {
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NV; ++n) acc[r][n] = rb[r].at(j0 + n * W);
+#pragma GCC unroll 8
+  for (int c = 0; c < d; ++c) {
+    vf kv[NV];
+    for (int n = 0; n < NV; ++n) kv[n] = load(kt + c * kp + j0 + n * W);
+    for (int r = 0; r < R; ++r) {
+      const vf qb = splat(qs[r * d + c]);
+      for (int n = 0; n < NV; ++n) acc[r][n] += qb * kv[n];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NV; ++n) {
+      store(s + r * lds + j0 + n * W, acc[r][n]);
+      mx[r] = acc[r][n] > mx[r] ? acc[r][n] : mx[r];
+    }
+}
+
+template <int R, typename T>
+inline void qk_rows(const float* qs, int d, const float* kt, int64_t kp, float* s, const RowBias<T>* rb, vf* mx) {
+  int64_t j = 0;
+  for (; j + QK_VECS * W <= kp; j += QK_VECS * W) {
+    asm("" : "+r"(qs));  // keeps the query broadcasts inside the loop (hoisted, they spill)
+    qk_tile<R, QK_VECS>(qs, d, kt, kp, s, kp, j, rb, mx);
+  }
+  for (; j < kp; j += W) qk_tile<R, 1>(qs, d, kt, kp, s, kp, j, rb, mx);
+}
+
+// o[r][:] = sum_j p[r][j] v[j][:] for R rows; V is a vector type of VW floats, D = NV * VW.
+template <int R, int D, typename V, int VW, V (*SPLAT)(float)>
+inline void pv_tile(const float* p, int64_t ldp, int64_t nk, const float* v, float* o) {
+  constexpr int NV = D / VW;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NV; ++n) acc[r][n] = SPLAT(0.f);
+  for (int64_t j = 0; j < nk; ++j) {
+    V vv[NV];
+    for (int n = 0; n < NV; ++n) std::memcpy(&vv[n], v + j * D + n * VW, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V pb = SPLAT(p[r * ldp + j]);
+      for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NV; ++n) std::memcpy(o + r * D + n * VW, &acc[r][n], sizeof(V));
+}
+
+template <int D, typename V, int VW, V (*SPLAT)(float), int R>
+void pv_rows_with(const float* p, int64_t ldp, int64_t nk, const float* v, float* o, int64_t rows) {
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) {
+    asm("" : "+r"(v));
+    pv_tile<R, D, V, VW, SPLAT>(p + r * ldp, ldp, nk, v, o + r * D);
+  }
+  for (; r < rows; ++r) pv_tile<1, D, V, VW, SPLAT>(p + r * ldp, ldp, nk, v, o + r * D);
+}
+
+template <int D>
+void pv_rows(const float* p, int64_t ldp, int64_t nk, const float* v, float* o, int64_t rows) {
+  if constexpr (D % W == 0) {
+    constexpr int NV = D / W;
+    constexpr int R = (W == 16 ? 24 : 12) / NV > 0 ? (W == 16 ? 24 : 12) / NV : 1;
+    pv_rows_with<D, vf, W, splat, (R > 12 ? 12 : R)>(p, ldp, nk, v, o, rows);
+  } else {
+    constexpr int NV = D / 8;
+    constexpr int R = 12 / NV > 0 ? 12 / NV : 1;
+    pv_rows_with<D, v8, 8, splat8, R>(p, ldp, nk, v, o, rows);
+  }
+}
+
+bool head_size_supported(int64_t d) { return d == 8 || d == 16 || d == 24 || d == 32 || d == 48 || d == 64; }
+
+void pv_any(int64_t d, const float* p, int64_t ldp, int64_t nk, const float* v, float* o, int64_t rows) {
+  switch (d) {
+    case 8: pv_rows<8>(p, ldp, nk, v, o, rows); break;
+    case 16: pv_rows<16>(p, ldp, nk, v, o, rows); break;
+    case 24: pv_rows<24>(p, ldp, nk, v, o, rows); break;
+    case 32: pv_rows<32>(p, ldp, nk, v, o, rows); break;
+    case 48: pv_rows<48>(p, ldp, nk, v, o, rows); break;
+    case 64: pv_rows<64>(p, ldp, nk, v, o, rows); break;
+  }
+}
+
+// The operands' data and strides (a broadcast axis of the bias: stride 0); the output (B, NQ, H, dv), contiguous.
+template <typename T>
+struct Operands {
+  const T *q, *k, *v, *bias;
+  const float* key_bias;
+  T* out;
+  int64_t qs[3], ks[3], vs[3], bs[3] = {0, 0, 0}, kbs0;
+  Operands(const at::Tensor& tq, const at::Tensor& tk, const at::Tensor& tv, const at::Tensor* tbias,
+           const at::Tensor* tkey_bias, at::Tensor& tout)
+      : q(tq.data_ptr<T>()), k(tk.data_ptr<T>()), v(tv.data_ptr<T>()), bias(tbias ? tbias->data_ptr<T>() : nullptr),
+        key_bias(tkey_bias ? tkey_bias->data_ptr<float>() : nullptr), out(tout.data_ptr<T>()),
+        kbs0(tkey_bias ? tkey_bias->stride(0) : 0) {
+    for (int i = 0; i < 3; ++i) {
+      qs[i] = tq.stride(i);
+      ks[i] = tk.stride(i);
+      vs[i] = tv.stride(i);
+      if (tbias) bs[i] = tbias->size(i) == 1 ? 0 : tbias->stride(i);
+    }
+  }
+};
+
+template <typename T>
+void attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* bias,
+                    const at::Tensor* key_bias, float scale, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), NQ = q.size(2), d = q.size(3);
+  const int64_t NK = k.size(2), dv = v.size(3);
+  const int64_t KP = (NK + W - 1) / W * W;
+  // A block of queries: its logits (QB x KP floats) stay within about 64 KiB.
+  const int64_t QB = std::max<int64_t>(QK_ROWS, std::min<int64_t>(96, (int64_t(1) << 14) / KP) / QK_ROWS * QK_ROWS);
+  const int64_t nqb = (NQ + QB - 1) / QB;
+  const Operands<T> o(q, k, v, bias, key_bias, out);
+  const T *qp = o.q, *kp = o.k, *vp = o.v, *bp = o.bias;
+  const float* kbp = o.key_bias;
+  const int64_t qs0 = o.qs[0], qs1 = o.qs[1], qs2 = o.qs[2], ks0 = o.ks[0], ks1 = o.ks[1], ks2 = o.ks[2];
+  const int64_t vs0 = o.vs[0], vs1 = o.vs[1], vs2 = o.vs[2], bs0 = o.bs[0], bs1 = o.bs[1], bs2 = o.bs[2];
+  const int64_t kbs0 = o.kbs0;
+  T* op = o.out;
+  at::parallel_for(0, B * H * nqb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kt(d * KP), vbuf(NK * dv), qbuf(QB * d), sbuf(QB * KP), obuf(QB * dv), inv(QB);
+    std::vector<RowBias<T>> rbias(QB);
+    std::vector<vf> rmax(QB);
+    float tile[16 * 64];
+    int64_t cached = -1;
+    PHASES_START
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nqb, b = bh / H, h = bh % H;
+      if (bh != cached) {  // this (batch, head)'s keys, transposed, and values, as fp32
+        cached = bh;
+        const T* kb = kp + b * ks0 + h * ks1;
+        for (int64_t j0 = 0; j0 < NK; j0 += 16) {
+          const int64_t nj = std::min<int64_t>(16, NK - j0);
+          for (int64_t jj = 0; jj < nj; ++jj)
+            for (int64_t c = 0; c < d; ++c) tile[jj * d + c] = load_f(kb[(j0 + jj) * ks2 + c]);
+          for (int64_t c = 0; c < d; ++c)
+            for (int64_t jj = 0; jj < nj; ++jj) kt[c * KP + j0 + jj] = tile[jj * d + c];
+        }
+        for (int64_t c = 0; c < d; ++c)
+          for (int64_t j = NK; j < KP; ++j) kt[c * KP + j] = 0.f;
+        const T* vb = vp + b * vs0 + h * vs1;
+        for (int64_t j = 0; j < NK; ++j)
+          for (int64_t c = 0; c < dv; ++c) vbuf[j * dv + c] = load_f(vb[j * vs2 + c]);
+      }
+      PHASE(0)
+      const int64_t i0 = (item % nqb) * QB, rows = std::min(QB, NQ - i0);
+      const T* qb = qp + b * qs0 + h * qs1 + i0 * qs2;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < d; ++c) qbuf[r * d + c] = load_f(qb[r * qs2 + c]) * scale;
+      PHASE(1)
+      for (int64_t r = 0; r < rows; ++r) {
+        rbias[r] = RowBias<T>{bp ? bp + b * bs0 + h * bs1 + (i0 + r) * bs2 : nullptr, kbp ? kbp + b * kbs0 : nullptr, NK};
+        rmax[r] = splat(-INFINITY);
+      }
+      int64_t r = 0;
+      for (; r + QK_ROWS <= rows; r += QK_ROWS)
+        qk_rows<QK_ROWS>(qbuf.data() + r * d, int(d), kt.data(), KP, sbuf.data() + r * KP, rbias.data() + r, rmax.data() + r);
+      for (; r < rows; ++r)
+        qk_rows<1>(qbuf.data() + r * d, int(d), kt.data(), KP, sbuf.data() + r * KP, rbias.data() + r, rmax.data() + r);
+      PHASE(2)
+      for (r = 0; r < rows; ++r) {  // the softmax's numerators, unnormalised; 1 / their sum
+        float* s = sbuf.data() + r * KP;
+        float mx = rmax[r][0];
+        for (int t = 1; t < W; ++t) mx = std::max(mx, rmax[r][t]);
+        const vf mv = splat(mx);
+        vf sum = splat(0.f);
+        for (int64_t j = 0; j < KP; j += W) { const vf e = vexp(load(s + j) - mv); store(s + j, e); sum += e; }
+        float tot = 0.f;
+        for (int t = 0; t < W; ++t) tot += sum[t];
+        inv[r] = 1.0f / tot;
+      }
+      PHASE(3)
+      pv_any(dv, sbuf.data(), KP, NK, vbuf.data(), obuf.data(), rows);
+      PHASE(4)
+      for (r = 0; r < rows; ++r) {
+        T* orow = op + ((b * NQ + i0 + r) * H + h) * dv;
+        for (int64_t c = 0; c < dv; ++c) orow[c] = store_f<T>(obuf[r * dv + c] * inv[r]);
+      }
+      PHASE(5)
+    }
+    report_phases();
+  });
+}
+
+// q (B, H, NQ, d), k (B, H, NK, d), v (B, H, NK, dv): any strides with the last dimension contiguous.
+// bias broadcastable to (B, H, NQ, NK) with its last dimension contiguous, in q's dtype; key_bias (B, NK)
+// fp32, added to every query's logits. Returns (B, H, NQ, dv) whose memory is (B, NQ, H, dv), as
+// PyTorch's scaled_dot_product_attention returns it on the CPU.
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_bias, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be 4-d (batch, heads, seq, c)");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "attention: q, k, v dtypes differ");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, "attention: fp32 or bf16 only");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(1) == k.size(1) && q.size(1) == v.size(1)
+              && k.size(2) == v.size(2) && q.size(3) == k.size(3), "attention: q, k, v shapes disagree");
+  TORCH_CHECK(head_size_supported(q.size(3)) && head_size_supported(v.size(3)), "attention: unsupported head size");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "attention: the head dimension must be contiguous");
+  const at::Tensor* bp = nullptr;
+  const at::Tensor* kbp = nullptr;
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 4 && bias->scalar_type() == q.scalar_type() && bias->size(3) == k.size(2)
+                && bias->stride(3) == 1 && (bias->size(0) == 1 || bias->size(0) == q.size(0))
+                && (bias->size(1) == 1 || bias->size(1) == q.size(1)) && (bias->size(2) == 1 || bias->size(2) == q.size(2)),
+                "attention: bias must broadcast to (batch, heads, queries, keys), keys contiguous, q's dtype");
+    bp = &*bias;
+  }
+  if (key_bias) {
+    TORCH_CHECK(key_bias->dim() == 2 && key_bias->scalar_type() == at::kFloat && key_bias->size(0) == q.size(0)
+                && key_bias->size(1) == k.size(2) && key_bias->stride(1) == 1,
+                "attention: key_bias must be fp32 (batch, keys), keys contiguous");
+    kbp = &*key_bias;
+  }
+  auto out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options());
+  if (q.numel() > 0 && k.size(2) > 0) {
+    if (q.scalar_type() == at::kFloat) attention_impl<float>(q, k, v, bp, kbp, float(scale), out);
+    else attention_impl<at::BFloat16>(q, k, v, bp, kbp, float(scale), out);
+  }
+  return out.permute({0, 2, 1, 3});
+}
+
+
+#if defined(__AMX_BF16__) && defined(__AVX512BF16__)
+// bf16 attention on AMX tiles: the logits (16 queries x 16 keys a tile, fp32) and the values' products
+// (16 queries x 32 keys of bf16 probabilities a tile) on the matrix unit, the softmax in AVX512 on fp32
+// logits. Head sizes 8, 16 and 32. The probabilities are rounded to bf16 for the second product, as
+// PyTorch's bf16 kernel does; the logits, the maximum and the sum stay fp32.
+struct TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+bool amx_permitted() {
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  return ok;
+}
+
+
+// The keys of one (batch, head) as AMX's B operand of q k^T: per block of 16 keys, d/2 rows of 16 dwords,
+// the dword of row kk, column j being keys[j][2kk : 2kk + 2]. Keys past nk are 0.
+void build_keys_vnni(const uint16_t* keys, int64_t stride, int64_t nk, int64_t kp, int64_t d, uint32_t* out) {
+  const int64_t words = d / 2;  // dwords in a key
+  const __mmask16 mask = __mmask16((1u << words) - 1u);
+  for (int64_t j0 = 0; j0 < kp; j0 += 16) {
+    __m512i rows[16];
+    for (int t = 0; t < 16; ++t)
+      rows[t] = j0 + t < nk ? _mm512_maskz_loadu_epi32(mask, keys + (j0 + t) * stride) : _mm512_setzero_si512();
+    // 16 x 16 dword transpose
+    __m512i a[16], c[16];
+    for (int t = 0; t < 16; t += 2) {
+      a[t] = _mm512_unpacklo_epi32(rows[t], rows[t + 1]);
+      a[t + 1] = _mm512_unpackhi_epi32(rows[t], rows[t + 1]);
+    }
+    for (int t = 0; t < 16; t += 4) {
+      c[t] = _mm512_unpacklo_epi64(a[t], a[t + 2]);
+      c[t + 1] = _mm512_unpackhi_epi64(a[t], a[t + 2]);
+      c[t + 2] = _mm512_unpacklo_epi64(a[t + 1], a[t + 3]);
+      c[t + 3] = _mm512_unpackhi_epi64(a[t + 1], a[t + 3]);
+    }
+    // c[4g + i] holds, in each 128-bit lane L, dword i of rows 4g..4g+3 of lane L's column block
+    for (int t = 0; t < 16; t += 8)
+      for (int i = 0; i < 4; ++i) {
+        a[t + i] = _mm512_shuffle_i32x4(c[t + i], c[t + 4 + i], 0x88);      // lanes 0, 2 of each
+        a[t + 4 + i] = _mm512_shuffle_i32x4(c[t + i], c[t + 4 + i], 0xdd);  // lanes 1, 3 of each
+      }
+    for (int i = 0; i < 4; ++i)
+      for (int hh = 0; hh < 2; ++hh) {
+        const __m512i lo = a[hh * 4 + i], hi = a[8 + hh * 4 + i];
+        const __m512i x = _mm512_shuffle_i32x4(lo, hi, 0x88), y = _mm512_shuffle_i32x4(lo, hi, 0xdd);
+        // x: column 4 * hh + i (lane hh of each row group), y: column 4 * (hh + 2) + i
+        const int64_t col_x = hh * 4 + i, col_y = (hh + 2) * 4 + i;
+        if (col_x < words) _mm512_storeu_si512(out + (j0 / 16) * words * 16 + col_x * 16, x);
+        if (col_y < words) _mm512_storeu_si512(out + (j0 / 16) * words * 16 + col_y * 16, y);
+      }
+  }
+}
+
+// The values of one (batch, head) as AMX's B operand of p v: per block of 32 keys and group of up to 16
+// columns, 16 rows of (columns x 2) bf16, row jj holding values[2jj][c], values[2jj + 1][c] side by side.
+void build_values_vnni(const uint16_t* values, int64_t stride, int64_t nk, int64_t kp, int64_t dv, uint32_t* out) {
+  const int64_t ovec = std::min<int64_t>(dv, 16), groups = dv / ovec;
+  const __mmask32 mask = __mmask32(dv >= 32 ? 0xffffffffu : ((1u << dv) - 1u));
+  alignas(64) static const uint16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                  8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                  24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i il = _mm512_load_si512(lo_idx), ih = _mm512_load_si512(hi_idx);
+  for (int64_t j = 0; j < kp; j += 2) {
+    const __m512i a = j < nk ? _mm512_maskz_loadu_epi16(mask, values + j * stride) : _mm512_setzero_si512();
+    const __m512i b = j + 1 < nk ? _mm512_maskz_loadu_epi16(mask, values + (j + 1) * stride) : _mm512_setzero_si512();
+    uint32_t* row = out + ((j / 32) * groups * 16 + (j % 32) / 2) * ovec;
+    const __m512i x = _mm512_permutex2var_epi16(a, il, b);
+    if (ovec == 16) _mm512_storeu_si512(row, x);
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), _mm512_castsi512_si256(x));
+    if (groups == 2) _mm512_storeu_si512(row + 16 * ovec, _mm512_permutex2var_epi16(a, ih, b));
+  }
+}
+
+void attention_amx_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* bias,
+                        const at::Tensor* key_bias, float scale, at::Tensor& out) {
+  typedef uint16_t bf;
+  const int64_t B = q.size(0), H = q.size(1), NQ = q.size(2), d = q.size(3);
+  const int64_t NK = k.size(2), dv = v.size(3);
+  const int64_t KP = (NK + 31) / 32 * 32;  // keys, padded to the values' tile depth
+  const int64_t nqb = (NQ + 15) / 16;
+  const Operands<at::BFloat16> o(q, k, v, bias, key_bias, out);
+  const bf* qp = reinterpret_cast<const bf*>(o.q);
+  const bf* kp = reinterpret_cast<const bf*>(o.k);
+  const bf* vp = reinterpret_cast<const bf*>(o.v);
+  const at::BFloat16* bp = o.bias;
+  const float* kbp = o.key_bias;
+  const int64_t qs0 = o.qs[0], qs1 = o.qs[1], qs2 = o.qs[2], ks0 = o.ks[0], ks1 = o.ks[1], ks2 = o.ks[2];
+  const int64_t vs0 = o.vs[0], vs1 = o.vs[1], vs2 = o.vs[2], bs0 = o.bs[0], bs1 = o.bs[1], bs2 = o.bs[2];
+  const int64_t kbs0 = o.kbs0;
+  at::BFloat16* op = o.out;
+  const int ovec = int(std::min<int64_t>(dv, 16));  // output columns per tile
+  at::parallel_for(0, B * H * nqb, 1, [&](int64_t begin, int64_t end) {
+    TileConfig cfg;
+    cfg.rows[0] = 16; cfg.colsb[0] = 64;                    // logits, 16 x 16 fp32
+    cfg.rows[1] = 16; cfg.colsb[1] = uint16_t(d * 2);       // queries, 16 x d bf16
+    cfg.rows[2] = uint8_t(d / 2); cfg.colsb[2] = 64;        // keys, pairs along d: (d/2) x 16 keys x 2
+    cfg.rows[3] = 16; cfg.colsb[3] = 64;                    // probabilities, 16 x 32 keys bf16
+    cfg.rows[4] = 16; cfg.colsb[4] = uint16_t(ovec * 4);    // values, pairs of keys: 16 x ovec x 2
+    cfg.rows[5] = 16; cfg.colsb[5] = uint16_t(ovec * 4);
+    cfg.rows[6] = 16; cfg.colsb[6] = uint16_t(ovec * 4);    // output, 16 x ovec fp32
+    cfg.rows[7] = 16; cfg.colsb[7] = uint16_t(ovec * 4);
+    _tile_loadconfig(&cfg);
+    std::vector<uint32_t> kvnni(KP * d / 2);   // [key block of 16][d/2][16]
+    std::vector<uint32_t> vvnni(KP / 2 * dv);  // [key block of 32][column group of ovec][16][ovec]
+    std::vector<float> sbuf(16 * KP), obuf(16 * dv);
+    std::vector<bf> pbuf(16 * KP), qpad(16 * d);
+    float inv[16];
+    int64_t cached = -1;
+    PHASES_START
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nqb, b = bh / H, h = bh % H;
+      if (bh != cached) {
+        cached = bh;
+        build_keys_vnni(kp + b * ks0 + h * ks1, ks2, NK, KP, d, kvnni.data());
+        build_values_vnni(vp + b * vs0 + h * vs1, vs2, NK, KP, dv, vvnni.data());
+      }
+      PHASE(0)
+      const int64_t i0 = (item % nqb) * 16, rows = std::min<int64_t>(16, NQ - i0);
+      const bf* qb = qp + b * qs0 + h * qs1 + i0 * qs2;
+      if (rows == 16) {
+        _tile_loadd(1, qb, qs2 * 2);
+      } else {
+        std::fill(qpad.begin(), qpad.end(), bf(0));
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(qpad.data() + r * d, qb + r * qs2, d * 2);
+        _tile_loadd(1, qpad.data(), d * 2);
+      }
+      PHASE(1)
+      for (int64_t j0 = 0; j0 < KP; j0 += 32) {  // KP is a multiple of 32: two logits tiles (0, 3) in turn
+        _tile_zero(0);
+        _tile_zero(3);
+        _tile_loadd(2, kvnni.data() + (j0 / 16) * (d / 2) * 16, 64);
+        _tile_dpbf16ps(0, 1, 2);
+        _tile_loadd(2, kvnni.data() + (j0 / 16 + 1) * (d / 2) * 16, 64);
+        _tile_dpbf16ps(3, 1, 2);
+        _tile_stored(0, sbuf.data() + j0, KP * 4);
+        _tile_stored(3, sbuf.data() + j0 + 16, KP * 4);
+      }
+      PHASE(2)
+      const vf sv = splat(scale);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* s = sbuf.data() + r * KP;
+        const RowBias<at::BFloat16> rb{bp ? bp + b * bs0 + h * bs1 + (i0 + r) * bs2 : nullptr,
+                                       kbp ? kbp + b * kbs0 : nullptr, NK};
+        vf m = splat(-INFINITY);
+        const int64_t full = NK / W * W;
+        int64_t j = 0;
+        if (rb.bias && rb.key_bias) {
+          for (; j < full; j += W) { const vf x = load(s + j) * sv + load_row(rb.bias, j, NK) + load(rb.key_bias + j); store(s + j, x); m = vmax(m, x); }
+        } else if (rb.bias) {
+          for (; j < full; j += W) { const vf x = load(s + j) * sv + load_row(rb.bias, j, NK); store(s + j, x); m = vmax(m, x); }
+        } else if (rb.key_bias) {
+          for (; j < full; j += W) { const vf x = load(s + j) * sv + load(rb.key_bias + j); store(s + j, x); m = vmax(m, x); }
+        } else {
+          for (; j < full; j += W) { const vf x = load(s + j) * sv; store(s + j, x); m = vmax(m, x); }
+        }
+        for (; j < KP; j += W) {
+          const vf x = load(s + j) * sv + rb.at(j);
+          store(s + j, x);
+          m = vmax(m, x);
+        }
+        const vf mv = splat(_mm512_reduce_max_ps(m));
+        vf sum = splat(0.f);
+        bf* p = pbuf.data() + r * KP;
+        for (int64_t j = 0; j < KP; j += W) {
+          const vf e = vexp(load(s + j) - mv);
+          sum += e;
+          const __m256bh h16 = _mm512_cvtneps_pbh(e);
+          std::memcpy(p + j, &h16, 32);
+        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+      }
+      for (int64_t r = rows; r < 16; ++r) std::fill(pbuf.begin() + r * KP, pbuf.begin() + (r + 1) * KP, bf(0));
+      PHASE(3)
+      _tile_zero(6);
+      if (dv > 16) _tile_zero(7);
+      const int64_t groups = dv / ovec;
+      for (int64_t j0 = 0; j0 < KP; j0 += 32) {
+        _tile_loadd(3, pbuf.data() + j0, KP * 2);
+        const uint32_t* vblk = vvnni.data() + (j0 / 32) * groups * 16 * ovec;
+        _tile_loadd(4, vblk, ovec * 4);
+        _tile_dpbf16ps(6, 3, 4);
+        if (dv > 16) {
+          _tile_loadd(5, vblk + 16 * ovec, ovec * 4);
+          _tile_dpbf16ps(7, 3, 5);
+        }
+      }
+      PHASE(4)
+      _tile_stored(6, obuf.data(), dv * 4);
+      if (dv > 16) _tile_stored(7, obuf.data() + 16, dv * 4);
+      for (int64_t r = 0; r < rows; ++r) {
+        uint16_t* orow = reinterpret_cast<uint16_t*>(op + ((b * NQ + i0 + r) * H + h) * dv);
+        const float* o = obuf.data() + r * dv;
+        if (dv == 8) {
+          const __m128bh x = _mm256_cvtneps_pbh(_mm256_mul_ps(_mm256_loadu_ps(o), _mm256_set1_ps(inv[r])));
+          std::memcpy(orow, &x, 16);
+        } else {
+          for (int64_t c = 0; c < dv; c += 16) {
+            const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + c), _mm512_set1_ps(inv[r])));
+            std::memcpy(orow + c, &x, 32);
+          }
+        }
+      }
+      PHASE(5)
+    }
+    report_phases();
+    _tile_release();
+  });
+}
+
+at::Tensor attention_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_bias, double scale) {
+  TORCH_CHECK(amx_permitted(), "attention_amx: the kernel refused AMX tile data to this process");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
+              "attention_amx: bf16 only");
+  TORCH_CHECK((q.size(3) == 8 || q.size(3) == 16 || q.size(3) == 32) && (v.size(3) == 8 || v.size(3) == 16 || v.size(3) == 32),
+              "attention_amx: head sizes 8, 16, 32");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "attention_amx: the head dimension must be contiguous");
+  const at::Tensor* bp = bias ? &*bias : nullptr;
+  const at::Tensor* kbp = key_bias ? &*key_bias : nullptr;
+  auto out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options());
+  if (q.numel() > 0 && k.size(2) > 0) attention_amx_impl(q, k, v, bp, kbp, float(scale), out);
+  return out.permute({0, 2, 1, 3});
+}
+#endif
+
+}  // namespace
+
+#ifndef AF2CPU_OPS
+#define AF2CPU_OPS af2cpu
+#endif
+#define AF2CPU_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define AF2CPU_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+// The schemas, and the kernels for CPU tensors: registered for the CPU dispatch key, so that Python's dispatch
+// modes (torch's flop counter: af2cpu bench) see the operators as they see PyTorch's own.
+AF2CPU_LIBRARY(AF2CPU_OPS, m) {
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
+#if defined(__AMX_BF16__) && defined(__AVX512BF16__)
+  m.def("attention_amx(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
+#endif
+}
+
+AF2CPU_LIBRARY_IMPL(AF2CPU_OPS, CPU, m) {
+  m.impl("attention", &attention);
+#if defined(__AMX_BF16__) && defined(__AVX512BF16__)
+  m.impl("attention_amx", &attention_amx);
+#endif
+}

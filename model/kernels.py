@@ -1,0 +1,244 @@
+"""af2cpu's own CPU attention kernels, and where they replace PyTorch's (``runtime.attention``).
+
+Every attention module of the network ends in softmax(q·kᵀ·scale + bias)·v, which PyTorch runs in its CPU
+flash-attention kernel (``scaled_dot_product_attention``). At AlphaFold2's head sizes (8, 16, 32) that kernel
+is bound by its softmax and, in fp32, by MKL's small products, which take slow paths on AMD CPUs.
+model/csrc/attention.cpp has two kernels of af2cpu's own (docs/benchmarks.md, "af2cpu's attention kernels"):
+
+- ``attention_amx`` (bf16, CPUs with AMX): both products on the matrix unit's tiles, the softmax on fp32
+  logits in AVX512; measured 1.4-2.1x PyTorch's bf16 kernel at the Evoformer's shapes on a Xeon with AMX.
+- ``attention`` (fp32 or bf16, AVX2 or AVX512): outer-product micro-kernels in fp32; measured 1.5-1.9x
+  PyTorch's fp32 kernel at head sizes 8 and 16 on an AVX2 CPU presented as AMD, as fast or slower elsewhere.
+
+The source is compiled for this CPU on first use (``torch.utils.cpp_extension``: a C++ compiler and ninja,
+about 10 s) into af2cpu's cache, one build per kind of CPU (:func:`af2cpu.runtime.precision.cpu_kind`: its
+model, flags and caps, and torch's version), so nodes of other kinds sharing a home folder keep their own.
+``auto`` (the default) measures af2cpu's kernel against PyTorch's once per kind of CPU, precision and head
+size, at an MSA row attention's shape (a fraction of a second, kept in the user's cache beside the other
+measured speed-ups), and takes af2cpu's from ``SPEEDUP_NEEDED`` up; where the source cannot be built, it runs
+PyTorch's, with one warning. ``af2cpu`` asks for af2cpu's kernels wherever they apply (a ConfigError where
+they cannot be built); ``pytorch`` never uses them. Compiled blocks (runtime.compile) run PyTorch's kernel,
+which inductor knows.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from af2cpu.config import AttentionKernel, cache_dir
+from af2cpu.errors import ConfigError
+from af2cpu.runtime.precision import ATEN_CAP_VARIABLE, cpu_flags, cpu_kind, measured_once, native_bf16
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "attention.cpp"
+
+# The builds, from the most capable, with the /proc/cpuinfo flags each needs and the compiler's flags.
+_AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
+BUILDS = (
+    ("amx", frozenset({"amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}),
+     (*_AVX512, "-mavx512bf16", "-mamx-tile", "-mamx-bf16")),
+    ("avx512", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}), _AVX512),
+    ("avx2", frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c")),
+)
+# ATEN_CPU_CAPABILITY (PyTorch's own cap on its kernels' ISA) caps these builds too.
+_ATEN_CAPS = {"default": (), "avx2": ("avx2",), "avx512": ("avx512", "avx2")}
+
+HEAD_SIZES = frozenset({8, 16, 24, 32, 48, 64})  # attention's
+AMX_HEAD_SIZES = frozenset({8, 16, 32})  # attention_amx's
+
+# auto takes af2cpu's kernel where it is at least this many times as fast as PyTorch's at the measured shape.
+# Measured (docs/benchmarks.md): 1.4-2.1x on AMX in bf16; in fp32 0.9-1.3x on AVX512, 0.5-1.1x on AVX2 as an
+# Intel CPU, 0.7-1.9x as an AMD one. The margin keeps PyTorch's kernel where af2cpu's would gain little beyond
+# a busy machine's noise.
+SPEEDUP_NEEDED = 1.1
+
+# The measurement: an MSA row attention of this many rows and residues, the head counts of AlphaFold2's
+# modules at each head size (8: the extra MSA's 8 heads; 16: the template stack's 4; 32: the Evoformer's 8),
+# the two kernels taking turns, the best of each kept.
+MEASURE_ROWS, MEASURE_LENGTH, MEASURE_ROUNDS = 16, 128, 5
+MEASURE_HEADS = {8: 8, 16: 4, 24: 8, 32: 8, 48: 8, 64: 8}
+
+EXTENSION = "af2cpu_attention"  # the extension's name, the build's appended
+
+_unbuilt_reason: str | None = None
+_loaded: str | None = None  # the build this process loaded: an extension's operators register once per process
+
+
+def build_isa(flags=None, environ=os.environ) -> str | None:
+    """The build of the kernels for a CPU with these /proc/cpuinfo ``flags`` (default: this one, oneDNN's
+    ISA cap applied, so a cap that forbids AMX forbids it here too): "amx", "avx512" or "avx2", capped by
+    ATEN_CPU_CAPABILITY in ``environ``; None below AVX2."""
+    flags = frozenset(cpu_flags() if flags is None else flags)
+    cap = environ.get(ATEN_CAP_VARIABLE, "").strip().lower()
+    allowed = _ATEN_CAPS.get(cap)
+    for name, needs, _ in BUILDS:
+        if needs <= flags and (allowed is None or name in allowed or (name == "amx" and "avx512" in allowed)):
+            return name
+    return None
+
+
+def loaded() -> str | None:
+    """The build of the kernels this process has loaded (their operators exist), None before :func:`load`."""
+    return _loaded
+
+
+def unbuilt_reason() -> str | None:
+    """Why this process has no build of the kernels (after :func:`load` returned None), else None."""
+    return _unbuilt_reason
+
+
+def compiler_flags(isa: str) -> list[str]:
+    """The compiler's flags for the build ``isa`` ("amx", "avx512", "avx2")."""
+    return ["-O3", "-fopenmp", *next(flags for name, _, flags in BUILDS if name == isa)]
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> str | None:
+    """Compile (once per kind of CPU) and load the kernels; the build loaded ("amx", "avx512", "avx2"), or
+    None where none can be, with one warning saying why (the reason is kept for :func:`uses_kernel`'s
+    errors)."""
+    global _unbuilt_reason, _loaded
+    if _loaded is not None:
+        return _loaded
+    isa = build_isa()
+    if isa is None:
+        _unbuilt_reason = "this CPU has no AVX2"
+        return None
+    from torch.utils.cpp_extension import load as load_extension  # deferred: imports setuptools (0.3 s)
+
+    _ninja_on_path()
+
+    build_dir = Path(cache_dir("kernels")) / f"attention-{isa}-{cpu_kind()}"
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        load_extension(name=f"{EXTENSION}_{isa}", sources=[str(SOURCE)],
+                       extra_cflags=compiler_flags(isa), build_directory=str(build_dir),
+                       is_python_module=False, verbose=False)
+    except (OSError, RuntimeError, ImportError, subprocess.CalledProcessError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "error:" in line), lines[-1] if lines else type(error).__name__)
+        _unbuilt_reason = f"{SOURCE.name} did not build in {build_dir} ({detail})"
+        log.warning("af2cpu's attention kernels are not available: %s; PyTorch's attention kernel runs instead. "
+                    "Building them needs a C++ compiler (g++) and ninja.", _unbuilt_reason)
+        return None
+    _loaded = isa
+    return isa
+
+
+def _ninja_on_path() -> None:
+    """torch.utils.cpp_extension runs ``ninja`` from PATH; the one pip installed with af2cpu lives in the
+    environment's bin folder, which is not on PATH when its python is run by its path (.venv/bin/python)."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # deferred: only to find its binary
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join(filter(None, [ninja.BIN_DIR, os.environ.get("PATH")]))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+              key_bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + bias + key_bias)·v by af2cpu's kernel (:func:`load` first): q (B, H, Q, c),
+    k (B, H, K, c), v (B, H, K, c_v), any strides with the last axis contiguous; ``bias`` broadcastable to
+    (B, H, Q, K) with the keys' axis whole and contiguous, in q's dtype; ``key_bias`` (B, K) fp32, keys
+    contiguous. Returns (B, H, Q, c_v) whose memory is (B, Q, H, c_v), as PyTorch's CPU kernel returns it.
+    bf16 on AMX runs on the tiles where the head sizes allow."""
+    if (q.dtype is torch.bfloat16 and load() == "amx" and q.shape[-1] in AMX_HEAD_SIZES
+            and v.shape[-1] in AMX_HEAD_SIZES):
+        return torch.ops.af2cpu.attention_amx(q, k, v, bias, key_bias, scale)
+    return torch.ops.af2cpu.attention(q, k, v, bias, key_bias, scale)
+
+
+def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether af2cpu's kernel takes these operands (:func:`attention`'s conditions); PyTorch's runs the rest."""
+    if q.dtype not in (torch.float32, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
+        return False
+    if q.dim() != 4 or q.shape[-1] not in HEAD_SIZES or v.shape[-1] not in HEAD_SIZES or k.shape[2] == 0:
+        return False
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        return False
+    if bias is None:
+        return True
+    return (bias.dim() == 4 and bias.dtype == q.dtype and bias.shape[-1] == k.shape[2] and bias.stride(-1) == 1
+            and all(b in (1, n) for b, n in zip(bias.shape[:3], (q.shape[0], q.shape[1], q.shape[2]))))
+
+
+def sample_operands(rows: int, heads: int, length: int, head_size: int, dtype: torch.dtype):
+    """Random q, k, v as the attention modules pass them (strided views of one projection) and a shared bias
+    (1, heads, length, length), for measurements."""
+    proj = torch.randn(rows, length, 3 * heads * head_size).to(dtype)
+    q, k, v = (t.view(rows, length, heads, head_size).transpose(1, 2) for t in proj.split(heads * head_size, -1))
+    return q, k, v, torch.randn(1, heads, length, length).to(dtype)
+
+
+def measure_speedup(dtype: str, head_size: int, rounds: int = MEASURE_ROUNDS) -> dict:
+    """GFLOP/s of PyTorch's attention kernel and af2cpu's at an MSA row attention's shape in ``dtype``
+    ("fp32" or "bf16") with heads of ``head_size``, with this process's threads, the two taking turns (a
+    busy machine's load hits both alike), the best of ``rounds`` each; and their ratio."""
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    heads = MEASURE_HEADS[head_size]
+    q, k, v, bias = sample_operands(MEASURE_ROWS, heads, MEASURE_LENGTH, head_size, torch_dtype)
+    scale = head_size**-0.5
+    calls = {"pytorch": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale),
+             "af2cpu": lambda: attention(q, k, v, bias, None, scale)}
+    best = dict.fromkeys(calls, math.inf)
+    with torch.no_grad():
+        for call in calls.values():
+            call()  # warm-up
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                best[name] = min(best[name], time.perf_counter() - start)
+    flop = 4 * MEASURE_ROWS * heads * MEASURE_LENGTH**2 * head_size
+    return {"pytorch_gflops": round(flop / best["pytorch"] / 1e9, 1), "af2cpu_gflops": round(flop / best["af2cpu"] / 1e9, 1),
+            "speedup": round(best["pytorch"] / best["af2cpu"], 3), "build": load(),
+            "shape": [MEASURE_ROWS, heads, MEASURE_LENGTH, head_size]}
+
+
+@functools.cache
+def speedup(dtype: str, head_size: int) -> float | None:
+    """How many times faster af2cpu's attention kernel runs than PyTorch's on this CPU in ``dtype`` at
+    ``head_size``, measured once per kind of CPU (``attention-<dtype>-<head size>-*.json`` in af2cpu's
+    cache); None where the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
+    if load() is None or (dtype == "bf16" and not native_bf16()):
+        return None
+    return measured_once(f"attention-{dtype}-{head_size}", f"af2cpu's {dtype} attention speed-up at head size {head_size}",
+                         lambda: measure_speedup(dtype, head_size))
+
+
+def as_kernel(value: AttentionKernel | str) -> AttentionKernel:
+    """``value`` as the kernel choice it names; ConfigError for a name that is none."""
+    return AttentionKernel.parse(value, f"runtime.attention={value!r}")
+
+
+@functools.cache
+def uses_kernel(requested: AttentionKernel | str, dtype: torch.dtype, head_size: int, value_size: int) -> bool:
+    """Whether an attention in ``dtype`` with query/key heads of ``head_size`` and value heads of
+    ``value_size`` runs af2cpu's kernel under ``runtime.attention=requested`` on this CPU: never for
+    ``pytorch``; for ``af2cpu`` wherever the kernel takes the sizes (ConfigError where it cannot be built);
+    for ``auto`` where it also was measured at least ``SPEEDUP_NEEDED`` times as fast as PyTorch's."""
+    kernel = as_kernel(requested)
+    if kernel is AttentionKernel.pytorch or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if head_size not in HEAD_SIZES or value_size not in HEAD_SIZES:
+        return False
+    if kernel is AttentionKernel.af2cpu:
+        if load() is None:
+            raise ConfigError(f"runtime.attention=af2cpu: af2cpu's attention kernels cannot run here: {unbuilt_reason()}; "
+                              "use runtime.attention=auto or pytorch")
+        return True
+    measured = speedup("bf16" if dtype is torch.bfloat16 else "fp32", head_size)
+    return measured is not None and measured >= SPEEDUP_NEEDED
