@@ -24,6 +24,7 @@ which inductor knows.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -211,12 +212,20 @@ def measure_speedup(dtype: str, head_size: int, rounds: int = MEASURE_ROUNDS) ->
 @functools.cache
 def speedup(dtype: str, head_size: int) -> float | None:
     """How many times faster af2cpu's attention kernel runs than PyTorch's on this CPU in ``dtype`` at
-    ``head_size``, measured once per kind of CPU (``attention-<dtype>-<head size>-*.json`` in af2cpu's
-    cache); None where the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
+    ``head_size``, measured once per kind of CPU and version of the kernels (``attention-<dtype>-<head size>-*.json``
+    in af2cpu's cache); None where the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
     if load() is None or (dtype == "bf16" and not native_bf16()):
         return None
-    return measured_once(f"attention-{dtype}-{head_size}", f"af2cpu's {dtype} attention speed-up at head size {head_size}",
+    return measured_once(f"attention-{dtype}-{head_size}-{source_digest()}",
+                         f"af2cpu's {dtype} attention speed-up at head size {head_size}",
                          lambda: measure_speedup(dtype, head_size))
+
+
+@functools.cache
+def source_digest() -> str:
+    """A digest of the kernels' source: their measured speed-ups are kept per version of it (an af2cpu that
+    changes its kernels measures them again)."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
 
 
 def as_kernel(value: AttentionKernel | str) -> AttentionKernel:

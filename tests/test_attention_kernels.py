@@ -171,7 +171,7 @@ def test_auto_takes_the_kernel_measured_faster_once_per_cpu_kind(fresh_decisions
     assert not kernels.uses_kernel("af2cpu", torch.float32, 12, 12)  # a head size the kernels do not take
     assert measured == [("fp32", 8), ("fp32", 16), ("fp32", 32)]
     # Kept per kind of CPU: a new process (here: forgotten decisions) reads the figures instead of measuring.
-    assert precision.kept_file("attention-fp32-8").exists()
+    assert precision.kept_file(f"attention-fp32-8-{kernels.source_digest()}").exists()
     kernels.speedup.cache_clear()
     kernels.uses_kernel.cache_clear()
     assert kernels.uses_kernel("auto", torch.float32, 8, 8)

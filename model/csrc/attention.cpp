@@ -157,18 +157,25 @@ template <int R, int NV, typename T>
 inline void qk_tile(const float* qs, int d, const float* kt, int64_t kp, float* s, int64_t lds, int64_t j0,
                     const RowBias<T>* rb, vf* mx) {
   vf acc[R][NV];
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
     for (int n = 0; n < NV; ++n) acc[r][n] = rb[r].at(j0 + n * W);
 #pragma GCC unroll 8
   for (int c = 0; c < d; ++c) {
     vf kv[NV];
+    #pragma GCC unroll 16
     for (int n = 0; n < NV; ++n) kv[n] = load(kt + c * kp + j0 + n * W);
+    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const vf qb = splat(qs[r * d + c]);
+      #pragma GCC unroll 16
       for (int n = 0; n < NV; ++n) acc[r][n] += qb * kv[n];
     }
   }
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
     for (int n = 0; n < NV; ++n) {
       store(s + r * lds + j0 + n * W, acc[r][n]);
       mx[r] = acc[r][n] > mx[r] ? acc[r][n] : mx[r];
@@ -190,17 +197,24 @@ template <int R, int D, typename V, int VW, V (*SPLAT)(float)>
 inline void pv_tile(const float* p, int64_t ldp, int64_t nk, const float* v, float* o) {
   constexpr int NV = D / VW;
   V acc[R][NV];
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
     for (int n = 0; n < NV; ++n) acc[r][n] = SPLAT(0.f);
   for (int64_t j = 0; j < nk; ++j) {
     V vv[NV];
+    #pragma GCC unroll 16
     for (int n = 0; n < NV; ++n) std::memcpy(&vv[n], v + j * D + n * VW, sizeof(V));
+    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const V pb = SPLAT(p[r * ldp + j]);
+      #pragma GCC unroll 16
       for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
     }
   }
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
     for (int n = 0; n < NV; ++n) std::memcpy(o + r * D + n * VW, &acc[r][n], sizeof(V));
 }
 
@@ -214,16 +228,19 @@ void pv_rows_with(const float* p, int64_t ldp, int64_t nk, const float* v, float
   for (; r < rows; ++r) pv_tile<1, D, V, VW, SPLAT>(p + r * ldp, ldp, nk, v, o + r * D);
 }
 
+// Rows of a values tile: as many accumulators as the registers hold beside the tile's loads and its broadcast
+// (16 vector registers with AVX2, 32 with AVX512), at most 12.
+constexpr int pv_tile_rows(int vectors, int registers) {
+  return (registers - vectors - 1) / vectors < 12 ? (registers - vectors - 1) / vectors : 12;
+}
+
 template <int D>
 void pv_rows(const float* p, int64_t ldp, int64_t nk, const float* v, float* o, int64_t rows) {
+  constexpr int registers = W == 16 ? 32 : 16;
   if constexpr (D % W == 0) {
-    constexpr int NV = D / W;
-    constexpr int R = (W == 16 ? 24 : 12) / NV > 0 ? (W == 16 ? 24 : 12) / NV : 1;
-    pv_rows_with<D, vf, W, splat, (R > 12 ? 12 : R)>(p, ldp, nk, v, o, rows);
+    pv_rows_with<D, vf, W, splat, pv_tile_rows(D / W, registers)>(p, ldp, nk, v, o, rows);
   } else {
-    constexpr int NV = D / 8;
-    constexpr int R = 12 / NV > 0 ? 12 / NV : 1;
-    pv_rows_with<D, v8, 8, splat8, R>(p, ldp, nk, v, o, rows);
+    pv_rows_with<D, v8, 8, splat8, pv_tile_rows(D / 8, registers)>(p, ldp, nk, v, o, rows);
   }
 }
 
@@ -267,8 +284,8 @@ void attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const int64_t B = q.size(0), H = q.size(1), NQ = q.size(2), d = q.size(3);
   const int64_t NK = k.size(2), dv = v.size(3);
   const int64_t KP = (NK + W - 1) / W * W;
-  // A block of queries: its logits (QB x KP floats) stay within about 64 KiB.
-  const int64_t QB = std::max<int64_t>(QK_ROWS, std::min<int64_t>(96, (int64_t(1) << 14) / KP) / QK_ROWS * QK_ROWS);
+  // A block of queries: its logits (QB x KP floats) stay within about 32 KiB (L1).
+  const int64_t QB = std::max<int64_t>(QK_ROWS, std::min<int64_t>(96, (int64_t(1) << 13) / KP) / QK_ROWS * QK_ROWS);
   const int64_t nqb = (NQ + QB - 1) / QB;
   const Operands<T> o(q, k, v, bias, key_bias, out);
   const T *qp = o.q, *kp = o.k, *vp = o.v, *bp = o.bias;
@@ -395,6 +412,22 @@ bool amx_permitted() {
   return ok;
 }
 
+
+// exp(x) for x <= 0 to about 3e-6 (relative), for probabilities that are rounded to bf16 (2^-9) next: 2^f by
+// its Taylor polynomial of degree 5 on [-1/2, 1/2] after x log2(e) = n + f, scaled by 2^n; at least
+// exp(-87.3) ~ 1e-38, which weighs nothing beside the row's maximum's 1.
+inline __m512 exp_for_bf16(__m512 x) {
+  const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.3333558146e-3f);                        // ln(2)^5 / 5!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));        // ln(2)^4 / 4!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));        // ln(2)^3 / 3!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));        // ln(2)^2 / 2!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));        // ln(2)
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
 
 // The keys of one (batch, head) as AMX's B operand of q k^T: per block of 16 keys, d/2 rows of 16 dwords,
 // the dword of row kk, column j being keys[j][2kk : 2kk + 2]. Keys past nk are 0.
@@ -547,7 +580,7 @@ void attention_amx_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         vf sum = splat(0.f);
         bf* p = pbuf.data() + r * KP;
         for (int64_t j = 0; j < KP; j += W) {
-          const vf e = vexp(load(s + j) - mv);
+          const vf e = exp_for_bf16(load(s + j) - mv);
           sum += e;
           const __m256bh h16 = _mm512_cvtneps_pbh(e);
           std::memcpy(p + j, &h16, 32);
