@@ -180,9 +180,9 @@ def _attend_runs(q, k, v, key_mask, bias2, scale, options: Options):
     """The attention of a batch whose key mask is ``key_mask`` (B, K) and shared bias ``bias2`` (1, H, Q, K).
 
     af2cpu's kernel (where ``options`` choose it) takes the mask as a key bias beside the shared bias: one
-    call, nothing materialised. With PyTorch's kernel (SDPA): batch elements whose keys are all valid need no mask term: they run with ``bias2`` alone (a
-    broadcast view). The others get the mask bias; with a shared bias that sum is materialised, so
-    it is done per run of consecutive masked elements. A compiled block always applies the mask, the
+    call, nothing materialised. With PyTorch's kernel (SDPA), batch elements whose keys are all valid need
+    no mask term: they run with ``bias2`` alone (a broadcast view). The others get the mask bias; with a
+    shared bias that sum is materialised, so it is done per run of consecutive masked elements. A compiled block always applies the mask, the
     sum materialised for the whole step (within the memory planner's bound): looking at the mask on
     the host would split its graph, and ``torch.cond`` around the attention kernel does not compile
     with dynamic shapes (torch 2.13).

@@ -123,6 +123,7 @@ def load() -> str | None:
     build_dir = Path(cache_dir("kernels")) / f"attention-{isa}-{cpu_kind()}"
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
+        clear_stale_lock(build_dir)
         load_extension(name=f"{EXTENSION}_{isa}", sources=[str(SOURCE)],
                        extra_cflags=compiler_flags(isa), build_directory=str(build_dir),
                        is_python_module=False, verbose=False)
@@ -135,6 +136,26 @@ def load() -> str | None:
         return None
     _loaded = isa
     return isa
+
+
+# A build takes about 10 s; torch's build lock older than this was left by a process killed while building.
+STALE_LOCK_SECONDS = 600
+
+
+def clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
+    """Remove torch's build lock in ``build_dir`` where it is older than ``STALE_LOCK_SECONDS``: a process that
+    was killed while building (a job's time limit) leaves it, and every later build would wait for it forever.
+    Whether one was removed (with a warning)."""
+    lock = build_dir / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    log.warning("removing %s, left %.0f s ago by a build of af2cpu's attention kernels that did not finish", lock, age)
+    lock.unlink(missing_ok=True)
+    return True
 
 
 def _ninja_on_path() -> None:

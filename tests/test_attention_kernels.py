@@ -95,12 +95,14 @@ def test_kernel_equals_float64_attention(shape, bias, masked, dtype):
 
 
 @pytest.mark.skipif(BUILD != "amx", reason="this CPU has no AMX (or oneDNN's ISA cap forbids it)")
-@pytest.mark.parametrize("masked", [False, True], ids=["all keys", "masked keys"])
-@pytest.mark.parametrize("bias", BIASES)
-@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}x{s[2]}x{s[3]}-c{s[4]}-{s[5]}" for s in SHAPES])
-def test_amx_kernel_equals_float64_attention(shape, bias, masked):
-    q, k, v, b, key_bias = _operands(*shape, bias, masked, torch.bfloat16)
-    _check(torch.ops.af2cpu.attention_amx(q, k, v, b, key_bias, q.shape[-1] ** -0.5), q, k, v, b, key_bias)
+def test_amx_kernel_equals_float64_attention():
+    """The tile kernel itself, at every shape, bias and mask of the test above."""
+    for shape in SHAPES:
+        for bias in BIASES:
+            for masked in (False, True):
+                q, k, v, b, key_bias = _operands(*shape, bias, masked, torch.bfloat16)
+                got = torch.ops.af2cpu.attention_amx(q, k, v, b, key_bias, q.shape[-1] ** -0.5)
+                _check(got, q, k, v, b, key_bias)
 
 
 @pytest.mark.skipif(kernels.build_isa() not in ("avx512", "amx"),
@@ -199,6 +201,18 @@ def test_without_a_build_auto_runs_pytorchs_kernel_and_af2cpu_says_why(fresh_dec
     with torch.no_grad():
         out = attention.self_attention(x, torch.ones(3, 5), options=Options(attention="auto"))
     assert out.shape == (3, 5, 16) and bool(torch.isfinite(out).all())
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed(tmp_path, caplog):
+    """torch waits for its build lock to go away: one left by a process killed while building (a job's time
+    limit) would stop every later run of af2cpu on that kind of CPU."""
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not kernels.clear_stale_lock(tmp_path)  # a build in progress: kept
+    with caplog.at_level(logging.WARNING, logger="af2cpu.model.kernels"):
+        assert kernels.clear_stale_lock(tmp_path, now=lock.stat().st_mtime + kernels.STALE_LOCK_SECONDS + 1)
+    assert not lock.exists() and "did not finish" in caplog.text
+    assert not kernels.clear_stale_lock(tmp_path)  # none left
 
 
 def test_applies_only_where_the_kernel_takes_the_operands():
