@@ -133,6 +133,22 @@ def test_a_fully_masked_row_averages_the_values_as_pytorchs_kernel(dtype):
     assert torch.allclose(got[1].float(), want, atol=1e-5 if dtype is torch.float32 else 1e-2)
 
 
+@needs_build
+def test_the_operators_refuse_operands_they_do_not_take():
+    q, k, v, bias, _ = _operands(2, 2, 9, 20, 32, 32, "shared", False, torch.bfloat16)
+    ops = [torch.ops.af2cpu.attention] + ([torch.ops.af2cpu.attention_amx] if BUILD == "amx" else [])
+    for op in ops:
+        with pytest.raises(RuntimeError, match="bias must broadcast"):
+            op(q, k, v, bias.float(), None, 0.2)  # another dtype than q's
+        with pytest.raises(RuntimeError, match="key_bias must be fp32 \\(batch, keys\\)"):
+            op(q, k, v, bias, torch.zeros(2, 19), 0.2)
+        with pytest.raises(RuntimeError, match="shapes disagree"):
+            op(q, k[:, :, :5], v, bias, None, 0.2)
+        # No keys: zeros (the kernels are not asked then: af2cpu.model.kernels.applies sends it to PyTorch's).
+        empty = op(q, k[:, :, :0], v[:, :, :0], None, None, 0.2)
+        assert empty.shape == (2, 2, 9, 32) and not empty.float().abs().any()
+
+
 def test_the_build_follows_the_cpu_and_the_caps():
     amx = {"amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "avx2", "f16c"}
     assert kernels.build_isa(amx, {}) == "amx"

@@ -359,35 +359,42 @@ void attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   });
 }
 
+// Checks of the operands both kernels take (their head sizes apart); the output, (B, NQ, H, dv) in memory, zero
+// where there are no keys.
+at::Tensor checked_output(const char* name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_bias) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, name, ": q, k, v must be 4-d (batch, heads, seq, c)");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), name, ": q, k, v dtypes differ");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, name, ": fp32 or bf16 only");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(1) == k.size(1) && q.size(1) == v.size(1)
+              && k.size(2) == v.size(2) && q.size(3) == k.size(3), name, ": q, k, v shapes disagree");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, name, ": the head dimension must be contiguous");
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 4 && bias->scalar_type() == q.scalar_type() && bias->size(3) == k.size(2)
+                && bias->stride(3) == 1 && (bias->size(0) == 1 || bias->size(0) == q.size(0))
+                && (bias->size(1) == 1 || bias->size(1) == q.size(1)) && (bias->size(2) == 1 || bias->size(2) == q.size(2)),
+                name, ": bias must broadcast to (batch, heads, queries, keys), keys contiguous, q's dtype");
+  }
+  if (key_bias) {
+    TORCH_CHECK(key_bias->dim() == 2 && key_bias->scalar_type() == at::kFloat && key_bias->size(0) == q.size(0)
+                && key_bias->size(1) == k.size(2) && key_bias->stride(1) == 1,
+                name, ": key_bias must be fp32 (batch, keys), keys contiguous");
+  }
+  auto out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options());
+  if (k.size(2) == 0) out.zero_();
+  return out;
+}
+
 // q (B, H, NQ, d), k (B, H, NK, d), v (B, H, NK, dv): any strides with the last dimension contiguous.
 // bias broadcastable to (B, H, NQ, NK) with its last dimension contiguous, in q's dtype; key_bias (B, NK)
 // fp32, added to every query's logits. Returns (B, H, NQ, dv) whose memory is (B, NQ, H, dv), as
 // PyTorch's scaled_dot_product_attention returns it on the CPU.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_bias, double scale) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be 4-d (batch, heads, seq, c)");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "attention: q, k, v dtypes differ");
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16, "attention: fp32 or bf16 only");
-  TORCH_CHECK(q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(1) == k.size(1) && q.size(1) == v.size(1)
-              && k.size(2) == v.size(2) && q.size(3) == k.size(3), "attention: q, k, v shapes disagree");
+  auto out = checked_output("attention", q, k, v, bias, key_bias);
   TORCH_CHECK(head_size_supported(q.size(3)) && head_size_supported(v.size(3)), "attention: unsupported head size");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "attention: the head dimension must be contiguous");
-  const at::Tensor* bp = nullptr;
-  const at::Tensor* kbp = nullptr;
-  if (bias) {
-    TORCH_CHECK(bias->dim() == 4 && bias->scalar_type() == q.scalar_type() && bias->size(3) == k.size(2)
-                && bias->stride(3) == 1 && (bias->size(0) == 1 || bias->size(0) == q.size(0))
-                && (bias->size(1) == 1 || bias->size(1) == q.size(1)) && (bias->size(2) == 1 || bias->size(2) == q.size(2)),
-                "attention: bias must broadcast to (batch, heads, queries, keys), keys contiguous, q's dtype");
-    bp = &*bias;
-  }
-  if (key_bias) {
-    TORCH_CHECK(key_bias->dim() == 2 && key_bias->scalar_type() == at::kFloat && key_bias->size(0) == q.size(0)
-                && key_bias->size(1) == k.size(2) && key_bias->stride(1) == 1,
-                "attention: key_bias must be fp32 (batch, keys), keys contiguous");
-    kbp = &*key_bias;
-  }
-  auto out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options());
+  const at::Tensor* bp = bias ? &*bias : nullptr;
+  const at::Tensor* kbp = key_bias ? &*key_bias : nullptr;
   if (q.numel() > 0 && k.size(2) > 0) {
     if (q.scalar_type() == at::kFloat) attention_impl<float>(q, k, v, bp, kbp, float(scale), out);
     else attention_impl<at::BFloat16>(q, k, v, bp, kbp, float(scale), out);
@@ -628,14 +635,12 @@ void attention_amx_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 at::Tensor attention_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_bias, double scale) {
   TORCH_CHECK(amx_permitted(), "attention_amx: the kernel refused AMX tile data to this process");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
-              "attention_amx: bf16 only");
+  auto out = checked_output("attention_amx", q, k, v, bias, key_bias);
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16, "attention_amx: bf16 only");
   TORCH_CHECK((q.size(3) == 8 || q.size(3) == 16 || q.size(3) == 32) && (v.size(3) == 8 || v.size(3) == 16 || v.size(3) == 32),
               "attention_amx: head sizes 8, 16, 32");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "attention_amx: the head dimension must be contiguous");
   const at::Tensor* bp = bias ? &*bias : nullptr;
   const at::Tensor* kbp = key_bias ? &*key_bias : nullptr;
-  auto out = at::empty({q.size(0), q.size(2), q.size(1), v.size(3)}, q.options());
   if (q.numel() > 0 && k.size(2) > 0) attention_amx_impl(q, k, v, bp, kbp, float(scale), out);
   return out.permute({0, 2, 1, 3});
 }
