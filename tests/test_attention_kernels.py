@@ -173,7 +173,9 @@ def fresh_decisions():
 
 
 @needs_build
-def test_auto_takes_the_kernel_measured_faster_once_per_cpu_kind(fresh_decisions, monkeypatch):
+def test_auto_takes_the_kernel_measured_faster_once_per_cpu_kind(fresh_decisions, monkeypatch, tmp_path):
+    # A cache of its own: figures other tests measured and kept would be read instead of these.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     measured = []
 
     def measure(dtype, head_size):
