@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -38,7 +37,14 @@ import torch.nn.functional as F
 
 from af2cpu.config import AttentionKernel, cache_dir
 from af2cpu.errors import ConfigError
-from af2cpu.runtime.precision import ATEN_CAP_VARIABLE, cpu_flags, cpu_kind, measured_once, native_bf16
+from af2cpu.runtime.precision import (
+    ATEN_CAP_VARIABLE,
+    cpu_flags,
+    cpu_kind,
+    interleaved_times,
+    measured_once,
+    native_bf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ BUILDS = (
 # ATEN_CPU_CAPABILITY (PyTorch's own cap on its kernels' ISA) caps these builds too.
 _ATEN_CAPS = {"default": (), "avx2": ("avx2",), "avx512": ("avx512", "avx2")}
 
+ALPHAFOLD_HEAD_SIZES = (8, 16, 32)  # of AlphaFold2's attention modules: what the choice is reported for
 HEAD_SIZES = frozenset({8, 16, 24, 32, 48, 64})  # attention's
 AMX_HEAD_SIZES = frozenset({8, 16, 32})  # attention_amx's
 
@@ -215,15 +222,8 @@ def measure_speedup(dtype: str, head_size: int, rounds: int = MEASURE_ROUNDS) ->
     scale = head_size**-0.5
     calls = {"pytorch": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale),
              "af2cpu": lambda: attention(q, k, v, bias, None, scale)}
-    best = dict.fromkeys(calls, math.inf)
     with torch.no_grad():
-        for call in calls.values():
-            call()  # warm-up
-        for _ in range(rounds):
-            for name, call in calls.items():
-                start = time.perf_counter()
-                call()
-                best[name] = min(best[name], time.perf_counter() - start)
+        best = {name: min(seconds) for name, seconds in interleaved_times(calls, rounds).items()}
     flop = 4 * MEASURE_ROWS * heads * MEASURE_LENGTH**2 * head_size
     return {"pytorch_gflops": round(flop / best["pytorch"] / 1e9, 1), "af2cpu_gflops": round(flop / best["af2cpu"] / 1e9, 1),
             "speedup": round(best["pytorch"] / best["af2cpu"], 3), "build": load(),

@@ -60,30 +60,29 @@ def test_bench_writes_timings_speedups_and_module_breakdown(tmp_path):
     assert "Time by kind of work, af2cpu bf16" in table and "| matrix products |" in table
 
 
-def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):
+def _bench_in_turn(tmp_path, *option: str) -> tuple[list[dict], str]:
+    """A one-block fp32 bench at L=16 with ``option`` (e.g. "--fp32-products", "mkl", "onednn"): its runs, and
+    its table; every run a real pass doing the same work."""
     status = main(["bench", "--lengths", "16", "--msa-rows", "4", "--extra-rows", "8", "--blocks", "1", "--threads",
-                   "1", "--precisions", "fp32", "--fp32-products", "mkl", "onednn", "--no-reference", "--no-breakdown",
-                   "--out", str(tmp_path)])
+                   "1", "--precisions", "fp32", *option, "--no-reference", "--no-breakdown", "--out", str(tmp_path)])
     assert status == 0
     runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
-    assert [(r["fp32_products"], r["fp32_products_used"]) for r in runs] == [("mkl", "mkl"), ("onednn", "onednn")]
     assert all(r["pass_s"] > 0 and r["gflop"] == runs[0]["gflop"] for r in runs)
-    table = (tmp_path / "bench.md").read_text()
+    return runs, (tmp_path / "bench.md").read_text()
+
+
+def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):
+    runs, table = _bench_in_turn(tmp_path, "--fp32-products", "mkl", "onednn")
+    assert [(r["fp32_products"], r["fp32_products_used"]) for r in runs] == [("mkl", "mkl"), ("onednn", "onednn")]
     assert "| 16 | af2cpu [mkl products] | fp32 |" in table and "| 16 | af2cpu [onednn products] | fp32 |" in table
 
 
 def test_bench_times_the_attention_kernels_in_turn_on_one_model(tmp_path):
-    status = main(["bench", "--lengths", "16", "--msa-rows", "4", "--extra-rows", "8", "--blocks", "1", "--threads",
-                   "1", "--precisions", "fp32", "--attention", "pytorch", "af2cpu", "--no-reference", "--no-breakdown",
-                   "--out", str(tmp_path)])
-    assert status == 0
-    runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    # af2cpu's kernel does the same work, and the flop counter counts it as PyTorch's (the helper checks).
+    runs, table = _bench_in_turn(tmp_path, "--attention", "pytorch", "af2cpu")
     assert [r["attention"] for r in runs] == ["pytorch", "af2cpu"]
     assert runs[0]["attention_used"] == {"8": "pytorch", "16": "pytorch", "32": "pytorch"}
     assert runs[1]["attention_used"] == {"8": "af2cpu", "16": "af2cpu", "32": "af2cpu"}
-    # af2cpu's kernel does the same work, and the flop counter counts it as PyTorch's.
-    assert all(r["pass_s"] > 0 and r["gflop"] == runs[0]["gflop"] for r in runs)
-    table = (tmp_path / "bench.md").read_text()
     assert "| 16 | af2cpu [pytorch attention] | fp32 |" in table and "| 16 | af2cpu [af2cpu attention] | fp32 |" in table
 
 

@@ -96,17 +96,3 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> dict:
             peak["fp32_libraries"] = rates
     return peak
 
-
-def interleaved_times(candidates: dict, rounds: int = 9) -> dict[str, list[float]]:
-    """Seconds of each of ``candidates`` (name -> callable) in each of ``rounds`` rounds, after one
-    warm-up call each; within a round the candidates take turns, so a shared machine's changing load
-    hits all alike (the kernel studies under benchmarks/ compare alternatives this way)."""
-    for fn in candidates.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times

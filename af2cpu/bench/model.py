@@ -350,7 +350,7 @@ def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) 
 def attention_kernels(requested: str, dtype: torch.dtype) -> dict[str, str]:
     """The attention kernel ``runtime.attention=requested`` runs in ``dtype`` at AlphaFold2's head sizes
     ("8", "16", "32" -> "af2cpu" or "pytorch"), decided (and built, and measured) now."""
-    return {str(size): "af2cpu" if kernels.uses_kernel(requested, dtype, size, size) else "pytorch" for size in (8, 16, 32)}
+    return {str(size): "af2cpu" if kernels.uses_kernel(requested, dtype, size, size) else "pytorch" for size in kernels.ALPHAFOLD_HEAD_SIZES}
 
 
 def flop_counter() -> FlopCounterMode:

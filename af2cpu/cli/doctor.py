@@ -40,7 +40,7 @@ def _report_attention(requested, resolved) -> None:
         return
     dtype = torch.bfloat16 if str(resolved) == "bf16" else torch.float32
     choices = []
-    for head_size in (8, 16, 32):
+    for head_size in kernels.ALPHAFOLD_HEAD_SIZES:
         try:
             chosen = "af2cpu" if kernels.uses_kernel(requested, dtype, head_size, head_size) else "pytorch"
         except ConfigError as error:

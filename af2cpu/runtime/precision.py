@@ -158,6 +158,23 @@ def measured_once(stem: str, what: str, measure: Callable[[], dict]) -> float:
     return measured["speedup"]
 
 
+def interleaved_times(candidates: dict, rounds: int = 9) -> dict[str, list[float]]:
+    """Seconds of each of ``candidates`` (name -> callable) in each of ``rounds`` rounds, after one
+    warm-up call each; within a round the candidates take turns, so a shared machine's changing load
+    hits all alike (the measured choices and the kernel studies under benchmarks/ compare alternatives
+    this way)."""
+    for fn in candidates.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+
 def measure_bf16_speedup(size: int = SPEEDUP_SIZE, rounds: int = SPEEDUP_ROUNDS) -> dict[str, float]:
     """GFLOP/s of a ``size``² matrix product in fp32 and in bf16 with this process's threads, the two
     taking turns (a busy machine's load hits both alike), the best of ``rounds`` each; and their ratio.
@@ -168,14 +185,9 @@ def measure_bf16_speedup(size: int = SPEEDUP_SIZE, rounds: int = SPEEDUP_ROUNDS)
 
     operands = {name: (torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype))
                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    best = dict.fromkeys(operands, math.inf)
-    for a, b in operands.values():
-        a @ b  # warm-up: oneDNN builds its kernel at the first call
-    for _ in range(rounds):
-        for name, (a, b) in operands.items():
-            start = time.perf_counter()
-            a @ b
-            best[name] = min(best[name], time.perf_counter() - start)
+    # interleaved_times warms each up first: oneDNN builds its kernel at the first call.
+    calls = {name: (lambda a=a, b=b: a @ b) for name, (a, b) in operands.items()}
+    best = {name: min(seconds) for name, seconds in interleaved_times(calls, rounds).items()}
     flop = 2 * size**3
     return {"fp32_gflops": round(flop / best["fp32"] / 1e9, 1), "bf16_gflops": round(flop / best["bf16"] / 1e9, 1),
             "speedup": round(best["fp32"] / best["bf16"], 3)}
