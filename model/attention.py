@@ -14,7 +14,7 @@ from torch import nn
 
 from af2cpu.model import kernels
 from af2cpu.model.options import Options, chunk_slices
-from af2cpu.model.primitives import add_in_place, matmul, normal_parameter
+from af2cpu.model.primitives import add_in_place, matmul, normal_parameter, through_onednn
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9
@@ -106,6 +106,10 @@ class Attention(nn.Module):
         w = torch.cat([self.query_w.reshape(c_in, -1), self.key_w.reshape(c_in, -1),
                        self.value_w.reshape(c_in, -1)]
                       + ([self.gating_w.reshape(c_in, -1)] if self.gating else []), dim=1).to(dtype)
+        # Where the product is oneDNN's (bf16, or fp32 where it was faster), the gate's bias rides in it, added to
+        # the fp32 sums; elsewhere it is added with the gate's sigmoid.
+        fused_bias = (torch.cat([self.gating_b.new_zeros(sum(sizes[:3])), self.gating_b.reshape(-1)]).to(dtype)
+                      if self.gating else None)
         w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
         b_out = self.output_b.to(dtype)
         bias2 = None if nonbatched_bias is None else nonbatched_bias.to(dtype).unsqueeze(0)  # (1, H, Q, K)
@@ -125,7 +129,9 @@ class Attention(nn.Module):
             if norm is not None:
                 xs = norm(xs)
             rows, cols = xs.shape[:2]
-            proj = matmul(xs.reshape(-1, c_in), w, onednn=onednn).view(rows, cols, -1)
+            flat = xs.reshape(-1, c_in)
+            gate_bias_in = fused_bias is not None and through_onednn(flat, onednn)
+            proj = matmul(flat, w, fused_bias if gate_bias_in else None, onednn=onednn).view(rows, cols, -1)
             q, k, v, g = torch.split(proj, sizes, dim=-1)
 
             q, k, v = (_heads_first(t.view(rows, cols, heads, c), transposed)
@@ -135,7 +141,8 @@ class Attention(nn.Module):
             # The kernels return (batch, seq, H, cv) in memory; bring it to x's layout as a view.
             out = out.permute(2, 0, 1, 3) if transposed else out.transpose(1, 2)
             if self.gating:
-                gate = torch.sigmoid(g.view(rows, cols, heads, cv) + self.gating_b.to(dtype))
+                g = g.view(rows, cols, heads, cv)
+                gate = g.sigmoid_() if gate_bias_in else torch.sigmoid_(g + self.gating_b.to(dtype))
                 out = gate.mul_(out)
             else:
                 out = out.contiguous()

@@ -157,7 +157,7 @@ class Transition(_Chunked):
         for s in chunk_slices(act.shape[0], self.options.step_rows(self.options.chunks.transition, act.shape[0],
                                                                    row_bytes)):
             x = self.input_layer_norm(act[s]).reshape(-1, c)
-            update = self.transition2(torch.relu_(self.transition1(x)), out=None if inplace else out[s].view(-1, c))
+            update = self.transition2(self.transition1(x, activation="relu"), out=None if inplace else out[s].view(-1, c))
             if inplace:
                 add_in_place(act[s], update.view(act[s].shape))
         return act if inplace else out
@@ -352,7 +352,7 @@ class _TriangleMultiplication(_Chunked):
                 rows = slice(ps.start + s.start, ps.start + s.stop)
                 tri = center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
                 out_s = self.output_projection(tri, out=None if inplace else out[rows].view(-1, c_z))
-                out_s.mul_(torch.sigmoid_(self.gating_linear(act[rows].reshape(-1, c_z))))
+                out_s.mul_(self.gating_linear(act[rows].reshape(-1, c_z), activation="sigmoid"))
                 if inplace:
                     add_in_place(pair[rows], out_s.view(pair[rows].shape))
         return pair if inplace else out
@@ -399,7 +399,7 @@ class _TriangleMultiplication(_Chunked):
                                                              n_res * 4 * c * pair.element_size())):
             normed = center_layer_norm(tri[:, s].permute(1, 2, 0)).reshape(-1, c)
             out_s = self.output_projection(normed, out=None if inplace else out[s].view(-1, c_z))
-            out_s.mul_(torch.sigmoid_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z))))
+            out_s.mul_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z), activation="sigmoid"))
             if inplace:
                 add_in_place(pair[s], out_s.view(pair[s].shape))
         return pair if inplace else out

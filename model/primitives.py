@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from af2cpu.model.options import Options
-from af2cpu.runtime.products import onednn_linear
+from af2cpu.runtime.products import onednn_bf16_available, onednn_linear
 
 
 def normal_parameter(*shape: int, std: float) -> nn.Parameter:
@@ -48,35 +48,50 @@ def add_in_place(act: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
 # oneDNN's fp32 linear kernel pays a per-call cost that MKL does not: products of fewer rows stay MKL's.
 ONEDNN_MIN_ROWS = 64
 
+# What matmul's ``activation`` names, applied in place where the product is not oneDNN's.
+ACTIVATIONS = {"relu": torch.relu_, "sigmoid": torch.sigmoid_}
 
-def _through_onednn(x: torch.Tensor, onednn: bool, out: torch.Tensor | None = None) -> bool:
-    """Whether a product of ``x`` (the left operand) runs through oneDNN: asked for (``onednn``), fp32, 2-D,
-    contiguous, at least ``ONEDNN_MIN_ROWS`` rows, into a new tensor, without autograd, and not traced by
-    torch.compile (inductor picks its own kernels)."""
-    return (onednn and out is None and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS
-            and x.is_contiguous() and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+
+def through_onednn(x: torch.Tensor, onednn: bool, out: torch.Tensor | None = None) -> bool:
+    """Whether a product of ``x`` (the left operand) runs through oneDNN's linear kernel: 2-D, contiguous, at
+    least ``ONEDNN_MIN_ROWS`` rows, into a new tensor, without autograd, not traced by torch.compile (inductor
+    picks its own kernels), and either fp32 where asked for (``onednn``) or bf16 where oneDNN has native bf16
+    kernels (PyTorch runs bf16 products there anyway, but its addmm first copies the bias into the output and
+    the activation takes a pass of its own)."""
+    if (out is not None or x.dim() != 2 or x.shape[0] < ONEDNN_MIN_ROWS or not x.is_contiguous()
+            or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+        return False
+    if x.dtype == torch.bfloat16:
+        return onednn_bf16_available()
+    return onednn and x.dtype == torch.float32
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, onednn: bool = False,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x`` (N, k) @ ``w`` (k, n) ``+ b``: the products of the network's layers. With ``onednn``
-    (Options.onednn_products: this CPU multiplies fp32 faster with oneDNN than with MKL,
-    af2cpu.runtime.products), an fp32 product into a new tensor runs through oneDNN's linear kernel instead
-    of PyTorch's MKL: the same sums, in another order (float noise). bf16 products are oneDNN's anyway;
-    a product written into ``out``, one of few rows, and any product while torch.compile traces stay as
-    PyTorch runs them."""
-    if _through_onednn(x, onednn, out):
-        return onednn_linear(x, w, b)
+           out: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+    """``activation(x (N, k) @ w (k, n) + b)``: the products of the network's layers; ``activation`` is
+    "relu", "sigmoid" or None. With ``onednn`` (Options.onednn_products: this CPU multiplies fp32 faster with
+    oneDNN than with MKL, af2cpu.runtime.products), an fp32 product into a new tensor runs through oneDNN's
+    linear kernel instead of PyTorch's MKL: the same sums, in another order (float noise). bf16 products go
+    to that kernel wherever it has native bf16. There the bias and the activation are applied to the fp32 sums
+    as they are written, before bf16 rounding (bf16: one rounding fewer than PyTorch's addmm and an activation
+    after it). A product written into ``out``, one of few rows, and any product while torch.compile traces
+    stay as PyTorch runs them, the activation applied in place after."""
+    if through_onednn(x, onednn, out):
+        return onednn_linear(x, w, b, activation)
     if b is None:
-        return x @ w if out is None else torch.mm(x, w, out=out)
-    return torch.addmm(b, x, w, out=out)
+        y = x @ w if out is None else torch.mm(x, w, out=out)
+    else:
+        y = torch.addmm(b, x, w, out=out)
+    return y if activation is None else ACTIVATIONS[activation](y)
 
 
 def matmul_row_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, onednn: bool = False) -> torch.Tensor:
     """``x`` (m, k) @ ``w`` (k, n) ``+ b`` (m, 1), a bias per output row: the triangle multiplication's
     channel-first projections (the weight on the left). Through oneDNN as :func:`matmul` decides, its
-    bias added after the product (oneDNN's linear kernel adds one per column)."""
-    if _through_onednn(x, onednn):
+    bias added after the product (oneDNN's linear kernel adds one per column). bf16 stays PyTorch's: its addmm,
+    oneDNN's too, was faster than the product and a pass adding the bias (495 against 622 us, (512, 128) @
+    (128, 4096), AMX)."""
+    if x.dtype == torch.float32 and through_onednn(x, onednn):
         return onednn_linear(x, w, None).add_(b)
     return torch.addmm(b, x, w)
 
@@ -104,16 +119,19 @@ class Linear(nn.Module):
         if not self.weights.is_meta:
             nn.init.normal_(self.weights, std=max(1, math.prod(in_shape))**-0.5)
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias."""
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+        """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias; ``activation``:
+        "relu" or "sigmoid" applied to the result (:func:`matmul`: fused into oneDNN's kernel where it runs)."""
         if len(self.in_shape) != 1 or len(self.out_shape) != 1:
-            return self._shaped(x)
+            y = self._shaped(x)
+            return y if activation is None else ACTIVATIONS[activation](y)
         w = self.weights.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         onednn = self.options.onednn_products
         if x.dim() == 2:
-            return matmul(x, w, b, onednn=onednn, out=out)
-        return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn).reshape(*x.shape[:-1], w.shape[-1])
+            return matmul(x, w, b, onednn=onednn, out=out, activation=activation)
+        return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn,
+                      activation=activation).reshape(*x.shape[:-1], w.shape[-1])
 
     def _shaped(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:x.dim() - len(self.in_shape)]

@@ -16,7 +16,7 @@ import torch
 
 from af2cpu.bench.model import multimer_bench_preset, multimer_example
 from af2cpu.errors import ConfigError
-from af2cpu.model import kernels
+from af2cpu.model import kernels, primitives
 from af2cpu.model.alphafold import AlphaFold
 from af2cpu.model.evoformer import (
     EvoformerIteration,
@@ -34,6 +34,7 @@ from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
 from af2cpu.model.presets import EvoformerStackConfig, TemplateConfig, get_preset
 from af2cpu.model.template import TemplatePairBlock
+from af2cpu.runtime.products import onednn_bf16_available
 
 S, L = 12, 24
 
@@ -103,16 +104,28 @@ MSA_MODULES = [
 ]
 
 
+@pytest.mark.parametrize("products", ["onednn", "pytorch"])
 @pytest.mark.parametrize("name,factory,call,bound", MSA_MODULES, ids=[m[0] for m in MSA_MODULES])
-def test_module_bf16_relative_error_is_bounded(name, factory, call, bound):
+def test_module_bf16_relative_error_is_bounded(name, factory, call, bound, products, monkeypatch):
+    """Both ways of running the bf16 layers: oneDNN's linear kernel with the bias and activations applied to its
+    fp32 sums (where oneDNN has native bf16), and PyTorch's addmm with the activation after (elsewhere)."""
+    if products == "onednn" and not onednn_bf16_available():
+        pytest.skip("oneDNN has no native bf16 kernels on this CPU (or under its ISA cap)")
+    if products == "pytorch":
+        monkeypatch.setattr(primitives, "onednn_bf16_available", lambda: False)
+    calls = []
+    onednn_linear = primitives.onednn_linear
+    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(args[0].dtype) or onednn_linear(*args))
     module = _randomized(factory())
     msa, pair, msa_mask, pair_mask = _inputs(64, 32)
     with torch.inference_mode():
         fp32, bf16 = _run_both(lambda a, b, c, d: call(module, a, b, c, d), msa, pair, msa_mask, pair_mask)
     assert fp32.dtype == torch.float32
     error = _relative_error(fp32, bf16)
-    print(f"{name}: bf16 relative error {error:.2e}")
+    print(f"{name}: bf16 relative error {error:.2e} ({products})")
     assert error < bound
+    # bf16 layers went through oneDNN's kernel, or none did (fp32 ones stay MKL's: Options' default here)
+    assert (torch.bfloat16 in calls) == (products == "onednn") and torch.float32 not in calls
 
 
 ATTENTION_MODULES = [m for m in MSA_MODULES if m[0] in ("msa_row_attention", "msa_column_attention",

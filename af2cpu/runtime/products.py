@@ -44,12 +44,23 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def onednn_linear(x, w, b=None):
-    """``x @ w + b`` for fp32 ``x`` (N, k), ``w`` (k, n), ``b`` (n,) or None, by oneDNN's linear kernel, which
-    PyTorch reaches through its mkldnn ops (the network's products: af2cpu.model.primitives.matmul)."""
+@functools.lru_cache(maxsize=1)
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN's linear kernel takes bf16 here: native bf16 units (AVX512-BF16, AMX) that oneDNN's ISA
+    cap (ONEDNN_MAX_CPU_ISA) leaves it; elsewhere it cannot build a bf16 kernel at all."""
+    import torch  # deferred: torch only where products are decided
+
+    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def onednn_linear(x, w, b=None, activation: str | None = None):
+    """``activation(x @ w + b)`` for fp32 or bf16 ``x`` (N, k), ``w`` (k, n), ``b`` (n,) or None, by oneDNN's
+    linear kernel, which PyTorch reaches through its mkldnn ops (the network's products:
+    af2cpu.model.primitives.matmul). The bias and ``activation`` ("relu", "sigmoid" or None) are applied to
+    the fp32 sums as the kernel writes them: no pass of their own."""
     import torch  # deferred: this module decides without torch; the call is made where the network runs
 
-    return torch.ops.mkldnn._linear_pointwise(x, w.t(), b, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, w.t(), b, activation or "none", [], "")
 
 
 def measure_onednn_speedup(shapes=SHAPES, rounds: int = ROUNDS) -> dict[str, float]:
