@@ -1,4 +1,5 @@
-"""af2cpu's own CPU attention kernels, and where they replace PyTorch's (``runtime.attention``).
+"""af2cpu's own CPU attention and layer-norm kernels, and where they replace PyTorch's (``runtime.attention``,
+``runtime.layer_norm``).
 
 Every attention module of the network ends in softmax(q·kᵀ·scale + bias)·v, which PyTorch runs in its CPU
 flash-attention kernel (``scaled_dot_product_attention``). At AlphaFold2's head sizes (8, 16, 32) that kernel
@@ -9,6 +10,9 @@ model/csrc/attention.cpp has two kernels of af2cpu's own (docs/benchmarks.md, "a
   logits in AVX512; measured 1.4-2.1x PyTorch's bf16 kernel at the Evoformer's shapes on a Xeon with AMX.
 - ``attention`` (fp32 or bf16, AVX2 or AVX512): outer-product micro-kernels in fp32; measured 1.5-1.9x
   PyTorch's fp32 kernel at head sizes 8 and 16 on an AVX2 CPU presented as AMD, as fast or slower elsewhere.
+- ``layer_norm`` (fp32 or bf16, rows with their channels contiguous): AlphaFold2's layer norm with fp32
+  statistics, each row read once and written once; measured 1.4-2.2x PyTorch's in bf16 and 1.1-1.9x in fp32
+  on AMX, 1.1-1.2x and 0.9-1.6x on AVX2 (section "af2cpu's layer norm").
 
 The source is compiled for this CPU on first use (``torch.utils.cpp_extension``: a C++ compiler and ninja,
 about 10 s) into af2cpu's cache, one build per kind of CPU (:func:`af2cpu.runtime.precision.cpu_kind`: its
@@ -249,9 +253,9 @@ def source_digest() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
 
 
-def as_kernel(value: AttentionKernel | str) -> AttentionKernel:
-    """``value`` as the kernel choice it names; ConfigError for a name that is none."""
-    return AttentionKernel.parse(value, f"runtime.attention={value!r}")
+def as_kernel(value: AttentionKernel | str, setting: str = "attention") -> AttentionKernel:
+    """``value`` as the kernel choice it names (of ``runtime.<setting>``); ConfigError for a name that is none."""
+    return AttentionKernel.parse(value, f"runtime.{setting}={value!r}")
 
 
 @functools.cache
@@ -266,9 +270,82 @@ def uses_kernel(requested: AttentionKernel | str, dtype: torch.dtype, head_size:
     if head_size not in HEAD_SIZES or value_size not in HEAD_SIZES:
         return False
     if kernel is AttentionKernel.af2cpu:
-        if load() is None:
-            raise ConfigError(f"runtime.attention=af2cpu: af2cpu's attention kernels cannot run here: {unbuilt_reason()}; "
-                              "use runtime.attention=auto or pytorch")
-        return True
+        return _buildable("attention")
     measured = speedup("bf16" if dtype is torch.bfloat16 else "fp32", head_size)
+    return measured is not None and measured >= SPEEDUP_NEEDED
+
+
+def _buildable(setting: str) -> bool:
+    """True where af2cpu's kernels are built; ``runtime.<setting>=af2cpu`` asked for them: a ConfigError elsewhere."""
+    if load() is None:
+        raise ConfigError(f"runtime.{setting}=af2cpu: af2cpu's kernels cannot run here: {unbuilt_reason()}; "
+                          f"use runtime.{setting}=auto or pytorch")
+    return True
+
+
+# ---- The layer norm (runtime.layer_norm) ----------------------------------------------------------------------
+# AlphaFold2's layer norms, over the channels of rows that are contiguous: fp32 statistics, the result in the
+# input's dtype. PyTorch's CPU kernel ran bf16 rows with fp32 parameters at about a quarter of a copy's speed.
+# auto measures af2cpu's against PyTorch's once per kind of CPU and precision at the Evoformer's two kinds of
+# rows, a block of MSA rows (256 channels) and of pair rows (128), and takes af2cpu's from SPEEDUP_NEEDED up.
+LAYER_NORM_SHAPES = ((16, 128, 256), (32, 128, 128))
+
+
+def layer_norm(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, eps: float) -> torch.Tensor:
+    """af2cpu's layer norm of ``x`` (fp32 or bf16, rows as :func:`layer_norm_applies` takes them) over its last
+    dimension with fp32 ``scale`` and ``offset``: a new contiguous tensor of ``x``'s shape and dtype."""
+    return torch.ops.af2cpu.layer_norm(x, scale, offset, eps)
+
+
+def layer_norm_applies(x: torch.Tensor) -> bool:
+    """Whether af2cpu's layer norm takes ``x``: fp32 or bf16, channels contiguous, and its leading dimensions
+    rows of one stride (a block of rows of a contiguous tensor; not a block of columns)."""
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() == 0 or x.stride(-1) != 1:
+        return False
+    expected = x.stride(-2) if x.dim() > 1 else 0
+    for size, stride in zip(reversed(x.shape[:-1]), reversed(x.stride()[:-1])):
+        if size != 1 and stride != expected:
+            return False
+        expected = stride * size if size != 1 else expected
+    return True
+
+
+def measure_layer_norm_speedup(dtype: str, rounds: int = MEASURE_ROUNDS) -> dict:
+    """Seconds of PyTorch's layer norm and af2cpu's at ``LAYER_NORM_SHAPES`` in ``dtype`` ("fp32" or "bf16"), with
+    this process's threads, the two taking turns, the best of ``rounds`` each summed over the shapes; and their
+    ratio."""
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    operands = [(torch.randn(shape).to(torch_dtype), torch.randn(shape[-1]), torch.randn(shape[-1]))
+                for shape in LAYER_NORM_SHAPES]
+    calls = {"pytorch": lambda: [F.layer_norm(x, x.shape[-1:], s, o, 1e-5) for x, s, o in operands],
+             "af2cpu": lambda: [layer_norm(x, s, o, 1e-5) for x, s, o in operands]}
+    with torch.no_grad():
+        best = {name: min(seconds) for name, seconds in interleaved_times(calls, rounds).items()}
+    return {"pytorch_ms": round(1e3 * best["pytorch"], 3), "af2cpu_ms": round(1e3 * best["af2cpu"], 3),
+            "speedup": round(best["pytorch"] / best["af2cpu"], 3), "build": load(),
+            "shapes": [list(shape) for shape in LAYER_NORM_SHAPES]}
+
+
+@functools.cache
+def layer_norm_speedup(dtype: str) -> float | None:
+    """How many times faster af2cpu's layer norm runs than PyTorch's on this CPU in ``dtype``, measured once per
+    kind of CPU and version of the kernels (``layer-norm-<dtype>-*.json`` in af2cpu's cache); None where the
+    kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
+    if load() is None or (dtype == "bf16" and not native_bf16()):
+        return None
+    return measured_once(f"layer-norm-{dtype}-{source_digest()}", f"af2cpu's {dtype} layer-norm speed-up",
+                         lambda: measure_layer_norm_speedup(dtype))
+
+
+@functools.cache
+def uses_layer_norm(requested: AttentionKernel | str, dtype: torch.dtype) -> bool:
+    """Whether a layer norm in ``dtype`` runs af2cpu's kernel under ``runtime.layer_norm=requested`` on this CPU:
+    never for ``pytorch``; for ``af2cpu`` always (ConfigError where it cannot be built); for ``auto`` where it
+    was measured at least ``SPEEDUP_NEEDED`` times as fast as PyTorch's."""
+    kernel = as_kernel(requested, "layer_norm")
+    if kernel is AttentionKernel.pytorch or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if kernel is AttentionKernel.af2cpu:
+        return _buildable("layer_norm")
+    measured = layer_norm_speedup("bf16" if dtype is torch.bfloat16 else "fp32")
     return measured is not None and measured >= SPEEDUP_NEEDED

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from af2cpu.model import kernels
 from af2cpu.model.options import Options
 from af2cpu.runtime.products import onednn_bf16_available, onednn_linear
 
@@ -146,8 +147,11 @@ class LayerNorm(nn.Module):
     """haiku.LayerNorm over the last axis with ``scale`` and ``offset``; eps 1e-5 as in AlphaFold2.
 
     Statistics are always computed in fp32 (AlphaFold2 keeps layer-norm statistics in full
-    precision); the result is cast back to the input dtype.
+    precision); the result is cast back to the input dtype. ``options.layer_norm`` says whose kernel
+    runs it: PyTorch's, or af2cpu's (af2cpu.model.kernels) where its rows are laid out for it.
     """
+
+    options = Options()
 
     def __init__(self, num_channels: int, eps: float = 1e-5):
         super().__init__()
@@ -156,6 +160,9 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 scale and offset with bf16 input: PyTorch's mixed-type layer norm keeps the
-        # statistics in fp32 and returns bf16, without an fp32 copy of the input.
+        # fp32 scale and offset with bf16 input: both kernels keep the statistics in fp32 and return bf16,
+        # without an fp32 copy of the input. Compiled blocks keep PyTorch's, which inductor fuses.
+        if (not torch.compiler.is_compiling() and not torch.is_grad_enabled() and kernels.layer_norm_applies(x)
+                and kernels.uses_layer_norm(self.options.layer_norm, x.dtype)):
+            return kernels.layer_norm(x, self.scale.float(), self.offset.float(), self.eps)
         return torch.nn.functional.layer_norm(x, (x.shape[-1],), self.scale.float(), self.offset.float(), self.eps)

@@ -91,3 +91,18 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and _skipped_reference:
         print(f"\nCI: {len(_skipped_reference)} reference test(s) skipped: {_skipped_reference[:5]}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def fresh_decisions():
+    """af2cpu's kernels' build and decisions (af2cpu.model.kernels) forgotten before and after a test (the real
+    ones come back on next use)."""
+    from af2cpu.model import kernels  # deferred: torch, only for the tests that ask
+
+    def clear():
+        for cached in (kernels.load, kernels.speedup, kernels.uses_kernel, kernels.layer_norm_speedup,
+                       kernels.uses_layer_norm):
+            cached.cache_clear()
+    clear()
+    yield
+    clear()

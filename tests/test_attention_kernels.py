@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import test_layer_norm_kernel as layer_norm_tests
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +23,7 @@ from af2cpu.errors import ConfigError
 from af2cpu.model import kernels
 from af2cpu.model.attention import MASK_BIAS, Attention
 from af2cpu.model.options import Options
+from af2cpu.model.primitives import LayerNorm
 from af2cpu.runtime import precision
 
 BUILD = kernels.load()
@@ -118,6 +120,10 @@ def test_avx2_build_equals_float64_attention(tmp_path):
         for dtype in (torch.float32, torch.bfloat16):
             q, k, v, b, key_bias = _operands(*shape, "shared", True, dtype)
             _check(torch.ops.af2cpu_test_avx2.attention(q, k, v, b, key_bias, q.shape[-1] ** -0.5), q, k, v, b, key_bias)
+    # The layer norm in the same build (its bf16 rounding without AVX512-BF16's instruction).
+    for c in layer_norm_tests.CHANNELS:
+        for dtype in (torch.float32, torch.bfloat16):
+            layer_norm_tests.check(torch.ops.af2cpu_test_avx2.layer_norm, layer_norm_tests._rows(c, "block of rows", dtype))
 
 
 @needs_build
@@ -158,18 +164,6 @@ def test_the_build_follows_the_cpu_and_the_caps():
     assert kernels.build_isa(amx, {"ATEN_CPU_CAPABILITY": "avx2"}) == "avx2"
     assert kernels.build_isa(amx, {"ATEN_CPU_CAPABILITY": "avx512"}) == "amx"
     assert kernels.build_isa(amx, {"ATEN_CPU_CAPABILITY": "default"}) is None
-
-
-@pytest.fixture
-def fresh_decisions():
-    """The process's build and decisions forgotten before and after (the real ones come back on next use)."""
-    def clear():
-        kernels.load.cache_clear()
-        kernels.speedup.cache_clear()
-        kernels.uses_kernel.cache_clear()
-    clear()
-    yield
-    clear()
 
 
 @needs_build
@@ -213,11 +207,16 @@ def test_without_a_build_auto_runs_pytorchs_kernel_and_af2cpu_says_why(fresh_dec
     assert not kernels.uses_kernel("auto", torch.float32, 32, 32)
     with pytest.raises(ConfigError, match="runtime.attention=af2cpu: .*attention.cpp did not build"):
         kernels.uses_kernel("af2cpu", torch.float32, 32, 32)
-    # The network still runs, on PyTorch's kernel.
+    assert not kernels.uses_layer_norm("auto", torch.float32)
+    with pytest.raises(ConfigError, match="runtime.layer_norm=af2cpu: .*attention.cpp did not build"):
+        kernels.uses_layer_norm("af2cpu", torch.float32)
+    # The network still runs, on PyTorch's kernels.
     attention = Attention(16, 16, 16, 2)
+    norm = LayerNorm(16)
+    norm.options = Options(layer_norm="auto")
     x = torch.randn(3, 5, 16)
     with torch.no_grad():
-        out = attention.self_attention(x, torch.ones(3, 5), options=Options(attention="auto"))
+        out = attention.self_attention(x, torch.ones(3, 5), options=Options(attention="auto"), norm=norm)
     assert out.shape == (3, 5, 16) and bool(torch.isfinite(out).all())
 
 

@@ -246,6 +246,14 @@ def test_af2cpus_attention_kernel_gives_the_result_of_pytorchs(small_model, smal
     _assert_float_noise(plain, ours)
 
 
+def test_af2cpus_layer_norm_gives_the_result_of_pytorchs(small_model, small_features, monkeypatch):
+    """runtime.layer_norm=af2cpu (auto's choice where it was measured faster) changes the order of the sums only."""
+    plain, ours, calls = _calls_and_runs(small_model, small_features, monkeypatch, kernels, "layer_norm",
+                                         "layer_norm", ("pytorch", "af2cpu"))
+    assert calls > 50  # the trunk's layer norms, at every recycle
+    _assert_float_noise(plain, ours)
+
+
 def test_early_stop_ends_recycling_when_ca_distances_settle(small_model, small_features):
     out = small_model.predict(small_features, num_recycle=3, early_stop_tolerance=1e6, return_recycles=True)
     assert int(out["num_recycles"]) == 1 and len(out["recycles"]) == 2
