@@ -92,7 +92,8 @@ class Fp32Products(ConfigEnum):
 
 
 class AttentionKernel(ConfigEnum):
-    """The kernel of the network's attention (softmax(q·kᵀ + bias)·v), and of its layer norms. ``auto`` is
+    """The kernel of the network's attention (softmax(q·kᵀ + bias)·v), and of its element-wise work (layer
+    norms, gates). ``auto`` is
     af2cpu's own (model/csrc/attention.cpp, compiled on first use) where it was measured clearly faster than
     PyTorch's on this CPU, per precision (and head size), PyTorch's elsewhere; ``af2cpu.model.kernels``
     decides."""
@@ -119,7 +120,7 @@ class RuntimeConfig:
     backend: Backend = Backend.native
     fp32_products: Fp32Products = Fp32Products.auto  # oneDNN where it beats MKL here (AMD CPUs), else MKL
     attention: AttentionKernel = AttentionKernel.auto  # af2cpu's kernels where measured faster here, else PyTorch's
-    layer_norm: AttentionKernel = AttentionKernel.auto  # the same choice for the layer norms
+    elementwise: AttentionKernel = AttentionKernel.auto  # the same choice for the layer norms and gates
 
 
 class SearchProtocol(ConfigEnum):

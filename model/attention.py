@@ -107,7 +107,10 @@ class Attention(nn.Module):
                        self.value_w.reshape(c_in, -1)]
                       + ([self.gating_w.reshape(c_in, -1)] if self.gating else []), dim=1).to(dtype)
         # Where the product is oneDNN's (bf16, or fp32 where it was faster), the gate's bias rides in it, added to
-        # the fp32 sums; elsewhere it is added with the gate's sigmoid.
+        # the fp32 sums; elsewhere it is added with the gate's sigmoid. With af2cpu's element-wise kernels
+        # (runtime.elementwise) the gate is applied in one pass.
+        one_pass_gate = (self.gating and not torch.compiler.is_compiling()
+                         and kernels.uses_elementwise(options.elementwise, dtype))
         fused_bias = (torch.cat([self.gating_b.new_zeros(sum(sizes[:3])), self.gating_b.reshape(-1)]).to(dtype)
                       if self.gating else None)
         w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
@@ -140,7 +143,11 @@ class Attention(nn.Module):
             out = _attend_runs(q, k, v, key_mask, bias2, ck**-0.5, options)  # (batch, H, seq, cv)
             # The kernels return (batch, seq, H, cv) in memory; bring it to x's layout as a view.
             out = out.permute(2, 0, 1, 3) if transposed else out.transpose(1, 2)
-            if self.gating:
+            if self.gating and one_pass_gate:  # out * sigmoid(g) in one pass, into a contiguous tensor
+                if not gate_bias_in:
+                    g.add_(self.gating_b.reshape(-1).to(dtype))
+                out = kernels.gated(out.flatten(2), g, None, out.new_empty((rows, cols, heads * cv)))
+            elif self.gating:
                 g = g.view(rows, cols, heads, cv)
                 gate = g.sigmoid_() if gate_bias_in else torch.sigmoid_(g + self.gating_b.to(dtype))
                 out = gate.mul_(out)
@@ -148,7 +155,7 @@ class Attention(nn.Module):
                 out = out.contiguous()
             if add_to is not None:  # the block's update, added in place
                 add_in_place(add_to[:, s] if transposed else add_to[s],
-                             matmul(out.view(rows * cols, -1), w_out, b_out, onednn=onednn).view(rows, cols, -1))
+                             matmul(out.view(rows * cols, -1), w_out, b_out, onednn=onednn).view(rows, cols, -1), options)
             elif transposed and step < x.shape[1]:  # a column block: not contiguous in the result
                 out_full[:, s] = matmul(out.view(rows * cols, -1), w_out, b_out, onednn=onednn).view(rows, cols, -1)
             else:  # a block of rows, or every column at once: contiguous in the result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from af2cpu.model import kernels
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices, normalised_whole, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
@@ -124,7 +125,7 @@ class MSAColumnGlobalAttention(_Chunked):
             update = self.attention(normed, normed, msa_mask[:, s].t()[..., None]).transpose(0, 1)
             del normed
             if inplace:
-                add_in_place(msa[:, s], update)
+                add_in_place(msa[:, s], update, self.options)
             elif out is None:  # one block: the update as the attention wrote it (a transposed view)
                 return update
             else:
@@ -159,7 +160,7 @@ class Transition(_Chunked):
             x = self.input_layer_norm(act[s]).reshape(-1, c)
             update = self.transition2(self.transition1(x, activation="relu"), out=None if inplace else out[s].view(-1, c))
             if inplace:
-                add_in_place(act[s], update.view(act[s].shape))
+                add_in_place(act[s], update.view(act[s].shape), self.options)
         return act if inplace else out
 
 
@@ -196,7 +197,7 @@ class OuterProductMean(_Chunked):
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None].add_(1e-3)
         if add_to is not None:
             for s, block in blocks(left, right, b):
-                add_in_place(add_to[s], block.div_(norm[s]))
+                add_in_place(add_to[s], block.div_(norm[s]), self.options)
             return add_to
         # Each block divided as it is written: a bf16 output divided in place by fp32 counts goes through
         # fp32 temporaries of the block's size (two fp32 pair-sized copies at once if whole).
@@ -328,14 +329,12 @@ class _TriangleMultiplication(_Chunked):
         proj = act.new_empty((2 * c, n_rows, n_res))  # gated left and right, (2c, L, L)
         step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                       n_res * 4 * c * act.element_size())
+        gates = _Gates(self.options, dtype, pair_mask, mask)
         for s in chunk_slices(n_rows, step):
             rows = s.stop - s.start
             block = matmul_row_bias(w_t, act_t[:, s.start * n_res:s.stop * n_res], b,
                                     onednn=onednn).view(4 * c, rows, n_res)
-            gate = block[2 * c:].sigmoid_()
-            if mask is not None:
-                gate.mul_(mask[s])
-            torch.mul(block[:2 * c], gate, out=proj[:, s])
+            gates.apply(block, s, proj[:, s])
         left, right = proj[:c], proj[c:]  # (c, L, L)
         if self.outgoing:  # out[i, j] = sum_k left[i, k] * right[j, k]
             a, b_ = left, right.transpose(1, 2)
@@ -354,7 +353,7 @@ class _TriangleMultiplication(_Chunked):
                 out_s = self.output_projection(tri, out=None if inplace else out[rows].view(-1, c_z))
                 out_s.mul_(self.gating_linear(act[rows].reshape(-1, c_z), activation="sigmoid"))
                 if inplace:
-                    add_in_place(pair[rows], out_s.view(pair[rows].shape))
+                    add_in_place(pair[rows], out_s.view(pair[rows].shape), self.options)
         return pair if inplace else out
 
     def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int,
@@ -379,14 +378,12 @@ class _TriangleMultiplication(_Chunked):
             index = torch.cat([torch.arange(cs.start, cs.stop) + k * c for k in range(4)])
             w_t, b = w[:, index].to(dtype).t().contiguous(), bias[index].to(dtype)[:, None]
             proj = pair.new_empty((2 * width, n_rows, n_res))  # the slab's gated left and right
+            gates = _Gates(self.options, dtype, pair_mask, mask)
             for s in chunk_slices(n_rows, step):
                 rows = s.stop - s.start
                 act_t = layer_norm_input(pair[s]).reshape(-1, c_z).t()
                 block = matmul_row_bias(w_t, act_t, b, onednn=onednn).view(4 * width, rows, n_res)
-                gate = block[2 * width:].sigmoid_()
-                if mask is not None:
-                    gate.mul_(mask[s])
-                torch.mul(block[:2 * width], gate, out=proj[:, s])
+                gates.apply(block, s, proj[:, s])
             left, right = proj[:width], proj[width:]
             if self.outgoing:
                 torch.bmm(left, right.transpose(1, 2), out=tri[cs])
@@ -401,8 +398,31 @@ class _TriangleMultiplication(_Chunked):
             out_s = self.output_projection(normed, out=None if inplace else out[s].view(-1, c_z))
             out_s.mul_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z), activation="sigmoid"))
             if inplace:
-                add_in_place(pair[s], out_s.view(pair[s].shape))
+                add_in_place(pair[s], out_s.view(pair[s].shape), self.options)
         return pair if inplace else out
+
+
+class _Gates:
+    """The triangle multiplication's gated projections: ``out`` = left and right * sigmoid(their gates) * the pair
+    mask, from a block of the channel-first projections (4c, rows, L), in one pass with af2cpu's element-wise
+    kernel (runtime.elementwise), else as PyTorch runs it (the gates' sigmoid in place, then the product).
+    ``mask`` is the pair mask in the activations' ``dtype``, or None where every pair is valid."""
+
+    def __init__(self, options: Options, dtype: torch.dtype, pair_mask: torch.Tensor, mask: torch.Tensor | None):
+        self.mask = mask
+        self.one_pass = not torch.compiler.is_compiling() and kernels.uses_elementwise(options.elementwise, dtype)
+        self.mask32 = None if mask is None or not self.one_pass else pair_mask.float()
+
+    def apply(self, block: torch.Tensor, rows: slice, out: torch.Tensor) -> None:
+        half = block.shape[0] // 2
+        if self.one_pass:  # views, never copies: out is a block of the whole projections
+            mask = None if self.mask32 is None else self.mask32[rows].reshape(-1)
+            kernels.gated(block[:half].view(half, -1), block[half:].view(half, -1), mask, out.view(half, -1))
+            return
+        gate = block[half:].sigmoid_()
+        if self.mask is not None:
+            gate.mul_(self.mask[rows])
+        torch.mul(block[:half], gate, out=out)
 
 
 class TriangleMultiplicationOutgoing(_TriangleMultiplication):

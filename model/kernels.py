@@ -1,5 +1,5 @@
 """af2cpu's own CPU attention and layer-norm kernels, and where they replace PyTorch's (``runtime.attention``,
-``runtime.layer_norm``).
+``runtime.elementwise``).
 
 Every attention module of the network ends in softmax(q·kᵀ·scale + bias)·v, which PyTorch runs in its CPU
 flash-attention kernel (``scaled_dot_product_attention``). At AlphaFold2's head sizes (8, 16, 32) that kernel
@@ -12,7 +12,9 @@ model/csrc/attention.cpp has two kernels of af2cpu's own (docs/benchmarks.md, "a
   PyTorch's fp32 kernel at head sizes 8 and 16 on an AVX2 CPU presented as AMD, as fast or slower elsewhere.
 - ``layer_norm`` (fp32 or bf16, rows with their channels contiguous): AlphaFold2's layer norm with fp32
   statistics, each row read once and written once; measured 1.4-2.2x PyTorch's in bf16 and 1.1-1.9x in fp32
-  on AMX, 1.1-1.2x and 0.9-1.6x on AVX2 (section "af2cpu's layer norm").
+  on AMX, 1.1-1.2x and 0.9-1.6x on AVX2.
+- ``gated`` (fp32 or bf16): a gate, a * sigmoid(g) times a mask, in one pass; about 2x PyTorch's sigmoid and
+  product. ``add_into``: the residual sums, the same numbers as PyTorch's, 2-3x as fast in bf16.
 
 The source is compiled for this CPU on first use (``torch.utils.cpp_extension``: a C++ compiler and ninja,
 about 10 s) into af2cpu's cache, one build per kind of CPU (:func:`af2cpu.runtime.precision.cpu_kind`: its
@@ -283,12 +285,17 @@ def _buildable(setting: str) -> bool:
     return True
 
 
-# ---- The layer norm (runtime.layer_norm) ----------------------------------------------------------------------
+# ---- The element-wise work: layer norms, gates, residual sums (runtime.elementwise) -----------------------------
 # AlphaFold2's layer norms, over the channels of rows that are contiguous: fp32 statistics, the result in the
-# input's dtype. PyTorch's CPU kernel ran bf16 rows with fp32 parameters at about a quarter of a copy's speed.
-# auto measures af2cpu's against PyTorch's once per kind of CPU and precision at the Evoformer's two kinds of
-# rows, a block of MSA rows (256 channels) and of pair rows (128), and takes af2cpu's from SPEEDUP_NEEDED up.
+# input's dtype; its gates, a * sigmoid(g) (times a mask), in one pass; and the residual sums. PyTorch's CPU
+# kernels ran bf16 layer norms with fp32 parameters at about a quarter of a copy's speed and bf16 sums at a
+# third, and a gate takes two or three passes there. auto measures af2cpu's against PyTorch's once per kind of
+# CPU and precision at the Evoformer's shapes (the layer norms of a block of MSA rows, 256 channels, and of pair
+# rows, 128; a block of the triangle multiplication's gated projections; a block of pair rows' residual sum),
+# and takes af2cpu's from SPEEDUP_NEEDED up.
 LAYER_NORM_SHAPES = ((16, 128, 256), (32, 128, 128))
+GATE_SHAPE = (256, 32 * 128)  # 2c channels x a block of 32 pair rows of 128 residues
+SUM_SHAPE = (32, 128, 128)  # a block of pair rows
 
 
 def layer_norm(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, eps: float) -> torch.Tensor:
@@ -310,42 +317,117 @@ def layer_norm_applies(x: torch.Tensor) -> bool:
     return True
 
 
-def measure_layer_norm_speedup(dtype: str, rounds: int = MEASURE_ROUNDS) -> dict:
-    """Seconds of PyTorch's layer norm and af2cpu's at ``LAYER_NORM_SHAPES`` in ``dtype`` ("fp32" or "bf16"), with
-    this process's threads, the two taking turns, the best of ``rounds`` each summed over the shapes; and their
-    ratio."""
+def gated(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a * sigmoid(g) * mask`` in one pass, computed in fp32 and rounded once: ``a`` and ``g`` of one shape and
+    dtype (fp32 or bf16) with their last dimension contiguous, as 2-D (rows, M) or 3-D (B, N, M) tensors whose
+    outer dimensions may have any strides; ``mask`` fp32, broadcast along that last dimension ((M,)), or None.
+    Written into ``out`` (the same shape and dtype, last dimension contiguous) or a new contiguous tensor;
+    returned."""
+    if out is None:
+        out = torch.empty(a.shape, dtype=a.dtype)
+    if a.dim() == 2:
+        torch.ops.af2cpu.gated(a[None], g[None], mask, out[None])
+    else:
+        torch.ops.af2cpu.gated(a, g, mask, out)
+    return out
+
+
+def gated_applies(a: torch.Tensor, g: torch.Tensor) -> bool:
+    """Whether :func:`gated` takes ``a`` and ``g``: one shape, fp32 or bf16, 2-D or 3-D, last dimension
+    contiguous."""
+    return (a.shape == g.shape and a.dtype == g.dtype and a.dtype in (torch.float32, torch.bfloat16)
+            and a.dim() in (2, 3) and (a.shape[-1] <= 1 or (a.stride(-1) == 1 and g.stride(-1) == 1)))
+
+
+def as_rows3(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
+    """Views (B, N, M) of tensors of one shape, their last dimension contiguous, grouping their dimensions the
+    same way wherever each tensor's strides allow (a block of rows or of columns of a representation, and a
+    contiguous update); None where three groups cannot hold them."""
+    shape = tensors[0].shape
+    if any(t.shape != shape for t in tensors) or len(shape) == 0:
+        return None
+    if all(t.is_contiguous() for t in tensors):
+        return [t.view(1, 1, -1) for t in tensors]
+    dims = [i for i, size in enumerate(shape) if size != 1] or [len(shape) - 1]
+    if any(t.stride(dims[-1]) != 1 for t in tensors) and shape[dims[-1]] > 1:
+        return None
+    # Groups of dimensions, innermost first: (size, [stride of each tensor]).
+    groups = [(shape[dims[-1]], [t.stride(dims[-1]) for t in tensors])]
+    for i in reversed(dims[:-1]):
+        size, strides = groups[-1]
+        if all(t.stride(i) == stride * size for t, stride in zip(tensors, strides)):
+            groups[-1] = (shape[i] * size, strides)
+        else:
+            groups.append((shape[i], [t.stride(i) for t in tensors]))
+    if len(groups) > 3:
+        return None
+    groups += [(1, [0] * len(tensors))] * (3 - len(groups))
+    sizes = [size for size, _ in reversed(groups)]
+    return [t.as_strided(sizes, [strides[k] for _, strides in reversed(groups)]) for k, t in enumerate(tensors)]
+
+
+def add_into(act: torch.Tensor, update: torch.Tensor) -> bool:
+    """``act += update`` (one shape and dtype, fp32 or bf16) by af2cpu's kernel: the same numbers as PyTorch's sum
+    (fp32, rounded once), in one pass (PyTorch's bf16 sum ran at a third of a copy's speed; its fp32 sum at a
+    copy's). False, and nothing done, where the two cannot be viewed as rows (:func:`as_rows3`)."""
+    if act.dtype not in (torch.float32, torch.bfloat16) or update.dtype != act.dtype:
+        return False
+    views = as_rows3(act, update)
+    if views is None:
+        return False
+    torch.ops.af2cpu.add_into(*views)
+    return True
+
+
+def measure_elementwise_speedup(dtype: str, rounds: int = MEASURE_ROUNDS) -> dict:
+    """Seconds of PyTorch's layer norms, gate and residual sum and af2cpu's at ``LAYER_NORM_SHAPES``,
+    ``GATE_SHAPE`` and ``SUM_SHAPE`` in ``dtype`` ("fp32" or "bf16"), with this process's threads, the two taking
+    turns, the best of ``rounds`` each; the ratio of each kind and of their sums (fp32's without the sum, which
+    stays PyTorch's: it runs at a copy's speed there)."""
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    operands = [(torch.randn(shape).to(torch_dtype), torch.randn(shape[-1]), torch.randn(shape[-1]))
-                for shape in LAYER_NORM_SHAPES]
-    calls = {"pytorch": lambda: [F.layer_norm(x, x.shape[-1:], s, o, 1e-5) for x, s, o in operands],
-             "af2cpu": lambda: [layer_norm(x, s, o, 1e-5) for x, s, o in operands]}
+    norms = [(torch.randn(shape).to(torch_dtype), torch.randn(shape[-1]), torch.randn(shape[-1]))
+             for shape in LAYER_NORM_SHAPES]
+    a, g = torch.randn(2, *GATE_SHAPE).to(torch_dtype)
+    out = torch.empty_like(a)
+    act, update = (0.01 * torch.randn(2, *SUM_SHAPE)).to(torch_dtype)
+    calls = {"pytorch layer norms": lambda: [F.layer_norm(x, x.shape[-1:], s, o, 1e-5) for x, s, o in norms],
+             "af2cpu layer norms": lambda: [layer_norm(x, s, o, 1e-5) for x, s, o in norms],
+             "pytorch gate": lambda: torch.mul(a, torch.sigmoid(g), out=out),
+             "af2cpu gate": lambda: gated(a, g, None, out),
+             "pytorch sum": lambda: act.add_(update),
+             "af2cpu sum": lambda: add_into(act, update)}
     with torch.no_grad():
         best = {name: min(seconds) for name, seconds in interleaved_times(calls, rounds).items()}
-    return {"pytorch_ms": round(1e3 * best["pytorch"], 3), "af2cpu_ms": round(1e3 * best["af2cpu"], 3),
-            "speedup": round(best["pytorch"] / best["af2cpu"], 3), "build": load(),
-            "shapes": [list(shape) for shape in LAYER_NORM_SHAPES]}
+    kinds = ("layer norms", "gate", "sum") if dtype == "bf16" else ("layer norms", "gate")  # fp32 sums: PyTorch's
+    pytorch, ours = (sum(best[f"{who} {kind}"] for kind in kinds) for who in ("pytorch", "af2cpu"))
+    return {**{kind.replace(" ", "_"): round(best[f"pytorch {kind}"] / best[f"af2cpu {kind}"], 3)
+               for kind in ("layer norms", "gate", "sum")},
+            "pytorch_ms": round(1e3 * pytorch, 3), "af2cpu_ms": round(1e3 * ours, 3),
+            "speedup": round(pytorch / ours, 3), "build": load(),
+            "shapes": [list(shape) for shape in (*LAYER_NORM_SHAPES, GATE_SHAPE, SUM_SHAPE)]}
 
 
 @functools.cache
-def layer_norm_speedup(dtype: str) -> float | None:
-    """How many times faster af2cpu's layer norm runs than PyTorch's on this CPU in ``dtype``, measured once per
-    kind of CPU and version of the kernels (``layer-norm-<dtype>-*.json`` in af2cpu's cache); None where the
-    kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
+def elementwise_speedup(dtype: str) -> float | None:
+    """How many times faster af2cpu's layer norms and gates run than PyTorch's on this CPU in ``dtype``, measured
+    once per kind of CPU and version of the kernels (``elementwise-<dtype>-*.json`` in af2cpu's cache); None where
+    the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
     if load() is None or (dtype == "bf16" and not native_bf16()):
         return None
-    return measured_once(f"layer-norm-{dtype}-{source_digest()}", f"af2cpu's {dtype} layer-norm speed-up",
-                         lambda: measure_layer_norm_speedup(dtype))
+    return measured_once(f"elementwise-{dtype}-{source_digest()}", f"af2cpu's {dtype} element-wise speed-up",
+                         lambda: measure_elementwise_speedup(dtype))
 
 
 @functools.cache
-def uses_layer_norm(requested: AttentionKernel | str, dtype: torch.dtype) -> bool:
-    """Whether a layer norm in ``dtype`` runs af2cpu's kernel under ``runtime.layer_norm=requested`` on this CPU:
-    never for ``pytorch``; for ``af2cpu`` always (ConfigError where it cannot be built); for ``auto`` where it
-    was measured at least ``SPEEDUP_NEEDED`` times as fast as PyTorch's."""
-    kernel = as_kernel(requested, "layer_norm")
+def uses_elementwise(requested: AttentionKernel | str, dtype: torch.dtype) -> bool:
+    """Whether the layer norms and gates in ``dtype`` run af2cpu's kernels under ``runtime.elementwise=requested``
+    on this CPU: never for ``pytorch``; for ``af2cpu`` always (ConfigError where they cannot be built); for
+    ``auto`` where they were measured at least ``SPEEDUP_NEEDED`` times as fast as PyTorch's."""
+    kernel = as_kernel(requested, "elementwise")
     if kernel is AttentionKernel.pytorch or dtype not in (torch.float32, torch.bfloat16):
         return False
     if kernel is AttentionKernel.af2cpu:
-        return _buildable("layer_norm")
-    measured = layer_norm_speedup("bf16" if dtype is torch.bfloat16 else "fp32")
+        return _buildable("elementwise")
+    measured = elementwise_speedup("bf16" if dtype is torch.bfloat16 else "fp32")
     return measured is not None and measured >= SPEEDUP_NEEDED

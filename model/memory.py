@@ -664,7 +664,7 @@ def plan_options(runtime, preset: Preset, shape: TargetShape, limit: int | None 
         limit = parse_memory_limit(str(runtime.memory_limit))
     compiled = bool(runtime.compile)
     options = Options(precision=runtime.precision, compile=compiled, fp32_products=runtime.fp32_products,
-                      attention=runtime.attention, layer_norm=runtime.layer_norm,
+                      attention=runtime.attention, elementwise=runtime.elementwise,
                       compile_cache_dir=str(runtime.compile_cache_dir) if compiled else None)
     chunks, estimate = choose_chunks(limit, shape, options.precision, options.cache_block_bytes,
                                      preset.architecture, representations=representations)

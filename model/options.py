@@ -120,8 +120,9 @@ class Options:
     # The attention kernel (af2cpu.model.kernels): PyTorch's, af2cpu's own, or auto (af2cpu's where this CPU
     # runs it measurably faster, per precision and head size), decided where the network runs.
     attention: AttentionKernel = AttentionKernel.pytorch
-    # The layer norms' kernel, chosen the same way (one measurement per precision).
-    layer_norm: AttentionKernel = AttentionKernel.pytorch
+    # The kernels of the element-wise work, the layer norms and the gates (af2cpu.model.kernels), chosen the same
+    # way (one measurement per precision).
+    elementwise: AttentionKernel = AttentionKernel.pytorch
 
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):
@@ -130,8 +131,8 @@ class Options:
         object.__setattr__(self, "precision", as_precision(self.precision))
         object.__setattr__(self, "fp32_products", as_products(self.fp32_products))
         object.__setattr__(self, "attention", AttentionKernel.parse(self.attention, f"runtime.attention={self.attention!r}"))
-        object.__setattr__(self, "layer_norm", AttentionKernel.parse(self.layer_norm,
-                                                                     f"runtime.layer_norm={self.layer_norm!r}"))
+        object.__setattr__(self, "elementwise", AttentionKernel.parse(self.elementwise,
+                                                                      f"runtime.elementwise={self.elementwise!r}"))
 
     def step_rows(self, chunk: int | None, total: int, row_bytes: int) -> int:
         """Rows per step of a loop over ``total`` rows of ``row_bytes`` intermediate bytes each:

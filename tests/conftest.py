@@ -100,8 +100,8 @@ def fresh_decisions():
     from af2cpu.model import kernels  # deferred: torch, only for the tests that ask
 
     def clear():
-        for cached in (kernels.load, kernels.speedup, kernels.uses_kernel, kernels.layer_norm_speedup,
-                       kernels.uses_layer_norm):
+        for cached in (kernels.load, kernels.speedup, kernels.uses_kernel, kernels.elementwise_speedup,
+                       kernels.uses_elementwise):
             cached.cache_clear()
     clear()
     yield

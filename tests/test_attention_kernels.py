@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-import test_layer_norm_kernel as layer_norm_tests
+import test_elementwise_kernels as elementwise_tests
 import torch
 import torch.nn.functional as F
 
@@ -120,10 +120,15 @@ def test_avx2_build_equals_float64_attention(tmp_path):
         for dtype in (torch.float32, torch.bfloat16):
             q, k, v, b, key_bias = _operands(*shape, "shared", True, dtype)
             _check(torch.ops.af2cpu_test_avx2.attention(q, k, v, b, key_bias, q.shape[-1] ** -0.5), q, k, v, b, key_bias)
-    # The layer norm in the same build (its bf16 rounding without AVX512-BF16's instruction).
-    for c in layer_norm_tests.CHANNELS:
-        for dtype in (torch.float32, torch.bfloat16):
-            layer_norm_tests.check(torch.ops.af2cpu_test_avx2.layer_norm, layer_norm_tests._rows(c, "block of rows", dtype))
+    # The element-wise kernels in the same build (bf16 rounded without AVX512-BF16's instruction).
+    for dtype in (torch.float32, torch.bfloat16):
+        for c in elementwise_tests.CHANNELS:
+            elementwise_tests.check(torch.ops.af2cpu_test_avx2.layer_norm, elementwise_tests._rows(c, "block of rows", dtype))
+        block, mask = elementwise_tests._gate_operands(dtype, 37)
+        elementwise_tests.check_gate(torch.ops.af2cpu_test_avx2.gated, block[:2], block[2:], mask)
+        act, update = block[:2].clone(), block[2:]
+        torch.ops.af2cpu_test_avx2.add_into(act, update)
+        assert torch.equal(act, block[:2] + update)
 
 
 @needs_build
@@ -207,13 +212,13 @@ def test_without_a_build_auto_runs_pytorchs_kernel_and_af2cpu_says_why(fresh_dec
     assert not kernels.uses_kernel("auto", torch.float32, 32, 32)
     with pytest.raises(ConfigError, match="runtime.attention=af2cpu: .*attention.cpp did not build"):
         kernels.uses_kernel("af2cpu", torch.float32, 32, 32)
-    assert not kernels.uses_layer_norm("auto", torch.float32)
-    with pytest.raises(ConfigError, match="runtime.layer_norm=af2cpu: .*attention.cpp did not build"):
-        kernels.uses_layer_norm("af2cpu", torch.float32)
+    assert not kernels.uses_elementwise("auto", torch.float32)
+    with pytest.raises(ConfigError, match="runtime.elementwise=af2cpu: .*attention.cpp did not build"):
+        kernels.uses_elementwise("af2cpu", torch.float32)
     # The network still runs, on PyTorch's kernels.
     attention = Attention(16, 16, 16, 2)
     norm = LayerNorm(16)
-    norm.options = Options(layer_norm="auto")
+    norm.options = Options(elementwise="auto")
     x = torch.randn(3, 5, 16)
     with torch.no_grad():
         out = attention.self_attention(x, torch.ones(3, 5), options=Options(attention="auto"), norm=norm)

@@ -79,14 +79,14 @@ def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):
 
 def test_bench_times_the_attention_and_layer_norm_kernels_in_turn_on_one_model(tmp_path):
     # af2cpu's kernels do the same work, and the flop counter counts their attention as PyTorch's (the helper checks).
-    runs, table = _bench_in_turn(tmp_path, "--attention", "pytorch", "af2cpu", "--layer-norm", "pytorch", "af2cpu")
-    assert [(r["attention"], r["layer_norm"]) for r in runs] == [("pytorch", "pytorch"), ("pytorch", "af2cpu"),
+    runs, table = _bench_in_turn(tmp_path, "--attention", "pytorch", "af2cpu", "--elementwise", "pytorch", "af2cpu")
+    assert [(r["attention"], r["elementwise"]) for r in runs] == [("pytorch", "pytorch"), ("pytorch", "af2cpu"),
                                                                  ("af2cpu", "pytorch"), ("af2cpu", "af2cpu")]
     assert runs[0]["attention_used"] == {"8": "pytorch", "16": "pytorch", "32": "pytorch"}
     assert runs[3]["attention_used"] == {"8": "af2cpu", "16": "af2cpu", "32": "af2cpu"}
-    assert [r["layer_norm_used"] for r in runs] == ["pytorch", "af2cpu"] * 2
-    assert "| 16 | af2cpu [pytorch attention] [pytorch layer norm] | fp32 |" in table
-    assert "| 16 | af2cpu [af2cpu attention] [af2cpu layer norm] | fp32 |" in table
+    assert [r["elementwise_used"] for r in runs] == ["pytorch", "af2cpu"] * 2
+    assert "| 16 | af2cpu [pytorch attention] [pytorch element-wise] | fp32 |" in table
+    assert "| 16 | af2cpu [af2cpu attention] [af2cpu element-wise] | fp32 |" in table
 
 
 def test_bench_inputs_are_official_format_with_masked_template_slots():

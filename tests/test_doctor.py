@@ -35,7 +35,7 @@ def test_doctor_finds_tools_and_mini_databases():
     assert f"usable cores: {len(os.sched_getaffinity(0))}" in out
     assert "avx512_bf16" in out and "amx_bf16" in out
     assert "attention: runtime.attention=auto" in out and "head size 32" in out
-    assert "layer norm: runtime.layer_norm=auto" in out
+    assert "element-wise (layer norms, gates): runtime.elementwise=auto" in out
     assert "ready for `af2cpu predict`" in out
 
 

@@ -168,7 +168,7 @@ def test_evoformer_block_bf16_relative_error_is_bounded(is_extra_msa, bound, ker
         m32, p32 = block(msa, pair, msa_mask, pair_mask)
         for m in block.modules():
             if hasattr(m, "options"):
-                m.options = Options(attention=kernels_of, layer_norm=kernels_of)
+                m.options = Options(attention=kernels_of, elementwise=kernels_of)
         m16, p16 = block(msa.bfloat16(), pair.bfloat16(), msa_mask, pair_mask)
     # The residual stream dominates the output; judge the update each block adds.
     errors = [_relative_error(p32 - pair, p16 - pair.bfloat16()), _relative_error(m32 - msa, m16 - msa.bfloat16())]

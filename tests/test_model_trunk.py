@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from af2cpu.model import evoformer as evo
+from af2cpu.model import kernels, primitives
 from af2cpu.model import options as model_options
-from af2cpu.model import primitives
 from af2cpu.model.options import ChunkSizes, Options
 from af2cpu.model.params import export_params, load_params, random_params
 from af2cpu.model.presets import Architecture
@@ -248,14 +248,20 @@ def test_evoformer_block_chunked_equals_unchunked(options, num_seq):
     Options(chunks=ChunkSizes(triangle_channels=5), block_bytes=1),
     # The projections through oneDNN (runtime.fp32_products): whole, and a slab of 32 channels (128 rows) at a time
     Options(block_bytes=None, fp32_products="onednn"), Options(chunks=ChunkSizes(triangle_channels=32),
-                                                               fp32_products="onednn")],
-    ids=["one_row_steps", "row_chunks", "chunks", "channel_slabs_one_row_steps", "onednn", "channel_slabs_onednn"])
+                                                               fp32_products="onednn"),
+    # The masked gates in one pass (runtime.elementwise): whole, and in slabs of channels and one-row steps
+    Options(block_bytes=None, elementwise="af2cpu"),
+    Options(chunks=ChunkSizes(triangle_channels=5), block_bytes=1, elementwise="af2cpu")],
+    ids=["one_row_steps", "row_chunks", "chunks", "channel_slabs_one_row_steps", "onednn", "channel_slabs_onednn",
+         "elementwise", "channel_slabs_elementwise"])
 @pytest.mark.parametrize("kind", ["triangle_multiplication_outgoing", "triangle_multiplication_incoming"])
 def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind):
     # The triangle sums take TRIANGLE_PRODUCT_ROWS rows a GEMM (5 here: blocks 0-5, 5-10, 10-13), the
     # layer norm and projections smaller steps inside each block, or the memory chunk bounds both.
     # With triangle_channels the projections and sums go a slab of channels at a time (5, 5, ..., 3
     # of 128), the input layer norm recomputed for each block of rows.
+    if options.elementwise.value == "af2cpu" and kernels.load() is None:
+        pytest.skip("af2cpu's kernels need AVX2 and a C++ compiler")
     monkeypatch.setattr(model_options, "TRIANGLE_PRODUCT_ROWS", 5)
     cls = evo.TriangleMultiplicationOutgoing if kind.endswith("outgoing") else evo.TriangleMultiplicationIncoming
     module = cls(A.pair_channel, STACK.num_intermediate_channel)
@@ -265,6 +271,9 @@ def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind)
     calls = []
     onednn_linear = primitives.onednn_linear
     monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
+    gates = []
+    gated = kernels.gated
+    monkeypatch.setattr(kernels, "gated", lambda *args: gates.append(1) or gated(*args))
     with torch.no_grad():
         module.options = Options(block_bytes=None)
         whole = module(pair, pair_mask)
@@ -272,6 +281,7 @@ def test_triangle_sums_in_product_blocks_equal_whole(monkeypatch, options, kind)
         blocked = module(pair, pair_mask)
     assert float((whole - blocked).abs().max() / whole.abs().max()) < 1e-6  # measured <= 2.5e-7 (summation order)
     assert bool(calls) == (options.fp32_products.value == "onednn")
+    assert bool(gates) == (options.elementwise.value == "af2cpu")
 
 
 def test_export_after_load_gives_back_the_same_arrays():

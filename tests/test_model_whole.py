@@ -246,10 +246,11 @@ def test_af2cpus_attention_kernel_gives_the_result_of_pytorchs(small_model, smal
     _assert_float_noise(plain, ours)
 
 
-def test_af2cpus_layer_norm_gives_the_result_of_pytorchs(small_model, small_features, monkeypatch):
-    """runtime.layer_norm=af2cpu (auto's choice where it was measured faster) changes the order of the sums only."""
+def test_af2cpus_elementwise_kernels_give_the_result_of_pytorchs(small_model, small_features, monkeypatch):
+    """runtime.elementwise=af2cpu (auto's choice where it was measured faster: the layer norms and the gates) changes
+    the order of the sums only."""
     plain, ours, calls = _calls_and_runs(small_model, small_features, monkeypatch, kernels, "layer_norm",
-                                         "layer_norm", ("pytorch", "af2cpu"))
+                                         "elementwise", ("pytorch", "af2cpu"))
     assert calls > 50  # the trunk's layer norms, at every recycle
     _assert_float_noise(plain, ours)
 

@@ -264,27 +264,27 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     one_pass = functools.partial(model.predict, features, num_recycle=0, return_representations=False)
     runs = []
     gflop = None
-    # Back ends, fp32 product libraries, attention and layer-norm kernels take turns on the same model
-    # (runtime.backend, runtime.fp32_products, runtime.attention, runtime.layer_norm).
+    # Back ends, fp32 product libraries, attention and element-wise kernels take turns on the same model
+    # (runtime.backend, runtime.fp32_products, runtime.attention, runtime.elementwise).
     variants = [(backend, products, attention, norm) for backend in getattr(args, "backends", ["native"])
                 for products in getattr(args, "fp32_products", ["auto"])
                 for attention in getattr(args, "attention", ["auto"])
-                for norm in getattr(args, "layer_norm", ["auto"])]
+                for norm in getattr(args, "elementwise", ["auto"])]
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
     for precision, compiled in modes:
         planned = options(precision, shape, compiled, model.preset)
         for _, products, attention, norm in variants:
-            # runtime.fp32_products, runtime.attention and runtime.layer_norm=auto measure the alternatives the
+            # runtime.fp32_products, runtime.attention and runtime.elementwise=auto measure the alternatives the
             # first time they are asked (once per kind of CPU; af2cpu's kernels are built then too): here, before
             # any pass, so that no pass is timed or counted with a measurement in it.
             resolve_products(products)
             attention_kernels(attention, planned.dtype)
-            kernels.uses_layer_norm(norm, planned.dtype)
+            kernels.uses_elementwise(norm, planned.dtype)
 
         def use(variant, planned=planned):
             backend, products, attention, norm = variant
             model.set_options(dataclasses.replace(planned, fp32_products=products, attention=attention,
-                                                  layer_norm=norm))
+                                                  elementwise=norm))
             apply_backend(model, backend)  # in place, back and forth on the same weights
 
         first = {}
@@ -312,7 +312,7 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
                          "fp32_products_used": resolve_products(products).value, "attention": attention,
                          # compiled blocks run PyTorch's attention kernel whatever runtime.attention says
                          "attention_used": attention_kernels("pytorch" if compiled else attention, planned.dtype),
-                         "layer_norm": norm, "layer_norm_used": "af2cpu" if not compiled and kernels.uses_layer_norm(
+                         "elementwise": norm, "elementwise_used": "af2cpu" if not compiled and kernels.uses_elementwise(
                              norm, planned.dtype) else "pytorch",
                          "length": length, "precision": precision, "compile": compiled,
                          # torch.compile compiles during the first pass: what it adds to a pass.
@@ -602,8 +602,8 @@ def markdown(results: dict) -> str:
             model += f" [{r['fp32_products']} products]"
         if r.get("attention", "auto") != "auto":
             model += f" [{r['attention']} attention]"
-        if r.get("layer_norm", "auto") != "auto":
-            model += f" [{r['layer_norm']} layer norm]"
+        if r.get("elementwise", "auto") != "auto":
+            model += f" [{r['elementwise']} element-wise]"
         lines.append(f"| {size(r['length'])} | {model} | {r['precision']} | {compiled} | {compile_s} | {first} "
                      f"| {r['pass_s']} | {speedup} | {r.get('pass_cpu_s', '—')} | {cpu_speedup} | {r['gflop']} "
                      f"| {r['gflops']} | {share} |")

@@ -60,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "pytorch", "af2cpu"],
                         help="attention kernels of af2cpu to time, taking turns on the same model (runtime.attention; "
                              "default auto: af2cpu's own where measured faster than PyTorch's here)")
-    parser.add_argument("--layer-norm", nargs="+", default=["auto"], choices=["auto", "pytorch", "af2cpu"],
-                        help="layer-norm kernels of af2cpu to time, taking turns on the same model (runtime.layer_norm; "
+    parser.add_argument("--elementwise", nargs="+", default=["auto"], choices=["auto", "pytorch", "af2cpu"],
+                        help="element-wise kernels (layer norms, gates) of af2cpu to time, taking turns on the same model "
+                             "(runtime.elementwise; "
                              "default auto: af2cpu's own where measured faster than PyTorch's here)")
     parser.add_argument("--no-reference", action="store_true", help="time af2cpu only")
     parser.add_argument("--default-msa-sizes", action="store_true",

@@ -51,22 +51,22 @@ def _report_attention(requested, resolved) -> None:
           f"auto takes it from {kernels.SPEEDUP_NEEDED}x")
 
 
-def _report_layer_norm(requested, resolved) -> None:
-    """runtime.layer_norm's kernel in the precision ``resolved``, and why."""
+def _report_elementwise(requested, resolved) -> None:
+    """runtime.elementwise's kernels (layer norms, gates) in the precision ``resolved``, and why."""
     import torch  # deferred: torch
 
     from af2cpu.model import kernels  # deferred: builds the kernels (once per kind of CPU)
 
     if kernels.load() is None:
-        print(f"  layer norm: runtime.layer_norm={requested} -> pytorch (af2cpu's kernels: {kernels.unbuilt_reason()})")
+        print(f"  element-wise: runtime.elementwise={requested} -> pytorch (af2cpu's kernels: {kernels.unbuilt_reason()})")
         return
     try:
         dtype = torch.bfloat16 if str(resolved) == "bf16" else torch.float32
-        chosen = "af2cpu" if kernels.uses_layer_norm(requested, dtype) else "pytorch"
+        chosen = "af2cpu" if kernels.uses_elementwise(requested, dtype) else "pytorch"
     except ConfigError as error:
         chosen = f"error: {error}"
-    measured = kernels.layer_norm_speedup(str(resolved))
-    print(f"  layer norm: runtime.layer_norm={requested}, {resolved}: {chosen}"
+    measured = kernels.elementwise_speedup(str(resolved))
+    print(f"  element-wise (layer norms, gates): runtime.elementwise={requested}, {resolved}: {chosen}"
           + ("" if measured is None else f" (af2cpu's {measured:.2f}x PyTorch's here)"))
 
 
@@ -92,7 +92,7 @@ def _report_kernels(cfg) -> None:
           + ("no oneDNN linear kernel in this PyTorch" if onednn is None else
              f"oneDNN {onednn:.2f}x MKL's speed here; auto takes oneDNN from {products.ONEDNN_SPEEDUP_NEEDED}x") + ")")
     _report_attention(cfg.runtime.attention, resolved)
-    _report_layer_norm(cfg.runtime.layer_norm, resolved)
+    _report_elementwise(cfg.runtime.elementwise, resolved)
     k = kernel_info()
     print(f"  kernels: torch BLAS {k['torch_blas']}, oneDNN {k['onednn'] or 'absent'}, CPU capability "
           f"{k['cpu_capability']}; numpy BLAS {k['numpy_blas']}"

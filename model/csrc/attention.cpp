@@ -682,14 +682,12 @@ inline void store_row(at::BFloat16* p, int64_t j, vf v) {
 }
 
 inline vf load_full(const float* p) { return load(p); }
-inline vf load_full(const at::BFloat16* p) {
-  typedef uint16_t vh __attribute__((vector_size(W * 2)));
-  vh h;
-  std::memcpy(&h, p, sizeof(h));
-  vi u = __builtin_convertvector(h, vi) << 16;
-  vf v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
+inline vf load_full(const at::BFloat16* p) {  // one widening load (GCC's vector conversion took four instructions)
+#if defined(__AVX512F__)
+  return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+#else
+  return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+#endif
 }
 
 template <typename T>
@@ -763,6 +761,117 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& scale, const at::Te
   return out;
 }
 
+// ---- gated: out = a * sigmoid(g) [* mask], AlphaFold2's gates ------------------------------------------------
+// a, g, out: (B, N, M) with M contiguous and the two outer dimensions of any strides (a permuted attention
+// output, a gate that is a slice of a wider projection, a block of a larger output); mask: (M,) fp32, the same
+// for every (b, n), or absent. Computed in fp32, out rounded once to its dtype. sigmoid(x) = 1 / (1 + e^-x)
+// from e = exp(-|x|) <= 1, so the exponential never overflows.
+inline vf vsigmoid(vf x) {
+  const vf e = vexp(vmax(x, -x) * splat(-1.f));
+  const vf r = splat(1.f) / (splat(1.f) + e);
+  return x >= splat(0.f) ? r : e * r;
+}
+
+struct Rows3 {  // the outer strides of a (B, N, M) operand, in elements
+  int64_t sb, sn;
+  int64_t at(int64_t b, int64_t n) const { return b * sb + n * sn; }
+};
+
+// fn(b, n, j0, j1) over the rows of a (B, N, M) loop cut into pieces of at most PIECE elements (whole vectors),
+// shared among the threads a few pieces each: one long row (a whole representation viewed as one) is split too.
+template <typename F>
+void for_pieces(int64_t nb, int64_t nn, int64_t m, const F& fn) {
+  constexpr int64_t PIECE = 8192;
+  const int64_t per_row = std::max<int64_t>(1, (m + PIECE - 1) / PIECE);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, std::min(m, PIECE)));
+  at::parallel_for(0, nb * nn * per_row, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = i / per_row, piece = i % per_row;
+      fn(r / nn, r % nn, piece * PIECE, std::min(m, (piece + 1) * PIECE));
+    }
+  });
+}
+
+template <typename T>
+void gated_impl(const T* a, Rows3 ra, const T* g, Rows3 rg, const float* mask, T* out, Rows3 ro, int64_t nb,
+                int64_t nn, int64_t m) {
+  for_pieces(nb, nn, m, [=](int64_t b, int64_t n, int64_t j0, int64_t j1) {
+    const T* ar = a + ra.at(b, n);
+    const T* gr = g + rg.at(b, n);
+    T* orow = out + ro.at(b, n);
+    int64_t j = j0;
+    for (; j + W <= j1; j += W) {
+      vf y = load_full(ar + j) * vsigmoid(load_full(gr + j));
+      if (mask) y *= load(mask + j);
+      store_row(orow, j, y);
+    }
+    for (; j < j1; ++j) {
+      float y = load_f(ar[j]) / (1.f + std::exp(-load_f(gr[j])));
+      if (mask) y *= mask[j];
+      orow[j] = store_f<T>(y);
+    }
+  });
+}
+
+// An operand of the element-wise operators: (B, N, M) as ``first``, of its dtype, M contiguous.
+void check_rows3(const char* op, const char* what, const at::Tensor& t, const at::Tensor& first) {
+  TORCH_CHECK(t.dim() == 3 && t.sizes() == first.sizes() && t.scalar_type() == first.scalar_type()
+              && (t.size(2) <= 1 || t.stride(2) == 1),
+              op, ": ", what, " must be (B, N, M) as the first operand, of its dtype, its last dimension contiguous");
+}
+
+// out = a * sigmoid(g) * mask, written into out; a, g, out (B, N, M) fp32 or bf16 as above, mask (M,) fp32 or None.
+void gated(const at::Tensor& a, const at::Tensor& g, const std::optional<at::Tensor>& mask, at::Tensor out) {
+  TORCH_CHECK(a.dim() == 3 && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16),
+              "gated: a must be (B, N, M), fp32 or bf16");
+  check_rows3("gated", "a", a, a);
+  check_rows3("gated", "g", g, a);
+  check_rows3("gated", "out", out, a);
+  const int64_t nb = a.size(0), nn = a.size(1), m = a.size(2);
+  const float* mp = nullptr;
+  if (mask) {
+    TORCH_CHECK(mask->dim() == 1 && mask->size(0) == m && mask->scalar_type() == at::kFloat && mask->is_contiguous(),
+                "gated: mask must be contiguous fp32 (M,)");
+    mp = mask->data_ptr<float>();
+  }
+  if (a.numel() == 0) return;
+  const Rows3 ra{a.stride(0), a.stride(1)}, rg{g.stride(0), g.stride(1)}, ro{out.stride(0), out.stride(1)};
+  if (a.scalar_type() == at::kFloat)
+    gated_impl<float>(a.data_ptr<float>(), ra, g.data_ptr<float>(), rg, mp, out.data_ptr<float>(), ro, nb, nn, m);
+  else
+    gated_impl<at::BFloat16>(a.data_ptr<at::BFloat16>(), ra, g.data_ptr<at::BFloat16>(), rg, mp,
+                             out.data_ptr<at::BFloat16>(), ro, nb, nn, m);
+}
+
+// ---- add_into: act += update, the residual sums -------------------------------------------------------------
+// act, update: (B, N, M) of one dtype with M contiguous and outer dimensions of any strides (act may be a block of
+// the representation). Summed in fp32 and rounded once, as PyTorch's bf16 sum: the same numbers, in one pass
+// without PyTorch's per-element conversions.
+template <typename T>
+void add_impl(T* act, Rows3 ra, const T* u, Rows3 ru, int64_t nb, int64_t nn, int64_t m) {
+  for_pieces(nb, nn, m, [=](int64_t b, int64_t n, int64_t j0, int64_t j1) {
+    T* ar = act + ra.at(b, n);
+    const T* ur = u + ru.at(b, n);
+    int64_t j = j0;
+    for (; j + W <= j1; j += W) store_row(ar, j, load_full(ar + j) + load_full(ur + j));
+    for (; j < j1; ++j) ar[j] = store_f<T>(load_f(ar[j]) + load_f(ur[j]));
+  });
+}
+
+void add_into(at::Tensor act, const at::Tensor& update) {
+  TORCH_CHECK(act.dim() == 3 && (act.scalar_type() == at::kFloat || act.scalar_type() == at::kBFloat16),
+              "add_into: act must be (B, N, M), fp32 or bf16");
+  check_rows3("add_into", "act", act, act);
+  check_rows3("add_into", "update", update, act);
+  if (act.numel() == 0) return;
+  const Rows3 ra{act.stride(0), act.stride(1)}, ru{update.stride(0), update.stride(1)};
+  if (act.scalar_type() == at::kFloat)
+    add_impl<float>(act.data_ptr<float>(), ra, update.data_ptr<float>(), ru, act.size(0), act.size(1), act.size(2));
+  else
+    add_impl<at::BFloat16>(act.data_ptr<at::BFloat16>(), ra, update.data_ptr<at::BFloat16>(), ru, act.size(0),
+                           act.size(1), act.size(2));
+}
+
 }  // namespace
 
 #ifndef AF2CPU_OPS
@@ -775,6 +884,8 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& scale, const at::Te
 AF2CPU_LIBRARY(AF2CPU_OPS, m) {
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
   m.def("layer_norm(Tensor x, Tensor scale, Tensor offset, float eps) -> Tensor");
+  m.def("gated(Tensor a, Tensor g, Tensor? mask, Tensor(a!) out) -> ()");
+  m.def("add_into(Tensor(a!) act, Tensor update) -> ()");
 #if defined(__AMX_BF16__) && defined(__AVX512BF16__)
   m.def("attention_amx(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
 #endif
@@ -783,6 +894,8 @@ AF2CPU_LIBRARY(AF2CPU_OPS, m) {
 AF2CPU_LIBRARY_IMPL(AF2CPU_OPS, CPU, m) {
   m.impl("attention", &attention);
   m.impl("layer_norm", &layer_norm);
+  m.impl("gated", &gated);
+  m.impl("add_into", &add_into);
 #if defined(__AMX_BF16__) && defined(__AVX512BF16__)
   m.impl("attention_amx", &attention_amx);
 #endif
