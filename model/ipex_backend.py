@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from af2cpu.errors import ConfigError
-from af2cpu.model.primitives import Linear
+from af2cpu.model.primitives import ACTIVATIONS, Linear
 
 _PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -52,13 +52,15 @@ def import_ipex():
 class IpexLinear(Linear):
     """A :class:`Linear` whose GEMM runs through IPEX's prepacked oneDNN linear (see the module doc)."""
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
         # Compiled blocks (runtime.compile=true) keep PyTorch's GEMMs: inductor plans those itself, and
         # IPEX's packed op and its cache are opaque to the graph.
         if (len(self.in_shape) != 1 or len(self.out_shape) != 1 or x.dtype not in _PACKED_DTYPES
                 or torch.compiler.is_compiling()):
-            return super().forward(x, out)
+            return super().forward(x, out, activation)
         y = self._packed(x.dtype)(x.reshape(-1, x.shape[-1]))
+        if activation is not None:  # applied after IPEX's product, in place
+            y = ACTIVATIONS[activation](y)
         if out is not None:
             return out.copy_(y)
         return y.reshape(*x.shape[:-1], y.shape[-1])
