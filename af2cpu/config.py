@@ -120,7 +120,7 @@ class RuntimeConfig:
     backend: Backend = Backend.native
     fp32_products: Fp32Products = Fp32Products.auto  # oneDNN where it beats MKL here (AMD CPUs), else MKL
     attention: AttentionKernel = AttentionKernel.auto  # af2cpu's kernels where measured faster here, else PyTorch's
-    elementwise: AttentionKernel = AttentionKernel.auto  # the same choice for the layer norms and gates
+    elementwise: AttentionKernel = AttentionKernel.auto  # the same for the layer norms, gates and bf16 sums
 
 
 class SearchProtocol(ConfigEnum):

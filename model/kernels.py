@@ -1,10 +1,11 @@
-"""af2cpu's own CPU attention and layer-norm kernels, and where they replace PyTorch's (``runtime.attention``,
+"""af2cpu's own CPU attention and element-wise kernels, and where they replace PyTorch's (``runtime.attention``,
 ``runtime.elementwise``).
 
 Every attention module of the network ends in softmax(q·kᵀ·scale + bias)·v, which PyTorch runs in its CPU
 flash-attention kernel (``scaled_dot_product_attention``). At AlphaFold2's head sizes (8, 16, 32) that kernel
 is bound by its softmax and, in fp32, by MKL's small products, which take slow paths on AMD CPUs.
-model/csrc/attention.cpp has two kernels of af2cpu's own (docs/benchmarks.md, "af2cpu's attention kernels"):
+model/csrc/attention.cpp has kernels of af2cpu's own (docs/benchmarks.md, "af2cpu's attention kernels" and
+"Element-wise work and fused epilogues"):
 
 - ``attention_amx`` (bf16, CPUs with AMX): both products on the matrix unit's tiles, the softmax on fp32
   logits in AVX512; measured 1.4-2.1x PyTorch's bf16 kernel at the Evoformer's shapes on a Xeon with AMX.
@@ -333,13 +334,6 @@ def gated(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
     return out
 
 
-def gated_applies(a: torch.Tensor, g: torch.Tensor) -> bool:
-    """Whether :func:`gated` takes ``a`` and ``g``: one shape, fp32 or bf16, 2-D or 3-D, last dimension
-    contiguous."""
-    return (a.shape == g.shape and a.dtype == g.dtype and a.dtype in (torch.float32, torch.bfloat16)
-            and a.dim() in (2, 3) and (a.shape[-1] <= 1 or (a.stride(-1) == 1 and g.stride(-1) == 1)))
-
-
 def as_rows3(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     """Views (B, N, M) of tensors of one shape, their last dimension contiguous, grouping their dimensions the
     same way wherever each tensor's strides allow (a block of rows or of columns of a representation, and a
@@ -410,7 +404,7 @@ def measure_elementwise_speedup(dtype: str, rounds: int = MEASURE_ROUNDS) -> dic
 
 @functools.cache
 def elementwise_speedup(dtype: str) -> float | None:
-    """How many times faster af2cpu's layer norms and gates run than PyTorch's on this CPU in ``dtype``, measured
+    """How many times faster af2cpu's layer norms, gates and (bf16) sums run than PyTorch's on this CPU in ``dtype``, measured
     once per kind of CPU and version of the kernels (``elementwise-<dtype>-*.json`` in af2cpu's cache); None where
     the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
     if load() is None or (dtype == "bf16" and not native_bf16()):
@@ -421,7 +415,8 @@ def elementwise_speedup(dtype: str) -> float | None:
 
 @functools.cache
 def uses_elementwise(requested: AttentionKernel | str, dtype: torch.dtype) -> bool:
-    """Whether the layer norms and gates in ``dtype`` run af2cpu's kernels under ``runtime.elementwise=requested``
+    """Whether the layer norms, gates and (bf16) residual sums in ``dtype`` run af2cpu's kernels under
+    ``runtime.elementwise=requested``
     on this CPU: never for ``pytorch``; for ``af2cpu`` always (ConfigError where they cannot be built); for
     ``auto`` where they were measured at least ``SPEEDUP_NEEDED`` times as fast as PyTorch's."""
     kernel = as_kernel(requested, "elementwise")
