@@ -77,7 +77,7 @@ def test_bench_times_the_fp32_product_libraries_in_turn_on_one_model(tmp_path):
     assert "| 16 | af2cpu [mkl products] | fp32 |" in table and "| 16 | af2cpu [onednn products] | fp32 |" in table
 
 
-def test_bench_times_the_attention_and_layer_norm_kernels_in_turn_on_one_model(tmp_path):
+def test_bench_times_the_attention_and_elementwise_kernels_in_turn_on_one_model(tmp_path):
     # af2cpu's kernels do the same work, and the flop counter counts their attention as PyTorch's (the helper checks).
     runs, table = _bench_in_turn(tmp_path, "--attention", "pytorch", "af2cpu", "--elementwise", "pytorch", "af2cpu")
     assert [(r["attention"], r["elementwise"]) for r in runs] == [("pytorch", "pytorch"), ("pytorch", "af2cpu"),

@@ -155,8 +155,8 @@ def test_module_bf16_relative_error_is_bounded_with_af2cpus_attention_kernel(nam
 @pytest.mark.parametrize("kernels_of", ["pytorch", "af2cpu"])
 @pytest.mark.parametrize("is_extra_msa,bound", [(False, 2e-2), (True, 2e-2)])
 def test_evoformer_block_bf16_relative_error_is_bounded(is_extra_msa, bound, kernels_of):
-    """The block in bf16 against fp32 (both on PyTorch's kernels), the bf16 run on PyTorch's attention and layer
-    norm or on af2cpu's. Measured on AMX: 1.08e-2 and 1.13e-2 (Evoformer, extra MSA) on PyTorch's, 1.10e-2 and
+    """The block in bf16 against fp32 (both on PyTorch's kernels), the bf16 run on PyTorch's attention and element-wise
+    work or on af2cpu's kernels (the attention, layer norms, gates and sums). Measured on AMX: 1.08e-2 and 1.13e-2 (Evoformer, extra MSA) on PyTorch's, 1.10e-2 and
     1.10e-2 on af2cpu's."""
     if kernels_of == "af2cpu" and kernels.load() is None:
         pytest.skip("af2cpu's kernels need AVX2 and a C++ compiler")

@@ -247,8 +247,8 @@ def test_af2cpus_attention_kernel_gives_the_result_of_pytorchs(small_model, smal
 
 
 def test_af2cpus_elementwise_kernels_give_the_result_of_pytorchs(small_model, small_features, monkeypatch):
-    """runtime.elementwise=af2cpu (auto's choice where it was measured faster: the layer norms and the gates) changes
-    the order of the sums only."""
+    """runtime.elementwise=af2cpu (auto's choice where it was measured faster: the layer norms and the gates; fp32
+    sums stay PyTorch's) changes the order of the sums only."""
     plain, ours, calls = _calls_and_runs(small_model, small_features, monkeypatch, kernels, "layer_norm",
                                          "elementwise", ("pytorch", "af2cpu"))
     assert calls > 50  # the trunk's layer norms, at every recycle
