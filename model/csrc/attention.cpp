@@ -13,7 +13,8 @@
 // attention_amx (bf16; head sizes 8, 16, 32; CPUs with AMX): the two products on the matrix unit's tiles,
 // the softmax in AVX512 on fp32 logits; the probabilities are rounded to bf16 for the second product.
 //
-// layer_norm (fp32 or bf16): AlphaFold2's layer norm over the last dimension, fp32 statistics (runtime.layer_norm).
+// The element-wise work (runtime.elementwise; fp32 or bf16, computed in fp32): layer_norm, AlphaFold2's layer norm
+// over the last dimension; gated, a gate a * sigmoid(g) * mask in one pass; add_into, the residual sums.
 //
 // With -DAF2CPU_PROFILE each thread prints its cycles per phase (rdtsc) when the environment has
 // AF2CPU_PROFILE set (benchmarks/attention-kernel/compare.py --split); AF2CPU_OPS names the operators'
