@@ -167,7 +167,7 @@ def clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
         return False
     if age < STALE_LOCK_SECONDS:
         return False
-    log.warning("removing %s, left %.0f s ago by a build of af2cpu's attention kernels that did not finish", lock, age)
+    log.warning("removing %s, left %.0f s ago by a build of af2cpu's kernels that did not finish", lock, age)
     lock.unlink(missing_ok=True)
     return True
 

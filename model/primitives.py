@@ -171,7 +171,6 @@ class LayerNorm(nn.Module):
         # af2cpu's kernel does not take (a block of columns, the channel-first triangle sums) are copied
         # contiguous first, as PyTorch's kernel copies them itself.
         if (not torch.compiler.is_compiling() and not torch.is_grad_enabled()
-                and x.dtype in (torch.float32, torch.bfloat16)
                 and kernels.uses_elementwise(self.options.elementwise, x.dtype)):
             rows = x if kernels.layer_norm_applies(x) else x.contiguous()
             return kernels.layer_norm(rows, self.scale.float(), self.offset.float(), self.eps)

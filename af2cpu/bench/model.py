@@ -266,25 +266,25 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
     gflop = None
     # Back ends, fp32 product libraries, attention and element-wise kernels take turns on the same model
     # (runtime.backend, runtime.fp32_products, runtime.attention, runtime.elementwise).
-    variants = [(backend, products, attention, norm) for backend in getattr(args, "backends", ["native"])
+    variants = [(backend, products, attention, elementwise) for backend in getattr(args, "backends", ["native"])
                 for products in getattr(args, "fp32_products", ["auto"])
                 for attention in getattr(args, "attention", ["auto"])
-                for norm in getattr(args, "elementwise", ["auto"])]
+                for elementwise in getattr(args, "elementwise", ["auto"])]
     modes = [(p, False) for p in args.precisions] + ([(p, True) for p in args.precisions] if args.compile else [])
     for precision, compiled in modes:
         planned = options(precision, shape, compiled, model.preset)
-        for _, products, attention, norm in variants:
+        for _, products, attention, elementwise in variants:
             # runtime.fp32_products, runtime.attention and runtime.elementwise=auto measure the alternatives the
             # first time they are asked (once per kind of CPU; af2cpu's kernels are built then too): here, before
             # any pass, so that no pass is timed or counted with a measurement in it.
             resolve_products(products)
             attention_kernels(attention, planned.dtype)
-            kernels.uses_elementwise(norm, planned.dtype)
+            kernels.uses_elementwise(elementwise, planned.dtype)
 
         def use(variant, planned=planned):
-            backend, products, attention, norm = variant
+            backend, products, attention, elementwise = variant
             model.set_options(dataclasses.replace(planned, fp32_products=products, attention=attention,
-                                                  elementwise=norm))
+                                                  elementwise=elementwise))
             apply_backend(model, backend)  # in place, back and forth on the same weights
 
         first = {}
@@ -306,14 +306,14 @@ def bench_length(length: int, args, reference, peak: dict) -> list[dict]:
                 total[variant] += time.perf_counter() - start
                 cpu[variant] += time.process_time() - cpu_start
         for variant in variants:
-            backend, products, attention, norm = variant
+            backend, products, attention, elementwise = variant
             seconds = round(total[variant] / args.passes, 3)
             runs.append({"model": "af2cpu", "backend": backend, "fp32_products": products,
                          "fp32_products_used": resolve_products(products).value, "attention": attention,
                          # compiled blocks run PyTorch's attention kernel whatever runtime.attention says
                          "attention_used": attention_kernels("pytorch" if compiled else attention, planned.dtype),
-                         "elementwise": norm, "elementwise_used": "af2cpu" if not compiled and kernels.uses_elementwise(
-                             norm, planned.dtype) else "pytorch",
+                         "elementwise": elementwise, "elementwise_used": "af2cpu" if not compiled and kernels.uses_elementwise(
+                             elementwise, planned.dtype) else "pytorch",
                          "length": length, "precision": precision, "compile": compiled,
                          # torch.compile compiles during the first pass: what it adds to a pass.
                          "compile_s": round(max(0.0, first[variant] - seconds), 2) if compiled else None,

@@ -112,23 +112,25 @@ template <typename T> inline T store_f(float x);
 template <> inline float store_f<float>(float x) { return x; }
 template <> inline at::BFloat16 store_f<at::BFloat16>(float x) { return at::BFloat16(x); }  // round to nearest even
 
+// W consecutive floats (fp32 or bf16) from p, as fp32.
+inline vf load_full(const float* p) { return load(p); }
+inline vf load_full(const at::BFloat16* p) {  // one widening load (GCC's vector conversion took four instructions)
+#if defined(__AVX512F__)
+  return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+#else
+  return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+#endif
+}
+
 // W consecutive floats of a row of n (fp32 or bf16) from j, as fp32; -inf past n.
 inline vf load_row(const float* p, int64_t j, int64_t n) {
-  if (j + W <= n) return load(p + j);
+  if (j + W <= n) return load_full(p + j);
   vf v = splat(-INFINITY);
   for (int64_t t = j; t < n; ++t) v[t - j] = p[t];
   return v;
 }
 inline vf load_row(const at::BFloat16* p, int64_t j, int64_t n) {
-  if (j + W <= n) {
-    typedef uint16_t vh __attribute__((vector_size(W * 2)));
-    vh h;
-    std::memcpy(&h, p + j, sizeof(h));
-    vi u = __builtin_convertvector(h, vi) << 16;
-    vf v;
-    std::memcpy(&v, &u, sizeof(v));
-    return v;
-  }
+  if (j + W <= n) return load_full(p + j);
   vf v = splat(-INFINITY);
   for (int64_t t = j; t < n; ++t) v[t - j] = load_f(p[t]);
   return v;
@@ -679,15 +681,6 @@ inline void store_row(at::BFloat16* p, int64_t j, vf v) {
   rounded = (v != v) ? vu{} + 0x7FC0u : rounded;       // NaN stays NaN
   vh h = __builtin_convertvector(rounded, vh);
   std::memcpy(p + j, &h, sizeof(h));
-#endif
-}
-
-inline vf load_full(const float* p) { return load(p); }
-inline vf load_full(const at::BFloat16* p) {  // one widening load (GCC's vector conversion took four instructions)
-#if defined(__AVX512F__)
-  return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-#else
-  return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 #endif
 }
 
