@@ -14,7 +14,15 @@ from torch import nn
 
 from af2cpu.model import kernels
 from af2cpu.model.options import Options, chunk_slices
-from af2cpu.model.primitives import add_in_place, matmul, normal_parameter, through_onednn
+from af2cpu.model.primitives import (
+    add_in_place,
+    kept_weight,
+    linear_layout,
+    matmul,
+    normal_parameter,
+    through_onednn,
+    weight_as,
+)
 
 # Additive bias of a masked key: the value AlphaFold2 uses, so fully masked rows behave alike.
 MASK_BIAS = -1e9
@@ -49,16 +57,18 @@ class Attention(nn.Module):
         self.output_w = normal_parameter(num_head, value_dim, c_out, std=num_head**-0.5)
         self.output_b = nn.Parameter(torch.zeros(c_out))
 
-    def _project(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """(B, N, c_in) @ (c_in, H, c) -> (B, H, N, c)."""
+    def _project(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """(B, N, c_in) @ the weights ``name`` (c_in, H, c) -> (B, H, N, c)."""
         b, n, c = x.shape
-        product = matmul(x.reshape(b * n, c), w.reshape(w.shape[0], -1).to(x.dtype), onednn=self.options.onednn_products)
-        return product.view(b, n, w.shape[1], w.shape[2]).transpose(1, 2)
+        heads, size = getattr(self, name).shape[1:]
+        product = matmul(x.reshape(b * n, c), weight_as(self, name, x.dtype, (c, heads * size)),
+                         onednn=self.options.onednn_products)
+        return product.view(b, n, heads, size).transpose(1, 2)
 
     def _attend(self, q_data, m_data, bias, nonbatched_bias):
-        q = self._project(q_data, self.query_w)
-        k = self._project(m_data, self.key_w)
-        v = self._project(m_data, self.value_w)
+        q = self._project(q_data, "query_w")
+        k = self._project(m_data, "key_w")
+        v = self._project(m_data, "value_w")
         logits_bias = (bias if nonbatched_bias is None else bias + nonbatched_bias.unsqueeze(0)).to(q.dtype)
         scale = self.key_dim**-0.5
         if _af2cpu_kernel(q, k, v, logits_bias, self.options):
@@ -67,11 +77,16 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias, scale=scale)  # (B, H, Q, c_v)
         out = out.transpose(1, 2)  # (B, Q, H, c_v)
         if self.gating:
-            gate = self._project(q_data, self.gating_w).transpose(1, 2) + self.gating_b.to(out.dtype)
+            gate = self._project(q_data, "gating_w").transpose(1, 2) + weight_as(self, "gating_b", out.dtype)
             out = out * torch.sigmoid(gate)
         b, nq = out.shape[:2]
-        return matmul(out.reshape(b * nq, -1), self.output_w.reshape(-1, self.output_w.shape[-1]).to(out.dtype),
-                      self.output_b.to(out.dtype), onednn=self.options.onednn_products).view(b, nq, -1)
+        return matmul(out.reshape(b * nq, -1), self.output_matrix(out.dtype), weight_as(self, "output_b", out.dtype),
+                      onednn=self.options.onednn_products).view(b, nq, -1)
+
+    def output_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """The output weights (H, c_v, c_out) as an (H·c_v, c_out) matrix in ``dtype``."""
+        heads, size, c_out = self.output_w.shape
+        return weight_as(self, "output_w", dtype, (heads * size, c_out))
 
     def self_attention(self, x: torch.Tensor, mask: torch.Tensor, nonbatched_bias: torch.Tensor | None = None,
                        chunk_size: int | None = None, transposed: bool = False,
@@ -103,18 +118,18 @@ class Attention(nn.Module):
         c_in = x.shape[-1]
         dtype = x.dtype
         sizes = (heads * ck, heads * ck, heads * cv, heads * cv if self.gating else 0)
-        w = torch.cat([self.query_w.reshape(c_in, -1), self.key_w.reshape(c_in, -1),
-                       self.value_w.reshape(c_in, -1)]
-                      + ([self.gating_w.reshape(c_in, -1)] if self.gating else []), dim=1).to(dtype)
+        sources = [self.query_w, self.key_w, self.value_w] + ([self.gating_w] if self.gating else [])
+        w = kept_weight(self, ("qkvg", dtype), dtype, sources, lambda: linear_layout(
+            torch.cat([p.reshape(c_in, -1) for p in sources], dim=1).to(dtype)))
         # Where the product is oneDNN's (bf16, or fp32 where it was faster), the gate's bias rides in it, added to
         # the fp32 sums; elsewhere it is added with the gate's sigmoid. With af2cpu's element-wise kernels
         # (runtime.elementwise) the gate is applied in one pass.
         one_pass_gate = (self.gating and not torch.compiler.is_compiling()
                          and kernels.uses_elementwise(options.elementwise, dtype))
-        fused_bias = (torch.cat([self.gating_b.new_zeros(sum(sizes[:3])), self.gating_b.reshape(-1)]).to(dtype)
-                      if self.gating else None)
-        w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
-        b_out = self.output_b.to(dtype)
+        fused_bias = (kept_weight(self, ("gate bias", dtype), dtype, (self.gating_b,), lambda: torch.cat(
+            [self.gating_b.new_zeros(sum(sizes[:3])), self.gating_b.reshape(-1)]).to(dtype)) if self.gating else None)
+        w_out = self.output_matrix(dtype)
+        b_out = weight_as(self, "output_b", dtype)
         bias2 = None if nonbatched_bias is None else nonbatched_bias.to(dtype).unsqueeze(0)  # (1, H, Q, K)
         batch_dim = 1 if transposed else 0
         seq_len = x.shape[1 - batch_dim]
@@ -145,11 +160,11 @@ class Attention(nn.Module):
             out = out.permute(2, 0, 1, 3) if transposed else out.transpose(1, 2)
             if self.gating and one_pass_gate:  # out * sigmoid(g) in one pass, into a contiguous tensor
                 if not gate_bias_in:
-                    g.add_(self.gating_b.reshape(-1).to(dtype))
+                    g.add_(weight_as(self, "gating_b", dtype, (heads * cv,)))
                 out = kernels.gated(out.flatten(2), g, None, out.new_empty((rows, cols, heads * cv)))
             elif self.gating:
                 g = g.view(rows, cols, heads, cv)
-                gate = g.sigmoid_() if gate_bias_in else torch.sigmoid_(g + self.gating_b.to(dtype))
+                gate = g.sigmoid_() if gate_bias_in else torch.sigmoid_(g + weight_as(self, "gating_b", dtype))
                 out = gate.mul_(out)
             else:
                 out = out.contiguous()
@@ -271,21 +286,23 @@ class GlobalAttention(nn.Module):
         # DISCREPANCY: AlphaFold2 adds 1e-10 to the mask count, so a fully masked column averages to 0.
         q_mask = q_mask.float()
         q_avg = ((q_mask * q_data).sum(1) / (q_mask.sum(1) + 1e-10)).to(dtype)  # (B, c_q)
-        q = (q_avg @ self.query_w.reshape(c_q, -1).to(dtype)).view(b, self.num_head, self.key_dim)
+        q = (q_avg @ weight_as(self, "query_w", dtype, (c_q, self.num_head * self.key_dim))).view(
+            b, self.num_head, self.key_dim)
         q = q * self.key_dim**-0.5
         onednn = self.options.onednn_products
         m_flat = m_data.reshape(-1, m_data.shape[-1])
-        k = matmul(m_flat, self.key_w.to(dtype), onednn=onednn).view(b, -1, self.key_dim)  # (B, K, c)
-        v = matmul(m_flat, self.value_w.to(dtype), onednn=onednn).view(b, -1, self.value_dim)
+        k = matmul(m_flat, weight_as(self, "key_w", dtype), onednn=onednn).view(b, -1, self.key_dim)  # (B, K, c)
+        v = matmul(m_flat, weight_as(self, "value_w", dtype), onednn=onednn).view(b, -1, self.value_dim)
         logits = torch.einsum("bhc,bkc->bhk", q, k).float() + mask_to_bias(q_mask[:, None, :, 0])
         weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1).to(dtype), v)
-        w_out = self.output_w.reshape(-1, self.output_w.shape[-1]).to(dtype)
+        w_out = weight_as(self, "output_w", dtype, (self.num_head * self.value_dim, self.output_w.shape[-1]))
         # The gate, then the gated values, in one (B, Q, H, c) tensor: with the input and the output,
         # three tensors of the input's size at most.
-        gate = matmul(q_data.reshape(b * n, c_q), self.gating_w.reshape(c_q, -1).to(dtype), onednn=onednn)
-        gate = torch.sigmoid_(gate.view(b, n, self.num_head, -1) + self.gating_b.to(dtype))
+        gate = matmul(q_data.reshape(b * n, c_q), weight_as(self, "gating_w", dtype, (c_q, self.num_head * self.value_dim)),
+                      onednn=onednn)
+        gate = torch.sigmoid_(gate.view(b, n, self.num_head, -1) + weight_as(self, "gating_b", dtype))
         out = gate.mul_(weighted[:, None])  # (B, Q, H, c)
-        return matmul(out.reshape(b * n, -1), w_out, self.output_b.to(dtype), onednn=onednn).view(b, n, -1)
+        return matmul(out.reshape(b * n, -1), w_out, weight_as(self, "output_b", dtype), onednn=onednn).view(b, n, -1)
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
         """q_data, m_data (B, N, c), q_mask (B, N, 1) -> (B, N, c_out). Each batch element is

@@ -15,7 +15,17 @@ from af2cpu.model import kernels
 from af2cpu.model.attention import Attention, GlobalAttention
 from af2cpu.model.options import Options, chunk_slices, normalised_whole, triangle_product_rows
 from af2cpu.model.presets import EvoformerStackConfig
-from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, matmul, matmul_row_bias, normal_parameter
+from af2cpu.model.primitives import (
+    LayerNorm,
+    Linear,
+    add_in_place,
+    kept_weight,
+    linear_layout,
+    matmul,
+    matmul_row_bias,
+    normal_parameter,
+    weight_as,
+)
 
 
 class _Chunked(nn.Module):
@@ -182,7 +192,7 @@ class OuterProductMean(_Chunked):
         left, right = self._masked_projections(msa, msa_mask)  # (L, c, S) and (S, L, c)
         n_seq, _, c = right.shape
         c_z = self.output_w.shape[-1]
-        b = self.output_b.to(msa.dtype)
+        b = weight_as(self, "output_b", msa.dtype)
         # Two orders of the same sums. Outer products first: S*c*c + c*c*c_z products per residue
         # pair. The output weights folded into the left projection first: S*c*c_z per pair (plus an
         # L-sized term), fewer below c*c_z / (c_z - c) rows (42 in AlphaFold2); its batched products
@@ -215,8 +225,11 @@ class OuterProductMean(_Chunked):
         (a strided copy of S*L*c), so each step of :meth:`_outer_first` has a contiguous left operand,
         which oneDNN's kernel needs (primitives.matmul)."""
         n_seq, n_res, c_m = msa.shape
-        w = torch.cat([self.left_projection.weights, self.right_projection.weights], dim=1).to(msa.dtype)
-        bias = torch.cat([self.left_projection.bias, self.right_projection.bias]).to(msa.dtype)
+        layers = (self.left_projection, self.right_projection)
+        w, bias = kept_weight(self, ("left and right", msa.dtype), msa.dtype,
+                              [p for layer in layers for p in (layer.weights, layer.bias)], lambda: (
+                                  linear_layout(torch.cat([layer.weights for layer in layers], dim=1).to(msa.dtype)),
+                                  torch.cat([layer.bias for layer in layers]).to(msa.dtype)))
         c = w.shape[1] // 2
         mask = msa_mask[..., None].to(msa.dtype)
         left, right = msa.new_empty((n_res, c, n_seq)), msa.new_empty((n_seq, n_res, c))
@@ -236,7 +249,7 @@ class OuterProductMean(_Chunked):
         fp32 products are oneDNN's: presented as an AMD CPU, MKL ran them at 116-138 GFLOP/s, oneDNN at
         219-239 (L=128 with 64 rows, L=64 with 133)."""
         n_seq, n_res, c = right.shape
-        w = self.output_w.reshape(c * c, -1).to(left.dtype)
+        w = weight_as(self, "output_w", left.dtype, (c * c, self.output_w.shape[-1]))
         right_flat = right.reshape(n_seq, -1)  # (S, L*c)
         onednn = self.options.onednn_products
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
@@ -253,7 +266,7 @@ class OuterProductMean(_Chunked):
         yielded as in :meth:`_outer_first` (``left`` (L, c, S))."""
         n_seq, n_res, c = right.shape
         c_z = self.output_w.shape[-1]
-        w = self.output_w.reshape(c, c * c_z).to(left.dtype)  # (a, b*c_z)
+        w = weight_as(self, "output_w", left.dtype, (c, c * c_z))  # (a, b*c_z)
         right_t = right.permute(1, 0, 2).reshape(n_res, n_seq * c)  # (j, s*b): a copy of S*L*c
         left_t = left.transpose(1, 2)  # (L, S, c), a view
         step = self.options.step_rows(self.options.chunks.outer_product_mean, n_res,
@@ -317,8 +330,9 @@ class _TriangleMultiplication(_Chunked):
         # below are batched GEMMs over contiguous (L, L) planes with no copy. The GEMM runs a block
         # of pair rows at a time; the block's gates are applied while it is in cache, so only the
         # gated left and right projections, (2c, L, L), exist whole.
-        w_t = torch.cat([layer.weights for layer in layers], dim=1).to(dtype).t().contiguous()
-        b = torch.cat([layer.bias for layer in layers]).to(dtype)[:, None]
+        w_t, b = kept_weight(self, ("projections", dtype), dtype, [p for layer in layers for p in (layer.weights, layer.bias)],
+                             lambda: (torch.cat([layer.weights for layer in layers], dim=1).to(dtype).t().contiguous(),
+                                      torch.cat([layer.bias for layer in layers]).to(dtype)[:, None]))
         onednn = self.options.onednn_products
         c = w_t.shape[0] // 4
         act_t = act.reshape(-1, c_z).t()  # (c_z, L*L), a view

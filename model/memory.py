@@ -11,7 +11,7 @@ F_e = extra_msa_feat_dim, F_t = template.num_pair_features, A = 37 atom types.
     peak = fixed + max over phases (resident(phase) + max over the phase's intermediates)
 
 fixed        = runtime (PyTorch and libraries, RUNTIME_OVERHEAD)
-             + parameters (P · 4: fp32 master weights, also in bf16 runs)
+             + parameters (P · 4: fp32 master weights, also in bf16 runs, which keep a bf16 copy: + P · 2)
              + input features (S·L·F_m·4 + Se·L·F_e·4)
              + recycled state (L·c_m·4 + L·A·3·4; the recycled pair, L²·c_z·b in the trunk's dtype, is
                freed once embedded: resident in the embeddings phase only)
@@ -526,8 +526,9 @@ def _fixed(shape: TargetShape, a: Architecture, b: int) -> dict[str, int]:
         features = S * L * a.msa_feat_dim * FP32 + Se * L * a.extra_msa_feat_dim * FP32
     return {
         "runtime": RUNTIME_OVERHEAD,
-        # The parameters stay fp32 in bf16 runs too: each weight is cast where it is used.
-        "parameters": parameter_count(a) * FP32,
+        # The parameters stay fp32 in bf16 runs too, which keep each weight's bf16 cast beside them
+        # (primitives.kept_weight; an upper bound: the fp32 parts, the structure module and the heads, keep none).
+        "parameters": parameter_count(a) * (FP32 + (b if b < FP32 else 0)),
         "features": features,
         # The recycled pair (the trunk's dtype) is counted where it lives: the embeddings read it and
         # free it (AlphaFold.predict), the heads phase makes the next one; the rest stays, in fp32.

@@ -92,8 +92,9 @@ class Options:
     """How the network runs: chunk sizes, numeric precision, and compilation.
 
     ``precision="bf16"`` runs the trunk (embeddings, template, extra-MSA and Evoformer stacks) on
-    bf16 activations, each weight cast to bf16 where it is used (the fp32 parameters stay); layer-norm statistics, softmax accumulation,
-    mask counts, the structure module and the heads stay fp32, as in AlphaFold2. ``compile=True``
+    bf16 activations, each weight cast to bf16 once and kept (``keep_weights``; the fp32 parameters stay);
+    layer-norm statistics, softmax accumulation, mask counts, the structure module and the heads stay fp32,
+    as in AlphaFold2. ``compile=True``
     runs each repeated block (Evoformer and extra-MSA) through ``torch.compile`` (inductor) with
     dynamic shapes, caching the compiled code in ``compile_cache_dir`` when given.
     """
@@ -123,6 +124,9 @@ class Options:
     # The kernels of the element-wise work, the layer norms and the gates (af2cpu.model.kernels), chosen the same
     # way (one measurement per precision).
     elementwise: AttentionKernel = AttentionKernel.pytorch
+    # bf16 runs keep each weight's bf16 cast (af2cpu.model.primitives.kept_weight: the parameters' size in bf16,
+    # counted by the memory planner) instead of casting it at every product. Off only to measure what it gains.
+    keep_weights: bool = True
 
     def __post_init__(self):
         if self.block_bytes is not None and (not isinstance(self.block_bytes, int) or self.block_bytes < 1):

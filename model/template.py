@@ -27,7 +27,7 @@ from af2cpu.model.evoformer import (
 from af2cpu.model.geometry import Rigid
 from af2cpu.model.options import chunk_slices, embedding_step_rows, embedding_steps
 from af2cpu.model.presets import TemplateConfig
-from af2cpu.model.primitives import LayerNorm, Linear, add_in_place
+from af2cpu.model.primitives import LayerNorm, Linear, add_in_place, kept_weight, linear_layout, weight_as
 
 # Residue types of the template features: the 20 amino acids, X and the gap.
 _NUM_RESIDUE_CLASSES = len(rc.restypes_with_x_and_gap)
@@ -209,9 +209,11 @@ class _TemplateSoftmax:
         num_rows, num_res = query.shape[:2]
         dtype = query.dtype
         # The projections in the trunk's dtype, as the attention kernel computes them.
-        q = (query.reshape(-1, query.shape[-1]) @ a.query_w.reshape(query.shape[-1], -1).to(dtype)).float()
-        w_kv = torch.cat([a.key_w.reshape(template.shape[-1], -1), a.value_w.reshape(template.shape[-1], -1)], dim=1)
-        kv = (template.reshape(-1, template.shape[-1]) @ w_kv.to(dtype)).float()
+        c_q, c_t = query.shape[-1], template.shape[-1]
+        q = (query.reshape(-1, c_q) @ weight_as(a, "query_w", dtype, (c_q, heads * ck))).float()
+        w_kv = kept_weight(a, ("kv", dtype), dtype, (a.key_w, a.value_w), lambda: linear_layout(
+            torch.cat([a.key_w.reshape(c_t, -1), a.value_w.reshape(c_t, -1)], dim=1).to(dtype)))
+        kv = (template.reshape(-1, c_t) @ w_kv).float()
         k = kv[:, :heads * ck].view(num_rows, num_res, heads, ck)
         v = kv[:, heads * ck:].view(num_rows, num_res, heads, cv)
         logits = (q.view(num_rows, num_res, heads, ck) * k).sum(-1).mul_(ck**-0.5).add_(bias)
@@ -233,7 +235,7 @@ class _TemplateSoftmax:
         a = self.attention
         w = self.weighted[rows]
         values = (w / self.denominator[rows][..., None]).to(dtype).reshape(-1, a.num_head * a.value_dim)
-        out = torch.addmm(a.output_b.to(dtype), values, a.output_w.reshape(-1, a.output_w.shape[-1]).to(dtype))
+        out = torch.addmm(weight_as(a, "output_b", dtype), values, a.output_matrix(dtype))
         return out.view(*w.shape[:2], -1)
 
 
