@@ -94,9 +94,9 @@ class Options:
     ``precision="bf16"`` runs the trunk (embeddings, template, extra-MSA and Evoformer stacks) on
     bf16 activations, each weight cast to bf16 once and kept (``keep_weights``; the fp32 parameters stay);
     layer-norm statistics, softmax accumulation, mask counts, the structure module and the heads stay fp32,
-    as in AlphaFold2. ``compile=True``
-    runs each repeated block (Evoformer and extra-MSA) through ``torch.compile`` (inductor) with
-    dynamic shapes, caching the compiled code in ``compile_cache_dir`` when given.
+    as in AlphaFold2. ``compile=True`` runs each repeated block (Evoformer and extra-MSA) through
+    ``torch.compile`` (inductor) with dynamic shapes, caching the compiled code in ``compile_cache_dir`` when
+    given.
     """
 
     chunks: ChunkSizes = field(default_factory=ChunkSizes)

@@ -66,10 +66,10 @@ def kept_weight(owner: nn.Module, key: Hashable, dtype: torch.dtype, sources: Se
     ``owner`` under ``key``, made again when a source has changed: another tensor (load_params assigns new
     ones), its storage swapped, or written in place (its version counter). A bf16 block then casts nothing,
     1.04-1.05x as fast on AMX, 1.07-1.12x with :func:`linear_layout` (docs/benchmarks.md, "Kept bf16
-    weights"), for a bf16 copy of the parameters (their size in bf16, which the memory planner counts). fp32 runs keep nothing (their
-    weights are the parameters themselves, the few concatenations cost a copy), nor does anything while
-    autograd records (the cast belongs in the graph) or torch.compile traces (inductor folds the casts), nor
-    a run whose ``options.keep_weights`` is off."""
+    weights"), for a bf16 copy of the parameters (their size in bf16, which the memory planner counts). fp32
+    runs keep nothing (their weights are the parameters themselves, the few concatenations cost a copy), nor
+    does anything while autograd records (the cast belongs in the graph) or torch.compile traces (inductor
+    folds the casts), nor a run whose ``options.keep_weights`` is off."""
     if (dtype not in KEPT_DTYPES or torch.is_grad_enabled() or torch.compiler.is_compiling()
             or not getattr(owner, "options", Options).keep_weights):
         return build()
@@ -85,10 +85,11 @@ def kept_weight(owner: nn.Module, key: Hashable, dtype: torch.dtype, sources: Se
 
 
 def linear_layout(w: torch.Tensor) -> torch.Tensor:
-    """``w`` (k, n) as the transposed view of an (n, k) copy: the layout oneDNN's linear kernel reads its
-    weights in (PyTorch's nn.Linear keeps them so); PyTorch's products take either. Kept bf16 weights are
-    made so: a block ran 1.07-1.08x as fast as casting each call, 1.04-1.05x keeping the (k, n) layout."""
-    return w.t().contiguous().t()
+    """A bf16 (fp16) ``w`` (k, n) as the transposed view of an (n, k) copy: the layout oneDNN's linear kernel reads
+    its weights in (PyTorch's nn.Linear keeps them so); PyTorch's products take either. Kept weights are made so:
+    a bf16 block ran 1.07-1.12x as fast as casting each call, 1.04-1.05x keeping the (k, n) layout. fp32 ``w``
+    is returned as it is (no copy: fp32 products ran as fast either way, and fp32 runs keep nothing)."""
+    return w.t().contiguous().t() if w.dtype in KEPT_DTYPES else w
 
 
 def weight_as(owner: nn.Module, name: str, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> torch.Tensor:

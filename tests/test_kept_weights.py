@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from af2cpu.bench.model import make_inputs
+from af2cpu.model import primitives
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import Options
 from af2cpu.model.params import load_params, random_params
@@ -98,6 +99,9 @@ def test_fp32_runs_and_autograd_keep_nothing():
     with torch.no_grad():
         block(*(t.float() for t in inputs))
     assert _kept_bytes(block) == 0
+    # fp32 weights keep their layout: no copy for the concatenations fp32 products read.
+    w = block.pair_transition.transition1.weights
+    assert primitives.linear_layout(w) is w and primitives.linear_layout(w.bfloat16()).t().is_contiguous()
     # Where autograd records, the cast belongs in its graph: a layer's bf16 product carries it, nothing is kept.
     layer = block.pair_transition.transition2
     _set(layer, Options(precision="bf16"))
