@@ -343,10 +343,10 @@ class _TriangleMultiplication(_Chunked):
         proj = act.new_empty((2 * c, n_rows, n_res))  # gated left and right, (2c, L, L)
         step = self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                       n_res * 4 * c * act.element_size())
-        gates = _Gates(self.options, dtype, pair_mask, mask)
+        gates = _Gates(self.options, dtype, pair_mask, mask, b, [layer.bias for layer in layers])
         for s in chunk_slices(n_rows, step):
             rows = s.stop - s.start
-            block = matmul_row_bias(w_t, act_t[:, s.start * n_res:s.stop * n_res], b,
+            block = matmul_row_bias(w_t, act_t[:, s.start * n_res:s.stop * n_res], gates.product_bias,
                                     onednn=onednn).view(4 * c, rows, n_res)
             gates.apply(block, s, proj[:, s])
         left, right = proj[:c], proj[c:]  # (c, L, L)
@@ -392,11 +392,11 @@ class _TriangleMultiplication(_Chunked):
             index = torch.cat([torch.arange(cs.start, cs.stop) + k * c for k in range(4)])
             w_t, b = w[:, index].to(dtype).t().contiguous(), bias[index].to(dtype)[:, None]
             proj = pair.new_empty((2 * width, n_rows, n_res))  # the slab's gated left and right
-            gates = _Gates(self.options, dtype, pair_mask, mask)
+            gates = _Gates(self.options, dtype, pair_mask, mask, b, [bias[index]])
             for s in chunk_slices(n_rows, step):
                 rows = s.stop - s.start
                 act_t = layer_norm_input(pair[s]).reshape(-1, c_z).t()
-                block = matmul_row_bias(w_t, act_t, b, onednn=onednn).view(4 * width, rows, n_res)
+                block = matmul_row_bias(w_t, act_t, gates.product_bias, onednn=onednn).view(4 * width, rows, n_res)
                 gates.apply(block, s, proj[:, s])
             left, right = proj[:width], proj[width:]
             if self.outgoing:
@@ -420,18 +420,26 @@ class _Gates:
     """The triangle multiplication's gated projections: ``out`` = left and right * sigmoid(their gates) * the pair
     mask, from a block of the channel-first projections (4c, rows, L), in one pass with af2cpu's element-wise
     kernel (runtime.elementwise), else as PyTorch runs it (the gates' sigmoid in place, then the product).
-    ``mask`` is the pair mask in the activations' ``dtype``, or None where every pair is valid."""
+    ``mask`` is the pair mask in the activations' ``dtype``, or None where every pair is valid; ``bias`` the four
+    projections' biases in that dtype, (4c, 1), and ``biases32`` the same as fp32 pieces to concatenate. The
+    projections' product adds ``product_bias``: ``bias``, or None where af2cpu's kernel adds the fp32 biases as
+    it reads the product (the product then skips the bias copy into its output that PyTorch's bf16 addmm
+    makes first)."""
 
-    def __init__(self, options: Options, dtype: torch.dtype, pair_mask: torch.Tensor, mask: torch.Tensor | None):
+    def __init__(self, options: Options, dtype: torch.dtype, pair_mask: torch.Tensor, mask: torch.Tensor | None,
+                 bias: torch.Tensor, biases32: list[torch.Tensor]):
         self.mask = mask
         self.one_pass = not torch.compiler.is_compiling() and kernels.uses_elementwise(options.elementwise, dtype)
         self.mask32 = None if mask is None or not self.one_pass else pair_mask.float()
+        self.product_bias = None if self.one_pass else bias
+        self.bias32 = torch.cat(biases32).float() if self.one_pass else None
 
     def apply(self, block: torch.Tensor, rows: slice, out: torch.Tensor) -> None:
         half = block.shape[0] // 2
         if self.one_pass:  # views, never copies: out is a block of the whole projections
             mask = None if self.mask32 is None else self.mask32[rows].reshape(-1)
-            kernels.gated(block[:half].view(half, -1), block[half:].view(half, -1), mask, out.view(half, -1))
+            kernels.gated(block[:half].view(half, 1, -1), block[half:].view(half, 1, -1), mask,
+                          out.view(half, 1, -1), (self.bias32[:half], self.bias32[half:]))
             return
         gate = block[half:].sigmoid_()
         if self.mask is not None:

@@ -319,18 +319,21 @@ def layer_norm_applies(x: torch.Tensor) -> bool:
 
 
 def gated(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
-          out: torch.Tensor | None = None) -> torch.Tensor:
+          out: torch.Tensor | None = None, biases: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``a * sigmoid(g) * mask`` in one pass, computed in fp32 and rounded once: ``a`` and ``g`` of one shape and
     dtype (fp32 or bf16) with their last dimension contiguous, as 2-D (rows, M) or 3-D (B, N, M) tensors whose
     outer dimensions may have any strides; ``mask`` fp32, broadcast along that last dimension ((M,)), or None.
+    ``biases``, for 3-D operands: fp32 (B,) tensors added to ``a`` and ``g`` first, ``(a + a_bias[b]) *
+    sigmoid(g + g_bias[b])`` (the triangle multiplication's channel-first projections, a bias per channel).
     Written into ``out`` (the same shape and dtype, last dimension contiguous) or a new contiguous tensor;
     returned."""
     if out is None:
         out = torch.empty(a.shape, dtype=a.dtype)
+    a_bias, g_bias = biases if biases is not None else (None, None)
     if a.dim() == 2:
-        torch.ops.af2cpu.gated(a[None], g[None], mask, out[None])
+        torch.ops.af2cpu.gated(a[None], g[None], mask, out[None], a_bias, g_bias)
     else:
-        torch.ops.af2cpu.gated(a, g, mask, out)
+        torch.ops.af2cpu.gated(a, g, mask, out, a_bias, g_bias)
     return out
 
 

@@ -145,12 +145,15 @@ def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, o
     return y if activation is None else ACTIVATIONS[activation](y)
 
 
-def matmul_row_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, onednn: bool = False) -> torch.Tensor:
+def matmul_row_bias(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, onednn: bool = False) -> torch.Tensor:
     """``x`` (m, k) @ ``w`` (k, n) ``+ b`` (m, 1), a bias per output row: the triangle multiplication's
     channel-first projections (the weight on the left). Through oneDNN as :func:`matmul` decides, its
     bias added after the product (oneDNN's linear kernel adds one per column). bf16 stays PyTorch's: its addmm,
     oneDNN's too, was faster than the product and a pass adding the bias (495 against 622 us, (512, 128) @
-    (128, 4096), AMX)."""
+    (128, 4096), AMX). With ``b`` None (af2cpu's gate kernel adds it as it reads the product) the product alone:
+    PyTorch's bf16 mm (336 us there; addmm 604, as it first copies the bias into its output)."""
+    if b is None:
+        return torch.mm(x, w) if x.dtype == torch.bfloat16 else matmul(x, w, onednn=onednn)
     if x.dtype == torch.float32 and through_onednn(x, onednn):
         return onednn_linear(x, w, None).add_(b)
     return torch.addmm(b, x, w)

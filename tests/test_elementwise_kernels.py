@@ -150,10 +150,16 @@ def test_the_module_runs_af2cpus_kernel_where_it_is_chosen(dtype, monkeypatch):
     assert len(calls) == 2
 
 
-def check_gate(op, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None) -> None:
+def check_gate(op, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None,
+               biases: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     out = torch.full_like(a, float("nan"))
-    op(a, g, mask, out)
-    want = a.double() * torch.sigmoid(g.double()) * (1 if mask is None else mask.double())
+    if biases is None:
+        op(a, g, mask, out)
+        a_in, g_in = a.double(), g.double()
+    else:
+        op(a, g, mask, out, *biases)
+        a_in, g_in = (t.double() + bias.double()[:, None, None] for t, bias in zip((a, g), biases, strict=True))
+    want = a_in * torch.sigmoid(g_in) * (1 if mask is None else mask.double())
     error = (out.double() - want).abs()
     if a.dtype is torch.float32:
         assert float(error.max()) < 1e-5
@@ -183,6 +189,28 @@ def test_gate_equals_float64(m, dtype):
         check_gate(lambda *args: torch.ops.af2cpu.gated(*args), op_a, op_g, msk)
     torch.ops.af2cpu.gated(a, g, mask, larger[:, 3:9])
     assert torch.equal(larger[:, 3:9], kernels.gated(a, g, mask))  # a block of a larger output, the same numbers
+
+
+@needs_build
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gate_with_a_bias_per_outer_index_equals_float64(dtype):
+    """The triangle multiplication's channel-first projections (B channels, one row of a block's positions): each
+    channel's fp32 bias added to its projection and its gate in the kernel, with and without the pair mask."""
+    block, mask = _gate_operands(dtype, 37)
+    gen = torch.Generator().manual_seed(5)
+    biases = (torch.randn(2, generator=gen), torch.randn(2, generator=gen))
+    a, g = block[:2], block[2:]
+    for msk in (None, mask):
+        check_gate(lambda *args: torch.ops.af2cpu.gated(*args), a, g, msk, biases)
+    out = kernels.gated(a, g, mask, biases=biases)
+    assert not torch.equal(out, kernels.gated(a, g, mask))  # the biases were added
+    # A zero bias gives the unbiased numbers, bit for bit.
+    zeros = (torch.zeros(2), torch.zeros(2))
+    assert torch.equal(kernels.gated(a, g, mask, biases=zeros), kernels.gated(a, g, mask))
+    with pytest.raises(RuntimeError, match="give both biases or neither"):
+        torch.ops.af2cpu.gated(a, g, None, torch.empty_like(a), biases[0], None)
+    with pytest.raises(RuntimeError, match="a_bias and g_bias must be contiguous fp32 \\(B,\\)"):
+        torch.ops.af2cpu.gated(a, g, None, torch.empty_like(a), torch.zeros(3), torch.zeros(3))
 
 
 @needs_build

@@ -14,7 +14,8 @@
 // the softmax in AVX512 on fp32 logits; the probabilities are rounded to bf16 for the second product.
 //
 // The element-wise work (runtime.elementwise; fp32 or bf16, computed in fp32): layer_norm, AlphaFold2's layer norm
-// over the last dimension; gated, a gate a * sigmoid(g) * mask in one pass; add_into, the residual sums.
+// over the last dimension; gated, a gate a * sigmoid(g) * mask in one pass, with a bias per outer index where
+// asked; add_into, the residual sums.
 //
 // With -DAF2CPU_PROFILE each thread prints its cycles per phase (rdtsc) when the environment has
 // AF2CPU_PROFILE set (benchmarks/attention-kernel/compare.py --split); AF2CPU_OPS names the operators'
@@ -786,21 +787,37 @@ void for_pieces(int64_t nb, int64_t nn, int64_t m, const F& fn) {
   });
 }
 
+// With biases (fp32, one per b), out = (a + a_bias[b]) * sigmoid(g + g_bias[b]) [* mask]: the triangle
+// multiplication's channel-first projections, whose bias is one per channel (b), added here instead of by the
+// product. Without, nothing is added (a zero would turn -0 into +0).
 template <typename T>
-void gated_impl(const T* a, Rows3 ra, const T* g, Rows3 rg, const float* mask, T* out, Rows3 ro, int64_t nb,
-                int64_t nn, int64_t m) {
+void gated_impl(const T* a, Rows3 ra, const T* g, Rows3 rg, const float* mask, const float* a_bias,
+                const float* g_bias, T* out, Rows3 ro, int64_t nb, int64_t nn, int64_t m) {
   for_pieces(nb, nn, m, [=](int64_t b, int64_t n, int64_t j0, int64_t j1) {
     const T* ar = a + ra.at(b, n);
     const T* gr = g + rg.at(b, n);
     T* orow = out + ro.at(b, n);
+    const bool biased = a_bias != nullptr;
+    const float ab = biased ? a_bias[b] : 0.f, gb = biased ? g_bias[b] : 0.f;
+    const vf vab = splat(ab), vgb = splat(gb);
     int64_t j = j0;
     for (; j + W <= j1; j += W) {
-      vf y = load_full(ar + j) * vsigmoid(load_full(gr + j));
+      vf av = load_full(ar + j), gv = load_full(gr + j);
+      if (biased) {
+        av += vab;
+        gv += vgb;
+      }
+      vf y = av * vsigmoid(gv);
       if (mask) y *= load(mask + j);
       store_row(orow, j, y);
     }
     for (; j < j1; ++j) {
-      float y = load_f(ar[j]) / (1.f + std::exp(-load_f(gr[j])));
+      float av = load_f(ar[j]), gv = load_f(gr[j]);
+      if (biased) {
+        av += ab;
+        gv += gb;
+      }
+      float y = av / (1.f + std::exp(-gv));
       if (mask) y *= mask[j];
       orow[j] = store_f<T>(y);
     }
@@ -814,8 +831,10 @@ void check_rows3(const char* op, const char* what, const at::Tensor& t, const at
               op, ": ", what, " must be (B, N, M) as the first operand, of its dtype, its last dimension contiguous");
 }
 
-// out = a * sigmoid(g) * mask, written into out; a, g, out (B, N, M) fp32 or bf16 as above, mask (M,) fp32 or None.
-void gated(const at::Tensor& a, const at::Tensor& g, const std::optional<at::Tensor>& mask, at::Tensor out) {
+// out = (a + a_bias) * sigmoid(g + g_bias) * mask, written into out; a, g, out (B, N, M) fp32 or bf16 as above,
+// mask (M,) fp32 or None, a_bias and g_bias (B,) fp32, both or neither.
+void gated(const at::Tensor& a, const at::Tensor& g, const std::optional<at::Tensor>& mask, at::Tensor out,
+           const std::optional<at::Tensor>& a_bias, const std::optional<at::Tensor>& g_bias) {
   TORCH_CHECK(a.dim() == 3 && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16),
               "gated: a must be (B, N, M), fp32 or bf16");
   check_rows3("gated", "a", a, a);
@@ -828,12 +847,22 @@ void gated(const at::Tensor& a, const at::Tensor& g, const std::optional<at::Ten
                 "gated: mask must be contiguous fp32 (M,)");
     mp = mask->data_ptr<float>();
   }
+  TORCH_CHECK(a_bias.has_value() == g_bias.has_value(), "gated: give both biases or neither");
+  const float *ab = nullptr, *gb = nullptr;
+  if (a_bias) {
+    for (const auto* bias : {&*a_bias, &*g_bias})
+      TORCH_CHECK(bias->dim() == 1 && bias->size(0) == nb && bias->scalar_type() == at::kFloat
+                  && bias->is_contiguous(), "gated: a_bias and g_bias must be contiguous fp32 (B,)");
+    ab = a_bias->data_ptr<float>();
+    gb = g_bias->data_ptr<float>();
+  }
   if (a.numel() == 0) return;
   const Rows3 ra{a.stride(0), a.stride(1)}, rg{g.stride(0), g.stride(1)}, ro{out.stride(0), out.stride(1)};
   if (a.scalar_type() == at::kFloat)
-    gated_impl<float>(a.data_ptr<float>(), ra, g.data_ptr<float>(), rg, mp, out.data_ptr<float>(), ro, nb, nn, m);
+    gated_impl<float>(a.data_ptr<float>(), ra, g.data_ptr<float>(), rg, mp, ab, gb, out.data_ptr<float>(), ro, nb,
+                      nn, m);
   else
-    gated_impl<at::BFloat16>(a.data_ptr<at::BFloat16>(), ra, g.data_ptr<at::BFloat16>(), rg, mp,
+    gated_impl<at::BFloat16>(a.data_ptr<at::BFloat16>(), ra, g.data_ptr<at::BFloat16>(), rg, mp, ab, gb,
                              out.data_ptr<at::BFloat16>(), ro, nb, nn, m);
 }
 
@@ -878,7 +907,7 @@ void add_into(at::Tensor act, const at::Tensor& update) {
 AF2CPU_LIBRARY(AF2CPU_OPS, m) {
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
   m.def("layer_norm(Tensor x, Tensor scale, Tensor offset, float eps) -> Tensor");
-  m.def("gated(Tensor a, Tensor g, Tensor? mask, Tensor(a!) out) -> ()");
+  m.def("gated(Tensor a, Tensor g, Tensor? mask, Tensor(a!) out, Tensor? a_bias=None, Tensor? g_bias=None) -> ()");
   m.def("add_into(Tensor(a!) act, Tensor update) -> ()");
 #if defined(__AMX_BF16__) && defined(__AVX512BF16__)
   m.def("attention_amx(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
