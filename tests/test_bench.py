@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from af2cpu.bench.machine import turns_summary
 from af2cpu.bench.model import make_inputs, make_multimer_inputs
 from af2cpu.cli import main
 
@@ -212,3 +213,13 @@ def test_bench_memory_of_a_complex_is_within_the_planners_tolerance(tmp_path):
           f"{run['peak_rss_bytes'] / 2**30:.2f} GiB ({100 * run['estimate_error']:+.0f} %)")
     assert abs(run["estimate_error"]) <= 0.25
     assert "complexes of 2 chains" in (tmp_path / "memory.md").read_text()
+
+
+def test_turns_summary_reports_best_and_median_against_the_first_variant():
+    times = {"before": [0.010, 0.012, 0.030], "after": [0.008, 0.006, 0.009]}
+    before, after = turns_summary(times)
+    assert before == {"variant": "before", "best_ms": 10.0, "median_ms": 12.0, "speedup_best": 1.0,
+                      "speedup_median": 1.0}
+    assert after["best_ms"] == 6.0 and after["median_ms"] == 8.0
+    assert after["speedup_best"] == pytest.approx(10 / 6, abs=1e-3) and after["speedup_median"] == 1.5
+    assert turns_summary(times, unit="s")[1]["best_s"] == 0.006

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -96,3 +97,15 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> dict:
             peak["fp32_libraries"] = rates
     return peak
 
+
+def turns_summary(times: dict[str, list[float]], unit: str = "ms") -> list[dict]:
+    """Variants timed taking turns (``times``: each variant's seconds, round by round; the first is the
+    baseline) as records: the best and median time in ``unit`` ("ms" or "s") and their ratios to the
+    baseline's, the benchmarks' in-process A/B comparisons (benchmarks/*/ab.py)."""
+    scale, digits = (1e3, 2) if unit == "ms" else (1.0, 4)
+    first = next(iter(times.values()))
+    return [{"variant": name, f"best_{unit}": round(scale * min(seconds), digits),
+             f"median_{unit}": round(scale * statistics.median(seconds), digits),
+             "speedup_best": round(min(first) / min(seconds), 3),
+             "speedup_median": round(statistics.median(first) / statistics.median(seconds), 3)}
+            for name, seconds in times.items()]

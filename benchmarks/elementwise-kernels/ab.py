@@ -16,12 +16,12 @@ their ratios to the first variant, as JSON lines.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 
 import torch
 
+from af2cpu.bench.machine import turns_summary
 from af2cpu.model import primitives
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import Options
@@ -56,12 +56,8 @@ def main(precision: str, length: int, rows: int, rounds: int) -> None:
                 start = time.perf_counter()
                 block(*inputs, inplace=True)
                 times[name].append(time.perf_counter() - start)
-    first = next(iter(times.values()))
-    for name, seconds in times.items():
-        print(json.dumps({"precision": precision, "length": length, "rows": rows, "variant": name,
-                          "best_ms": round(1e3 * min(seconds), 1), "median_ms": round(1e3 * statistics.median(seconds), 1),
-                          "speedup_best": round(min(first) / min(seconds), 3),
-                          "speedup_median": round(statistics.median(first) / statistics.median(seconds), 3)}))
+    for record in turns_summary(times):
+        print(json.dumps({"precision": precision, "length": length, "rows": rows, **record}))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ without biases). runtime.elementwise=af2cpu in both (the variants differ only th
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 
 import torch
 
+from af2cpu.bench.machine import turns_summary
 from af2cpu.model import evoformer, kernels
 from af2cpu.model.evoformer import EvoformerIteration, TriangleMultiplicationOutgoing
 from af2cpu.model.options import Options
@@ -70,12 +70,8 @@ def main(kind: str, precision: str, length: int, rounds: int) -> None:
                 model(*inputs, **call)
                 times[name].append(time.perf_counter() - start)
     evoformer._Gates.__init__, evoformer._Gates.apply = NEW_INIT, NEW_APPLY
-    first = next(iter(times.values()))
-    for name, seconds in times.items():
-        print(json.dumps({"kind": kind, "precision": precision, "length": length, "variant": name,
-                          "best_ms": round(1e3 * min(seconds), 2), "median_ms": round(1e3 * statistics.median(seconds), 2),
-                          "speedup_best": round(min(first) / min(seconds), 3),
-                          "speedup_median": round(statistics.median(first) / statistics.median(seconds), 3)}))
+    for record in turns_summary(times):
+        print(json.dumps({"kind": kind, "precision": precision, "length": length, **record}))
 
 
 if __name__ == "__main__":

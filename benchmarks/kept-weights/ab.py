@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import sys
 import time
 
 import torch
 
+from af2cpu.bench.machine import turns_summary
 from af2cpu.bench.model import make_inputs, options
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.memory import TargetShape
@@ -66,13 +66,8 @@ def main(kind: str, length: int, rows: int, rounds: int) -> None:
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
-    first = next(iter(times.values()))
-    for name, seconds in times.items():
-        print(json.dumps({"kind": kind, "precision": base.precision.value, "length": length, "rows": rows,
-                          "variant": name, "best_s": round(min(seconds), 4),
-                          "median_s": round(statistics.median(seconds), 4),
-                          "speedup_best": round(min(first) / min(seconds), 3),
-                          "speedup_median": round(statistics.median(first) / statistics.median(seconds), 3)}))
+    for record in turns_summary(times, unit="s"):
+        print(json.dumps({"kind": kind, "precision": base.precision.value, "length": length, "rows": rows, **record}))
 
 
 if __name__ == "__main__":
