@@ -58,6 +58,15 @@ def add_in_place(act: torch.Tensor, update: torch.Tensor, options: Options | Non
 # Precisions whose runs keep their casts of the weights (kept_weight).
 KEPT_DTYPES = (torch.bfloat16, torch.float16)
 
+# What each module keeps, held beside the module rather than in it: the module stays picklable (torch.save; the
+# stamps hold weak references) and a copy of it (copy.deepcopy) starts with nothing kept. Dropped with the module.
+_KEPT: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def kept_weights(owner: nn.Module) -> dict:
+    """What :func:`kept_weight` keeps for ``owner`` now: {key: the weights made}."""
+    return {key: entry[1] for key, entry in _KEPT.get(owner, {}).items() if entry is not None}
+
 
 def kept_weight(owner: nn.Module, key: Hashable, dtype: torch.dtype, sources: Sequence[torch.Tensor],
                 build: Callable[[], Any]) -> Any:
@@ -73,7 +82,7 @@ def kept_weight(owner: nn.Module, key: Hashable, dtype: torch.dtype, sources: Se
     if (dtype not in KEPT_DTYPES or torch.is_grad_enabled() or torch.compiler.is_compiling()
             or not getattr(owner, "options", Options).keep_weights):
         return build()
-    kept = owner.__dict__.setdefault("_kept_weights", {})
+    kept = _KEPT.setdefault(owner, {})
     entry = kept.get(key)
     # Compared by identity: weak references to live tensors would compare the tensors' values.
     if entry is None or len(entry[0]) != len(sources) or not all(

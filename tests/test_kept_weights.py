@@ -7,6 +7,9 @@ bf16 runs here on every CPU: emulated where the CPU has no native bf16 (slow but
 
 from __future__ import annotations
 
+import copy
+import io
+
 import numpy as np
 import torch
 
@@ -21,8 +24,7 @@ from af2cpu.model.presets import get_preset
 def _kept_bytes(model: torch.nn.Module) -> int:
     total = 0
     for module in model.modules():
-        for entry in module.__dict__.get("_kept_weights", {}).values():
-            value = entry[1]
+        for value in primitives.kept_weights(module).values():
             for tensor in value if isinstance(value, tuple) else (value,):
                 if tensor is not None:
                     total += tensor.numel() * tensor.element_size()
@@ -65,7 +67,7 @@ def test_a_bf16_block_keeps_its_casts_and_gives_the_same_numbers():
     params = sum(p.numel() for p in block.parameters())
     assert 0.95 * 2 * params < _kept_bytes(block) <= 2 * params
     # Kept in the layout oneDNN's linear kernel reads: each matrix the transposed view of an (n, k) copy.
-    w = block.msa_transition.transition1.__dict__["_kept_weights"][("weights", torch.bfloat16, None)][1]
+    w = primitives.kept_weights(block.msa_transition.transition1)[("weights", torch.bfloat16, None)]
     assert w.dtype is torch.bfloat16 and w.t().is_contiguous()
     assert torch.equal(w, block.msa_transition.transition1.weights.bfloat16())
 
@@ -127,3 +129,21 @@ def test_a_bf16_model_keeps_within_the_planners_count_and_reloads():
     expected = fresh.predict(features, num_recycle=0)
     for name in ("pair", "msa_first_row", "single"):
         np.testing.assert_array_equal(reloaded["representations"][name], expected["representations"][name])
+
+
+def test_a_module_that_keeps_casts_still_saves_and_copies():
+    # The kept casts live beside the module: torch.save pickles the module as before (their stamps hold weak
+    # references, which do not pickle), and a copy keeps nothing until it runs.
+    block, inputs = _block_and_inputs()
+    _set(block, Options(precision="bf16"))
+    with torch.no_grad():
+        expected = block(*inputs)
+        assert _kept_bytes(block) > 0
+        saved = io.BytesIO()
+        torch.save(block, saved)
+        saved.seek(0)
+        loaded = torch.load(saved, weights_only=False)  # our own file, written just above
+        twin = copy.deepcopy(block)
+        assert _kept_bytes(loaded) == 0 and _kept_bytes(twin) == 0
+        for model in (loaded, twin):
+            assert all(torch.equal(a, b) for a, b in zip(model(*inputs), expected, strict=True))
