@@ -71,7 +71,7 @@ def kept_weights(owner: nn.Module) -> dict:
 def kept_weight(owner: nn.Module, key: Hashable, dtype: torch.dtype, sources: Sequence[torch.Tensor],
                 build: Callable[[], Any]) -> Any:
     """``build()``: weights made from the parameters ``sources`` of ``owner`` for a product in ``dtype`` (their
-    casts, the concatenations the fused products read). In a bf16 (fp16) run it is made once and kept on
+    casts, the concatenations the fused products read). In a bf16 (fp16) run it is made once and kept for
     ``owner`` under ``key``, made again when a source has changed: another tensor (load_params assigns new
     ones), its storage swapped, or written in place (its version counter). A bf16 block then casts nothing,
     1.04-1.05x as fast on AMX, 1.07-1.12x with :func:`linear_layout` (docs/benchmarks.md, "Kept bf16
