@@ -407,9 +407,9 @@ def measure_elementwise_speedup(dtype: str, rounds: int = MEASURE_ROUNDS) -> dic
 
 @functools.cache
 def elementwise_speedup(dtype: str) -> float | None:
-    """How many times faster af2cpu's layer norms, gates and (bf16) sums run than PyTorch's on this CPU in ``dtype``, measured
-    once per kind of CPU and version of the kernels (``elementwise-<dtype>-*.json`` in af2cpu's cache); None where
-    the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
+    """How many times faster af2cpu's layer norms, gates and (bf16) sums run than PyTorch's on this CPU in
+    ``dtype``, measured once per kind of CPU and version of the kernels (``elementwise-<dtype>-*.json`` in af2cpu's
+    cache); None where the kernels cannot be built, or for bf16 where this CPU's bf16 is not native."""
     if load() is None or (dtype == "bf16" and not native_bf16()):
         return None
     return measured_once(f"elementwise-{dtype}-{source_digest()}", f"af2cpu's {dtype} element-wise speed-up",
@@ -419,9 +419,9 @@ def elementwise_speedup(dtype: str) -> float | None:
 @functools.cache
 def uses_elementwise(requested: AttentionKernel | str, dtype: torch.dtype) -> bool:
     """Whether the layer norms, gates and (bf16) residual sums in ``dtype`` run af2cpu's kernels under
-    ``runtime.elementwise=requested``
-    on this CPU: never for ``pytorch``; for ``af2cpu`` always (ConfigError where they cannot be built); for
-    ``auto`` where they were measured at least ``SPEEDUP_NEEDED`` times as fast as PyTorch's."""
+    ``runtime.elementwise=requested`` on this CPU: never for ``pytorch``; for ``af2cpu`` always (ConfigError where
+    they cannot be built); for ``auto`` where they were measured at least ``SPEEDUP_NEEDED`` times as fast as
+    PyTorch's."""
     kernel = as_kernel(requested, "elementwise")
     if kernel is AttentionKernel.pytorch or dtype not in (torch.float32, torch.bfloat16):
         return False

@@ -121,8 +121,8 @@ class Options:
     # The attention kernel (af2cpu.model.kernels): PyTorch's, af2cpu's own, or auto (af2cpu's where this CPU
     # runs it measurably faster, per precision and head size), decided where the network runs.
     attention: AttentionKernel = AttentionKernel.pytorch
-    # The kernels of the element-wise work, the layer norms and the gates (af2cpu.model.kernels), chosen the same
-    # way (one measurement per precision).
+    # The kernels of the element-wise work, the layer norms, gates and bf16 residual sums (af2cpu.model.kernels),
+    # chosen the same way (one measurement per precision).
     elementwise: AttentionKernel = AttentionKernel.pytorch
     # bf16 runs keep each weight's bf16 cast (af2cpu.model.primitives.kept_weight: the parameters' size in bf16,
     # counted by the memory planner) instead of casting it at every product. Off only to measure what it gains.

@@ -73,12 +73,12 @@ def kept_weight(owner: nn.Module, key: Hashable, dtype: torch.dtype, sources: Se
     """``build()``: weights made from the parameters ``sources`` of ``owner`` for a product in ``dtype`` (their
     casts, the concatenations the fused products read). In a bf16 (fp16) run it is made once and kept for
     ``owner`` under ``key``, made again when a source has changed: another tensor (load_params assigns new
-    ones), its storage swapped, or written in place (its version counter). A bf16 block then casts nothing,
-    1.04-1.05x as fast on AMX, 1.07-1.12x with :func:`linear_layout` (docs/benchmarks.md, "Kept bf16
-    weights"), for a bf16 copy of the parameters (their size in bf16, which the memory planner counts). fp32
-    runs keep nothing (their weights are the parameters themselves, the few concatenations cost a copy), nor
-    does anything while autograd records (the cast belongs in the graph) or torch.compile traces (inductor
-    folds the casts), nor a run whose ``options.keep_weights`` is off."""
+    ones), its storage swapped, or written in place (its version counter). A bf16 block then casts nothing
+    (faster as :func:`linear_layout` says; docs/benchmarks.md, "Kept bf16 weights"), for a bf16 copy of the
+    parameters (their size in bf16, which the memory planner counts). fp32 runs keep nothing (their weights are
+    the parameters themselves, the few concatenations cost a copy), nor does anything while autograd records
+    (the cast belongs in the graph) or torch.compile traces (inductor folds the casts), nor a run whose
+    ``options.keep_weights`` is off."""
     if (dtype not in KEPT_DTYPES or torch.is_grad_enabled() or torch.compiler.is_compiling()
             or not getattr(owner, "options", Options).keep_weights):
         return build()
