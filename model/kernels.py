@@ -11,9 +11,10 @@ model/csrc/attention.cpp has kernels of af2cpu's own (docs/benchmarks.md, "af2cp
   logits in AVX512; measured 1.4-2.1x PyTorch's bf16 kernel at the Evoformer's shapes on a Xeon with AMX.
 - ``attention`` (fp32 or bf16, AVX2 or AVX512): outer-product micro-kernels in fp32; measured 1.5-1.9x
   PyTorch's fp32 kernel at head sizes 8 and 16 on an AVX2 CPU presented as AMD, as fast or slower elsewhere.
-- ``layer_norm`` (fp32 or bf16, rows with their channels contiguous): AlphaFold2's layer norm with fp32
-  statistics, each row read once and written once; measured 1.4-2.2x PyTorch's in bf16 and 1.1-1.9x in fp32
-  on AMX, 1.1-1.2x and 0.9-1.6x on AVX2.
+- ``layer_norm`` (fp32 or bf16; rows of up to two strides with their channels contiguous, or channel-first
+  activations): AlphaFold2's layer norm with fp32 statistics, each row read once and written once; measured
+  1.4-2.2x PyTorch's in bf16 and 1.1-1.9x in fp32 on AMX, 1.1-1.2x and 0.9-1.6x on AVX2; on channel-first
+  sums 1.9-3.4x a transposing copy and the row kernel.
 - ``gated`` (fp32 or bf16): a gate, a * sigmoid(g) times a mask, in one pass; about 2x PyTorch's sigmoid and
   product. ``add_into``: the residual sums, the same numbers as PyTorch's, 2-3x as fast in bf16.
 
@@ -300,22 +301,48 @@ SUM_SHAPE = (32, 128, 128)  # a block of pair rows
 
 
 def layer_norm(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, eps: float) -> torch.Tensor:
-    """af2cpu's layer norm of ``x`` (fp32 or bf16, rows as :func:`layer_norm_applies` takes them) over its last
+    """af2cpu's layer norm of ``x`` (fp32 or bf16, laid out as :func:`layer_norm_applies` takes it) over its last
     dimension with fp32 ``scale`` and ``offset``: a new contiguous tensor of ``x``'s shape and dtype."""
-    return torch.ops.af2cpu.layer_norm(x, scale, offset, eps)
+    operand = _layer_norm_operand(x)
+    if operand is None:
+        raise ValueError(f"af2cpu's layer norm does not take a {x.dtype} tensor of shape {tuple(x.shape)} and "
+                         f"strides {x.stride()}")
+    return torch.ops.af2cpu.layer_norm(operand, scale, offset, eps).view(x.shape)
 
 
 def layer_norm_applies(x: torch.Tensor) -> bool:
-    """Whether af2cpu's layer norm takes ``x``: fp32 or bf16, channels contiguous, and its leading dimensions
-    rows of one stride (a block of rows of a contiguous tensor; not a block of columns)."""
-    if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() == 0 or x.stride(-1) != 1:
-        return False
-    expected = x.stride(-2) if x.dim() > 1 else 0
-    for size, stride in zip(reversed(x.shape[:-1]), reversed(x.stride()[:-1])):
-        if size != 1 and stride != expected:
-            return False
-        expected = stride * size if size != 1 else expected
-    return True
+    """Whether af2cpu's layer norm takes ``x`` as it is, without a copy: fp32 or bf16, and either its channels
+    contiguous and its leading dimensions two groups of rows of one stride each (a block of rows or of columns
+    of a representation), or channel-first activations viewed channel-last (each channel's positions one
+    contiguous run: the triangle multiplication's sums, (c, rows, L), permuted)."""
+    return _layer_norm_operand(x) is not None
+
+
+def _layer_norm_operand(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as the operator takes it: a (B, N, c) view of rows, or ``x`` itself where it is 3-D with contiguous
+    channels or channel-first; None where it is neither."""
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() == 0:
+        return None
+    lead = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
+    if x.stride(-1) == 1 or x.shape[-1] == 1:
+        if x.dim() == 3:
+            return x
+        groups: list[list[int]] = []  # [size, stride] of each group of leading dimensions, outermost first
+        for size, stride in lead:
+            if groups and groups[-1][1] == stride * size:
+                groups[-1] = [groups[-1][0] * size, stride]
+            else:
+                groups.append([size, stride])
+        if len(groups) > 2:
+            return None
+        groups = [[1, 0]] * (2 - len(groups)) + groups
+        return x.as_strided((groups[0][0], groups[1][0], x.shape[-1]), (groups[0][1], groups[1][1], x.stride(-1)))
+    expected = 1  # channel-first: the positions, innermost first, one contiguous run
+    for size, stride in reversed(lead):
+        if stride != expected:
+            return None
+        expected *= size
+    return x
 
 
 def gated(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,

@@ -39,6 +39,13 @@ def _rows(c: int, layout: str, dtype: torch.dtype, seed: int = 0) -> torch.Tenso
         return whole[..., :c].contiguous()
     if layout == "block of rows":  # pair[rows]: a block of rows of a contiguous tensor
         return whole[..., :c].contiguous()[2:6]
+    if layout == "block of columns":  # msa[:, cols]: rows of two strides
+        return whole[..., :c].contiguous()[:, 1:5]
+    if layout == "rows of four dimensions":  # leading dimensions that group into two strides
+        return whole[..., :c].contiguous().view(3, 3, 7, c)[:, :, 2:6]
+    if layout == "channel-first":  # the triangle multiplication's sums (c, rows, L), a block of rows, permuted
+        planes = (torch.randn(c, 9, 7, generator=gen) * 3 + 1).to(dtype)
+        return planes[:, 2:6].permute(1, 2, 0)
     return whole.reshape(-1, c + 5)[:, :c]  # rows of a wider tensor: a row stride other than the channels
 
 
@@ -60,12 +67,27 @@ def check(op, x: torch.Tensor) -> None:
 
 @needs_build
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("layout", ["contiguous", "block of rows", "rows of a wider tensor"])
+@pytest.mark.parametrize("layout", ["contiguous", "block of rows", "rows of a wider tensor", "block of columns",
+                                    "rows of four dimensions", "channel-first"])
 @pytest.mark.parametrize("c", CHANNELS)
 def test_layer_norm_equals_float64(c, layout, dtype):
     x = _rows(c, layout, dtype)
     assert kernels.layer_norm_applies(x)
-    check(torch.ops.af2cpu.layer_norm, x)
+    check(kernels.layer_norm, x)
+
+
+@needs_build
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("positions", [1, 15, 16, 17, 40])
+def test_channel_first_tiles_and_their_tails(positions, dtype):
+    """The channel-first kernel normalises 16 positions a tile and the rest one at a time: every count of positions
+    around a tile, and an operand read in place (the operator takes the permuted view itself, no copy)."""
+    gen = torch.Generator().manual_seed(positions)
+    for c in (8, 37, 128):
+        planes = (torch.randn(c, 3 * positions, generator=gen) * 3 + 1).to(dtype)
+        x = planes[:, positions:2 * positions].t()  # (positions, c), each channel's positions contiguous
+        assert kernels.layer_norm_applies(x) and x.stride(-1) == 3 * positions
+        check(torch.ops.af2cpu.layer_norm, x)
 
 
 @needs_build
@@ -82,21 +104,28 @@ def test_a_nan_stays_in_its_row(dtype):
 @needs_build
 def test_the_operator_refuses_rows_it_does_not_take():
     x = torch.randn(4, 6, 32)
-    with pytest.raises(RuntimeError, match="channels must be contiguous"):
-        kernels.layer_norm(x.transpose(1, 2), torch.ones(6), torch.zeros(6), 1e-5)
+    with pytest.raises(RuntimeError, match="channels must be contiguous, or each channel's positions"):
+        torch.ops.af2cpu.layer_norm(x.transpose(1, 2), torch.ones(6), torch.zeros(6), 1e-5)
+    with pytest.raises(ValueError, match="does not take"):
+        kernels.layer_norm(torch.randn(4, 5, 6, 32)[:, 1:3, 2:4], torch.ones(32), torch.zeros(32), 1e-5)
     with pytest.raises(RuntimeError, match="scale and offset must be contiguous fp32"):
         kernels.layer_norm(x, torch.ones(32).bfloat16(), torch.zeros(32), 1e-5)
     with pytest.raises(RuntimeError, match="fp32 or bf16"):
-        kernels.layer_norm(x.double(), torch.ones(32), torch.zeros(32), 1e-5)
+        torch.ops.af2cpu.layer_norm(x.double(), torch.ones(32), torch.zeros(32), 1e-5)
     assert kernels.layer_norm(x[:0], torch.ones(32), torch.zeros(32), 1e-5).shape == (0, 6, 32)
 
 
-def test_applies_only_to_rows_of_one_stride():
+def test_applies_to_rows_of_two_strides_and_to_channel_first_runs():
     x = torch.randn(6, 5, 32)
     assert kernels.layer_norm_applies(x) and kernels.layer_norm_applies(x[1:4]) and kernels.layer_norm_applies(x[:, 2])
     assert kernels.layer_norm_applies(x.reshape(-1, 32)[:, :16])  # a row stride of 32 for 16 channels
-    assert not kernels.layer_norm_applies(x[:, 1:3])  # a block of columns: rows of two strides
-    assert not kernels.layer_norm_applies(x.transpose(0, 2))  # channels not contiguous
+    assert kernels.layer_norm_applies(x[:, 1:3])  # a block of columns: rows of two strides
+    assert not kernels.layer_norm_applies(torch.randn(4, 5, 6, 32)[:, 1:3, 2:4])  # rows of three strides
+    # x read as channel-first, (6 channels, 5, 32): each channel's 160 positions one run, in order
+    assert kernels.layer_norm_applies(x.permute(1, 2, 0))
+    assert kernels.layer_norm_applies(x.permute(1, 2, 0)[1:3])  # a block of its rows: still one run
+    assert not kernels.layer_norm_applies(x.permute(1, 2, 0)[:, 1:3])  # a block of its columns: runs with gaps
+    assert not kernels.layer_norm_applies(x.transpose(0, 2))  # one run, but its positions out of order
     assert not kernels.layer_norm_applies(x.double())
 
 
@@ -129,8 +158,9 @@ def test_auto_takes_the_kernel_measured_faster_once_per_cpu_kind(fresh_decisions
 @needs_build
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_the_module_runs_af2cpus_kernel_where_it_is_chosen(dtype, monkeypatch):
-    """LayerNorm with runtime.elementwise=af2cpu: af2cpu's kernel, on a contiguous copy of rows it does not take
-    as they are (a block of columns), as PyTorch's kernel copies them; PyTorch's while autograd records."""
+    """LayerNorm with runtime.elementwise=af2cpu: af2cpu's kernel, on rows as they are (a block of columns) and on
+    a contiguous copy of rows it does not take as they are (rows of three strides), as PyTorch's kernel copies
+    them; PyTorch's while autograd records."""
     calls = []
     original = kernels.layer_norm
     monkeypatch.setattr(kernels, "layer_norm", lambda *args: calls.append(1) or original(*args))
@@ -139,15 +169,17 @@ def test_the_module_runs_af2cpus_kernel_where_it_is_chosen(dtype, monkeypatch):
         norm.scale.normal_()
         norm.offset.normal_()
     x = torch.randn(6, 5, 32).to(dtype)
+    x4 = x.view(2, 3, 5, 32)
     with torch.no_grad():
         plain = norm(x)
         norm.options = Options(elementwise="af2cpu")
-        ours, columns = norm(x), norm(x[:, 1:3])
-    assert len(calls) == 2 and columns.dtype == dtype and columns.is_contiguous()
+        ours, columns, strided = norm(x), norm(x[:, 1:3]), norm(x4[:, 1:3, 2:4])
+    assert len(calls) == 3 and columns.dtype == dtype and columns.is_contiguous() and strided.is_contiguous()
     assert float((ours.float() - plain.float()).abs().max()) <= float(plain.float().abs().max()) * 2.0**-7
     assert torch.equal(columns, ours[:, 1:3])  # row by row as on the whole
+    assert torch.equal(strided, ours.view(2, 3, 5, 32)[:, 1:3, 2:4])
     norm(x)  # autograd on: PyTorch's
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def check_gate(op, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None,

@@ -14,7 +14,7 @@
 // the softmax in AVX512 on fp32 logits; the probabilities are rounded to bf16 for the second product.
 //
 // The element-wise work (runtime.elementwise; fp32 or bf16, computed in fp32): layer_norm, AlphaFold2's layer norm
-// over the last dimension; gated, a gate a * sigmoid(g) * mask in one pass, with a bias per outer index where
+// over the last dimension (rows of up to two strides, or channel-first activations written channel-last); gated, a gate a * sigmoid(g) * mask in one pass, with a bias per outer index where
 // asked; add_into, the residual sums.
 //
 // With -DAF2CPU_PROFILE each thread prints its cycles per phase (rdtsc) when the environment has
@@ -686,15 +686,15 @@ inline void store_row(at::BFloat16* p, int64_t j, vf v) {
 }
 
 template <typename T>
-void layer_norm_impl(const T* x, int64_t rows, int64_t ldx, int64_t c, const float* scale, const float* offset,
-                     float eps, T* y) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)), [=](int64_t r0, int64_t r1) {
+void layer_norm_impl(const T* x, int64_t nb, int64_t nn, int64_t sb, int64_t sn, int64_t c, const float* scale,
+                     const float* offset, float eps, T* y) {
+  at::parallel_for(0, nb * nn, std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)), [=](int64_t r0, int64_t r1) {
     const int64_t full = c / W * W, pairs = c / (2 * W) * (2 * W);
     const float inv_c = 1.f / float(c);
     std::vector<float> buf(c);
     float* const b = buf.data();
     for (int64_t r = r0; r < r1; ++r) {
-      const T* const xr = x + r * ldx;
+      const T* const xr = x + (r / nn) * sb + (r % nn) * sn;
       T* const yr = y + r * c;
       vf acc0 = splat(0.f), acc1 = splat(0.f);  // two chains of additions
       for (int64_t j = 0; j < pairs; j += 2 * W) {
@@ -733,8 +733,123 @@ void layer_norm_impl(const T* x, int64_t rows, int64_t ldx, int64_t c, const flo
   });
 }
 
-// x: fp32 or bf16, its last dimension contiguous and its leading dimensions flattening to rows of one stride;
-// scale, offset: fp32 (c,). Returns a contiguous tensor of x's shape and dtype.
+// The layer norm of channel-first activations, written channel-last: x is c planes of p positions (plane stride
+// ldc, the positions contiguous; the triangle multiplication's sums, (c, rows, L)), y is p rows of c channels.
+// Instead of a transposing copy and then the rows' kernel, a tile of 16 positions at a time: the c planes' 16
+// values are read into a per-thread buffer (as fp32, one vector lane per position), the statistics of the 16
+// positions are summed lane by lane (the same two passes as the rows' kernel), and the normalised tile is
+// transposed 8 x 8 in registers as it is written out, scale and offset applied per channel. 8-wide (AVX2)
+// vectors in every build: a tile's transposes are 8 x 8.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {  // widened: a bf16 is the high half of its fp32
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(at::BFloat16* p, __m256 v) {
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+  const __m128bh h = _mm256_cvtneps_pbh(v);  // to nearest even
+  std::memcpy(p, &h, sizeof(h));
+#else
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);  // NaN stays NaN
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
+  // r's dwords are at most 0xFFFF: packing with unsigned saturation keeps them
+  const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+#endif
+}
+
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+template <typename T>
+void layer_norm_cf_impl(const T* x, int64_t c, int64_t ldc, int64_t p, const float* scale, const float* offset,
+                        float eps, T* y) {
+  constexpr int64_t TP = 16;  // positions a tile
+  const int64_t tiles = (p + TP - 1) / TP;
+  at::parallel_for(0, tiles, std::max<int64_t>(1, 1024 / std::max<int64_t>(c, 1)), [=](int64_t t0, int64_t t1) {
+    const int64_t groups = c / 8 * 8;
+    const float inv_c = 1.f / float(c);
+    std::vector<float> buf(c * TP);  // buf[k * TP + t]: channel k of the tile's position t
+    float* const b = buf.data();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = t * TP, n = std::min(TP, p - p0);
+      if (n < TP) {  // the last positions, one at a time
+        for (int64_t q = p0; q < p; ++q) {
+          float sum = 0.f;
+          for (int64_t k = 0; k < c; ++k) sum += (b[k] = load_f(x[k * ldc + q]));
+          const float mean = sum * inv_c;
+          float var = 0.f;
+          for (int64_t k = 0; k < c; ++k) var += (b[k] - mean) * (b[k] - mean);
+          const float rstd = 1.f / std::sqrt(var * inv_c + eps);
+          for (int64_t k = 0; k < c; ++k) y[q * c + k] = store_f<T>((b[k] - mean) * rstd * scale[k] + offset[k]);
+        }
+        continue;
+      }
+      __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+      for (int64_t k = 0; k < c; ++k) {
+        const __m256 v0 = load8(x + k * ldc + p0), v1 = load8(x + k * ldc + p0 + 8);
+        _mm256_storeu_ps(b + k * TP, v0);
+        _mm256_storeu_ps(b + k * TP + 8, v1);
+        s0 = _mm256_add_ps(s0, v0);
+        s1 = _mm256_add_ps(s1, v1);
+      }
+      const __m256 vc = _mm256_set1_ps(inv_c);
+      const __m256 m0 = _mm256_mul_ps(s0, vc), m1 = _mm256_mul_ps(s1, vc);
+      __m256 q0 = _mm256_setzero_ps(), q1 = _mm256_setzero_ps();
+      for (int64_t k = 0; k < c; ++k) {
+        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(b + k * TP), m0);
+        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(b + k * TP + 8), m1);
+        q0 = _mm256_add_ps(q0, _mm256_mul_ps(d0, d0));
+        q1 = _mm256_add_ps(q1, _mm256_mul_ps(d1, d1));
+      }
+      const __m256 one = _mm256_set1_ps(1.f), e = _mm256_set1_ps(eps);
+      const __m256 r0 = _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(q0, vc), e)));
+      const __m256 r1 = _mm256_div_ps(one, _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(q1, vc), e)));
+      for (int64_t k = 0; k < c; ++k) {
+        _mm256_storeu_ps(b + k * TP, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(b + k * TP), m0), r0));
+        _mm256_storeu_ps(b + k * TP + 8, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(b + k * TP + 8), m1), r1));
+      }
+      for (int64_t k = 0; k < groups; k += 8) {
+        const __m256 sc = _mm256_loadu_ps(scale + k), of = _mm256_loadu_ps(offset + k);
+        for (int64_t h = 0; h < TP; h += 8) {
+          __m256 r[8];
+          for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(b + (k + i) * TP + h);
+          transpose8(r);  // r[i]: position p0 + h + i, channels k .. k + 7
+          for (int i = 0; i < 8; ++i) store8(y + (p0 + h + i) * c + k, _mm256_add_ps(_mm256_mul_ps(r[i], sc), of));
+        }
+      }
+      for (int64_t k = groups; k < c; ++k)
+        for (int64_t i = 0; i < TP; ++i) y[(p0 + i) * c + k] = store_f<T>(b[k * TP + i] * scale[k] + offset[k]);
+    }
+  });
+}
+
+// x: fp32 or bf16; scale, offset: fp32 (c,), c = x's last dimension. Returns a contiguous tensor of x's shape and
+// dtype. Three layouts: x (B, N, c) with the channels contiguous and the two outer dimensions of any strides (a
+// block of rows or of columns of a representation); x of any other number of dimensions with the channels
+// contiguous and the leading dimensions flattening to rows of one stride; or channels that are not contiguous
+// but whose positions (the leading dimensions) flatten to one contiguous run in each channel (channel-first
+// activations viewed channel-last).
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& offset, double eps) {
   TORCH_CHECK(x.dim() >= 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
               "layer_norm: x must be fp32 or bf16");
@@ -742,17 +857,38 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& scale, const at::Te
   TORCH_CHECK(scale.scalar_type() == at::kFloat && offset.scalar_type() == at::kFloat && scale.dim() == 1
               && offset.dim() == 1 && scale.size(0) == c && offset.size(0) == c && scale.is_contiguous()
               && offset.is_contiguous(), "layer_norm: scale and offset must be contiguous fp32 (channels,)");
-  TORCH_CHECK(c == 0 || x.numel() == 0 || x.stride(-1) == 1, "layer_norm: the channels must be contiguous");
   auto out = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) return out;
-  const auto rows_view = x.view({-1, c});  // an error where the leading dimensions do not flatten
-  const int64_t rows = rows_view.size(0), ldx = rows > 1 ? rows_view.stride(0) : c;
-  if (x.scalar_type() == at::kFloat)
-    layer_norm_impl<float>(rows_view.data_ptr<float>(), rows, ldx, c, scale.data_ptr<float>(),
-                           offset.data_ptr<float>(), float(eps), out.data_ptr<float>());
-  else
-    layer_norm_impl<at::BFloat16>(rows_view.data_ptr<at::BFloat16>(), rows, ldx, c, scale.data_ptr<float>(),
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  if (c > 1 && x.stride(-1) != 1) {
+    int64_t expected = 1;  // the positions, innermost first, must be one contiguous run in each channel
+    for (int64_t i = x.dim() - 2; i >= 0; --i) {
+      if (x.size(i) == 1) continue;
+      TORCH_CHECK(x.stride(i) == expected, "layer_norm: the channels must be contiguous, or each channel's positions");
+      expected *= x.size(i);
+    }
+    const int64_t positions = x.numel() / c, ldc = x.stride(-1);
+    if (bf16)
+      layer_norm_cf_impl<at::BFloat16>(x.data_ptr<at::BFloat16>(), c, ldc, positions, scale.data_ptr<float>(),
+                                       offset.data_ptr<float>(), float(eps), out.data_ptr<at::BFloat16>());
+    else
+      layer_norm_cf_impl<float>(x.data_ptr<float>(), c, ldc, positions, scale.data_ptr<float>(),
+                                offset.data_ptr<float>(), float(eps), out.data_ptr<float>());
+    return out;
+  }
+  int64_t nb, nn, sb, sn;
+  if (x.dim() == 3) {
+    nb = x.size(0), nn = x.size(1), sb = x.stride(0), sn = x.stride(1);
+  } else {
+    const auto rows_view = x.view({-1, c});  // an error where the leading dimensions do not flatten
+    nb = rows_view.size(0), nn = 1, sb = nb > 1 ? rows_view.stride(0) : c, sn = 0;
+  }
+  if (bf16)
+    layer_norm_impl<at::BFloat16>(x.data_ptr<at::BFloat16>(), nb, nn, sb, sn, c, scale.data_ptr<float>(),
                                   offset.data_ptr<float>(), float(eps), out.data_ptr<at::BFloat16>());
+  else
+    layer_norm_impl<float>(x.data_ptr<float>(), nb, nn, sb, sn, c, scale.data_ptr<float>(),
+                           offset.data_ptr<float>(), float(eps), out.data_ptr<float>());
   return out;
 }
 
