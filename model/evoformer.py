@@ -363,11 +363,16 @@ class _TriangleMultiplication(_Chunked):
             tri_block = torch.bmm(a[:, ps], b_)  # (c, rows, L)
             for s in chunk_slices(ps.stop - ps.start, step):
                 rows = slice(ps.start + s.start, ps.start + s.stop)
+                # The centre layer norm reads the channel-first sums as they are (kernels.layer_norm); the gate
+                # multiplies the output projection as oneDNN writes it, where the product is oneDNN's (out of
+                # place too, then copied: both ways round alike).
                 tri = center_layer_norm(tri_block[:, s].permute(1, 2, 0)).reshape(-1, c)
-                out_s = self.output_projection(tri, out=None if inplace else out[rows].view(-1, c_z))
-                out_s.mul_(self.gating_linear(act[rows].reshape(-1, c_z), activation="sigmoid"))
+                gate = self.gating_linear(act[rows].reshape(-1, c_z), activation="sigmoid")
+                out_s = self.output_projection(tri, multiply=gate)
                 if inplace:
                     add_in_place(pair[rows], out_s.view(pair[rows].shape), self.options)
+                else:
+                    out[rows].view(-1, c_z).copy_(out_s)
         return pair if inplace else out
 
     def _forward_in_channel_slabs(self, pair: torch.Tensor, pair_mask: torch.Tensor, slab: int,
@@ -409,10 +414,12 @@ class _TriangleMultiplication(_Chunked):
         for s in chunk_slices(n_rows, self.options.step_rows(self.options.chunks.triangle_multiplication, n_rows,
                                                              n_res * 4 * c * pair.element_size())):
             normed = center_layer_norm(tri[:, s].permute(1, 2, 0)).reshape(-1, c)
-            out_s = self.output_projection(normed, out=None if inplace else out[s].view(-1, c_z))
-            out_s.mul_(self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z), activation="sigmoid"))
+            gate = self.gating_linear(layer_norm_input(pair[s]).reshape(-1, c_z), activation="sigmoid")
+            out_s = self.output_projection(normed, multiply=gate)
             if inplace:
                 add_in_place(pair[s], out_s.view(pair[s].shape), self.options)
+            else:
+                out[s].view(-1, c_z).copy_(out_s)
         return pair if inplace else out
 
 

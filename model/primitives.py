@@ -136,7 +136,8 @@ def through_onednn(x: torch.Tensor, onednn: bool, out: torch.Tensor | None = Non
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, onednn: bool = False,
-           out: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+           out: torch.Tensor | None = None, activation: str | None = None,
+           multiply: torch.Tensor | None = None) -> torch.Tensor:
     """``activation(x (N, k) @ w (k, n) + b)``: the products of the network's layers; ``activation`` is
     "relu", "sigmoid" or None. With ``onednn`` (Options.onednn_products: this CPU multiplies fp32 faster with
     oneDNN than with MKL, af2cpu.runtime.products), an fp32 product into a new tensor runs through oneDNN's
@@ -144,13 +145,19 @@ def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, o
     to that kernel wherever it has native bf16. There the bias and the activation are applied to the fp32 sums
     as they are written, before bf16 rounding (bf16: one rounding fewer than PyTorch's addmm and an activation
     after it). A product written into ``out``, one of few rows, and any product while torch.compile traces
-    stay as PyTorch runs them, the activation applied in place after."""
+    stay as PyTorch runs them, the activation applied in place after. ``multiply`` (instead of an activation): a
+    tensor of the product's shape and dtype, contiguous, multiplied into it, ``(x @ w + b) * multiply``, by
+    oneDNN as it writes the sums where the product is oneDNN's (a gate), in place after it elsewhere."""
+    if multiply is not None and (activation is not None or not multiply.is_contiguous()):
+        raise ValueError("matmul: multiply takes a contiguous tensor and no activation")
     if through_onednn(x, onednn, out):
-        return onednn_linear(x, w, b, activation)
+        return onednn_linear(x, w, b, activation, multiply)
     if b is None:
         y = x @ w if out is None else torch.mm(x, w, out=out)
     else:
         y = torch.addmm(b, x, w, out=out)
+    if multiply is not None:
+        return y.mul_(multiply)
     return y if activation is None else ACTIVATIONS[activation](y)
 
 
@@ -191,17 +198,21 @@ class Linear(nn.Module):
         if not self.weights.is_meta:
             nn.init.normal_(self.weights, std=max(1, math.prod(in_shape))**-0.5)
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, activation: str | None = None,
+                multiply: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias; ``activation``:
-        "relu" or "sigmoid" applied to the result (:func:`matmul`: fused into oneDNN's kernel where it runs)."""
-        if len(self.in_shape) != 1 or len(self.out_shape) != 1:
+        "relu" or "sigmoid" applied to the result; ``multiply``: a contiguous tensor of the result's shape that
+        multiplies it, for 2-D ``x`` (:func:`matmul`: both fused into oneDNN's kernel where it runs)."""
+        if len(self.in_shape) != 1 or len(self.out_shape) != 1 or (multiply is not None and x.dim() != 2):
             y = self._shaped(x)
+            if multiply is not None:
+                return y.mul_(multiply)
             return y if activation is None else ACTIVATIONS[activation](y)
         w = weight_as(self, "weights", x.dtype)
         b = None if self.bias is None else weight_as(self, "bias", x.dtype)
         onednn = self.options.onednn_products
         if x.dim() == 2:
-            return matmul(x, w, b, onednn=onednn, out=out, activation=activation)
+            return matmul(x, w, b, onednn=onednn, out=out, activation=activation, multiply=multiply)
         return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn,
                       activation=activation).reshape(*x.shape[:-1], w.shape[-1])
 
@@ -232,9 +243,9 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32 scale and offset with bf16 input: both kernels keep the statistics in fp32 and return bf16,
-        # without an fp32 copy of the input. Compiled blocks keep PyTorch's, which inductor fuses. Rows that
-        # af2cpu's kernel does not take (a block of columns, the channel-first triangle sums) are copied
-        # contiguous first, as PyTorch's kernel copies them itself.
+        # without an fp32 copy of the input. Compiled blocks keep PyTorch's, which inductor fuses. af2cpu's
+        # kernel reads a block of columns and the channel-first triangle sums where they lie; layouts it does not
+        # take (kernels.layer_norm_applies) are copied contiguous first, as PyTorch's kernel copies them itself.
         if (not torch.compiler.is_compiling() and not torch.is_grad_enabled()
                 and kernels.uses_elementwise(self.options.elementwise, x.dtype)):
             rows = x if kernels.layer_norm_applies(x) else x.contiguous()

@@ -128,6 +128,42 @@ def test_module_bf16_relative_error_is_bounded(name, factory, call, bound, produ
     assert (torch.bfloat16 in calls) == (products == "onednn") and torch.float32 not in calls
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_gate_multiplied_into_a_product_as_onednn_writes_it(dtype, monkeypatch):
+    """matmul(..., multiply=gate): (x @ w + b) * gate, the triangle multiplication's gated output projection. Where
+    the product is oneDNN's (fp32 asked for it; bf16 where oneDNN has native bf16) the gate multiplies the fp32 sums
+    as they are written: in fp32 to float noise (measured 2.0e-7 of the largest output), in bf16 within one bf16
+    step of each output (measured 0.99 step: one rounding; the product then the multiplication, rounded twice, 1.86
+    steps, bounded at two where oneDNN has no native bf16). Elsewhere the same product, the gate multiplied in place
+    after, bit for bit. An activation and a gate together are refused."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(300, 64, generator=gen), torch.randn(64, 96, generator=gen) / 8, torch.randn(96, generator=gen)
+    gate = torch.rand(300, 96, generator=gen)
+    want = (x.double() @ w.double() + b.double()) * gate.double()
+    x, w, b, gate = (t.to(dtype) for t in (x, w, b, gate))
+    if dtype is torch.bfloat16:
+        want = (x.double() @ w.double() + b.double()) * gate.double()  # the rounded operands' exact result
+    fused_here = onednn_bf16_available() if dtype is torch.bfloat16 else True
+    calls = []
+    onednn_linear = primitives.onednn_linear
+    monkeypatch.setattr(primitives, "onednn_linear", lambda *args: calls.append(args) or onednn_linear(*args))
+    with torch.inference_mode():
+        got = primitives.matmul(x, w, b, onednn=True, multiply=gate)
+        plain = primitives.matmul(x, w, b, onednn=False, multiply=gate) if dtype is torch.float32 else None
+        with pytest.raises(ValueError, match="no activation"):
+            primitives.matmul(x, w, b, onednn=True, activation="relu", multiply=gate)
+    assert got.shape == (300, 96) and got.dtype == dtype
+    assert len(calls) == (1 if fused_here else 0) and (not calls or calls[0][4] is gate)
+    error = (got.double() - want).abs()
+    if dtype is torch.float32:
+        assert float(error.max() / want.abs().max()) < 1e-6
+        with torch.inference_mode():
+            assert torch.equal(plain, torch.addmm(b, x, w).mul_(gate))
+    else:  # sums of 64 bf16 products in fp32, rounded once to bf16 (twice on PyTorch's path)
+        steps = 1 if fused_here else 2
+        assert bool((error <= want.abs() * steps * 2.0**-8 + 1e-6).all())
+
+
 ATTENTION_MODULES = [m for m in MSA_MODULES if m[0] in ("msa_row_attention", "msa_column_attention",
                                                           "triangle_attention_starting_node",
                                                           "triangle_attention_ending_node")]

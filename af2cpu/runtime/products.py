@@ -53,13 +53,18 @@ def onednn_bf16_available() -> bool:
     return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def onednn_linear(x, w, b=None, activation: str | None = None):
+def onednn_linear(x, w, b=None, activation: str | None = None, multiply=None):
     """``activation(x @ w + b)`` for fp32 or bf16 ``x`` (N, k), ``w`` (k, n), ``b`` (n,) or None, by oneDNN's
     linear kernel, which PyTorch reaches through its mkldnn ops (the network's products:
     af2cpu.model.primitives.matmul). The bias and ``activation`` ("relu", "sigmoid" or None) are applied to
-    the fp32 sums as the kernel writes them: no pass of their own."""
+    the fp32 sums as the kernel writes them: no pass of their own. ``multiply``, a contiguous (N, n) tensor of
+    ``x``'s dtype (with no activation), is multiplied into them the same way: ``(x @ w + b) * multiply``."""
     import torch  # deferred: this module decides without torch; the call is made where the network runs
 
+    if multiply is not None:
+        if activation is not None:
+            raise ValueError("onednn_linear: an activation and a product with another tensor are not fused together")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, multiply, w.t(), b, "mul")
     return torch.ops.mkldnn._linear_pointwise(x, w.t(), b, activation or "none", [], "")
 
 
