@@ -282,10 +282,16 @@ class GlobalAttention(nn.Module):
     def _attend(self, q_data, m_data, q_mask):
         b, n, c_q = q_data.shape
         dtype = q_data.dtype
-        # The masked mean and the softmax accumulate in fp32, whatever the activations' dtype.
+        # The masked mean and the softmax accumulate in fp32, whatever the activations' dtype; where every row is
+        # valid (eager runs check; the extra MSA's rows after padding is dropped) the sum reads the rows as they
+        # are, without an fp32 product of mask and rows (a pass over an fp32 copy of the extra MSA's block).
         # DISCREPANCY: AlphaFold2 adds 1e-10 to the mask count, so a fully masked column averages to 0.
         q_mask = q_mask.float()
-        q_avg = ((q_mask * q_data).sum(1) / (q_mask.sum(1) + 1e-10)).to(dtype)  # (B, c_q)
+        if not torch.compiler.is_compiling() and bool(q_mask.bool().all()):
+            q_sum = q_data.sum(1, dtype=torch.float32)
+        else:
+            q_sum = (q_mask * q_data).sum(1)
+        q_avg = (q_sum / (q_mask.sum(1) + 1e-10)).to(dtype)  # (B, c_q)
         q = (q_avg @ weight_as(self, "query_w", dtype, (c_q, self.num_head * self.key_dim))).view(
             b, self.num_head, self.key_dim)
         q = q * self.key_dim**-0.5
@@ -296,12 +302,13 @@ class GlobalAttention(nn.Module):
         logits = torch.einsum("bhc,bkc->bhk", q, k).float() + mask_to_bias(q_mask[:, None, :, 0])
         weighted = torch.einsum("bhk,bkc->bhc", torch.softmax(logits, dim=-1).to(dtype), v)
         w_out = weight_as(self, "output_w", dtype, (self.num_head * self.value_dim, self.output_w.shape[-1]))
-        # The gate, then the gated values, in one (B, Q, H, c) tensor: with the input and the output,
-        # three tensors of the input's size at most.
+        # The gate (its bias and sigmoid applied as oneDNN writes the product, where it is oneDNN's), then the
+        # gated values, in one (B, Q, H, c) tensor: with the input and the output, three tensors of the input's
+        # size at most.
         gate = matmul(q_data.reshape(b * n, c_q), weight_as(self, "gating_w", dtype, (c_q, self.num_head * self.value_dim)),
-                      onednn=onednn)
-        gate = torch.sigmoid_(gate.view(b, n, self.num_head, -1) + weight_as(self, "gating_b", dtype))
-        out = gate.mul_(weighted[:, None])  # (B, Q, H, c)
+                      weight_as(self, "gating_b", dtype, (self.num_head * self.value_dim,)), onednn=onednn,
+                      activation="sigmoid")
+        out = gate.view(b, n, self.num_head, -1).mul_(weighted[:, None])  # (B, Q, H, c)
         return matmul(out.reshape(b * n, -1), w_out, weight_as(self, "output_b", dtype), onednn=onednn).view(b, n, -1)
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
