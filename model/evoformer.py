@@ -207,7 +207,7 @@ class OuterProductMean(_Chunked):
         norm = torch.einsum("si,sj->ij", mask32, mask32)[..., None].add_(1e-3)
         if add_to is not None:
             for s, block in blocks(left, right, b):
-                add_in_place(add_to[s], block.div_(norm[s]), self.options)
+                add_in_place(add_to[s], block, self.options, divisor=norm[s])
             return add_to
         # Each block divided as it is written: a bf16 output divided in place by fp32 counts goes through
         # fp32 temporaries of the block's size (two fp32 pair-sized copies at once if whole).

@@ -391,12 +391,25 @@ def as_rows3(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     return [t.as_strided(sizes, [strides[k] for _, strides in reversed(groups)]) for k, t in enumerate(tensors)]
 
 
-def add_into(act: torch.Tensor, update: torch.Tensor) -> bool:
+def add_into(act: torch.Tensor, update: torch.Tensor, divisor: torch.Tensor | None = None) -> bool:
     """``act += update`` (one shape and dtype, fp32 or bf16) by af2cpu's kernel: the same numbers as PyTorch's sum
     (fp32, rounded once), in one pass (PyTorch's bf16 sum ran at a third of a copy's speed; its fp32 sum at a
-    copy's). False, and nothing done, where the two cannot be viewed as rows (:func:`as_rows3`)."""
+    copy's). False, and nothing done, where the two cannot be viewed as rows (:func:`as_rows3`). With ``divisor``
+    (fp32, ``act``'s shape but its last dimension 1 or absent: one count per row of channels), ``act += update /
+    divisor``, the quotient rounded to ``act``'s dtype first: bit for bit ``act.add_(update.div_(divisor))``
+    without PyTorch's fp32 copies of a bf16 update (``update`` is left as it was); False, and nothing done, where
+    ``act`` or ``update`` cannot be viewed as rows of their channels."""
     if act.dtype not in (torch.float32, torch.bfloat16) or update.dtype != act.dtype:
         return False
+    if divisor is not None:
+        if (act.dim() == 0 or update.shape != act.shape or divisor.dtype != torch.float32
+                or divisor.numel() * act.shape[-1] != act.numel()):
+            return False
+        views = [_layer_norm_operand(t) for t in (act, update)]  # (B, N, c) views of rows of channels
+        if any(v is None or v.stride(-1) != 1 for v in views) or views[0].shape != views[1].shape:
+            return False
+        torch.ops.af2cpu.add_into(*views, divisor.reshape(views[0].shape[:2]).contiguous())
+        return True
     views = as_rows3(act, update)
     if views is None:
         return False

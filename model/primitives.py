@@ -35,7 +35,8 @@ def normal_parameter(*shape: int, std: float) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) * std)
 
 
-def add_in_place(act: torch.Tensor, update: torch.Tensor, options: Options | None = None) -> torch.Tensor:
+def add_in_place(act: torch.Tensor, update: torch.Tensor, options: Options | None = None,
+                 divisor: torch.Tensor | None = None) -> torch.Tensor:
     """``act += update``; returns ``act``. Where the blocks add a residual update into a representation
     they own (the trunk's pair and MSA, the template pair stack, a block of rows of the pair), so one
     tensor exists instead of the input and its sum: the same numbers as ``act + update``. A bf16 sum with
@@ -45,14 +46,19 @@ def add_in_place(act: torch.Tensor, update: torch.Tensor, options: Options | Non
     TypeError unless ``update`` has ``act``'s dtype: an in-place sum of another dtype rounds where the
     out-of-place sum promotes, and an out-of-place fallback would be lost where ``act`` is a block of
     rows of a larger tensor (``add_in_place(out[rows], ...)``).
+
+    ``divisor`` (fp32, broadcast along the channels: the outer product mean's counts): ``act += update / divisor``,
+    the quotient rounded to ``act``'s dtype, as dividing ``update`` in place first rounds it (which the fallback
+    does: ``update`` may be changed). af2cpu's kernel divides as it adds, without PyTorch's fp32 copies of a bf16
+    update.
     """
     if update.dtype != act.dtype:
         raise TypeError(f"a residual update of dtype {update.dtype} for a representation of dtype {act.dtype}")
     if (options is not None and act.dtype is torch.bfloat16 and not torch.compiler.is_compiling()
             and not torch.is_grad_enabled() and kernels.uses_elementwise(options.elementwise, act.dtype)
-            and kernels.add_into(act, update)):
+            and kernels.add_into(act, update, divisor)):
         return act
-    return act.add_(update)
+    return act.add_(update if divisor is None else update.div_(divisor))
 
 
 # Precisions whose runs keep their casts of the weights (kept_weight).

@@ -286,6 +286,33 @@ def test_residual_sums_are_pytorchs_numbers(dtype):
             whole = want
 
 
+@needs_build
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_residual_sums_divided_by_counts_are_pytorchs_numbers(dtype):
+    """add_into with a divisor (the outer product mean's counts of sequence pairs, one per pair of residues): bit for
+    bit dividing the update in place, then PyTorch's sum, on a block of rows and a block of columns of the pair, with
+    channel counts that leave a tail after whole vectors; the update itself is left as it was. Layouts it does not
+    take are refused, nothing done."""
+    gen = torch.Generator().manual_seed(5)
+    for c in (24, 37, 128):
+        whole = (torch.randn(9, 11, c, generator=gen) * 3).to(dtype)
+        counts = torch.randint(1, 600, (9, 11, 1), generator=gen).float() + 1e-3
+        for index in (slice(2, 7), (slice(None), slice(3, 8))):
+            act = whole.clone()
+            update = (torch.randn(act[index].shape, generator=gen) * 300).to(dtype)
+            kept = update.clone()
+            want = whole.clone()
+            want[index].add_(update.clone().div_(counts[index]))
+            assert kernels.add_into(act[index], update, counts[index])
+            assert torch.equal(act, want) and torch.equal(update, kept)
+    act = torch.zeros(4, 5, 8, dtype=dtype)
+    assert not kernels.add_into(act, torch.ones(4, 5, 8, dtype=dtype), torch.ones(4, 5, 2))  # counts per channel
+    assert not kernels.add_into(act.transpose(0, 2), torch.ones(8, 5, 4, dtype=dtype), torch.ones(8, 5, 1))
+    assert not act.any()
+    with pytest.raises(RuntimeError, match="divisor must be contiguous fp32"):
+        torch.ops.af2cpu.add_into(act, act.clone(), torch.ones(4, 5, dtype=torch.float64))
+
+
 def test_rows3_views_group_the_dimensions_each_tensor_allows():
     x = torch.randn(4, 5, 6, 8)
     (a, b) = kernels.as_rows3(x[:, :, 2:4], x[:, :, 2:4].contiguous())
@@ -310,3 +337,16 @@ def test_add_in_place_takes_af2cpus_sum_for_bf16_where_chosen(dtype, monkeypatch
         add_in_place(act[:, :1], update[:, :1])
     assert torch.equal(act, want)
     assert len(calls) == (1 if dtype is torch.bfloat16 else 0)  # fp32 sums stay PyTorch's (a copy's speed)
+    # Divided by counts first: af2cpu's sum for bf16 where chosen, PyTorch's division and sum elsewhere, one result.
+    counts = torch.arange(1, 31, dtype=torch.float32).view(6, 5, 1) + 1e-3
+    want = act + (update.float() / counts).to(dtype)  # the quotient rounded to the update's dtype, then the sum
+    results = []
+    for elementwise in ("af2cpu", "pytorch"):
+        own = act.clone()
+        with torch.no_grad():
+            add_in_place(own[:, 1:], update[:, 1:].clone(), Options(elementwise=elementwise), divisor=counts[:, 1:])
+            add_in_place(own[:, :1], update[:, :1].clone(), Options(elementwise=elementwise), divisor=counts[:, :1])
+        results.append(own)
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0], want)
+    assert len(calls) == (3 if dtype is torch.bfloat16 else 0)

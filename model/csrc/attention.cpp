@@ -15,7 +15,7 @@
 //
 // The element-wise work (runtime.elementwise; fp32 or bf16, computed in fp32): layer_norm, AlphaFold2's layer norm
 // over the last dimension (rows of up to two strides, or channel-first activations written channel-last); gated, a gate a * sigmoid(g) * mask in one pass, with a bias per outer index where
-// asked; add_into, the residual sums.
+// asked; add_into, the residual sums (an update divided by a count first where asked).
 //
 // With -DAF2CPU_PROFILE each thread prints its cycles per phase (rdtsc) when the environment has
 // AF2CPU_PROFILE set (benchmarks/attention-kernel/compare.py --split); AF2CPU_OPS names the operators'
@@ -1005,29 +1005,54 @@ void gated(const at::Tensor& a, const at::Tensor& g, const std::optional<at::Ten
 // ---- add_into: act += update, the residual sums -------------------------------------------------------------
 // act, update: (B, N, M) of one dtype with M contiguous and outer dimensions of any strides (act may be a block of
 // the representation). Summed in fp32 and rounded once, as PyTorch's bf16 sum: the same numbers, in one pass
-// without PyTorch's per-element conversions.
+// without PyTorch's per-element conversions. With a divisor (fp32, one per (b, n): the outer product mean's count
+// of sequence pairs), act += round(update / divisor): the quotient rounded to act's dtype first, as dividing the
+// update in place and then adding it rounds, bit for bit.
+inline vf rounded_as(const float*, vf v) { return v; }
+inline vf rounded_as(const at::BFloat16*, vf v) {  // v rounded to bf16 (to nearest even) and widened back
+  at::BFloat16 h[W];
+  store_row(h, 0, v);
+  return load_full(h);
+}
+
 template <typename T>
-void add_impl(T* act, Rows3 ra, const T* u, Rows3 ru, int64_t nb, int64_t nn, int64_t m) {
+void add_impl(T* act, Rows3 ra, const T* u, Rows3 ru, const float* divisor, int64_t nb, int64_t nn, int64_t m) {
   for_pieces(nb, nn, m, [=](int64_t b, int64_t n, int64_t j0, int64_t j1) {
     T* ar = act + ra.at(b, n);
     const T* ur = u + ru.at(b, n);
     int64_t j = j0;
+    if (divisor) {
+      const float d = divisor[b * nn + n];
+      const vf dv = splat(d);
+      for (; j + W <= j1; j += W) store_row(ar, j, load_full(ar + j) + rounded_as(ur, load_full(ur + j) / dv));
+      for (; j < j1; ++j) ar[j] = store_f<T>(load_f(ar[j]) + load_f(store_f<T>(load_f(ur[j]) / d)));
+      return;
+    }
     for (; j + W <= j1; j += W) store_row(ar, j, load_full(ar + j) + load_full(ur + j));
     for (; j < j1; ++j) ar[j] = store_f<T>(load_f(ar[j]) + load_f(ur[j]));
   });
 }
 
-void add_into(at::Tensor act, const at::Tensor& update) {
+// divisor: (B, N) fp32, contiguous, or absent.
+void add_into(at::Tensor act, const at::Tensor& update, const std::optional<at::Tensor>& divisor) {
   TORCH_CHECK(act.dim() == 3 && (act.scalar_type() == at::kFloat || act.scalar_type() == at::kBFloat16),
               "add_into: act must be (B, N, M), fp32 or bf16");
   check_rows3("add_into", "act", act, act);
   check_rows3("add_into", "update", update, act);
+  const float* dp = nullptr;
+  if (divisor) {
+    TORCH_CHECK(divisor->dim() == 2 && divisor->size(0) == act.size(0) && divisor->size(1) == act.size(1)
+                && divisor->scalar_type() == at::kFloat && divisor->is_contiguous(),
+                "add_into: divisor must be contiguous fp32 (B, N)");
+    dp = divisor->data_ptr<float>();
+  }
   if (act.numel() == 0) return;
   const Rows3 ra{act.stride(0), act.stride(1)}, ru{update.stride(0), update.stride(1)};
   if (act.scalar_type() == at::kFloat)
-    add_impl<float>(act.data_ptr<float>(), ra, update.data_ptr<float>(), ru, act.size(0), act.size(1), act.size(2));
+    add_impl<float>(act.data_ptr<float>(), ra, update.data_ptr<float>(), ru, dp, act.size(0), act.size(1),
+                    act.size(2));
   else
-    add_impl<at::BFloat16>(act.data_ptr<at::BFloat16>(), ra, update.data_ptr<at::BFloat16>(), ru, act.size(0),
+    add_impl<at::BFloat16>(act.data_ptr<at::BFloat16>(), ra, update.data_ptr<at::BFloat16>(), ru, dp, act.size(0),
                            act.size(1), act.size(2));
 }
 
@@ -1044,7 +1069,7 @@ AF2CPU_LIBRARY(AF2CPU_OPS, m) {
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
   m.def("layer_norm(Tensor x, Tensor scale, Tensor offset, float eps) -> Tensor");
   m.def("gated(Tensor a, Tensor g, Tensor? mask, Tensor(a!) out, Tensor? a_bias=None, Tensor? g_bias=None) -> ()");
-  m.def("add_into(Tensor(a!) act, Tensor update) -> ()");
+  m.def("add_into(Tensor(a!) act, Tensor update, Tensor? divisor=None) -> ()");
 #if defined(__AMX_BF16__) && defined(__AVX512BF16__)
   m.def("attention_amx(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_bias, float scale) -> Tensor");
 #endif
