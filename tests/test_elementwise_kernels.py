@@ -41,6 +41,8 @@ def _rows(c: int, layout: str, dtype: torch.dtype, seed: int = 0) -> torch.Tenso
         return whole[..., :c].contiguous()[2:6]
     if layout == "block of columns":  # msa[:, cols]: rows of two strides
         return whole[..., :c].contiguous()[:, 1:5]
+    if layout == "columns first":  # msa[:, cols].transpose(0, 1), the column attentions': the outer stride smaller
+        return whole[..., :c].contiguous()[:, 1:5].transpose(0, 1)
     if layout == "rows of four dimensions":  # leading dimensions that group into two strides
         return whole[..., :c].contiguous().view(3, 3, 7, c)[:, :, 2:6]
     if layout == "channel-first":  # the triangle multiplication's sums (c, rows, L), a block of rows, permuted
@@ -68,7 +70,7 @@ def check(op, x: torch.Tensor) -> None:
 @needs_build
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["contiguous", "block of rows", "rows of a wider tensor", "block of columns",
-                                    "rows of four dimensions", "channel-first"])
+                                    "columns first", "rows of four dimensions", "channel-first"])
 @pytest.mark.parametrize("c", CHANNELS)
 def test_layer_norm_equals_float64(c, layout, dtype):
     x = _rows(c, layout, dtype)

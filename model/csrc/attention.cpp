@@ -688,13 +688,17 @@ inline void store_row(at::BFloat16* p, int64_t j, vf v) {
 template <typename T>
 void layer_norm_impl(const T* x, int64_t nb, int64_t nn, int64_t sb, int64_t sn, int64_t c, const float* scale,
                      const float* offset, float eps, T* y) {
+  const bool across = nb > 1 && nn > 1 && sb < sn;
   at::parallel_for(0, nb * nn, std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)), [=](int64_t r0, int64_t r1) {
     const int64_t full = c / W * W, pairs = c / (2 * W) * (2 * W);
     const float inv_c = 1.f / float(c);
     std::vector<float> buf(c);
     float* const b = buf.data();
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* const xr = x + (r / nn) * sb + (r % nn) * sn;
+    for (int64_t i = r0; i < r1; ++i) {
+      // Rows in the order of their addresses: a block of columns (its outer stride the smaller) is read row by row
+      // of the representation, each row's columns in turn; the output stays (B, N) in order.
+      const int64_t b_ = across ? i % nb : i / nn, n_ = across ? i / nb : i % nn, r = b_ * nn + n_;
+      const T* const xr = x + b_ * sb + n_ * sn;
       T* const yr = y + r * c;
       vf acc0 = splat(0.f), acc1 = splat(0.f);  // two chains of additions
       for (int64_t j = 0; j < pairs; j += 2 * W) {
