@@ -135,7 +135,10 @@ def test_bench_counts_the_cpu_attention_kernels_products():
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
         torch.randn(8, 9) @ torch.randn(9, 10)
         onednn_linear(torch.randn(8, 9), torch.randn(9, 10), torch.randn(10))  # runtime.fp32_products=onednn
-    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (4 + 6) + 2 * 2 * 8 * 9 * 10
+        onednn_linear(torch.randn(8, 9), torch.randn(9, 10), None)
+        # a gate multiplied in (the binary overload, its operands in another order): the product alone counts
+        onednn_linear(torch.randn(8, 9), torch.randn(9, 10), torch.randn(10), multiply=torch.randn(8, 10))
+    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 7 * (4 + 6) + 4 * 2 * 8 * 9 * 10
 
 
 def test_bench_counts_af2cpus_attention_kernels_as_pytorchs():

@@ -347,8 +347,12 @@ def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=No
     return 2 * math.prod(batch) * q_len * k_len * (c_qk + c_v)
 
 
-def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """Products of oneDNN's linear kernel (runtime.fp32_products=onednn): x (..., k) @ weightᵀ (k, n)."""
+def _onednn_linear_flop(x_shape, second, third=None, *args, out_shape=None, **kwargs) -> int:
+    """Products of oneDNN's linear kernel (the layers' bf16 products, fp32 where runtime.fp32_products resolves to
+    oneDNN): x (..., k) @ weightᵀ (k, n). Its two overloads share the count (the counter looks operators up by
+    name): (x, weight, bias, ...) and, with a tensor multiplied into the result (matmul's ``multiply``), (x, other,
+    weight, bias, ...): the weight is the third operand where that is a matrix (a bias is a vector or None)."""
+    weight_shape = third if third is not None and len(third) == 2 else second
     return 2 * math.prod(x_shape) * weight_shape[0]
 
 
