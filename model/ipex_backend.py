@@ -52,15 +52,18 @@ def import_ipex():
 class IpexLinear(Linear):
     """A :class:`Linear` whose GEMM runs through IPEX's prepacked oneDNN linear (see the module doc)."""
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, activation: str | None = None,
+                multiply: torch.Tensor | None = None) -> torch.Tensor:
         # Compiled blocks (runtime.compile=true) keep PyTorch's GEMMs: inductor plans those itself, and
         # IPEX's packed op and its cache are opaque to the graph.
         if (len(self.in_shape) != 1 or len(self.out_shape) != 1 or x.dtype not in _PACKED_DTYPES
                 or torch.compiler.is_compiling()):
-            return super().forward(x, out, activation)
+            return super().forward(x, out, activation, multiply)
         y = self._packed(x.dtype)(x.reshape(-1, x.shape[-1]))
         if activation is not None:  # applied after IPEX's product, in place
             y = ACTIVATIONS[activation](y)
+        if multiply is not None:  # Linear's multiply (a gate), after IPEX's product, in place
+            y = y.mul_(multiply.reshape(y.shape))
         if out is not None:
             return out.copy_(y)
         return y.reshape(*x.shape[:-1], y.shape[-1])

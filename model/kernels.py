@@ -303,7 +303,7 @@ SUM_SHAPE = (32, 128, 128)  # a block of pair rows
 def layer_norm(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, eps: float) -> torch.Tensor:
     """af2cpu's layer norm of ``x`` (fp32 or bf16, laid out as :func:`layer_norm_applies` takes it) over its last
     dimension with fp32 ``scale`` and ``offset``: a new contiguous tensor of ``x``'s shape and dtype."""
-    operand = _layer_norm_operand(x)
+    operand = _rows_of_channels(x)
     if operand is None:
         raise ValueError(f"af2cpu's layer norm does not take a {x.dtype} tensor of shape {tuple(x.shape)} and "
                          f"strides {x.stride()}")
@@ -315,12 +315,13 @@ def layer_norm_applies(x: torch.Tensor) -> bool:
     contiguous and its leading dimensions two groups of rows of one stride each (a block of rows or of columns
     of a representation), or channel-first activations viewed channel-last (each channel's positions one
     contiguous run: the triangle multiplication's sums, (c, rows, L), permuted)."""
-    return _layer_norm_operand(x) is not None
+    return _rows_of_channels(x) is not None
 
 
-def _layer_norm_operand(x: torch.Tensor) -> torch.Tensor | None:
-    """``x`` as the operator takes it: a (B, N, c) view of rows, or ``x`` itself where it is 3-D with contiguous
-    channels or channel-first; None where it is neither."""
+def _rows_of_channels(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as af2cpu's layer norm takes it: a (B, N, c) view of its rows of c channels (contiguous channels; also
+    how add_into with a divisor views them), or ``x`` itself where it is 3-D with contiguous channels or
+    channel-first; None where it is neither."""
     if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() == 0:
         return None
     lead = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
@@ -405,7 +406,7 @@ def add_into(act: torch.Tensor, update: torch.Tensor, divisor: torch.Tensor | No
         if (act.dim() == 0 or update.shape != act.shape or divisor.dtype != torch.float32
                 or divisor.numel() * act.shape[-1] != act.numel()):
             return False
-        views = [_layer_norm_operand(t) for t in (act, update)]  # (B, N, c) views of rows of channels
+        views = [_rows_of_channels(t) for t in (act, update)]  # (B, N, c) views of rows of channels
         if any(v is None or v.stride(-1) != 1 for v in views) or views[0].shape != views[1].shape:
             return False
         torch.ops.af2cpu.add_into(*views, divisor.reshape(views[0].shape[:2]).contiguous())
