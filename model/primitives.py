@@ -120,7 +120,9 @@ def weight_as(owner: nn.Module, name: str, dtype: torch.dtype, shape: tuple[int,
     return kept_weight(owner, (name, dtype, shape), dtype, (param,), cast)
 
 
-# oneDNN's fp32 linear kernel pays a per-call cost that MKL does not: products of fewer rows stay MKL's.
+# oneDNN's fp32 linear kernel pays a per-call cost that MKL does not: fp32 products of fewer rows stay MKL's. bf16
+# products of any height go to it where it has native bf16 (PyTorch's bf16 addmm is oneDNN's too: 9-63 rows took
+# the same 29-36 us either way, AMX), so every block size rounds alike.
 ONEDNN_MIN_ROWS = 64
 
 # What matmul's ``activation`` names, applied in place where the product is not oneDNN's.
@@ -128,17 +130,17 @@ ACTIVATIONS = {"relu": torch.relu_, "sigmoid": torch.sigmoid_}
 
 
 def through_onednn(x: torch.Tensor, onednn: bool, out: torch.Tensor | None = None) -> bool:
-    """Whether a product of ``x`` (the left operand) runs through oneDNN's linear kernel: 2-D, contiguous, at
-    least ``ONEDNN_MIN_ROWS`` rows, into a new tensor, without autograd, not traced by torch.compile (inductor
-    picks its own kernels), and either fp32 where asked for (``onednn``) or bf16 where oneDNN has native bf16
-    kernels (PyTorch runs bf16 products there anyway, but its addmm first copies the bias into the output and
-    the activation takes a pass of its own)."""
-    if (out is not None or x.dim() != 2 or x.shape[0] < ONEDNN_MIN_ROWS or not x.is_contiguous()
+    """Whether a product of ``x`` (the left operand) runs through oneDNN's linear kernel: 2-D, contiguous, into a
+    new tensor, without autograd, not traced by torch.compile (inductor picks its own kernels), and either fp32
+    of at least ``ONEDNN_MIN_ROWS`` rows where asked for (``onednn``) or bf16 where oneDNN has native bf16 kernels
+    (PyTorch runs bf16 products there anyway, but its addmm first copies the bias into the output and the
+    activation takes a pass of its own)."""
+    if (out is not None or x.dim() != 2 or not x.is_contiguous()
             or torch.is_grad_enabled() or torch.compiler.is_compiling()):
         return False
     if x.dtype == torch.bfloat16:
         return onednn_bf16_available()
-    return onednn and x.dtype == torch.float32
+    return onednn and x.dtype == torch.float32 and x.shape[0] >= ONEDNN_MIN_ROWS
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, onednn: bool = False,
