@@ -152,7 +152,7 @@ def matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, o
     linear kernel instead of PyTorch's MKL: the same sums, in another order (float noise). bf16 products go
     to that kernel wherever it has native bf16. There the bias and the activation are applied to the fp32 sums
     as they are written, before bf16 rounding (bf16: one rounding fewer than PyTorch's addmm and an activation
-    after it). A product written into ``out``, one of few rows, and any product while torch.compile traces
+    after it). A product written into ``out``, an fp32 one of few rows, and any product while torch.compile traces
     stay as PyTorch runs them, the activation applied in place after. ``multiply`` (instead of an activation): a
     tensor of the product's shape and dtype, contiguous, multiplied into it, ``(x @ w + b) * multiply``, by
     oneDNN as it writes the sums where the product is oneDNN's (a gate), in place after it elsewhere."""
