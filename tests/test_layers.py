@@ -127,3 +127,53 @@ def test_the_layering_check_catches_a_stage_importing_the_scheduler():
     assert not allowed("af2cpu.model.weights", "af2cpu.preprocessing.inputs")
     assert not allowed("af2cpu.layout", "af2cpu.model.presets")
     assert allowed("af2cpu.scheduler.stages", "af2cpu.model.memory") and allowed("af2cpu.cli.bench", "af2cpu.bench")
+
+
+def defined_names(path: Path) -> set[str]:
+    """The names a module's top level binds: definitions, assignments, imports (anything a caller can import)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        targets = [node]
+        if isinstance(node, (ast.If, ast.Try)):  # bindings under a top-level condition or try
+            targets = [n for n in ast.walk(node) if isinstance(n, ast.stmt)]
+        for n in targets:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(n.name)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                names |= {(a.asname or a.name).split(".")[0] for a in n.names}
+            elif isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                    names |= {x.id for x in ast.walk(t) if isinstance(x, ast.Name)}
+    return names
+
+
+SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for folder in ("benchmarks", "scripts")
+                 for p in (ROOT / folder).rglob("*.py"))
+
+
+def missing_imports(path: Path) -> list[str]:
+    """Names ``path`` imports from af2cpu that the module does not define: a script left behind by a move."""
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "af2cpu"):
+            continue
+        if node.module not in MODULES:
+            missing.append(f"line {node.lineno}: no module {node.module}")
+            continue
+        defined = defined_names(MODULES[node.module])
+        missing += [f"line {node.lineno}: {node.module}.{a.name}" for a in node.names
+                    if a.name != "*" and a.name not in defined and f"{node.module}.{a.name}" not in MODULES]
+    return missing
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmarks_and_scripts_import_names_that_exist(script):
+    missing = missing_imports(ROOT / script)
+    assert not missing, f"{script} imports what af2cpu no longer has: {missing}"
+
+
+def test_the_import_check_catches_a_moved_name(tmp_path):
+    script = tmp_path / "old.py"
+    script.write_text("from af2cpu.bench.machine import interleaved_times, gemm_peak\nfrom af2cpu.gone import x\n")
+    assert missing_imports(script) == ["line 1: af2cpu.bench.machine.interleaved_times", "line 2: no module af2cpu.gone"]
+    assert "interleaved_times" in defined_names(MODULES["af2cpu.runtime.precision"])

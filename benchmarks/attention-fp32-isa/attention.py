@@ -21,7 +21,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from af2cpu.bench.machine import interleaved_times
+from af2cpu.runtime.precision import interleaved_times
 
 
 def attention_at(kernel: str, b: int, h: int, nq: int, nk: int, with_bias: bool, d: int = 32) -> None:

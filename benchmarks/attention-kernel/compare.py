@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.cpp_extension import load
 
-from af2cpu.bench.machine import interleaved_times
 from af2cpu.model import kernels
 from af2cpu.runtime.allocator import tune_allocator
-from af2cpu.runtime.precision import native_bf16
+from af2cpu.runtime.precision import interleaved_times, native_bf16
 
 # (what, batch, heads, queries = keys, head size, with a shared (1, H, Q, K) bias)
 SHAPES = [

@@ -17,12 +17,12 @@ import sys
 
 import torch
 
-from af2cpu.bench.machine import interleaved_times
 from af2cpu.model.alphafold import _call_block_in_place
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import Options
 from af2cpu.model.presets import get_preset
 from af2cpu.runtime.allocator import tune_allocator
+from af2cpu.runtime.precision import interleaved_times
 
 onednn_linear = torch.ops.mkldnn._linear_pointwise
 

@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from af2cpu.bench.machine import interleaved_times
 from af2cpu.model.alphafold import _call_block
 from af2cpu.model.evoformer import EvoformerIteration
 from af2cpu.model.options import Options
 from af2cpu.model.presets import get_preset
+from af2cpu.runtime.precision import interleaved_times
 
 
 def report(kernel: str, times: dict, errors: dict, flop: float | None) -> list[dict]:
