@@ -319,27 +319,18 @@ def layer_norm_applies(x: torch.Tensor) -> bool:
 
 
 def _rows_of_channels(x: torch.Tensor) -> torch.Tensor | None:
-    """``x`` as af2cpu's layer norm takes it: a (B, N, c) view of its rows of c channels (contiguous channels; also
-    how add_into with a divisor views them), or ``x`` itself where it is 3-D with contiguous channels or
-    channel-first; None where it is neither."""
+    """``x`` as af2cpu's layer norm takes it: ``x`` itself where it is 3-D with contiguous channels or where it is
+    channel-first, else a (B, N, c) view of its rows of c contiguous channels (:func:`as_rows3` keeping the channels
+    apart, as add_into with a divisor views them); None where it is none of these."""
     if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() == 0:
         return None
-    lead = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
     if x.stride(-1) == 1 or x.shape[-1] == 1:
         if x.dim() == 3:
             return x
-        groups: list[list[int]] = []  # [size, stride] of each group of leading dimensions, outermost first
-        for size, stride in lead:
-            if groups and groups[-1][1] == stride * size:
-                groups[-1] = [groups[-1][0] * size, stride]
-            else:
-                groups.append([size, stride])
-        if len(groups) > 2:
-            return None
-        groups = [[1, 0]] * (2 - len(groups)) + groups
-        return x.as_strided((groups[0][0], groups[1][0], x.shape[-1]), (groups[0][1], groups[1][1], x.stride(-1)))
+        views = as_rows3(x, channels_apart=True)
+        return None if views is None else views[0]
     expected = 1  # channel-first: the positions, innermost first, one contiguous run
-    for size, stride in reversed(lead):
+    for size, stride in reversed([(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]):
         if stride != expected:
             return None
         expected *= size
@@ -365,31 +356,47 @@ def gated(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None = None,
     return out
 
 
-def as_rows3(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
+def _stride_groups(shape: torch.Size, strides: list[tuple[int, ...]], dims: list[int]) -> list[tuple[int, list[int]]]:
+    """Dimensions ``dims`` (outermost first) of tensors of one ``shape`` and these ``strides``, merged where every
+    tensor's strides allow one stride for the two: (size, [stride of each tensor]) per group, innermost first."""
+    groups: list[tuple[int, list[int]]] = []
+    for i in reversed(dims):
+        if groups:
+            size, inner = groups[-1]
+            if all(s[i] == stride * size for s, stride in zip(strides, inner)):
+                groups[-1] = (shape[i] * size, inner)
+                continue
+        groups.append((shape[i], [s[i] for s in strides]))
+    return groups
+
+
+def as_rows3(*tensors: torch.Tensor, channels_apart: bool = False) -> list[torch.Tensor] | None:
     """Views (B, N, M) of tensors of one shape, their last dimension contiguous, grouping their dimensions the
     same way wherever each tensor's strides allow (a block of rows or of columns of a representation, and a
-    contiguous update); None where three groups cannot hold them."""
+    contiguous update); None where three groups cannot hold them. With ``channels_apart`` the last dimension stays
+    M (rows of channels: two groups hold the leading dimensions)."""
     shape = tensors[0].shape
-    if any(t.shape != shape for t in tensors) or len(shape) == 0:
+    if len(shape) == 0 or any(t.shape != shape for t in tensors[1:]):
         return None
-    if all(t.is_contiguous() for t in tensors):
+    if not channels_apart and all(t.is_contiguous() for t in tensors):
         return [t.view(1, 1, -1) for t in tensors]
-    dims = [i for i, size in enumerate(shape) if size != 1] or [len(shape) - 1]
-    if any(t.stride(dims[-1]) != 1 for t in tensors) and shape[dims[-1]] > 1:
-        return None
-    # Groups of dimensions, innermost first: (size, [stride of each tensor]).
-    groups = [(shape[dims[-1]], [t.stride(dims[-1]) for t in tensors])]
-    for i in reversed(dims[:-1]):
-        size, strides = groups[-1]
-        if all(t.stride(i) == stride * size for t, stride in zip(tensors, strides)):
-            groups[-1] = (shape[i] * size, strides)
-        else:
-            groups.append((shape[i], [t.stride(i) for t in tensors]))
+    strides = [t.stride() for t in tensors]
+    last = len(shape) - 1
+    if channels_apart:  # the channels one group, the leading dimensions at most two
+        if shape[last] > 1 and any(s[last] != 1 for s in strides):
+            return None
+        groups = [(shape[last], [s[last] for s in strides])]
+        groups += _stride_groups(shape, strides, [i for i in range(last) if shape[i] != 1])
+    else:
+        dims = [i for i in range(last + 1) if shape[i] != 1] or [last]
+        if shape[dims[-1]] > 1 and any(s[dims[-1]] != 1 for s in strides):
+            return None
+        groups = _stride_groups(shape, strides, dims)
     if len(groups) > 3:
         return None
     groups += [(1, [0] * len(tensors))] * (3 - len(groups))
     sizes = [size for size, _ in reversed(groups)]
-    return [t.as_strided(sizes, [strides[k] for _, strides in reversed(groups)]) for k, t in enumerate(tensors)]
+    return [t.as_strided(sizes, [inner[k] for _, inner in reversed(groups)]) for k, t in enumerate(tensors)]
 
 
 def add_into(act: torch.Tensor, update: torch.Tensor, divisor: torch.Tensor | None = None) -> bool:
@@ -406,8 +413,8 @@ def add_into(act: torch.Tensor, update: torch.Tensor, divisor: torch.Tensor | No
         if (act.dim() == 0 or update.shape != act.shape or divisor.dtype != torch.float32
                 or divisor.numel() * act.shape[-1] != act.numel()):
             return False
-        views = [_rows_of_channels(t) for t in (act, update)]  # (B, N, c) views of rows of channels
-        if any(v is None or v.stride(-1) != 1 for v in views) or views[0].shape != views[1].shape:
+        views = as_rows3(act, update, channels_apart=True)  # (B, N, c) views of rows of channels
+        if views is None:
             return False
         torch.ops.af2cpu.add_into(*views, divisor.reshape(views[0].shape[:2]).contiguous())
         return True

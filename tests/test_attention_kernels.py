@@ -107,27 +107,40 @@ def test_amx_kernel_equals_float64_attention():
                 _check(got, q, k, v, b, key_bias)
 
 
-@pytest.mark.skipif(kernels.build_isa() not in ("avx512", "amx"),
-                    reason="the AVX2 build is the one loaded here: the tests above run it")
-def test_avx2_build_equals_float64_attention(tmp_path):
-    """Built as for an AVX2-only CPU (its operators under another name) where this CPU has more: the build
-    AVX2 machines load, checked on this one too."""
+ISAS = [name for name, _, _ in kernels.BUILDS]  # the builds, the most capable first
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_a_lesser_build_equals_float64(isa, tmp_path):
+    """Built as for a CPU with less (its operators under another name) where this CPU has more: the AVX512 build
+    without AVX512-BF16 or AMX (AMD Zen 4, Intel before Cooper Lake: bf16 rounded by af2cpu's own code, in 16 and in
+    8 lanes) and the AVX2 build (AVX2-only machines), checked here too on every layer norm layout."""
+    if BUILD is None or ISAS.index(isa) <= ISAS.index(BUILD):
+        pytest.skip(f"the {isa} build is the one loaded here or needs more than this CPU has: the tests above run it")
     from torch.utils.cpp_extension import load
 
-    load(name="af2cpu_attention_test_avx2", sources=[str(kernels.SOURCE)], build_directory=str(tmp_path),
-         extra_cflags=[*kernels.compiler_flags("avx2"), "-DAF2CPU_OPS=af2cpu_test_avx2"], is_python_module=False)
+    load(name=f"af2cpu_attention_test_{isa}", sources=[str(kernels.SOURCE)], build_directory=str(tmp_path),
+         extra_cflags=[*kernels.compiler_flags(isa), f"-DAF2CPU_OPS=af2cpu_test_{isa}"], is_python_module=False)
+    ops = getattr(torch.ops, f"af2cpu_test_{isa}")
     for shape in SHAPES:
         for dtype in (torch.float32, torch.bfloat16):
             q, k, v, b, key_bias = _operands(*shape, "shared", True, dtype)
-            _check(torch.ops.af2cpu_test_avx2.attention(q, k, v, b, key_bias, q.shape[-1] ** -0.5), q, k, v, b, key_bias)
-    # The element-wise kernels in the same build (bf16 rounded without AVX512-BF16's instruction).
+            _check(ops.attention(q, k, v, b, key_bias, q.shape[-1] ** -0.5), q, k, v, b, key_bias)
+
+    def layer_norm(x, scale, offset, eps):  # as kernels.layer_norm calls the operator
+        return ops.layer_norm(kernels._rows_of_channels(x), scale, offset, eps).view(x.shape)
+
     for dtype in (torch.float32, torch.bfloat16):
         for c in elementwise_tests.CHANNELS:
-            elementwise_tests.check(torch.ops.af2cpu_test_avx2.layer_norm, elementwise_tests._rows(c, "block of rows", dtype))
+            for layout in elementwise_tests.LAYOUTS:
+                elementwise_tests.check(layer_norm, elementwise_tests._rows(c, layout, dtype))
+        for positions in (15, 17):  # channel-first tiles and their tails
+            planes = (torch.randn(37, 3 * positions) * 3 + 1).to(dtype)
+            elementwise_tests.check(ops.layer_norm, planes[:, positions:2 * positions].t())
         block, mask = elementwise_tests._gate_operands(dtype, 37)
-        elementwise_tests.check_gate(torch.ops.af2cpu_test_avx2.gated, block[:2], block[2:], mask)
+        elementwise_tests.check_gate(ops.gated, block[:2], block[2:], mask)
         act, update = block[:2].clone(), block[2:]
-        torch.ops.af2cpu_test_avx2.add_into(act, update)
+        ops.add_into(act, update)
         assert torch.equal(act, block[:2] + update)
 
 

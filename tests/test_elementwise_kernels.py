@@ -30,6 +30,8 @@ needs_build = pytest.mark.skipif(BUILD is None, reason="af2cpu's kernels need AV
 # Channels: AlphaFold2's (64 extra MSA and templates, 128 pair, 256 MSA, 384 single), fewer than a vector, and
 # counts that leave a tail after whole vectors (and after pairs of them).
 CHANNELS = [8, 37, 64, 128, 200, 256, 384]
+LAYOUTS = ["contiguous", "block of rows", "rows of a wider tensor", "block of columns", "columns first",
+           "rows of four dimensions", "channel-first"]
 
 
 def _rows(c: int, layout: str, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -69,8 +71,7 @@ def check(op, x: torch.Tensor) -> None:
 
 @needs_build
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("layout", ["contiguous", "block of rows", "rows of a wider tensor", "block of columns",
-                                    "columns first", "rows of four dimensions", "channel-first"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("c", CHANNELS)
 def test_layer_norm_equals_float64(c, layout, dtype):
     x = _rows(c, layout, dtype)
@@ -323,6 +324,13 @@ def test_rows3_views_group_the_dimensions_each_tensor_allows():
     y = torch.randn(4, 5, 6, 7, 8)[:, 1:3, 2:4, 3:5]
     assert kernels.as_rows3(y, y.contiguous()) is None  # four groups of dimensions in the first
     assert kernels.as_rows3(x, x[..., :4]) is None  # shapes differ
+    # Rows of channels (add_into's with a divisor, the layer norm's): the channels stay one dimension.
+    (c,) = kernels.as_rows3(x[:, :, 2:4], channels_apart=True)
+    assert c.shape == (20, 2, 8) and torch.equal(c, x[:, :, 2:4].reshape(20, 2, 8))
+    (a, b) = kernels.as_rows3(x, x.contiguous(), channels_apart=True)
+    assert a.shape == (1, 120, 8) and torch.equal(a, b)
+    assert kernels.as_rows3(y, channels_apart=True) is None  # three groups of leading dimensions
+    assert kernels.as_rows3(x.transpose(2, 3), channels_apart=True) is None  # channels not contiguous
 
 
 @needs_build

@@ -669,21 +669,24 @@ inline float hsum(vf v) {  // a tree: the lanes' serial sum is a chain of W depe
 }
 
 inline void store_row(float* p, int64_t j, vf v) { store(p + j, v); }
-inline void store_row(at::BFloat16* p, int64_t j, vf v) {
+// W floats rounded to bf16 (to nearest even; NaN stays NaN) and written to p: the one rounding of af2cpu's
+// element-wise kernels.
+inline void store_bf16(at::BFloat16* p, vf v) {
 #if defined(__AVX512BF16__)
-  const __m256bh h = _mm512_cvtneps_pbh(v);  // to nearest even
-  std::memcpy(p + j, &h, sizeof(h));
+  const __m256bh h = _mm512_cvtneps_pbh(v);
+  std::memcpy(p, &h, sizeof(h));
 #else
   typedef uint32_t vu __attribute__((vector_size(W * 4)));
   typedef uint16_t vh __attribute__((vector_size(W * 2)));
   vu u;
   std::memcpy(&u, &v, sizeof(u));
-  vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // to nearest even
-  rounded = (v != v) ? vu{} + 0x7FC0u : rounded;       // NaN stays NaN
+  vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  rounded = (v != v) ? vu{} + 0x7FC0u : rounded;
   vh h = __builtin_convertvector(rounded, vh);
-  std::memcpy(p + j, &h, sizeof(h));
+  std::memcpy(p, &h, sizeof(h));
 #endif
 }
+inline void store_row(at::BFloat16* p, int64_t j, vf v) { store_bf16(p + j, v); }
 
 template <typename T>
 void layer_norm_impl(const T* x, int64_t nb, int64_t nn, int64_t sb, int64_t sn, int64_t c, const float* scale,
@@ -750,19 +753,13 @@ inline __m256 load8(const at::BFloat16* p) {  // widened: a bf16 is the high hal
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline void store8(at::BFloat16* p, __m256 v) {
-#if defined(__AVX512BF16__) && defined(__AVX512VL__)
-  const __m128bh h = _mm256_cvtneps_pbh(v);  // to nearest even
-  std::memcpy(p, &h, sizeof(h));
+inline void store8(at::BFloat16* p, __m256 v) {  // store_bf16's rounding, of 8 floats
+#if defined(__AVX512F__)
+  alignas(64) at::BFloat16 h[16];
+  store_bf16(h, vf(_mm512_castps256_ps512(v)));  // the upper 8 lanes are not kept
+  std::memcpy(p, h, 16);
 #else
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);  // NaN stays NaN
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
-  // r's dwords are at most 0xFFFF: packing with unsigned saturation keeps them
-  const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  store_bf16(p, v);
 #endif
 }
 
