@@ -210,19 +210,22 @@ class Linear(nn.Module):
                 multiply: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias; ``activation``:
         "relu" or "sigmoid" applied to the result; ``multiply``: a contiguous tensor of the result's shape that
-        multiplies it, for 2-D ``x`` (:func:`matmul`: both fused into oneDNN's kernel where it runs)."""
-        if len(self.in_shape) != 1 or len(self.out_shape) != 1 or (multiply is not None and x.dim() != 2):
-            y = self._shaped(x)
+        multiplies it (:func:`matmul`: both fused into oneDNN's kernel where it runs); both for layers of one input
+        and one output axis."""
+        if len(self.in_shape) != 1 or len(self.out_shape) != 1:
             if multiply is not None:
-                return y.mul_(multiply)
+                raise ValueError("Linear: multiply is for layers of one input and one output axis")
+            y = self._shaped(x)
             return y if activation is None else ACTIVATIONS[activation](y)
         w = weight_as(self, "weights", x.dtype)
         b = None if self.bias is None else weight_as(self, "bias", x.dtype)
         onednn = self.options.onednn_products
         if x.dim() == 2:
             return matmul(x, w, b, onednn=onednn, out=out, activation=activation, multiply=multiply)
-        return matmul(x.reshape(-1, x.shape[-1]), w, b, onednn=onednn,
-                      activation=activation).reshape(*x.shape[:-1], w.shape[-1])
+        rows = x.reshape(-1, x.shape[-1])
+        return matmul(rows, w, b, onednn=onednn, activation=activation,
+                      multiply=None if multiply is None else multiply.view(rows.shape[0], w.shape[-1])
+                      ).reshape(*x.shape[:-1], w.shape[-1])
 
     def _shaped(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:x.dim() - len(self.in_shape)]

@@ -164,6 +164,19 @@ def test_a_gate_multiplied_into_a_product_as_onednn_writes_it(dtype, monkeypatch
         assert bool((error <= want.abs() * steps * 2.0**-8 + 1e-6).all())
 
 
+def test_a_layer_multiplies_rows_of_any_leading_shape_by_its_gate():
+    """Linear(..., multiply=): a 3-D input's rows take the same product as the 2-D rows they view (the gate viewed
+    alike); a multi-axis layer refuses a gate instead of ignoring it."""
+    layer, heads = primitives.Linear(16, 24), primitives.Linear(16, (4, 6))
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, gate = torch.randn(5, 7, 16), torch.rand(5, 7, 24)
+    with torch.inference_mode():
+        assert torch.equal(layer(x, multiply=gate), layer(x.reshape(35, 16), multiply=gate.reshape(35, 24)).view(5, 7, 24))
+        with pytest.raises(ValueError, match="one input and one output axis"):
+            heads(x, multiply=gate.reshape(5, 7, 4, 6))
+
+
 ATTENTION_MODULES = [m for m in MSA_MODULES if m[0] in ("msa_row_attention", "msa_column_attention",
                                                           "triangle_attention_starting_node",
                                                           "triangle_attention_ending_node")]
