@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -64,6 +65,7 @@ typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 inline vf splat(float x) { return _mm512_set1_ps(x); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
 constexpr int QK_ROWS = 12, QK_VECS = 2;  // 24 accumulators of 32 registers
 #elif defined(__AVX2__)
 constexpr int W = 8;
@@ -71,6 +73,7 @@ typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 inline vf splat(float x) { return _mm256_set1_ps(x); }
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
 constexpr int QK_ROWS = 6, QK_VECS = 2;  // 12 accumulators of 16 registers
 #else
 #error "af2cpu's attention kernel needs AVX2 or AVX512"
@@ -97,6 +100,33 @@ inline vf vexp(vf x) {
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   p = p * (r * r) + r + splat(1.0f);
+#if defined(__AVX512F__)
+  return _mm512_scalef_ps(p, n);
+#else
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+#endif
+}
+
+// exp(x) for x <= 0 to about 3e-6 (relative), for results rounded to bf16 (2^-9) next (the tile kernel's
+// probabilities, the bf16 gate's sigmoid): 2^f by its Taylor polynomial of degree 5 on [-1/2, 1/2] after
+// x log2(e) = n + f, scaled by 2^n; at least exp(-87.3) ~ 1e-38, which weighs nothing beside a row's maximum's 1.
+inline vf vexp_coarse(vf x) {
+  const vf t = vmax(x, splat(-87.3f)) * splat(1.44269504088896341f);
+#if defined(__AVX512F__)
+  const vf n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  const vf n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#endif
+  const vf f = t - n;
+  vf p = splat(1.3333558146e-3f);
+  p = p * f + splat(9.6181291076e-3f);
+  p = p * f + splat(5.5504108665e-2f);
+  p = p * f + splat(2.4022650696e-1f);
+  p = p * f + splat(6.9314718056e-1f);
+  p = p * f + splat(1.0f);
 #if defined(__AVX512F__)
   return _mm512_scalef_ps(p, n);
 #else
@@ -426,22 +456,6 @@ bool amx_permitted() {
 }
 
 
-// exp(x) for x <= 0 to about 3e-6 (relative), for probabilities that are rounded to bf16 (2^-9) next: 2^f by
-// its Taylor polynomial of degree 5 on [-1/2, 1/2] after x log2(e) = n + f, scaled by 2^n; at least
-// exp(-87.3) ~ 1e-38, which weighs nothing beside the row's maximum's 1.
-inline __m512 exp_for_bf16(__m512 x) {
-  const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.3333558146e-3f);                        // ln(2)^5 / 5!
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));        // ln(2)^4 / 4!
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));        // ln(2)^3 / 3!
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));        // ln(2)^2 / 2!
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));        // ln(2)
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // The keys of one (batch, head) as AMX's B operand of q k^T: per block of 16 keys, d/2 rows of 16 dwords,
 // the dword of row kk, column j being keys[j][2kk : 2kk + 2]. Keys past nk are 0.
 void build_keys_vnni(const uint16_t* keys, int64_t stride, int64_t nk, int64_t kp, int64_t d, uint32_t* out) {
@@ -593,7 +607,7 @@ void attention_amx_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         vf sum = splat(0.f);
         bf* p = pbuf.data() + r * KP;
         for (int64_t j = 0; j < KP; j += W) {
-          const vf e = exp_for_bf16(load(s + j) - mv);
+          const vf e = vexp_coarse(load(s + j) - mv);
           sum += e;
           const __m256bh h16 = _mm512_cvtneps_pbh(e);
           std::memcpy(p + j, &h16, 32);
@@ -898,9 +912,23 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& scale, const at::Te
 // output, a gate that is a slice of a wider projection, a block of a larger output); mask: (M,) fp32, the same
 // for every (b, n), or absent. Computed in fp32, out rounded once to its dtype. sigmoid(x) = 1 / (1 + e^-x)
 // from e = exp(-|x|) <= 1, so the exponential never overflows.
+// For bf16 results (coarse): vexp_coarse and 1 / (1 + e) from the reciprocal instruction and one Newton
+// step, 2 ulp of fp32 (the division is a tenth of the bf16 gate's time; fp32's gate, bound by memory, keeps it).
+template <bool coarse>
 inline vf vsigmoid(vf x) {
-  const vf e = vexp(vmax(x, -x) * splat(-1.f));
-  const vf r = splat(1.f) / (splat(1.f) + e);
+  const vf e = coarse ? vexp_coarse(vmin(x, -x)) : vexp(vmin(x, -x));
+  const vf d = splat(1.f) + e;
+  vf r;
+  if constexpr (coarse) {
+#if defined(__AVX512F__)
+    r = _mm512_rcp14_ps(d);
+#else
+    r = _mm256_rcp_ps(d);
+#endif
+    r = r * (splat(2.f) - d * r);
+  } else {
+    r = splat(1.f) / d;
+  }
   return x >= splat(0.f) ? r : e * r;
 }
 
@@ -944,7 +972,7 @@ void gated_impl(const T* a, Rows3 ra, const T* g, Rows3 rg, const float* mask, c
         av += vab;
         gv += vgb;
       }
-      vf y = av * vsigmoid(gv);
+      vf y = av * vsigmoid<std::is_same_v<T, at::BFloat16>>(gv);
       if (mask) y *= load(mask + j);
       store_row(orow, j, y);
     }
