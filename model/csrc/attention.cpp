@@ -84,6 +84,18 @@ inline v8 splat8(float x) { return _mm256_set1_ps(x); }
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 
+// p * 2^n for whole numbers n (as floats) from -127 up: the exponentials' last step.
+inline vf times_pow2(vf p, vf n) {
+#if defined(__AVX512F__)
+  return _mm512_scalef_ps(p, n);
+#else
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+#endif
+}
+
 // exp(x) for x <= 0 (a logit minus its row's maximum), to about 2 ulp; at least exp(-87.3) ~ 1e-38 below
 // that, which weighs nothing beside the row's maximum's 1. Cody-Waite reduction by ln 2 and Cephes'
 // polynomial.
@@ -100,14 +112,7 @@ inline vf vexp(vf x) {
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   p = p * (r * r) + r + splat(1.0f);
-#if defined(__AVX512F__)
-  return _mm512_scalef_ps(p, n);
-#else
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  return p * scale;
-#endif
+  return times_pow2(p, n);
 }
 
 // exp(x) for x <= 0 to about 3e-6 (relative), for results rounded to bf16 (2^-9) next (the tile kernel's
@@ -127,14 +132,7 @@ inline vf vexp_coarse(vf x) {
   p = p * f + splat(2.4022650696e-1f);
   p = p * f + splat(6.9314718056e-1f);
   p = p * f + splat(1.0f);
-#if defined(__AVX512F__)
-  return _mm512_scalef_ps(p, n);
-#else
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  return p * scale;
-#endif
+  return times_pow2(p, n);
 }
 
 inline float load_f(float x) { return x; }
