@@ -49,6 +49,8 @@ def main(revision: str, precision: str, rounds: int) -> None:
     if kernels.load() is None:
         raise SystemExit("af2cpu's kernels cannot be built here")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    revision = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as folder:
         ops = {"revision": build_revision(revision, Path(folder)), "now": torch.ops.af2cpu}
         a, g = (torch.randn(2, 1, *kernels.GATE_SHAPE) * 3).to(dtype)
