@@ -500,8 +500,9 @@ def _product_flop(args, out) -> int:
     return 2 * out.numel() * args[0].shape[-1]
 
 
-# What timed_work times: (module, function name, kind of work, flops of a call from its arguments and output).
-_TIMED_WORK = (
+# What timed_work times (and benchmarks/roofline/products_alone.py replays): (module, function name, kind of
+# work, flops of a call from its arguments and output).
+TIMED_WORK = (
     (torch, "addmm", "matrix products", lambda a, y: _product_flop(a[1:], y)),
     (torch, "mm", "matrix products", _product_flop),
     (torch, "bmm", "matrix products", _product_flop),
@@ -558,7 +559,7 @@ def timed_work():
         return call
 
     try:
-        for owner, name, kind, count in _TIMED_WORK:
+        for owner, name, kind, count in TIMED_WORK:
             original = getattr(owner, name)
             originals.append((owner, name, original))
             setattr(owner, name, timed(original, kind, count))

@@ -27,7 +27,7 @@ from collections import defaultdict
 import torch
 
 from af2cpu.bench.machine import gemm_peak
-from af2cpu.bench.model import _TIMED_WORK, ReferenceModel, flop_counter, make_inputs, options
+from af2cpu.bench.model import TIMED_WORK, ReferenceModel, flop_counter, make_inputs, options
 from af2cpu.model.memory import TargetShape
 from af2cpu.runtime.allocator import tune_allocator
 
@@ -68,7 +68,7 @@ def main() -> None:
     model.set_options(options(args.precision, TargetShape.of_features(model.preset, features), preset=model.preset))
     calls: dict = {}
     counts, seconds, flops, kinds = defaultdict(int), defaultdict(float), defaultdict(int), {}
-    timed = [(owner, name, kind, count) for owner, name, kind, count in _TIMED_WORK
+    timed = [(owner, name, kind, count) for owner, name, kind, count in TIMED_WORK
              if kind in ("matrix products", "attention kernel")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _, _ in timed]
 
