@@ -210,8 +210,8 @@ class Linear(nn.Module):
                 multiply: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: a contiguous (N, out) tensor to write into, for 2-D ``x`` with a bias; ``activation``:
         "relu" or "sigmoid" applied to the result; ``multiply``: a contiguous tensor of the result's shape that
-        multiplies it (:func:`matmul`: both fused into oneDNN's kernel where it runs); both for layers of one input
-        and one output axis."""
+        multiplies it, for layers of one input and one output axis (:func:`matmul`: either fused into oneDNN's
+        kernel where it runs)."""
         if len(self.in_shape) != 1 or len(self.out_shape) != 1:
             if multiply is not None:
                 raise ValueError("Linear: multiply is for layers of one input and one output axis")
