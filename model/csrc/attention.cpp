@@ -14,8 +14,9 @@
 // the softmax in AVX512 on fp32 logits; the probabilities are rounded to bf16 for the second product.
 //
 // The element-wise work (runtime.elementwise; fp32 or bf16, computed in fp32): layer_norm, AlphaFold2's layer norm
-// over the last dimension (rows of up to two strides, or channel-first activations written channel-last); gated, a gate a * sigmoid(g) * mask in one pass, with a bias per outer index where
-// asked; add_into, the residual sums (an update divided by a count first where asked).
+// over the last dimension (rows of up to two strides, or channel-first activations written channel-last); gated,
+// a gate a * sigmoid(g) * mask in one pass, with a bias per outer index where asked; add_into, the residual sums
+// (an update divided by a count first where asked).
 //
 // With -DAF2CPU_PROFILE each thread prints its cycles per phase (rdtsc) when the environment has
 // AF2CPU_PROFILE set (benchmarks/attention-kernel/compare.py --split); AF2CPU_OPS names the operators'
@@ -914,10 +915,10 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& scale, const at::Te
 // step, 2 ulp of fp32 (the division is a tenth of the bf16 gate's time; fp32's gate, bound by memory, keeps it).
 template <bool coarse>
 inline vf vsigmoid(vf x) {
-  const vf e = coarse ? vexp_coarse(vmin(x, -x)) : vexp(vmin(x, -x));
-  const vf d = splat(1.f) + e;
-  vf r;
+  vf e, r;
   if constexpr (coarse) {
+    e = vexp_coarse(vmin(x, -x));
+    const vf d = splat(1.f) + e;
 #if defined(__AVX512F__)
     r = _mm512_rcp14_ps(d);
 #else
@@ -925,7 +926,8 @@ inline vf vsigmoid(vf x) {
 #endif
     r = r * (splat(2.f) - d * r);
   } else {
-    r = splat(1.f) / d;
+    e = vexp(vmin(x, -x));
+    r = splat(1.f) / (splat(1.f) + e);
   }
   return x >= splat(0.f) ? r : e * r;
 }
